@@ -1,0 +1,154 @@
+"""Pieces shared by the autoregressive and speculative loops: prefill, appending tokens,
+per-row stopping, extracting the output.
+
+Dimension legend: B batch, P padded prompt width, S cache slots, M tokens appended at once,
+N max_new_tokens, V vocab, K draft length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from specjax import cache as kv_cache
+from specjax.decoding.state import (
+    STOP_BUDGET,
+    STOP_CACHE_FULL,
+    STOP_EOS,
+    DecodeState,
+    DecodeStats,
+    GenerateOutput,
+)
+from specjax.models.transformer import Model, Params
+
+
+def prefill(
+    model: Model,
+    params: Params,
+    prompt_BxP: jax.Array,
+    prompt_lengths_B: jax.Array,
+    cache: kv_cache.KVCache,
+) -> tuple[jax.Array, kv_cache.KVCache]:
+    """Runs the padded prompts through the model.
+
+    Every row writes all P slots; rolling the lengths back to the true prompt lengths discards
+    the padding (its slots are overwritten later). Returns the logits [B, V] at each row's last
+    prompt token and the cache.
+    """
+    B, P = prompt_BxP.shape
+    positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
+    logits_BxPxV, _, cache = model.forward(params, prompt_BxP, positions_BxP, cache)
+    cache = kv_cache.rollback(cache, prompt_lengths_B)
+    last_logits_BxV = jnp.take_along_axis(
+        logits_BxPxV, (prompt_lengths_B - 1)[:, None, None], axis=1
+    )[:, 0]
+    return last_logits_BxV, cache
+
+
+def initial_state(
+    prompt_BxP: jax.Array,
+    prompt_lengths_B: jax.Array,
+    target_cache: kv_cache.KVCache,
+    rng: jax.Array,
+    gamma: int,
+    drafter_state=None,
+) -> DecodeState:
+    """State holding the prompt; the first generated token is appended by the caller."""
+    B, P = prompt_BxP.shape
+    S = target_cache.max_len
+    # K + 1 spare slots absorb the (masked) writes of a full acceptance at the cache's end.
+    sequence_BxS = jnp.zeros((B, S + gamma + 1), jnp.int32)
+    sequence_BxS = jax.lax.dynamic_update_slice(sequence_BxS, prompt_BxP.astype(jnp.int32), (0, 0))
+    return DecodeState(
+        step=jnp.int32(0),
+        sequence=sequence_BxS,
+        seq_lengths=prompt_lengths_B.astype(jnp.int32),
+        prompt_lengths=prompt_lengths_B.astype(jnp.int32),
+        done=jnp.zeros((B,), bool),
+        stop_reason=jnp.zeros((B,), jnp.int32),
+        target_cache=target_cache,
+        drafter_state=drafter_state,
+        rng=rng,
+        stats=DecodeStats.zeros(B, max(gamma, 1)),
+    )
+
+
+def append_tokens(
+    state: DecodeState,
+    new_tokens_BxM: jax.Array,
+    count_B: jax.Array,
+    eos_ids_E: jax.Array,
+    max_new_tokens: int,
+) -> DecodeState:
+    """Appends the first count[b] of new_tokens to each active row, then stops rows that hit
+    the token budget or emitted an EOS (tokens after the EOS are dropped).
+    Finished rows are left untouched."""
+    M = new_tokens_BxM.shape[1]
+    active_B = ~state.done
+    index_M = jnp.arange(M, dtype=jnp.int32)
+    offered_BxM = index_M[None, :] < count_B[:, None]
+    is_eos_BxM = jnp.any(new_tokens_BxM[..., None] == eos_ids_E, axis=-1) & offered_BxM
+    # Keep tokens up to and including the first EOS.
+    first_eos_B = jnp.where(jnp.any(is_eos_BxM, axis=1), jnp.argmax(is_eos_BxM, axis=1), M)
+    budget_left_B = max_new_tokens - state.num_generated
+    kept_B = jnp.minimum(jnp.minimum(count_B, first_eos_B + 1), budget_left_B)
+    kept_B = jnp.where(active_B, kept_B, 0)
+
+    def write_row(sequence_S, tokens_M, start):
+        return jax.lax.dynamic_update_slice(sequence_S, tokens_M, (start,))
+
+    written_BxS = jax.vmap(write_row)(
+        state.sequence, new_tokens_BxM.astype(jnp.int32), state.seq_lengths
+    )
+    sequence_BxS = jnp.where(active_B[:, None], written_BxS, state.sequence)
+    seq_lengths_B = state.seq_lengths + kept_B
+
+    hit_eos_B = active_B & (first_eos_B < kept_B)
+    hit_budget_B = active_B & (seq_lengths_B - state.prompt_lengths >= max_new_tokens)
+    stop_reason_B = jnp.where(
+        hit_eos_B, STOP_EOS, jnp.where(hit_budget_B, STOP_BUDGET, state.stop_reason)
+    )
+    return dataclasses.replace(
+        state,
+        sequence=sequence_BxS,
+        seq_lengths=seq_lengths_B,
+        done=state.done | hit_eos_B | hit_budget_B,
+        stop_reason=stop_reason_B,
+    )
+
+
+def stop_if_cache_full(state: DecodeState, slots_needed: int) -> DecodeState:
+    """Stops active rows whose cache cannot take the next call's `slots_needed` writes.
+
+    The target cache holds seq_lengths - 1 slots; writing past max_len would make
+    `dynamic_update_slice` clamp and silently overwrite valid slots.
+    """
+    cache_lengths_B = state.seq_lengths - 1
+    full_B = ~state.done & (cache_lengths_B + slots_needed > state.target_cache.max_len)
+    return dataclasses.replace(
+        state,
+        done=state.done | full_B,
+        stop_reason=jnp.where(full_B, STOP_CACHE_FULL, state.stop_reason),
+    )
+
+
+def output(state: DecodeState, max_new_tokens: int, pad_id: int) -> GenerateOutput:
+    """Generated tokens [B, N] (pad after each row's end) and statistics."""
+    index_N = jnp.arange(max_new_tokens, dtype=jnp.int32)
+
+    def row_tokens(sequence_S, start):
+        return jax.lax.dynamic_slice(sequence_S, (start,), (max_new_tokens,))
+
+    padded = jnp.pad(state.sequence, ((0, 0), (0, max_new_tokens)))
+    tokens_BxN = jax.vmap(row_tokens)(padded, state.prompt_lengths)
+    num_generated_B = state.num_generated
+    tokens_BxN = jnp.where(index_N[None, :] < num_generated_B[:, None], tokens_BxN, pad_id)
+    return GenerateOutput(
+        tokens=tokens_BxN,
+        num_generated=num_generated_B,
+        stop_reason=state.stop_reason,
+        stats=state.stats,
+        steps=state.step,
+    )

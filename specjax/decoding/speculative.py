@@ -1,0 +1,147 @@
+"""Speculative decoding as one compiled program.
+
+Dimension legend: B batch, P padded prompt width, S cache slots, K draft length (gamma),
+V vocab, N max_new_tokens.
+
+prefill target and drafter, then a `lax.while_loop`; one iteration:
+  1. the drafter proposes K tokens x_1..x_K continuing each row (its own inner `lax.scan`);
+  2. ONE target call verifies K + 1 positions: the newest token t (not yet in the target
+     cache) followed by x_1..x_K, at positions seq_len - 1 .. seq_len - 1 + K;
+  3. `rejection.py` accepts n in 0..K tokens per row and yields one more token (correction or
+     bonus), so every iteration appends n + 1 tokens to each active row;
+  4. both caches roll back by length: the target keeps t, x_1..x_n (slots < seq_len' - 1).
+The loop stops when every row hit its budget, an EOS, or a cache that cannot take K + 1 more
+slots. Nothing leaves the device inside the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from specjax import cache as kv_cache
+from specjax.decoding import rejection, sequence
+from specjax.decoding import sampling as sampling_lib
+from specjax.decoding.state import DecodeState, DecodeStats, GenerateOutput
+from specjax.drafters.base import Drafter
+from specjax.models.transformer import Model, Params, params_dtype
+
+# (rng, draft_tokens [B,K], draft_probs [B,K,V] | None, target_probs [B,K+1,V]) -> (n, next)
+VerifyFn = Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def speculative_step(
+    target: Model,
+    params: Params,
+    drafter: Drafter,
+    drafter_params: Any,
+    state: DecodeState,
+    sampling: sampling_lib.Sampling,
+    eos_ids_E: jax.Array,
+    *,
+    gamma: int,
+    max_new_tokens: int,
+    verify_fn: VerifyFn,
+) -> DecodeState:
+    """One draft -> verify -> accept -> rollback iteration."""
+    K = gamma
+    rng, draft_rng, verify_rng = jax.random.split(state.rng, 3)
+    draft_tokens_BxK, draft_probs_BxKxV, drafter_state = drafter.propose(
+        drafter_params, state.drafter_state, state.context, K, sampling, draft_rng
+    )
+
+    newest_position_B = state.seq_lengths - 1
+    newest_token_B = jnp.take_along_axis(state.sequence, newest_position_B[:, None], axis=1)[:, 0]
+    verify_tokens_BxK1 = jnp.concatenate([newest_token_B[:, None], draft_tokens_BxK], axis=1)
+    verify_positions_BxK1 = newest_position_B[:, None] + jnp.arange(K + 1, dtype=jnp.int32)
+    logits_BxK1xV, _, target_cache = target.forward(
+        params, verify_tokens_BxK1, verify_positions_BxK1, state.target_cache
+    )
+
+    if sampling.greedy:
+        num_accepted_B, next_token_B = rejection.verify_greedy(draft_tokens_BxK, logits_BxK1xV)
+    else:
+        target_probs_BxK1xV = sampling_lib.probs(logits_BxK1xV, sampling)
+        num_accepted_B, next_token_B = verify_fn(
+            verify_rng, draft_tokens_BxK, draft_probs_BxKxV, target_probs_BxK1xV
+        )
+
+    # Emitted this iteration: x_1..x_n, then the correction/bonus token at index n.
+    index_K1 = jnp.arange(K + 1, dtype=jnp.int32)
+    drafts_padded_BxK1 = jnp.pad(draft_tokens_BxK, ((0, 0), (0, 1)))
+    emitted_BxK1 = jnp.where(
+        index_K1[None, :] == num_accepted_B[:, None], next_token_B[:, None], drafts_padded_BxK1
+    )
+
+    active_i32_B = (~state.done).astype(jnp.int32)
+    accepted_at_BxK = (jnp.arange(K)[None, :] < num_accepted_B[:, None]).astype(jnp.int32)
+    stats = DecodeStats(
+        verify_calls=state.stats.verify_calls + active_i32_B,
+        drafted=state.stats.drafted + K * active_i32_B,
+        accepted=state.stats.accepted + num_accepted_B * active_i32_B,
+        accepted_per_position=state.stats.accepted_per_position
+        + accepted_at_BxK * active_i32_B[:, None],
+    )
+    old_seq_lengths_B = state.seq_lengths
+    state = dataclasses.replace(
+        state, rng=rng, stats=stats, drafter_state=drafter_state, target_cache=target_cache,
+        step=state.step + 1,
+    )
+    state = sequence.append_tokens(
+        state, emitted_BxK1, num_accepted_B + 1, eos_ids_E, max_new_tokens
+    )
+    # Rollback: the target cache keeps every token but the newest.
+    state = dataclasses.replace(
+        state, target_cache=kv_cache.rollback(state.target_cache, state.seq_lengths - 1)
+    )
+    drafter_state = drafter.update(
+        drafter_params, state.drafter_state, state.context, state.seq_lengths - old_seq_lengths_B
+    )
+    state = dataclasses.replace(state, drafter_state=drafter_state)
+    return sequence.stop_if_cache_full(state, slots_needed=K + 1)
+
+
+def generate(
+    target: Model,
+    params: Params,
+    drafter: Drafter,
+    drafter_params: Any,
+    prompt_BxP: jax.Array,
+    prompt_lengths_B: jax.Array,
+    sampling: sampling_lib.Sampling,
+    eos_ids_E: jax.Array,
+    rng: jax.Array,
+    *,
+    gamma: int,
+    max_new_tokens: int,
+    cache_size: int,
+    pad_id: int = 0,
+    verify_fn: VerifyFn = rejection.verify_sampling,
+) -> GenerateOutput:
+    """Pure speculative generation (jit it with the keyword arguments static)."""
+    B = prompt_BxP.shape[0]
+    cache = target.init_cache(B, cache_size, dtype=params_dtype(params))
+    last_logits_BxV, cache = sequence.prefill(target, params, prompt_BxP, prompt_lengths_B, cache)
+    rng, first_rng = jax.random.split(rng)
+    first_token_B = sampling_lib.sample(first_rng, last_logits_BxV, sampling)
+    drafter_state = drafter.init(drafter_params, prompt_BxP, prompt_lengths_B, cache_size)
+    state = sequence.initial_state(
+        prompt_BxP, prompt_lengths_B, cache, rng, gamma=gamma, drafter_state=drafter_state
+    )
+    state = sequence.append_tokens(
+        state, first_token_B[:, None], jnp.ones_like(first_token_B), eos_ids_E, max_new_tokens
+    )
+    state = sequence.stop_if_cache_full(state, slots_needed=gamma + 1)
+
+    def body(s: DecodeState) -> DecodeState:
+        return speculative_step(
+            target, params, drafter, drafter_params, s, sampling, eos_ids_E,
+            gamma=gamma, max_new_tokens=max_new_tokens, verify_fn=verify_fn,
+        )
+
+    state = jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, state)
+    return sequence.output(state, max_new_tokens, pad_id)

@@ -1,0 +1,158 @@
+"""Loop-state dataclasses of the decoders (pytrees carried through `lax.while_loop`).
+
+Dimension legend: B batch, S sequence/cache slots (max_len), K draft length (gamma),
+N max_new_tokens.
+
+Position bookkeeping shared by every decoder: row b's tokens (prompt, then generated) sit in
+`sequence[b, :seq_lengths[b]]` at their positions. The newest token has not been through the
+target yet, so the target cache always holds exactly `seq_lengths - 1` slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax.cache import KVCache
+
+# Why a row stopped (GenerateOutput.stop_reason).
+RUNNING, STOP_BUDGET, STOP_EOS, STOP_CACHE_FULL = 0, 1, 2, 3
+STOP_REASON_NAMES = {
+    RUNNING: "running",
+    STOP_BUDGET: "max_new_tokens",
+    STOP_EOS: "eos",
+    STOP_CACHE_FULL: "cache_full",
+}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DraftContext:
+    """What a drafter may read each iteration.
+
+    Fields:
+      sequence: int32[B, S], prompt + generated tokens at their positions.
+      seq_lengths: int32[B], valid tokens per row; sequence[b, seq_lengths[b] - 1] is the newest
+        token (the one the next draft continues).
+    """
+
+    sequence: jax.Array
+    seq_lengths: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeStats:
+    """Per-row counters.
+
+    Fields:
+      verify_calls: int32[B], target calls inside the loop while the row was active (the
+        prefill call is not counted; target_calls = verify_calls + 1).
+      drafted: int32[B], draft tokens proposed to the target.
+      accepted: int32[B], draft tokens the target accepted.
+      accepted_per_position: int32[B, K], times draft position i was accepted.
+    """
+
+    verify_calls: jax.Array
+    drafted: jax.Array
+    accepted: jax.Array
+    accepted_per_position: jax.Array
+
+    @staticmethod
+    def zeros(batch_size: int, gamma: int) -> DecodeStats:
+        zeros_B = jnp.zeros((batch_size,), jnp.int32)
+        return DecodeStats(
+            verify_calls=zeros_B,
+            drafted=zeros_B,
+            accepted=zeros_B,
+            accepted_per_position=jnp.zeros((batch_size, gamma), jnp.int32),
+        )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+    """Carry of the autoregressive and speculative loops.
+
+    Fields:
+      step: int32 scalar, loop iterations so far.
+      sequence: int32[B, S + K + 1], tokens at their positions; the K + 1 spare slots absorb
+        the writes of a full acceptance at the very end of the cache.
+      seq_lengths: int32[B].
+      prompt_lengths: int32[B].
+      done: bool[B], row finished (budget, EOS or cache full).
+      stop_reason: int32[B], one of STOP_* (RUNNING while active).
+      target_cache: KVCache with lengths == seq_lengths - 1 for active rows.
+      drafter_state: the drafter's own pytree (None for autoregressive decoding).
+      rng: PRNG key, split every iteration.
+      stats: DecodeStats.
+    """
+
+    step: jax.Array
+    sequence: jax.Array
+    seq_lengths: jax.Array
+    prompt_lengths: jax.Array
+    done: jax.Array
+    stop_reason: jax.Array
+    target_cache: KVCache
+    drafter_state: Any
+    rng: jax.Array
+    stats: DecodeStats
+
+    @property
+    def num_generated(self) -> jax.Array:
+        return self.seq_lengths - self.prompt_lengths
+
+    @property
+    def context(self) -> DraftContext:
+        return DraftContext(sequence=self.sequence, seq_lengths=self.seq_lengths)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class GenerateOutput:
+    """Result of `specjax.generate`.
+
+    Fields:
+      tokens: int32[B, N] generated ids, `pad_id` after num_generated[b].
+      num_generated: int32[B].
+      stop_reason: int32[B], STOP_* codes (see `stop_reason_names`).
+      stats: DecodeStats (zeros for drafted/accepted when autoregressive).
+      steps: int32 scalar, loop iterations of the whole batch.
+    """
+
+    tokens: jax.Array
+    num_generated: jax.Array
+    stop_reason: jax.Array
+    stats: DecodeStats
+    steps: jax.Array
+
+    def token_lists(self) -> list[list[int]]:
+        """Generated ids per row, without padding."""
+        tokens, counts = np.asarray(self.tokens), np.asarray(self.num_generated)
+        return [tokens[b, : counts[b]].tolist() for b in range(tokens.shape[0])]
+
+    def stop_reason_names(self) -> list[str]:
+        return [STOP_REASON_NAMES[int(r)] for r in np.asarray(self.stop_reason)]
+
+    @property
+    def target_calls(self) -> np.ndarray:
+        """Target forward passes per row, prefill included."""
+        return np.asarray(self.stats.verify_calls) + 1
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens per verification call, bonus included, pooled over rows."""
+        calls = int(np.sum(self.stats.verify_calls))
+        return float((np.sum(self.stats.accepted) + calls) / max(calls, 1))
+
+    @property
+    def acceptance_per_position(self) -> np.ndarray:
+        """alpha_i = P(draft position i accepted | reached), pooled over rows."""
+        accepted_K = np.sum(np.asarray(self.stats.accepted_per_position), axis=0)
+        reached_K = np.concatenate([[np.sum(self.stats.verify_calls)], accepted_K[:-1]])
+        return accepted_K / np.maximum(reached_K, 1)

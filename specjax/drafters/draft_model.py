@@ -1,0 +1,106 @@
+"""A smaller language model as the drafter (Leviathan et al. 2022; Chen et al. 2023).
+
+Dimension legend: B batch, S cache slots, K draft length (gamma), V vocab.
+
+The draft model keeps its own KV cache. Invariant at the start of `propose`: its slots
+< seq_lengths - 2 are correct. `propose` rolls the cache back to seq_lengths - 2 and re-feeds
+the last two tokens of the sequence in one T=2 call before drafting. Why two: after a full
+acceptance, the last draft token x_K was sampled but never fed to the draft model (the classic
+off-by-one), and the bonus token after it is new; after a partial acceptance, re-feeding the
+already-cached token rewrites the same key/value. One code path, no branch on the outcome,
+and a T=2 call costs the same as T=1 at these sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from specjax import cache as kv_cache
+from specjax.decoding import sampling as sampling_lib
+from specjax.decoding.state import DraftContext
+from specjax.models.transformer import Model, Params, params_dtype
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DraftModelState:
+    """Fields: cache: the draft model's KVCache ([L', B, S, G', Dh'] keys/values)."""
+
+    cache: kv_cache.KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftModelDrafter:
+    """Drafts with `model` (weights passed as `params` to each method)."""
+
+    model: Model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    def init(
+        self, params: Params, prompt_BxP: jax.Array, prompt_lengths_B: jax.Array, max_len: int
+    ) -> DraftModelState:
+        B, P = prompt_BxP.shape
+        cache = self.model.init_cache(B, max_len, dtype=params_dtype(params))
+        positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
+        _, _, cache = self.model.forward(params, prompt_BxP, positions_BxP, cache)
+        return DraftModelState(cache=kv_cache.rollback(cache, prompt_lengths_B))
+
+    def propose(
+        self,
+        params: Params,
+        state: DraftModelState,
+        context: DraftContext,
+        gamma: int,
+        sampling: sampling_lib.Sampling,
+        rng: jax.Array,
+    ) -> tuple[jax.Array, jax.Array | None, DraftModelState]:
+        seq_lengths_B = context.seq_lengths
+        # Re-feed the last two tokens (positions seq_len-2, seq_len-1); see module docstring.
+        refeed_positions_Bx2 = seq_lengths_B[:, None] - 2 + jnp.arange(2, dtype=jnp.int32)
+        refeed_tokens_Bx2 = jnp.take_along_axis(context.sequence, refeed_positions_Bx2, axis=1)
+        cache = kv_cache.rollback(state.cache, seq_lengths_B - 2)
+        logits_Bx2xV, _, cache = self.model.forward(
+            params, refeed_tokens_Bx2, refeed_positions_Bx2, cache
+        )
+        step_rngs = jax.random.split(rng, gamma)
+
+        def draw(logits_BxV, step_rng):
+            token_B = sampling_lib.sample(step_rng, logits_BxV, sampling)
+            probs_BxV = None if sampling.greedy else sampling_lib.probs(logits_BxV, sampling)
+            return token_B, probs_BxV
+
+        first_token_B, first_probs_BxV = draw(logits_Bx2xV[:, 1], step_rngs[0])
+
+        def draft_step(carry, step_rng):
+            cache, token_B, position_B = carry
+            logits_Bx1xV, _, cache = self.model.forward(
+                params, token_B[:, None], position_B[:, None], cache
+            )
+            next_token_B, probs_BxV = draw(logits_Bx1xV[:, 0], step_rng)
+            return (cache, next_token_B, position_B + 1), (next_token_B, probs_BxV)
+
+        # Draft token i (1-based) sits at position seq_len - 1 + i.
+        (cache, _, _), (rest_KxB, rest_probs_KxBxV) = jax.lax.scan(
+            draft_step, (cache, first_token_B, seq_lengths_B), step_rngs[1:]
+        )
+        tokens_BxK = jnp.concatenate([first_token_B[:, None], rest_KxB.T], axis=1)
+        probs_BxKxV = None
+        if not sampling.greedy:
+            probs_BxKxV = jnp.concatenate(
+                [first_probs_BxV[:, None], jnp.moveaxis(rest_probs_KxBxV, 0, 1)], axis=1
+            )
+        return tokens_BxK, probs_BxKxV, DraftModelState(cache=cache)
+
+    def update(
+        self, params: Params, state: DraftModelState, context: DraftContext, num_kept: jax.Array
+    ) -> DraftModelState:
+        # Rollback happens lazily at the next `propose` (it knows the new seq_lengths).
+        del params, context, num_kept
+        return state
