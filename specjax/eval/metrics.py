@@ -43,7 +43,7 @@ from specjax.eval import cost_model
 from specjax.eval.timing import Timer, Timing, block, timed
 
 __all__ = [
-    "DecodeStats",
+    "RunStats",
     "Exactness",
     "RunSummary",
     "Timer",
@@ -72,8 +72,9 @@ def _np(x: Any, dtype: Any = np.int64) -> np.ndarray:
 
 
 @dataclass
-class DecodeStats:
-    """Per-row statistics of one speculative generation (or several, concatenated)."""
+class RunStats:
+    """Per-row statistics of one speculative generation (or several, concatenated), on the
+    host as numpy arrays (the device-side counters are ``specjax.decoding.state.DecodeStats``)."""
 
     verify_calls: np.ndarray
     accepted: np.ndarray
@@ -93,10 +94,30 @@ class DecodeStats:
         self.validate()
 
     @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> DecodeStats:
+    def from_mapping(cls, m: Mapping[str, Any]) -> RunStats:
         """Build from a dict or a loop-state statistics object with these field names."""
         get = m.get if isinstance(m, Mapping) else lambda k, d=None: getattr(m, k, d)
         return cls(**{f.name: get(f.name, None) for f in fields(cls)})
+
+    @classmethod
+    def from_output(cls, output: Any) -> RunStats:
+        """From a generation result that has ``.stats`` (the loop's per-row counters:
+        verify_calls, drafted, accepted, accepted_per_position, optionally accept_lengths)
+        and ``.num_generated``, such as the GenerateOutput of ``specjax.decoding``. Device arrays
+        are copied to the host."""
+        st = output.stats
+        return cls(
+            verify_calls=np.asarray(st.verify_calls),
+            accepted=np.asarray(st.accepted),
+            drafted=np.asarray(st.drafted),
+            accepted_per_position=np.asarray(st.accepted_per_position),
+            num_generated=np.asarray(output.num_generated),
+            accept_lengths=(
+                None
+                if getattr(st, "accept_lengths", None) is None
+                else np.asarray(st.accept_lengths)
+            ),
+        )
 
     @property
     def batch_size(self) -> int:
@@ -141,10 +162,10 @@ class DecodeStats:
             if not np.array_equal(np.where(valid, al, 0).sum(axis=1), self.accepted):
                 raise ValueError("accept_lengths must sum to accepted per row")
 
-    def take(self, rows: Sequence[int] | np.ndarray) -> DecodeStats:
+    def take(self, rows: Sequence[int] | np.ndarray) -> RunStats:
         """The statistics of a subset of rows (index array or boolean mask)."""
         idx = np.asarray(rows)
-        return DecodeStats(
+        return RunStats(
             verify_calls=self.verify_calls[idx],
             accepted=self.accepted[idx],
             drafted=self.drafted[idx],
@@ -154,7 +175,7 @@ class DecodeStats:
         )
 
     @staticmethod
-    def concat(parts: Sequence[DecodeStats]) -> DecodeStats:
+    def concat(parts: Sequence[RunStats]) -> RunStats:
         """Rows of several batches (same gamma) as one; per-step buffers padded with -1."""
         if not parts:
             raise ValueError("nothing to concatenate")
@@ -172,7 +193,7 @@ class DecodeStats:
                 ]
             )
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-        return DecodeStats(
+        return RunStats(
             verify_calls=cat("verify_calls"),
             accepted=cat("accepted"),
             drafted=cat("drafted"),
@@ -181,7 +202,7 @@ class DecodeStats:
             accept_lengths=al,
         )
 
-    def by_category(self, row_categories: Sequence[str]) -> dict[str, DecodeStats]:
+    def by_category(self, row_categories: Sequence[str]) -> dict[str, RunStats]:
         """Split rows by the category of their prompt (order of first appearance)."""
         cats = np.asarray(row_categories)
         if cats.shape != (self.batch_size,):
@@ -429,7 +450,7 @@ def _jsonable(x: Any) -> Any:
 
 
 def summarize(
-    stats: DecodeStats | Mapping[str, Any],
+    stats: RunStats | Mapping[str, Any],
     *,
     spec_timing: Timing | float | None = None,
     ar_timing: Timing | float | None = None,
@@ -444,8 +465,8 @@ def summarize(
     (label, drafter, prompt_set, category, max_new_tokens, temperature, num_prompts); unknown
     keys go to ``extra``.
     """
-    if not isinstance(stats, DecodeStats):
-        stats = DecodeStats.from_mapping(stats)
+    if not isinstance(stats, RunStats):
+        stats = RunStats.from_mapping(stats)
     gamma = stats.gamma
     if stats.accept_lengths is not None:
         hist = accept_length_histogram(stats.accept_lengths, gamma)

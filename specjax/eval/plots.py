@@ -1,0 +1,197 @@
+"""Plots of sweep results: speedup vs gamma, alpha per draft position, predicted vs measured.
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas directly,
+never through ``pyplot``: that works headless (CI, TPU hosts), leaves the user's global
+backend alone (a notebook keeps its inline backend) and leaks no open figures across a long
+sweep. Each function saves a PNG when given a path and returns the Figure, which a notebook
+displays as is.
+
+The inputs are plain records (``RunSummary`` objects or dicts with the same keys), so the
+plots can be made again from a run's ``metrics.jsonl`` without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from specjax.eval import cost_model
+
+__all__ = [
+    "plot_alpha_per_position",
+    "plot_predicted_vs_measured",
+    "plot_speedup_vs_gamma",
+    "save",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+def _get(r: Any, key: str, default: Any = None) -> Any:
+    if isinstance(r, Mapping):
+        return r.get(key, default)
+    return getattr(r, key, default)
+
+
+def _new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, path: PathLike | None, dpi: int = 120) -> Figure:
+    """Write ``fig`` as PNG to ``path`` (folders created) when a path is given."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, format="png")
+    return fig
+
+
+def _group(records: Iterable[Any], keys: Sequence[str]) -> dict[str, list[Any]]:
+    groups: dict[str, list[Any]] = {}
+    for r in records:
+        name = " / ".join(str(_get(r, k, "")) for k in keys if _get(r, k, "") not in ("", None))
+        groups.setdefault(name or "run", []).append(r)
+    return groups
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def plot_speedup_vs_gamma(
+    records: Iterable[Any],
+    path: PathLike | None = None,
+    *,
+    group_by: Sequence[str] = ("label", "category"),
+    show_predicted: bool = True,
+    title: str = "Speedup vs draft length",
+) -> Figure:
+    """Measured speedup against gamma, one line per group (pair, category, ...).
+
+    Each record needs ``gamma`` and ``speedup``; with ``show_predicted`` and a
+    ``predicted_speedup`` (or ``alpha`` and ``c``) the Leviathan prediction is drawn dashed in
+    the same colour. A dotted line marks speedup 1 (no gain).
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for i, (name, rs) in enumerate(_group(records, group_by).items()):
+        rs = sorted(rs, key=lambda r: _get(r, "gamma"))
+        g = [_get(r, "gamma") for r in rs]
+        colour = f"C{i % 10}"
+        ax.plot(g, [_get(r, "speedup") for r in rs], "o-", color=colour, label=name)
+        if show_predicted:
+            pred = []
+            for r in rs:
+                p = _get(r, "predicted_speedup")
+                if not _finite(p) and _finite(_get(r, "alpha")) and _finite(_get(r, "c")):
+                    p = float(
+                        cost_model.predicted_speedup(
+                            _get(r, "alpha"), _get(r, "gamma"), _get(r, "c")
+                        )
+                    )
+                pred.append(p if _finite(p) else np.nan)
+            if np.any(np.isfinite(pred)):
+                ax.plot(g, pred, "--", color=colour, alpha=0.7, label=f"{name} (predicted)")
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("draft length γ")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("speedup over autoregressive")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return save(fig, path)
+
+
+def plot_alpha_per_position(
+    alphas: Mapping[str, Sequence[float]] | Iterable[Any],
+    path: PathLike | None = None,
+    *,
+    group_by: Sequence[str] = ("label", "category", "gamma"),
+    title: str = "Acceptance rate per draft position",
+) -> Figure:
+    """alpha_i (P(position i accepted | reached)) against draft position, one line per run.
+
+    ``alphas``: a mapping label -> per-position alphas, or records with
+    ``alpha_per_position`` (labelled by ``group_by``). A flat line supports the i.i.d.
+    assumption of the cost model; a rising one means later positions, once reached, are
+    easier (common: a draft that got the first tokens right is on a predictable stretch).
+    """
+    if isinstance(alphas, Mapping):
+        series = {str(k): list(v) for k, v in alphas.items()}
+    else:
+        series = {
+            name: list(_get(rs[-1], "alpha_per_position"))
+            for name, rs in _group(alphas, group_by).items()
+        }
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for i, (name, a) in enumerate(series.items()):
+        pos = np.arange(1, len(a) + 1)
+        vals = np.array([np.nan if v is None else v for v in a], dtype=float)
+        ax.plot(pos, vals, "o-", color=f"C{i % 10}", label=name)
+    ax.set_xlabel("draft position (1 = first drafted token)")
+    ax.set_ylabel("α = P(accepted | position reached)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if series:
+        ax.legend(fontsize="small")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return save(fig, path)
+
+
+def plot_predicted_vs_measured(
+    records: Iterable[Any],
+    path: PathLike | None = None,
+    *,
+    group_by: Sequence[str] = ("label", "category"),
+    annotate_gamma: bool = True,
+    title: str = "Predicted vs measured speedup",
+) -> Figure:
+    """Scatter of measured speedup against the cost model's prediction, with y = x.
+
+    Records need ``speedup`` and ``predicted_speedup`` (or ``alpha``, ``gamma``, ``c``);
+    points are labelled with their gamma. Points below the diagonal ran slower than the
+    model promised (verification not free, per-step overheads the model ignores).
+    """
+    fig = _new_figure(5.2, 5.0)
+    ax = fig.add_subplot()
+    lo, hi = math.inf, -math.inf
+    for i, (name, rs) in enumerate(_group(records, group_by).items()):
+        xs, ys, gs = [], [], []
+        for r in rs:
+            p = _get(r, "predicted_speedup")
+            if not _finite(p):
+                p = float(
+                    cost_model.predicted_speedup(_get(r, "alpha"), _get(r, "gamma"), _get(r, "c"))
+                )
+            xs.append(float(p))
+            ys.append(float(_get(r, "speedup")))
+            gs.append(_get(r, "gamma"))
+        ax.scatter(xs, ys, color=f"C{i % 10}", label=name, zorder=3)
+        if annotate_gamma:
+            for x, y, g in zip(xs, ys, gs, strict=True):
+                ax.annotate(f"γ={g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        finite = [v for v in xs + ys if math.isfinite(v)]
+        if finite:
+            lo, hi = min(lo, *finite), max(hi, *finite)
+    if math.isfinite(lo):
+        pad = 0.05 * max(hi - lo, 0.1)
+        lim = (max(lo - pad, 0.0), hi + pad)
+        ax.plot(lim, lim, color="grey", linestyle="--", linewidth=1, label="y = x")
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
+    ax.set_xlabel("predicted speedup (Leviathan et al.)")
+    ax.set_ylabel("measured speedup")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return save(fig, path)
