@@ -1,0 +1,47 @@
+"""The plot helpers write PNG files from plain records, headless."""
+
+import math
+
+from specjax.eval import cost_model, plots
+from specjax.eval.metrics import RunSummary
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def records():
+    out = []
+    for category, alpha in (("coding", 0.9), ("math", 0.75)):
+        for gamma in (1, 2, 4, 8):
+            pred = float(cost_model.predicted_speedup(alpha, gamma, 0.1))
+            out.append(
+                RunSummary(
+                    label="qwen 1.5b/0.5b",
+                    category=category,
+                    gamma=gamma,
+                    alpha=alpha,
+                    c=0.1,
+                    speedup=0.8 * pred,
+                    alpha_per_position=[alpha] * gamma,
+                )
+            )
+    return out
+
+
+def check_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5_000
+
+
+def test_plots_write_png(tmp_path):
+    recs = records()
+    fig = plots.plot_speedup_vs_gamma(recs, tmp_path / "a" / "speedup.png")
+    check_png(tmp_path / "a" / "speedup.png")
+    # one measured and one predicted line per (pair, category)
+    assert len(fig.axes[0].get_lines()) == 2 * 2 + 1
+    plots.plot_alpha_per_position(recs, tmp_path / "alpha.png")
+    check_png(tmp_path / "alpha.png")
+    plots.plot_alpha_per_position({"draft": [0.8, 0.7, math.nan]}, tmp_path / "alpha2.png")
+    check_png(tmp_path / "alpha2.png")
+    dicts = [r.to_dict() for r in recs]  # records read back from metrics.jsonl work too
+    plots.plot_predicted_vs_measured(dicts, tmp_path / "pvm.png")
+    check_png(tmp_path / "pvm.png")
