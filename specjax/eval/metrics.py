@@ -59,6 +59,7 @@ __all__ = [
     "reached_per_position",
     "speedup",
     "summarize",
+    "summarize_by_category",
     "tau",
     "tau_per_row",
     "timed",
@@ -517,6 +518,39 @@ def summarize(
         if not math.isnan(s.alpha):
             s.predicted_speedup = float(cost_model.predicted_speedup(s.alpha, gamma, s.c))
     return s
+
+
+def summarize_by_category(
+    stats: RunStats,
+    row_categories: Sequence[str],
+    *,
+    timings: Mapping[str, tuple[Timing | float | None, Timing | float | None]] | None = None,
+    order: Sequence[str] | None = None,
+    include_all: bool = True,
+    **meta: Any,
+) -> list[RunSummary]:
+    """One :class:`RunSummary` per prompt category (Spec-Bench style), plus ``"all"``.
+
+    ``row_categories`` gives each row's category. Counters split exactly by row; timings do
+    not (a batch mixes categories), so per-category seconds come only from ``timings``
+    (category -> (spec, ar)), e.g. when each category was run as its own batch; the ``"all"``
+    row takes ``spec_timing``/``ar_timing`` from ``meta`` if given.
+    """
+    parts = stats.by_category(row_categories)
+    names = [c for c in (order or ()) if c in parts] + [c for c in parts if c not in (order or ())]
+    timings = timings or {}
+    per_cat_meta = {k: v for k, v in meta.items() if k not in ("spec_timing", "ar_timing")}
+    out = []
+    for c in names:
+        spec_t, ar_t = timings.get(c, (None, None))
+        out.append(
+            summarize(
+                parts[c], spec_timing=spec_t, ar_timing=ar_t, **{**per_cat_meta, "category": c}
+            )
+        )
+    if include_all:
+        out.append(summarize(stats, **{**meta, "category": "all"}))
+    return out
 
 
 def append_jsonl(summary: RunSummary | Mapping[str, Any], path: str | os.PathLike[str]) -> None:

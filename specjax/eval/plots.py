@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from specjax.eval import cost_model
 
 __all__ = [
+    "plot_accept_histogram",
     "plot_alpha_per_position",
     "plot_predicted_vs_measured",
     "plot_speedup_vs_gamma",
@@ -194,4 +195,42 @@ def plot_predicted_vs_measured(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
+    return save(fig, path)
+
+
+def plot_accept_histogram(
+    hists: Mapping[str, Sequence[int]] | Iterable[Any],
+    path: PathLike | None = None,
+    *,
+    group_by: Sequence[str] = ("label", "category", "gamma"),
+    title: str = "Accepted draft tokens per verification call",
+) -> Figure:
+    """Distribution of the accepted length k = 0..gamma per verification call, as fractions.
+
+    ``hists``: a mapping label -> counts, or records with ``accept_hist``. Bars of the groups
+    sit side by side. Under the i.i.d. model the bars fall geometrically with a spike at
+    gamma (every draft accepted).
+    """
+    if isinstance(hists, Mapping):
+        series = {str(k): np.asarray(v, dtype=float) for k, v in hists.items()}
+    else:
+        series = {
+            name: np.asarray(_get(rs[-1], "accept_hist"), dtype=float)
+            for name, rs in _group(hists, group_by).items()
+        }
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(series), 1)
+    for i, (name, h) in enumerate(series.items()):
+        total = h.sum()
+        frac = h / total if total > 0 else h
+        x = np.arange(len(h)) - 0.4 + width * (i + 0.5)
+        ax.bar(x, frac, width=width, color=f"C{i % 10}", label=name)
+    ax.set_xlabel("accepted draft tokens k")
+    ax.set_ylabel("fraction of verification calls")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if series:
+        ax.legend(fontsize="small")
     return save(fig, path)

@@ -238,3 +238,21 @@ def test_summary_json_csv_roundtrip(tmp_path):
     lines = text.splitlines()
     assert lines[0].startswith("label,drafter,prompt_set,category,gamma")
     assert len(lines) == 3 and (tmp_path / "r.csv").read_text() == text
+
+
+def test_summarize_by_category():
+    s = two_rows()
+    out = M.summarize_by_category(
+        s,
+        ["math", "coding"],
+        order=["coding", "math"],
+        timings={"math": (1.0, 2.0)},
+        spec_timing=3.0,
+        ar_timing=6.0,
+        label="pair",
+    )
+    assert [r.category for r in out] == ["coding", "math", "all"]
+    coding, math_, total = out
+    assert coding.tau == 2.0 and math_.tau == 3.0 and total.tau == pytest.approx(2.6)
+    assert math.isnan(coding.speedup) and math_.speedup == 2.0 and total.speedup == 2.0
+    assert all(r.label == "pair" for r in out) and coding.num_prompts == 1

@@ -45,3 +45,11 @@ def test_plots_write_png(tmp_path):
     dicts = [r.to_dict() for r in recs]  # records read back from metrics.jsonl work too
     plots.plot_predicted_vs_measured(dicts, tmp_path / "pvm.png")
     check_png(tmp_path / "pvm.png")
+
+
+def test_accept_histogram_plot(tmp_path):
+    recs = [r.to_dict() | {"accept_hist": [3, 2, 1, 0, 4][: r.gamma + 1]} for r in records()]
+    plots.plot_accept_histogram(recs, tmp_path / "h.png")
+    check_png(tmp_path / "h.png")
+    plots.plot_accept_histogram({"a": [1, 2, 3], "b": [0, 0, 0]}, tmp_path / "h2.png")
+    check_png(tmp_path / "h2.png")
