@@ -1,8 +1,8 @@
 """specjax: speculative decoding of large language models in JAX/Flax.
 
-    import specjax
-    target = specjax.init_model(specjax.ModelConfig(...))     # or a real checkpoint
-    out = specjax.generate(target, draft, prompt_ids, gamma=4, max_new_tokens=64)
+import specjax
+target = specjax.init_model(specjax.ModelConfig(...))     # or a real checkpoint
+out = specjax.generate(target, draft, prompt_ids, gamma=4, max_new_tokens=64)
 """
 
 from specjax.api import as_drafter, as_model, generate

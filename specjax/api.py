@@ -60,8 +60,11 @@ def as_drafter(drafter: Any) -> tuple[Drafter, Any]:
 
 
 def pad_prompts(
-    prompt_ids: Sequence[Sequence[int]] | np.ndarray, vocab_size: int, pad_id: int = 0,
-    bucket: int = PROMPT_BUCKET, max_width: int | None = None,
+    prompt_ids: Sequence[Sequence[int]] | np.ndarray,
+    vocab_size: int,
+    pad_id: int = 0,
+    bucket: int = PROMPT_BUCKET,
+    max_width: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ragged prompts -> right-padded int32 [B, P] and lengths [B], validated."""
     if isinstance(prompt_ids, np.ndarray | jax.Array) and np.ndim(prompt_ids) == 1:
@@ -87,30 +90,69 @@ def pad_prompts(
     return padded, lengths
 
 
-@functools.partial(
-    jax.jit, static_argnames=("target", "max_new_tokens", "cache_size", "pad_id")
-)
-def _autoregressive_jit(target, params, prompt, lengths, sampling, eos_ids, rng, *,
-                        max_new_tokens, cache_size, pad_id):
+@functools.partial(jax.jit, static_argnames=("target", "max_new_tokens", "cache_size", "pad_id"))
+def _autoregressive_jit(
+    target, params, prompt, lengths, sampling, eos_ids, rng, *, max_new_tokens, cache_size, pad_id
+):
     TRACE_COUNTS["autoregressive"] += 1
     return autoregressive.generate(
-        target, params, prompt, lengths, sampling, eos_ids, rng,
-        max_new_tokens=max_new_tokens, cache_size=cache_size, pad_id=pad_id,
+        target,
+        params,
+        prompt,
+        lengths,
+        sampling,
+        eos_ids,
+        rng,
+        max_new_tokens=max_new_tokens,
+        cache_size=cache_size,
+        pad_id=pad_id,
     )
 
 
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "target", "drafter", "gamma", "max_new_tokens", "cache_size", "pad_id", "verify_fn"
+        "target",
+        "drafter",
+        "gamma",
+        "max_new_tokens",
+        "cache_size",
+        "pad_id",
+        "verify_fn",
     ),
 )
-def _speculative_jit(target, params, drafter, drafter_params, prompt, lengths, sampling,
-                     eos_ids, rng, *, gamma, max_new_tokens, cache_size, pad_id, verify_fn):
+def _speculative_jit(
+    target,
+    params,
+    drafter,
+    drafter_params,
+    prompt,
+    lengths,
+    sampling,
+    eos_ids,
+    rng,
+    *,
+    gamma,
+    max_new_tokens,
+    cache_size,
+    pad_id,
+    verify_fn,
+):
     TRACE_COUNTS["speculative"] += 1
     return speculative.generate(
-        target, params, drafter, drafter_params, prompt, lengths, sampling, eos_ids, rng,
-        gamma=gamma, max_new_tokens=max_new_tokens, cache_size=cache_size, pad_id=pad_id,
+        target,
+        params,
+        drafter,
+        drafter_params,
+        prompt,
+        lengths,
+        sampling,
+        eos_ids,
+        rng,
+        gamma=gamma,
+        max_new_tokens=max_new_tokens,
+        cache_size=cache_size,
+        pad_id=pad_id,
         verify_fn=verify_fn,
     )
 
@@ -183,13 +225,30 @@ def generate(
 
     if not speculative_run:
         return _autoregressive_jit(
-            target_model, target_params, jnp.asarray(prompt), jnp.asarray(lengths), sampling,
-            jnp.asarray(eos), rng, max_new_tokens=int(max_new_tokens),
-            cache_size=int(cache_size), pad_id=int(pad_id),
+            target_model,
+            target_params,
+            jnp.asarray(prompt),
+            jnp.asarray(lengths),
+            sampling,
+            jnp.asarray(eos),
+            rng,
+            max_new_tokens=int(max_new_tokens),
+            cache_size=int(cache_size),
+            pad_id=int(pad_id),
         )
     return _speculative_jit(
-        target_model, target_params, draft, draft_params, jnp.asarray(prompt),
-        jnp.asarray(lengths), sampling, jnp.asarray(eos), rng, gamma=int(gamma),
-        max_new_tokens=int(max_new_tokens), cache_size=int(cache_size), pad_id=int(pad_id),
+        target_model,
+        target_params,
+        draft,
+        draft_params,
+        jnp.asarray(prompt),
+        jnp.asarray(lengths),
+        sampling,
+        jnp.asarray(eos),
+        rng,
+        gamma=int(gamma),
+        max_new_tokens=int(max_new_tokens),
+        cache_size=int(cache_size),
+        pad_id=int(pad_id),
         verify_fn=verify_fn,
     )

@@ -105,8 +105,11 @@ def attention_mask(
         new_visible_BxTxS = new_index_clipped_BxS[:, None, :] <= t_T[None, :, None]
     else:
         new_visible_BxTxS = jnp.take_along_axis(
-            extra_mask_BxTxT, jnp.broadcast_to(new_index_clipped_BxS[:, None, :], (
-                extra_mask_BxTxT.shape[0], T, max_len)), axis=2
+            extra_mask_BxTxT,
+            jnp.broadcast_to(
+                new_index_clipped_BxS[:, None, :], (extra_mask_BxTxT.shape[0], T, max_len)
+            ),
+            axis=2,
         )
     mask_BxTxS = is_old_BxS[:, None, :] | (is_new_BxS[:, None, :] & new_visible_BxTxS)
 

@@ -22,8 +22,12 @@ from specjax.models.transformer import Model, Params, params_dtype
 
 
 def decode_step(
-    target: Model, params: Params, state: DecodeState, sampling: sampling_lib.Sampling,
-    eos_ids_E: jax.Array, max_new_tokens: int,
+    target: Model,
+    params: Params,
+    state: DecodeState,
+    sampling: sampling_lib.Sampling,
+    eos_ids_E: jax.Array,
+    max_new_tokens: int,
 ) -> DecodeState:
     """Feeds each row's newest token, samples the next one."""
     rng, step_rng = jax.random.split(state.rng)
@@ -37,8 +41,9 @@ def decode_step(
     stats = dataclasses.replace(
         state.stats, verify_calls=state.stats.verify_calls + active_B.astype(jnp.int32)
     )
-    state = dataclasses.replace(state, target_cache=cache, rng=rng, stats=stats,
-                                step=state.step + 1)
+    state = dataclasses.replace(
+        state, target_cache=cache, rng=rng, stats=stats, step=state.step + 1
+    )
     state = sequence.append_tokens(
         state, next_token_B[:, None], jnp.ones_like(next_token_B), eos_ids_E, max_new_tokens
     )
@@ -80,4 +85,3 @@ def generate(
         state,
     )
     return sequence.output(state, max_new_tokens, pad_id)
-

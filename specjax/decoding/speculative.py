@@ -88,7 +88,11 @@ def speculative_step(
     )
     old_seq_lengths_B = state.seq_lengths
     state = dataclasses.replace(
-        state, rng=rng, stats=stats, drafter_state=drafter_state, target_cache=target_cache,
+        state,
+        rng=rng,
+        stats=stats,
+        drafter_state=drafter_state,
+        target_cache=target_cache,
         step=state.step + 1,
     )
     state = sequence.append_tokens(
@@ -139,8 +143,16 @@ def generate(
 
     def body(s: DecodeState) -> DecodeState:
         return speculative_step(
-            target, params, drafter, drafter_params, s, sampling, eos_ids_E,
-            gamma=gamma, max_new_tokens=max_new_tokens, verify_fn=verify_fn,
+            target,
+            params,
+            drafter,
+            drafter_params,
+            s,
+            sampling,
+            eos_ids_E,
+            gamma=gamma,
+            max_new_tokens=max_new_tokens,
+            verify_fn=verify_fn,
         )
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, state)

@@ -14,7 +14,6 @@ and a T=2 call costs the same as T=1 at these sizes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp

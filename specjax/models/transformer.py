@@ -71,7 +71,7 @@ class Transformer(nnx.Module):
     ) -> tuple[jax.Array, jax.Array, kv_cache.KVCache]:
         """See `forward`."""
         cfg = self.config
-        embedding_VxD = self.embedder.embedding.value
+        embedding_VxD = self.embedder.embedding[...]
         x_BxTxD = jnp.take(embedding_VxD, tokens_BxT, axis=0)
         if cfg.embed_scale:
             # Gemma multiplies by sqrt(D) rounded to the activation dtype.
@@ -106,7 +106,7 @@ class Transformer(nnx.Module):
         if cfg.tie_embeddings:
             head_DxV = embedding_VxD.T
         else:
-            head_DxV = self.lm_head.kernel.value
+            head_DxV = self.lm_head.kernel[...]
         logits_BxTxV = jnp.einsum(
             "btd,dv->btv",
             hidden_BxTxD,
@@ -171,13 +171,12 @@ class Model:
 def params_dtype(params: Params) -> jnp.dtype:
     """The dtype of the weights (the embedding's)."""
     leaves = jax.tree.leaves(params)
-    return jnp.result_type(*[leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype,
-                                                                             jnp.floating)])
+    return jnp.result_type(
+        *[leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    )
 
 
-def init_model(
-    config: ModelConfig, seed: int = 0, param_dtype=jnp.float32
-) -> tuple[Model, Params]:
+def init_model(config: ModelConfig, seed: int = 0, param_dtype=jnp.float32) -> tuple[Model, Params]:
     """Random weights (tests, synthetic benchmarks) as a (Model, params) pair."""
     return Model.split(Transformer(config, rngs=nnx.Rngs(seed), param_dtype=param_dtype))
 

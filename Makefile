@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:
+#   make demo   installs everything, then runs speculative vs autoregressive decoding
+#   make test   installs everything, then runs ruff and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+LINTED := specjax tests experiments configs
+
+.PHONY: demo test lint install clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+# pytest exits 5 when it collected no test: make treats every non-zero status as failure.
+test: lint
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q \
+	    -W ignore::DeprecationWarning --durations=15
+
+demo: $(STAMP)
+	$(BIN)/python -m experiments.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
