@@ -172,7 +172,9 @@ QWEN25_05B = ModelConfig(
     rope_theta=1_000_000.0,
     qkv_bias=True,
     norm_eps=1e-6,
-    tie_embeddings=False,
+    # HF's 0.5B and 1.5B tie their embeddings (494M / 1.54B parameters); the GGUF re-exports
+    # used here carry a separate output.weight, which the loader reads from the file.
+    tie_embeddings=True,
 )
 
 QWEN25_15B = QWEN25_05B.replace(
@@ -187,6 +189,7 @@ QWEN25_7B = QWEN25_05B.replace(
     num_kv_heads=4,
     head_dim=128,
     ffn_dim=18944,
+    tie_embeddings=False,
 )
 
 LLAMA3_8B = ModelConfig(
