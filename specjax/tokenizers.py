@@ -151,14 +151,21 @@ def read_gguf_metadata(source: str | os.PathLike[str] | Any) -> dict[str, Any]:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # an empty file cannot be mapped
             raise TokenizerError(f"{path} is empty, not a GGUF file") from None
+    # Errors are turned into messages first: a live traceback would keep views of the map
+    # alive and make closing it fail.
+    error: str | None = None
+    buf = memoryview(mm)
     try:
-        return _parse_gguf_kv(memoryview(mm), path)
+        meta = _parse_gguf_kv(buf, path)
+    except TokenizerError as e:
+        error = str(e)
     except (struct.error, IndexError, ValueError) as e:
-        if isinstance(e, TokenizerError):
-            raise
-        raise TokenizerError(f"{path}: truncated or corrupt GGUF metadata ({e})") from None
-    finally:
-        mm.close()
+        error = f"{path}: truncated or corrupt GGUF metadata ({e})"
+    buf.release()
+    mm.close()
+    if error is not None:
+        raise TokenizerError(error)
+    return meta
 
 
 def _parse_gguf_kv(buf: memoryview, path: Path) -> dict[str, Any]:
