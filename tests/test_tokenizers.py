@@ -561,3 +561,51 @@ def test_smollm2_real_gguf() -> None:
             assert tok.apply_chat_template(conversation, renderer="jinja") == (
                 tok.apply_chat_template(conversation, renderer="builtin")
             )
+
+
+QWEN_05B = "qwen2.5-coder-0.5b-instruct.gguf"
+GEMMA3 = "gemma-3-270m-q4_k_m.gguf"
+
+
+def _cached_model(filename: str) -> Path:
+    path = cache_root() / "models" / filename
+    if not path.exists():
+        pytest.skip(f"{path} is not cached (fetch it with specjax.checkpoints.sources)")
+    return path
+
+
+def test_qwen25_coder_real_gguf(llama_cpp_models: Path) -> None:
+    """The real Qwen2.5-Coder vocabulary gives llama.cpp's qwen2 test-vector ids."""
+    tok = load_tokenizer(_cached_model(QWEN_05B))
+    assert isinstance(tok, GGUFByteLevelBPETokenizer) and tok.pre_tokenizer == "qwen2"
+    assert tok.vocab_size == 151936 and not tok.add_bos
+    assert [tok.id_to_token(i) for i in tok.eos_ids] == ["<|im_end|>", "<|endoftext|>"]
+    for text, expected in read_vectors(llama_cpp_models / "ggml-vocab-qwen2.gguf"):
+        assert tok.encode(text, parse_special=False) == expected, text
+    assert tok.default_system_prompt == T.QWEN25_DEFAULT_SYSTEM
+    if T._jinja_available():
+        for conversation in CONVERSATIONS:
+            assert tok.apply_chat_template(conversation, renderer="jinja") == (
+                tok.apply_chat_template(conversation, renderer="builtin")
+            )
+    ids = tok.encode_chat([{"role": "user", "content": "Reverse a string in Python."}])
+    assert ids[:3] == [151644, 8948, 198]  # <|im_start|> system \n
+    assert ids[-3:] == [151644, 77091, 198]  # <|im_start|> assistant \n
+    # <tool_call> is a user-defined token: matched even when control tokens are not parsed.
+    assert tok.encode("<tool_call>", parse_special=False) == [tok.token_to_id("<tool_call>")]
+
+
+def test_gemma3_real_gguf() -> None:
+    tok = load_tokenizer(_cached_model(GEMMA3))
+    assert isinstance(tok, GGUFSentencePieceTokenizer) and not tok.add_space_prefix
+    assert tok.vocab_size == 262144 and tok.bos_id == 2 and tok.add_bos and tok.pad_id == 0
+    assert [tok.id_to_token(i) for i in tok.eos_ids] == ["<eos>", "<end_of_turn>"]
+    assert tok.chat_format == "gemma"  # the base model's file has no template: built-in one
+    assert tok.encode("Hello world") == [2, 9259, 1902]
+    text = "def f(x):\n    return x**2  # ünïcödé 😀\n\n\nEnd."
+    ids = tok.encode(text)
+    assert tok.decode(ids, skip_special=True) == text
+    # Runs of spaces and newlines are user-defined tokens of their own.
+    assert tok.id_to_token(ids[7]) == "    " and tok.id_to_token(ids[-3]) == "\n\n\n"
+    chat = tok.encode_chat([{"role": "user", "content": "Hi"}])
+    assert chat == [2, 105, 2364, 107, 10979, 106, 107, 105, 4368, 107]
