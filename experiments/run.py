@@ -1,0 +1,31 @@
+"""Run one experiment: autoregressive vs speculative on the same prompts, in one process.
+
+    python -m experiments.run --config=configs/qwen_coder.py:gamma=4 \
+        --config.max_new_tokens=128 --workdir=runs/qwen_g4
+
+Writes config.json, metrics.jsonl, results.csv, generations.jsonl, summary.json and plots/
+into --workdir (see specjax/eval/runner.py, where the logic lives).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from specjax.eval import runner
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:k=v,...].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's files.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show tqdm progress bars.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    result = runner.run_experiment(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    print(runner.report_markdown(result.summaries, title=result.overall.label))
+    print(f"\nwrote {result.workdir}")
+
+
+if __name__ == "__main__":
+    app.run(main)
