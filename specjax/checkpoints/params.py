@@ -67,5 +67,5 @@ def build_params(
 
 def to_numpy_dict(params: Params) -> PureDict:
     """Nested dict of numpy arrays from params (for exporters and tests)."""
-    pure = params.to_pure_dict() if isinstance(params, nnx.State) else params
+    pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
     return jax.tree.map(np.asarray, pure)

