@@ -101,6 +101,7 @@ class Transformer(nnx.Module):
             layer_step,
             (x_BxTxD, cache.k, cache.v, jnp.int32(0)),
             (block_params, windows_L, thetas_L),
+            unroll=min(cfg.layer_unroll, cfg.num_layers),
         )
         hidden_BxTxD = self.final_norm(x_BxTxD)
         if cfg.tie_embeddings:
@@ -135,6 +136,17 @@ class Model:
     def split(module: Transformer) -> tuple[Model, Params]:
         graphdef, params = nnx.split(module)
         return Model(graphdef=graphdef, config=module.config), params
+
+    def with_config(self, **changes) -> Model:
+        """The same parameter structure under a changed config (e.g. `layer_unroll`); only
+        changes that keep every parameter's shape are allowed."""
+        config = self.config.replace(**changes)
+        new_model, new_params = abstract_model(config)
+        _, old_params = abstract_model(self.config)
+        old_shapes = jax.tree.map(lambda x: x.shape, old_params)
+        if jax.tree.map(lambda x: x.shape, new_params) != old_shapes:
+            raise ValueError(f"config change {changes} alters parameter shapes")
+        return new_model
 
     def merge(self, params: Params) -> Transformer:
         return nnx.merge(self.graphdef, params)

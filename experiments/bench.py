@@ -1,0 +1,129 @@
+"""GPU benchmark: specjax vs its own autoregressive baseline, vs the floor, vs HF transformers.
+
+    python -m experiments.bench --suites=real,hf --gguf=PATH --prompt_dir=DIR --out=DIR
+    python -m experiments.bench --suites=synthetic --accept_json=FILE --out=DIR
+
+Writes <out>/bench_<suite>.json and prints markdown tables. Logic: specjax/eval/bench.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from specjax.eval import bench
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("suites", ["real"], "real, hf, synthetic")
+flags.DEFINE_string("gguf", "smollm2-135m-instruct", "model name or .gguf path (real, hf)")
+flags.DEFINE_string("prompt_dir", None, "folder with HumanEval.jsonl.gz and question.jsonl")
+flags.DEFINE_string("out", "runs/bench", "output folder")
+flags.DEFINE_list("batches", ["1", "8", "32"], "batch sizes (real suite)")
+flags.DEFINE_list("temperatures", ["0", "1"], "temperatures (real suite)")
+flags.DEFINE_integer("max_new_tokens", 128, "tokens per row")
+flags.DEFINE_integer("repeats", 5, "timed repeats after the compile call")
+flags.DEFINE_integer("layer_unroll", 1, "scan unroll over layers (1 = rolled)")
+flags.DEFINE_string("accept_json", None, "accepted-length histogram recorded on a real pair")
+flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance when no --accept_json is given")
+
+
+def load_prompt_texts(prompt_dir: str | None, per_set: int) -> list[str]:
+    from specjax.eval.prompts import load_prompts
+
+    def path(name):
+        return os.path.join(prompt_dir, name) if prompt_dir else None
+
+    humaneval = load_prompts("humaneval", subset=per_set, seed=0, path=path("HumanEval.jsonl.gz"))
+    mt_bench = load_prompts("mt_bench", subset=per_set, seed=0, path=path("question.jsonl"))
+    return [p.text for p in humaneval] + [p.text for p in mt_bench]
+
+
+def main(argv):
+    del argv
+    from specjax import checkpoints, tokenizers
+    from specjax.drafters.early_exit import early_exit_drafter
+    from specjax.drafters.ngram import NgramDrafter
+    from specjax.models.config import KNOWN_SHAPES
+
+    out = Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = {"device": bench.device_description(), "jax": jax.__version__, "date": bench.now()}
+    bandwidth = bench.measure_copy_bandwidth(4e9)
+    header["copy_bandwidth_GBps"] = bandwidth / 1e9
+    print(json.dumps(header))
+
+    if {"real", "hf"} & set(FLAGS.suites):
+        model, params, meta = checkpoints.load(FLAGS.gguf, jnp.bfloat16, cache=False)
+        model = model.with_config(layer_unroll=FLAGS.layer_unroll)
+        gguf_path = meta["path"]
+        tokenizer = tokenizers.load_tokenizer(gguf_path)
+        prompt_ids = bench.chat_prompt_ids(tokenizer, load_prompt_texts(FLAGS.prompt_dir, 16))
+        target = (model, params)
+        floor = bench.floor_ms(model.config, 1, 512, 2, bandwidth)
+        print(f"floor at batch 1, 512 cached tokens: {floor:.3f} ms/token")
+
+    if "real" in FLAGS.suites:
+        layers = model.config.num_layers
+        drafters = {
+            "ngram": (NgramDrafter(3, 1), 4),
+            "ngram_g8": (NgramDrafter(3, 1), 8),
+            f"early_exit_{layers // 3}": (early_exit_drafter(model, params, layers // 3), 3),
+        }
+        rows = bench.real_model_suite(
+            target, prompt_ids, drafters,
+            batches=[int(b) for b in FLAGS.batches],
+            temperatures=[float(t) for t in FLAGS.temperatures],
+            max_new_tokens=FLAGS.max_new_tokens, repeats=FLAGS.repeats,
+        )  # fmt: skip
+        result = {**header, "suite": "real", "model": gguf_path, "floor_ms_b1": floor,
+                  "layer_unroll": FLAGS.layer_unroll, "rows": rows}  # fmt: skip
+        (out / f"bench_real_u{FLAGS.layer_unroll}.json").write_text(json.dumps(result, indent=1))
+        columns = ["name", "batch", "temperature", "gamma", "ms_per_token", "tokens_per_s",
+                   "tau", "speedup", "exact", "compile_s"]  # fmt: skip
+        print(bench.markdown_table(rows, columns))
+
+    if "hf" in FLAGS.suites:
+        from specjax.eval.hf_baseline import hf_suite
+
+        first = prompt_ids[:4]
+        ours = bench.time_generate("specjax_ar", target, None, first, gamma=1,
+                                   max_new_tokens=FLAGS.max_new_tokens, repeats=1)  # fmt: skip
+        rows = hf_suite(
+            gguf_path,
+            first,
+            max_new_tokens=FLAGS.max_new_tokens,
+            repeats=2,
+            reference_tokens=[ours.token_lists[i] for i in range(len(first))],
+        )
+        (out / "bench_hf.json").write_text(json.dumps({**header, "rows": rows}, indent=1))
+        print(bench.markdown_table(rows, ["name", "ms_per_token", "tokens_per_s", "warmup_s"]))
+
+    if "synthetic" in FLAGS.suites:
+        gamma = 4
+        if FLAGS.accept_json:
+            recorded = json.loads(Path(FLAGS.accept_json).read_text())
+            probs, source = recorded["accept_length_probs"], recorded["source"]
+            gamma = len(probs) - 1
+        else:
+            probs = bench.geometric_accept_probs(FLAGS.alpha, gamma)
+            source = f"i.i.d. alpha={FLAGS.alpha} (assumed, not recorded)"
+        targets = {k: KNOWN_SHAPES[k] for k in ["qwen2.5-1.5b", "qwen2.5-7b", "llama3-8b"]}
+        rows = []
+        for batch in [1, 8]:
+            rows += bench.synthetic_suite(
+                targets, KNOWN_SHAPES["qwen2.5-0.5b"], gamma=gamma, accept_probs=probs,
+                accept_source=source, batch=batch, context=512,
+                max_new_tokens=FLAGS.max_new_tokens, bandwidth=bandwidth,
+                repeats=FLAGS.repeats,
+            )  # fmt: skip
+        (out / "bench_synthetic.json").write_text(json.dumps({**header, "rows": rows}, indent=1))
+        print(bench.markdown_table(rows, list(rows[0])))
+
+
+if __name__ == "__main__":
+    app.run(main)
