@@ -12,7 +12,6 @@ a new prompt of the same padded shape, a new temperature or a new seed reuses it
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,8 +89,7 @@ def pad_prompts(
     return padded, lengths
 
 
-@functools.partial(jax.jit, static_argnames=("target", "max_new_tokens", "cache_size", "pad_id"))
-def _autoregressive_jit(
+def _autoregressive(
     target, params, prompt, lengths, sampling, eos_ids, rng, *, max_new_tokens, cache_size, pad_id
 ):
     TRACE_COUNTS["autoregressive"] += 1
@@ -109,19 +107,7 @@ def _autoregressive_jit(
     )
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "target",
-        "drafter",
-        "gamma",
-        "max_new_tokens",
-        "cache_size",
-        "pad_id",
-        "verify_fn",
-    ),
-)
-def _speculative_jit(
+def _speculative(
     target,
     params,
     drafter,
@@ -157,6 +143,24 @@ def _speculative_jit(
     )
 
 
+# The plain bodies above are also compiled by `specjax.parallel.sharded` with mesh shardings.
+_autoregressive_jit = jax.jit(
+    _autoregressive, static_argnames=("target", "max_new_tokens", "cache_size", "pad_id")
+)
+_speculative_jit = jax.jit(
+    _speculative,
+    static_argnames=(
+        "target",
+        "drafter",
+        "gamma",
+        "max_new_tokens",
+        "cache_size",
+        "pad_id",
+        "verify_fn",
+    ),
+)
+
+
 def generate(
     target: Any,
     drafter: Any,
@@ -170,6 +174,8 @@ def generate(
     cache_size: int | None = None,
     pad_id: int = 0,
     verify_fn=rejection.verify_sampling,
+    mesh: jax.sharding.Mesh | None = None,
+    shard_drafter: bool = False,
 ) -> GenerateOutput:
     """Generates continuations of `prompt_ids`, speculatively when a drafter is given.
 
@@ -187,6 +193,11 @@ def generate(
         A smaller cache stops rows early with stop reason "cache_full".
       pad_id: fills `tokens` after each row's end.
       verify_fn: the sampling acceptance rule (research hook; default lossless).
+      mesh: a (data, model) mesh from `specjax.parallel.make_mesh`: rows are split over
+        `data` (the batch must divide), the target's weights and KV cache over `model`.
+        None: the single-device program, unchanged.
+      shard_drafter: with a mesh, also split a draft model's weights over `model`
+        (default: replicated on every device; its batch is split over `data` either way).
 
     Returns:
       GenerateOutput (tokens [B, max_new_tokens], num_generated, stop_reason, stats).
@@ -223,6 +234,26 @@ def generate(
         raise ValueError(f"eos id {eos.max()} is outside the vocabulary of {vocab_size}")
     rng = jax.random.key(seed) if isinstance(seed, int | np.integer) else seed
 
+    if mesh is not None:
+        from specjax.parallel import sharded  # late: only sharded runs need it
+
+        return sharded.generate(
+            mesh,
+            target_model,
+            target_params,
+            draft if speculative_run else None,
+            draft_params if speculative_run else None,
+            prompt,
+            lengths,
+            sampling,
+            eos,
+            rng,
+            shard_drafter_weights=shard_drafter,
+            max_new_tokens=int(max_new_tokens),
+            cache_size=int(cache_size),
+            pad_id=int(pad_id),
+            **(dict(gamma=int(gamma), verify_fn=verify_fn) if speculative_run else {}),
+        )
     if not speculative_run:
         return _autoregressive_jit(
             target_model,

@@ -1,0 +1,318 @@
+"""Sharded generation: the same decoding loops, compiled for a (data, model) mesh.
+
+Dimension legend: L layers, B batch, P padded prompt width, S cache slots, T new tokens,
+V vocab, D width, K draft length, N max_new_tokens, E eos ids.
+
+Nothing in `decoding/` or `models/` knows about meshes. Two small pieces make the single-device
+loops run sharded:
+
+  * `ShardedModel` is a `Model` that pins its KV cache (at creation and around every forward)
+    and its logits to the layout's shardings. The cache rides in the carry of the
+    `lax.while_loop`, so pinning it fixes the loop's layout; XLA's sharding propagation then
+    splits every matmul like its weights (column-parallel q/k/v/gate/up, row-parallel o/down)
+    and no weight moves inside the loop (tests/parallel inspects the compiled HLO for that).
+  * `prepare_generate` compiles the whole generation (prefill + while_loop) with explicit
+    in_shardings (weights by `ModelLayout`, prompt rows on `data`, scalars replicated) and
+    out_shardings, one program per (mesh, model, static shapes), cached like the unsharded jit.
+
+Rows never interact, so acceptance, rollback and stopping stay local to each data shard. The
+communication of one iteration is: the tensor-parallel all-reduces inside the model (two per
+layer), the reductions over a vocabulary split on `model` (argmax / softmax of the logits),
+and the `all rows done` test of the loop condition (one boolean per data shard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+
+from specjax import cache as kv_cache
+from specjax.decoding.state import DecodeStats, GenerateOutput
+from specjax.drafters.draft_model import DraftModelDrafter
+from specjax.models.transformer import Model, Params
+from specjax.parallel import mesh as mesh_lib
+from specjax.parallel.mesh import ModelLayout
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedModel(Model):
+    """A `Model` whose KV cache and logits are pinned to `layout` inside jit.
+
+    Hashable (a static jit argument); equal layouts share compiled programs.
+    """
+
+    layout: ModelLayout | None = None
+
+    @staticmethod
+    def wrap(model: Model, layout: ModelLayout) -> ShardedModel:
+        return ShardedModel(graphdef=model.graphdef, config=model.config, layout=layout)
+
+    def _pin_cache(self, cache: kv_cache.KVCache) -> kv_cache.KVCache:
+        return jax.lax.with_sharding_constraint(cache, self.layout.cache_shardings())
+
+    def init_cache(self, batch_size: int, max_len: int, dtype=None) -> kv_cache.KVCache:
+        return self._pin_cache(super().init_cache(batch_size, max_len, dtype))
+
+    def forward(
+        self,
+        params: Params,
+        tokens_BxT: jax.Array,
+        positions_BxT: jax.Array,
+        cache: kv_cache.KVCache,
+        extra_mask_BxTxT: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, kv_cache.KVCache]:
+        logits_BxTxV, hidden_BxTxD, cache = super().forward(
+            params, tokens_BxT, positions_BxT, self._pin_cache(cache), extra_mask_BxTxT
+        )
+        logits_BxTxV = jax.lax.with_sharding_constraint(logits_BxTxV, self.layout.logits_sharding())
+        hidden_BxTxD = jax.lax.with_sharding_constraint(hidden_BxTxD, self.layout.hidden_sharding())
+        return logits_BxTxV, hidden_BxTxD, self._pin_cache(cache)
+
+
+def unwrap(model: Model) -> Model:
+    """The plain Model (drops a layout)."""
+    return Model(graphdef=model.graphdef, config=model.config)
+
+
+def shard_model(
+    model: Model, params: Params, mesh: Mesh, *, tensor_parallel: bool = True
+) -> tuple[ShardedModel, Params]:
+    """(ShardedModel, params placed on their shardings) for `mesh`.
+
+    Raises MeshError when the model's heads or MLP width do not split over `model`.
+    """
+    layout = ModelLayout(mesh, model.config, tensor_parallel=tensor_parallel)
+    return ShardedModel.wrap(unwrap(model), layout), place_params(params, layout)
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """`jax.device_put(tree, shardings)` that also works when the mesh spans processes.
+
+    `shardings` is one Sharding or a pytree of them matching `tree`. Across processes a plain
+    device_put of process-local arrays is refused; every process then builds the global array
+    from its own (identical) copy with `make_array_from_callback`, filling only its shards.
+    Arrays already on their sharding are not copied.
+    """
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    targets = treedef.flatten_up_to(shardings)
+    if not any(getattr(s, "mesh", None) is not None and s.mesh.is_multi_process for s in targets):
+        return jax.device_put(tree, shardings)
+    return treedef.unflatten([_put_global(x, s) for x, s in zip(leaves, targets)])
+
+
+def _put_global(value: Any, sharding: NamedSharding) -> jax.Array:
+    if isinstance(value, jax.Array) and value.sharding == sharding:
+        return value
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        data = _put_global(jax.random.key_data(value), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def place_params(params: Any, layout: ModelLayout | None, mesh: Mesh | None = None) -> Any:
+    """Params on their shardings (replicated over `mesh` when there is no layout); arrays
+    already placed there are not copied."""
+    if params is None:
+        return None
+    if layout is None:
+        return put(params, mesh_lib.replicated(mesh))
+    return put(params, layout.param_shardings(params))
+
+
+def shard_drafter(
+    drafter: Any, drafter_params: Any, mesh: Mesh, *, tensor_parallel: bool
+) -> tuple[Any, Any, Any]:
+    """(drafter, placed params, params shardings) for `mesh`.
+
+    A draft model is pinned like the target: its batch on `data`; its weights split over
+    `model` when `tensor_parallel`, else replicated. Other drafters (n-gram, ...) are used as
+    they are; their params, if any, are replicated.
+    """
+    if isinstance(drafter, DraftModelDrafter):
+        layout = ModelLayout(mesh, drafter.model.config, tensor_parallel=tensor_parallel)
+        wrapped = DraftModelDrafter(ShardedModel.wrap(unwrap(drafter.model), layout))
+        placed = place_params(drafter_params, layout)
+        return wrapped, placed, layout.param_shardings(drafter_params)
+    if drafter_params is None:
+        return drafter, None, None
+    return drafter, place_params(drafter_params, None, mesh), mesh_lib.replicated(mesh)
+
+
+def output_shardings(mesh: Mesh, replicate: bool) -> GenerateOutput:
+    """Shardings of GenerateOutput: rows on `data`, or everything replicated (when the mesh
+    spans several processes, so that every process can read the tokens)."""
+
+    def rows(ndim: int) -> NamedSharding:
+        return mesh_lib.replicated(mesh) if replicate else mesh_lib.batch_sharding(mesh, ndim)
+
+    return GenerateOutput(
+        tokens=rows(2),
+        num_generated=rows(1),
+        stop_reason=rows(1),
+        stats=DecodeStats(
+            verify_calls=rows(1), drafted=rows(1), accepted=rows(1), accepted_per_position=rows(2)
+        ),
+        steps=mesh_lib.replicated(mesh),
+    )
+
+
+class _TreeKey:
+    """A hashable stand-in for a pytree of shardings (cache key of the compiled programs)."""
+
+    def __init__(self, tree: Any):
+        leaves, self.treedef = jax.tree.flatten(tree)
+        self.leaves = tuple(leaves)
+
+    @property
+    def tree(self) -> Any:
+        return jax.tree.unflatten(self.treedef, self.leaves)
+
+    def __hash__(self) -> int:
+        return hash((self.treedef, self.leaves))
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, _TreeKey)
+            and self.treedef == other.treedef
+            and self.leaves == other.leaves
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(
+    kind: str,
+    target: ShardedModel,
+    drafter: Any,
+    params_key: _TreeKey,
+    drafter_params_key: _TreeKey | None,
+    replicate_outputs: bool,
+    static: tuple[tuple[str, Any], ...],
+) -> Callable:
+    """The jitted generation for one static key (built once, like the unsharded jit)."""
+    from specjax import api  # late import: api imports this module lazily
+
+    mesh = target.layout.mesh
+    rep = mesh_lib.replicated(mesh)
+    # Dynamic arguments: [params, (drafter_params,)] prompt [B,P], lengths [B], sampling,
+    # eos_ids [E], rng.
+    rows = (mesh_lib.batch_sharding(mesh, 2), mesh_lib.batch_sharding(mesh, 1), rep, rep, rep)
+    if kind == "autoregressive":
+        fn = functools.partial(api._autoregressive, target, **dict(static))
+        in_shardings = (params_key.tree, *rows)
+        lengths_argnum = 2
+    else:
+        body = functools.partial(api._speculative, **dict(static))
+
+        def fn(params, drafter_params, prompt, lengths, sampling, eos_ids, rng):
+            return body(
+                target, params, drafter, drafter_params, prompt, lengths, sampling, eos_ids, rng
+            )
+
+        drafter_shardings = None if drafter_params_key is None else drafter_params_key.tree
+        in_shardings = (params_key.tree, drafter_shardings, *rows)
+        lengths_argnum = 3
+    return jax.jit(
+        fn,
+        in_shardings=in_shardings,
+        out_shardings=output_shardings(mesh, replicate_outputs),
+        # Consumed inputs: the prompt lengths' buffer becomes num_generated (same shape and
+        # sharding). The big buffers, the KV caches, live and die inside the program: XLA
+        # updates the while-loop carry in place, so there is nothing larger to donate.
+        donate_argnums=() if replicate_outputs else (lengths_argnum,),
+    )
+
+
+def prepare_generate(
+    mesh: Mesh,
+    target: Model,
+    params: Params,
+    drafter: Any,
+    drafter_params: Any,
+    prompt_BxP: np.ndarray,
+    lengths_B: np.ndarray,
+    sampling: Any,
+    eos_ids_E: np.ndarray,
+    rng: jax.Array,
+    *,
+    shard_drafter_weights: bool = False,
+    **static: Any,
+) -> tuple[Callable, tuple[Any, ...]]:
+    """(compiled function, its arguments placed on the mesh) for one generation.
+
+    `static` are the keyword arguments of `api._autoregressive` / `api._speculative`
+    (max_new_tokens, cache_size, pad_id, and for speculative runs gamma and verify_fn).
+    Tests call `fn.lower(*args).compile().as_text()` on the result to inspect the program.
+    """
+    mesh_lib.check_batch(mesh, prompt_BxP.shape[0])
+    sharded_target, placed_params = shard_model(unwrap(target), params, mesh)
+    params_key = _TreeKey(sharded_target.layout.param_shardings(params))
+    # Outputs stay split by rows unless another process holds some of them.
+    replicate_outputs = mesh.is_multi_process
+    rep = mesh_lib.replicated(mesh)
+    row_args = (
+        put(np.asarray(prompt_BxP, np.int32), mesh_lib.batch_sharding(mesh, 2)),
+        put(np.asarray(lengths_B, np.int32), mesh_lib.batch_sharding(mesh, 1)),
+        put(sampling, rep),
+        put(np.asarray(eos_ids_E, np.int32), rep),
+        put(rng, rep),
+    )
+    static_key = tuple(sorted(static.items()))
+    if drafter is None:
+        fn = _compiled(
+            "autoregressive", sharded_target, None, params_key, None, replicate_outputs, static_key
+        )
+        return fn, (placed_params, *row_args)
+    sharded_draft, placed_draft_params, draft_shardings = shard_drafter(
+        drafter, drafter_params, mesh, tensor_parallel=shard_drafter_weights
+    )
+    draft_key = None if draft_shardings is None else _TreeKey(draft_shardings)
+    fn = _compiled(
+        "speculative",
+        sharded_target,
+        sharded_draft,
+        params_key,
+        draft_key,
+        replicate_outputs,
+        static_key,
+    )
+    return fn, (placed_params, placed_draft_params, *row_args)
+
+
+def generate(*args: Any, **kwargs: Any) -> GenerateOutput:
+    """Runs `prepare_generate`'s program (see there for the arguments)."""
+    fn, fn_args = prepare_generate(*args, **kwargs)
+    return fn(*fn_args)
+
+
+def forward_step(
+    model: ShardedModel, params_shardings: Any, *, donate_cache: bool = True
+) -> Callable:
+    """A jitted single forward call (tokens [B,T] at positions [B,T] into the cache) on the
+    mesh: returns (logits [B,T,V], cache). The cache is donated: it is consumed and its
+    buffers are reused for the updated cache, so a decode step needs no second copy of it.
+
+    This is the unit the benchmarks time (one target call at T = 1, γ+1, ...).
+    """
+    mesh = model.layout.mesh
+    rows2 = mesh_lib.batch_sharding(mesh, 2)
+    cache_shardings = model.layout.cache_shardings(boundary=True)
+
+    def step(params, tokens_BxT, positions_BxT, cache):
+        logits_BxTxV, _, cache = model.forward(params, tokens_BxT, positions_BxT, cache)
+        return logits_BxTxV, cache
+
+    return jax.jit(
+        step,
+        in_shardings=(params_shardings, rows2, rows2, cache_shardings),
+        out_shardings=(model.layout.logits_sharding(), cache_shardings),
+        donate_argnums=(3,) if donate_cache else (),
+    )
