@@ -17,6 +17,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.tree_util.register_dataclass
@@ -60,7 +61,15 @@ class Sampling:
         )
 
 
-GREEDY = Sampling.create(0.0)
+# Built from numpy scalars, not device arrays: importing specjax must not start a JAX backend,
+# because multi-process runs call jax.distributed.initialize() first (specjax.parallel).
+GREEDY = Sampling(
+    temperature=np.float32(1.0),
+    top_k=np.int32(0),
+    top_p=np.float32(1.0),
+    greedy=True,
+    filtered=False,
+)
 
 
 def filter_logits(logits_xV: jax.Array, sampling: Sampling) -> jax.Array:
