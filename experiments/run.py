@@ -7,7 +7,9 @@ Writes config.json, metrics.jsonl, results.csv, generations.jsonl, summary.json 
 into --workdir (see specjax/eval/runner.py, where the logic lives).
 """
 
-from absl import app, flags, logging
+import logging as std_logging
+
+from absl import app, flags
 from ml_collections import config_flags
 
 from specjax.eval import runner
@@ -21,7 +23,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    # Our progress at INFO; libraries (orbax, jax) stay at absl's default WARNING.
+    std_logging.getLogger("specjax").setLevel(std_logging.INFO)
     result = runner.run_experiment(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
     print(runner.report_markdown(result.summaries, title=result.overall.label))
     print(f"\nwrote {result.workdir}")

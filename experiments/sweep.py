@@ -11,10 +11,11 @@ stopped. Ends with report.md and plots/ in --workdir (logic in specjax/eval/runn
 """
 
 import importlib.util
+import logging as std_logging
 import shlex
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from specjax.eval import runner
@@ -42,7 +43,8 @@ def sweep_points(config_flag: str, points: str | None) -> list[dict]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    # Our progress at INFO; libraries (orbax, jax) stay at absl's default WARNING.
+    std_logging.getLogger("specjax").setLevel(std_logging.INFO)
     # The flag's text, "path[:arg]": get_sweep receives the same arg as get_config.
     points = sweep_points(config_flags.get_config_filename(flags.FLAGS["config"]), _POINTS.value)
     result = runner.run_sweep(

@@ -26,6 +26,7 @@ Dimension legend: P prompt length, N generated tokens, T = P + N, V vocab, K gam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 from collections.abc import Sequence
 from typing import Any
@@ -66,11 +67,19 @@ def _draft_argmax(draft: tuple[Any, Any], sequence_T: np.ndarray) -> np.ndarray:
     """argmax of the draft's next-token logits after every prefix of ``sequence_T`` ([T])."""
     model, params = draft
     T = int(sequence_T.shape[0])
-    cache = model.init_cache(1, T, dtype=jax.tree.leaves(params)[0].dtype)
-    tokens_1xT = jnp.asarray(sequence_T[None, :], jnp.int32)
-    positions_1xT = jnp.arange(T, dtype=jnp.int32)[None, :]
-    logits_1xTxV, _, _ = jax.jit(model.forward)(params, tokens_1xT, positions_1xT, cache)
-    return np.asarray(jnp.argmax(logits_1xTxV[0], axis=-1))
+    # Pad to a multiple of 64 so rows of similar length share one compilation; causal
+    # attention keeps the padding from touching the logits of the real positions.
+    W = -(-T // 64) * 64
+    cache = model.init_cache(1, W, dtype=jax.tree.leaves(params)[0].dtype)
+    tokens_1xW = jnp.zeros((1, W), jnp.int32).at[0, :T].set(jnp.asarray(sequence_T, jnp.int32))
+    positions_1xW = jnp.arange(W, dtype=jnp.int32)[None, :]
+    logits_1xWxV, _, _ = _forward(model)(params, tokens_1xW, positions_1xW, cache)
+    return np.asarray(jnp.argmax(logits_1xWxV[0, :T], axis=-1))
+
+
+@functools.lru_cache(maxsize=4)
+def _forward(model: Any) -> Any:
+    return jax.jit(model.forward)
 
 
 def replay_greedy(

@@ -44,6 +44,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -577,14 +578,19 @@ def _measure_cost(
     gamma, batch = int(config.gamma), int(config.batch_size)
     context = int(np.median([len(p.ids) for p in prompts])) + int(config.max_new_tokens) // 2
     cache_len = context + gamma + 2
-    repeats = max(5, int(config.repeats))
+    repeats = max(10, int(config.repeats))
+    draft_step = _step_fn(pair.draft, batch, cache_len, context, 1)
     target_step = _step_fn(pair.target, batch, cache_len, context, 1)
-    cost = cost_model.measure_c(
-        _step_fn(pair.draft, batch, cache_len, context, 1), target_step, repeats=repeats
-    )
-    verify = cost_model.measure_c(  # reuses measure_c's warm-up/median logic
-        _step_fn(pair.target, batch, cache_len, context, gamma + 1), target_step, repeats=repeats
-    )
+    verify_step = _step_fn(pair.target, batch, cache_len, context, gamma + 1)
+    # Interleaved (draft, target, verify, draft, ...) rather than one after the other: on a
+    # shared machine, load that comes and goes would otherwise land on one of the three.
+    timers = [Timer(), Timer(), Timer()]
+    for _ in range(repeats + 1):  # call 0 compiles
+        for timer, step in zip(timers, (draft_step, target_step, verify_step), strict=True):
+            timer(step)
+    draft_t, target_t, verify_t = (t.timing() for t in timers)
+    cost = cost_model.CostMeasurement(draft=draft_t, target=target_t)
+    verify = cost_model.CostMeasurement(draft=verify_t, target=target_t)
     return {
         "c": cost.c,
         "draft_step_s": cost.draft_s,
@@ -828,12 +834,22 @@ def run_sweep(
             raise ConfigError(f"sweep point {name}: {error}") from None
     for c in configs:
         _check_runnable(c)
+    command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    invocations = []
+    if (workdir / "sweep.json").is_file():  # resuming: keep the command that started it
+        try:
+            previous = json.loads((workdir / "sweep.json").read_text(encoding="utf-8"))
+            invocations = list(previous.get("invocations", []))
+        except ValueError:
+            pass
+    invocations.append(command)
     _atomic_write(
         workdir / "sweep.json",
         json.dumps(
             _jsonable(
                 {
-                    "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                    "command": invocations[0],
+                    "invocations": invocations,
                     "base_config": config.to_dict(),
                     "points": points,
                     "names": names,
@@ -903,13 +919,13 @@ def write_plots(summaries: Sequence[RunSummary], folder: str | os.PathLike[str])
             overall, p, title="Speedup vs draft length (all prompts)"
         ),
         "alpha_per_position": lambda p: plots.plot_alpha_per_position(
-            overall, p, group_by=("label", "gamma")
+            {f"{s.label}, γ={s.gamma}": s.alpha_per_position for s in overall}, p
         ),
         "alpha_per_position_by_category": lambda p: plots.plot_alpha_per_position(
             [s for s in by_cat if s.gamma == max(x.gamma for x in by_cat)], p
         ),
         "accept_histogram": lambda p: plots.plot_accept_histogram(
-            overall, p, group_by=("label", "gamma")
+            {f"{s.label}, γ={s.gamma}": s.accept_hist for s in overall}, p
         ),
     }
     if has_c:
