@@ -12,7 +12,10 @@ import numpy as np
 from flax import nnx
 
 from specjax.models.config import ModelConfig
-from specjax.models.transformer import init_model
+from specjax.models.transformer import Model, init_model
+
+# One compiled program per (model, shapes); the model is hashable, hence static.
+jit_forward = jax.jit(Model.forward, static_argnums=0)
 
 # Small models that still exercise every conversion path: GQA (H != G), head_dim != D/H,
 # Qwen biases + untied head, Gemma's sliding-window pattern, q/k norms, post norms.

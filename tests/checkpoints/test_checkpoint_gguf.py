@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ckpt_testlib import TINY, random_params
+from ckpt_testlib import TINY, jit_forward, random_params
 
 from specjax.checkpoints import gguf as ckpt_gguf
 from specjax.checkpoints.errors import CorruptCheckpointError, UnsupportedArchitectureError
@@ -29,7 +29,7 @@ def _write(tmp_path, config, seed=0, **kwargs):
 def _forward_logits(model: Model, params, tokens: list[int]) -> np.ndarray:
     cache = model.init_cache(1, len(tokens) + 1)
     positions = jnp.arange(len(tokens))[None]
-    logits, _, _ = model.forward(params, jnp.asarray([tokens]), positions, cache)
+    logits, _, _ = jit_forward(model, params, jnp.asarray([tokens]), positions, cache)
     return np.asarray(logits[0])
 
 
@@ -89,14 +89,14 @@ def test_tiny_models_match_the_numpy_reference(tmp_path, tiny_config, NumpyRefer
     # Greedy continuation with the cache (T = 1 steps) on both sides.
     ref_tokens, _ = reference.greedy(tokens, 6)
     cache = model.init_cache(1, 16)
-    logits, _, cache = model.forward(
-        params, jnp.asarray([tokens]), jnp.arange(len(tokens))[None], cache
+    logits, _, cache = jit_forward(
+        model, params, jnp.asarray([tokens]), jnp.arange(len(tokens))[None], cache
     )
     ours = []
     for step in range(6):
         ours.append(int(jnp.argmax(logits[0, -1])))
         position = jnp.asarray([[len(tokens) + step]])
-        logits, _, cache = model.forward(params, jnp.asarray([[ours[-1]]]), position, cache)
+        logits, _, cache = jit_forward(model, params, jnp.asarray([[ours[-1]]]), position, cache)
     assert ours == ref_tokens
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from ckpt_testlib import TINY, random_params
+from ckpt_testlib import TINY, jit_forward, random_params
 
 from specjax.checkpoints import hf
 from specjax.checkpoints.errors import CorruptCheckpointError, UnsupportedArchitectureError
@@ -22,8 +22,8 @@ from specjax.models.config import GEMMA3_270M, QWEN25_05B, QWEN25_15B, SMOLLM2_1
 
 def _logits(model, params, tokens):
     cache = model.init_cache(1, len(tokens))
-    logits, _, _ = model.forward(
-        params, jnp.asarray([tokens]), jnp.arange(len(tokens))[None], cache
+    logits, _, _ = jit_forward(
+        model, params, jnp.asarray([tokens]), jnp.arange(len(tokens))[None], cache
     )
     return np.asarray(logits[0])
 
