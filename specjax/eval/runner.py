@@ -261,6 +261,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for axis in ("data", "model"):
         v = config.mesh[axis]
         need(is_int(v) and v >= 1, f"mesh.{axis} must be an integer >= 1, got {v!r}")
+    if is_int(config.mesh.data) and config.mesh.data >= 1 and is_int(config.batch_size):
+        need(
+            config.batch_size % config.mesh.data == 0,
+            f"batch_size ({config.batch_size}) must be a multiple of mesh.data "
+            f"({config.mesh.data}): rows are split over the data axis",
+        )
 
     d = config.drafter
     need(d.kind in DRAFTER_KINDS, f"drafter.kind must be one of {DRAFTER_KINDS}, got {d.kind!r}")
@@ -487,11 +493,34 @@ def _check_runnable(config: ml_collections.ConfigDict) -> None:
             f"drafter.kind={config.drafter.kind!r} is not implemented yet; implemented: "
             f"{', '.join(IMPLEMENTED_DRAFTER_KINDS)}"
         )
-    if config.mesh.data * config.mesh.model != 1:
-        raise NotImplementedError(
-            f"mesh data={config.mesh.data}, model={config.mesh.model}: sharded runs are not "
-            "wired into the runner yet (specjax.parallel); use mesh.data=1, mesh.model=1"
-        )
+    needed = int(config.mesh.data) * int(config.mesh.model)
+    if needed > 1:
+        import jax
+
+        if needed > jax.device_count():
+            raise ValueError(
+                f"mesh data={config.mesh.data} x model={config.mesh.model} needs {needed} "
+                f"devices, {jax.device_count()} are available"
+            )
+
+
+def _mesh(config: ml_collections.ConfigDict) -> Any | None:
+    """The (data, model) mesh of a sharded run; None runs the single-device program."""
+    if int(config.mesh.data) * int(config.mesh.model) == 1:
+        return None
+    from specjax.parallel import make_mesh
+
+    return make_mesh(int(config.mesh.data), int(config.mesh.model))
+
+
+def _take_rows(out: Any, n: int) -> Any:
+    """The first ``n`` rows of a GenerateOutput (every per-row field has B leading)."""
+    import jax
+
+    batch = out.tokens.shape[0]
+    if n == batch:
+        return out
+    return jax.tree.map(lambda x: x[:n] if x.ndim and x.shape[0] == batch else x, out)
 
 
 def _sampling(config: ml_collections.ConfigDict):
@@ -515,16 +544,23 @@ def _decode_batches(
     import specjax
 
     sampling = _sampling(config)
+    mesh = _mesh(config)
     common = dict(
         sampling=sampling,
         max_new_tokens=int(config.max_new_tokens),
         eos_ids=list(eos_ids),
         seed=int(config.seed),
+        **({"mesh": mesh} if mesh is not None else {}),
     )
+    data = int(config.mesh.data)
     out = []
     bar = tqdm(batches, desc=f"γ={config.gamma} batches", unit="batch", disable=not progress)
     for batch in bar:
         ids = [list(p.ids) for p in batch]
+        # A sharded batch must split evenly over the data axis: a category's last, short
+        # batch is padded with copies of its last prompt, whose rows are then dropped (their
+        # compute stays in the timing, as it would in a served batch).
+        ids += [ids[-1]] * (-len(ids) % data)
 
         def ar(ids=ids):
             return specjax.generate(pair.target.pair, None, ids, **common)
@@ -540,7 +576,16 @@ def _decode_batches(
         for _ in range(int(config.repeats) + 1):
             ar_out = t_ar(ar)
             spec_out = t_spec(spec)
-        out.append(_Batch(list(batch), spec_out, ar_out, t_spec.timing(), t_ar.timing()))
+        n = len(batch)
+        out.append(
+            _Batch(
+                list(batch),
+                _take_rows(spec_out, n),
+                _take_rows(ar_out, n),
+                t_spec.timing(),
+                t_ar.timing(),
+            )
+        )
     return out
 
 
@@ -574,6 +619,11 @@ def _measure_cost(
     """c = draft step / target step (one token per row, batch as run), and the cost of the
     (gamma+1)-token verification call in target steps (1 in the paper's model)."""
     if not config.measure_c or pair.draft is None:
+        return None
+    if _mesh(config) is not None:
+        # Single-device step times say nothing about a sharded step; c for sharded runs
+        # needs specjax.parallel.sharded.forward_step (not wired here yet).
+        log.warning("c is not measured for sharded runs (mesh != 1x1): no prediction")
         return None
     gamma, batch = int(config.gamma), int(config.batch_size)
     context = int(np.median([len(p.ids) for p in prompts])) + int(config.max_new_tokens) // 2

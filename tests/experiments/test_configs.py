@@ -98,12 +98,15 @@ def test_every_problem_is_listed_at_once(config_module):
     assert "gamma" in text and "dtype" in text and "top_p" in text
 
 
-def test_unimplemented_drafters_and_meshes_fail_before_loading(tmp_path, config_module):
+def test_unrunnable_settings_fail_before_loading(tmp_path, config_module):
     tiny = config_module("tiny")
-    for arg, message in [("drafter.kind=ngram", "not implemented yet"), ("mesh.data=2", "mesh")]:
-        with pytest.raises(NotImplementedError, match=message):
-            runner.run_experiment(tiny.get_config(arg), tmp_path, progress=False)
+    with pytest.raises(NotImplementedError, match="not implemented yet"):
+        runner.run_experiment(tiny.get_config("drafter.kind=ngram"), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="needs 64 devices"):
+        runner.run_experiment(tiny.get_config("mesh.data=64"), tmp_path, progress=False)
     assert not (tmp_path / "metrics.jsonl").exists()
+    with pytest.raises(runner.ConfigError, match="multiple of mesh.data"):
+        tiny.get_config("batch_size=3,mesh.data=2")
 
 
 def test_launcher_rejects_unknown_command_line_keys(tmp_path, repo_root):
