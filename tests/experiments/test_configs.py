@@ -103,7 +103,7 @@ def test_unrunnable_settings_fail_before_loading(tmp_path, config_module):
     with pytest.raises(NotImplementedError, match="not implemented yet"):
         runner.run_experiment(tiny.get_config("drafter.kind=ngram"), tmp_path, progress=False)
     with pytest.raises(ValueError, match="needs 64 devices"):
-        runner.run_experiment(tiny.get_config("mesh.data=64"), tmp_path, progress=False)
+        runner.run_experiment(tiny.get_config("mesh.model=64"), tmp_path, progress=False)
     assert not (tmp_path / "metrics.jsonl").exists()
     with pytest.raises(runner.ConfigError, match="multiple of mesh.data"):
         tiny.get_config("batch_size=3,mesh.data=2")
