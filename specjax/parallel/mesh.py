@@ -190,8 +190,13 @@ class ModelLayout:
 
     @property
     def kv_heads_sharded(self) -> bool:
-        """False when G % model != 0: kv projections and cache replicated over `model`."""
-        return self.tensor_parallel and self.config.num_kv_heads % self.model_size == 0
+        """True when kv heads are split over `model` (G % model == 0, model > 1); False means
+        the kv projections and cache are replicated over `model`."""
+        return (
+            self.tensor_parallel
+            and self.model_size > 1
+            and self.config.num_kv_heads % self.model_size == 0
+        )
 
     @property
     def vocab_sharded(self) -> bool:
@@ -234,10 +239,11 @@ class ModelLayout:
         return axes
 
     def param_shardings(self, params: Any) -> Any:
-        """NamedSharding per parameter leaf (same pytree structure as `params`)."""
+        """NamedSharding per parameter leaf (same pytree structure as `params`; the leaves may
+        be arrays or `jax.ShapeDtypeStruct`s, e.g. from `abstract_model`)."""
 
         def leaf_sharding(path, leaf):
-            return self.sharding(self.param_logical_axes(path, np.ndim(leaf)))
+            return self.sharding(self.param_logical_axes(path, len(np.shape(leaf))))
 
         return jax.tree_util.tree_map_with_path(leaf_sharding, params)
 
