@@ -25,6 +25,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Our progress at INFO; libraries (orbax, jax) stay at absl's default WARNING.
     std_logging.getLogger("specjax").setLevel(std_logging.INFO)
+    try:  # --config.* flags are applied after get_config: check them before any work
+        runner.validate(_CONFIG.value)
+    except runner.ConfigError as error:
+        raise app.UsageError(str(error)) from None
     result = runner.run_experiment(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
     print(runner.report_markdown(result.summaries, title=result.overall.label))
     print(f"\nwrote {result.workdir}")

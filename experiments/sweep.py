@@ -47,13 +47,16 @@ def main(argv: list[str]) -> None:
     std_logging.getLogger("specjax").setLevel(std_logging.INFO)
     # The flag's text, "path[:arg]": get_sweep receives the same arg as get_config.
     points = sweep_points(config_flags.get_config_filename(flags.FLAGS["config"]), _POINTS.value)
-    result = runner.run_sweep(
-        _CONFIG.value,
-        points,
-        _WORKDIR.value,
-        progress=_PROGRESS.value,
-        command=shlex.join(["python", "-m", "experiments.sweep", *sys.argv[1:]]),
-    )
+    try:  # every point is validated before the first one runs
+        result = runner.run_sweep(
+            _CONFIG.value,
+            points,
+            _WORKDIR.value,
+            progress=_PROGRESS.value,
+            command=shlex.join(["python", "-m", "experiments.sweep", *sys.argv[1:]]),
+        )
+    except runner.ConfigError as error:
+        raise app.UsageError(str(error)) from None
     print((result.workdir / "report.md").read_text())
     print(f"computed {len(result.computed)} of {len(result.runs)} points; wrote {result.workdir}")
 
