@@ -626,8 +626,13 @@ def _measure_cost(
         log.warning("c is not measured for sharded runs (mesh != 1x1): no prediction")
         return None
     gamma, batch = int(config.gamma), int(config.batch_size)
+    # The caches the decoders use (attention reads every slot, masked, so the slot count
+    # matters): the longest prompt padded to its bucket, the budget, gamma + 1 spare slots.
+    # Filled to the median prompt plus half the budget: a typical mid-generation step.
+    longest = max(len(p.ids) for p in prompts)
+    cache_len = -(-longest // 16) * 16 + int(config.max_new_tokens) + gamma + 1
     context = int(np.median([len(p.ids) for p in prompts])) + int(config.max_new_tokens) // 2
-    cache_len = context + gamma + 2
+    context = min(context, cache_len - gamma - 1)
     repeats = max(10, int(config.repeats))
     draft_step = _step_fn(pair.draft, batch, cache_len, context, 1)
     target_step = _step_fn(pair.target, batch, cache_len, context, 1)
