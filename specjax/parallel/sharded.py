@@ -294,21 +294,30 @@ def generate(*args: Any, **kwargs: Any) -> GenerateOutput:
 
 
 def forward_step(
-    model: ShardedModel, params_shardings: Any, *, donate_cache: bool = True
+    model: ShardedModel,
+    params_shardings: Any,
+    *,
+    donate_cache: bool = True,
+    keep_lengths: bool = False,
 ) -> Callable:
-    """A jitted single forward call (tokens [B,T] at positions [B,T] into the cache) on the
-    mesh: returns (logits [B,T,V], cache). The cache is donated: it is consumed and its
-    buffers are reused for the updated cache, so a decode step needs no second copy of it.
+    """A jitted single forward call on the mesh: (params, tokens [B,T], positions [B,T],
+    cache) -> (logits [B,T,V], cache).
 
-    This is the unit the benchmarks time (one target call at T = 1, γ+1, ...).
+    The cache is donated: consumed, its buffers reused for the updated cache, so a step needs
+    no second copy of it. `keep_lengths` returns the cache with its input lengths (the new
+    entries rolled back): a benchmark can then repeat the same step forever.
+
+    This is the unit the benchmarks time (one target call at T = 1, gamma + 1, ...).
     """
     mesh = model.layout.mesh
     rows2 = mesh_lib.batch_sharding(mesh, 2)
     cache_shardings = model.layout.cache_shardings(boundary=True)
 
     def step(params, tokens_BxT, positions_BxT, cache):
-        logits_BxTxV, _, cache = model.forward(params, tokens_BxT, positions_BxT, cache)
-        return logits_BxTxV, cache
+        logits_BxTxV, _, new_cache = model.forward(params, tokens_BxT, positions_BxT, cache)
+        if keep_lengths:
+            new_cache = kv_cache.rollback(new_cache, cache.lengths)
+        return logits_BxTxV, new_cache
 
     return jax.jit(
         step,
