@@ -90,7 +90,7 @@ def main(argv):
     if "hf" in FLAGS.suites:
         from specjax.eval.hf_baseline import hf_suite
 
-        first = prompt_ids[:4]
+        first = prompt_ids[:2]
         ours = bench.time_generate("specjax_ar", target, None, first, gamma=1,
                                    max_new_tokens=FLAGS.max_new_tokens, repeats=1)  # fmt: skip
         rows = hf_suite(
