@@ -65,6 +65,7 @@ def initial_state(
         step=jnp.int32(0),
         sequence=sequence_BxS,
         seq_lengths=prompt_lengths_B.astype(jnp.int32),
+        from_draft=jnp.zeros(sequence_BxS.shape, bool),
         prompt_lengths=prompt_lengths_B.astype(jnp.int32),
         done=jnp.zeros((B,), bool),
         stop_reason=jnp.zeros((B,), jnp.int32),
@@ -81,6 +82,7 @@ def append_tokens(
     count_B: jax.Array,
     eos_ids_E: jax.Array,
     max_new_tokens: int,
+    from_draft_BxM: jax.Array | None = None,
 ) -> DecodeState:
     """Appends the first count[b] of new_tokens to each active row, then stops rows that hit
     the token budget or emitted an EOS (tokens after the EOS are dropped).
@@ -103,6 +105,10 @@ def append_tokens(
         state.sequence, new_tokens_BxM.astype(jnp.int32), state.seq_lengths
     )
     sequence_BxS = jnp.where(active_B[:, None], written_BxS, state.sequence)
+    if from_draft_BxM is None:
+        from_draft_BxM = jnp.zeros(new_tokens_BxM.shape, bool)
+    flags_BxS = jax.vmap(write_row)(state.from_draft, from_draft_BxM, state.seq_lengths)
+    from_draft_BxS = jnp.where(active_B[:, None], flags_BxS, state.from_draft)
     seq_lengths_B = state.seq_lengths + kept_B
 
     hit_eos_B = active_B & (first_eos_B < kept_B)
@@ -114,6 +120,7 @@ def append_tokens(
         state,
         sequence=sequence_BxS,
         seq_lengths=seq_lengths_B,
+        from_draft=from_draft_BxS,
         done=state.done | hit_eos_B | hit_budget_B,
         stop_reason=stop_reason_B,
     )
@@ -143,11 +150,15 @@ def output(state: DecodeState, max_new_tokens: int, pad_id: int) -> GenerateOutp
 
     padded = jnp.pad(state.sequence, ((0, 0), (0, max_new_tokens)))
     tokens_BxN = jax.vmap(row_tokens)(padded, state.prompt_lengths)
+    flags = jnp.pad(state.from_draft, ((0, 0), (0, max_new_tokens)))
+    from_draft_BxN = jax.vmap(row_tokens)(flags, state.prompt_lengths)
     num_generated_B = state.num_generated
-    tokens_BxN = jnp.where(index_N[None, :] < num_generated_B[:, None], tokens_BxN, pad_id)
+    valid_BxN = index_N[None, :] < num_generated_B[:, None]
+    tokens_BxN = jnp.where(valid_BxN, tokens_BxN, pad_id)
     return GenerateOutput(
         tokens=tokens_BxN,
         num_generated=num_generated_B,
+        from_draft=from_draft_BxN & valid_BxN,
         stop_reason=state.stop_reason,
         stats=state.stats,
         steps=state.step,

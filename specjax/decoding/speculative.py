@@ -96,7 +96,12 @@ def speculative_step(
         step=state.step + 1,
     )
     state = sequence.append_tokens(
-        state, emitted_BxK1, num_accepted_B + 1, eos_ids_E, max_new_tokens
+        state,
+        emitted_BxK1,
+        num_accepted_B + 1,
+        eos_ids_E,
+        max_new_tokens,
+        from_draft_BxM=index_K1[None, :] < num_accepted_B[:, None],
     )
     # Rollback: the target cache keeps every token but the newest.
     state = dataclasses.replace(

@@ -83,6 +83,8 @@ class DecodeState:
       sequence: int32[B, S + K + 1], tokens at their positions; the K + 1 spare slots absorb
         the writes of a full acceptance at the very end of the cache.
       seq_lengths: int32[B].
+      from_draft: bool[B, S + K + 1], token was an accepted draft token (False for prompt and
+        target-produced tokens: first token, corrections, bonus tokens).
       prompt_lengths: int32[B].
       done: bool[B], row finished (budget, EOS or cache full).
       stop_reason: int32[B], one of STOP_* (RUNNING while active).
@@ -95,6 +97,7 @@ class DecodeState:
     step: jax.Array
     sequence: jax.Array
     seq_lengths: jax.Array
+    from_draft: jax.Array
     prompt_lengths: jax.Array
     done: jax.Array
     stop_reason: jax.Array
@@ -120,6 +123,7 @@ class GenerateOutput:
     Fields:
       tokens: int32[B, N] generated ids, `pad_id` after num_generated[b].
       num_generated: int32[B].
+      from_draft: bool[B, N], the token is an accepted draft token (else the target made it).
       stop_reason: int32[B], STOP_* codes (see `stop_reason_names`).
       stats: DecodeStats (zeros for drafted/accepted when autoregressive).
       steps: int32 scalar, loop iterations of the whole batch.
@@ -127,6 +131,7 @@ class GenerateOutput:
 
     tokens: jax.Array
     num_generated: jax.Array
+    from_draft: jax.Array
     stop_reason: jax.Array
     stats: DecodeStats
     steps: jax.Array

@@ -54,6 +54,11 @@ def test_greedy_speculative_equals_autoregressive(target, request, gamma, batch,
     stats = jax.tree.map(np.asarray, out.stats)
     assert np.all(stats.drafted == gamma * stats.verify_calls)
     assert np.all(stats.accepted + stats.verify_calls >= out.num_generated - 1)
+    # Provenance: accepted drafts are marked; only the last iteration may be cut short.
+    drafted_tokens = np.asarray(out.from_draft).sum(axis=1)
+    assert np.all(drafted_tokens <= stats.accepted)
+    assert np.all(drafted_tokens >= stats.accepted - gamma)
+    assert not np.asarray(out.from_draft)[:, 0].any()  # the first token comes from prefill
     if which_draft == "close_draft":
         assert out.tau > 1.5  # the perturbed copy agrees often: full acceptances happen
 
