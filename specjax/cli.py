@@ -1,0 +1,179 @@
+"""Command line: generate with a real model, speculatively or not.
+
+    python -m specjax.cli generate --target qwen2.5-coder-1.5b-instruct \
+        --draft qwen2.5-coder-0.5b-instruct --gamma 4 --prompt "Write quicksort in Python" \
+        --max-new-tokens 128 [--temperature 0.7] [--seed 0] [--raw] [--json]
+
+Without --draft (and without another --drafter) it decodes autoregressively. In the text
+output, accepted draft tokens are green and tokens the target produced itself (the first
+token, corrections after a rejection, bonus tokens after a full acceptance) are blue, as in
+the figure of Leviathan et al. (rejected drafts are never emitted, so they are not shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+GREEN, BLUE, RESET = "\033[32m", "\033[34m", "\033[0m"
+DRAFTERS = ("model", "ngram", "early-exit")
+
+
+def vocabulary_fingerprint(tokenizer: Any) -> str:
+    """A hash of every token's text: equal fingerprints mean one shared vocabulary."""
+    digest = hashlib.sha256()
+    for token_id in range(tokenizer.vocab_size):
+        digest.update(tokenizer.id_to_token(token_id).encode("utf-8", "surrogateescape"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def check_same_tokenizer(target_tokenizer: Any, draft_tokenizer: Any, names: Sequence[str]):
+    if vocabulary_fingerprint(target_tokenizer) != vocabulary_fingerprint(draft_tokenizer):
+        raise SystemExit(
+            f"error: the draft {names[1]!r} and the target {names[0]!r} use different "
+            f"tokenizers ({draft_tokenizer.vocab_size} vs {target_tokenizer.vocab_size} "
+            "tokens, or different token texts); speculative decoding needs one vocabulary"
+        )
+
+
+def colored(tokenizer: Any, token_ids: Sequence[int], from_draft: Sequence[bool]) -> str:
+    decoder = tokenizer.stream_decoder()
+    pieces = []
+    for token_id, drafted in zip(token_ids, from_draft, strict=True):
+        text = decoder.push(int(token_id))
+        if text:
+            pieces.append(f"{GREEN if drafted else BLUE}{text}{RESET}")
+    return "".join(pieces)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m specjax.cli",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate a continuation of one prompt")
+    gen.add_argument("--target", required=True, help="model name, .gguf path or hub id")
+    gen.add_argument("--draft", help="draft model (name/path) for --drafter model")
+    gen.add_argument("--drafter", choices=DRAFTERS, help="default: model if --draft is given")
+    gen.add_argument("--gamma", type=int, default=4, help="draft tokens per target call")
+    gen.add_argument("--prompt", required=True, help="the user message (or raw text with --raw)")
+    gen.add_argument("--raw", action="store_true", help="feed the prompt without chat template")
+    gen.add_argument("--max-new-tokens", type=int, required=True)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    gen.add_argument("--ngram", type=int, default=3, help="longest n-gram (--drafter ngram)")
+    gen.add_argument("--exit-layer", type=int, default=None, help="--drafter early-exit")
+    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def make_drafter(args, target, draft_name: str | None):
+    from specjax.drafters.early_exit import early_exit_drafter
+    from specjax.drafters.ngram import NgramDrafter
+    from specjax.eval.models import load_model
+
+    kind = args.drafter or ("model" if draft_name else None)
+    if kind is None:
+        return None
+    if kind == "model":
+        if not draft_name:
+            raise SystemExit("error: --drafter model needs --draft NAME")
+        draft = load_model(draft_name, args.dtype)
+        if draft.tokenizer is not None and target.tokenizer is not None:
+            check_same_tokenizer(target.tokenizer, draft.tokenizer, [args.target, draft_name])
+        return draft.pair
+    if draft_name:
+        raise SystemExit(f"error: --draft only applies to --drafter model, not {kind}")
+    if kind == "ngram":
+        return NgramDrafter(max_ngram=args.ngram, min_ngram=1)
+    exit_layer = args.exit_layer or max(1, target.config.num_layers // 4)
+    return early_exit_drafter(target.model, target.params, exit_layer)
+
+
+def generate_command(args) -> dict[str, Any]:
+    import jax
+
+    import specjax
+    from specjax.eval.models import load_model
+
+    target = load_model(args.target, args.dtype)
+    tokenizer = target.tokenizer
+    if tokenizer is None:
+        raise SystemExit(f"error: no tokenizer could be read from {args.target!r}")
+    drafter = make_drafter(args, target, args.draft)
+    if args.raw:
+        prompt_ids = tokenizer.encode(args.prompt)
+    else:
+        prompt_ids = tokenizer.encode_chat([{"role": "user", "content": args.prompt}])
+    sampling = specjax.Sampling.create(args.temperature, top_k=args.top_k, top_p=args.top_p)
+    start = time.perf_counter()
+    out = specjax.generate(
+        target.pair, drafter, [prompt_ids], sampling=sampling, gamma=args.gamma,
+        max_new_tokens=args.max_new_tokens, eos_ids=tokenizer.eos_ids, seed=args.seed,
+    )  # fmt: skip
+    out = jax.block_until_ready(out)
+    seconds = time.perf_counter() - start
+    token_ids = out.token_lists()[0]
+    from_draft = np.asarray(out.from_draft)[0, : len(token_ids)].tolist()
+    speculative = drafter is not None
+    stats = {
+        "target_calls": int(out.target_calls[0]),
+        "tau": out.tau if speculative else 1.0,
+        "acceptance_per_position": out.acceptance_per_position.tolist() if speculative else [],
+        "accepted_draft_tokens": int(sum(from_draft)),
+        "seconds": seconds,  # includes compilation: the CLI runs one generation
+        "stop_reason": out.stop_reason_names()[0],
+        "prompt_tokens": len(prompt_ids),
+    }
+    return {
+        "token_ids": token_ids,
+        "text": tokenizer.decode(token_ids, skip_special=True),
+        "stats": stats,
+        "_from_draft": from_draft,
+        "_tokenizer": tokenizer,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.gamma < 1:
+        raise SystemExit(f"error: --gamma must be >= 1, got {args.gamma}")
+    if args.max_new_tokens < 1:
+        raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    try:
+        result = generate_command(args)
+    except (ValueError, OSError) as error:  # bad input: a message, not a traceback
+        raise SystemExit(f"error: {error}") from error
+    tokenizer, from_draft = result.pop("_tokenizer"), result.pop("_from_draft")
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    use_color = sys.stdout.isatty()
+    text = colored(tokenizer, result["token_ids"], from_draft) if use_color else result["text"]
+    print(text)
+    stats = result["stats"]
+    print(
+        f"\n[{len(result['token_ids'])} tokens, {stats['target_calls']} target calls, "
+        f"tau {stats['tau']:.2f}, {stats['seconds']:.1f} s incl. compile, "
+        f"stop: {stats['stop_reason']}]"
+        + (f"  {GREEN}draft{RESET} {BLUE}target{RESET}" if use_color else ""),  # fmt: skip
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
