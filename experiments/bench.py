@@ -9,7 +9,6 @@ Writes <out>/bench_<suite>.json and prints markdown tables. Logic: specjax/eval/
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -32,17 +31,6 @@ flags.DEFINE_string("accept_json", None, "accepted-length histogram recorded on 
 flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance when no --accept_json is given")
 
 
-def load_prompt_texts(prompt_dir: str | None, per_set: int) -> list[str]:
-    from specjax.eval.prompts import load_prompts
-
-    def path(name):
-        return os.path.join(prompt_dir, name) if prompt_dir else None
-
-    humaneval = load_prompts("humaneval", subset=per_set, seed=0, path=path("HumanEval.jsonl.gz"))
-    mt_bench = load_prompts("mt_bench", subset=per_set, seed=0, path=path("question.jsonl"))
-    return [p.text for p in humaneval] + [p.text for p in mt_bench]
-
-
 def main(argv):
     del argv
     from specjax import checkpoints, tokenizers
@@ -62,7 +50,7 @@ def main(argv):
         model = model.with_config(layer_unroll=FLAGS.layer_unroll)
         gguf_path = meta["path"]
         tokenizer = tokenizers.load_tokenizer(gguf_path)
-        prompt_ids = bench.chat_prompt_ids(tokenizer, load_prompt_texts(FLAGS.prompt_dir, 16))
+        prompt_ids = bench.chat_prompt_ids(tokenizer, bench.load_prompt_texts(FLAGS.prompt_dir, 16))
         target = (model, params)
         floor = bench.floor_ms(model.config, 1, 512, 2, bandwidth)
         print(f"floor at batch 1, 512 cached tokens: {floor:.3f} ms/token")

@@ -33,11 +33,9 @@ def first_difference(a: list[int], b: list[int]) -> int:
 
 def main(argv):
     del argv
-    from experiments.bench import load_prompt_texts
-
     path = checkpoints.resolve(FLAGS.gguf)
     ids = bench.chat_prompt_ids(
-        tokenizers.load_tokenizer(path), load_prompt_texts(FLAGS.prompt_dir, 16)
+        tokenizers.load_tokenizer(path), bench.load_prompt_texts(FLAGS.prompt_dir, 16)
     )
     for dtype, precision in [(jnp.float32, "highest"), (jnp.bfloat16, "default")]:
         jax.config.update("jax_default_matmul_precision", precision)

@@ -37,10 +37,9 @@ def accept_length_probs(alpha_per_position: list[float]) -> list[float]:
 
 def main(argv):
     del argv
-    from experiments.bench import load_prompt_texts
     from specjax.eval.models import load_model
 
-    texts = load_prompt_texts(None, FLAGS.per_set)
+    texts = bench.load_prompt_texts(None, FLAGS.per_set)
     results = {"device": bench.device_description(), "date": bench.now(), "rows": []}
     for dtype in FLAGS.dtypes:
         target = load_model(FLAGS.target, dtype)

@@ -14,6 +14,7 @@ Used by `experiments/bench.py` on the GPU and by a smoke test on the CPU.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -209,6 +210,19 @@ def device_description() -> str:
 
 def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def load_prompt_texts(prompt_dir: str | None, per_set: int) -> list[str]:
+    """First user turns of `per_set` HumanEval and `per_set` MT-Bench prompts (seeded); files
+    from `prompt_dir` when given (machines without registry access), else downloaded."""
+    from specjax.eval.prompts import load_prompts
+
+    def path(name):
+        return os.path.join(prompt_dir, name) if prompt_dir else None
+
+    humaneval = load_prompts("humaneval", subset=per_set, seed=0, path=path("HumanEval.jsonl.gz"))
+    mt_bench = load_prompts("mt_bench", subset=per_set, seed=0, path=path("question.jsonl"))
+    return [p.text for p in humaneval] + [p.text for p in mt_bench]
 
 
 def chat_prompt_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
