@@ -7,18 +7,18 @@ The first generated token comes from the prefill, so it is the target's too. Lab
 * ``ACCEPTED``: a draft token the target verified;
 * ``TARGET``: a correction, bonus or prefill token (sampled or argmax'd from the target).
 
-Two ways to recover them from a finished generation:
+Three ways to get them from a finished generation, best first:
 
-* from the accepted length of every call (exact for any drafter and any sampling):
-  :func:`sources_from_accept_lengths`. The compiled loop does not keep per-call lengths yet
-  (``DecodeStats`` has only per-row totals), so this is for loops that do;
+* ``GenerateOutput.from_draft`` (bool per generated token), which the compiled loop records:
+  exact for any drafter and any sampling;
+* from the accepted length of every call, :func:`sources_from_accept_lengths`;
 * by replaying a greedy generation with its draft model, :func:`replay_greedy`: under greedy
   decoding a draft proposal matters only up to its first mismatch, and up to there the draft's
   context equals the emitted sequence. So the draft's proposal at generated index i is its
   argmax given prompt + generated[:i], and ONE teacher-forced forward pass of the draft model
-  over prompt + output gives every call's accepted length. :func:`token_sources` checks the
-  replay against the loop's own counters (number of calls, accepted total) and says whether
-  they agree.
+  over prompt + output gives every call's accepted length. It needs nothing from the loop, so
+  it is an independent check of the loop's own record (the tests and the quickstart notebook
+  compare the two).
 
 Dimension legend: P prompt length, N generated tokens, T = P + N, V vocab, K gamma.
 """
@@ -39,6 +39,7 @@ __all__ = [
     "ACCEPTED",
     "TARGET",
     "TokenSources",
+    "accept_lengths_from_labels",
     "replay_greedy",
     "sources_from_accept_lengths",
     "to_html",
@@ -61,6 +62,24 @@ def sources_from_accept_lengths(accept_lengths: Sequence[int], num_generated: in
             continue
         labels += [ACCEPTED] * int(k) + [TARGET]
     return labels[:num_generated]
+
+
+def accept_lengths_from_labels(labels: Sequence[str]) -> list[int]:
+    """Accepted drafts of every verification call, read back from per-token labels.
+
+    Every call ends with one TARGET token, except a last call cut short by the budget or an
+    EOS right after accepted drafts (counted as a call too). Index 0 is the prefill's token.
+    """
+    calls, run = [], 0
+    for label in labels[1:]:
+        if label == ACCEPTED:
+            run += 1
+        else:
+            calls.append(run)
+            run = 0
+    if run:
+        calls.append(run)
+    return calls
 
 
 def _draft_argmax(draft: tuple[Any, Any], sequence_T: np.ndarray) -> np.ndarray:
@@ -118,7 +137,7 @@ class TokenSources:
       labels: ACCEPTED or TARGET per token.
       accept_lengths: accepted drafts per verification call.
       consistent: the replay agrees with the loop's counters (None: nothing to check).
-      method: "accept_lengths" or "greedy-replay".
+      method: "from_draft", "accept_lengths" or "greedy-replay".
     """
 
     tokens: list[int]
@@ -143,14 +162,21 @@ def token_sources(
     gamma: int,
     prompt_ids: Sequence[int] | None = None,
     draft: tuple[Any, Any] | None = None,
+    replay: bool = False,
 ) -> TokenSources:
     """Label the tokens of ``output`` (a GenerateOutput) row ``row``.
 
-    Uses ``output.stats.accept_lengths`` when the loop recorded it; otherwise replays with
-    ``draft`` ((Model, params)) and ``prompt_ids`` (valid for greedy generations only).
+    Uses the loop's record (``output.from_draft``, or per-call ``stats.accept_lengths``) when
+    there is one; otherwise replays with ``draft`` ((Model, params)) and ``prompt_ids``
+    (valid for greedy generations only). ``replay=True`` forces the replay (a cross-check).
     """
     tokens = output.token_lists()[row]
-    per_call = getattr(output.stats, "accept_lengths", None)
+    recorded = None if replay else getattr(output, "from_draft", None)
+    if recorded is not None:
+        flags = np.asarray(recorded)[row, : len(tokens)]
+        labels = [ACCEPTED if f else TARGET for f in flags]
+        return TokenSources(tokens, labels, accept_lengths_from_labels(labels), None, "from_draft")
+    per_call = None if replay else getattr(output.stats, "accept_lengths", None)
     if per_call is not None:
         lengths = [int(k) for k in np.asarray(per_call)[row] if k >= 0]
         return TokenSources(

@@ -742,6 +742,10 @@ def _generations(
                 "accepted": int(accepted[b]),
                 "exact": (spec_lists[b] == ar_lists[b]) if greedy else None,
             }
+            if getattr(r.spec_out, "from_draft", None) is not None:
+                # "1" where the token is an accepted draft, "0" where the target made it.
+                flags = np.asarray(r.spec_out.from_draft)[b, : len(spec_lists[b])]
+                row["from_draft"] = "".join("1" if f else "0" for f in flags)
             if pair.tokenizer is not None:
                 row["text"] = pair.tokenizer.decode(spec_lists[b], skip_special=True)
             rows.append(row)

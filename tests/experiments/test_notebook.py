@@ -52,7 +52,7 @@ def test_quickstart_notebook(tmp_path, monkeypatch, repo_root, tiny_sweep, confi
     text = "\n".join(_outputs(c) for c in nb.cells if c.cell_type == "code")
     assert "PAIR=tiny GAMMA=3" in text
     assert "greedy speculative output == autoregressive output: True" in text
-    assert "replay agrees with the loop's counters: True" in text
+    assert "greedy replay agrees with the loop's record: True" in text
     assert "accepted draft" in text and "of 16 tokens accepted from the draft" in text
     assert "image/png" in json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "0 of 2 points computed" in text

@@ -14,6 +14,9 @@ def test_sources_from_accept_lengths():
     # A budget cut inside the last call; -1 pads a per-step buffer.
     assert provenance.sources_from_accept_lengths([2, -1, 3, -1], 6) == [T, A, A, T, A, A]
     assert provenance.sources_from_accept_lengths([], 1) == [T]
+    # And back: per-call lengths from labels (a cut last call counts).
+    assert provenance.accept_lengths_from_labels([T, A, A, T, T, A, A, A, T]) == [2, 0, 3]
+    assert provenance.accept_lengths_from_labels([T, A, A, T, A, A]) == [2, 2]
 
 
 def test_greedy_replay_matches_the_loop(tiny_sweep, config_module):
@@ -24,13 +27,17 @@ def test_greedy_replay_matches_the_loop(tiny_sweep, config_module):
     ids = [list(p.ids) for p in prompts]
     out = specjax.generate(pair.target.pair, pair.drafter, ids, gamma=3, max_new_tokens=16)
     for row in range(2):
-        src = provenance.token_sources(
-            out, row, gamma=3, prompt_ids=ids[row], draft=pair.draft.pair
+        loop = provenance.token_sources(out, row, gamma=3)  # the loop's own record
+        replayed = provenance.token_sources(
+            out, row, gamma=3, prompt_ids=ids[row], draft=pair.draft.pair, replay=True
         )
-        assert src.method == "greedy-replay" and src.consistent
-        assert len(src.labels) == 16 and src.labels[0] == T
-        assert len(src.accept_lengths) == int(out.stats.verify_calls[row])
-        assert 0 < src.num_accepted <= int(out.stats.accepted[row])
-        html = provenance.to_html(src, tokenizer=None)
+        assert loop.method == "from_draft" and replayed.method == "greedy-replay"
+        assert replayed.consistent  # with the per-row counters
+        assert replayed.labels == loop.labels  # token for token, independently derived
+        assert replayed.accept_lengths == loop.accept_lengths
+        assert len(loop.labels) == 16 and loop.labels[0] == T
+        assert len(loop.accept_lengths) == int(out.stats.verify_calls[row])
+        assert 0 < loop.num_accepted <= int(out.stats.accepted[row])
+        html = provenance.to_html(loop, tokenizer=None)
         assert html.count("<span") == 16 + 2  # tokens + the two legend swatches
-        assert f"{src.num_accepted} of 16 tokens accepted" in html
+        assert f"{loop.num_accepted} of 16 tokens accepted" in html

@@ -59,6 +59,9 @@ def test_sweep_numbers(tiny_sweep):
     assert len(table) == 6 and {t["category"] for t in table} == {"short", "long", "all"}
     gens = [json.loads(line) for line in (workdir / "points/gamma=3/generations.jsonl").open()]
     assert len(gens) == 4 and all(g["exact"] and len(g["tokens"]) == 16 for g in gens)
+    # Accepted drafts per token, from the loop's record; the first token is the target's.
+    assert all(len(g["from_draft"]) == 16 and g["from_draft"][0] == "0" for g in gens)
+    assert sum(g["from_draft"].count("1") for g in gens) <= overall[3].accepted
 
 
 def test_resume_recomputes_nothing(tiny_sweep, config_module):
