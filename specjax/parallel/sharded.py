@@ -13,7 +13,8 @@ loops run sharded:
     and no weight moves inside the loop (tests/parallel inspects the compiled HLO for that).
   * `prepare_generate` compiles the whole generation (prefill + while_loop) with explicit
     in_shardings (weights by `ModelLayout`, prompt rows on `data`, scalars replicated) and
-    out_shardings, one program per (mesh, model, static shapes), cached like the unsharded jit.
+    output shardings (`pin_outputs`: per-row outputs on `data`), one program per (mesh,
+    model, static shapes), cached like the unsharded jit.
 
 Rows never interact, so acceptance, rollback and stopping stay local to each data shard. The
 communication of one iteration is: the tensor-parallel all-reduces inside the model (two per
@@ -31,9 +32,10 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from specjax import cache as kv_cache
-from specjax.decoding.state import DecodeStats, GenerateOutput
+from specjax.decoding.state import GenerateOutput
 from specjax.drafters.draft_model import DraftModelDrafter
 from specjax.models.transformer import Model, Params
 from specjax.parallel import mesh as mesh_lib
@@ -91,6 +93,13 @@ def shard_model(
     return ShardedModel.wrap(unwrap(model), layout), place_params(params, layout)
 
 
+def spans_processes(mesh: Mesh | None) -> bool:
+    """Does the mesh hold devices of more than one process (a multi-host job)?"""
+    if mesh is None:
+        return False
+    return len({device.process_index for device in mesh.devices.flat}) > 1
+
+
 def put(tree: Any, shardings: Any) -> Any:
     """`jax.device_put(tree, shardings)` that also works when the mesh spans processes.
 
@@ -103,7 +112,7 @@ def put(tree: Any, shardings: Any) -> Any:
         shardings = jax.tree.map(lambda _: shardings, tree)
     leaves, treedef = jax.tree.flatten(tree)
     targets = treedef.flatten_up_to(shardings)
-    if not any(getattr(s, "mesh", None) is not None and s.mesh.is_multi_process for s in targets):
+    if not any(spans_processes(getattr(s, "mesh", None)) for s in targets):
         return jax.device_put(tree, shardings)
     return treedef.unflatten([_put_global(x, s) for x, s in zip(leaves, targets)])
 
@@ -147,22 +156,21 @@ def shard_drafter(
     return drafter, place_params(drafter_params, None, mesh), mesh_lib.replicated(mesh)
 
 
-def output_shardings(mesh: Mesh, replicate: bool) -> GenerateOutput:
-    """Shardings of GenerateOutput: rows on `data`, or everything replicated (when the mesh
-    spans several processes, so that every process can read the tokens)."""
+def pin_outputs(out: Any, mesh: Mesh, batch_size: int, *, replicate: bool) -> Any:
+    """Every per-row output ([B, ...]) on `data`, everything else replicated; or everything
+    replicated (when the mesh spans processes, so that every process can read the tokens).
 
-    def rows(ndim: int) -> NamedSharding:
-        return mesh_lib.replicated(mesh) if replicate else mesh_lib.batch_sharding(mesh, ndim)
+    Applied inside the jitted function, which is what jit's out_shardings does, but decided per
+    leaf from its shape at trace time: fields added to GenerateOutput need no change here.
+    """
+    rows = NamedSharding(mesh, P(mesh_lib.DATA))
+    rep = mesh_lib.replicated(mesh)
 
-    return GenerateOutput(
-        tokens=rows(2),
-        num_generated=rows(1),
-        stop_reason=rows(1),
-        stats=DecodeStats(
-            verify_calls=rows(1), drafted=rows(1), accepted=rows(1), accepted_per_position=rows(2)
-        ),
-        steps=mesh_lib.replicated(mesh),
-    )
+    def pin(x: jax.Array) -> jax.Array:
+        per_row = not replicate and x.ndim >= 1 and x.shape[0] == batch_size
+        return jax.lax.with_sharding_constraint(x, rows if per_row else rep)
+
+    return jax.tree.map(pin, out)
 
 
 class _TreeKey:
@@ -206,16 +214,22 @@ def _compiled(
     # eos_ids [E], rng.
     rows = (mesh_lib.batch_sharding(mesh, 2), mesh_lib.batch_sharding(mesh, 1), rep, rep, rep)
     if kind == "autoregressive":
-        fn = functools.partial(api._autoregressive, target, **dict(static))
+        body = functools.partial(api._autoregressive, target, **dict(static))
+
+        def fn(params, prompt, lengths, sampling, eos_ids, rng):
+            out = body(params, prompt, lengths, sampling, eos_ids, rng)
+            return pin_outputs(out, mesh, prompt.shape[0], replicate=replicate_outputs)
+
         in_shardings = (params_key.tree, *rows)
         lengths_argnum = 2
     else:
         body = functools.partial(api._speculative, **dict(static))
 
         def fn(params, drafter_params, prompt, lengths, sampling, eos_ids, rng):
-            return body(
+            out = body(
                 target, params, drafter, drafter_params, prompt, lengths, sampling, eos_ids, rng
             )
+            return pin_outputs(out, mesh, prompt.shape[0], replicate=replicate_outputs)
 
         drafter_shardings = None if drafter_params_key is None else drafter_params_key.tree
         in_shardings = (params_key.tree, drafter_shardings, *rows)
@@ -223,7 +237,7 @@ def _compiled(
     return jax.jit(
         fn,
         in_shardings=in_shardings,
-        out_shardings=output_shardings(mesh, replicate_outputs),
+        # Output shardings: `pin_outputs`, inside fn.
         # Consumed inputs: the prompt lengths' buffer becomes num_generated (same shape and
         # sharding). The big buffers, the KV caches, live and die inside the program: XLA
         # updates the while-loop carry in place, so there is nothing larger to donate.
@@ -256,7 +270,7 @@ def prepare_generate(
     sharded_target, placed_params = shard_model(unwrap(target), params, mesh)
     params_key = _TreeKey(sharded_target.layout.param_shardings(params))
     # Outputs stay split by rows unless another process holds some of them.
-    replicate_outputs = mesh.is_multi_process
+    replicate_outputs = spans_processes(mesh)
     rep = mesh_lib.replicated(mesh)
     row_args = (
         put(np.asarray(prompt_BxP, np.int32), mesh_lib.batch_sharding(mesh, 2)),
