@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -127,14 +128,46 @@ def _put_global(value: Any, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+# Weights placed on a mesh, per original leaf (by id, guarded by a weak reference) and target
+# sharding: repeated `specjax.generate(..., mesh=)` calls with single-device weights reshard
+# them once, not on every call (which would put a full weight copy inside every timing).
+_PLACED: dict[int, tuple[weakref.ref, dict[Any, jax.Array]]] = {}
+
+
+def _placed_leaf(leaf: Any, sharding: NamedSharding) -> Any:
+    if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+        return leaf
+    key = id(leaf)
+    entry = _PLACED.get(key)
+    if entry is None or entry[0]() is not leaf:
+        try:  # the entry dies with the original array
+            ref = weakref.ref(leaf, lambda _, key=key: _PLACED.pop(key, None))
+        except TypeError:  # no weak references (Python scalars): place every time
+            return put(leaf, sharding)
+        entry = _PLACED[key] = (ref, {})
+    if sharding not in entry[1]:
+        entry[1][sharding] = put(leaf, sharding)
+    return entry[1][sharding]
+
+
 def place_params(params: Any, layout: ModelLayout | None, mesh: Mesh | None = None) -> Any:
-    """Params on their shardings (replicated over `mesh` when there is no layout); arrays
-    already placed there are not copied."""
+    """Params on their shardings (replicated over `mesh` when there is no layout).
+
+    Arrays already there are used as they are. Others are copied once and the copy is reused
+    while the original lives (see `_PLACED`); to hold only the sharded copy, place the
+    weights yourself (`shard_model`) and drop the originals.
+    """
     if params is None:
         return None
-    if layout is None:
-        return put(params, mesh_lib.replicated(mesh))
-    return put(params, layout.param_shardings(params))
+    shardings = (
+        jax.tree.map(lambda _: mesh_lib.replicated(mesh), params)
+        if layout is None
+        else layout.param_shardings(params)
+    )
+    leaves, treedef = jax.tree.flatten(params)
+    return treedef.unflatten(
+        [_placed_leaf(x, s) for x, s in zip(leaves, treedef.flatten_up_to(shardings))]
+    )
 
 
 def shard_drafter(

@@ -282,3 +282,16 @@ def test_weight_check_catches_a_gather():
     found = hlo.weight_gathers(text, {"w": w_DxF})
     assert [op.shapes for op in found] == [((48, 96),)]
     assert not hlo.weight_gathers(text, {"other": jnp.zeros((48, 97))})
+
+
+def test_weights_placed_once(target):
+    """Single-device weights given to repeated sharded calls are resharded once (the copy is
+    reused while the original lives), and weights already on the mesh are used as they are."""
+    layout = ModelLayout(make_mesh(2, 4), TARGET)
+    first = sharded.place_params(target[1], layout)
+    again = sharded.place_params(target[1], layout)
+    assert all(a is b for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)))
+    placed = sharded.place_params(first, layout)
+    assert all(a is b for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(placed)))
+    q = first["blocks"]["attn"]["q_proj"]["kernel"][...]
+    assert q.sharding.spec == P(None, None, "model")
