@@ -30,20 +30,25 @@ def prefill(
     prompt_BxP: jax.Array,
     prompt_lengths_B: jax.Array,
     cache: kv_cache.KVCache,
-) -> tuple[jax.Array, kv_cache.KVCache]:
+    *,
+    return_hidden: bool = False,
+):
     """Runs the padded prompts through the model.
 
     Every row writes all P slots; rolling the lengths back to the true prompt lengths discards
     the padding (its slots are overwritten later). Returns the logits [B, V] at each row's last
-    prompt token and the cache.
+    prompt token and the cache; with `return_hidden`, also the hidden states [B, P, D] of every
+    prompt position (for drafters that read the target's features).
     """
     B, P = prompt_BxP.shape
     positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
-    logits_BxPxV, _, cache = model.forward(params, prompt_BxP, positions_BxP, cache)
+    logits_BxPxV, hidden_BxPxD, cache = model.forward(params, prompt_BxP, positions_BxP, cache)
     cache = kv_cache.rollback(cache, prompt_lengths_B)
     last_logits_BxV = jnp.take_along_axis(
         logits_BxPxV, (prompt_lengths_B - 1)[:, None, None], axis=1
     )[:, 0]
+    if return_hidden:
+        return last_logits_BxV, cache, hidden_BxPxD
     return last_logits_BxV, cache
 
 
@@ -54,13 +59,25 @@ def initial_state(
     rng: jax.Array,
     gamma: int,
     drafter_state=None,
+    prompt_hidden_BxPxD: jax.Array | None = None,
 ) -> DecodeState:
-    """State holding the prompt; the first generated token is appended by the caller."""
+    """State holding the prompt; the first generated token is appended by the caller.
+
+    `prompt_hidden_BxPxD` (the target's hidden states of the prompt) starts the optional
+    `target_hidden` buffer, which has the sequence's width.
+    """
     B, P = prompt_BxP.shape
     S = target_cache.max_len
     # K + 1 spare slots absorb the (masked) writes of a full acceptance at the cache's end.
     sequence_BxS = jnp.zeros((B, S + gamma + 1), jnp.int32)
     sequence_BxS = jax.lax.dynamic_update_slice(sequence_BxS, prompt_BxP.astype(jnp.int32), (0, 0))
+    target_hidden_BxSxD = None
+    if prompt_hidden_BxPxD is not None:
+        D = prompt_hidden_BxPxD.shape[-1]
+        target_hidden_BxSxD = jnp.zeros((B, S + gamma + 1, D), prompt_hidden_BxPxD.dtype)
+        target_hidden_BxSxD = jax.lax.dynamic_update_slice(
+            target_hidden_BxSxD, prompt_hidden_BxPxD, (0, 0, 0)
+        )
     return DecodeState(
         step=jnp.int32(0),
         sequence=sequence_BxS,
@@ -73,6 +90,7 @@ def initial_state(
         drafter_state=drafter_state,
         rng=rng,
         stats=DecodeStats.zeros(B, max(gamma, 1)),
+        target_hidden=target_hidden_BxSxD,
     )
 
 

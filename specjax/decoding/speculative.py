@@ -10,6 +10,8 @@ prefill target and drafter, then a `lax.while_loop`; one iteration:
   3. `rejection.py` accepts n in 0..K tokens per row and yields one more token (correction or
      bonus), so every iteration appends n + 1 tokens to each active row;
   4. both caches roll back by length: the target keeps t, x_1..x_n (slots < seq_len' - 1).
+For drafters with `needs_target_hidden` (EAGLE/Medusa heads) the verification pass's hidden
+states are also kept, per position, in `DecodeState.target_hidden` (valid < seq_len' - 1).
 The loop stops when every row hit its budget, an EOS, or a cache that cannot take K + 1 more
 slots. Nothing leaves the device inside the loop.
 """
@@ -58,9 +60,18 @@ def speculative_step(
     newest_token_B = jnp.take_along_axis(state.sequence, newest_position_B[:, None], axis=1)[:, 0]
     verify_tokens_BxK1 = jnp.concatenate([newest_token_B[:, None], draft_tokens_BxK], axis=1)
     verify_positions_BxK1 = newest_position_B[:, None] + jnp.arange(K + 1, dtype=jnp.int32)
-    logits_BxK1xV, _, target_cache = target.forward(
+    logits_BxK1xV, hidden_BxK1xD, target_cache = target.forward(
         params, verify_tokens_BxK1, verify_positions_BxK1, state.target_cache
     )
+    target_hidden = state.target_hidden
+    if target_hidden is not None:
+        # Features of the K + 1 verified positions, written at each row's own offset; those
+        # past the accepted prefix are garbage beyond seq_len' - 1, like rejected cache slots.
+        target_hidden = jax.vmap(
+            lambda buffer_SxD, new_K1xD, start: jax.lax.dynamic_update_slice(
+                buffer_SxD, new_K1xD.astype(buffer_SxD.dtype), (start, 0)
+            )
+        )(target_hidden, hidden_BxK1xD, newest_position_B)
 
     if sampling.greedy:
         num_accepted_B, next_token_B = rejection.verify_greedy(draft_tokens_BxK, logits_BxK1xV)
@@ -93,6 +104,7 @@ def speculative_step(
         stats=stats,
         drafter_state=drafter_state,
         target_cache=target_cache,
+        target_hidden=target_hidden,
         step=state.step + 1,
     )
     state = sequence.append_tokens(
@@ -134,12 +146,22 @@ def generate(
     """Pure speculative generation (jit it with the keyword arguments static)."""
     B = prompt_BxP.shape[0]
     cache = target.init_cache(B, cache_size, dtype=params_dtype(params))
-    last_logits_BxV, cache = sequence.prefill(target, params, prompt_BxP, prompt_lengths_B, cache)
+    # Head drafters (EAGLE, Medusa) read the target's features: only they pay for the buffer.
+    needs_hidden = getattr(drafter, "needs_target_hidden", False)
+    last_logits_BxV, cache, *prompt_hidden = sequence.prefill(
+        target, params, prompt_BxP, prompt_lengths_B, cache, return_hidden=needs_hidden
+    )
     rng, first_rng = jax.random.split(rng)
     first_token_B = sampling_lib.sample(first_rng, last_logits_BxV, sampling)
     drafter_state = drafter.init(drafter_params, prompt_BxP, prompt_lengths_B, cache_size)
     state = sequence.initial_state(
-        prompt_BxP, prompt_lengths_B, cache, rng, gamma=gamma, drafter_state=drafter_state
+        prompt_BxP,
+        prompt_lengths_B,
+        cache,
+        rng,
+        gamma=gamma,
+        drafter_state=drafter_state,
+        prompt_hidden_BxPxD=prompt_hidden[0] if needs_hidden else None,
     )
     state = sequence.append_tokens(
         state, first_token_B[:, None], jnp.ones_like(first_token_B), eos_ids_E, max_new_tokens

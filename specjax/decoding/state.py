@@ -1,7 +1,7 @@
 """Loop-state dataclasses of the decoders (pytrees carried through `lax.while_loop`).
 
 Dimension legend: B batch, S sequence/cache slots (max_len), K draft length (gamma),
-N max_new_tokens.
+N max_new_tokens, D target width.
 
 Position bookkeeping shared by every decoder: row b's tokens (prompt, then generated) sit in
 `sequence[b, :seq_lengths[b]]` at their positions. The newest token has not been through the
@@ -38,10 +38,15 @@ class DraftContext:
       sequence: int32[B, S], prompt + generated tokens at their positions.
       seq_lengths: int32[B], valid tokens per row; sequence[b, seq_lengths[b] - 1] is the newest
         token (the one the next draft continues).
+      target_hidden: [B, S, D] or None. The target's last hidden state (after its final norm)
+        at each position, valid for positions < seq_lengths - 1: the newest token has not been
+        through the target yet. Only filled for drafters that declare
+        `needs_target_hidden = True` (EAGLE/Medusa heads); None otherwise, at no cost.
     """
 
     sequence: jax.Array
     seq_lengths: jax.Array
+    target_hidden: jax.Array | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -92,6 +97,8 @@ class DecodeState:
       drafter_state: the drafter's own pytree (None for autoregressive decoding).
       rng: PRNG key, split every iteration.
       stats: DecodeStats.
+      target_hidden: [B, S + K + 1, D] target hidden states at their positions (see
+        DraftContext), or None when the drafter does not need them.
     """
 
     step: jax.Array
@@ -105,6 +112,7 @@ class DecodeState:
     drafter_state: Any
     rng: jax.Array
     stats: DecodeStats
+    target_hidden: jax.Array | None = None
 
     @property
     def num_generated(self) -> jax.Array:
@@ -112,7 +120,9 @@ class DecodeState:
 
     @property
     def context(self) -> DraftContext:
-        return DraftContext(sequence=self.sequence, seq_lengths=self.seq_lengths)
+        return DraftContext(
+            sequence=self.sequence, seq_lengths=self.seq_lengths, target_hidden=self.target_hidden
+        )
 
 
 @jax.tree_util.register_dataclass

@@ -16,6 +16,9 @@ Contract, per iteration of the loop (see `decoding/speculative.py`):
   2. The target verifies; `num_kept[b]` tokens are appended to the sequence.
   3. `update(params, state, context, num_kept)` sees the new context (rollback happens here or
      lazily in the next `propose`).
+
+Optional static attribute `needs_target_hidden` (default False): when True the loop also fills
+`context.target_hidden` with the target's last hidden states (EAGLE/Medusa heads).
 """
 
 from __future__ import annotations
