@@ -22,7 +22,7 @@ def test_bench_parallel_command(tmp_path):
     )
     command = [
         sys.executable, "-m", "experiments.bench_parallel", "--shape=tiny", "--tp=2",
-        "--step_tokens=1,5", "--ar_batches=2", "--dp_batch=8", "--context=16",
+        "--step_tokens=5", "--ar_batches=1", "--dp_batch=8", "--context=16",
         "--prompt_len=4", "--max_new_tokens=6", "--repeats=1", f"--out={out}",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -31,8 +31,8 @@ def test_bench_parallel_command(tmp_path):
     assert result["synthetic_weights"] and result["devices"].endswith("x8")
     rows = result["rows"]
     by_section = {s: [r for r in rows if r["section"] == s] for s in ("step", "ar", "spec", "dp")}
-    assert [(r["T"], r["tp"]) for r in by_section["step"]] == [(1, 2), (5, 2)]
-    assert [(r["batch"], r["tp"], r["tokens"]) for r in by_section["ar"]] == [(2, 2, 12)]
+    assert [(r["T"], r["tp"]) for r in by_section["step"]] == [(5, 2)]
+    assert [(r["batch"], r["tp"], r["tokens"]) for r in by_section["ar"]] == [(1, 2, 6)]
     (spec,) = by_section["spec"]
     assert spec["tau"] > 1.0 and spec["alpha"] == 0.8  # forced acceptance took effect
     assert [(r["data"], r["tp"]) for r in by_section["dp"]] == [(1, 1), (4, 2)]
