@@ -1,5 +1,10 @@
-"""Helpers of the checkpoint tests: tiny configs per family, random params, the numpy
-reference (loaded by file path: tests/models has a module of the same name)."""
+"""Helpers and fixtures of the checkpoint tests: tiny configs per family, random params, an
+isolated cache, the numpy reference (loaded by file path: tests/models has a module of the
+same name).
+
+Deliberately not a conftest.py, and without fixtures: several test folders do
+`from conftest import ...`, which breaks as soon as a second conftest.py exists.
+"""
 
 from __future__ import annotations
 
@@ -94,3 +99,10 @@ def load_reference_module():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def use_isolated_cache(tmp_path: Path, monkeypatch) -> Path:
+    """Points SPECJAX_CACHE at a fresh temporary directory; returns it."""
+    root = tmp_path / "specjax-cache"
+    monkeypatch.setenv("SPECJAX_CACHE", str(root))
+    return root

@@ -11,13 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ckpt_testlib import TINY, jit_forward, random_params
+from ckpt_testlib import TINY, jit_forward, load_reference_module, random_params
 
 from specjax.checkpoints import gguf as ckpt_gguf
 from specjax.checkpoints.errors import CorruptCheckpointError, UnsupportedArchitectureError
 from specjax.checkpoints.params import to_numpy_dict
 from specjax.models.layers import apply_rope
 from specjax.models.transformer import Model
+
+NumpyReference = load_reference_module().NumpyReference
 
 
 def _write(tmp_path, config, seed=0, **kwargs):
@@ -65,7 +67,9 @@ def test_interleaved_rope_on_permuted_rows_equals_half_rope():
     )
 
 
-def test_round_trip_config_and_params(tmp_path, tiny_config):
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_round_trip_config_and_params(tmp_path, family):
+    tiny_config = TINY[family]
     _, params, path = _write(tmp_path, tiny_config)
     model, loaded, metadata = ckpt_gguf.load_gguf(path, progress=False)
     assert model.config == tiny_config
@@ -76,7 +80,9 @@ def test_round_trip_config_and_params(tmp_path, tiny_config):
     assert metadata["tensor_types"]["F32"] > 0
 
 
-def test_tiny_models_match_the_numpy_reference(tmp_path, tiny_config, NumpyReference):
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_tiny_models_match_the_numpy_reference(tmp_path, family):
+    tiny_config = TINY[family]
     """specjax (un-permuted Q/K, half RoPE, cached decoding) == the llama.cpp-style numpy
     reference (permuted rows as stored, interleaved RoPE for llama, no shared code)."""
     _, _, path = _write(tmp_path, tiny_config, seed=3)

@@ -28,7 +28,9 @@ def _logits(model, params, tokens):
     return np.asarray(logits[0])
 
 
-def test_round_trip(tmp_path, tiny_config):
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_round_trip(tmp_path, family):
+    tiny_config = TINY[family]
     model, params = random_params(tiny_config, seed=5)
     hf.save_hf(tmp_path, tiny_config, params)
     loaded_model, loaded, metadata = hf.load_hf(tmp_path, progress=False)

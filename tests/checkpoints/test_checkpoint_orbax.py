@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ckpt_testlib import TINY, random_params
+from ckpt_testlib import TINY, random_params, use_isolated_cache
 from flax import nnx
 
 import specjax.checkpoints as checkpoints
@@ -15,6 +15,11 @@ from specjax.checkpoints import hf
 from specjax.checkpoints.orbax import load_model, orbax_restore, orbax_save, save_model
 from specjax.checkpoints.params import to_numpy_dict
 from specjax.models.transformer import abstract_model
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    return use_isolated_cache(tmp_path, monkeypatch)
 
 
 def _assert_same(a, b):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ckpt_testlib import load_reference_module
 
 import specjax.checkpoints as checkpoints
 from specjax.checkpoints import gguf as ckpt_gguf
@@ -58,6 +59,8 @@ CASES = {
     "gemma-3-270m": (GEMMA_PROMPT, "Berlin"),
 }
 
+NumpyReference = load_reference_module().NumpyReference
+
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte <-> printable-character table, inverted."""
@@ -89,9 +92,7 @@ def decode(path, ids: list[int]) -> str:
     return "".join(tokens[i] for i in ids if i > 3).replace("▁", " ")  # sentencepiece
 
 
-def run_parity(
-    name: str, NumpyReference, prompt: list[int] | None = None, steps: int = STEPS
-) -> dict:
+def run_parity(name: str, prompt: list[int] | None = None, steps: int = STEPS) -> dict:
     """Loads `name` both ways and compares; returns the measured numbers."""
     (text, default_prompt), expected_substring = CASES[name]
     path = checkpoints.resolve(name)
@@ -152,23 +153,23 @@ def run_parity(
     return result
 
 
-def test_smollm2_135m_logit_parity(NumpyReference):
-    run_parity("smollm2-135m-instruct", NumpyReference)
+def test_smollm2_135m_logit_parity():
+    run_parity("smollm2-135m-instruct")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
 )
-def test_large_model_logit_parity(name, NumpyReference):
-    run_parity(name, NumpyReference)
+def test_large_model_logit_parity(name):
+    run_parity(name)
 
 
 @pytest.mark.slow
-def test_gemma3_sliding_window_logit_parity(NumpyReference):
+def test_gemma3_sliding_window_logit_parity():
     """A 690-token prompt: Gemma's local layers (window 512) now drop the oldest keys, which
     the short prompt above never reaches."""
     sentence = GEMMA_PROMPT[1][1:8]  # "The capital of France is Paris."
     prompt = [2] + sentence * 98 + GEMMA_PROMPT[1][8:]
     assert len(prompt) > 600
-    run_parity("gemma-3-270m", NumpyReference, prompt=prompt, steps=8)
+    run_parity("gemma-3-270m", prompt=prompt, steps=8)

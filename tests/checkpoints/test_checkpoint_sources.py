@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from ckpt_testlib import use_isolated_cache
 
 from specjax.checkpoints import sources
 from specjax.checkpoints.errors import (
@@ -27,6 +28,11 @@ from specjax.checkpoints.sources import MODELS, ModelSource, Part
 
 # --------------------------------------------------------------------------------------
 # registry
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    return use_isolated_cache(tmp_path, monkeypatch)
 
 
 def test_registry_lists_the_four_models_of_models_md():
