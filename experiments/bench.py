@@ -29,6 +29,8 @@ flags.DEFINE_integer("repeats", 5, "timed repeats after the compile call")
 flags.DEFINE_integer("layer_unroll", 1, "scan unroll over layers (1 = rolled)")
 flags.DEFINE_string("accept_json", None, "accepted-length histogram recorded on a real pair")
 flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance when no --accept_json is given")
+flags.DEFINE_list("synthetic_targets", ["qwen2.5-1.5b", "qwen2.5-7b", "llama3-8b"], "shapes")
+flags.DEFINE_list("synthetic_batches", ["1", "8"], "batch sizes of the synthetic suite")
 
 
 def main(argv):
@@ -100,9 +102,9 @@ def main(argv):
         else:
             probs = bench.geometric_accept_probs(FLAGS.alpha, gamma)
             source = f"i.i.d. alpha={FLAGS.alpha} (assumed, not recorded)"
-        targets = {k: KNOWN_SHAPES[k] for k in ["qwen2.5-1.5b", "qwen2.5-7b", "llama3-8b"]}
+        targets = {k: KNOWN_SHAPES[k] for k in FLAGS.synthetic_targets}
         rows = []
-        for batch in [1, 8]:
+        for batch in [int(b) for b in FLAGS.synthetic_batches]:
             rows += bench.synthetic_suite(
                 targets, KNOWN_SHAPES["qwen2.5-0.5b"], gamma=gamma, accept_probs=probs,
                 accept_source=source, batch=batch, context=512,
