@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_model
+from support import random_model
 
 import specjax
 from specjax import Sampling

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import TINY_LLAMA, random_model
+from support import TINY_LLAMA, random_model
 
 import specjax
 from specjax import Sampling

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_GEMMA3, TINY_LLAMA, TINY_QWEN2, random_model
+from support import TINY_GEMMA3, TINY_LLAMA, TINY_QWEN2, random_model
 
 import specjax
 from specjax import Sampling, api

@@ -14,7 +14,7 @@ import specjax
 from specjax.eval import metrics as M
 
 try:  # tiny random models come from the shared test setup of the decoding tests
-    from conftest import TINY_LLAMA, random_model
+    from support import TINY_LLAMA, random_model
 except ImportError:
     pytest.skip("tests/conftest.py has no tiny random models", allow_module_level=True)
 if not hasattr(specjax, "generate"):

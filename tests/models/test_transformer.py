@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import FAMILIES, TINY_LLAMA, random_model
+from support import FAMILIES, TINY_LLAMA, random_model
 from models import numpy_reference
 
 from specjax import cache as kv_cache

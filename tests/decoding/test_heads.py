@@ -1,0 +1,201 @@
+"""EAGLE and Medusa head drafters: bar 2 (greedy exact), the features the loop hands them,
+EAGLE's incremental cache, and lossless sampling (bar 4 on a vocabulary of 8)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from support import TINY_LLAMA, random_model
+
+import specjax
+from specjax import Sampling
+from specjax.decoding.state import DraftContext
+from specjax.drafters import heads
+
+PROMPTS_UNEVEN = [[5, 17, 3, 42, 8], [9, 1], [33, 12, 60, 7, 7, 7, 19, 4, 2, 50, 21]]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return random_model(TINY_LLAMA, seed=30)  # its greedy outputs loop: the echo head scores
+
+
+def medusa_random(target, num_heads=4, scale=0.5, seed=1):
+    """Medusa heads with random (not zero) residual weights: drafts differ from the target's."""
+    drafter, params = heads.init_medusa(*target, num_heads=num_heads)
+    kernel = params["head"]["kernel"]
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0.0, scale * kernel.shape[-1] ** -0.5, kernel.shape)
+    params["head"]["kernel"] = jnp.asarray(noise, kernel.dtype)
+    return drafter, params
+
+
+def eagle_echo(target, seed=2, noise=0.3):
+    """An EAGLE head that mostly predicts 'the input token again', perturbed so that features
+    and attention still change its drafts. Random tiny targets loop on a few tokens, so it is
+    often right: full acceptances, partial ones and rejections all happen."""
+    drafter, params = heads.init_eagle(*target, seed=seed)
+    head = params["head"]
+    D = target[0].config.d_model
+    rng = np.random.default_rng(seed)
+    kernel_2DxD = noise * rng.normal(0.0, (2 * D) ** -0.5, (2 * D, D))
+    kernel_2DxD[D:] += np.eye(D)  # the embedding half passes through
+    head["fc"]["kernel"] = jnp.asarray(kernel_2DxD, jnp.float32)
+    head["fc"]["bias"] = jnp.zeros_like(head["fc"]["bias"])
+    # Shrink the layer's output projections: the residual stream stays near the embedding.
+    for name, group in (("o_proj", "attn"), ("down_proj", "mlp")):
+        head["block"][group][name]["kernel"] = noise * head["block"][group][name]["kernel"]
+    return drafter, params
+
+
+@pytest.mark.parametrize("gamma", [1, 3])
+@pytest.mark.parametrize("batch", ["single", "uneven3"])
+@pytest.mark.parametrize("kind", ["eagle", "medusa"])
+def test_heads_greedy_equal_autoregressive(target, kind, batch, gamma):
+    prompts = PROMPTS_UNEVEN[:1] if batch == "single" else PROMPTS_UNEVEN
+    drafter = eagle_echo(target) if kind == "eagle" else medusa_random(target)
+    reference = specjax.generate(target, None, prompts, max_new_tokens=24)
+    out = specjax.generate(target, drafter, prompts, gamma=gamma, max_new_tokens=24)
+    assert out.token_lists() == reference.token_lists()
+    assert out.stop_reason_names() == ["max_new_tokens"] * len(prompts)
+    if kind == "eagle":
+        assert out.tau > 1.2  # drafts are accepted: the acceptance paths ran
+        if gamma == 3:
+            assert np.asarray(out.stats.accepted_per_position)[:, -1].sum() > 0  # full ones too
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureProbe(heads.MedusaDrafter):
+    """Zero-initialised Medusa heads propose argmax(lm_head(f_{L-2})): exactly the target's
+    greedy choice of the newest token t_{L-1}, iff the loop handed over the right feature.
+    Each proposal reports that check to the host."""
+
+    def propose(self, params, state, context, gamma, sampling, rng):
+        tokens, probs, state = super().propose(params, state, context, gamma, sampling, rng)
+        newest = jnp.take_along_axis(context.sequence, context.seq_lengths[:, None] - 1, axis=1)
+        jax.debug.callback(FEATURE_CHECKS.append, jnp.all(tokens[:, 0] == newest[:, 0]))
+        return tokens, probs, state
+
+
+FEATURE_CHECKS: list = []
+
+
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_loop_hands_over_the_verified_features(target, gamma):
+    drafter, params = heads.init_medusa(*target, num_heads=4)
+    probe = FeatureProbe(drafter.graphdef, drafter.target_config, drafter.num_heads)
+    FEATURE_CHECKS.clear()
+    out = specjax.generate(target, (probe, params), PROMPTS_UNEVEN, gamma=gamma, max_new_tokens=20)
+    assert len(FEATURE_CHECKS) == int(out.steps) and len(FEATURE_CHECKS) > 3
+    assert all(bool(ok) for ok in FEATURE_CHECKS)
+
+
+def test_eagle_incremental_cache_equals_recomputation(target):
+    """The window re-feed path (state carried between calls) drafts exactly what a fresh
+    state (full recomputation) and the training-style teacher-forced pass give."""
+    model, params = target
+    drafter, head_params = heads.init_eagle(model, params, seed=5)
+    B, S, K = 2, 40, 3
+    tokens = jax.random.randint(jax.random.key(1), (B, S), 0, TINY_LLAMA.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(S), (B, S))
+    _, hidden, _ = model.forward(params, tokens, positions, model.init_cache(B, S))
+    # The teacher-forced pass over every entry j = (f_j, t_{j+1}).
+    full, _ = drafter.apply(
+        head_params,
+        hidden[:, :-1],
+        tokens[:, 1:],
+        positions[:, :-1],
+        drafter.init_cache(B, S - 1, jnp.float32),
+    )
+    sampling = Sampling.create(temperature=1.0)
+    state = drafter.init(head_params, tokens, jnp.array([3, 5]), S)
+    lengths = np.array([3, 5])
+    rng = np.random.default_rng(0)
+    for step in range(8):
+        context = DraftContext(tokens, jnp.asarray(lengths), target_hidden=hidden)
+        key = jax.random.key(step)
+        _, probs, state = drafter.propose(head_params, state, context, K, sampling, key)
+        fresh_state = drafter.init(head_params, tokens, jnp.asarray(lengths), S)
+        _, fresh_probs, _ = drafter.propose(head_params, fresh_state, context, K, sampling, key)
+        np.testing.assert_allclose(probs, fresh_probs, atol=1e-5)
+        first = jax.nn.softmax(
+            heads.lm_logits(head_params["io"], full[np.arange(B), lengths - 2], model.config)
+        )
+        np.testing.assert_allclose(probs[:, 0], first, atol=1e-5)
+        lengths = lengths + rng.integers(1, K + 2, B)  # n + 1 tokens kept, n in 0..K
+
+
+def test_medusa_gamma_above_heads_fails(target):
+    drafter = heads.init_medusa(*target, num_heads=2)
+    with pytest.raises(ValueError, match="exceeds the 2 Medusa heads"):
+        specjax.generate(target, drafter, PROMPTS_UNEVEN, gamma=3, max_new_tokens=8)
+
+
+def test_heads_need_features():
+    drafter, params = heads.init_medusa(*random_model(TINY_LLAMA, seed=1))
+    context = DraftContext(jnp.zeros((1, 8), jnp.int32), jnp.array([4]))
+    with pytest.raises(ValueError, match="hidden states"):
+        drafter.propose(params, None, context, 2, Sampling.create(), jax.random.key(0))
+
+
+def test_save_and_load_heads(tmp_path, target):
+    for drafter, params in (medusa_random(target), eagle_echo(target)):
+        path = heads.save_heads(tmp_path / drafter.kind, drafter, params, {"note": "test"})
+        loaded, loaded_params = heads.load_heads(path, *target)
+        assert loaded == drafter
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded_params), strict=True):
+            np.testing.assert_array_equal(a, b)
+    other = random_model(TINY_LLAMA.replace(d_model=48), seed=3)
+    with pytest.raises(ValueError, match="another target architecture"):
+        heads.load_heads(tmp_path / "medusa", *other)
+
+
+# --------------------------------------------------------------------------------------------
+# Bar 4 for the heads: the sampled drafts come with their distributions, so rejection sampling
+# reproduces the target exactly. Reuses test_distribution's exact-distribution machinery and
+# its stated false-failure bound (delta = 1e-7 per assertion).
+
+
+@pytest.fixture(scope="module")
+def small_vocab_target():
+    from test_distribution import CONFIG
+
+    return random_model(CONFIG, seed=21)
+
+
+@pytest.mark.parametrize("kind", ["eagle", "medusa"])
+def test_heads_sampling_matches_target_distribution(small_vocab_target, kind):
+    from test_distribution import EPSILON, l1_distance
+
+    target = small_vocab_target
+    if kind == "eagle":
+        drafter = heads.init_eagle(*target, seed=3)
+    else:
+        drafter = medusa_random(target, num_heads=2, scale=2.0)
+    sampling = Sampling.create(temperature=0.8, top_k=5)
+    distance = l1_distance(target, drafter, sampling, gamma=2, seed=7)
+    print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
+    assert distance < EPSILON
+
+
+@dataclasses.dataclass(frozen=True)
+class UnfilteredMedusa(heads.MedusaDrafter):
+    """Broken: samples from the filtered distribution but reports the unfiltered softmax."""
+
+    def propose(self, params, state, context, gamma, sampling, rng):
+        tokens, probs, state = super().propose(params, state, context, gamma, sampling, rng)
+        logits = self.head_logits(params, heads._newest_feature(context))[:, :gamma]
+        return tokens, jax.nn.softmax(logits, axis=-1), state
+
+
+def test_wrong_draft_probs_are_detected(small_vocab_target):
+    from test_distribution import EPSILON, l1_distance
+
+    drafter, params = medusa_random(small_vocab_target, num_heads=2, scale=2.0)
+    broken = UnfilteredMedusa(drafter.graphdef, drafter.target_config, drafter.num_heads)
+    sampling = Sampling.create(temperature=0.5, top_k=2)
+    distance = l1_distance(small_vocab_target, (broken, params), sampling, gamma=2, seed=7)
+    print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
+    assert distance >= EPSILON

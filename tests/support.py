@@ -1,0 +1,89 @@
+"""Shared test helpers: tiny model configs of every family and random models.
+
+A plain module (imported as `support`), not conftest.py: several conftest.py files in one
+run shadow each other under the module name "conftest".
+"""
+
+import jax
+
+from specjax.models.config import ModelConfig
+
+TINY_LLAMA = ModelConfig(
+    family="llama",
+    vocab_size=64,
+    num_layers=2,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    ffn_dim=64,
+)
+TINY_QWEN2 = ModelConfig(
+    family="qwen2",
+    vocab_size=64,
+    num_layers=2,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=1,
+    head_dim=8,
+    ffn_dim=64,
+    qkv_bias=True,
+    tie_embeddings=False,
+    rope_theta=1e6,
+)
+TINY_GEMMA3 = ModelConfig(
+    family="gemma3",
+    vocab_size=64,
+    num_layers=4,
+    d_model=32,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+    ffn_dim=64,
+    qk_norm=True,
+    post_norms=True,
+    embed_scale=True,
+    activation="gelu_tanh",
+    sliding_window=4,
+    sliding_window_pattern=2,
+    rope_theta=1e6,
+    rope_local_theta=1e4,
+    query_pre_attn_scalar=12.0,
+)
+TINY_INTERLEAVED = TINY_LLAMA.replace(rope_layout="interleaved")
+
+FAMILIES = {
+    "llama": TINY_LLAMA,
+    "qwen2": TINY_QWEN2,
+    "gemma3": TINY_GEMMA3,
+    "llama-interleaved": TINY_INTERLEAVED,
+}
+
+
+def random_model(config: ModelConfig, seed: int = 0, dtype=None):
+    """(Model, params) with random weights drawn by numpy on the host (no per-shape jax.random
+    compilations: seconds per model on 2 cores). Kernels and embeddings ~ N(0, 1/fan_in);
+    norm scales ~ 1 + N(0, 0.2) and biases ~ N(0, 0.2), perturbed away from their 1/0
+    initialisation so that tests notice a mishandled norm or bias."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from specjax.models import abstract_model
+
+    dtype = dtype or jnp.float32
+    model, params = abstract_model(config, param_dtype=dtype)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            value = 1.0 + rng.normal(0.0, 0.2, leaf.shape)
+        elif "bias" in name:
+            value = rng.normal(0.0, 0.2, leaf.shape)
+        else:
+            fan_in = leaf.shape[-1] if "embedding" in name else leaf.shape[-2]
+            value = rng.normal(0.0, fan_in**-0.5, leaf.shape)
+        return jnp.asarray(value, dtype)
+
+    params.replace_by_pure_dict(jax.tree_util.tree_map_with_path(draw, params.to_pure_dict()))
+    return model, params
