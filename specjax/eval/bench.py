@@ -135,6 +135,7 @@ class DecodeResult:
     tau: float
     alpha: list[float]
     token_lists: list[list[int]] = dataclasses.field(repr=False, default_factory=list)
+    from_draft: list[list[bool]] = dataclasses.field(repr=False, default_factory=list)
 
     @property
     def ms_per_token(self) -> float:
@@ -148,6 +149,7 @@ class DecodeResult:
     def row(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("token_lists")
+        d.pop("from_draft")
         d.update(ms_per_token=self.ms_per_token, tokens_per_s=self.tokens_per_s)
         return d
 
@@ -187,6 +189,10 @@ def time_generate(
         tau=out.tau if drafter is not None else 1.0,
         alpha=alpha,
         token_lists=out.token_lists(),
+        from_draft=[
+            np.asarray(out.from_draft)[b, : len(row)].tolist()
+            for b, row in enumerate(out.token_lists())
+        ],
     )
 
 
