@@ -20,14 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax.decoding import autoregressive, rejection, speculative
+from specjax.decoding import tree as tree_decoding
 from specjax.decoding.sampling import GREEDY, Sampling
 from specjax.decoding.state import GenerateOutput
+from specjax.decoding.tree import TreeSpec
 from specjax.drafters.base import Drafter
 from specjax.drafters.draft_model import DraftModelDrafter
 from specjax.models.transformer import Model, Params, Transformer
 
 # How many times each decoder was traced (compiled); tests read it to prove reuse.
-TRACE_COUNTS = {"autoregressive": 0, "speculative": 0}
+TRACE_COUNTS = {"autoregressive": 0, "speculative": 0, "tree": 0}
 
 PROMPT_BUCKET = 16  # prompts are right-padded to a multiple of this, to share compilations
 
@@ -161,6 +163,18 @@ _speculative_jit = jax.jit(
 )
 
 
+def _tree(target, params, draft, draft_params, prompt, lengths, eos_ids, rng, **static):
+    TRACE_COUNTS["tree"] += 1
+    return tree_decoding.generate(
+        target, params, draft, draft_params, prompt, lengths, eos_ids, rng, **static
+    )
+
+
+_tree_jit = jax.jit(
+    _tree, static_argnames=("target", "draft", "tree", "max_new_tokens", "cache_size", "pad_id")
+)
+
+
 def generate(
     target: Any,
     drafter: Any,
@@ -176,6 +190,7 @@ def generate(
     verify_fn=rejection.verify_sampling,
     mesh: jax.sharding.Mesh | None = None,
     shard_drafter: bool = False,
+    tree: TreeSpec | Sequence[int] | None = None,
 ) -> GenerateOutput:
     """Generates continuations of `prompt_ids`, speculatively when a drafter is given.
 
@@ -198,6 +213,8 @@ def generate(
         None: the single-device program, unchanged.
       shard_drafter: with a mesh, also split a draft model's weights over `model`
         (default: replicated on every device; its batch is split over `data` either way).
+      tree: token-tree drafting with a draft model, e.g. (3, 2, 1): top-3 first tokens, two
+        continuations each, then one (greedy only; `gamma` is then the tree's depth).
 
     Returns:
       GenerateOutput (tokens [B, max_new_tokens], num_generated, stop_reason, stats).
@@ -218,7 +235,20 @@ def generate(
                 f"draft vocabulary size {draft.vocab_size} differs from the target's "
                 f"{vocab_size}: speculative decoding needs one shared vocabulary"
             )
-    slots_per_call = gamma + 1 if speculative_run else 1
+    if tree is not None:
+        tree = tree if isinstance(tree, TreeSpec) else TreeSpec(tuple(int(b) for b in tree))
+        if not sampling.greedy:
+            raise ValueError(
+                "token trees are greedy-only: lossless sampling over several drafts needs a "
+                "multi-draft rejection scheme specjax does not implement; use temperature 0 "
+                "or a linear draft (tree=None)"
+            )
+        if not speculative_run or not isinstance(draft, DraftModelDrafter):
+            raise ValueError("tree= needs a draft model as the drafter")
+        if mesh is not None:
+            raise ValueError("tree= does not support mesh= yet")
+        gamma = tree.depth
+    slots_per_call = (tree.num_nodes + 1 if tree else gamma + 1) if speculative_run else 1
 
     prompt, lengths = pad_prompts(prompt_ids, vocab_size, pad_id, max_width=cache_size)
     longest = int(lengths.max())
@@ -253,6 +283,21 @@ def generate(
             cache_size=int(cache_size),
             pad_id=int(pad_id),
             **(dict(gamma=int(gamma), verify_fn=verify_fn) if speculative_run else {}),
+        )
+    if tree is not None:
+        return _tree_jit(
+            target_model,
+            target_params,
+            draft.model,
+            draft_params,
+            jnp.asarray(prompt),
+            jnp.asarray(lengths),
+            jnp.asarray(eos),
+            rng,
+            tree=tree,
+            max_new_tokens=int(max_new_tokens),
+            cache_size=int(cache_size),
+            pad_id=int(pad_id),
         )
     if not speculative_run:
         return _autoregressive_jit(
