@@ -4,6 +4,7 @@
         --draft qwen2.5-coder-0.5b-instruct --gamma 4 --prompt "Write quicksort in Python" \
         --max-new-tokens 128 [--temperature 0.7] [--seed 0] [--raw] [--json]
 
+Trained heads (experiments/train_draft.py) draft with `--drafter eagle|medusa --heads PATH`.
 Without --draft (and without another --drafter) it decodes autoregressively. In the text
 output, accepted draft tokens are green and tokens the target produced itself (the first
 token, corrections after a rejection, bonus tokens after a full acceptance) are blue, as in
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 GREEN, BLUE, RESET = "\033[32m", "\033[34m", "\033[0m"
-DRAFTERS = ("model", "ngram", "early-exit")
+DRAFTERS = ("model", "ngram", "early-exit", "eagle", "medusa")
 
 
 def vocabulary_fingerprint(tokenizer: Any) -> str:
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     gen.add_argument("--ngram", type=int, default=3, help="longest n-gram (--drafter ngram)")
     gen.add_argument("--exit-layer", type=int, default=None, help="--drafter early-exit")
+    gen.add_argument("--heads", help="trained heads folder (--drafter eagle|medusa)")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -99,6 +101,15 @@ def make_drafter(args, target, draft_name: str | None):
         raise SystemExit(f"error: --draft only applies to --drafter model, not {kind}")
     if kind == "ngram":
         return NgramDrafter(max_ngram=args.ngram, min_ngram=1)
+    if kind in ("eagle", "medusa"):
+        from specjax.drafters.heads import load_heads
+
+        if not args.heads:
+            raise SystemExit(f"error: --drafter {kind} needs --heads PATH (trained heads)")
+        drafter, params = load_heads(args.heads, target.model, target.params)
+        if drafter.kind != kind:
+            raise SystemExit(f"error: {args.heads} holds {drafter.kind} heads, not {kind}")
+        return drafter, params
     exit_layer = args.exit_layer or max(1, target.config.num_layers // 4)
     return early_exit_drafter(target.model, target.params, exit_layer)
 

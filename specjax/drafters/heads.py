@@ -1,0 +1,537 @@
+"""Draft heads on the target's own hidden states: EAGLE (Li et al. 2024) and Medusa (Cai et al.
+2024). Both are small trained modules (see `specjax.training`) that reuse the target's token
+embedding and LM head, and read the target's features from `DraftContext.target_hidden`.
+
+Dimension legend: B batch, S sequence slots, T positions fed at once, W catch-up window,
+K draft length (gamma), V vocab, D target width, H Medusa heads, L sequence length of a row.
+
+Feature bookkeeping (see `decoding/state.py`): f_j is the target's last hidden state (after the
+final norm) at position j; it has seen tokens t_0..t_j and its LM-head logits predict t_{j+1}.
+With L = seq_lengths[b], f_j is known for j <= L - 2: the newest token t_{L-1} has not been
+through the target yet.
+
+* Medusa: head i (1-based) maps f_j to a distribution over t_{j+i+1}: from f_{L-2}, head i
+  drafts x_i = t_{L-1+i}. Head = residual block h + SiLU(W_i h + b_i), then the target's LM
+  head (shared and frozen; Medusa-1 gives each head its own copy, which at V = 49k would be
+  28M parameters per head). W_i starts at zero, so an untrained head repeats the target's own
+  next-token guess. The heads are independent of one another, so γ <= H.
+
+* EAGLE: an autoregressive one-layer decoder over (feature, next token) pairs. Entry j reads
+  fc([f_j ; e(t_{j+1})]) at RoPE position j and predicts f_{j+1}, whose LM-head logits give
+  t_{j+2}. Drafting continues from the last true feature f_{L-2} and the newest token t_{L-1},
+  then feeds its own predicted features: entry L-1 = (f̂_{L-1}, x_1) predicts f̂_L -> x_2, ...
+  Its KV cache holds entries at their positions. Entries computed from predicted features are
+  recomputed from the true ones once the target has verified them (EAGLE does the same): each
+  `propose` first re-feeds a window of the last W = K + 1 entries with true features (at most
+  K + 1 became known since the last call), or, when a row lags further behind (the first call,
+  right after the prompt), recomputes every entry in one S-wide pass (a `lax.cond`, so the
+  wide pass runs once per generation).
+
+Sampling: the drafted tokens are drawn from the heads' softmax after the same temperature /
+top-k / top-p as the target (`sampling.probs`), and those distributions are returned, so
+rejection sampling stays lossless. Greedy drafting takes the argmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from specjax import cache as kv_cache
+from specjax.decoding import sampling as sampling_lib
+from specjax.decoding.state import DraftContext
+from specjax.models.config import NO_WINDOW, ModelConfig
+from specjax.models.layers import Block
+from specjax.models.transformer import Model, Params
+
+HEAD_KINDS = ("eagle", "medusa")
+FORMAT_VERSION = 1
+SPEC_FILE = "heads.json"
+_PARAMS_DIR = "params"
+
+# Parameters of a head drafter: {"head": the trained head (pure dict), "io": target I/O}.
+HeadParams = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------
+# The target's input embedding and LM head, shared (not copied) by every head.
+
+
+def target_io(target_params: Params) -> dict[str, Any]:
+    """{"embedding": [V, D], "lm_head": [D, V] or None (tied)}: the same arrays as the target's
+    (no copy), so a head drafter adds only its own weights to memory."""
+    pure = (
+        nnx.to_pure_dict(target_params) if isinstance(target_params, nnx.State) else target_params
+    )
+    lm_head = pure["lm_head"]["kernel"] if "lm_head" in pure else None
+    return {"embedding": pure["embedder"]["embedding"], "lm_head": lm_head}
+
+
+def embed_tokens(io: dict[str, Any], tokens_BxT: jax.Array, config: ModelConfig) -> jax.Array:
+    """The target's input embedding of tokens [B, T, D] (Gemma's sqrt(D) scale included)."""
+    x_BxTxD = jnp.take(io["embedding"], tokens_BxT, axis=0)
+    if config.embed_scale:
+        x_BxTxD = x_BxTxD * jnp.asarray(config.d_model**0.5, x_BxTxD.dtype)
+    return x_BxTxD
+
+
+def lm_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) -> jax.Array:
+    """The target's LM head on (already normalised) features: float32 logits [..., V]."""
+    head_DxV = io["embedding"].T if io["lm_head"] is None else io["lm_head"]
+    logits_xV = jnp.einsum(
+        "...d,dv->...v",
+        hidden_xD,
+        head_DxV.astype(hidden_xD.dtype),
+        preferred_element_type=jnp.float32,
+    )
+    if config.final_logit_softcap:
+        cap = config.final_logit_softcap
+        logits_xV = jnp.tanh(logits_xV / cap) * cap
+    return logits_xV
+
+
+def _draw(
+    rng: jax.Array, logits_xV: jax.Array, sampling: sampling_lib.Sampling
+) -> tuple[jax.Array, jax.Array | None]:
+    """Tokens from logits and, when sampling, the distributions they came from."""
+    tokens_x = sampling_lib.sample(rng, logits_xV, sampling)
+    probs_xV = None if sampling.greedy else sampling_lib.probs(logits_xV, sampling)
+    return tokens_x, probs_xV
+
+
+def _newest_feature(context: DraftContext) -> jax.Array:
+    """f_{L-2} per row [B, D]: the latest position the target has seen."""
+    if context.target_hidden is None:
+        raise ValueError(
+            "this drafter reads the target's hidden states, but the context has none: run it "
+            "through specjax.generate (which fills them for drafters with needs_target_hidden)"
+        )
+    index_B = context.seq_lengths - 2
+    return jnp.take_along_axis(context.target_hidden, index_B[:, None, None], axis=1)[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Medusa.
+
+
+class MedusaHeads(nnx.Module):
+    """H residual blocks on the target's feature: h_i = h + SiLU(h W_i + b_i)."""
+
+    def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        del rngs  # zero init (Medusa): every head starts as the target's own LM head
+        self.kernel = nnx.Param(jnp.zeros((num_heads, d_model, d_model), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_heads, d_model), param_dtype))
+
+    def __call__(self, hidden_xD: jax.Array) -> jax.Array:
+        """Features [..., H, D] of every head from features [..., D]."""
+        h_xD = hidden_xD.astype(self.kernel.dtype)
+        pre_xHxD = jnp.einsum("...d,hde->...he", h_xD, self.kernel[...]) + self.bias[...]
+        return h_xD[..., None, :] + jax.nn.silu(pre_xHxD)
+
+
+@dataclasses.dataclass(frozen=True)
+class MedusaDrafter:
+    """Medusa heads as a Drafter: stateless, one head call per draft (see module docstring)."""
+
+    graphdef: Any
+    target_config: ModelConfig
+    num_heads: int
+
+    needs_target_hidden: ClassVar[bool] = True
+    kind: ClassVar[str] = "medusa"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.target_config.vocab_size
+
+    def head_config(self) -> dict[str, Any]:
+        return {"num_heads": self.num_heads}
+
+    def head_features(self, params: HeadParams, hidden_xD: jax.Array) -> jax.Array:
+        """Features [..., H, D] of every head (before the LM head)."""
+        return nnx.merge(self.graphdef, params["head"])(hidden_xD)
+
+    def head_logits(self, params: HeadParams, hidden_xD: jax.Array) -> jax.Array:
+        """Logits [..., H, V]: head i's distribution over the token i + 1 steps ahead."""
+        return lm_logits(params["io"], self.head_features(params, hidden_xD), self.target_config)
+
+    def init(self, params, prompt_BxP, prompt_lengths_B, max_len):
+        del params, prompt_BxP, prompt_lengths_B, max_len
+        return None
+
+    def update(self, params, state, context, num_kept):
+        del params, context, num_kept
+        return state
+
+    def propose(
+        self,
+        params: HeadParams,
+        state: None,
+        context: DraftContext,
+        gamma: int,
+        sampling: sampling_lib.Sampling,
+        rng: jax.Array,
+    ) -> tuple[jax.Array, jax.Array | None, None]:
+        if gamma > self.num_heads:
+            raise ValueError(
+                f"gamma={gamma} exceeds the {self.num_heads} Medusa heads (head i drafts "
+                "position i); train more heads or lower gamma"
+            )
+        logits_BxKxV = self.head_logits(params, _newest_feature(context))[:, :gamma]
+        tokens_BxK, probs_BxKxV = _draw(rng, logits_BxKxV, sampling)
+        return tokens_BxK, probs_BxKxV, state
+
+
+# --------------------------------------------------------------------------------------------
+# EAGLE.
+
+
+def eagle_block_config(target_config: ModelConfig, ffn_dim: int | None = None) -> ModelConfig:
+    """The head's one decoder layer: the target's layer type (attention shape, RoPE, norms),
+    global attention, optionally a narrower MLP."""
+    return target_config.replace(
+        num_layers=1,
+        ffn_dim=ffn_dim or target_config.ffn_dim,
+        sliding_window=NO_WINDOW,
+        sliding_window_pattern=0,
+        layer_unroll=1,
+    )
+
+
+class EagleHead(nnx.Module):
+    """fc([feature ; token embedding]) -> one decoder layer -> predicted next feature."""
+
+    def __init__(self, block_config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        D = block_config.d_model
+        self.block_config = block_config
+        self.fc = nnx.Linear(
+            2 * D,
+            D,
+            use_bias=True,
+            param_dtype=param_dtype,
+            kernel_init=nnx.initializers.normal(stddev=(2 * D) ** -0.5),
+            rngs=rngs,
+        )
+        self.block = Block(block_config, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(
+        self,
+        features_BxTxD: jax.Array,
+        token_embeddings_BxTxD: jax.Array,
+        positions_BxT: jax.Array,
+        cache: kv_cache.KVCache,
+    ) -> tuple[jax.Array, kv_cache.KVCache]:
+        """T entries written at slots [cache.lengths, + T); returns (predicted next features
+        [B, T, D], cache with lengths += T). `cache` has one layer."""
+        dtype = self.fc.kernel.dtype
+        x_BxTx2D = jnp.concatenate(
+            [features_BxTxD.astype(dtype), token_embeddings_BxTxD.astype(dtype)], axis=-1
+        )
+        x_BxTxD = self.fc(x_BxTx2D)
+        mask_BxTxS = kv_cache.attention_mask(cache.lengths, positions_BxT, cache.max_len)
+        out_BxTxD, k_SxGxDh, v_SxGxDh = self.block(
+            x_BxTxD,
+            positions_BxT,
+            cache.k[0],
+            cache.v[0],
+            cache.lengths,
+            mask_BxTxS,
+            jnp.float32(self.block_config.rope_theta),
+        )
+        T = features_BxTxD.shape[1]
+        return out_BxTxD, kv_cache.KVCache(
+            k=k_SxGxDh[None], v=v_SxGxDh[None], lengths=cache.lengths + T
+        )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class EagleState:
+    """Fields: cache: the head's one-layer KVCache ([1, B, S, G, Dh]); true_lengths: int32[B],
+    entries [0, true_lengths) were computed from the target's true features."""
+
+    cache: kv_cache.KVCache
+    true_lengths: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EagleDrafter:
+    """The EAGLE head as a Drafter (see module docstring)."""
+
+    graphdef: Any
+    target_config: ModelConfig
+    block_config: ModelConfig
+
+    needs_target_hidden: ClassVar[bool] = True
+    kind: ClassVar[str] = "eagle"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.target_config.vocab_size
+
+    def head_config(self) -> dict[str, Any]:
+        return {"ffn_dim": self.block_config.ffn_dim}
+
+    def apply(
+        self,
+        params: HeadParams,
+        features_BxTxD: jax.Array,
+        tokens_BxT: jax.Array,
+        positions_BxT: jax.Array,
+        cache: kv_cache.KVCache,
+    ) -> tuple[jax.Array, kv_cache.KVCache]:
+        """Entries (f_j, t_{j+1}) at positions j -> (predicted f_{j+1} [B, T, D], cache)."""
+        head = nnx.merge(self.graphdef, params["head"])
+        embeddings_BxTxD = embed_tokens(params["io"], tokens_BxT, self.target_config)
+        return head(features_BxTxD, embeddings_BxTxD, positions_BxT, cache)
+
+    def init_cache(self, batch_size: int, max_len: int, dtype) -> kv_cache.KVCache:
+        return kv_cache.init_cache(self.block_config, batch_size, max_len, dtype)
+
+    def init(
+        self, params: HeadParams, prompt_BxP: jax.Array, prompt_lengths_B: jax.Array, max_len: int
+    ) -> EagleState:
+        # No features yet (the target's prefill runs outside the drafter): the first `propose`
+        # builds the cache from the context.
+        del prompt_lengths_B
+        B = prompt_BxP.shape[0]
+        dtype = params["head"]["fc"]["kernel"].dtype
+        return EagleState(
+            cache=self.init_cache(B, max_len, dtype), true_lengths=jnp.zeros((B,), jnp.int32)
+        )
+
+    def _catch_up(
+        self, params: HeadParams, state: EagleState, context: DraftContext, width: int
+    ) -> tuple[jax.Array, kv_cache.KVCache]:
+        """Recomputes entries [start, L - 1) from true features, start = max(L - 1 - width, 0),
+        in one `width`-wide call. Returns the output at entry L - 2 ([B, D], the predicted
+        f_{L-1}) and the cache holding entries [0, L - 1).
+
+        Window entries past L - 2 (rows with start clamped at 0) read clipped garbage; their
+        slots lie beyond the returned length and the causal mask hides them from entry L - 2.
+        """
+        L_B = context.seq_lengths
+        S_seq = context.sequence.shape[1]
+        start_B = jnp.maximum(L_B - 1 - width, 0)
+        entries_BxW = start_B[:, None] + jnp.arange(width, dtype=jnp.int32)
+        feature_index_BxW = jnp.clip(entries_BxW, 0, context.target_hidden.shape[1] - 1)
+        token_index_BxW = jnp.clip(entries_BxW + 1, 0, S_seq - 1)
+        features_BxWxD = jnp.take_along_axis(
+            context.target_hidden, feature_index_BxW[..., None], axis=1
+        )
+        tokens_BxW = jnp.take_along_axis(context.sequence, token_index_BxW, axis=1)
+        cache = kv_cache.rollback(state.cache, start_B)
+        out_BxWxD, cache = self.apply(params, features_BxWxD, tokens_BxW, entries_BxW, cache)
+        last_BxD = jnp.take_along_axis(out_BxWxD, (L_B - 2 - start_B)[:, None, None], axis=1)[:, 0]
+        return last_BxD, kv_cache.rollback(cache, L_B - 1)
+
+    def propose(
+        self,
+        params: HeadParams,
+        state: EagleState,
+        context: DraftContext,
+        gamma: int,
+        sampling: sampling_lib.Sampling,
+        rng: jax.Array,
+    ) -> tuple[jax.Array, jax.Array | None, EagleState]:
+        if context.target_hidden is None:
+            _newest_feature(context)  # raises the explanatory error
+        K = gamma
+        L_B = context.seq_lengths
+        window = K + 1
+        full_width = state.cache.max_len
+        # At most K + 1 entries became verifiable since the last call; more only at the start.
+        lagging = jnp.any(L_B - 1 - state.true_lengths > window)
+        feature_BxD, cache = jax.lax.cond(
+            lagging,
+            lambda: self._catch_up(params, state, context, full_width),
+            lambda: self._catch_up(params, state, context, min(window, full_width)),
+        )
+        true_lengths_B = L_B - 1
+        step_rngs = jax.random.split(rng, K)
+        io = params["io"]
+        first_token_B, first_probs_BxV = _draw(
+            step_rngs[0], lm_logits(io, feature_BxD, self.target_config), sampling
+        )
+
+        def draft_step(carry, step_rng):
+            cache, feature_BxD, token_B, position_B = carry
+            out_Bx1xD, cache = self.apply(
+                params, feature_BxD[:, None], token_B[:, None], position_B[:, None], cache
+            )
+            feature_BxD = out_Bx1xD[:, 0]
+            next_token_B, probs_BxV = _draw(
+                step_rng, lm_logits(io, feature_BxD, self.target_config), sampling
+            )
+            return (cache, feature_BxD, next_token_B, position_B + 1), (next_token_B, probs_BxV)
+
+        # Entry L - 1 + i pairs the predicted f_{L-1+i} with draft token x_{i+1}.
+        (cache, _, _, _), (rest_KxB, rest_probs_KxBxV) = jax.lax.scan(
+            draft_step, (cache, feature_BxD, first_token_B, L_B - 1), step_rngs[1:]
+        )
+        tokens_BxK = jnp.concatenate([first_token_B[:, None], rest_KxB.T], axis=1)
+        probs_BxKxV = None
+        if not sampling.greedy:
+            probs_BxKxV = jnp.concatenate(
+                [first_probs_BxV[:, None], jnp.moveaxis(rest_probs_KxBxV, 0, 1)], axis=1
+            )
+        return tokens_BxK, probs_BxKxV, EagleState(cache=cache, true_lengths=true_lengths_B)
+
+    def update(self, params, state, context, num_kept):
+        # Catch-up happens at the next `propose` (it knows the new seq_lengths).
+        del params, context, num_kept
+        return state
+
+
+HeadDrafter = EagleDrafter | MedusaDrafter
+
+
+# --------------------------------------------------------------------------------------------
+# Construction, saving and loading.
+
+
+def init_medusa(
+    target: Model,
+    target_params: Params,
+    *,
+    num_heads: int = 4,
+    seed: int = 0,
+    param_dtype=jnp.float32,
+) -> tuple[MedusaDrafter, HeadParams]:
+    """Untrained Medusa heads (each repeats the target's next-token guess) for `target`."""
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+    module = MedusaHeads(
+        target.config.d_model, num_heads, rngs=nnx.Rngs(seed), param_dtype=param_dtype
+    )
+    graphdef, state = nnx.split(module)
+    drafter = MedusaDrafter(graphdef=graphdef, target_config=target.config, num_heads=num_heads)
+    return drafter, {"head": nnx.to_pure_dict(state), "io": target_io(target_params)}
+
+
+def init_eagle(
+    target: Model,
+    target_params: Params,
+    *,
+    ffn_dim: int | None = None,
+    seed: int = 0,
+    param_dtype=jnp.float32,
+) -> tuple[EagleDrafter, HeadParams]:
+    """An untrained EAGLE head for `target` (random fc and layer)."""
+    block_config = eagle_block_config(target.config, ffn_dim)
+    module = EagleHead(block_config, rngs=nnx.Rngs(seed), param_dtype=param_dtype)
+    graphdef, state = nnx.split(module)
+    drafter = EagleDrafter(
+        graphdef=graphdef, target_config=target.config, block_config=block_config
+    )
+    return drafter, {"head": nnx.to_pure_dict(state), "io": target_io(target_params)}
+
+
+def init_heads(
+    kind: str, target: Model, target_params: Params, *, seed: int = 0, **head_config
+) -> tuple[HeadDrafter, HeadParams]:
+    """`init_eagle` or `init_medusa` by name."""
+    if kind == "eagle":
+        return init_eagle(target, target_params, seed=seed, **head_config)
+    if kind == "medusa":
+        return init_medusa(target, target_params, seed=seed, **head_config)
+    raise ValueError(f"unknown head kind {kind!r}; expected one of {HEAD_KINDS}")
+
+
+# Config fields that do not change the target's features or vocabulary.
+_IRRELEVANT_FIELDS = ("layer_unroll", "max_position")
+
+
+def _architecture(config: ModelConfig) -> dict[str, Any]:
+    fields = dataclasses.asdict(config)
+    for name in _IRRELEVANT_FIELDS:
+        fields.pop(name)
+    return fields
+
+
+def save_heads(
+    directory: str | os.PathLike,
+    drafter: HeadDrafter,
+    params: HeadParams,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Saves the trained head only (not the target's embedding it shares) with a heads.json
+    naming its kind, its hyperparameters and the target architecture it was trained for.
+    Atomic: written to a temporary sibling, then renamed over `directory`."""
+    from specjax.checkpoints.orbax import orbax_save  # late: keeps orbax off the import path
+
+    directory = Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        orbax_save(tmp / _PARAMS_DIR, params["head"], force=True)
+        spec = {
+            "format_version": FORMAT_VERSION,
+            "kind": drafter.kind,
+            "head_config": drafter.head_config(),
+            "param_dtype": str(jax.tree.leaves(params["head"])[0].dtype),
+            "target_config": dataclasses.asdict(drafter.target_config),
+            "metadata": metadata or {},
+        }
+        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=1, default=str))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def is_saved_heads(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / SPEC_FILE).is_file()
+
+
+def load_heads(
+    directory: str | os.PathLike, target: Model, target_params: Params
+) -> tuple[HeadDrafter, HeadParams]:
+    """(drafter, params) of heads saved by `save_heads`, attached to `target`'s embedding.
+
+    Fails with a message when the heads were trained for another architecture (features of a
+    different width or vocabulary would make them meaningless).
+    """
+    from specjax.checkpoints.orbax import orbax_restore
+
+    directory = Path(directory)
+    if not is_saved_heads(directory):
+        raise FileNotFoundError(f"{directory} holds no saved draft heads (no {SPEC_FILE})")
+    spec = json.loads((directory / SPEC_FILE).read_text())
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{directory}: heads format version {spec.get('format_version')} is not "
+            f"{FORMAT_VERSION}"
+        )
+    saved_target = dict(spec["target_config"])
+    for name in _IRRELEVANT_FIELDS:
+        saved_target.pop(name, None)
+    if saved_target != _architecture(target.config):
+        differing = sorted(
+            k for k in saved_target if saved_target[k] != _architecture(target.config).get(k)
+        )
+        raise ValueError(
+            f"{directory}: these {spec['kind']} heads were trained for another target "
+            f"architecture (fields differ: {differing})"
+        )
+    drafter, abstract = init_heads(
+        spec["kind"],
+        target,
+        target_params,
+        param_dtype=jnp.dtype(spec.get("param_dtype", "float32")),
+        **spec["head_config"],
+    )
+    head = orbax_restore(directory / _PARAMS_DIR, abstract["head"])
+    return drafter, {"head": head, "io": abstract["io"]}
