@@ -1,0 +1,147 @@
+"""The schema of a drafter-training config (ml_collections), its defaults and its checks.
+
+    config = base_config()                  # every key, with defaults
+    config.kind = "eagle"; ...
+    config = finalize(config, "train.num_steps=50,data.num_prompts=64")
+
+Groups:
+  kind      "eagle" | "medusa" | "distill": what is trained.
+  target    model spec (see specjax.eval.models): a registered name, a path, or random:<shape>.
+  dtype     target dtype for data generation ("float32" | "bfloat16"); heads train in float32.
+  data      prompts -> target answers -> features (specjax.training.data).
+  head      EAGLE / Medusa hyperparameters and loss weights.
+  draft     DistillSpec draft model: initialisation and what is trained.
+  train     optimisation (specjax.training.trainer.TrainSettings fields).
+  eval      held-out α/τ comparison after training (experiments/train_draft.py --eval).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from specjax.training.data import PROMPT_SOURCES
+from specjax.training.trainer import TrainSettings
+
+KINDS = ("eagle", "medusa", "distill")
+DRAFT_INITS = ("early_exit", "random")
+DRAFT_TRAINABLE = ("blocks", "all")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run (message names the key)."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.kind = "eagle"
+    config.target = "smollm2-135m-instruct"
+    config.dtype = "float32"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "sharegpt"  # sharegpt | stdlib | random
+    config.data.num_prompts = 192
+    config.data.num_eval = 16  # of num_prompts, held out for eval_* metrics
+    config.data.max_prompt_tokens = 96
+    config.data.max_new_tokens = 64
+    config.data.temperature = 0.0  # the target's answers: greedy, like the decoding it serves
+    config.data.batch_size = 16  # generation / feature batch
+    config.data.seed = 0
+    config.data.path = ""  # data .npz (default <workdir>/data.npz); share it between runs
+
+    config.head = ml_collections.ConfigDict()
+    config.head.num_heads = 4  # Medusa: heads (>= the gamma it will draft for)
+    config.head.head_decay = 0.8  # Medusa: loss weight of head i is decay ** (i - 1)
+    config.head.ffn_dim = 0  # EAGLE: MLP width of the head's layer (0: the target's)
+    config.head.reg_weight = 1.0  # EAGLE: feature regression (SmoothL1)
+    config.head.cls_weight = 0.1  # EAGLE: KL of the next-token distribution
+    config.head.feature_noise = 0.1  # EAGLE: U(-a, a) on the input features
+    config.head.seed = 0
+
+    config.draft = ml_collections.ConfigDict()
+    config.draft.init = "early_exit"  # early_exit (the target's first layers) | random
+    config.draft.num_layers = 2
+    config.draft.trainable = "blocks"  # blocks (+ final norm; embedding frozen) | all
+
+    config.train = ml_collections.ConfigDict(dataclasses.asdict(TrainSettings()))
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.per_set = 4  # HumanEval + MT-Bench prompts each (held out from ShareGPT)
+    config.eval.gamma = 3
+    config.eval.max_new_tokens = 64
+    config.eval.compare = "ngram,early_exit"  # untrained alternatives measured beside it
+    config.eval.exit_layer = 0  # early exit: 0 = a quarter of the target's layers
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Raises ConfigError naming the first bad key."""
+    checks = [
+        (config.kind in KINDS, "kind", f"must be one of {KINDS}"),
+        (config.dtype in ("float32", "bfloat16"), "dtype", "must be float32 or bfloat16"),
+        (config.data.source in PROMPT_SOURCES, "data.source", f"must be one of {PROMPT_SOURCES}"),
+        (config.data.num_prompts >= 2, "data.num_prompts", "must be >= 2"),
+        (
+            0 <= config.data.num_eval < config.data.num_prompts,
+            "data.num_eval",
+            "must be in [0, data.num_prompts)",
+        ),
+        (config.data.max_new_tokens >= 2, "data.max_new_tokens", "must be >= 2"),
+        (config.data.max_prompt_tokens >= 2, "data.max_prompt_tokens", "must be >= 2"),
+        (config.head.num_heads >= 1, "head.num_heads", "must be >= 1"),
+        (config.draft.init in DRAFT_INITS, "draft.init", f"must be one of {DRAFT_INITS}"),
+        (
+            config.draft.trainable in DRAFT_TRAINABLE,
+            "draft.trainable",
+            f"must be one of {DRAFT_TRAINABLE}",
+        ),
+        (config.draft.num_layers >= 1, "draft.num_layers", "must be >= 1"),
+        (config.train.num_steps >= 1, "train.num_steps", "must be >= 1"),
+        (
+            1 <= config.train.batch_size <= config.data.num_prompts - config.data.num_eval,
+            "train.batch_size",
+            "must be in [1, data.num_prompts - data.num_eval]",
+        ),
+        (config.train.log_every >= 1, "train.log_every", "must be >= 1"),
+        (config.train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1"),
+        (config.eval.gamma >= 1, "eval.gamma", "must be >= 1"),
+        (
+            config.kind != "medusa" or config.eval.gamma <= config.head.num_heads,
+            "eval.gamma",
+            "must be <= head.num_heads for Medusa (head i drafts position i)",
+        ),
+    ]
+    for ok, key, message in checks:
+        if not ok:
+            raise ConfigError(f"{key} {message} (got {_get(config, key)!r})")
+    return config
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def finalize(
+    config: ml_collections.ConfigDict, arg: str | Mapping[str, Any] | None = None
+) -> ml_collections.ConfigDict:
+    """Applies `arg` ("k=v,..." or a mapping), validates and locks (what get_config returns)."""
+    from specjax.eval.runner import ConfigError as RunnerConfigError
+    from specjax.eval.runner import apply_overrides, parse_arg
+
+    try:
+        overrides = parse_arg(arg) if isinstance(arg, str | None) else dict(arg)
+        config = apply_overrides(config, overrides)
+    except RunnerConfigError as error:
+        raise ConfigError(str(error)) from None
+    config = validate(config)
+    config.lock()
+    return config
+
+
+def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
+    return TrainSettings(**config.train.to_dict())

@@ -1,0 +1,328 @@
+"""Training data for drafters: text the target generated itself, with its hidden states.
+
+Dimension legend: N sequences, T = P + M positions per sequence (padded), P longest prompt,
+M generated tokens per prompt (max), D target width, B batch.
+
+The EAGLE/Medusa/DistillSpec recipe: prompts (ShareGPT by default) are answered by the target
+(`specjax.generate`), then the target reads prompt + answer once more to record its last hidden
+state at every position. Drafters are trained on these features: the target's next-token
+distribution at position t is softmax(lm_head(hidden[t])), so the hidden states are also the
+distillation labels, at D floats per position instead of V.
+
+A `DraftData` is saved as one .npz and reused by every run (and every resume) with the same
+data settings. Batches are a pure function of (seed, step): a resumed run sees exactly the
+batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PROMPT_SOURCES = ("sharegpt", "stdlib", "random")
+
+
+@dataclasses.dataclass
+class DraftData:
+    """Target-generated sequences and the target's features.
+
+    Fields:
+      tokens: int32[N, T], prompt then generated tokens, 0 after `lengths`.
+      lengths: int32[N], valid tokens per row.
+      gen_start: int32[N], position of the first generated token (= prompt length).
+      hidden: float32[N, T, D], the target's last hidden state (after its final norm) at each
+        position; garbage after `lengths`.
+      info: JSON-serialisable description (source, target, sizes).
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    gen_start: np.ndarray
+    hidden: np.ndarray
+    info: dict[str, Any]
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def max_new_tokens(self) -> int:
+        return int(self.info["max_new_tokens"])
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return int(np.sum(self.lengths - self.gen_start))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Atomic .npz write (a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        np.savez(
+            tmp,
+            tokens=self.tokens,
+            lengths=self.lengths,
+            gen_start=self.gen_start,
+            hidden=self.hidden,
+            info=np.asarray(json.dumps(self.info)),
+        )
+        os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> DraftData:
+        with np.load(path) as f:
+            return DraftData(
+                tokens=f["tokens"],
+                lengths=f["lengths"],
+                gen_start=f["gen_start"],
+                hidden=f["hidden"],
+                info=json.loads(str(f["info"])),
+            )
+
+    def split(self, num_eval: int) -> tuple[DraftData, DraftData]:
+        """(train, eval): the last `num_eval` sequences are held out."""
+        if not 0 <= num_eval < self.num_sequences:
+            raise ValueError(f"num_eval must be in [0, {self.num_sequences}), got {num_eval}")
+        cut = self.num_sequences - num_eval
+
+        def part(rows: slice) -> DraftData:
+            return DraftData(
+                self.tokens[rows],
+                self.lengths[rows],
+                self.gen_start[rows],
+                self.hidden[rows],
+                {**self.info, "rows": f"{rows.start}:{rows.stop}"},
+            )
+
+        return part(slice(0, cut)), part(slice(cut, self.num_sequences))
+
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "tokens": self.tokens[indices],
+            "lengths": self.lengths[indices],
+            "gen_start": self.gen_start[indices],
+            "hidden": self.hidden[indices],
+        }
+
+
+def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Rows of batch `step`: epoch e = step // (N // B) uses its own seeded permutation.
+
+    A pure function of (seed, step), so a resumed run draws the same batches."""
+    steps_per_epoch = num_rows // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_rows} training sequences")
+    epoch, index = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_rows)
+    return order[index * batch_size : (index + 1) * batch_size]
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts.
+
+
+def sharegpt_prompts(
+    tokenizer: Any, num_prompts: int, max_prompt_tokens: int, seed: int
+) -> list[list[int]]:
+    """Chat-formatted first user turns of ShareGPT conversations that fit max_prompt_tokens."""
+    from specjax.eval.prompts import load_prompts
+
+    # ~70% of ShareGPT first turns fit 96 SmolLM2 tokens: 3x candidates is plenty.
+    candidates = load_prompts("sharegpt", subset=max(4 * num_prompts, 64), seed=seed)
+    prompts = []
+    for prompt in candidates:
+        ids = tokenizer.encode_chat([{"role": "user", "content": prompt.text}])
+        if len(ids) <= max_prompt_tokens:
+            prompts.append(ids)
+        if len(prompts) == num_prompts:
+            return prompts
+    raise ValueError(
+        f"only {len(prompts)} of {len(candidates)} ShareGPT prompts fit {max_prompt_tokens} "
+        f"tokens; {num_prompts} were asked for: raise data.max_prompt_tokens"
+    )
+
+
+def stdlib_prompts(
+    tokenizer: Any, num_prompts: int, max_prompt_tokens: int, seed: int
+) -> list[list[int]]:
+    """Raw chunks of the Python standard library's sources (no chat template), one per file,
+    chosen by a seeded shuffle of the sorted file list."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if p.stat().st_size > 2000)
+    order = np.random.default_rng(seed).permutation(len(files))
+    prompts = []
+    for i in order:
+        text = files[i].read_text(errors="replace")
+        # Skip the license/docstring header: start at the first function definition.
+        start = max(text.find("\ndef "), 0)
+        ids = tokenizer.encode(text[start : start + 4 * max_prompt_tokens])[:max_prompt_tokens]
+        if len(ids) >= 8:
+            prompts.append(ids)
+        if len(prompts) == num_prompts:
+            return prompts
+    raise ValueError(f"the standard library at {root} gave only {len(prompts)} prompts")
+
+
+def random_prompts(
+    vocab_size: int, num_prompts: int, max_prompt_tokens: int, seed: int
+) -> list[list[int]]:
+    """Random token prompts of random lengths (for random-weight targets in tests)."""
+    rng = np.random.default_rng([seed, 1234])
+    lengths = rng.integers(max(1, max_prompt_tokens // 4), max_prompt_tokens + 1, num_prompts)
+    return [rng.integers(0, vocab_size, n).tolist() for n in lengths]
+
+
+# --------------------------------------------------------------------------------------------
+# Generation and features.
+
+
+def generate_continuations(
+    target: tuple[Any, Any],
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float,
+    eos_ids: Sequence[int],
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[int]]:
+    """The target's own answers. Prompts are decoded in length-sorted batches, so batches share
+    a padded width and few programs are compiled."""
+    import specjax
+
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    answers: list[list[int]] = [[] for _ in prompts]
+    sampling = specjax.Sampling.create(temperature)
+    for start in range(0, len(prompts), batch_size):
+        rows = order[start : start + batch_size]
+        batch = [list(prompts[i]) for i in rows]
+        # Pad the last batch with copies so every call has the same batch size.
+        batch += [batch[-1]] * (batch_size - len(batch))
+        out = specjax.generate(
+            target,
+            None,
+            batch,
+            sampling=sampling,
+            max_new_tokens=max_new_tokens,
+            eos_ids=eos_ids,
+            seed=seed + start,
+        )
+        for i, tokens in zip(rows, out.token_lists(), strict=False):
+            answers[i] = tokens
+        if progress:
+            progress(len(rows))
+    return answers
+
+
+def target_features(
+    target: tuple[Any, Any],
+    tokens_NxT: np.ndarray,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """The target's hidden states [N, T, D] (float32) over whole sequences, batch by batch."""
+    model, params = target
+    N, T = tokens_NxT.shape
+
+    @jax.jit
+    def features(params, tokens_BxT):
+        B = tokens_BxT.shape[0]
+        positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        cache = model.init_cache(B, T, dtype=jax.tree.leaves(params)[0].dtype)
+        _, hidden_BxTxD, _ = model.forward(params, tokens_BxT, positions_BxT, cache)
+        return hidden_BxTxD.astype(jnp.float32)
+
+    pad = (-N) % batch_size
+    padded = np.concatenate([tokens_NxT, np.zeros((pad, T), tokens_NxT.dtype)])
+    chunks = []
+    for start in range(0, len(padded), batch_size):
+        chunks.append(np.asarray(features(params, jnp.asarray(padded[start : start + batch_size]))))
+        if progress:
+            progress(min(batch_size, N - start))
+    return np.concatenate(chunks)[:N]
+
+
+def build_data(
+    target: tuple[Any, Any],
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    eos_ids: Sequence[int] = (),
+    batch_size: int = 16,
+    seed: int = 0,
+    info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> DraftData:
+    """Generates the target's answers to `prompts` and records its features (see module)."""
+    from tqdm.auto import tqdm
+
+    P = max(len(p) for p in prompts)
+    T = P + max_new_tokens
+    with tqdm(total=len(prompts), desc="target answers", disable=not progress) as bar:
+        answers = generate_continuations(
+            target,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            temperature=temperature,
+            eos_ids=eos_ids,
+            seed=seed,
+            progress=bar.update,
+        )
+    N = len(prompts)
+    tokens_NxT = np.zeros((N, T), np.int32)
+    lengths_N = np.zeros((N,), np.int32)
+    gen_start_N = np.zeros((N,), np.int32)
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        row = list(prompt) + list(answer)
+        tokens_NxT[i, : len(row)] = row
+        lengths_N[i], gen_start_N[i] = len(row), len(prompt)
+    with tqdm(total=N, desc="target features", disable=not progress) as bar:
+        hidden_NxTxD = target_features(target, tokens_NxT, batch_size, bar.update)
+    info = {
+        **(info or {}),
+        "num_sequences": N,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "width": T,
+    }
+    data = DraftData(tokens_NxT, lengths_N, gen_start_N, hidden_NxTxD, info)
+    info["generated_tokens"] = data.num_generated_tokens
+    return data
+
+
+def data_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of the settings a data file depends on (its cache key)."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_or_build(
+    path: str | os.PathLike, settings: dict[str, Any], build: Callable[[], DraftData]
+) -> DraftData:
+    """The data at `path` if it was built with the same `settings`, else builds and saves it."""
+    path = Path(path)
+    if path.is_file():
+        data = DraftData.load(path)
+        if data.info.get("settings_key") == data_key(settings):
+            return data
+        print(f"specjax: {path} was built with other settings; rebuilding", file=sys.stderr)
+    data = build()
+    data.info.update(settings=settings, settings_key=data_key(settings))
+    data.save(path)
+    return data

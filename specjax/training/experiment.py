@@ -1,0 +1,280 @@
+"""A drafter-training experiment from one config: data, drafter, objective, training, export,
+and the held-out α/τ comparison with the untrained drafters.
+
+    from specjax.training import experiment
+    result = experiment.run_training(config, "runs/eagle")       # resumes if interrupted
+    rows = experiment.compare(config, result)                    # α, τ on held-out prompts
+
+Files in the workdir:
+  config.json     the config as run
+  data.npz        target answers + features (reused while the data settings stay the same)
+  checkpoints/    orbax, resumable
+  metrics.jsonl   training and held-out metrics
+  drafter/        the exported drafter: heads (`specjax.drafters.heads.load_heads`) or a
+                  draft model (`specjax.checkpoints.load`)
+  eval.json, eval.md   the comparison (written by experiments/train_draft.py --eval)
+
+Dimension legend: none here (see data.py and objectives.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from specjax.drafters import heads
+from specjax.eval.models import LoadedModel, load_model
+from specjax.models.transformer import Model, abstract_model
+from specjax.training import data as data_lib
+from specjax.training import objectives
+from specjax.training.config import train_settings
+from specjax.training.trainer import TrainResult, train
+
+DRAFTER_DIR = "drafter"
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """Fields: target: the LoadedModel; drafter: (Drafter, params) ready for
+    specjax.generate; drafter_path: where it was exported; train: TrainResult; data_info."""
+
+    target: LoadedModel
+    drafter: tuple[Any, Any]
+    drafter_path: Path
+    train: TrainResult
+    data_info: dict[str, Any]
+
+
+def _prompts(config: ml_collections.ConfigDict, target: LoadedModel) -> list[list[int]]:
+    d = config.data
+    if d.source == "random":
+        return data_lib.random_prompts(
+            target.config.vocab_size, d.num_prompts, d.max_prompt_tokens, d.seed
+        )
+    if target.tokenizer is None:
+        raise ValueError(f"data.source={d.source!r} needs a tokenizer; {target.spec} has none")
+    make = data_lib.sharegpt_prompts if d.source == "sharegpt" else data_lib.stdlib_prompts
+    return make(target.tokenizer, d.num_prompts, d.max_prompt_tokens, d.seed)
+
+
+def load_data(
+    config: ml_collections.ConfigDict, target: LoadedModel, workdir: Path, progress: bool = True
+) -> data_lib.DraftData:
+    """The training data of this config: loaded when built before with the same settings."""
+    settings = {"target": config.target, "dtype": config.dtype, **config.data.to_dict()}
+    settings.pop("path")
+    settings.pop("batch_size")  # does not change the data
+
+    def build() -> data_lib.DraftData:
+        eos = () if target.tokenizer is None else target.tokenizer.eos_ids
+        return data_lib.build_data(
+            target.pair,
+            _prompts(config, target),
+            max_new_tokens=config.data.max_new_tokens,
+            temperature=config.data.temperature,
+            eos_ids=eos,
+            batch_size=config.data.batch_size,
+            seed=config.data.seed,
+            info={"source": config.data.source, "target": config.target},
+            progress=progress,
+        )
+
+    path = Path(config.data.path) if config.data.path else workdir / "data.npz"
+    return data_lib.load_or_build(path, settings, build)
+
+
+def draft_model_init(
+    config: ml_collections.ConfigDict, target: LoadedModel
+) -> tuple[Model, dict[str, Any]]:
+    """The DistillSpec draft before training: the target's first `num_layers` layers
+    (early_exit) or random layers of the target's shape (random), with the target's embedding
+    and final norm, as a pure dict."""
+    k = config.draft.num_layers
+    if k >= target.config.num_layers:
+        raise ValueError(
+            f"draft.num_layers={k} must be below the target's {target.config.num_layers}"
+        )
+    draft_config = target.config.replace(num_layers=k)
+    pure = nnx.to_pure_dict(target.params)
+    if config.draft.init == "early_exit":
+        blocks = jax.tree.map(lambda layers: layers[:k], pure["blocks"])
+    else:
+        from specjax.models.transformer import init_model
+
+        _, random_params = init_model(draft_config, seed=config.head.seed)
+        blocks = nnx.to_pure_dict(random_params)["blocks"]
+    model, _ = abstract_model(draft_config, jnp.float32)
+    params = {**pure, "blocks": blocks}
+    return model, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+
+def run_training(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+) -> TrainingRun:
+    """Data -> training (resumable) -> exported drafter. See the module docstring."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    target = load_model(config.target, config.dtype)
+    data = load_data(config, target, workdir, progress)
+    train_data, eval_data = data.split(config.data.num_eval)
+    M = data.max_new_tokens
+    io = heads.target_io(target.params)
+    # Heads and drafts train in float32 whatever the target's dtype.
+    io32 = jax.tree.map(lambda x: None if x is None else jnp.asarray(x, jnp.float32), io)
+    h = config.head
+    if config.kind in ("eagle", "medusa"):
+        head_config = (
+            {"ffn_dim": h.ffn_dim or None} if config.kind == "eagle" else {"num_heads": h.num_heads}
+        )
+        drafter, params = heads.init_heads(
+            config.kind, target.model, target.params, seed=h.seed, **head_config
+        )
+        if config.kind == "eagle":
+            loss_fn = objectives.eagle_loss(drafter, M, h.reg_weight, h.cls_weight, h.feature_noise)
+        else:
+            loss_fn = objectives.medusa_loss(drafter, M, h.head_decay)
+        trainable, frozen = params["head"], {"io": io32}
+    else:
+        drafter, draft_params = draft_model_init(config, target)
+        keys = tuple(draft_params)
+        if config.draft.trainable == "blocks":
+            keys = ("blocks", "final_norm")
+        trainable, frozen_draft = objectives.split_trees(draft_params, keys)
+        frozen = {"draft": frozen_draft, "io": io32}
+        loss_fn = objectives.distill_loss(drafter, target.config, M)
+
+    result = train(
+        loss_fn,
+        trainable,
+        frozen,
+        train_data,
+        train_settings(config),
+        workdir,
+        eval_data=eval_data if eval_data.num_sequences else None,
+        progress=progress,
+        stop_at_step=stop_at_step,
+    )
+    metadata = {
+        "config": config.to_dict(),
+        "steps": result.step,
+        "data": {k: v for k, v in data.info.items() if k != "settings"},
+        "last_metrics": result.history[-1] if result.history else {},
+    }
+    path = workdir / DRAFTER_DIR
+    if config.kind == "distill":
+        from specjax.checkpoints.orbax import save_model
+
+        params = objectives.merge_trees(result.params, frozen["draft"])
+        save_model(path, drafter.config, params, {**metadata, "dtype": "float32"})
+        ready = (drafter, params)
+    else:
+        ready = (drafter, {"head": result.params, "io": io})
+        heads.save_heads(path, drafter, ready[1], metadata)
+    return TrainingRun(target, ready, path, result, data.info)
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out comparison.
+
+
+def eval_prompts(config: ml_collections.ConfigDict, target: LoadedModel) -> list[list[int]]:
+    """HumanEval + MT-Bench prompts (chat-formatted), disjoint from the ShareGPT training
+    prompts; random prompts for random targets."""
+    per_set = config.eval.per_set
+    if target.tokenizer is None:
+        return data_lib.random_prompts(target.config.vocab_size, 2 * per_set, 16, seed=99)
+    from specjax.eval.bench import chat_prompt_ids, load_prompt_texts
+
+    return chat_prompt_ids(target.tokenizer, load_prompt_texts(None, per_set))
+
+
+def baseline_drafters(
+    config: ml_collections.ConfigDict, target: LoadedModel
+) -> dict[str, tuple[Any, Any]]:
+    """The untrained alternatives named in config.eval.compare."""
+    from specjax.drafters.early_exit import early_exit_drafter
+    from specjax.drafters.ngram import NgramDrafter
+
+    out: dict[str, tuple[Any, Any]] = {}
+    for name in [n.strip() for n in config.eval.compare.split(",") if n.strip()]:
+        if name == "ngram":
+            out["prompt lookup (ngram 3..1)"] = (NgramDrafter(max_ngram=3, min_ngram=1), None)
+        elif name == "early_exit":
+            layer = config.eval.exit_layer or max(1, target.config.num_layers // 4)
+            out[f"early exit (layer {layer})"] = early_exit_drafter(
+                target.model, target.params, layer
+            )
+        elif name in ("eagle", "medusa"):
+            out[f"{name} (untrained)"] = heads.init_heads(name, target.model, target.params)
+        else:
+            raise ValueError(f"eval.compare: unknown drafter {name!r}")
+    return out
+
+
+def compare(
+    config: ml_collections.ConfigDict,
+    run: TrainingRun,
+    extra: dict[str, tuple[Any, Any]] | None = None,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Greedy α (per draft position) and τ of the trained drafter and the untrained ones on the
+    same held-out prompts, all rows in one batch; each checked equal to autoregressive."""
+    import specjax
+
+    target = run.target
+    prompts = eval_prompts(config, target)
+    eos = () if target.tokenizer is None else target.tokenizer.eos_ids
+    common = dict(max_new_tokens=config.eval.max_new_tokens, eos_ids=eos)
+    reference = specjax.generate(target.pair, None, prompts, **common)
+    drafters = {f"{config.kind} (trained, {run.train.step} steps)": run.drafter}
+    drafters.update(baseline_drafters(config, target))
+    drafters.update(extra or {})
+    rows = []
+    for name, drafter in drafters.items():
+        start = time.perf_counter()
+        out = specjax.generate(target.pair, drafter, prompts, gamma=config.eval.gamma, **common)
+        out = jax.block_until_ready(out)
+        alpha = out.acceptance_per_position
+        row = {
+            "drafter": name,
+            "gamma": config.eval.gamma,
+            "tau": round(float(out.tau), 3),
+            "alpha_1": round(float(alpha[0]), 3),
+            "alpha": [round(float(a), 3) for a in alpha],
+            "accepted_per_drafted": round(
+                float(np.sum(out.stats.accepted) / max(np.sum(out.stats.drafted), 1)), 3
+            ),
+            "target_calls": int(np.sum(out.target_calls)),
+            "tokens": int(np.sum(out.num_generated)),
+            "exact": out.token_lists() == reference.token_lists(),
+            "seconds_incl_compile": round(time.perf_counter() - start, 1),
+        }
+        log(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    columns = ["drafter", "gamma", "tau", "alpha_1", "alpha", "target_calls", "tokens", "exact"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [
+            " ".join(f"{a:.2f}" for a in row[c]) if isinstance(row[c], list) else str(row[c])
+            for c in columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,274 @@
+"""The optax training loop: a jitted pure step, orbax checkpoints, resume, tqdm and a jsonl log.
+
+Dimension legend: none (whole pytrees; shapes belong to the objectives in `objectives.py`).
+
+    result = train(loss_fn, trainable, frozen, data, settings, workdir)
+
+* The step is a pure function (trainable, opt_state, frozen, batch, step) -> (trainable,
+  opt_state, metrics), jitted once, with the old params and optimizer state donated. Its
+  randomness is `fold_in(key(seed), step)`, so it needs no rng in the carried state.
+* Batches are a pure function of (seed, step) (`data.batch_indices`). Together with the
+  above, a run restarted from the checkpoint of step s repeats exactly what an uninterrupted
+  run does after step s: resuming is bit-for-bit (tested).
+* Checkpoints (orbax CheckpointManager under <workdir>/checkpoints) hold the trainable params,
+  the optimizer state and the step; every `checkpoint_every` steps and at the end. On start,
+  the latest one is restored and the run continues from its step.
+* <workdir>/metrics.jsonl gets one JSON object per logged step (training metrics averaged
+  since the last log, held-out metrics with an `eval_` prefix, learning rate, seconds). Records
+  past the restored step (written after the last checkpoint of a killed run) are dropped on
+  resume, so the log reads as one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from specjax.training.data import DraftData, batch_indices
+from specjax.training.objectives import LossFn
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings (the `train` group of a training config).
+
+    Fields:
+      num_steps: total optimizer steps of the run (a resumed run stops there too).
+      batch_size: sequences per step.
+      learning_rate: peak learning rate of AdamW (linear warmup, then cosine decay to 10%).
+      warmup_steps: linear warmup length.
+      weight_decay: AdamW decoupled weight decay.
+      grad_clip: global-norm gradient clipping (0 = off).
+      seed: batch order and step randomness (feature noise).
+      log_every: steps between metrics.jsonl records (and held-out evaluations).
+      checkpoint_every: steps between checkpoints.
+      keep_checkpoints: how many checkpoints to keep.
+      eval_batch_size: sequences per held-out evaluation batch.
+    """
+
+    num_steps: int = 100
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 8
+
+    def optimizer(self) -> optax.GradientTransformation:
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=self.learning_rate,
+            warmup_steps=max(self.warmup_steps, 1),
+            decay_steps=max(self.num_steps, self.warmup_steps + 1),
+            end_value=0.1 * self.learning_rate,
+        )
+        parts = [optax.clip_by_global_norm(self.grad_clip)] if self.grad_clip else []
+        parts.append(optax.adamw(schedule, weight_decay=self.weight_decay))
+        return optax.chain(*parts)
+
+    def learning_rate_at(self, step: int) -> float:
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0,
+            self.learning_rate,
+            max(self.warmup_steps, 1),
+            max(self.num_steps, self.warmup_steps + 1),
+            0.1 * self.learning_rate,
+        )
+        return float(schedule(step))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a (possibly resumed) run ended with.
+
+    Fields:
+      params: the trainable params after the last step.
+      step: steps done in total (== settings.num_steps unless stopped early).
+      start_step: the step this process started from (> 0 after a resume).
+      history: the metrics records this process wrote.
+    """
+
+    params: Any
+    step: int
+    start_step: int
+    history: list[dict[str, Any]]
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed: int):
+    """The jitted step (trainable, opt_state, frozen, batch, step) -> (trainable, opt_state,
+    metrics). Params and optimizer state are donated: updated in place where possible."""
+
+    def step_fn(trainable, opt_state, frozen, batch, step):
+        rng = jax.random.fold_in(jax.random.key(seed), step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, metrics), grads = grad_fn(trainable, frozen, batch, rng)
+        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        return trainable, opt_state, metrics
+
+    return jax.jit(step_fn, donate_argnums=(0, 1))
+
+
+def make_eval_step(loss_fn: LossFn):
+    @jax.jit
+    def eval_fn(trainable, frozen, batch):
+        _, metrics = loss_fn(trainable, frozen, batch, jax.random.key(0))
+        return metrics
+
+    return eval_fn
+
+
+def evaluate(eval_fn, trainable, frozen, data: DraftData, batch_size: int) -> dict[str, float]:
+    """Held-out metrics, averaged over full batches of `data` (in order; the tail that does
+    not fill a batch is skipped so that one program is compiled)."""
+    sums: dict[str, float] = {}
+    count = 0
+    for start in range(0, data.num_sequences - batch_size + 1, batch_size):
+        batch = data.batch(np.arange(start, start + batch_size))
+        metrics = jax.device_get(eval_fn(trainable, frozen, batch))
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        count += 1
+    return {f"eval_{k}": v / count for k, v in sums.items()} if count else {}
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Keeps records up to `last_step` (a killed run may have logged past its checkpoint)."""
+    records = [r for r in _read_metrics(path) if r.get("step", 0) <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def checkpoint_manager(workdir: Path, settings: TrainSettings) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=settings.keep_checkpoints, create=True)
+    return ocp.CheckpointManager((workdir / CHECKPOINT_DIR).absolute(), options=options)
+
+
+def train(
+    loss_fn: LossFn,
+    trainable: Any,
+    frozen: Any,
+    data: DraftData,
+    settings: TrainSettings,
+    workdir: str | os.PathLike,
+    *,
+    eval_data: DraftData | None = None,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+) -> TrainResult:
+    """Trains `trainable` to minimise `loss_fn` on `data`, resuming from <workdir>'s latest
+    checkpoint if there is one.
+
+    Args:
+      loss_fn: (trainable, frozen, batch, rng) -> (loss, metrics); see `objectives.py`.
+      trainable: initial trainable params (a pytree; ignored when resuming).
+      frozen: params the loss reads but does not train (the target's embedding, ...).
+      data: training sequences.
+      settings: TrainSettings.
+      workdir: where checkpoints/ and metrics.jsonl live.
+      eval_data: held-out sequences, evaluated every `log_every` steps and at the end.
+      progress: show a tqdm bar.
+      stop_at_step: stop (with a checkpoint) once this step is reached, before num_steps:
+        a scheduled interruption; a later call resumes from there.
+    """
+    from tqdm.auto import tqdm
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    optimizer = settings.optimizer()
+    # A private copy: the step donates its inputs, which must not be the caller's arrays.
+    trainable = jax.tree.map(jnp.copy, trainable)
+    opt_state = optimizer.init(trainable)
+    manager = checkpoint_manager(workdir, settings)
+    metrics_path = workdir / METRICS_FILE
+    start_step = 0
+    latest = manager.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            {"params": trainable, "opt_state": opt_state},
+        )
+        restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+        trainable, opt_state = restored["params"], restored["opt_state"]
+        start_step = int(latest)
+        _truncate_metrics(metrics_path, start_step)
+    end_step = settings.num_steps if stop_at_step is None else min(stop_at_step, settings.num_steps)
+
+    train_step = make_train_step(loss_fn, optimizer, settings.seed)
+    eval_fn = make_eval_step(loss_fn) if eval_data is not None else None
+    history: list[dict[str, Any]] = []
+    sums: dict[str, float] = {}
+    count = 0
+    clock = time.perf_counter()
+
+    def save(step: int) -> None:
+        state = {"params": trainable, "opt_state": opt_state}
+        manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    with (
+        tqdm(
+            total=settings.num_steps,
+            initial=start_step,
+            desc="train",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar,
+        metrics_path.open("a") as log,
+    ):
+        for step in range(start_step, end_step):
+            indices = batch_indices(data.num_sequences, settings.batch_size, settings.seed, step)
+            trainable, opt_state, metrics = train_step(
+                trainable, opt_state, frozen, data.batch(indices), jnp.int32(step)
+            )
+            for key, value in jax.device_get(metrics).items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+            done = step + 1
+            bar.update(1)
+            if done % settings.log_every == 0 or done == end_step:
+                record = {"step": done, **{k: v / count for k, v in sums.items()}}
+                record["learning_rate"] = settings.learning_rate_at(step)
+                if eval_fn is not None:
+                    record.update(
+                        evaluate(eval_fn, trainable, frozen, eval_data, settings.eval_batch_size)
+                    )
+                record["seconds"] = time.perf_counter() - clock
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                history.append(record)
+                bar.set_postfix(
+                    {k: f"{v:.3g}" for k, v in record.items() if k in ("loss", "top1", "eval_top1")}
+                )
+                sums, count = {}, 0
+            if done % settings.checkpoint_every == 0 or done == end_step:
+                save(done)
+    manager.wait_until_finished()
+    manager.close()
+    return TrainResult(
+        params=trainable, step=max(end_step, start_step), start_step=start_step, history=history
+    )
