@@ -125,6 +125,7 @@ def _speculative(
     cache_size,
     pad_id,
     verify_fn,
+    adaptive_gamma=False,
 ):
     TRACE_COUNTS["speculative"] += 1
     return speculative.generate(
@@ -142,6 +143,7 @@ def _speculative(
         cache_size=cache_size,
         pad_id=pad_id,
         verify_fn=verify_fn,
+        adaptive_gamma=adaptive_gamma,
     )
 
 
@@ -159,6 +161,7 @@ _speculative_jit = jax.jit(
         "cache_size",
         "pad_id",
         "verify_fn",
+        "adaptive_gamma",
     ),
 )
 
@@ -191,6 +194,7 @@ def generate(
     mesh: jax.sharding.Mesh | None = None,
     shard_drafter: bool = False,
     tree: TreeSpec | Sequence[int] | None = None,
+    adaptive_gamma: bool = False,
 ) -> GenerateOutput:
     """Generates continuations of `prompt_ids`, speculatively when a drafter is given.
 
@@ -213,6 +217,8 @@ def generate(
         None: the single-device program, unchanged.
       shard_drafter: with a mesh, also split a draft model's weights over `model`
         (default: replicated on every device; its batch is split over `data` either way).
+      adaptive_gamma: `gamma` becomes the largest draft length; each row starts at 1, grows
+        by 2 after a full acceptance and shrinks by 1 otherwise (no recompilation; lossless).
       tree: token-tree drafting with a draft model, e.g. (3, 2, 1): top-3 first tokens, two
         continuations each, then one (greedy only; `gamma` is then the tree's depth).
 
@@ -327,4 +333,5 @@ def generate(
         cache_size=int(cache_size),
         pad_id=int(pad_id),
         verify_fn=verify_fn,
+        adaptive_gamma=bool(adaptive_gamma),
     )

@@ -51,9 +51,14 @@ def speculative_step(
 ) -> DecodeState:
     """One draft -> verify -> accept -> rollback iteration."""
     K = gamma
-    rng, draft_rng, verify_rng = jax.random.split(state.rng, 3)
+    rng, draft_rng, verify_rng, bonus_rng = jax.random.split(state.rng, 4)
+    adaptive = state.draft_lengths is not None
+    extra = {}
+    if adaptive and getattr(drafter, "supports_dynamic_steps", False):
+        # Draft only as far as the longest per-row length any active row will verify.
+        extra["num_steps"] = jnp.max(jnp.where(state.done, 1, state.draft_lengths))
     draft_tokens_BxK, draft_probs_BxKxV, drafter_state = drafter.propose(
-        drafter_params, state.drafter_state, state.context, K, sampling, draft_rng
+        drafter_params, state.drafter_state, state.context, K, sampling, draft_rng, **extra
     )
 
     newest_position_B = state.seq_lengths - 1
@@ -81,6 +86,27 @@ def speculative_step(
             verify_rng, draft_tokens_BxK, draft_probs_BxKxV, target_probs_BxK1xV
         )
 
+    draft_lengths_B = jnp.full_like(num_accepted_B, K)
+    if adaptive:
+        # Verifying only the first k_b drafts of row b is the rejection rule with K = k_b: the
+        # decisions before k_b are unchanged; if all k_b pass, the next token is the bonus
+        # drawn from p_{k_b + 1} (index k_b), not the residual at a later position.
+        draft_lengths_B = state.draft_lengths
+        all_passed_B = num_accepted_B >= draft_lengths_B
+        num_accepted_B = jnp.minimum(num_accepted_B, draft_lengths_B)
+        if sampling.greedy:
+            bonus_B = jnp.argmax(logits_BxK1xV, axis=-1).astype(jnp.int32)
+            bonus_B = jnp.take_along_axis(bonus_B, draft_lengths_B[:, None], axis=1)[:, 0]
+        else:
+            bonus_probs_BxV = jnp.take_along_axis(
+                target_probs_BxK1xV, draft_lengths_B[:, None, None], axis=1
+            )[:, 0]
+            bonus_B = sampling_lib.sample_from_probs(bonus_rng, bonus_probs_BxV)
+        next_token_B = jnp.where(all_passed_B, bonus_B, next_token_B)
+        # The heuristic of HF's assisted generation: +2 after a full acceptance, else -1.
+        new_lengths_B = jnp.where(all_passed_B, draft_lengths_B + 2, draft_lengths_B - 1)
+        state = dataclasses.replace(state, draft_lengths=jnp.clip(new_lengths_B, 1, K))
+
     # Emitted this iteration: x_1..x_n, then the correction/bonus token at index n.
     index_K1 = jnp.arange(K + 1, dtype=jnp.int32)
     drafts_padded_BxK1 = jnp.pad(draft_tokens_BxK, ((0, 0), (0, 1)))
@@ -92,7 +118,7 @@ def speculative_step(
     accepted_at_BxK = (jnp.arange(K)[None, :] < num_accepted_B[:, None]).astype(jnp.int32)
     stats = DecodeStats(
         verify_calls=state.stats.verify_calls + active_i32_B,
-        drafted=state.stats.drafted + K * active_i32_B,
+        drafted=state.stats.drafted + draft_lengths_B * active_i32_B,
         accepted=state.stats.accepted + num_accepted_B * active_i32_B,
         accepted_per_position=state.stats.accepted_per_position
         + accepted_at_BxK * active_i32_B[:, None],
@@ -142,8 +168,13 @@ def generate(
     cache_size: int,
     pad_id: int = 0,
     verify_fn: VerifyFn = rejection.verify_sampling,
+    adaptive_gamma: bool = False,
 ) -> GenerateOutput:
-    """Pure speculative generation (jit it with the keyword arguments static)."""
+    """Pure speculative generation (jit it with the keyword arguments static).
+
+    With `adaptive_gamma`, `gamma` is the largest draft length; each row starts at 1 and its
+    length moves by the acceptance it sees (see `speculative_step`), with no recompilation.
+    """
     B = prompt_BxP.shape[0]
     cache = target.init_cache(B, cache_size, dtype=params_dtype(params))
     # Head drafters (EAGLE, Medusa) read the target's features: only they pay for the buffer.
@@ -163,6 +194,9 @@ def generate(
         drafter_state=drafter_state,
         prompt_hidden_BxPxD=prompt_hidden[0] if needs_hidden else None,
     )
+    if adaptive_gamma:
+        # Start short: a full acceptance grows the length by 2 (1 -> 3 -> 5 ...).
+        state = dataclasses.replace(state, draft_lengths=jnp.ones((B,), jnp.int32))
     state = sequence.append_tokens(
         state, first_token_B[:, None], jnp.ones_like(first_token_B), eos_ids_E, max_new_tokens
     )

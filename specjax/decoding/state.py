@@ -99,6 +99,7 @@ class DecodeState:
       stats: DecodeStats.
       target_hidden: [B, S + K + 1, D] target hidden states at their positions (see
         DraftContext), or None when the drafter does not need them.
+      draft_lengths: int32[B], per-row draft length of adaptive gamma (None: fixed gamma).
     """
 
     step: jax.Array
@@ -113,6 +114,7 @@ class DecodeState:
     rng: jax.Array
     stats: DecodeStats
     target_hidden: jax.Array | None = None
+    draft_lengths: jax.Array | None = None
 
     @property
     def num_generated(self) -> jax.Array:

@@ -37,6 +37,8 @@ class DraftModelDrafter:
     """Drafts with `model` (weights passed as `params` to each method)."""
 
     model: Model
+    # `propose` accepts num_steps (adaptive gamma drafts fewer tokens without recompiling).
+    supports_dynamic_steps = True
 
     @property
     def vocab_size(self) -> int:
@@ -59,7 +61,10 @@ class DraftModelDrafter:
         gamma: int,
         sampling: sampling_lib.Sampling,
         rng: jax.Array,
+        num_steps: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array | None, DraftModelState]:
+        """gamma draft tokens; with `num_steps` (a traced scalar <= gamma, adaptive gamma) only
+        the first num_steps are drafted and the rest of the buffer is zeros."""
         seq_lengths_B = context.seq_lengths
         # Re-feed the last two tokens (positions seq_len-2, seq_len-1); see module docstring.
         refeed_positions_Bx2 = seq_lengths_B[:, None] - 2 + jnp.arange(2, dtype=jnp.int32)
@@ -86,9 +91,33 @@ class DraftModelDrafter:
             return (cache, next_token_B, position_B + 1), (next_token_B, probs_BxV)
 
         # Draft token i (1-based) sits at position seq_len - 1 + i.
-        (cache, _, _), (rest_KxB, rest_probs_KxBxV) = jax.lax.scan(
-            draft_step, (cache, first_token_B, seq_lengths_B), step_rngs[1:]
-        )
+        if num_steps is None or gamma == 1:
+            (cache, _, _), (rest_KxB, rest_probs_KxBxV) = jax.lax.scan(
+                draft_step, (cache, first_token_B, seq_lengths_B), step_rngs[1:]
+            )
+        else:
+            # Adaptive gamma: only the first `num_steps` tokens will be verified, so stop
+            # drafting there (a while_loop of dynamic length writing into fixed buffers).
+            B = seq_lengths_B.shape[0]
+            V = logits_Bx2xV.shape[-1]
+            rest_KxB = jnp.zeros((gamma - 1, B), jnp.int32)
+            rest_probs_KxBxV = None if sampling.greedy else jnp.zeros((gamma - 1, B, V))
+
+            def body(carry):
+                i, cache, token_B, position_B, tokens, probs = carry
+                (cache, token_B, position_B), (new_token, new_probs) = draft_step(
+                    (cache, token_B, position_B), step_rngs[1 + i]
+                )
+                tokens = jax.lax.dynamic_update_index_in_dim(tokens, new_token, i, 0)
+                if probs is not None:
+                    probs = jax.lax.dynamic_update_index_in_dim(probs, new_probs, i, 0)
+                return i + 1, cache, token_B, position_B, tokens, probs
+
+            _, cache, _, _, rest_KxB, rest_probs_KxBxV = jax.lax.while_loop(
+                lambda carry: carry[0] < num_steps - 1,
+                body,
+                (jnp.int32(0), cache, first_token_B, seq_lengths_B, rest_KxB, rest_probs_KxBxV),
+            )
         tokens_BxK = jnp.concatenate([first_token_B[:, None], rest_KxB.T], axis=1)
         probs_BxKxV = None
         if not sampling.greedy:

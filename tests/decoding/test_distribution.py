@@ -9,7 +9,7 @@ The statistic is the L1 distance between the empirical and exact distributions o
 k = 64 cells. By the Bretagnolle-Huber-Carol inequality, for n i.i.d. draws
     P(||p_hat - p||_1 >= eps) <= 2^k * exp(-n eps^2 / 2),
 so with eps = sqrt(2 (k ln 2 + ln(1/delta)) / n) a correct sampler fails an assertion with
-probability at most delta = 1e-7. This file makes 9 such assertions: its false-failure
+probability at most delta = 1e-7. This file makes 10 such assertions: its false-failure
 probability is below 1e-6, with no asymptotic approximation (small expected counts are fine).
 Seeds are fixed, so a given JAX version gives the same verdict on every run.
 
@@ -87,7 +87,7 @@ def exact_joint_of_tokens_2_and_3(target, sampling) -> np.ndarray:
     return joint
 
 
-def empirical_joint(target, draft, sampling, gamma, verify_fn, seed) -> np.ndarray:
+def empirical_joint(target, draft, sampling, gamma, verify_fn, seed, adaptive=False):
     prompts = np.tile(PROMPT, (NUM_ROWS, 1))
     out = specjax.generate(
         target,
@@ -98,6 +98,7 @@ def empirical_joint(target, draft, sampling, gamma, verify_fn, seed) -> np.ndarr
         max_new_tokens=3,
         seed=seed,
         verify_fn=verify_fn,
+        adaptive_gamma=adaptive,
     )
     tokens = np.asarray(out.tokens)
     assert np.all(np.asarray(out.num_generated) == 3)
@@ -106,13 +107,14 @@ def empirical_joint(target, draft, sampling, gamma, verify_fn, seed) -> np.ndarr
     return counts / NUM_ROWS
 
 
-def l1_distance(target, draft, sampling, gamma, verify_fn=rejection.verify_sampling, seed=0):
+def l1_distance(
+    target, draft, sampling, gamma, verify_fn=rejection.verify_sampling, seed=0, adaptive=False
+):
     exact = exact_joint_of_tokens_2_and_3(target, sampling)
     assert exact.sum() == pytest.approx(1.0, abs=1e-5)  # float32 softmax rounding
     exact /= exact.sum()
-    return float(
-        np.abs(empirical_joint(target, draft, sampling, gamma, verify_fn, seed) - exact).sum()
-    )
+    empirical = empirical_joint(target, draft, sampling, gamma, verify_fn, seed, adaptive)
+    return float(np.abs(empirical - exact).sum())
 
 
 @pytest.mark.parametrize(
@@ -128,6 +130,15 @@ def l1_distance(target, draft, sampling, gamma, verify_fn=rejection.verify_sampl
 def test_speculative_sampling_matches_target_distribution(request, drafts, sampling, gamma):
     target, draft = request.getfixturevalue(drafts)
     distance = l1_distance(target, draft, sampling, gamma, seed=gamma)
+    print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
+    assert distance < EPSILON, f"L1 {distance:.4f} >= {EPSILON:.4f}"
+
+
+def test_adaptive_gamma_sampling_matches_target_distribution(close_pair):
+    """Adaptive gamma truncates each row's draft to its own length: still lossless."""
+    target, draft = close_pair
+    distance = l1_distance(target, draft, Sampling.create(temperature=1.0), 3, seed=7,
+                           adaptive=True)  # fmt: skip
     print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
     assert distance < EPSILON, f"L1 {distance:.4f} >= {EPSILON:.4f}"
 

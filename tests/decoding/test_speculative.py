@@ -215,3 +215,15 @@ class TestInputErrors:
             Sampling.create(1.0, top_k=0)
         with pytest.raises(ValueError, match="top_p"):
             Sampling.create(1.0, top_p=1.5)
+
+
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_adaptive_gamma_greedy_exact(target, close_draft, gamma):
+    reference = specjax.generate(target, None, PROMPTS_UNEVEN, max_new_tokens=24)
+    out = specjax.generate(
+        target, close_draft, PROMPTS_UNEVEN, gamma=gamma, max_new_tokens=24, adaptive_gamma=True
+    )
+    assert out.token_lists() == reference.token_lists()
+    stats = jax.tree.map(np.asarray, out.stats)
+    assert np.all(stats.drafted <= gamma * stats.verify_calls)
+    assert np.all(stats.accepted <= stats.drafted)

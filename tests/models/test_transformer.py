@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import FAMILIES, TINY_LLAMA, random_model
 from models import numpy_reference
+from support import FAMILIES, TINY_LLAMA, random_model
 
 from specjax import cache as kv_cache
 from specjax.models.config import KNOWN_SHAPES, ModelConfig
