@@ -41,6 +41,8 @@ def main(argv):
 
     texts = bench.load_prompt_texts(None, FLAGS.per_set)
     results = {"device": bench.device_description(), "date": bench.now(), "rows": []}
+    out = Path(FLAGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for dtype in FLAGS.dtypes:
         target = load_model(FLAGS.target, dtype)
         draft = load_model(FLAGS.draft, dtype)
@@ -66,9 +68,8 @@ def main(argv):
                 results["rows"].append(row)
                 print(f"  gamma={gamma} tau={spec.tau:.2f} alpha={np.round(spec.alpha, 2)} "
                       f"speedup={row['speedup']:.2f} exact={row['exact']}", flush=True)  # fmt: skip
-    out = Path(FLAGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+            # Written after every prompt: a long CPU run that is stopped keeps what it measured.
+            out.write_text(json.dumps(results, indent=1))
     columns = ["dtype", "prompt", "name", "gamma", "ms_per_token", "tau", "alpha", "speedup",
                "exact"]  # fmt: skip
     print(bench.markdown_table(results["rows"], columns))
