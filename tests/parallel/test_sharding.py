@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from support import random_model
 
 import specjax
 from specjax import api
@@ -55,35 +56,14 @@ PROMPT_LENGTHS = [3, 7, 1, 12, 5, 9, 2, 6]  # batch 8, uneven rows
 MESHES = [((8, 1), False), ((4, 2), True), ((2, 4), True), ((1, 8), False)]
 
 
-def numpy_random_model(config: ModelConfig, seed: int):
-    """(Model, params) like conftest.random_model (N(0, 1/fan_in) matrices, perturbed norm
-    scales and biases) but drawn with numpy: no per-shape jax.random compiles, which cost
-    ~10 s per model on two CPU cores."""
-    model, abstract = specjax.models.abstract_model(config)
-    rng = np.random.default_rng(seed)
-
-    def init(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "scale" in name:
-            value = 1.0 + 0.2 * rng.normal(size=leaf.shape)
-        elif "bias" in name:
-            value = 0.2 * rng.normal(size=leaf.shape)
-        else:  # kernels [.., in, out] and the embedding [V, D]
-            fan_in = leaf.shape[-2] if "kernel" in name else leaf.shape[-1]
-            value = rng.normal(size=leaf.shape) * fan_in**-0.5
-        return jnp.asarray(value, jnp.float32)
-
-    return model, jax.tree_util.tree_map_with_path(init, abstract)
-
-
 @pytest.fixture(scope="module")
 def target():
-    return numpy_random_model(TARGET, seed=21)
+    return random_model(TARGET, seed=21)
 
 
 @pytest.fixture(scope="module")
 def draft():
-    return numpy_random_model(DRAFT, seed=22)
+    return random_model(DRAFT, seed=22)
 
 
 @pytest.fixture(scope="module")
