@@ -28,7 +28,6 @@ implemented, and `specjax.generate` refuses `tree=` with temperature > 0.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -299,7 +298,3 @@ def generate(
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, state)
     return sequence.output(state, max_new_tokens, pad_id)
-
-
-def describe(tree: TreeSpec) -> dict[str, Any]:
-    return {"branching": tree.branching, "nodes": tree.num_nodes, "depth": tree.depth}
