@@ -5,6 +5,9 @@ untrained drafters on held-out prompts.
         --workdir=runs/eagle_smollm --eval
     python -m experiments.train_draft --config=configs/train_medusa_smollm.py:train.num_steps=50 \
         --workdir=runs/medusa_smollm
+    # a finished run only evaluates; --compare_also adds other exported drafters to the table
+    python -m experiments.train_draft --config=configs/train_eagle_smollm.py \
+        --workdir=runs/eagle_smollm --eval --compare_also=runs/medusa_smollm/drafter
 
 Interrupted runs resume from the last checkpoint when started again with the same workdir.
 Writes config.json, data.npz (or config.data.path), checkpoints/, metrics.jsonl, drafter/ and,
@@ -27,6 +30,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's files.")
 _EVAL = flags.DEFINE_bool("eval", False, "Measure alpha/tau on held-out prompts afterwards.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show tqdm progress bars.")
 _STOP_AT = flags.DEFINE_integer("stop_at_step", None, "Stop (with a checkpoint) at this step.")
+_ALSO = flags.DEFINE_list(
+    "compare_also", [], "With --eval: other exported drafters (drafter/ folders) to measure."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,7 +53,10 @@ def main(argv: list[str]) -> None:
     print(f"trained {config.kind} to step {run.train.step}: {json.dumps(last)}")
     print(f"drafter saved to {run.drafter_path}")
     if _EVAL.value:
-        rows = experiment.compare(config, run)
+        extra = {
+            f"{path} (trained)": experiment.load_trained(path, run.target) for path in _ALSO.value
+        }
+        rows = experiment.compare(config, run, extra)
         (workdir / "eval.json").write_text(json.dumps(rows, indent=1))
         table = experiment.markdown(rows)
         (workdir / "eval.md").write_text(table + "\n")

@@ -225,6 +225,17 @@ def baseline_drafters(
     return out
 
 
+def load_trained(path: str | Path, target: LoadedModel) -> tuple[Any, Any]:
+    """A drafter exported by `run_training`: heads (heads.json) or a draft model."""
+    path = Path(path)
+    if heads.is_saved_heads(path):
+        return heads.load_heads(path, target.model, target.params)
+    from specjax.checkpoints import load
+
+    model, params, _ = load(path)
+    return model, params
+
+
 def compare(
     config: ml_collections.ConfigDict,
     run: TrainingRun,

@@ -22,6 +22,7 @@ Dimension legend: none (whole pytrees; shapes belong to the objectives in `objec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -71,27 +72,19 @@ class TrainSettings:
     keep_checkpoints: int = 2
     eval_batch_size: int = 8
 
-    def optimizer(self) -> optax.GradientTransformation:
-        schedule = optax.warmup_cosine_decay_schedule(
+    def schedule(self) -> optax.Schedule:
+        return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
             peak_value=self.learning_rate,
             warmup_steps=max(self.warmup_steps, 1),
             decay_steps=max(self.num_steps, self.warmup_steps + 1),
             end_value=0.1 * self.learning_rate,
         )
-        parts = [optax.clip_by_global_norm(self.grad_clip)] if self.grad_clip else []
-        parts.append(optax.adamw(schedule, weight_decay=self.weight_decay))
-        return optax.chain(*parts)
 
-    def learning_rate_at(self, step: int) -> float:
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0,
-            self.learning_rate,
-            max(self.warmup_steps, 1),
-            max(self.num_steps, self.warmup_steps + 1),
-            0.1 * self.learning_rate,
-        )
-        return float(schedule(step))
+    def optimizer(self) -> optax.GradientTransformation:
+        parts = [optax.clip_by_global_norm(self.grad_clip)] if self.grad_clip else []
+        parts.append(optax.adamw(self.schedule(), weight_decay=self.weight_decay))
+        return optax.chain(*parts)
 
 
 @dataclasses.dataclass
@@ -111,12 +104,15 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed: int):
+@functools.lru_cache(maxsize=8)
+def make_train_step(loss_fn: LossFn, settings: TrainSettings):
     """The jitted step (trainable, opt_state, frozen, batch, step) -> (trainable, opt_state,
-    metrics). Params and optimizer state are donated: updated in place where possible."""
+    metrics). Params and optimizer state are donated: updated in place where possible.
+    Cached per (loss_fn, settings): a resumed run in the same process compiles nothing new."""
+    optimizer = settings.optimizer()
 
     def step_fn(trainable, opt_state, frozen, batch, step):
-        rng = jax.random.fold_in(jax.random.key(seed), step)
+        rng = jax.random.fold_in(jax.random.key(settings.seed), step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (_, metrics), grads = grad_fn(trainable, frozen, batch, rng)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
@@ -127,6 +123,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, se
     return jax.jit(step_fn, donate_argnums=(0, 1))
 
 
+@functools.lru_cache(maxsize=8)
 def make_eval_step(loss_fn: LossFn):
     @jax.jit
     def eval_fn(trainable, frozen, batch):
@@ -219,7 +216,7 @@ def train(
         _truncate_metrics(metrics_path, start_step)
     end_step = settings.num_steps if stop_at_step is None else min(stop_at_step, settings.num_steps)
 
-    train_step = make_train_step(loss_fn, optimizer, settings.seed)
+    train_step = make_train_step(loss_fn, settings)
     eval_fn = make_eval_step(loss_fn) if eval_data is not None else None
     history: list[dict[str, Any]] = []
     sums: dict[str, float] = {}
@@ -252,7 +249,7 @@ def train(
             bar.update(1)
             if done % settings.log_every == 0 or done == end_step:
                 record = {"step": done, **{k: v / count for k, v in sums.items()}}
-                record["learning_rate"] = settings.learning_rate_at(step)
+                record["learning_rate"] = float(settings.schedule()(step))
                 if eval_fn is not None:
                     record.update(
                         evaluate(eval_fn, trainable, frozen, eval_data, settings.eval_batch_size)
