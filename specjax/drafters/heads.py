@@ -229,15 +229,19 @@ class EagleHead(nnx.Module):
         token_embeddings_BxTxD: jax.Array,
         positions_BxT: jax.Array,
         cache: kv_cache.KVCache,
+        mask_BxTxS: jax.Array | None = None,
     ) -> tuple[jax.Array, kv_cache.KVCache]:
         """T entries written at slots [cache.lengths, + T); returns (predicted next features
-        [B, T, D], cache with lengths += T). `cache` has one layer."""
+        [B, T, D], cache with lengths += T). `cache` has one layer. `mask_BxTxS` replaces the
+        default (every valid slot + causal among the new entries): training uses it to
+        replay multi-step drafting (see `objectives.eagle_loss`)."""
         dtype = self.fc.kernel.dtype
         x_BxTx2D = jnp.concatenate(
             [features_BxTxD.astype(dtype), token_embeddings_BxTxD.astype(dtype)], axis=-1
         )
         x_BxTxD = self.fc(x_BxTx2D)
-        mask_BxTxS = kv_cache.attention_mask(cache.lengths, positions_BxT, cache.max_len)
+        if mask_BxTxS is None:
+            mask_BxTxS = kv_cache.attention_mask(cache.lengths, positions_BxT, cache.max_len)
         out_BxTxD, k_SxGxDh, v_SxGxDh = self.block(
             x_BxTxD,
             positions_BxT,
@@ -288,11 +292,12 @@ class EagleDrafter:
         tokens_BxT: jax.Array,
         positions_BxT: jax.Array,
         cache: kv_cache.KVCache,
+        mask_BxTxS: jax.Array | None = None,
     ) -> tuple[jax.Array, kv_cache.KVCache]:
         """Entries (f_j, t_{j+1}) at positions j -> (predicted f_{j+1} [B, T, D], cache)."""
         head = nnx.merge(self.graphdef, params["head"])
         embeddings_BxTxD = embed_tokens(params["io"], tokens_BxT, self.target_config)
-        return head(features_BxTxD, embeddings_BxTxD, positions_BxT, cache)
+        return head(features_BxTxD, embeddings_BxTxD, positions_BxT, cache, mask_BxTxS)
 
     def init_cache(self, batch_size: int, max_len: int, dtype) -> kv_cache.KVCache:
         return kv_cache.init_cache(self.block_config, batch_size, max_len, dtype)

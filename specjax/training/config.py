@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.head.reg_weight = 1.0  # EAGLE: feature regression (SmoothL1)
     config.head.cls_weight = 0.1  # EAGLE: KL of the next-token distribution
     config.head.feature_noise = 0.1  # EAGLE: U(-a, a) on the input features
+    config.head.unroll_steps = 1  # EAGLE: drafting steps replayed in training (1 = EAGLE-1)
     config.head.seed = 0
 
     config.draft = ml_collections.ConfigDict()
@@ -92,6 +93,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         (config.data.max_new_tokens >= 2, "data.max_new_tokens", "must be >= 2"),
         (config.data.max_prompt_tokens >= 2, "data.max_prompt_tokens", "must be >= 2"),
         (config.head.num_heads >= 1, "head.num_heads", "must be >= 1"),
+        (config.head.unroll_steps >= 1, "head.unroll_steps", "must be >= 1"),
         (config.draft.init in DRAFT_INITS, "draft.init", f"must be one of {DRAFT_INITS}"),
         (
             config.draft.trainable in DRAFT_TRAINABLE,

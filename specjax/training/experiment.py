@@ -144,7 +144,9 @@ def run_training(
             config.kind, target.model, target.params, seed=h.seed, **head_config
         )
         if config.kind == "eagle":
-            loss_fn = objectives.eagle_loss(drafter, M, h.reg_weight, h.cls_weight, h.feature_noise)
+            loss_fn = objectives.eagle_loss(
+                drafter, M, h.reg_weight, h.cls_weight, h.feature_noise, h.unroll_steps
+            )
         else:
             loss_fn = objectives.medusa_loss(drafter, M, h.head_decay)
         trainable, frozen = params["head"], {"io": io32}

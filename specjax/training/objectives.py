@@ -114,23 +114,73 @@ def smooth_l1(x: jax.Array, beta: float = 1.0) -> jax.Array:
     return jnp.where(abs_x < beta, 0.5 * x * x / beta, abs_x - 0.5 * beta)
 
 
+def unrolled_step_mask(num_entries: int, step: int, num_passes: int) -> jax.Array:
+    """Attention mask [J, num_passes * J] of replayed drafting step `step` (>= 2) over the
+    slots of every pass (pass m at slots [(m - 1) J, m J); passes after `step` are hidden).
+
+    When drafting, the step-k entry j (k >= 2) sees the true entries <= j - k + 1 (pass 1,
+    what the cache holds after catch-up) and the entries drafted before it in this call, one
+    per earlier step: pass m's entry j - k + m for m = 2..k (itself for m = k)."""
+    J = num_entries
+    j_J1 = jnp.arange(J)[:, None]
+    slot_1xS = jnp.arange(num_passes * J)[None, :]
+    pass_1xS, index_1xS = slot_1xS // J + 1, slot_1xS % J
+    true_prefix = (pass_1xS == 1) & (index_1xS <= j_J1 - step + 1)
+    drafted = (pass_1xS >= 2) & (pass_1xS <= step) & (index_1xS == j_J1 - step + pass_1xS)
+    return true_prefix | drafted
+
+
+def eagle_passes(
+    drafter: EagleDrafter,
+    params: dict[str, Any],
+    features_BxJxD: jax.Array,
+    next_tokens_BxJ: jax.Array,
+    num_steps: int,
+) -> list[jax.Array]:
+    """Predicted features [B, J, D] of drafting steps 1..num_steps at every entry j, teacher
+    forced: entry j of pass 1 reads (f_j, t_{j+1}); of pass k >= 2, the feature pass k - 1
+    predicted at entry j - 1 (garbage for j < k - 1), attending as `unrolled_step_mask`."""
+    B, J, _ = features_BxJxD.shape
+    positions_BxJ = jnp.broadcast_to(jnp.arange(J, dtype=jnp.int32), (B, J))
+    cache = drafter.init_cache(B, num_steps * J, params["io"]["embedding"].dtype)
+    predicted_BxJxD, cache = drafter.apply(
+        params, features_BxJxD, next_tokens_BxJ, positions_BxJ, cache
+    )
+    passes = [predicted_BxJxD]
+    for step in range(2, num_steps + 1):
+        shifted_BxJxD = jnp.pad(predicted_BxJxD[:, :-1], ((0, 0), (1, 0), (0, 0)))
+        mask_BxJxS = jnp.broadcast_to(unrolled_step_mask(J, step, num_steps), (B, J, num_steps * J))
+        predicted_BxJxD, cache = drafter.apply(
+            params, shifted_BxJxD, next_tokens_BxJ, positions_BxJ, cache, mask_BxJxS
+        )
+        passes.append(predicted_BxJxD)
+    return passes
+
+
 def eagle_loss(
     drafter: EagleDrafter,
     num_new: int,
     reg_weight: float = 1.0,
     cls_weight: float = 0.1,
     feature_noise: float = 0.1,
+    unroll_steps: int = 1,
 ) -> LossFn:
     """EAGLE: reg_weight * SmoothL1(f̂_{j+1}, f_{j+1}) + cls_weight * KL(p_{j+1} || q_{j+1}),
     teacher forced on true features, with uniform noise U(-a, a) on the input features
     (EAGLE's defaults: weights 1 and 0.1, a = 0.1) to make the head robust to its own
-    feature errors when it drafts several tokens."""
+    feature errors when it drafts several tokens.
+
+    unroll_steps > 1 also replays drafting steps 2..unroll_steps in training (a "training-time
+    test", as in HASS / EAGLE-3): pass k feeds entry j the feature pass k - 1 predicted at
+    entry j - 1, with the attention the drafter has at step k (`unrolled_step_mask`), and is
+    scored on the same targets. Step 1 alone (EAGLE-1) never sees its own predicted features,
+    which is why its later draft positions are accepted less often. Passes are weighted
+    equally; metrics `top1_k` are per pass."""
     config = drafter.target_config
 
     def loss_fn(trainable, frozen, batch, rng):
         params = {"head": trainable, "io": frozen["io"]}
         tokens_BxT, hidden_BxTxD = batch["tokens"], batch["hidden"]
-        B, T = tokens_BxT.shape
         # Entries j = 0 .. T - 2: (f_j, t_{j+1}) at position j.
         features_BxJxD = hidden_BxTxD[:, :-1]
         if feature_noise:
@@ -138,25 +188,29 @@ def eagle_loss(
                 rng, features_BxJxD.shape, minval=-feature_noise, maxval=feature_noise
             )
             features_BxJxD = features_BxJxD + noise
-        positions_BxJ = jnp.broadcast_to(jnp.arange(T - 1, dtype=jnp.int32), (B, T - 1))
-        cache = drafter.init_cache(B, T - 1, frozen["io"]["embedding"].dtype)
-        predicted_BxJxD, _ = drafter.apply(
-            params, features_BxJxD, tokens_BxT[:, 1:], positions_BxJ, cache
-        )
+        passes = eagle_passes(drafter, params, features_BxJxD, tokens_BxT[:, 1:], unroll_steps)
 
         positions_BxM, exists_BxM = generated_positions(batch, num_new)
         entries_BxM = positions_BxM - 2
-        mask_BxM = exists_BxM & (entries_BxM >= 0)
-        predicted_BxMxD = gather_positions(predicted_BxJxD, entries_BxM)
         true_BxMxD = gather_positions(hidden_BxTxD, entries_BxM + 1)
-        reg = masked_mean(jnp.mean(smooth_l1(predicted_BxMxD - true_BxMxD), axis=-1), mask_BxM)
-        kl_BxM, agree_BxM = kl_and_agreement(
-            lm_logits(frozen["io"], true_BxMxD, config),
-            lm_logits(frozen["io"], predicted_BxMxD, config),
-        )
-        kl = masked_mean(kl_BxM, mask_BxM)
-        loss = reg_weight * reg + cls_weight * kl
-        return loss, {"loss": loss, "reg": reg, "kl": kl, "top1": masked_mean(agree_BxM, mask_BxM)}
+        teacher_BxMxV = lm_logits(frozen["io"], true_BxMxD, config)
+        loss, metrics = 0.0, {}
+        for step, predicted_BxJxD in enumerate(passes, start=1):
+            # Step `step` exists from entry step - 1 on (its chain starts at a true entry).
+            mask_BxM = exists_BxM & (entries_BxM >= step - 1)
+            predicted_BxMxD = gather_positions(predicted_BxJxD, entries_BxM)
+            reg = masked_mean(jnp.mean(smooth_l1(predicted_BxMxD - true_BxMxD), axis=-1), mask_BxM)
+            kl_BxM, agree_BxM = kl_and_agreement(
+                teacher_BxMxV, lm_logits(frozen["io"], predicted_BxMxD, config)
+            )
+            kl = masked_mean(kl_BxM, mask_BxM)
+            loss = loss + reg_weight * reg + cls_weight * kl
+            suffix = "" if step == 1 else f"_{step}"
+            metrics[f"reg{suffix}"] = reg
+            metrics[f"kl{suffix}"] = kl
+            metrics[f"top1{suffix}"] = masked_mean(agree_BxM, mask_BxM)
+        metrics["loss"] = loss
+        return loss, metrics
 
     return loss_fn
 
