@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.head.feature_noise = 0.1  # EAGLE: U(-a, a) on the input features
     config.head.unroll_steps = 1  # EAGLE: drafting steps replayed in training (1 = EAGLE-1)
     config.head.seed = 0
+    config.head.init_from = ""  # start from exported heads (a drafter/ folder) instead of init
 
     config.draft = ml_collections.ConfigDict()
     config.draft.init = "early_exit"  # early_exit (the target's first layers) | random

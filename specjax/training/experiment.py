@@ -149,6 +149,14 @@ def run_training(
             )
         else:
             loss_fn = objectives.medusa_loss(drafter, M, h.head_decay)
+        if h.init_from:  # warm start, e.g. fine-tuning EAGLE-1 heads with unroll_steps > 1
+            loaded, loaded_params = heads.load_heads(h.init_from, target.model, target.params)
+            if loaded != drafter:
+                raise ValueError(
+                    f"head.init_from={h.init_from!r} holds {loaded.kind} heads "
+                    f"{loaded.head_config()}, not the {config.kind} heads configured here"
+                )
+            params = loaded_params
         trainable, frozen = params["head"], {"io": io32}
     else:
         drafter, draft_params = draft_model_init(config, target)

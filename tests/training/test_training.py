@@ -185,6 +185,10 @@ def test_experiment_end_to_end(tmp_path, kind):
     # The export is reloadable the way users load it.
     target = run.target
     drafter = experiment.load_trained(run.drafter_path, target)
+    if kind == "medusa":  # warm start from the export: its first step starts where it ended
+        warm = tiny_config(kind, **{"head.init_from": str(run.drafter_path)})
+        again = experiment.run_training(warm, tmp_path / "warm", progress=False)
+        assert again.train.history[0]["loss"] < run.train.history[0]["loss"]
     assert type(drafter[0]).__name__ == ("MedusaDrafter" if kind == "medusa" else "Model")
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     reference = specjax.generate(target.pair, None, prompts, max_new_tokens=10)
