@@ -218,6 +218,21 @@ def test_cli_selects_head_drafters(tmp_path, target):
         cli.make_drafter(args, loaded, None)
 
 
+@pytest.mark.parametrize("kind", ["eagle_smollm", "medusa_smollm", "distill_tiny"])
+def test_shipped_configs_parse(kind):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "configs" / f"train_{kind}.py"
+    spec = importlib.util.spec_from_file_location(f"train_{kind}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("train.num_steps=7")
+    assert config.train.num_steps == 7 and config.target == "smollm2-135m-instruct"
+    for point in module.get_sweep():
+        training_config.finalize(module.get_config(), point)
+
+
 def test_config_errors():
     with pytest.raises(training_config.ConfigError, match="kind"):
         tiny_config("lora")
