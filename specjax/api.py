@@ -195,6 +195,7 @@ def generate(
     shard_drafter: bool = False,
     tree: TreeSpec | Sequence[int] | None = None,
     adaptive_gamma: bool = False,
+    prompt_bucket: int = PROMPT_BUCKET,
 ) -> GenerateOutput:
     """Generates continuations of `prompt_ids`, speculatively when a drafter is given.
 
@@ -221,6 +222,9 @@ def generate(
         by 2 after a full acceptance and shrinks by 1 otherwise (no recompilation; lossless).
       tree: token-tree drafting with a draft model, e.g. (3, 2, 1): top-3 first tokens, two
         continuations each, then one (greedy only; `gamma` is then the tree's depth).
+      prompt_bucket: the padded prompt width is the longest prompt rounded up to a multiple
+        of this; one compiled program serves every width of a bucket (benchmarks over many
+        prompts pass e.g. 512 so that all of them share one compilation).
 
     Returns:
       GenerateOutput (tokens [B, max_new_tokens], num_generated, stop_reason, stats).
@@ -256,7 +260,11 @@ def generate(
         gamma = tree.depth
     slots_per_call = (tree.num_nodes + 1 if tree else gamma + 1) if speculative_run else 1
 
-    prompt, lengths = pad_prompts(prompt_ids, vocab_size, pad_id, max_width=cache_size)
+    if not isinstance(prompt_bucket, int | np.integer) or prompt_bucket < 1:
+        raise ValueError(f"prompt_bucket must be an integer >= 1, got {prompt_bucket!r}")
+    prompt, lengths = pad_prompts(
+        prompt_ids, vocab_size, pad_id, bucket=int(prompt_bucket), max_width=cache_size
+    )
     longest = int(lengths.max())
     if cache_size is None:
         cache_size = prompt.shape[1] + max_new_tokens + slots_per_call

@@ -151,6 +151,24 @@ def test_new_prompt_same_shape_does_not_recompile(target, draft):
     assert api.TRACE_COUNTS["speculative"] == counts["speculative"] + 1
 
 
+def test_prompt_bucket_shares_one_compilation_and_keeps_outputs(target, draft):
+    short, long = [[5, 6, 7]], [[3] * 20 + [4, 5]]  # widths 16 and 32 in the default bucket
+    reference = [
+        specjax.generate(target, draft, p, gamma=2, max_new_tokens=6).token_lists()
+        for p in (short, long)
+    ]
+    specjax.generate(target, draft, short, gamma=2, max_new_tokens=6, prompt_bucket=48)
+    counts = dict(api.TRACE_COUNTS)
+    outs = [
+        specjax.generate(target, draft, p, gamma=2, max_new_tokens=6, prompt_bucket=48)
+        for p in (short, long)
+    ]
+    assert api.TRACE_COUNTS["speculative"] == counts["speculative"]  # both pad to 48
+    assert [o.token_lists() for o in outs] == reference
+    with pytest.raises(ValueError, match="prompt_bucket"):
+        specjax.generate(target, draft, short, gamma=2, max_new_tokens=6, prompt_bucket=0)
+
+
 def test_loop_body_has_no_host_callbacks(target, draft):
     (target_model, target_params), (draft_model, draft_params) = target, draft
     drafter = specjax.DraftModelDrafter(draft_model)
