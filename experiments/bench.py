@@ -1,14 +1,21 @@
 """GPU benchmark: specjax vs its own autoregressive baseline, vs the floor, vs HF transformers.
 
-    python -m experiments.bench --suites=real,hf --gguf=PATH --prompt_dir=DIR --out=DIR
+    python -m experiments.bench --suites=real,hf --gguf=PATH --prompt_dir=DIR --out=DIR \
+        --drafter=ngram:gamma=8 --drafter=eagle:path=DIR,gamma=3
     python -m experiments.bench --suites=synthetic --accept_json=FILE --out=DIR
 
-Writes <out>/bench_<suite>.json and prints markdown tables. Logic: specjax/eval/bench.py.
+Writes <out>/bench_<suite><tag>.json and prints markdown tables. Batch 1 decodes every prompt
+alone (16 HumanEval + 16 MT-Bench by default) and pools them; larger batches decode the first
+B prompts together. Drafters: `specjax.eval.bench.parse_drafter_spec` (repeat --drafter).
+XLA flags (e.g. CUDA-graph command buffers) are the environment's XLA_FLAGS, recorded in the
+JSON; `experiments/bench_opt.py` runs this command under several of them.
+Logic: specjax/eval/bench.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -27,7 +34,19 @@ flags.DEFINE_list("temperatures", ["0", "1"], "temperatures (real suite)")
 flags.DEFINE_integer("max_new_tokens", 128, "tokens per row")
 flags.DEFINE_integer("repeats", 5, "timed repeats after the compile call")
 flags.DEFINE_integer("layer_unroll", 1, "scan unroll over layers (1 = rolled)")
-flags.DEFINE_string("accept_json", None, "accepted-length histogram recorded on a real pair")
+flags.DEFINE_multi_string(
+    "drafter",
+    ["ngram:gamma=4", "ngram:gamma=8", "early_exit:gamma=3"],
+    "drafter spec kind[:key=value,...] (repeat the flag); see parse_drafter_spec",
+)
+flags.DEFINE_integer("prompts_per_set", 16, "HumanEval and MT-Bench prompts each (real suite)")
+flags.DEFINE_integer("prompt_bucket", 512, "prompts are padded to a multiple of this")
+flags.DEFINE_string("tag", "", "suffix of the output file names")
+flags.DEFINE_string(
+    "accept_json",
+    None,
+    "acceptance to replay: a JSON with accept_length_probs, or a runner generations.jsonl",
+)
 flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance when no --accept_json is given")
 flags.DEFINE_list("synthetic_targets", ["qwen2.5-1.5b", "qwen2.5-7b", "llama3-8b"], "shapes")
 flags.DEFINE_list("synthetic_batches", ["1", "8"], "batch sizes of the synthetic suite")
@@ -36,13 +55,17 @@ flags.DEFINE_list("synthetic_batches", ["1", "8"], "batch sizes of the synthetic
 def main(argv):
     del argv
     from specjax import checkpoints, tokenizers
-    from specjax.drafters.early_exit import early_exit_drafter
-    from specjax.drafters.ngram import NgramDrafter
     from specjax.models.config import KNOWN_SHAPES
 
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
-    header = {"device": bench.device_description(), "jax": jax.__version__, "date": bench.now()}
+    header = {
+        "device": bench.device_description(),
+        "jax": jax.__version__,
+        "date": bench.now(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "layer_unroll": FLAGS.layer_unroll,
+    }
     bandwidth = bench.measure_copy_bandwidth(4e9)
     header["copy_bandwidth_GBps"] = bandwidth / 1e9
     print(json.dumps(header))
@@ -52,29 +75,26 @@ def main(argv):
         model = model.with_config(layer_unroll=FLAGS.layer_unroll)
         gguf_path = meta["path"]
         tokenizer = tokenizers.load_tokenizer(gguf_path)
-        prompt_ids = bench.chat_prompt_ids(tokenizer, bench.load_prompt_texts(FLAGS.prompt_dir, 16))
+        texts = bench.load_prompt_texts(FLAGS.prompt_dir, FLAGS.prompts_per_set)
+        prompt_ids = bench.chat_prompt_ids(tokenizer, texts)
         target = (model, params)
         floor = bench.floor_ms(model.config, 1, 512, 2, bandwidth)
         print(f"floor at batch 1, 512 cached tokens: {floor:.3f} ms/token")
 
     if "real" in FLAGS.suites:
-        layers = model.config.num_layers
-        drafters = {
-            "ngram": (NgramDrafter(3, 1), 4),
-            "ngram_g8": (NgramDrafter(3, 1), 8),
-            f"early_exit_{layers // 3}": (early_exit_drafter(model, params, layers // 3), 3),
-        }
+        drafters = [bench.parse_drafter_spec(text, target) for text in FLAGS.drafter]
         rows = bench.real_model_suite(
             target, prompt_ids, drafters,
             batches=[int(b) for b in FLAGS.batches],
             temperatures=[float(t) for t in FLAGS.temperatures],
             max_new_tokens=FLAGS.max_new_tokens, repeats=FLAGS.repeats,
+            prompt_bucket=FLAGS.prompt_bucket,
         )  # fmt: skip
         result = {**header, "suite": "real", "model": gguf_path, "floor_ms_b1": floor,
-                  "layer_unroll": FLAGS.layer_unroll, "rows": rows}  # fmt: skip
-        (out / f"bench_real_u{FLAGS.layer_unroll}.json").write_text(json.dumps(result, indent=1))
-        columns = ["name", "batch", "temperature", "gamma", "ms_per_token", "tokens_per_s",
-                   "tau", "speedup", "exact", "compile_s"]  # fmt: skip
+                  "rows": rows}  # fmt: skip
+        (out / f"bench_real{FLAGS.tag}.json").write_text(json.dumps(result, indent=1))
+        columns = ["name", "batch", "prompts", "temperature", "gamma", "ms_per_token",
+                   "tokens_per_s", "tau", "alpha", "speedup", "exact", "compile_s"]  # fmt: skip
         print(bench.markdown_table(rows, columns))
 
     if "hf" in FLAGS.suites:
@@ -90,14 +110,14 @@ def main(argv):
             repeats=2,
             reference_tokens=[ours.token_lists[i] for i in range(len(first))],
         )
-        (out / "bench_hf.json").write_text(json.dumps({**header, "rows": rows}, indent=1))
+        hf_json = json.dumps({**header, "rows": rows}, indent=1)
+        (out / f"bench_hf{FLAGS.tag}.json").write_text(hf_json)
         print(bench.markdown_table(rows, ["name", "ms_per_token", "tokens_per_s", "warmup_s"]))
 
     if "synthetic" in FLAGS.suites:
         gamma = 4
         if FLAGS.accept_json:
-            recorded = json.loads(Path(FLAGS.accept_json).read_text())
-            probs, source = recorded["accept_length_probs"], recorded["source"]
+            probs, source = bench.load_accept_probs(FLAGS.accept_json)
             gamma = len(probs) - 1
         else:
             probs = bench.geometric_accept_probs(FLAGS.alpha, gamma)
@@ -111,7 +131,8 @@ def main(argv):
                 max_new_tokens=FLAGS.max_new_tokens, bandwidth=bandwidth,
                 repeats=FLAGS.repeats,
             )  # fmt: skip
-        (out / "bench_synthetic.json").write_text(json.dumps({**header, "rows": rows}, indent=1))
+        synthetic_json = json.dumps({**header, "rows": rows}, indent=1)
+        (out / f"bench_synthetic{FLAGS.tag}.json").write_text(synthetic_json)
         print(bench.markdown_table(rows, list(rows[0])))
 
 

@@ -14,6 +14,7 @@ Used by `experiments/bench.py` on the GPU and by a smoke test on the CPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from specjax.decoding import rejection
 from specjax.decoding.sampling import Sampling
 from specjax.eval.timing import timed
 from specjax.models.config import ModelConfig
-from specjax.models.transformer import Model, Params, Transformer
+from specjax.models.transformer import Model, Params, params_dtype
 
 
 def measure_copy_bandwidth(num_bytes: float = 2e9, repeats: int = 10) -> float:
@@ -60,15 +61,15 @@ def floor_ms(config: ModelConfig, batch: int, context: int, bytes_per: int, band
 
 
 def synthetic_model(config: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> tuple[Model, Params]:
-    """Random weights of a real shape, created directly on the default device (no transfer)."""
-    from flax import nnx
+    """Random weights of a real shape, created on the default device (no host transfer).
 
-    def create():
-        return nnx.split(Transformer(config, rngs=nnx.Rngs(seed), param_dtype=dtype))[1]
+    Uses the hash-based initialiser of `specjax.parallel.bench`: elementwise on iotas, it
+    compiles in a blink at any size, where building an NNX `Transformer` under jit draws a
+    threefry stream per parameter and took minutes for 7B shapes on the GPU."""
+    from specjax.parallel.bench import synthetic_params
+    from specjax.parallel.mesh import ModelLayout, make_mesh
 
-    params = jax.jit(create)()
-    model, _ = specjax.models.abstract_model(config, dtype)
-    return model, params
+    return synthetic_params(config, ModelLayout(make_mesh(1, 1), config), dtype, seed)
 
 
 def step_costs(
@@ -166,25 +167,37 @@ def time_generate(
     repeats: int = 5,
     eos_ids: Sequence[int] = (),
     verify_fn=rejection.verify_sampling,
-) -> DecodeResult:
-    """Times `specjax.generate` (compile separate, median of repeats)."""
+    return_output: bool = False,
+    **generate_kwargs: Any,
+) -> DecodeResult | tuple[DecodeResult, Any]:
+    """Times `specjax.generate` (compile separate, median of repeats); `generate_kwargs`
+    (tree=, adaptive_gamma=, prompt_bucket=, ...) go to `specjax.generate` unchanged.
+    With `return_output`, also returns the last call's GenerateOutput."""
     sampling = Sampling.create(temperature)
 
     def run(seed=0):
         return specjax.generate(
             target, drafter, prompts, sampling=sampling, gamma=gamma,
             max_new_tokens=max_new_tokens, eos_ids=eos_ids, seed=seed, verify_fn=verify_fn,
+            **generate_kwargs,
         )  # fmt: skip
 
     out, timing = timed(run, repeats=repeats)
+    result = _result(
+        name, drafter, gamma, temperature, timing.compile_s, timing.median_s, out, len(prompts)
+    )
+    return (result, out) if return_output else result
+
+
+def _result(name, drafter, gamma, temperature, compile_s, median_s, out, batch) -> DecodeResult:
     alpha = out.acceptance_per_position.tolist() if drafter is not None else []
     return DecodeResult(
         name=name,
-        batch=len(prompts),
+        batch=batch,
         gamma=gamma if drafter is not None else 0,
         temperature=temperature,
-        compile_s=timing.compile_s,
-        median_s=timing.median_s,
+        compile_s=compile_s,
+        median_s=median_s,
         tokens=int(np.sum(np.asarray(out.num_generated))),
         tau=out.tau if drafter is not None else 1.0,
         alpha=alpha,
@@ -194,6 +207,59 @@ def time_generate(
             for b, row in enumerate(out.token_lists())
         ],
     )
+
+
+def _concat_outputs(outs: Sequence[Any]) -> Any:
+    """Several GenerateOutputs of equal max_new_tokens as one (rows stacked), so that tau and
+    alpha pool over them exactly as over the rows of one batch."""
+    stack = lambda *xs: np.concatenate([np.asarray(x) for x in xs])  # noqa: E731
+    first = outs[0]
+    return dataclasses.replace(
+        first,
+        tokens=stack(*(o.tokens for o in outs)),
+        num_generated=stack(*(o.num_generated for o in outs)),
+        from_draft=stack(*(o.from_draft for o in outs)),
+        stop_reason=stack(*(o.stop_reason for o in outs)),
+        stats=jax.tree.map(stack, *(o.stats for o in outs)),
+        steps=np.sum([np.asarray(o.steps) for o in outs]),
+    )
+
+
+def time_prompts_one_by_one(
+    name: str,
+    target,
+    drafter,
+    prompts: Sequence[Sequence[int]],
+    *,
+    gamma: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    repeats: int = 5,
+    eos_ids: Sequence[int] = (),
+    verify_fn=rejection.verify_sampling,
+    prompt_bucket: int = 512,
+    **generate_kwargs: Any,
+) -> DecodeResult:
+    """Batch-1 latency over a prompt set: each prompt decoded alone, `repeats` timed calls
+    per prompt after one warm-up call. `median_s` is the sum of the per-prompt medians (the
+    time to serve the set one request at a time), so ms_per_token pools every token of the
+    set; tau and alpha pool every verification call. Prompts are padded to one
+    `prompt_bucket`, so the set costs one compilation (`compile_s`: the first prompt's first
+    call beyond its steady time)."""
+    outs, medians, compile_s = [], [], 0.0
+    for i, ids in enumerate(prompts):
+        one = time_generate(
+            name, target, drafter, [ids], gamma=gamma, max_new_tokens=max_new_tokens,
+            temperature=temperature, repeats=repeats, eos_ids=eos_ids, verify_fn=verify_fn,
+            prompt_bucket=prompt_bucket, return_output=True, **generate_kwargs,
+        )  # fmt: skip
+        result, out = one
+        outs.append(out)
+        medians.append(result.median_s)
+        if i == 0:
+            compile_s = result.compile_s
+    pooled = _concat_outputs(outs)
+    return _result(name, drafter, gamma, temperature, compile_s, float(sum(medians)), pooled, 1)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -236,10 +302,107 @@ def chat_prompt_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [tokenizer.encode_chat([{"role": "user", "content": text}]) for text in texts]
 
 
+@dataclasses.dataclass
+class DrafterSpec:
+    """One drafter configuration of a benchmark: what `specjax.generate` gets.
+
+    Fields:
+      name: label in the tables (the spec text unless given).
+      drafter: anything `specjax.generate` accepts as a drafter.
+      gamma: draft length (the tree's depth for trees; the maximum with adaptive gamma).
+      generate_kwargs: extra `specjax.generate` arguments (tree=, adaptive_gamma=).
+    """
+
+    name: str
+    drafter: Any
+    gamma: int
+    generate_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+DRAFTER_KINDS = ("ngram", "early_exit", "eagle", "medusa", "model")
+_SPEC_KEYS = {
+    "ngram": {"max_n", "min_n"},
+    "early_exit": {"layer", "tree"},
+    "eagle": {"path"},
+    "medusa": {"path"},
+    "model": {"path", "tree"},
+}
+
+
+def parse_drafter_spec(text: str, target: tuple[Model, Params]) -> DrafterSpec:
+    """A drafter from a spec ``kind[:key=value,...]``, e.g. ``ngram:gamma=8``,
+    ``early_exit:layer=10,gamma=3``, ``eagle:path=runs/eagle/drafter,gamma=3``,
+    ``model:path=qwen2.5-coder-0.5b-instruct,tree=4-2-1``, ``ngram:gamma=8,adaptive=1``.
+
+    Keys of every kind: gamma (default 4), adaptive (0/1, adaptive draft length up to gamma),
+    name (the table label). `tree=b1-b2-...` drafts a static token tree (greedy only)."""
+    kind, _, rest = text.partition(":")
+    if kind not in DRAFTER_KINDS:
+        raise ValueError(f"unknown drafter kind {kind!r} in {text!r}; known: {DRAFTER_KINDS}")
+    options: dict[str, str] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"drafter spec {text!r}: {item!r} is not key=value")
+        options[key.strip()] = value.strip()
+    unknown = set(options) - _SPEC_KEYS[kind] - {"gamma", "adaptive", "name"}
+    if unknown:
+        allowed = sorted(_SPEC_KEYS[kind] | {"gamma", "adaptive", "name"})
+        raise ValueError(f"drafter spec {text!r}: unknown keys {sorted(unknown)}; {allowed}")
+    model, params = target
+    gamma = int(options.get("gamma", 4))
+    kwargs: dict[str, Any] = {}
+    if options.get("adaptive", "0") not in ("0", "1"):
+        raise ValueError(f"drafter spec {text!r}: adaptive must be 0 or 1")
+    if options.get("adaptive") == "1":
+        kwargs["adaptive_gamma"] = True
+    if "tree" in options:
+        kwargs["tree"] = tuple(int(b) for b in options["tree"].split("-"))
+        gamma = len(kwargs["tree"])
+    if kind == "ngram":
+        from specjax.drafters.ngram import NgramDrafter
+
+        drafter = NgramDrafter(int(options.get("max_n", 3)), int(options.get("min_n", 1)))
+    elif kind == "early_exit":
+        from specjax.drafters.early_exit import early_exit_drafter
+
+        layer = int(options.get("layer", model.config.num_layers // 3))
+        drafter = early_exit_drafter(model, params, layer)
+    elif kind in ("eagle", "medusa"):
+        from specjax.drafters.heads import load_heads
+
+        if "path" not in options:
+            raise ValueError(f"drafter spec {text!r}: {kind} needs path=<saved heads folder>")
+        drafter = load_heads(options["path"], model, params)
+        if drafter[0].kind != kind:
+            raise ValueError(f"{options['path']} holds {drafter[0].kind} heads, not {kind}")
+    else:  # a separate draft model, any spec checkpoints.load accepts
+        from specjax import checkpoints
+
+        if "path" not in options:
+            raise ValueError(f"drafter spec {text!r}: model needs path=<model name or file>")
+        draft_model, draft_params, _ = checkpoints.load(options["path"], params_dtype(params))
+        drafter = (draft_model, draft_params)
+    return DrafterSpec(options.get("name", text), drafter, gamma, kwargs)
+
+
+def _time_set(batch, target, prompt_ids, name, drafter, gamma, *, common, prompt_bucket, **kw):
+    """Batch 1: every prompt alone, pooled; batch B: the first B prompts (cycled) at once."""
+    if batch == 1:
+        return time_prompts_one_by_one(
+            name, target, drafter, prompt_ids, gamma=gamma, prompt_bucket=prompt_bucket,
+            **common, **kw,
+        )  # fmt: skip
+    prompts = [prompt_ids[i % len(prompt_ids)] for i in range(batch)]
+    return time_generate(
+        name, target, drafter, prompts, gamma=gamma, prompt_bucket=prompt_bucket, **common, **kw
+    )
+
+
 def real_model_suite(
     target,
     prompt_ids: Sequence[Sequence[int]],
-    drafters: dict[str, tuple[Any, int]],
+    drafters: Sequence[DrafterSpec],
     *,
     batches: Sequence[int],
     temperatures: Sequence[float],
@@ -247,33 +410,45 @@ def real_model_suite(
     repeats: int,
     eos_ids: Sequence[int] = (),
     full_grid_batches: Sequence[int] = (1,),
+    prompt_bucket: int = 512,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """AR and every drafter on the same prompts; speedup = AR median / spec median.
+    """AR and every drafter on the same prompts; speedup = AR ms/token / spec ms/token.
 
-    `drafters` maps a name to (drafter, gamma). At batches outside `full_grid_batches` only
-    the first drafter runs (keeps compile time in check). Greedy outputs are compared with
-    autoregressive decoding; a mismatch is recorded (`exact` = False), never hidden.
+    Batch 1 decodes every prompt alone (`time_prompts_one_by_one`: the latency of serving the
+    set one request at a time); batch B > 1 decodes the first B prompts (cycled) together. At
+    batches outside `full_grid_batches` only the first drafter runs (keeps compile time in
+    check). Greedy outputs are compared with autoregressive decoding; a mismatch is recorded
+    (`exact` = False), never hidden.
     """
     rows = []
     for batch in batches:
-        prompts = [prompt_ids[i % len(prompt_ids)] for i in range(batch)]
         for temperature in temperatures:
             common = dict(max_new_tokens=max_new_tokens, temperature=temperature,
                           repeats=repeats, eos_ids=eos_ids)  # fmt: skip
-            ar = time_generate("autoregressive", target, None, prompts, gamma=1, **common)
-            rows.append({**ar.row(), "speedup": 1.0, "exact": True})
+            timed_set = functools.partial(
+                _time_set, batch, target, prompt_ids, common=common, prompt_bucket=prompt_bucket
+            )
+            ar = timed_set("autoregressive", None, 1)
+            n_prompts = len(prompt_ids) if batch == 1 else batch
+            rows.append({**ar.row(), "speedup": 1.0, "exact": True, "prompts": n_prompts})
             log(f"b={batch} T={temperature} AR {ar.ms_per_token:.3f} ms/token")
-            names = list(drafters) if batch in full_grid_batches else list(drafters)[:1]
-            for name in names:
-                drafter, gamma = drafters[name]
-                spec = time_generate(name, target, drafter, prompts, gamma=gamma, **common)
+            chosen = drafters if batch in full_grid_batches else drafters[:1]
+            for spec_cfg in chosen:
+                if spec_cfg.generate_kwargs.get("tree") and temperature > 0:
+                    continue  # token trees are greedy-only
+                spec = timed_set(
+                    spec_cfg.name, spec_cfg.drafter, spec_cfg.gamma, **spec_cfg.generate_kwargs
+                )
                 exact = temperature > 0 or spec.token_lists == ar.token_lists
                 # Per-token speed: the two runs may stop at different lengths (EOS).
                 speedup = ar.ms_per_token / spec.ms_per_token
-                rows.append({**spec.row(), "speedup": speedup, "exact": exact})
-                log(f"b={batch} T={temperature} {name} g={gamma} {spec.ms_per_token:.3f} "
-                    f"ms/token tau={spec.tau:.2f} speedup={speedup:.2f} exact={exact}")  # fmt: skip
+                rows.append(
+                    {**spec.row(), "speedup": speedup, "exact": exact, "prompts": n_prompts}
+                )
+                log(f"b={batch} T={temperature} {spec_cfg.name} g={spec_cfg.gamma} "
+                    f"{spec.ms_per_token:.3f} ms/token tau={spec.tau:.2f} "
+                    f"speedup={speedup:.2f} exact={exact}")  # fmt: skip
     return rows
 
 
@@ -327,3 +502,62 @@ def synthetic_suite(
                      for k, v in row.items()))  # fmt: skip
         del target
     return rows
+
+
+def accept_runs(from_draft: str, gamma: int) -> tuple[list[int], int]:
+    """Accepted draft tokens n (0..gamma) per verify call of one generated row.
+
+    `from_draft` is a row's "from_draft" string of `generations.jsonl` ('1': accepted draft
+    token, '0': made by the target). The first token comes from the target's prefill, not a
+    verify call, so it must be '0' and is skipped. Each verify call then emits "1" * n + "0"
+    (n accepted drafts, then the target's correction or bonus). A row cut by its token budget
+    or an EOS may end inside a call: that unterminated trailing run of '1's is dropped (its n
+    is unknown). Returns (complete runs' n, 1 if a trailing run was dropped else 0); raises
+    ValueError on a run longer than gamma or a character other than '0'/'1'.
+    """
+    if set(from_draft) - {"0", "1"}:
+        raise ValueError(f"from_draft must hold only '0' and '1', got {from_draft[:40]!r}")
+    if not from_draft:
+        return [], 0
+    if from_draft[0] != "0":
+        raise ValueError("from_draft must start with '0' (the prefill's token), got '1'")
+    *complete, trailing = from_draft[1:].split("0")  # "1110110" -> ["111", "11", ""]
+    runs = [len(run) for run in complete]
+    if max(runs + [len(trailing)]) > gamma:
+        longest = max(runs + [len(trailing)])
+        raise ValueError(
+            f"a run of {longest} accepted draft tokens is longer than gamma={gamma}: the file "
+            "was written with a larger gamma"
+        )
+    return runs, int(bool(trailing))
+
+
+def accept_histogram_from_generations(path: str | os.PathLike[str], gamma: int) -> np.ndarray:
+    """counts[n] = verify calls that accepted n draft tokens (n = 0..gamma), over every row of
+    a `generations.jsonl` written by `specjax.eval.runner` (see `accept_runs`).
+
+    Rows without "from_draft" (autoregressive runs, older runners) are an error, as is a row
+    whose call count disagrees with its recorded "verify_calls".
+    """
+    import json
+
+    counts = np.zeros(gamma + 1, np.int64)
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    for row in rows:
+        if "from_draft" not in row:
+            raise ValueError(
+                f"{path}: row {row.get('id', '?')} has no 'from_draft' (an autoregressive run, "
+                "or a runner older than the field)"
+            )
+        runs, dropped = accept_runs(row["from_draft"], gamma)
+        calls = row.get("verify_calls")
+        if calls is not None and len(runs) + dropped != calls:
+            raise ValueError(
+                f"{path}: row {row.get('id', '?')} shows {len(runs) + dropped} verify calls in "
+                f"from_draft but records verify_calls={calls}"
+            )
+        counts += np.bincount(np.asarray(runs, np.int64), minlength=gamma + 1)
+    return counts

@@ -1,0 +1,104 @@
+"""The benchmark harness (specjax/eval/bench.py) on tiny random models: drafter specs, the
+batch-1 prompt-set timing (pooled statistics, one compilation), the real-model suite's
+exactness bookkeeping, and the synthetic suite's rows. Timings are not asserted."""
+
+import numpy as np
+import pytest
+from support import TINY_LLAMA, random_model
+
+import specjax
+from specjax import api
+from specjax.drafters.heads import init_heads, save_heads
+from specjax.drafters.ngram import NgramDrafter
+from specjax.eval import bench
+
+PROMPTS = [[1, 2, 3, 1, 2, 3, 1, 2], [5, 6, 7, 8, 9], [4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return random_model(TINY_LLAMA, seed=0)
+
+
+def test_parse_drafter_spec_kinds(target, tmp_path):
+    spec = bench.parse_drafter_spec("ngram:gamma=8,max_n=2,adaptive=1,name=pl", target)
+    assert (spec.name, spec.gamma, spec.drafter.max_ngram) == ("pl", 8, 2)
+    assert spec.generate_kwargs == {"adaptive_gamma": True}
+    spec = bench.parse_drafter_spec("early_exit:layer=1,tree=2-1", target)
+    assert spec.gamma == 2 and spec.generate_kwargs == {"tree": (2, 1)}
+    assert spec.drafter[0].model.config.num_layers == 1
+    heads = init_heads("medusa", *target, num_heads=2)
+    save_heads(tmp_path / "medusa", *heads)
+    spec = bench.parse_drafter_spec(f"medusa:path={tmp_path / 'medusa'},gamma=2", target)
+    assert spec.drafter[0].kind == "medusa"
+    with pytest.raises(ValueError, match="holds medusa heads, not eagle"):
+        bench.parse_drafter_spec(f"eagle:path={tmp_path / 'medusa'}", target)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lookup:gamma=2", "unknown drafter kind 'lookup'"),
+        ("ngram:gamma", "is not key=value"),
+        ("ngram:layer=2", r"unknown keys \['layer'\]"),
+        ("ngram:adaptive=yes", "adaptive must be 0 or 1"),
+        ("eagle:gamma=2", "eagle needs path="),
+    ],
+)
+def test_parse_drafter_spec_errors(target, text, message):
+    with pytest.raises(ValueError, match=message):
+        bench.parse_drafter_spec(text, target)
+
+
+def test_prompt_set_one_by_one_pools_rows_and_compiles_once(target):
+    drafter = NgramDrafter(3, 1)
+    common = dict(gamma=3, max_new_tokens=12, repeats=1, prompt_bucket=32)
+    bench.time_prompts_one_by_one("warm", target, drafter, PROMPTS[:1], **common)
+    traces = api.TRACE_COUNTS["speculative"]
+    pooled = bench.time_prompts_one_by_one("ngram", target, drafter, PROMPTS, **common)
+    assert api.TRACE_COUNTS["speculative"] == traces  # one program for the whole set
+    # Pooled statistics == the statistics of the same prompts decoded as one batch: greedy
+    # decoding of a row does not depend on its batch neighbours (float32).
+    batched = specjax.generate(target, drafter, PROMPTS, gamma=3, max_new_tokens=12)
+    assert pooled.token_lists == batched.token_lists()
+    assert pooled.tau == pytest.approx(batched.tau)
+    np.testing.assert_allclose(pooled.alpha, batched.acceptance_per_position)
+    assert pooled.batch == 1 and pooled.tokens == int(np.sum(batched.num_generated))
+    assert pooled.ms_per_token == pytest.approx(1e3 * pooled.median_s / pooled.tokens)
+
+
+def test_real_model_suite_rows_and_exactness(target):
+    drafters = [
+        bench.parse_drafter_spec(text, target)
+        for text in ("ngram:gamma=2", "early_exit:layer=1,tree=2-1")
+    ]
+    common = dict(max_new_tokens=6, repeats=1, prompt_bucket=32, log=lambda _: None)
+    rows = bench.real_model_suite(
+        target, PROMPTS, drafters, batches=[1], temperatures=[0.0, 1.0], **common
+    ) + bench.real_model_suite(target, PROMPTS, drafters, batches=[2], temperatures=[0.0], **common)
+    names = [(r["batch"], r["temperature"], r["name"]) for r in rows]
+    # batch 1: every drafter (the tree only greedy); batch 2: the first drafter only.
+    assert names == [
+        (1, 0.0, "autoregressive"), (1, 0.0, "ngram:gamma=2"),
+        (1, 0.0, "early_exit:layer=1,tree=2-1"),
+        (1, 1.0, "autoregressive"), (1, 1.0, "ngram:gamma=2"),
+        (2, 0.0, "autoregressive"), (2, 0.0, "ngram:gamma=2"),
+    ]  # fmt: skip
+    greedy = [r for r in rows if r["temperature"] == 0.0]
+    assert all(r["exact"] is True for r in greedy)  # float32: speculative == autoregressive
+    assert all(r["prompts"] == (3 if r["batch"] == 1 else 2) for r in rows)
+    assert all(r["tau"] >= 1.0 and r["ms_per_token"] > 0 for r in rows)
+
+
+def test_synthetic_suite_rows():
+    from specjax.parallel.bench import TINY, TINY_DRAFT
+
+    probs = bench.geometric_accept_probs(0.7, 2)
+    rows = bench.synthetic_suite(
+        {"tiny": TINY}, TINY_DRAFT, gamma=2, accept_probs=probs, accept_source="test",
+        batch=1, context=16, max_new_tokens=8, bandwidth=1e10, repeats=1, log=lambda _: None,
+    )  # fmt: skip
+    (row,) = rows
+    assert row["target"] == "tiny" and row["acceptance_source"] == "test"
+    assert row["c"] == pytest.approx(row["draft_step_ms"] / row["target_step_T1_ms"])
+    assert row["forced_tau"] >= 1.0 and row["projected_speedup"] > 0
