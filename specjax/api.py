@@ -23,7 +23,7 @@ from specjax.decoding import autoregressive, rejection, speculative
 from specjax.decoding import tree as tree_decoding
 from specjax.decoding.sampling import GREEDY, Sampling
 from specjax.decoding.state import GenerateOutput
-from specjax.decoding.tree import TreeSpec
+from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
 from specjax.drafters.base import Drafter
 from specjax.drafters.draft_model import DraftModelDrafter
 from specjax.models.transformer import Model, Params, Transformer
@@ -193,7 +193,7 @@ def generate(
     verify_fn=rejection.verify_sampling,
     mesh: jax.sharding.Mesh | None = None,
     shard_drafter: bool = False,
-    tree: TreeSpec | Sequence[int] | None = None,
+    tree: TreeSpec | DynamicTreeSpec | Sequence[int] | str | None = None,
     adaptive_gamma: bool = False,
     prompt_bucket: int = PROMPT_BUCKET,
 ) -> GenerateOutput:
@@ -220,8 +220,10 @@ def generate(
         (default: replicated on every device; its batch is split over `data` either way).
       adaptive_gamma: `gamma` becomes the largest draft length; each row starts at 1, grows
         by 2 after a full acceptance and shrinks by 1 otherwise (no recompilation; lossless).
-      tree: token-tree drafting with a draft model, e.g. (3, 2, 1): top-3 first tokens, two
-        continuations each, then one (greedy only; `gamma` is then the tree's depth).
+      tree: token-tree drafting with a draft model (greedy only; `gamma` is then the tree's
+        depth). A static tree, e.g. (3, 2, 1): top-3 first tokens, two continuations each,
+        then one; or `DynamicTreeSpec(depth, top_k, num_nodes)`, an EAGLE-2 tree shaped each
+        call by the draft's confidence; or a string "3,2,1" / "dynamic:depth=4,top_k=4,nodes=16".
       prompt_bucket: the padded prompt width is the longest prompt rounded up to a multiple
         of this; one compiled program serves every width of a bucket (benchmarks over many
         prompts pass e.g. 512 so that all of them share one compilation).
@@ -246,7 +248,9 @@ def generate(
                 f"{vocab_size}: speculative decoding needs one shared vocabulary"
             )
     if tree is not None:
-        tree = tree if isinstance(tree, TreeSpec) else TreeSpec(tuple(int(b) for b in tree))
+        tree = tree_decoding.as_tree_spec(tree)
+        if isinstance(tree, DynamicTreeSpec) and tree.top_k > vocab_size:
+            raise ValueError(f"dynamic tree top_k={tree.top_k} exceeds the vocabulary {vocab_size}")
         if not sampling.greedy:
             raise ValueError(
                 "token trees are greedy-only: lossless sampling over several drafts needs a "

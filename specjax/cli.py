@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ngram", type=int, default=3, help="longest n-gram (--drafter ngram)")
     gen.add_argument("--exit-layer", type=int, default=None, help="--drafter early-exit")
     gen.add_argument("--heads", help="trained heads folder (--drafter eagle|medusa)")
-    gen.add_argument("--tree", help="token tree branching per level, e.g. 3,2,1 (greedy, model)")
+    gen.add_argument(
+        "--tree",
+        help="token tree (greedy, --drafter model): static branching per level, e.g. 3,2,1, "
+        "or an EAGLE-2 dynamic tree, e.g. dynamic:depth=4,top_k=4,nodes=16",
+    )
     gen.add_argument(
         "--adaptive-gamma",
         action="store_true",
@@ -140,7 +144,7 @@ def generate_command(args) -> dict[str, Any]:
     out = specjax.generate(
         target.pair, drafter, [prompt_ids], sampling=sampling, gamma=args.gamma,
         max_new_tokens=args.max_new_tokens, eos_ids=tokenizer.eos_ids, seed=args.seed,
-        tree=tuple(int(b) for b in args.tree.split(",")) if args.tree else None,
+        tree=args.tree or None,
         adaptive_gamma=args.adaptive_gamma,
     )  # fmt: skip
     out = jax.block_until_ready(out)

@@ -1,4 +1,5 @@
-"""Token trees: bar 2 (greedy exactness) for static trees, and the tree bookkeeping."""
+"""Token trees: bar 2 (greedy exactness) for static and dynamic (EAGLE-2) trees, bar 3 for
+dynamic trees, and the tree bookkeeping."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,8 @@ from support import TINY_LLAMA, random_model
 
 import specjax
 from specjax import Sampling
-from specjax.decoding.tree import TreeSpec
+from specjax.decoding import tree as tree_lib
+from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
 from specjax.drafters.ngram import NgramDrafter
 
 PROMPTS = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [1, 2, 3], [9] * 18, [40]]
@@ -83,3 +85,147 @@ def test_tree_errors(target, draft):
         specjax.generate(target, NgramDrafter(), PROMPTS, tree=(2, 2))
     with pytest.raises(ValueError, match="branching"):
         TreeSpec((2, 0))
+
+
+# Dynamic trees. Every test below runs batch 4 with max_new_tokens=30 on the target's Model
+# (draft weights are traced arguments), so each spec compiles once for all of them.
+DYNAMIC_SPECS = [
+    DynamicTreeSpec(depth=3, top_k=2, num_nodes=4),  # N < D * K: the rerank drops nodes
+    DynamicTreeSpec(depth=4, top_k=3, num_nodes=7),
+]
+
+
+@pytest.fixture(scope="module")
+def random_draft(target):
+    """Unrelated weights of the target's shape: it rarely agrees."""
+    return target[0], random_model(TINY_LLAMA.replace(num_layers=3), seed=7)[1]
+
+
+@pytest.mark.parametrize("drafter", ["draft", "random_draft"])
+@pytest.mark.parametrize("spec", DYNAMIC_SPECS, ids=str)
+def test_dynamic_tree_greedy_equals_autoregressive(target, request, drafter, spec):
+    reference = specjax.generate(target, None, PROMPTS, max_new_tokens=30)
+    out = specjax.generate(
+        target, request.getfixturevalue(drafter), PROMPTS, max_new_tokens=30, tree=spec
+    )
+    assert out.token_lists() == reference.token_lists()
+    assert out.tau >= 1.0
+    if drafter == "draft":
+        assert out.tau > 1.5
+
+
+def test_dynamic_tree_batch_one(target, draft):
+    """Batch 1 (and the string form); rows are independent, so the batch-4 reference holds."""
+    reference = specjax.generate(target, None, PROMPTS, max_new_tokens=30)
+    spec = "dynamic:depth=2,top_k=3,nodes=6"  # every drafted node verified
+    out = specjax.generate(target, draft, [PROMPTS[2]], max_new_tokens=30, tree=spec)
+    assert out.token_lists() == [reference.token_lists()[2]]
+    assert int(out.stats.verify_calls[0]) < 20
+
+
+def test_dynamic_tree_self_draft_accepts_depth(target):
+    """Draft == target: the greedy path is drafted and accepted whole, tau == depth + 1.
+
+    EAGLE-2 prunes by the draft's own confidence, so with a flat distribution even the target's
+    greedy path can fall out of a frontier (K other candidates score higher). A sharp model
+    (final-norm scale x30) has near-one-hot distributions and keeps it at every level.
+    """
+    model, params = target
+    sharp_params = jax.tree_util.tree_map_with_path(
+        lambda path, x: 30.0 * x if "final_norm" in jax.tree_util.keystr(path) else x, params
+    )
+    sharp = (model, sharp_params)
+    reference = specjax.generate(sharp, None, PROMPTS, max_new_tokens=30)
+    for spec in DYNAMIC_SPECS:
+        out = specjax.generate(sharp, sharp, PROMPTS, max_new_tokens=30, tree=spec)
+        assert out.token_lists() == reference.token_lists()
+        np.testing.assert_array_equal(
+            np.asarray(out.stats.accepted), spec.depth * np.asarray(out.stats.verify_calls)
+        )
+        assert out.tau == pytest.approx(spec.depth + 1)
+
+
+def test_dynamic_tree_eos_and_cache_full(target, draft):
+    spec = DYNAMIC_SPECS[0]
+    free = specjax.generate(target, None, PROMPTS, max_new_tokens=30).token_lists()
+    eos = free[1][5]
+    reference = specjax.generate(target, None, PROMPTS, max_new_tokens=30, eos_ids=[eos])
+    out = specjax.generate(target, draft, PROMPTS, max_new_tokens=30, eos_ids=[eos], tree=spec)
+    assert out.token_lists() == reference.token_lists()
+    assert out.stop_reason_names()[1] == "eos"
+    small = specjax.generate(target, draft, PROMPTS, max_new_tokens=60, cache_size=28,
+                             tree=spec)  # fmt: skip
+    full_reference = specjax.generate(target, None, PROMPTS, max_new_tokens=60, cache_size=28)
+    assert set(small.stop_reason_names()) == {"cache_full"}
+    for ours, ref, prompt in zip(small.token_lists(), full_reference.token_lists(), PROMPTS):
+        assert ours == ref[: len(ours)]
+        # Stopped only when the next call's N + 1 slots no longer fit: seq_len > 28 - N.
+        assert len(prompt) + len(ours) > 28 - spec.num_nodes
+
+
+def _random_drafted_tree(rng, B, D, K, zero_fraction):
+    """Paths [B, M, D] of a random level-ordered tree (each level: K nodes under random
+    parents of the level above) and path scores [B, M] with exact ties: a fraction of the
+    log-probabilities are 0, so children often score exactly as their parents."""
+    M = D * K
+    paths = np.full((B, M, D), -1, np.int32)
+    scores = np.zeros((B, M), np.float32)
+    log_probs = np.where(rng.random((B, M)) < zero_fraction, 0.0, -rng.random((B, M)))
+    for b in range(B):
+        for node in range(M):
+            depth = node // K
+            if depth:
+                parent = (depth - 1) * K + rng.integers(K)
+                paths[b, node] = paths[b, parent]
+                scores[b, node] = scores[b, parent]
+            paths[b, node, depth] = node
+            scores[b, node] += log_probs[b, node]
+    return paths, scores
+
+
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.5, 1.0])
+def test_dynamic_tree_selection_is_ancestor_closed(zero_fraction):
+    B, D, K, N = 8, 4, 3, 5
+    paths, scores = _random_drafted_tree(np.random.default_rng(0), B, D, K, zero_fraction)
+    selected, verify_paths = jax.jit(tree_lib._rerank, static_argnums=2)(
+        jnp.asarray(scores), jnp.asarray(paths), N
+    )
+    selected, verify_paths = np.asarray(selected), np.asarray(verify_paths)
+    for b in range(B):
+        chosen = set(selected[b].tolist())
+        assert len(chosen) == N
+        # The N best scores (ties may be broken either way, but never above a better node).
+        assert scores[b, selected[b]].min() >= np.delete(scores[b], selected[b]).max()
+        for i, node in enumerate(selected[b]):
+            drafted_path = paths[b, node][paths[b, node] >= 0]
+            assert set(drafted_path.tolist()) <= chosen  # ancestor-closed
+            # Renumbered to verify indices: the same nodes, parents before children.
+            np.testing.assert_array_equal(
+                selected[b, verify_paths[b, i][: len(drafted_path)]], drafted_path
+            )
+            assert verify_paths[b, i][len(drafted_path) - 1] == i
+            assert (verify_paths[b, i][len(drafted_path) :] == -1).all()
+
+
+def test_dynamic_tree_errors(target, draft):
+    assert tree_lib.parse_tree_spec("dynamic:depth=4,top_k=4,nodes=16") == DynamicTreeSpec(4, 4, 16)
+    assert tree_lib.parse_tree_spec("3,2,1") == TreeSpec((3, 2, 1))
+    with pytest.raises(ValueError, match="depth must be an integer >= 1"):
+        DynamicTreeSpec(0, 2, 2)
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1"):
+        DynamicTreeSpec(2, 1.5, 2)
+    with pytest.raises(ValueError, match="num_nodes=7 exceeds the 6 nodes"):
+        DynamicTreeSpec(3, 2, 7)
+    with pytest.raises(ValueError, match="lacks num_nodes"):
+        tree_lib.parse_tree_spec("dynamic:depth=4,top_k=4")
+    with pytest.raises(ValueError, match="expected dynamic:depth=D,top_k=K,nodes=N"):
+        tree_lib.parse_tree_spec("dynamic:depth=4,width=4,nodes=3")
+    with pytest.raises(ValueError, match="expected branching"):
+        tree_lib.parse_tree_spec("dynamic-4")
+    spec = DYNAMIC_SPECS[0]
+    with pytest.raises(ValueError, match="greedy-only"):
+        specjax.generate(target, draft, PROMPTS, tree=spec, sampling=Sampling.create(1.0))
+    with pytest.raises(ValueError, match="needs a draft model"):
+        specjax.generate(target, NgramDrafter(), PROMPTS, tree=spec)
+    with pytest.raises(ValueError, match="exceeds the vocabulary"):
+        specjax.generate(target, draft, PROMPTS, tree=DynamicTreeSpec(2, 65, 3))
