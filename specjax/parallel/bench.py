@@ -1,20 +1,32 @@
 """Parallel benchmarks on synthetic weights of real shapes: tensor-parallel step cost and
-decode latency, speculative latency at a forced acceptance rate, data-parallel throughput.
+decode latency, draft step cost, speculative latency at a replayed acceptance, data-parallel
+throughput, each beside its memory floor.
 
 Dimension legend: B batch, T tokens per call, S cache slots, V vocab, L layers, D width,
-G kv heads, Dh head dim, N max_new_tokens.
+G kv heads, Dh head dim, N max_new_tokens, K draft length (gamma).
 
 Every number is a median over `repeats` timed calls after one separate first call (trace +
-compile + run, reported as `first_call_s`), each call ending in `jax.block_until_ready`.
+compile + run, reported as `first_s`), each call ending in `jax.block_until_ready`.
 Weights are random (a hash of each element's index, uniform with the init's variance),
 created directly on the devices by a jitted function with `out_shardings`: nothing goes
 through the host, so a 70B shape needs no host memory. The tokens such models emit are
-meaningless; only the time is measured. Speculative rows replay a geometric acceptance
-(`alpha`) with `specjax.eval.bench.forced_acceptance`; they are *projections* and are labelled
-so.
+meaningless; only the time is measured.
 
-Meshes: latency rows (step, ar, spec) run on (data=1, model=tp) over the first tp devices;
-throughput rows (dp) on (data=n/tp, model=tp) over all n devices, plus one device alone.
+Speculative rows replay an acceptance with `specjax.eval.bench.forced_acceptance`: a
+histogram P(n accepted drafts per verify call) read from `accept_from` (a JSON file, or the
+`generations.jsonl` of a real pair's run, see `load_acceptance`), else i.i.d. `alpha`
+(assumed). Their speedups are *projections* and are labelled so. Each speculative row is
+timed interleaved, call by call, with an autoregressive run of the same batch (AR, spec 1,
+spec 2, ..., AR, ...), and its speedup is the ratio of those two medians.
+
+Floors: one step must read every weight (and cached key/value) once, so its floor is
+(weight bytes + KV bytes read) / (devices holding the weights x per-device copy bandwidth),
+the bandwidth measured once per run (`measure_copy_bandwidth`, read + write, device 0). A
+replicated draft has the floor of one device; a sharded one of tp devices.
+
+Meshes: latency rows (step, ar, draft, spec) run on (data=1, model=tp) over the first tp
+devices; throughput rows (dp) on (data=n/tp, model=tp) over all n devices, plus one device
+alone.
 
 `experiments/bench_parallel.py` is the command line.
 """
@@ -54,6 +66,17 @@ LLAMA32_1B = LLAMA3_8B.replace(
     ffn_dim=8192,
     tie_embeddings=True,
 )
+# Llama-3.2-3B: a ~4B-class draft of Llama-3 70B (Chen et al. 2023 drafted Chinchilla-70B
+# with a 4B model).
+LLAMA32_3B = LLAMA3_8B.replace(
+    num_layers=28,
+    d_model=3072,
+    num_heads=24,
+    num_kv_heads=8,
+    head_dim=128,
+    ffn_dim=8192,
+    tie_embeddings=True,
+)
 # CPU smoke-test shapes (8 fake devices): every axis splits 8 ways except G.
 TINY = ModelConfig(
     vocab_size=256,
@@ -65,12 +88,15 @@ TINY = ModelConfig(
     ffn_dim=128,
 )
 TINY_DRAFT = TINY.replace(num_layers=1, d_model=32, num_heads=4, ffn_dim=64)
+TINY_DRAFT_2 = TINY.replace(num_layers=1, d_model=48, num_heads=6, ffn_dim=96)
 
 SHAPES: dict[str, ModelConfig] = {
     **KNOWN_SHAPES,
     "llama3.2-1b": LLAMA32_1B,
+    "llama3.2-3b": LLAMA32_3B,
     "tiny": TINY,
     "tiny-draft": TINY_DRAFT,
+    "tiny-draft-2": TINY_DRAFT_2,
 }
 DEFAULT_DRAFTS = {
     "llama3-8b": "llama3.2-1b",
@@ -80,6 +106,8 @@ DEFAULT_DRAFTS = {
     "tiny": "tiny-draft",
 }
 SECTIONS = ("step", "ar", "spec", "dp")
+DRAFT_SHARDINGS = ("replicated", "sharded")
+DEFAULT_GAMMA = 4
 
 
 @dataclasses.dataclass
@@ -88,41 +116,164 @@ class Settings:
 
     Fields:
       shape: a key of SHAPES (target architecture).
-      draft_shape: a key of SHAPES for the spec section ("" = DEFAULT_DRAFTS[shape]); its
-        vocabulary is set to the target's.
+      draft_shapes: keys of SHAPES, the drafts of the spec section (empty = `draft_shape`,
+        else DEFAULT_DRAFTS[shape]); their vocabulary is set to the target's.
+      draft_shape: one draft shape (the older flag; give it or draft_shapes, not both).
+      draft_sharding: subset of DRAFT_SHARDINGS, each draft's weights replicated on every
+        device or split over `model` like the target's (empty = from `shard_drafter`).
+      shard_drafter: the older flag: draft_sharding=("sharded",) (default replicated).
       tp: tensor-parallel sizes (model axis); empty = every size the shape and devices allow.
       sections: subset of SECTIONS.
       step_tokens: T of the single-step timings (1 = decode, gamma + 1 = verification).
       context: cached tokens before the timed step.
       ar_batches: batch sizes of the autoregressive latency rows.
+      spec_batches: batch sizes of the speculative rows (each with its own AR baseline).
+      full_grid_batches: spec batches that run every (draft shape, sharding); the others run
+        only the first of each (one compile less per pair left out). Empty = all.
       prompt_len: prompt tokens per row of the generation rows.
       max_new_tokens: N, tokens generated per row.
-      dp_batch: batch of the data-parallel throughput rows.
-      gamma, alpha: draft length and forced i.i.d. acceptance of the spec rows.
-      shard_drafter: split the draft's weights over `model` too (default replicated).
+      dp_batch: batch of the data-parallel rows.
+      gamma: draft length of the spec rows (0 = the histogram's with accept_from, else
+        DEFAULT_GAMMA; given with accept_from, it must match the histogram).
+      alpha: i.i.d. acceptance assumed when there is no accept_from.
+      accept_from: acceptance to replay: a JSON file {"accept_length_probs": [...], "source":
+        ...} or a runner's generations.jsonl (see `load_acceptance`); "" = i.i.d. alpha.
       repeats: timed calls after the first.
       dtype: weight and KV-cache dtype.
       temperature: sampling temperature of the generation rows (the spec rows need > 0: the
         forced acceptance rule is a sampling verify rule).
+      bandwidth_bytes: bytes of the copy that measures bandwidth (0 = 2e9 on accelerators,
+        2e7 on the CPU).
     """
 
     shape: str = "llama3-8b"
+    draft_shapes: Sequence[str] = ()
     draft_shape: str = ""
+    draft_sharding: Sequence[str] = ()
+    shard_drafter: bool = False
     tp: Sequence[int] = ()
     sections: Sequence[str] = SECTIONS
     step_tokens: Sequence[int] = (1, 5, 9)
     context: int = 512
     ar_batches: Sequence[int] = (1, 8)
+    spec_batches: Sequence[int] = (1,)
+    full_grid_batches: Sequence[int] = ()
     prompt_len: int = 64
     max_new_tokens: int = 128
     dp_batch: int = 32
-    gamma: int = 4
+    gamma: int = 0
     alpha: float = 0.8
-    shard_drafter: bool = False
+    accept_from: str = ""
     repeats: int = 5
     dtype: str = "bfloat16"
     temperature: float = 1.0
     seed: int = 0
+    bandwidth_bytes: float = 0
+
+    def drafts(self) -> tuple[list[str], list[str]]:
+        """(draft shape names, draft shardings) after defaults and the older flags."""
+        if self.draft_shapes and self.draft_shape:
+            raise ValueError("give draft_shapes or draft_shape, not both")
+        names = list(self.draft_shapes) or [self.draft_shape or DEFAULT_DRAFTS.get(self.shape, "")]
+        if not all(names):
+            raise ValueError(f"no default draft for {self.shape!r}: pass --draft_shapes")
+        unknown = [n for n in names if n not in SHAPES]
+        if unknown:
+            raise ValueError(f"unknown draft shape {unknown[0]!r}; known: {', '.join(SHAPES)}")
+        if self.draft_sharding and self.shard_drafter:
+            raise ValueError("give draft_sharding or shard_drafter, not both")
+        shardings = list(self.draft_sharding) or ["sharded" if self.shard_drafter else "replicated"]
+        bad = sorted(set(shardings) - set(DRAFT_SHARDINGS))
+        if bad:
+            raise ValueError(
+                f"unknown draft sharding {bad[0]!r}; known: {', '.join(DRAFT_SHARDINGS)}"
+            )
+        return list(dict.fromkeys(names)), list(dict.fromkeys(shardings))
+
+
+@dataclasses.dataclass(frozen=True)
+class Acceptance:
+    """The acceptance the spec rows replay.
+
+    Fields:
+      probs: P(n draft tokens accepted by one verify call), n = 0..gamma.
+      source: where it comes from, for the rows ("... replayed" or "... (assumed)").
+      verify_calls: calls the histogram was counted from (0 when not counted here).
+    """
+
+    probs: tuple[float, ...]
+    source: str
+    verify_calls: int = 0
+
+    @property
+    def gamma(self) -> int:
+        return len(self.probs) - 1
+
+    @property
+    def expected_tau(self) -> float:
+        """Tokens per verify call the histogram predicts: E[n] + 1."""
+        return float(sum((n + 1) * p for n, p in enumerate(self.probs)))
+
+
+def load_acceptance(path: str | Path, gamma: int = 0) -> Acceptance:
+    """The accepted-length histogram in `path`, checked against `gamma` (0 = unchecked).
+
+    `path` is either a JSON file {"accept_length_probs": [P(0), ..., P(K)], "source": "..."}
+    or a `generations.jsonl` of `specjax.eval.runner` (its rows' "from_draft" strings; see
+    `specjax.eval.bench.accept_histogram_from_generations`), whose gamma comes from the
+    workdir's config.json beside it, else from `gamma`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"accept_from: no file {path}")
+    if path.suffix == ".jsonl":
+        config_path = path.parent / "config.json"
+        run_gamma = 0
+        if config_path.is_file():
+            run_gamma = int(json.loads(config_path.read_text(encoding="utf-8")).get("gamma", 0))
+        if run_gamma and gamma and run_gamma != gamma:
+            raise ValueError(
+                f"gamma={gamma} given, but {path} was generated with gamma={run_gamma} "
+                f"({config_path}): drop --gamma or pass --gamma={run_gamma}"
+            )
+        gamma = run_gamma or gamma
+        if not gamma:
+            raise ValueError(f"{path}: no config.json beside it to give gamma; pass --gamma")
+        counts = eval_bench.accept_histogram_from_generations(path, gamma)
+        calls = int(counts.sum())
+        if not calls:
+            raise ValueError(f"{path}: no complete verify call in any row")
+        return Acceptance(
+            tuple(float(c) / calls for c in counts),
+            f"{path}: {calls} verify calls, replayed",
+            verify_calls=calls,
+        )
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        probs = [float(p) for p in recorded["accept_length_probs"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path}: expected JSON with 'accept_length_probs' (or a generations.jsonl): {error!r}"
+        ) from None
+    if len(probs) < 2 or min(probs) < 0 or sum(probs) <= 0:
+        raise ValueError(f"{path}: accept_length_probs must be >= 2 non-negative numbers")
+    if gamma and len(probs) - 1 != gamma:
+        raise ValueError(
+            f"gamma={gamma} given, but the histogram in {path} has {len(probs)} bins "
+            f"(gamma={len(probs) - 1}): drop --gamma or pass --gamma={len(probs) - 1}"
+        )
+    total = sum(probs)
+    source = recorded.get("source", "?")
+    return Acceptance(tuple(p / total for p in probs), f"{path} ({source}), replayed")
+
+
+def acceptance(settings: Settings) -> Acceptance:
+    """The replayed histogram (`accept_from`), else i.i.d. `alpha` at gamma (assumed)."""
+    if settings.accept_from:
+        return load_acceptance(settings.accept_from, settings.gamma)
+    gamma = settings.gamma or DEFAULT_GAMMA
+    probs = eval_bench.geometric_accept_probs(settings.alpha, gamma)
+    return Acceptance(tuple(float(p) for p in probs), f"i.i.d. alpha={settings.alpha} (assumed)")
 
 
 def _hash_uniform(shape: tuple[int, ...], salt: int) -> jax.Array:
@@ -195,12 +346,14 @@ def time_steps(
     context: int,
     tokens_per_call: Sequence[int],
     repeats: int,
+    tensor_parallel: bool = True,
 ) -> list[dict[str, Any]]:
-    """Median ms of one target forward over T new tokens with `context` cached slots."""
-    sharded_model = sharded.ShardedModel.wrap(
-        sharded.unwrap(model), ModelLayout(mesh, model.config)
-    )
-    layout = sharded_model.layout
+    """Median ms of one forward over T new tokens with `context` cached slots.
+
+    `tensor_parallel` is the layout `params` were created with (False: a replicated draft).
+    """
+    layout = ModelLayout(mesh, model.config, tensor_parallel=tensor_parallel)
+    sharded_model = sharded.ShardedModel.wrap(sharded.unwrap(model), layout)
     shardings = layout.param_shardings(params)
     dtype = jax.tree.leaves(params)[0].dtype
     rows = []
@@ -232,6 +385,62 @@ def _prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
     return [[(7 * b + 3 * i) % (vocab - 1) + 1 for i in range(length)] for b in range(batch)]
 
 
+# One configuration of a generation row: (drafter or None for autoregressive, shard_drafter).
+Case = tuple[tuple[Model, Params] | None, bool]
+
+
+def time_generate_interleaved(
+    target: tuple[Model, Params],
+    cases: Sequence[Case],
+    mesh: Mesh,
+    *,
+    batch: int,
+    settings: Settings,
+    gamma: int = DEFAULT_GAMMA,
+    verify_fn: Callable | None = None,
+) -> list[dict[str, Any]]:
+    """Median wall time of one whole `specjax.generate(mesh=)` call (prefill included) per
+    case, on the same prompts and seeds. The cases take turns call by call (first calls, then
+    repeat 1 of each, ...), so a slow drift of the machine hits them alike."""
+    prompts = _prompts(batch, settings.prompt_len, target[0].config.vocab_size)
+    common = dict(
+        sampling=Sampling.create(settings.temperature),
+        max_new_tokens=settings.max_new_tokens,
+        mesh=mesh,
+    )
+
+    def call(case: Case, seed: int):
+        drafter, shard_drafter = case
+        kwargs = dict(common)
+        if drafter is not None:
+            kwargs.update(gamma=gamma, shard_drafter=shard_drafter)
+            if verify_fn is not None:
+                kwargs.update(verify_fn=verify_fn)
+        return specjax.generate(target, drafter, prompts, seed=seed, **kwargs)
+
+    timers = [Timer() for _ in cases]
+    outs: list[Any] = [None] * len(cases)
+    for seed in range(settings.repeats + 1):
+        for i, case in enumerate(cases):
+            outs[i] = timers[i](call, case, seed)
+    rows = []
+    for (drafter, _), timer, out in zip(cases, timers, outs):
+        median_ms, first_s = _median_ms(timer)
+        tokens = int(np.sum(np.asarray(out.num_generated)))
+        rows.append(
+            dict(
+                batch=batch,
+                tokens=tokens,
+                median_ms=median_ms,
+                first_s=first_s,
+                ms_per_token=median_ms / (tokens / batch),
+                tokens_per_s=tokens / (median_ms / 1e3),
+                tau=out.tau if drafter is not None else 1.0,
+            )
+        )
+    return rows
+
+
 def time_generate(
     target: tuple[Model, Params],
     drafter: tuple[Model, Params] | None,
@@ -239,41 +448,39 @@ def time_generate(
     *,
     batch: int,
     settings: Settings,
+    gamma: int = DEFAULT_GAMMA,
+    shard_drafter: bool = False,
     verify_fn: Callable | None = None,
 ) -> dict[str, Any]:
     """Median wall time of one whole `specjax.generate(mesh=)` call (prefill included)."""
-    prompts = _prompts(batch, settings.prompt_len, target[0].config.vocab_size)
-    kwargs = dict(
-        sampling=Sampling.create(settings.temperature),
-        max_new_tokens=settings.max_new_tokens,
-        mesh=mesh,
-    )
-    if drafter is not None:
-        kwargs.update(gamma=settings.gamma, shard_drafter=settings.shard_drafter)
-        if verify_fn is not None:
-            kwargs.update(verify_fn=verify_fn)
-    timer = Timer()
-    for seed in range(settings.repeats + 1):
-        out = timer(specjax.generate, target, drafter, prompts, seed=seed, **kwargs)
-    median_ms, first_s = _median_ms(timer)
-    tokens = int(np.sum(np.asarray(out.num_generated)))
-    return dict(
+    (row,) = time_generate_interleaved(
+        target,
+        [(drafter, shard_drafter)],
+        mesh,
         batch=batch,
-        tokens=tokens,
-        median_ms=median_ms,
-        first_s=first_s,
-        ms_per_token=median_ms / (tokens / batch),
-        tokens_per_s=tokens / (median_ms / 1e3),
-        tau=out.tau if drafter is not None else 1.0,
+        settings=settings,
+        gamma=gamma,
+        verify_fn=verify_fn,
     )
+    return row
 
 
 def allowed_tp(config: ModelConfig, num_devices: int) -> list[int]:
     return mesh_lib.allowed_model_sizes(config, num_devices)
 
 
+def _bandwidth_bytes(settings: Settings) -> float:
+    if settings.bandwidth_bytes:
+        return settings.bandwidth_bytes
+    return 2e7 if jax.default_backend() == "cpu" else 2e9
+
+
 def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every requested section for every tp; returns the JSON-able result."""
+    """Every requested section for every tp; returns the JSON-able result.
+
+    Bad settings (unknown shapes, sections or shardings, a draft that does not split, a
+    gamma that contradicts the replayed histogram) raise ValueError before any device work.
+    """
     unknown = set(settings.sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
@@ -286,15 +493,36 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
     for tp in tps:
         if tp > n:
             raise ValueError(f"tp={tp} needs {tp} devices, {n} available")
-    draft_config, draft_name = None, ""
-    if "spec" in settings.sections:
-        draft_name = settings.draft_shape or DEFAULT_DRAFTS.get(settings.shape, "")
-        if not draft_name:
-            raise ValueError(f"no default draft for {settings.shape!r}: pass --draft_shape")
-        draft_config = SHAPES[draft_name].replace(vocab_size=config.vocab_size)
-    forced = eval_bench.forced_acceptance(
-        eval_bench.geometric_accept_probs(settings.alpha, settings.gamma)
-    )  # built once: a new function would be a new static argument, hence a recompile
+    spec = "spec" in settings.sections
+    draft_names, draft_shardings = settings.drafts() if spec else ([], [])
+    draft_configs = {
+        name: SHAPES[name].replace(vocab_size=config.vocab_size) for name in draft_names
+    }
+    accept = acceptance(settings) if spec else None
+    gamma = accept.gamma if accept else (settings.gamma or DEFAULT_GAMMA)
+    forced = None
+    if spec:
+        if any(b < 1 for b in settings.spec_batches) or not settings.spec_batches:
+            raise ValueError(f"spec_batches must be >= 1, got {list(settings.spec_batches)}")
+        for tp in tps:  # a draft that cannot split fails now, not after the first compile
+            for draft_config in draft_configs.values():
+                for sharding in draft_shardings:
+                    ModelLayout(
+                        mesh_lib.make_mesh(1, tp),
+                        draft_config,
+                        tensor_parallel=sharding == "sharded",
+                    )
+        # Built once: a new function would be a new static argument, hence a recompile.
+        forced = eval_bench.forced_acceptance(accept.probs)
+
+    bandwidth = eval_bench.measure_copy_bandwidth(_bandwidth_bytes(settings))
+    log(f"copy bandwidth of one device: {bandwidth / 1e9:.4g} GB/s (read + write)")
+    bytes_per = dtype.itemsize
+    # The generation rows' cache holds prompt_len .. prompt_len + N tokens: the mean.
+    mean_context = settings.prompt_len + settings.max_new_tokens // 2
+
+    def floor(model_config: ModelConfig, batch: int, context: int, devices: int) -> float:
+        return eval_bench.floor_ms(model_config, batch, context, bytes_per, devices * bandwidth)
 
     rows: list[dict[str, Any]] = []
 
@@ -309,6 +537,7 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
     for tp in tps:
         mesh = mesh_lib.make_mesh(1, tp)
         target = synthetic_params(config, ModelLayout(mesh, config), dtype, settings.seed)
+        target_step_ms = None  # T = 1, batch 1: the denominator of c
         if "step" in settings.sections:
             for row in time_steps(
                 *target,
@@ -318,25 +547,82 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
                 tokens_per_call=settings.step_tokens,
                 repeats=settings.repeats,
             ):
+                row["floor_ms"] = floor(config, 1, settings.context, tp)
                 record("step", mesh, row)
+                if row["T"] == 1:
+                    target_step_ms = row["median_ms"]
         if "ar" in settings.sections:
             for batch in settings.ar_batches:
-                record(
-                    "ar", mesh, time_generate(target, None, mesh, batch=batch, settings=settings)
+                row = time_generate(target, None, mesh, batch=batch, settings=settings)
+                row["floor_ms_per_token"] = floor(config, batch, mean_context, tp)
+                record("ar", mesh, row)
+        if spec:
+            if target_step_ms is None:
+                (row,) = time_steps(
+                    *target,
+                    mesh,
+                    batch=1,
+                    context=settings.context,
+                    tokens_per_call=(1,),
+                    repeats=settings.repeats,
                 )
-        if "spec" in settings.sections:
-            draft_layout = ModelLayout(mesh, draft_config, tensor_parallel=settings.shard_drafter)
-            draft = synthetic_params(draft_config, draft_layout, dtype, settings.seed + 1)
-            ar = time_generate(target, None, mesh, batch=1, settings=settings)
-            spec = time_generate(target, draft, mesh, batch=1, settings=settings, verify_fn=forced)
-            spec.update(
-                alpha=settings.alpha,
-                gamma=settings.gamma,
-                ar_ms_per_token=ar["ms_per_token"],
-                projected_speedup=ar["ms_per_token"] / spec["ms_per_token"],
-            )
-            record("spec", mesh, spec)
-            del draft
+                target_step_ms = row["median_ms"]
+            # Every draft lives through all spec batches (they take turns within a batch).
+            drafts: list[tuple[tuple[Model, Params], dict[str, Any], int]] = []
+            for name, draft_config in draft_configs.items():
+                for sharding in draft_shardings:
+                    split = sharding == "sharded"
+                    layout = ModelLayout(mesh, draft_config, tensor_parallel=split)
+                    draft = synthetic_params(draft_config, layout, dtype, settings.seed + 1)
+                    (row,) = time_steps(
+                        *draft,
+                        mesh,
+                        batch=1,
+                        context=settings.context,
+                        tokens_per_call=(1,),
+                        repeats=settings.repeats,
+                        tensor_parallel=split,
+                    )
+                    devices = tp if split else 1
+                    info = dict(
+                        draft_shape=name,
+                        draft_sharding=sharding,
+                        draft_step_ms=row["median_ms"],
+                        target_step_ms=target_step_ms,
+                        c=row["median_ms"] / target_step_ms,
+                    )
+                    row["floor_ms"] = floor(draft_config, 1, settings.context, devices)
+                    record("draft", mesh, {**row, **info})
+                    drafts.append((draft, info, devices))
+            for batch in settings.spec_batches:
+                full = not settings.full_grid_batches or batch in settings.full_grid_batches
+                batch_drafts = drafts if full else drafts[:1]
+                cases: list[Case] = [(None, False)]
+                cases += [(d, info["draft_sharding"] == "sharded") for d, info, _ in batch_drafts]
+                ar, *specs = time_generate_interleaved(
+                    target, cases, mesh, batch=batch, settings=settings, gamma=gamma,
+                    verify_fn=forced,
+                )  # fmt: skip
+                ar_floor = floor(config, batch, mean_context, tp)
+                for (_, info, devices), row in zip(batch_drafts, specs):
+                    # Per verify call: gamma draft steps, one target step; E[tau] tokens.
+                    draft_floor = floor(draft_configs[info["draft_shape"]], batch, mean_context,
+                                        devices)  # fmt: skip
+                    row.update(
+                        info,
+                        gamma=gamma,
+                        alpha=None if settings.accept_from else settings.alpha,
+                        acceptance_source=accept.source,
+                        replayed_tau=accept.expected_tau,
+                        floor_ms_per_token=(gamma * draft_floor + ar_floor) / accept.expected_tau,
+                        ar_ms_per_token=ar["ms_per_token"],
+                        ar_tokens_per_s=ar["tokens_per_s"],
+                        ar_first_s=ar["first_s"],
+                        ar_floor_ms_per_token=ar_floor,
+                        projected_speedup=ar["ms_per_token"] / row["ms_per_token"],
+                    )
+                    record("spec", mesh, row)
+            del drafts
         del target
 
     if "dp" in settings.sections:
@@ -356,8 +642,23 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
         command_settings=dataclasses.asdict(settings),
         shape=settings.shape,
         config=dataclasses.asdict(config),
-        draft_shape=draft_name,
-        draft_config=dataclasses.asdict(draft_config) if draft_config else None,
+        draft_shape=draft_names[0] if draft_names else "",
+        draft_config=dataclasses.asdict(draft_configs[draft_names[0]]) if draft_names else None,
+        draft_shapes=draft_names,
+        draft_shardings=draft_shardings,
+        draft_configs={name: dataclasses.asdict(c) for name, c in draft_configs.items()},
+        gamma=gamma,
+        acceptance=(
+            dict(
+                accept_length_probs=list(accept.probs),
+                source=accept.source,
+                expected_tau=accept.expected_tau,
+                verify_calls=accept.verify_calls,
+            )
+            if accept
+            else None
+        ),
+        copy_bandwidth_GBps=bandwidth / 1e9,
         devices=eval_bench.device_description(),
         jax_version=jax.__version__,
         time=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -370,13 +671,21 @@ def markdown(result: dict[str, Any]) -> str:
     """The result as markdown tables (one per section)."""
     rows = result["rows"]
     settings = result["command_settings"]
+    bandwidth = result.get("copy_bandwidth_GBps")
     out = [
         f"### {result['shape']} (synthetic {settings['dtype']} weights), {result['devices']}, "
         f"jax {result['jax_version']}, {result['time']}"
     ]
+    if bandwidth:
+        out.append(
+            f"\nCopy bandwidth of one device: {bandwidth:.4g} GB/s (read + write). Floor = "
+            "(weight bytes + KV bytes read) / (devices holding the weights x that bandwidth)."
+        )
 
     def table(header: Sequence[str], body: list[list[Any]]) -> None:
         def fmt(v):
+            if v is None:
+                return ""
             if isinstance(v, float):
                 return "n/a" if math.isnan(v) else (f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}")
             return str(v)
@@ -399,9 +708,10 @@ def markdown(result: dict[str, Any]) -> str:
             body.append(
                 [tp]
                 + [by_T[T]["median_ms"] if T in by_T else float("nan") for T in Ts]
+                + [next(iter(by_T.values())).get("floor_ms")]
                 + [max(r["first_s"] for r in by_T.values())]
             )
-        table(["tp"] + [f"T={T} ms" for T in Ts] + ["first call s"], body)
+        table(["tp"] + [f"T={T} ms" for T in Ts] + ["floor ms", "first call s"], body)
     ars = [r for r in rows if r["section"] == "ar"]
     if ars:
         out.append(
@@ -410,27 +720,60 @@ def markdown(result: dict[str, Any]) -> str:
             "(ms per token of one row, prefill included):\n"
         )
         table(
-            ["tp", "batch", "ms/token", "tokens/s", "first call s"],
+            ["tp", "batch", "ms/token", "floor ms/token", "tokens/s", "first call s"],
             [
-                [r["tp"], r["batch"], r["ms_per_token"], r["tokens_per_s"], r["first_s"]]
+                [
+                    r["tp"], r["batch"], r["ms_per_token"], r.get("floor_ms_per_token"),
+                    r["tokens_per_s"], r["first_s"],
+                ]
                 for r in ars
             ],
-        )
-    specs = [r for r in rows if r["section"] == "spec"]
-    if specs:
+        )  # fmt: skip
+    drafts = [r for r in rows if r["section"] == "draft"]
+    if drafts:
         out.append(
-            f"\nSpeculative, batch 1, draft {result['draft_shape']} shape "
-            f"({'split' if settings['shard_drafter'] else 'replicated'}), gamma "
-            f"{settings['gamma']}, PROJECTED: acceptance forced i.i.d. at alpha "
-            f"{settings['alpha']} (synthetic weights accept nothing on their own):\n"
+            f"\nOne draft forward, T=1, batch 1, {settings['context']} cached tokens; c = draft "
+            "step / target step (T=1, batch 1):\n"
         )
         table(
-            ["tp", "AR ms/token", "spec ms/token", "tau", "projected speedup"],
+            ["tp", "draft", "sharding", "draft ms", "floor ms", "target ms", "c", "first call s"],
             [
-                [r["tp"], r["ar_ms_per_token"], r["ms_per_token"], r["tau"], r["projected_speedup"]]
+                [
+                    r["tp"], r["draft_shape"], r["draft_sharding"], r["median_ms"],
+                    r.get("floor_ms"), r["target_step_ms"], r["c"], r["first_s"],
+                ]
+                for r in drafts
+            ],
+        )  # fmt: skip
+    specs = [r for r in rows if r["section"] == "spec"]
+    if specs:
+        gamma = result.get("gamma", settings["gamma"])
+        source = (result.get("acceptance") or {}).get("source") or (
+            f"i.i.d. alpha={settings['alpha']} (assumed)"
+        )
+        out.append(
+            f"\nSpeculative, gamma {gamma}, PROJECTED: acceptance forced, {source} (synthetic "
+            "weights accept nothing on their own). Each row's AR baseline ran at the same batch, "
+            "interleaved call by call in the same run; tau: replayed = E[n] + 1 of the "
+            "histogram, realised = this run's sample of it (noisy over few calls):\n"
+        )
+        table(
+            [
+                "tp", "batch", "draft", "sharding", "c", "AR ms/token", "AR floor",
+                "spec ms/token", "spec floor", "replayed tau", "realised tau",
+                "projected speedup",
+            ],
+            [
+                [
+                    r["tp"], r["batch"], r.get("draft_shape", result["draft_shape"]),
+                    r.get("draft_sharding", ""), r.get("c"), r["ar_ms_per_token"],
+                    r.get("ar_floor_ms_per_token"), r["ms_per_token"],
+                    r.get("floor_ms_per_token"), r.get("replayed_tau"), r["tau"],
+                    r["projected_speedup"],
+                ]
                 for r in specs
             ],
-        )
+        )  # fmt: skip
     dps = [r for r in rows if r["section"] == "dp"]
     if dps:
         base = next((r for r in dps if r["data"] * r["tp"] == 1), None)
