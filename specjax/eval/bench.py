@@ -322,10 +322,10 @@ class DrafterSpec:
 DRAFTER_KINDS = ("ngram", "early_exit", "eagle", "medusa", "model")
 _SPEC_KEYS = {
     "ngram": {"max_n", "min_n"},
-    "early_exit": {"layer", "tree"},
+    "early_exit": {"layer", "tree", "dyntree"},
     "eagle": {"path"},
     "medusa": {"path"},
-    "model": {"path", "tree"},
+    "model": {"path", "tree", "dyntree"},
 }
 
 
@@ -335,7 +335,8 @@ def parse_drafter_spec(text: str, target: tuple[Model, Params]) -> DrafterSpec:
     ``model:path=qwen2.5-coder-0.5b-instruct,tree=4-2-1``, ``ngram:gamma=8,adaptive=1``.
 
     Keys of every kind: gamma (default 4), adaptive (0/1, adaptive draft length up to gamma),
-    name (the table label). `tree=b1-b2-...` drafts a static token tree (greedy only)."""
+    name (the table label). `tree=b1-b2-...` drafts a static token tree, `dyntree=d-k-n` an
+    EAGLE-2 dynamic tree of depth d, top-k k and n verified nodes (both greedy only)."""
     kind, _, rest = text.partition(":")
     if kind not in DRAFTER_KINDS:
         raise ValueError(f"unknown drafter kind {kind!r} in {text!r}; known: {DRAFTER_KINDS}")
@@ -359,6 +360,14 @@ def parse_drafter_spec(text: str, target: tuple[Model, Params]) -> DrafterSpec:
     if "tree" in options:
         kwargs["tree"] = tuple(int(b) for b in options["tree"].split("-"))
         gamma = len(kwargs["tree"])
+    if "dyntree" in options:
+        from specjax.decoding.tree import DynamicTreeSpec
+
+        parts = options["dyntree"].split("-")
+        if len(parts) != 3:
+            raise ValueError(f"drafter spec {text!r}: dyntree=depth-top_k-nodes, e.g. 4-4-16")
+        kwargs["tree"] = DynamicTreeSpec(*(int(p) for p in parts))
+        gamma = kwargs["tree"].depth
     if kind == "ngram":
         from specjax.drafters.ngram import NgramDrafter
 

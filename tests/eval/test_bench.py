@@ -27,6 +27,8 @@ def test_parse_drafter_spec_kinds(target, tmp_path):
     spec = bench.parse_drafter_spec("early_exit:layer=1,tree=2-1", target)
     assert spec.gamma == 2 and spec.generate_kwargs == {"tree": (2, 1)}
     assert spec.drafter[0].model.config.num_layers == 1
+    spec = bench.parse_drafter_spec("early_exit:layer=1,dyntree=3-2-4", target)
+    assert spec.gamma == 3 and spec.generate_kwargs["tree"].num_nodes == 4
     heads = init_heads("medusa", *target, num_heads=2)
     save_heads(tmp_path / "medusa", *heads)
     spec = bench.parse_drafter_spec(f"medusa:path={tmp_path / 'medusa'},gamma=2", target)
@@ -43,6 +45,7 @@ def test_parse_drafter_spec_kinds(target, tmp_path):
         ("ngram:layer=2", r"unknown keys \['layer'\]"),
         ("ngram:adaptive=yes", "adaptive must be 0 or 1"),
         ("eagle:gamma=2", "eagle needs path="),
+        ("model:path=x,dyntree=3-2", "dyntree=depth-top_k-nodes"),
     ],
 )
 def test_parse_drafter_spec_errors(target, text, message):
