@@ -117,16 +117,20 @@ def main(argv):
     if "synthetic" in FLAGS.suites:
         gamma = 4
         if FLAGS.accept_json:
-            probs, source = bench.load_accept_probs(FLAGS.accept_json)
-            gamma = len(probs) - 1
+            from specjax.parallel.bench import load_acceptance
+
+            recorded = load_acceptance(FLAGS.accept_json)
+            probs, source, gamma = recorded.probs, recorded.source, recorded.gamma
         else:
             probs = bench.geometric_accept_probs(FLAGS.alpha, gamma)
             source = f"i.i.d. alpha={FLAGS.alpha} (assumed, not recorded)"
-        targets = {k: KNOWN_SHAPES[k] for k in FLAGS.synthetic_targets}
+        unroll = dict(layer_unroll=FLAGS.layer_unroll)
+        targets = {k: KNOWN_SHAPES[k].replace(**unroll) for k in FLAGS.synthetic_targets}
         rows = []
+        draft_config = KNOWN_SHAPES["qwen2.5-0.5b"].replace(**unroll)
         for batch in [int(b) for b in FLAGS.synthetic_batches]:
             rows += bench.synthetic_suite(
-                targets, KNOWN_SHAPES["qwen2.5-0.5b"], gamma=gamma, accept_probs=probs,
+                targets, draft_config, gamma=gamma, accept_probs=probs,
                 accept_source=source, batch=batch, context=512,
                 max_new_tokens=FLAGS.max_new_tokens, bandwidth=bandwidth,
                 repeats=FLAGS.repeats,
