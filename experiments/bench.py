@@ -83,16 +83,21 @@ def main(argv):
 
     if "real" in FLAGS.suites:
         drafters = [bench.parse_drafter_spec(text, target) for text in FLAGS.drafter]
+        real_path = out / f"bench_real{FLAGS.tag}.json"
+
+        def save(rows, complete=False):  # after every row: a run cut short keeps its rows
+            result = {**header, "suite": "real", "model": gguf_path, "floor_ms_b1": floor,
+                      "complete": complete, "rows": rows}  # fmt: skip
+            real_path.write_text(json.dumps(result, indent=1))
+
         rows = bench.real_model_suite(
             target, prompt_ids, drafters,
             batches=[int(b) for b in FLAGS.batches],
             temperatures=[float(t) for t in FLAGS.temperatures],
             max_new_tokens=FLAGS.max_new_tokens, repeats=FLAGS.repeats,
-            prompt_bucket=FLAGS.prompt_bucket,
+            prompt_bucket=FLAGS.prompt_bucket, on_row=save,
         )  # fmt: skip
-        result = {**header, "suite": "real", "model": gguf_path, "floor_ms_b1": floor,
-                  "rows": rows}  # fmt: skip
-        (out / f"bench_real{FLAGS.tag}.json").write_text(json.dumps(result, indent=1))
+        save(rows, complete=True)
         columns = ["name", "batch", "prompts", "temperature", "gamma", "ms_per_token",
                    "tokens_per_s", "tau", "alpha", "speedup", "exact", "compile_s"]  # fmt: skip
         print(bench.markdown_table(rows, columns))
@@ -127,16 +132,20 @@ def main(argv):
         unroll = dict(layer_unroll=FLAGS.layer_unroll)
         targets = {k: KNOWN_SHAPES[k].replace(**unroll) for k in FLAGS.synthetic_targets}
         rows = []
+        synthetic_path = out / f"bench_synthetic{FLAGS.tag}.json"
+
+        def save_synthetic(row):  # after every row: a run cut short keeps its rows
+            rows.append(row)
+            synthetic_path.write_text(json.dumps({**header, "rows": rows}, indent=1))
+
         draft_config = KNOWN_SHAPES["qwen2.5-0.5b"].replace(**unroll)
         for batch in [int(b) for b in FLAGS.synthetic_batches]:
-            rows += bench.synthetic_suite(
+            bench.synthetic_suite(
                 targets, draft_config, gamma=gamma, accept_probs=probs,
                 accept_source=source, batch=batch, context=512,
                 max_new_tokens=FLAGS.max_new_tokens, bandwidth=bandwidth,
-                repeats=FLAGS.repeats,
+                repeats=FLAGS.repeats, on_row=save_synthetic,
             )  # fmt: skip
-        synthetic_json = json.dumps({**header, "rows": rows}, indent=1)
-        (out / f"bench_synthetic{FLAGS.tag}.json").write_text(synthetic_json)
         print(bench.markdown_table(rows, list(rows[0])))
 
 

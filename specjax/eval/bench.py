@@ -421,8 +421,10 @@ def real_model_suite(
     full_grid_batches: Sequence[int] = (1,),
     prompt_bucket: int = 512,
     log: Callable[[str], None] = print,
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """AR and every drafter on the same prompts; speedup = AR ms/token / spec ms/token.
+    `on_row(rows)` runs after every new row (e.g. to save partial results of a long run).
 
     Batch 1 decodes every prompt alone (`time_prompts_one_by_one`: the latency of serving the
     set one request at a time); batch B > 1 decodes the first B prompts (cycled) together. At
@@ -441,6 +443,8 @@ def real_model_suite(
             ar = timed_set("autoregressive", None, 1)
             n_prompts = len(prompt_ids) if batch == 1 else batch
             rows.append({**ar.row(), "speedup": 1.0, "exact": True, "prompts": n_prompts})
+            if on_row:
+                on_row(rows)
             log(f"b={batch} T={temperature} AR {ar.ms_per_token:.3f} ms/token")
             chosen = drafters if batch in full_grid_batches else drafters[:1]
             for spec_cfg in chosen:
@@ -455,6 +459,8 @@ def real_model_suite(
                 rows.append(
                     {**spec.row(), "speedup": speedup, "exact": exact, "prompts": n_prompts}
                 )
+                if on_row:
+                    on_row(rows)
                 log(f"b={batch} T={temperature} {spec_cfg.name} g={spec_cfg.gamma} "
                     f"{spec.ms_per_token:.3f} ms/token tau={spec.tau:.2f} "
                     f"speedup={speedup:.2f} exact={exact}")  # fmt: skip
@@ -474,6 +480,7 @@ def synthetic_suite(
     bandwidth: float,
     repeats: int,
     log: Callable[[str], None] = print,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Real shapes, random bf16 weights: step costs, c, the floor, and a forced-acceptance
     speculative run giving a *projected* speedup (labelled as such)."""
@@ -507,6 +514,8 @@ def synthetic_suite(
             "acceptance_source": accept_source,
         }
         rows.append(row)
+        if on_row:
+            on_row(row)
         log(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in row.items()))  # fmt: skip
         del target
