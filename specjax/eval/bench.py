@@ -28,6 +28,7 @@ import specjax
 from specjax import cache as kv_cache
 from specjax.decoding import rejection
 from specjax.decoding.sampling import Sampling
+from specjax.drafters import build_drafter
 from specjax.eval.timing import timed
 from specjax.models.config import ModelConfig
 from specjax.models.transformer import Model, Params, params_dtype
@@ -368,30 +369,24 @@ def parse_drafter_spec(text: str, target: tuple[Model, Params]) -> DrafterSpec:
             raise ValueError(f"drafter spec {text!r}: dyntree=depth-top_k-nodes, e.g. 4-4-16")
         kwargs["tree"] = DynamicTreeSpec(*(int(p) for p in parts))
         gamma = kwargs["tree"].depth
-    if kind == "ngram":
-        from specjax.drafters.ngram import NgramDrafter
-
-        drafter = NgramDrafter(int(options.get("max_n", 3)), int(options.get("min_n", 1)))
-    elif kind == "early_exit":
-        from specjax.drafters.early_exit import early_exit_drafter
-
-        layer = int(options.get("layer", model.config.num_layers // 3))
-        drafter = early_exit_drafter(model, params, layer)
-    elif kind in ("eagle", "medusa"):
-        from specjax.drafters.heads import load_heads
-
-        if "path" not in options:
-            raise ValueError(f"drafter spec {text!r}: {kind} needs path=<saved heads folder>")
-        drafter = load_heads(options["path"], model, params)
-        if drafter[0].kind != kind:
-            raise ValueError(f"{options['path']} holds {drafter[0].kind} heads, not {kind}")
-    else:  # a separate draft model, any spec checkpoints.load accepts
+    if kind == "model":  # a separate draft model, any spec checkpoints.load accepts
         from specjax import checkpoints
 
         if "path" not in options:
             raise ValueError(f"drafter spec {text!r}: model needs path=<model name or file>")
         draft_model, draft_params, _ = checkpoints.load(options["path"], params_dtype(params))
         drafter = (draft_model, draft_params)
+    else:
+        if kind in ("eagle", "medusa") and "path" not in options:
+            raise ValueError(f"drafter spec {text!r}: {kind} needs path=<saved heads folder>")
+        drafter = build_drafter(
+            kind,
+            target,
+            max_n=int(options.get("max_n", 3)),
+            min_n=int(options.get("min_n", 1)),
+            exit_layer=int(options.get("layer", 0)),  # 0: a third of the target's layers
+            heads=options.get("path", ""),
+        )
     return DrafterSpec(options.get("name", text), drafter, gamma, kwargs)
 
 
