@@ -6,8 +6,8 @@
 No smaller model shares its vocabulary, so by default it drafts for ITSELF: draft == target
 must accept every token (alpha = 1, tau = gamma + 1) and, at c = 1, the cost model predicts
 no speedup. That makes it an end-to-end check of the whole pipeline on real weights. A
-``perturbed:<scale>`` draft (noisy weights) gives a tunable alpha; the n-gram and early-exit
-drafters will replace both once they exist (``drafter.kind``).
+``perturbed:<scale>`` draft (noisy weights) gives a tunable alpha. The real drafters of this
+target (n-gram, early exit, EAGLE, Medusa) are compared in configs/smollm_drafters.py.
 """
 
 from specjax.eval import runner

@@ -28,6 +28,7 @@ __all__ = [
     "plot_accept_histogram",
     "plot_alpha_per_position",
     "plot_predicted_vs_measured",
+    "plot_speedup_by_run",
     "plot_speedup_vs_gamma",
     "save",
 ]
@@ -108,6 +109,42 @@ def plot_speedup_vs_gamma(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
+    return save(fig, path)
+
+
+def plot_speedup_by_run(
+    records: Iterable[Any],
+    path: PathLike | None = None,
+    *,
+    title: str = "Speedup per drafter",
+) -> Figure:
+    """Measured speedup of each run (label, gamma) as a horizontal bar, with tau written
+    beside it and the cost model's prediction as a tick where there is one: the plot of a
+    sweep over drafters, where speedup vs gamma has one point per line."""
+    rs = list(records)
+    names = [f"{_get(r, 'label')}, γ={_get(r, 'gamma')}" for r in rs]
+    speedups = [float(_get(r, "speedup", math.nan)) for r in rs]
+    fig = _new_figure(7.2, 1.2 + 0.42 * max(len(rs), 1))
+    ax = fig.add_subplot()
+    y = np.arange(len(rs))[::-1]
+    ax.barh(y, speedups, color=[f"C{i % 10}" for i in range(len(rs))], height=0.6)
+    for yi, r, sp in zip(y, rs, speedups, strict=True):
+        predicted = _get(r, "predicted_speedup")
+        if _finite(predicted):
+            ax.plot([predicted, predicted], [yi - 0.35, yi + 0.35], color="black", linewidth=2)
+        if math.isfinite(sp):
+            ax.annotate(
+                f"{sp:.2f}× (τ {float(_get(r, 'tau', math.nan)):.2f})",
+                (sp, yi),
+                textcoords="offset points",
+                xytext=(4, -3),
+                fontsize=7,
+            )
+    ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(y, names, fontsize=7)
+    ax.set_xlabel("speedup over autoregressive (black tick: predicted)")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
     return save(fig, path)
 
 

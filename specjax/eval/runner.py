@@ -14,6 +14,9 @@ same process, interleaved (AR, spec, AR, spec, ...) so slow drift of a shared ma
 both alike. The first call of each is the compile call (``Timing.compile_s``); the reported
 seconds are medians over ``repeats`` later calls. Greedy outputs are checked token for
 token. Then the draft/target step-cost ratio c is measured for the Leviathan et al. model.
+Any drafter kind runs (``drafter.kind``: model, ngram, early-exit, eagle, medusa; built by
+``specjax.drafters.build_drafter``), linear or adaptive (``adaptive_gamma``) or as a token
+tree (``tree``).
 
 A run's workdir:
 
@@ -24,7 +27,7 @@ A run's workdir:
   summary.json        the "all" summary + environment; written LAST: its presence marks the
                       run complete (a sweep skips such points when it resumes)
   plots/*.png         alpha per position, accepted-length histogram, predicted vs measured,
-                      speedup vs gamma
+                      speedup vs gamma (a sweep over drafters: also speedup per drafter)
 
 A sweep's workdir holds ``sweep.json`` (base config, points, command), one subfolder per
 point under ``points/``, and the merged ``metrics.jsonl``, ``results.csv``, ``plots/`` and
@@ -87,7 +90,15 @@ __all__ = [
 log = logging.getLogger("specjax.eval.runner")
 
 DRAFTER_KINDS = ("model", "ngram", "early-exit", "eagle", "medusa")
-IMPLEMENTED_DRAFTER_KINDS = ("model",)
+IMPLEMENTED_DRAFTER_KINDS = DRAFTER_KINDS  # every kind runs (kept for callers of the old name)
+TREE_DRAFTER_KINDS = ("model", "early-exit")  # token trees need a draft model
+# What trains the heads of kind eagle / medusa (named in the error for a missing folder).
+HEADS_TRAINING = {
+    "eagle": "python -m experiments.train_draft --config=configs/train_eagle_smollm.py "
+    "--workdir=<run> (for SmolLM2; the heads land in <run>/drafter)",
+    "medusa": "python -m experiments.train_draft --config=configs/train_medusa_smollm.py "
+    "--workdir=<run> (for SmolLM2; the heads land in <run>/drafter)",
+}
 SYNTHETIC = "synthetic"  # random token prompts, for random models (no tokenizer)
 SYNTHETIC_CATEGORIES = ("short", "long")
 SUMMARY_FILE = "summary.json"
@@ -110,14 +121,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer = ""  # "" = the target's own; give a model name for a random target
     c.drafter = ml_collections.ConfigDict(
         dict(
-            kind="model",  # one of DRAFTER_KINDS; only "model" is implemented so far
+            kind="model",  # one of DRAFTER_KINDS
             model="qwen2.5-coder-0.5b-instruct",  # kind=model: a model spec or perturbed:<s>
-            ngram_n=3,  # kind=ngram: n-gram length of prompt lookup
-            exit_layer=0,  # kind=early-exit: layer whose hidden state drafts
-            heads="",  # kind=eagle/medusa: checkpoint of the trained draft heads
+            ngram_n=3,  # kind=ngram: longest n-gram of prompt lookup (n = ngram_n..1)
+            exit_layer=0,  # kind=early-exit: layers that draft (0 = a third of the target's)
+            heads="",  # kind=eagle/medusa: folder of heads saved by heads.save_heads
         )
     )
-    c.gamma = 4  # draft tokens per target call
+    c.gamma = 4  # draft tokens per target call (the maximum with adaptive_gamma)
+    c.adaptive_gamma = False  # per-row draft length in 1..gamma, set by recent acceptance
+    # Token tree (greedy, drafter.kind model or early-exit), "" = a linear draft. Static
+    # branching per level "4,2,1", or EAGLE-2's "dynamic:depth=4,top_k=4,nodes=16". The
+    # tree's depth replaces gamma.
+    c.tree = ""
     c.sampling = ml_collections.ConfigDict(
         dict(temperature=0.0, top_k=0, top_p=1.0)  # 0.0 = greedy; top_k 0 / top_p 1.0 = off
     )
@@ -274,7 +290,37 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         problem = models_lib.check_model_spec(d.model, "draft")
         need(problem is None, f"drafter.model: {problem}")
     need(d.ngram_n >= 1, f"drafter.ngram_n must be >= 1, got {d.ngram_n}")
-    need(d.exit_layer >= 0, f"drafter.exit_layer must be >= 0, got {d.exit_layer}")
+    need(d.exit_layer >= 0, f"drafter.exit_layer must be >= 0 (0 = a third), got {d.exit_layer}")
+    if d.kind in ("eagle", "medusa"):
+        problem = _heads_problem(d.kind, str(d.heads), config.gamma)
+        need(problem is None, f"drafter.heads: {problem}")
+    single_device = config.mesh.data == 1 and config.mesh.model == 1
+    need(
+        not (config.adaptive_gamma and not single_device),
+        "adaptive_gamma is not wired into the sharded program: use mesh.data=1, mesh.model=1",
+    )
+    if str(config.tree):
+        from specjax.decoding.tree import parse_tree_spec
+
+        try:
+            parse_tree_spec(str(config.tree))
+        except ValueError as error:
+            problems.append(f"tree: {error} (static '4,2,1' or 'dynamic:depth=4,top_k=4,nodes=16')")
+        need(
+            d.kind in TREE_DRAFTER_KINDS,
+            f"tree={config.tree!r} drafts with a draft model: drafter.kind must be one of "
+            f"{TREE_DRAFTER_KINDS}, got {d.kind!r}",
+        )
+        need(
+            s.temperature == 0,
+            f"tree={config.tree!r} is greedy-only: set sampling.temperature=0 (got "
+            f"{s.temperature}), or tree='' for a linear draft",
+        )
+        need(single_device, "tree does not support a mesh yet: use mesh.data=1, mesh.model=1")
+        need(
+            not config.adaptive_gamma,
+            "adaptive_gamma and tree exclude each other (a tree has a fixed depth)",
+        )
 
     problem = models_lib.check_model_spec(config.target, "target")
     need(problem is None, f"target: {problem}")
@@ -312,6 +358,29 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if problems:
         raise ConfigError("bad experiment config:\n  - " + "\n  - ".join(problems))
     return config
+
+
+def _heads_problem(kind: str, folder: str, gamma: int) -> str | None:
+    """Why ``folder`` holds no saved heads of ``kind`` that draft ``gamma`` tokens (reads
+    heads.json only), or None."""
+    from specjax.drafters.heads import SPEC_FILE
+
+    train = f"train {kind} heads first: {HEADS_TRAINING[kind]}"
+    if not folder:
+        return f"drafter.kind={kind!r} needs drafter.heads=<folder of saved heads>; {train}"
+    spec_file = Path(folder).expanduser() / SPEC_FILE
+    if not spec_file.is_file():
+        return f"{folder!r} holds no saved draft heads (no {SPEC_FILE}); {train}"
+    try:
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    except ValueError as error:
+        return f"{spec_file} is not valid JSON ({error})"
+    if spec.get("kind") != kind:
+        return f"{folder!r} holds {spec.get('kind')} heads, not {kind} (drafter.kind)"
+    num_heads = spec.get("head_config", {}).get("num_heads")
+    if kind == "medusa" and num_heads is not None and gamma > num_heads:
+        return f"{folder!r} holds {num_heads} Medusa heads: gamma must be <= {num_heads}"
+    return None
 
 
 def finalize(
@@ -488,11 +557,6 @@ class _Batch:
 
 
 def _check_runnable(config: ml_collections.ConfigDict) -> None:
-    if config.drafter.kind not in IMPLEMENTED_DRAFTER_KINDS:
-        raise NotImplementedError(
-            f"drafter.kind={config.drafter.kind!r} is not implemented yet; implemented: "
-            f"{', '.join(IMPLEMENTED_DRAFTER_KINDS)}"
-        )
     needed = int(config.mesh.data) * int(config.mesh.model)
     if needed > 1:
         import jax
@@ -552,6 +616,12 @@ def _decode_batches(
         seed=int(config.seed),
         **({"mesh": mesh} if mesh is not None else {}),
     )
+    # Only when set: the sharded program takes neither (validate refuses them with a mesh).
+    options: dict[str, Any] = {}
+    if str(config.tree):
+        options["tree"] = str(config.tree)
+    if config.adaptive_gamma:
+        options["adaptive_gamma"] = True
     data = int(config.mesh.data)
     out = []
     bar = tqdm(batches, desc=f"γ={config.gamma} batches", unit="batch", disable=not progress)
@@ -567,7 +637,7 @@ def _decode_batches(
 
         def spec(ids=ids):
             return specjax.generate(
-                pair.target.pair, pair.drafter, ids, gamma=int(config.gamma), **common
+                pair.target.pair, pair.drafter, ids, gamma=int(config.gamma), **common, **options
             )
 
         # Interleaved, so drift on a shared machine affects both decoders alike. Call 0 of
@@ -598,12 +668,12 @@ def _jitted_forward(model: Any) -> Callable[..., Any]:
     return jax.jit(lambda p, t, pos, c: model.forward(p, t, pos, c)[0])
 
 
-def _step_fn(loaded: models_lib.LoadedModel, batch: int, cache_len: int, context: int, T: int):
+def _step_fn(model_params: tuple[Any, Any], batch: int, cache_len: int, context: int, T: int):
     """A jitted forward of T tokens per row on a cache holding ``context`` tokens."""
     import jax
     import jax.numpy as jnp
 
-    model, params = loaded.pair
+    model, params = model_params
     dtype = jax.tree.leaves(params)[0].dtype
     cache = model.init_cache(batch, cache_len, dtype=dtype)
     cache = dataclasses.replace(cache, lengths=jnp.full((batch,), context, jnp.int32))
@@ -613,30 +683,78 @@ def _step_fn(loaded: models_lib.LoadedModel, batch: int, cache_len: int, context
     return lambda: forward(params, tokens, positions, cache)
 
 
+def _ngram_step_fn(drafter: Any, vocab_size: int, batch: int, cache_len: int, context: int, K: int):
+    """A jitted n-gram ``propose`` of K tokens over a sequence of ``context`` random tokens.
+
+    Its cost does not depend on the tokens: every n-gram length is compared at every slot."""
+    import jax
+    import jax.numpy as jnp
+
+    from specjax import Sampling
+    from specjax.decoding.state import DraftContext
+
+    rng = np.random.default_rng(0)
+    draft_context = DraftContext(
+        jnp.asarray(rng.integers(0, vocab_size, (batch, cache_len)), jnp.int32),
+        jnp.full((batch,), context, jnp.int32),
+    )
+    propose = jax.jit(
+        lambda ctx, key: drafter.propose(None, None, ctx, K, Sampling.create(0.0), key)[0]
+    )
+    key = jax.random.key(0)
+    return lambda: propose(draft_context, key)
+
+
+def _tree(config: ml_collections.ConfigDict) -> Any | None:
+    from specjax.decoding.tree import parse_tree_spec
+
+    return parse_tree_spec(str(config.tree)) if str(config.tree) else None
+
+
 def _measure_cost(
     config: ml_collections.ConfigDict, pair: models_lib.Pair, prompts: Sequence[EncodedPrompt]
 ) -> dict[str, float] | None:
     """c = draft step / target step (one token per row, batch as run), and the cost of the
-    (gamma+1)-token verification call in target steps (1 in the paper's model)."""
-    if not config.measure_c or pair.draft is None:
+    verification call (gamma + 1 tokens, a tree's nodes + 1) in target steps (1 in the
+    paper's model).
+
+    The draft step: a 1-token forward of the draft model (kind model, and early-exit's
+    k-layer model); for ngram, one ``propose`` of gamma tokens divided by gamma (so that
+    gamma * c is still the drafting cost per target call). EAGLE / Medusa heads are not
+    timed (their step is not one model forward): no c, no prediction.
+    """
+    if not config.measure_c:
+        return None
+    kind = str(config.drafter.kind)
+    if pair.draft is None and kind != "ngram":
+        log.info("c is not measured for drafter.kind=%s: no cost-model prediction", kind)
         return None
     if _mesh(config) is not None:
         # Single-device step times say nothing about a sharded step; c for sharded runs
         # needs specjax.parallel.sharded.forward_step (not wired here yet).
         log.warning("c is not measured for sharded runs (mesh != 1x1): no prediction")
         return None
-    gamma, batch = int(config.gamma), int(config.batch_size)
+    tree = _tree(config)
+    gamma = tree.depth if tree is not None else int(config.gamma)
+    slots = tree.num_nodes + 1 if tree is not None else gamma + 1  # tokens of a verify call
+    batch = int(config.batch_size)
     # The caches the decoders use (attention reads every slot, masked, so the slot count
-    # matters): the longest prompt padded to its bucket, the budget, gamma + 1 spare slots.
-    # Filled to the median prompt plus half the budget: a typical mid-generation step.
+    # matters): the longest prompt padded to its bucket, the budget, one verify call's spare
+    # slots. Filled to the median prompt plus half the budget: a typical mid-generation step.
     longest = max(len(p.ids) for p in prompts)
-    cache_len = -(-longest // 16) * 16 + int(config.max_new_tokens) + gamma + 1
+    cache_len = -(-longest // 16) * 16 + int(config.max_new_tokens) + slots
     context = int(np.median([len(p.ids) for p in prompts])) + int(config.max_new_tokens) // 2
-    context = min(context, cache_len - gamma - 1)
+    context = min(context, cache_len - slots)
     repeats = max(10, int(config.repeats))
-    draft_step = _step_fn(pair.draft, batch, cache_len, context, 1)
-    target_step = _step_fn(pair.target, batch, cache_len, context, 1)
-    verify_step = _step_fn(pair.target, batch, cache_len, context, gamma + 1)
+    if pair.draft is not None:
+        draft_step = _step_fn(pair.draft.pair, batch, cache_len, context, 1)
+        per_call = 1
+    else:  # ngram
+        vocab = pair.target.config.vocab_size
+        draft_step = _ngram_step_fn(pair.drafter, vocab, batch, cache_len, context, gamma)
+        per_call = gamma
+    target_step = _step_fn(pair.target.pair, batch, cache_len, context, 1)
+    verify_step = _step_fn(pair.target.pair, batch, cache_len, context, slots)
     # Interleaved (draft, target, verify, draft, ...) rather than one after the other: on a
     # shared machine, load that comes and goes would otherwise land on one of the three.
     timers = [Timer(), Timer(), Timer()]
@@ -647,13 +765,33 @@ def _measure_cost(
     cost = cost_model.CostMeasurement(draft=draft_t, target=target_t)
     verify = cost_model.CostMeasurement(draft=verify_t, target=target_t)
     return {
-        "c": cost.c,
-        "draft_step_s": cost.draft_s,
+        "c": cost.c / per_call,
+        "draft_step_s": cost.draft_s / per_call,
         "target_step_s": cost.target_s,
         "verify_step_s": verify.draft_s,
         "verify_cost": verify.c,
         "context_tokens": context,
     }
+
+
+def _drafter_spec(config: ml_collections.ConfigDict, pair: models_lib.Pair) -> str:
+    """The drafter of a summary, ``kind:details`` (``model:<draft spec>``, ``ngram:n<=3``,
+    ``early-exit:layer=10``, ``eagle:<heads folder>``), with ``+tree=...`` / ``+adaptive``."""
+    kind, d = str(config.drafter.kind), config.drafter
+    if kind == "model":
+        detail = pair.draft.spec if pair.draft else str(d.model)
+    elif kind == "ngram":
+        detail = f"n<={int(d.ngram_n)}"
+    elif kind == "early-exit":
+        detail = f"layer={pair.draft.config.num_layers if pair.draft else int(d.exit_layer)}"
+    else:
+        detail = str(d.heads)
+    text = f"{kind}:{detail}"
+    if str(config.tree):
+        text += f"+tree={config.tree}"
+    if config.adaptive_gamma:
+        text += "+adaptive"
+    return text
 
 
 def _summaries(
@@ -696,7 +834,7 @@ def _summaries(
             exact=exact,
             c=None if cost is None else cost["c"],
             label=pair.label,
-            drafter=f"{config.drafter.kind}:{pair.draft.spec if pair.draft else ''}",
+            drafter=_drafter_spec(config, pair),
             prompt_set=str(config.prompts.name),
             category=category,
             batch_size=int(config.batch_size),
@@ -790,7 +928,10 @@ def run_experiment(
     env = _environment()
     extra = {
         "target": pair.target.spec,
-        "draft": pair.draft.spec if pair.draft else None,
+        "draft": pair.draft.spec if pair.draft else None,  # a draft model's spec, if any
+        "drafter_kind": str(config.drafter.kind),
+        "tree": str(config.tree),
+        "adaptive_gamma": bool(config.adaptive_gamma),
         "dtype": str(config.dtype),
         "synthetic_weights": pair.synthetic,
         "prompts_truncated": sum(p.truncated for p in prompts),
@@ -846,7 +987,19 @@ def is_complete(workdir: str | os.PathLike[str], config: ml_collections.ConfigDi
         stored = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    # Keys the schema gained after the run was made count as their defaults: a finished run
+    # of an older schema is still complete for a config that leaves the new keys alone.
+    stored = _merged(base_config().to_dict(), stored)
     return bool(done.get("complete")) and stored == json.loads(_config_json(config))
+
+
+def _merged(defaults: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` over ``defaults``, group by group."""
+    out = dict(defaults)
+    for k, v in values.items():
+        is_group = isinstance(v, Mapping) and isinstance(out.get(k), dict)
+        out[k] = _merged(out[k], v) if is_group else v
+    return out
 
 
 @dataclasses.dataclass
@@ -973,20 +1126,28 @@ def write_plots(summaries: Sequence[RunSummary], folder: str | os.PathLike[str])
     by_cat = [s for s in summaries if s.category != "all"] or overall
     has_c = any(math.isfinite(s.c) for s in summaries)
     todo = {
-        "speedup_vs_gamma": lambda p: plots.plot_speedup_vs_gamma(by_cat, p),
-        "speedup_vs_gamma_all": lambda p: plots.plot_speedup_vs_gamma(
-            overall, p, title="Speedup vs draft length (all prompts)"
-        ),
         "alpha_per_position": lambda p: plots.plot_alpha_per_position(
             {f"{s.label}, γ={s.gamma}": s.alpha_per_position for s in overall}, p
-        ),
-        "alpha_per_position_by_category": lambda p: plots.plot_alpha_per_position(
-            [s for s in by_cat if s.gamma == max(x.gamma for x in by_cat)], p
         ),
         "accept_histogram": lambda p: plots.plot_accept_histogram(
             {f"{s.label}, γ={s.gamma}": s.accept_hist for s in overall}, p
         ),
     }
+    if len({s.label for s in overall}) > 1:
+        # A sweep over drafters: a bar per run. Curves per label and category would be
+        # mostly single points, and the largest gamma would be one drafter's only.
+        todo["speedup_by_drafter"] = lambda p: plots.plot_speedup_by_run(overall, p)
+        todo["speedup_vs_gamma"] = lambda p: plots.plot_speedup_vs_gamma(
+            overall, p, title="Speedup vs draft length (all prompts)"
+        )
+    else:
+        todo["speedup_vs_gamma"] = lambda p: plots.plot_speedup_vs_gamma(by_cat, p)
+        todo["speedup_vs_gamma_all"] = lambda p: plots.plot_speedup_vs_gamma(
+            overall, p, title="Speedup vs draft length (all prompts)"
+        )
+        todo["alpha_per_position_by_category"] = lambda p: plots.plot_alpha_per_position(
+            [s for s in by_cat if s.gamma == max(x.gamma for x in by_cat)], p
+        )
     if has_c:
         todo["predicted_vs_measured"] = lambda p: plots.plot_predicted_vs_measured(
             [s for s in overall if math.isfinite(s.c)], p
@@ -1104,6 +1265,8 @@ def report_markdown(
             continue
         best = max(finite, key=lambda s: s.speedup if math.isfinite(s.speedup) else -1)
         line = f"- {label}: best measured γ = {best.gamma} (speedup {_fmt(best.speedup)})"
+        if len(finite) == 1:  # one gamma of this pair: nothing to choose between
+            line = f"- {label}: γ = {best.gamma} only (speedup {_fmt(best.speedup)})"
         if math.isfinite(best.c):
             alpha = float(np.mean([s.alpha for s in finite]))
             g, sp = cost_model.best_gamma(alpha, best.c, max_gamma=16)
@@ -1117,15 +1280,22 @@ def report_markdown(
         categories = list(dict.fromkeys(s.category for s in cats))
         index = {(s.label, s.category, s.gamma): s for s in cats}
         out += ["Speedup (τ) per category:", ""]
-        rows = []
-        for label in labels:
-            for c in categories:
-                cells = []
-                for g in gammas:
-                    s = index.get((label, c, g))
-                    cells.append("–" if s is None else f"{_fmt(s.speedup)} ({_fmt(s.tau)})")
-                rows.append([label, c, *cells])
-        out += [_table(["pair", "category", *[f"γ={g}" for g in gammas]], rows), ""]
+
+        def cell(label: str, c: str, g: int) -> str:
+            s = index.get((label, c, g))
+            return "–" if s is None else f"{_fmt(s.speedup)} ({_fmt(s.tau)})"
+
+        if len(labels) == 1:  # a sweep over gamma: one column per gamma
+            rows = [
+                [label, c, *[cell(label, c, g) for g in gammas]]
+                for label in labels
+                for c in categories
+            ]
+            out += [_table(["pair", "category", *[f"γ={g}" for g in gammas]], rows), ""]
+        else:  # a sweep over drafters: one row per drafter and gamma, one column per category
+            runs = list(dict.fromkeys((s.label, s.gamma) for s in cats))
+            rows = [[label, g, *[cell(label, c, g) for c in categories]] for label, g in runs]
+            out += [_table(["pair", "γ", *categories], rows), ""]
         out += ["α per draft position (all prompts):", ""]
         width = max((len(s.alpha_per_position) for s in overall), default=0)
         rows = [
@@ -1137,6 +1307,15 @@ def report_markdown(
     for name, path in (plots or {}).items():
         out += [f"![{name}]({path})", ""]
     return "\n".join(out)
+
+
+def _title(summaries: Sequence[RunSummary]) -> str:
+    labels = list(dict.fromkeys(s.label for s in summaries))
+    if len(labels) == 1:
+        return f"Speculative decoding: {labels[0]}"
+    targets = {str(s.extra.get("target", "")) for s in summaries}
+    target = f"{targets.pop()}, " if len(targets) == 1 and "" not in targets else ""
+    return f"Speculative decoding: {target}{len(labels)} drafters"
 
 
 def write_report(
@@ -1169,11 +1348,12 @@ def write_report(
     rel = {
         name: os.path.relpath(path, out_path.parent).replace(os.sep, "/")
         for name, path in written.items()
-        if name in ("speedup_vs_gamma", "alpha_per_position", "predicted_vs_measured")
+        if name
+        in ("speedup_by_drafter", "speedup_vs_gamma", "alpha_per_position", "predicted_vs_measured")
     }
     text = report_markdown(
         summaries,
-        title=title or f"Speculative decoding: {summaries[0].label}",
+        title=title or _title(summaries),
         command=command,
         config=config,
         environment=env,
