@@ -34,6 +34,7 @@ flags.DEFINE_list("temperatures", ["0", "1"], "temperatures (real suite)")
 flags.DEFINE_integer("max_new_tokens", 128, "tokens per row")
 flags.DEFINE_integer("repeats", 5, "timed repeats after the compile call")
 flags.DEFINE_integer("layer_unroll", 1, "scan unroll over layers (1 = rolled)")
+flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "weights and KV cache (real)")
 flags.DEFINE_multi_string(
     "drafter",
     ["ngram:gamma=4", "ngram:gamma=8", "early_exit:gamma=3"],
@@ -65,20 +66,21 @@ def main(argv):
         "date": bench.now(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "layer_unroll": FLAGS.layer_unroll,
+        "dtype": FLAGS.dtype,
     }
     bandwidth = bench.measure_copy_bandwidth(4e9)
     header["copy_bandwidth_GBps"] = bandwidth / 1e9
     print(json.dumps(header))
 
     if {"real", "hf"} & set(FLAGS.suites):
-        model, params, meta = checkpoints.load(FLAGS.gguf, jnp.bfloat16, cache=False)
+        model, params, meta = checkpoints.load(FLAGS.gguf, jnp.dtype(FLAGS.dtype), cache=False)
         model = model.with_config(layer_unroll=FLAGS.layer_unroll)
         gguf_path = meta["path"]
         tokenizer = tokenizers.load_tokenizer(gguf_path)
         texts = bench.load_prompt_texts(FLAGS.prompt_dir, FLAGS.prompts_per_set)
         prompt_ids = bench.chat_prompt_ids(tokenizer, texts)
         target = (model, params)
-        floor = bench.floor_ms(model.config, 1, 512, 2, bandwidth)
+        floor = bench.floor_ms(model.config, 1, 512, jnp.dtype(FLAGS.dtype).itemsize, bandwidth)
         print(f"floor at batch 1, 512 cached tokens: {floor:.3f} ms/token")
 
     if "real" in FLAGS.suites:

@@ -6,7 +6,8 @@ full benchmark once more under the fastest setting.
         --prompt_dir=DIR --out=$OUT --then='--batches=1,8,32 --drafter=ngram:gamma=8'
 
 Settings (--variants, in this order by default):
-  baseline       layers in a rolled `lax.scan`, XLA's default flags
+  float32        the baseline in float32 instead of bfloat16 (what bf16 buys)
+  baseline       bfloat16, layers in a rolled `lax.scan`, XLA's default flags
   no_graphs      XLA's CUDA-graph command buffers switched off (what the default ones buy)
   unroll         the layer scan fully unrolled (no per-layer loop iteration)
   graph_loops    command buffers also for WHILE / CONDITIONAL: the decode loop and the layer
@@ -32,12 +33,13 @@ GRAPH_LOOPS = (
     "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 )
 FULL_UNROLL = 1024  # clipped to the number of layers by the model
-VARIANTS = {
-    "baseline": (1, ""),
-    "no_graphs": (1, "--xla_gpu_enable_command_buffer="),
-    "unroll": (FULL_UNROLL, ""),
-    "graph_loops": (1, GRAPH_LOOPS),
-    "unroll_graphs": (FULL_UNROLL, GRAPH_LOOPS),
+VARIANTS = {  # name: (layer_unroll, extra XLA flags, dtype)
+    "float32": (1, "", "float32"),
+    "baseline": (1, "", "bfloat16"),
+    "no_graphs": (1, "--xla_gpu_enable_command_buffer=", "bfloat16"),
+    "unroll": (FULL_UNROLL, "", "bfloat16"),
+    "graph_loops": (1, GRAPH_LOOPS, "bfloat16"),
+    "unroll_graphs": (FULL_UNROLL, GRAPH_LOOPS, "bfloat16"),
 }
 
 FLAGS = flags.FLAGS
@@ -55,10 +57,10 @@ flags.DEFINE_integer("then_timeout_s", 900, "time limit of the --then run")
 
 
 def bench_command(variant: str, tag: str, extra: list[str]) -> list[str]:
-    unroll, _ = VARIANTS[variant]
+    unroll, _, dtype = VARIANTS[variant]
     return [
         sys.executable, "-m", "experiments.bench", "--suites=real", f"--gguf={FLAGS.gguf}",
-        f"--out={FLAGS.out}", f"--layer_unroll={unroll}", f"--tag={tag}",
+        f"--out={FLAGS.out}", f"--layer_unroll={unroll}", f"--dtype={dtype}", f"--tag={tag}",
         *([f"--prompt_dir={FLAGS.prompt_dir}"] if FLAGS.prompt_dir else []), *extra,
     ]  # fmt: skip
 
@@ -67,7 +69,7 @@ def run_variant(variant: str, extra: list[str], tag: str = "", timeout_s: int = 
     """Runs experiments.bench under the variant's settings; its JSON, or the error."""
     tag = tag or f"_{variant}"
     timeout_s = timeout_s or FLAGS.timeout_s
-    unroll, xla_flags = VARIANTS[variant]
+    _, xla_flags, _ = VARIANTS[variant]
     env = dict(os.environ)
     env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), xla_flags]))
     command = bench_command(variant, tag, extra)
@@ -86,8 +88,8 @@ def run_variant(variant: str, extra: list[str], tag: str = "", timeout_s: int = 
 
 def summarize(variant: str, result: dict) -> dict:
     """One row: AR and drafter ms/token at batch 1, greedy."""
-    unroll, xla_flags = VARIANTS[variant]
-    row = {"variant": variant, "layer_unroll": unroll, "xla_flags": xla_flags}
+    unroll, xla_flags, dtype = VARIANTS[variant]
+    row = {"variant": variant, "layer_unroll": unroll, "xla_flags": xla_flags, "dtype": dtype}
     if "error" in result:
         return {**row, "error": result["error"]}
     rows = [r for r in result["rows"] if r["batch"] == 1 and r["temperature"] == 0]
@@ -109,9 +111,9 @@ def summarize(variant: str, result: dict) -> dict:
 def markdown(rows: list[dict]) -> str:
     base = next((r for r in rows if r["variant"] == "baseline" and "error" not in r), None)
     lines = [
-        "| setting | layer unroll | extra XLA flags | AR ms/token | vs baseline | "
+        "| setting | dtype | layer unroll | extra XLA flags | AR ms/token | vs baseline | "
         "spec ms/token | τ | spec vs AR | greedy == AR | compile s (AR, spec) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         flags_text = f"`{r['xla_flags']}`" if r["xla_flags"] else "–"
@@ -123,7 +125,8 @@ def markdown(rows: list[dict]) -> str:
             continue
         gain = f"{base['ar_ms_per_token'] / r['ar_ms_per_token']:.2f}×" if base else "–"
         lines.append(
-            f"| {r['variant']} | {unroll} | {flags_text} | {r['ar_ms_per_token']:.3f} | {gain} | "
+            f"| {r['variant']} | {r['dtype']} | {unroll} | {flags_text} | "
+            f"{r['ar_ms_per_token']:.3f} | {gain} | "
             f"{r.get('spec_ms_per_token', float('nan')):.3f} | {r.get('tau', float('nan')):.2f} | "
             f"{r.get('speedup', float('nan')):.2f}× | {r.get('exact')} | "
             f"{r['ar_compile_s']:.1f}, {r.get('spec_compile_s', float('nan')):.1f} |"
@@ -147,7 +150,8 @@ def main(argv: list[str]) -> None:
     rows = [summarize(v, run_variant(v, per_variant)) for v in FLAGS.variants]
     table = markdown(rows)
     print(table)
-    ok = [r for r in rows if "error" not in r and r.get("exact", True)]
+    # The best setting for the final run: bfloat16 only (float32 is the "before" of bf16).
+    ok = [r for r in rows if "error" not in r and r.get("exact", True) and r["dtype"] != "float32"]
     best = min(ok, key=lambda r: r["ar_ms_per_token"])["variant"] if ok else None
     summary = {"rows": rows, "best": best, "per_variant_flags": per_variant}
     (out / "opt.json").write_text(json.dumps(summary, indent=1))
