@@ -390,6 +390,18 @@ def parse_drafter_spec(text: str, target: tuple[Model, Params]) -> DrafterSpec:
     return DrafterSpec(options.get("name", text), drafter, gamma, kwargs)
 
 
+def agreement(spec_rows: Sequence[Sequence[int]], ar_rows: Sequence[Sequence[int]]) -> dict:
+    """How far greedy speculative rows agree with autoregressive ones: rows identical, and
+    the shortest common prefix (where low-precision near-ties first flipped a token)."""
+
+    def common_prefix(a, b):
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    prefixes = [common_prefix(a, b) for a, b in zip(spec_rows, ar_rows, strict=True)]
+    identical = sum(list(a) == list(b) for a, b in zip(spec_rows, ar_rows, strict=True))
+    return {"rows_identical": identical, "min_common_prefix": min(prefixes)}
+
+
 def _time_set(batch, target, prompt_ids, name, drafter, gamma, *, common, prompt_bucket, **kw):
     """Batch 1: every prompt alone, pooled; batch B: the first B prompts (cycled) at once."""
     if batch == 1:
@@ -451,9 +463,10 @@ def real_model_suite(
                 exact = temperature > 0 or spec.token_lists == ar.token_lists
                 # Per-token speed: the two runs may stop at different lengths (EOS).
                 speedup = ar.ms_per_token / spec.ms_per_token
-                rows.append(
-                    {**spec.row(), "speedup": speedup, "exact": exact, "prompts": n_prompts}
-                )
+                row = {**spec.row(), "speedup": speedup, "exact": exact, "prompts": n_prompts}
+                if temperature == 0:
+                    row.update(agreement(spec.token_lists, ar.token_lists))
+                rows.append(row)
                 if on_row:
                     on_row(rows)
                 log(f"b={batch} T={temperature} {spec_cfg.name} g={spec_cfg.gamma} "

@@ -89,6 +89,7 @@ def test_real_model_suite_rows_and_exactness(target):
     ]  # fmt: skip
     greedy = [r for r in rows if r["temperature"] == 0.0]
     assert all(r["exact"] is True for r in greedy)  # float32: speculative == autoregressive
+    assert all(r["rows_identical"] == r["prompts"] for r in greedy if "rows_identical" in r)
     assert all(r["prompts"] == (3 if r["batch"] == 1 else 2) for r in rows)
     assert all(r["tau"] >= 1.0 and r["ms_per_token"] > 0 for r in rows)
 
@@ -105,3 +106,10 @@ def test_synthetic_suite_rows():
     assert row["target"] == "tiny" and row["acceptance_source"] == "test"
     assert row["c"] == pytest.approx(row["draft_step_ms"] / row["target_step_T1_ms"])
     assert row["forced_tau"] >= 1.0 and row["projected_speedup"] > 0
+
+
+def test_agreement_counts_rows_and_first_divergence():
+    ar = [[1, 2, 3, 4], [5, 6, 7], [8, 9]]
+    assert bench.agreement(ar, ar) == {"rows_identical": 3, "min_common_prefix": 2}
+    spec = [[1, 2, 9, 9], [5, 6, 7], [8]]  # diverges at 2; identical; stops one token early
+    assert bench.agreement(spec, ar) == {"rows_identical": 1, "min_common_prefix": 1}
