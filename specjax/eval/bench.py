@@ -493,10 +493,16 @@ def synthetic_suite(
     """Real shapes, random bf16 weights: step costs, c, the floor, and a forced-acceptance
     speculative run giving a *projected* speedup (labelled as such)."""
     rows = []
-    draft = synthetic_model(draft_config, seed=1)
-    draft_step = step_costs(*draft, batch, context, [1], repeats)[1]
     prompts = [list(range(1, context + 1))] * batch
+    drafts: dict[int, tuple[tuple[Model, Params], float]] = {}
     for name, config in targets.items():
+        if config.vocab_size not in drafts:
+            # The draft takes the target's vocabulary (e.g. Qwen2.5-7B pads to 152064, the
+            # 0.5B to 151936; a Llama-3 target has 128256): its cost changes only by the
+            # embedding and head rows.
+            draft = synthetic_model(draft_config.replace(vocab_size=config.vocab_size), seed=1)
+            drafts[config.vocab_size] = draft, step_costs(*draft, batch, context, [1], repeats)[1]
+        draft, draft_step = drafts[config.vocab_size]
         target = synthetic_model(config, seed=0)
         costs = step_costs(*target, batch, context, [1, gamma + 1], repeats)
         common = dict(max_new_tokens=max_new_tokens, temperature=1.0, repeats=repeats)
