@@ -122,9 +122,16 @@ def plot_speedup_by_run(
     beside it and the cost model's prediction as a tick where there is one: the plot of a
     sweep over drafters, where speedup vs gamma has one point per line."""
     rs = list(records)
-    names = [f"{_get(r, 'label')}, γ={_get(r, 'gamma')}" for r in rs]
+    labels = [str(_get(r, "label")) for r in rs]
+    # "target / drafter" labels of one target: name the target once, in the title.
+    targets = {label.split(" / ", 1)[0] for label in labels}
+    if len(targets) == 1 and all(" / " in label for label in labels):
+        title = f"{title}: {targets.pop()}"
+        labels = [label.split(" / ", 1)[1] for label in labels]
+    names = [f"{label}, γ={_get(r, 'gamma')}" for label, r in zip(labels, rs, strict=True)]
     speedups = [float(_get(r, "speedup", math.nan)) for r in rs]
-    fig = _new_figure(7.2, 1.2 + 0.42 * max(len(rs), 1))
+    finite = [x for x in speedups + [_get(r, "predicted_speedup") for r in rs] if _finite(x)]
+    fig = _new_figure(8.0, 1.4 + 0.42 * max(len(rs), 1))
     ax = fig.add_subplot()
     y = np.arange(len(rs))[::-1]
     ax.barh(y, speedups, color=[f"C{i % 10}" for i in range(len(rs))], height=0.6)
@@ -141,8 +148,10 @@ def plot_speedup_by_run(
                 fontsize=7,
             )
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+    # Room right of the longest bar for its "speedup (τ)" annotation.
+    ax.set_xlim(0, 1.3 * max(finite + [1.0]))
     ax.set_yticks(y, names, fontsize=7)
-    ax.set_xlabel("speedup over autoregressive (black tick: predicted)")
+    ax.set_xlabel("speedup over autoregressive\n(black tick: predicted)")
     ax.set_title(title)
     ax.grid(True, axis="x", alpha=0.3)
     return save(fig, path)
