@@ -108,6 +108,14 @@ def summarize(variant: str, result: dict) -> dict:
     return row
 
 
+def pick_best(rows: list[dict]) -> str | None:
+    """The setting of the final run: the fastest autoregressive bfloat16 setting that ran
+    (float32 is the "before" of bf16). Greedy exactness does not decide: in bf16 it fails in
+    every setting from near-tied logits (docs/benchmarks.md), so it is reported, not used."""
+    ok = [r for r in rows if "error" not in r and r["dtype"] != "float32"]
+    return min(ok, key=lambda r: r["ar_ms_per_token"])["variant"] if ok else None
+
+
 def markdown(rows: list[dict]) -> str:
     base = next((r for r in rows if r["variant"] == "baseline" and "error" not in r), None)
     lines = [
@@ -119,8 +127,9 @@ def markdown(rows: list[dict]) -> str:
         flags_text = f"`{r['xla_flags']}`" if r["xla_flags"] else "–"
         unroll = "full" if r["layer_unroll"] == FULL_UNROLL else r["layer_unroll"]
         if "error" in r:
+            error = r["error"][:80].replace("|", "/").replace("\n", " ")  # one table cell
             lines.append(
-                f"| {r['variant']} | {unroll} | {flags_text} | failed: {r['error'][:80]} |"
+                f"| {r['variant']} | {r['dtype']} | {unroll} | {flags_text} | failed: {error} |"
             )
             continue
         gain = f"{base['ar_ms_per_token'] / r['ar_ms_per_token']:.2f}×" if base else "–"
@@ -150,9 +159,7 @@ def main(argv: list[str]) -> None:
     rows = [summarize(v, run_variant(v, per_variant)) for v in FLAGS.variants]
     table = markdown(rows)
     print(table)
-    # The best setting for the final run: bfloat16 only (float32 is the "before" of bf16).
-    ok = [r for r in rows if "error" not in r and r.get("exact", True) and r["dtype"] != "float32"]
-    best = min(ok, key=lambda r: r["ar_ms_per_token"])["variant"] if ok else None
+    best = pick_best(rows)
     summary = {"rows": rows, "best": best, "per_variant_flags": per_variant}
     (out / "opt.json").write_text(json.dumps(summary, indent=1))
     (out / "opt.md").write_text(table + "\n")
