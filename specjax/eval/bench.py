@@ -232,35 +232,33 @@ def time_prompts_one_by_one(
     drafter,
     prompts: Sequence[Sequence[int]],
     *,
-    gamma: int,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    repeats: int = 5,
-    eos_ids: Sequence[int] = (),
-    verify_fn=rejection.verify_sampling,
     prompt_bucket: int = 512,
-    **generate_kwargs: Any,
+    **time_kwargs: Any,
 ) -> DecodeResult:
-    """Batch-1 latency over a prompt set: each prompt decoded alone, `repeats` timed calls
-    per prompt after one warm-up call. `median_s` is the sum of the per-prompt medians (the
-    time to serve the set one request at a time), so ms_per_token pools every token of the
-    set; tau and alpha pool every verification call. Prompts are padded to one
-    `prompt_bucket`, so the set costs one compilation (`compile_s`: the first prompt's first
-    call beyond its steady time)."""
-    outs, medians, compile_s = [], [], 0.0
-    for i, ids in enumerate(prompts):
-        one = time_generate(
-            name, target, drafter, [ids], gamma=gamma, max_new_tokens=max_new_tokens,
-            temperature=temperature, repeats=repeats, eos_ids=eos_ids, verify_fn=verify_fn,
-            prompt_bucket=prompt_bucket, return_output=True, **generate_kwargs,
+    """Batch-1 latency over a prompt set: each prompt decoded alone by `time_generate` (which
+    takes `time_kwargs`: gamma, max_new_tokens, repeats, ...). `median_s` is the sum of the
+    per-prompt medians (the time to serve the set one request at a time), so ms_per_token
+    pools every token of the set; tau and alpha pool every verification call. Prompts are
+    padded to one `prompt_bucket`, so the set costs one compilation (`compile_s`: the first
+    prompt's first call beyond its steady time)."""
+    timed_prompts = [
+        time_generate(
+            name,
+            target,
+            drafter,
+            [ids],
+            prompt_bucket=prompt_bucket,
+            return_output=True,
+            **time_kwargs,
         )  # fmt: skip
-        result, out = one
-        outs.append(out)
-        medians.append(result.median_s)
-        if i == 0:
-            compile_s = result.compile_s
-    pooled = _concat_outputs(outs)
-    return _result(name, drafter, gamma, temperature, compile_s, float(sum(medians)), pooled, 1)
+        for ids in prompts
+    ]
+    first = timed_prompts[0][0]
+    median_s = float(sum(result.median_s for result, _ in timed_prompts))
+    pooled = _concat_outputs([out for _, out in timed_prompts])
+    return _result(
+        name, drafter, first.gamma, first.temperature, first.compile_s, median_s, pooled, 1
+    )
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
