@@ -381,6 +381,22 @@ def time_steps(
     return rows
 
 
+def decode_step(
+    model_params: tuple[Model, Params], mesh: Mesh, settings: Settings, tensor_parallel=True
+) -> dict[str, Any]:
+    """`time_steps` of one decode step (T = 1, batch 1) on `settings.context` cached slots."""
+    (row,) = time_steps(
+        *model_params,
+        mesh,
+        batch=1,
+        context=settings.context,
+        tokens_per_call=(1,),
+        repeats=settings.repeats,
+        tensor_parallel=tensor_parallel,
+    )
+    return row
+
+
 def _prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
     return [[(7 * b + 3 * i) % (vocab - 1) + 1 for i in range(length)] for b in range(batch)]
 
@@ -558,15 +574,7 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
                 record("ar", mesh, row)
         if spec:
             if target_step_ms is None:
-                (row,) = time_steps(
-                    *target,
-                    mesh,
-                    batch=1,
-                    context=settings.context,
-                    tokens_per_call=(1,),
-                    repeats=settings.repeats,
-                )
-                target_step_ms = row["median_ms"]
+                target_step_ms = decode_step(target, mesh, settings)["median_ms"]
             # Every draft lives through all spec batches (they take turns within a batch).
             drafts: list[tuple[tuple[Model, Params], dict[str, Any], int]] = []
             for name, draft_config in draft_configs.items():
@@ -574,15 +582,7 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
                     split = sharding == "sharded"
                     layout = ModelLayout(mesh, draft_config, tensor_parallel=split)
                     draft = synthetic_params(draft_config, layout, dtype, settings.seed + 1)
-                    (row,) = time_steps(
-                        *draft,
-                        mesh,
-                        batch=1,
-                        context=settings.context,
-                        tokens_per_call=(1,),
-                        repeats=settings.repeats,
-                        tensor_parallel=split,
-                    )
+                    row = decode_step(draft, mesh, settings, tensor_parallel=split)
                     devices = tp if split else 1
                     info = dict(
                         draft_shape=name,
