@@ -33,7 +33,6 @@ flags.DEFINE_list("batches", ["1", "8", "32"], "batch sizes (real suite)")
 flags.DEFINE_list("temperatures", ["0", "1"], "temperatures (real suite)")
 flags.DEFINE_integer("max_new_tokens", 128, "tokens per row")
 flags.DEFINE_integer("repeats", 5, "timed repeats after the compile call")
-flags.DEFINE_integer("layer_unroll", 1, "scan unroll over layers (1 = rolled)")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "weights and KV cache (real)")
 flags.DEFINE_multi_string(
     "drafter",
@@ -65,7 +64,6 @@ def main(argv):
         "jax": jax.__version__,
         "date": bench.now(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "layer_unroll": FLAGS.layer_unroll,
         "dtype": FLAGS.dtype,
     }
     bandwidth = bench.measure_copy_bandwidth(4e9)
@@ -74,7 +72,6 @@ def main(argv):
 
     if {"real", "hf"} & set(FLAGS.suites):
         model, params, meta = checkpoints.load(FLAGS.gguf, jnp.dtype(FLAGS.dtype), cache=False)
-        model = model.with_config(layer_unroll=FLAGS.layer_unroll)
         gguf_path = meta["path"]
         tokenizer = tokenizers.load_tokenizer(gguf_path)
         texts = bench.load_prompt_texts(FLAGS.prompt_dir, FLAGS.prompts_per_set)
@@ -131,8 +128,7 @@ def main(argv):
         else:
             probs = bench.geometric_accept_probs(FLAGS.alpha, gamma)
             source = f"i.i.d. alpha={FLAGS.alpha} (assumed, not recorded)"
-        unroll = dict(layer_unroll=FLAGS.layer_unroll)
-        targets = {k: KNOWN_SHAPES[k].replace(**unroll) for k in FLAGS.synthetic_targets}
+        targets = {k: KNOWN_SHAPES[k] for k in FLAGS.synthetic_targets}
         rows = []
         synthetic_path = out / f"bench_synthetic{FLAGS.tag}.json"
 
@@ -140,7 +136,7 @@ def main(argv):
             rows.append(row)
             synthetic_path.write_text(json.dumps({**header, "rows": rows}, indent=1))
 
-        draft_config = KNOWN_SHAPES["qwen2.5-0.5b"].replace(**unroll)
+        draft_config = KNOWN_SHAPES["qwen2.5-0.5b"]
         for batch in [int(b) for b in FLAGS.synthetic_batches]:
             bench.synthetic_suite(
                 targets, draft_config, gamma=gamma, accept_probs=probs,

@@ -7,12 +7,11 @@ full benchmark once more under the fastest setting.
 
 Settings (--variants, in this order by default):
   float32        the baseline in float32 instead of bfloat16 (what bf16 buys)
-  baseline       bfloat16, layers in a rolled `lax.scan`, XLA's default flags
+  baseline       bfloat16, XLA's default flags
   no_graphs      XLA's CUDA-graph command buffers switched off (what the default ones buy)
-  unroll         the layer scan fully unrolled (no per-layer loop iteration)
-  graph_loops    command buffers also for WHILE / CONDITIONAL: the decode loop and the layer
-                 loop run as CUDA-graph conditional nodes, without a host round trip per step
-  unroll_graphs  both
+  graph_loops    command buffers also for WHILE / CONDITIONAL: the decode loop runs as a
+                 CUDA-graph conditional node, without a host round trip per step
+(Layers are no longer a `lax.scan`: the rolled/unrolled variants of earlier runs are gone.)
 
 Each writes <out>/bench_real_<variant>.json; the summary goes to <out>/opt.json and opt.md.
 A setting that crashes is recorded with its error, not hidden.
@@ -32,14 +31,11 @@ from absl import app, flags
 GRAPH_LOOPS = (
     "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 )
-FULL_UNROLL = 1024  # clipped to the number of layers by the model
-VARIANTS = {  # name: (layer_unroll, extra XLA flags, dtype)
-    "float32": (1, "", "float32"),
-    "baseline": (1, "", "bfloat16"),
-    "no_graphs": (1, "--xla_gpu_enable_command_buffer=", "bfloat16"),
-    "unroll": (FULL_UNROLL, "", "bfloat16"),
-    "graph_loops": (1, GRAPH_LOOPS, "bfloat16"),
-    "unroll_graphs": (FULL_UNROLL, GRAPH_LOOPS, "bfloat16"),
+VARIANTS = {  # name: (extra XLA flags, dtype)
+    "float32": ("", "float32"),
+    "baseline": ("", "bfloat16"),
+    "no_graphs": ("--xla_gpu_enable_command_buffer=", "bfloat16"),
+    "graph_loops": (GRAPH_LOOPS, "bfloat16"),
 }
 
 FLAGS = flags.FLAGS
@@ -57,10 +53,10 @@ flags.DEFINE_integer("then_timeout_s", 900, "time limit of the --then run")
 
 
 def bench_command(variant: str, tag: str, extra: list[str]) -> list[str]:
-    unroll, _, dtype = VARIANTS[variant]
+    _, dtype = VARIANTS[variant]
     return [
         sys.executable, "-m", "experiments.bench", "--suites=real", f"--gguf={FLAGS.gguf}",
-        f"--out={FLAGS.out}", f"--layer_unroll={unroll}", f"--dtype={dtype}", f"--tag={tag}",
+        f"--out={FLAGS.out}", f"--dtype={dtype}", f"--tag={tag}",
         *([f"--prompt_dir={FLAGS.prompt_dir}"] if FLAGS.prompt_dir else []), *extra,
     ]  # fmt: skip
 
@@ -69,7 +65,7 @@ def run_variant(variant: str, extra: list[str], tag: str = "", timeout_s: int = 
     """Runs experiments.bench under the variant's settings; its JSON, or the error."""
     tag = tag or f"_{variant}"
     timeout_s = timeout_s or FLAGS.timeout_s
-    _, xla_flags, _ = VARIANTS[variant]
+    xla_flags, _ = VARIANTS[variant]
     env = dict(os.environ)
     env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), xla_flags]))
     command = bench_command(variant, tag, extra)
@@ -88,8 +84,8 @@ def run_variant(variant: str, extra: list[str], tag: str = "", timeout_s: int = 
 
 def summarize(variant: str, result: dict) -> dict:
     """One row: AR and drafter ms/token at batch 1, greedy."""
-    unroll, xla_flags, dtype = VARIANTS[variant]
-    row = {"variant": variant, "layer_unroll": unroll, "xla_flags": xla_flags, "dtype": dtype}
+    xla_flags, dtype = VARIANTS[variant]
+    row = {"variant": variant, "xla_flags": xla_flags, "dtype": dtype}
     if "error" in result:
         return {**row, "error": result["error"]}
     rows = [r for r in result["rows"] if r["batch"] == 1 and r["temperature"] == 0]
@@ -119,22 +115,19 @@ def pick_best(rows: list[dict]) -> str | None:
 def markdown(rows: list[dict]) -> str:
     base = next((r for r in rows if r["variant"] == "baseline" and "error" not in r), None)
     lines = [
-        "| setting | dtype | layer unroll | extra XLA flags | AR ms/token | vs baseline | "
+        "| setting | dtype | extra XLA flags | AR ms/token | vs baseline | "
         "spec ms/token | τ | spec vs AR | greedy == AR | compile s (AR, spec) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         flags_text = f"`{r['xla_flags']}`" if r["xla_flags"] else "–"
-        unroll = "full" if r["layer_unroll"] == FULL_UNROLL else r["layer_unroll"]
         if "error" in r:
             error = r["error"][:80].replace("|", "/").replace("\n", " ")  # one table cell
-            lines.append(
-                f"| {r['variant']} | {r['dtype']} | {unroll} | {flags_text} | failed: {error} |"
-            )
+            lines.append(f"| {r['variant']} | {r['dtype']} | {flags_text} | failed: {error} |")
             continue
         gain = f"{base['ar_ms_per_token'] / r['ar_ms_per_token']:.2f}×" if base else "–"
         lines.append(
-            f"| {r['variant']} | {r['dtype']} | {unroll} | {flags_text} | "
+            f"| {r['variant']} | {r['dtype']} | {flags_text} | "
             f"{r['ar_ms_per_token']:.3f} | {gain} | "
             f"{r.get('spec_ms_per_token', float('nan')):.3f} | {r.get('tau', float('nan')):.2f} | "
             f"{r.get('speedup', float('nan')):.2f}× | {r.get('exact')} | "

@@ -282,6 +282,11 @@ def generate(
         raise ValueError(f"eos id {eos.max()} is outside the vocabulary of {vocab_size}")
     rng = jax.random.key(seed) if isinstance(seed, int | np.integer) else seed
 
+    if mesh is None:
+        # Decode layout: one tree per layer, fused projections (converted once per weights).
+        target_params = target_model.decode_params(target_params)
+        if speculative_run and isinstance(draft, DraftModelDrafter):
+            draft_params = draft.model.decode_params(draft_params)
     if mesh is not None:
         from specjax.parallel import sharded  # late: only sharded runs need it
 

@@ -1,12 +1,16 @@
 """Fixed-size key/value cache: a pytree and pure functions over it.
 
-Dimension legend: L layers, B batch, S cache slots (max_len), G kv heads, Dh head dim,
-T tokens written by one forward call.
+Dimension legend: L layers, B batch, S cache slots (max_len), C cached kv heads, Dh head dim,
+T tokens written by one forward call, M slots moved at once.
 
 Slot s of row b holds the key/value of that row's token at position s. Only slots
 `s < lengths[b]` are valid; everything at or beyond `lengths[b]` is garbage that the next
 write overwrites. Hence rollback (rejecting draft tokens) is a length reset, never a copy or a
 zeroing, and rows may hold different numbers of tokens.
+
+Each layer's keys and values are arrays of their own (a tuple over layers), not slices of one
+[L, ...] array: inside the compiled generation loop a layer then writes its new entries into
+its own buffer in place, and attention reads it where it lies.
 """
 
 from __future__ import annotations
@@ -25,38 +29,48 @@ class KVCache:
     """Keys and values of every layer.
 
     Fields:
-      k: [L, B, S, G, Dh] keys (RoPE already applied).
-      v: [L, B, S, G, Dh] values.
+      k: tuple of L arrays [B, S, C, Dh], keys (RoPE already applied).
+      v: tuple of L arrays [B, S, C, Dh], values.
       lengths: int32[B], number of valid slots per row.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     lengths: jax.Array
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[1]
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.k)
 
 
-def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    """An empty cache of `max_len` slots per row."""
+def init_cache(
+    config: ModelConfig,
+    batch_size: int,
+    max_len: int,
+    dtype=jnp.float32,
+    kv_heads: int | None = None,
+) -> KVCache:
+    """An empty cache of `max_len` slots per row; `kv_heads` (default the model's G) is C."""
     if max_len < 1:
         raise ValueError(f"cache max_len must be >= 1, got {max_len}")
-    shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+    shape = (batch_size, max_len, kv_heads or config.num_kv_heads, config.head_dim)
     return KVCache(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
+        k=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
         lengths=jnp.zeros((batch_size,), jnp.int32),
     )
 
 
 def write_layer(
-    cache_BxSxGxDh: jax.Array, new_BxTxGxDh: jax.Array, start_B: jax.Array
+    cache_BxSxCxDh: jax.Array, new_BxTxCxDh: jax.Array, start_B: jax.Array
 ) -> jax.Array:
     """Writes T new entries of one layer at per-row offsets `start_B` (vmapped DUS).
 
@@ -64,12 +78,29 @@ def write_layer(
     starts, which would silently overwrite valid slots.
     """
 
-    def write_row(cache_SxGxDh, new_TxGxDh, start):
+    def write_row(cache_SxCxDh, new_TxCxDh, start):
         return jax.lax.dynamic_update_slice(
-            cache_SxGxDh, new_TxGxDh.astype(cache_SxGxDh.dtype), (start, 0, 0)
+            cache_SxCxDh, new_TxCxDh.astype(cache_SxCxDh.dtype), (start, 0, 0)
         )
 
-    return jax.vmap(write_row)(cache_BxSxGxDh, new_BxTxGxDh, start_B)
+    return jax.vmap(write_row)(cache_BxSxCxDh, new_BxTxCxDh, start_B)
+
+
+def move_slots(cache: KVCache, start_B: jax.Array, source_BxM: jax.Array) -> KVCache:
+    """Copies slots start + source[m] to start + m, m < M, in every layer (per row).
+
+    Tree decoding uses it to make an accepted root-to-leaf path contiguous. Sources are read
+    before anything is written, so overlapping moves are safe.
+    """
+
+    def move_row(layer_SxCxDh, start, source_M):
+        moved_MxCxDh = jnp.take(layer_SxCxDh, start + source_M, axis=0)
+        return jax.lax.dynamic_update_slice(layer_SxCxDh, moved_MxCxDh, (start, 0, 0))
+
+    def move(layer_BxSxCxDh):
+        return jax.vmap(move_row)(layer_BxSxCxDh, start_B, source_BxM)
+
+    return dataclasses.replace(cache, k=tuple(map(move, cache.k)), v=tuple(map(move, cache.v)))
 
 
 def rollback(cache: KVCache, lengths: jax.Array) -> KVCache:

@@ -106,7 +106,12 @@ def config_to_dict(config: ModelConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# Fields older specjax versions saved that no longer describe anything (execution details).
+RETIRED_CONFIG_FIELDS = ("layer_unroll",)
+
+
 def config_from_dict(fields: dict[str, Any]) -> ModelConfig:
+    fields = {k: v for k, v in fields.items() if k not in RETIRED_CONFIG_FIELDS}
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:

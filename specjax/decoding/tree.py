@@ -396,23 +396,6 @@ def _draft_dynamic_tree(
     return drafted, TreeDraftState(cache=cache, valid=seq_lengths_B)
 
 
-def _compact(cache: kv_cache.KVCache, start_B: jax.Array, source_BxD: jax.Array):
-    """Moves slots start + source[k] to start + k, k < D, in every layer (per row)."""
-
-    def row(k_LxSxGxDh, v_LxSxGxDh, start, source_D):
-        slots_D = start + source_D
-        moved_k = jnp.take(k_LxSxGxDh, slots_D, axis=1)
-        moved_v = jnp.take(v_LxSxGxDh, slots_D, axis=1)
-        k_LxSxGxDh = jax.lax.dynamic_update_slice(k_LxSxGxDh, moved_k, (0, start, 0, 0))
-        v_LxSxGxDh = jax.lax.dynamic_update_slice(v_LxSxGxDh, moved_v, (0, start, 0, 0))
-        return k_LxSxGxDh, v_LxSxGxDh
-
-    k, v = jax.vmap(row, in_axes=(1, 1, 0, 0), out_axes=(1, 1))(
-        cache.k, cache.v, start_B, source_BxD
-    )
-    return dataclasses.replace(cache, k=k, v=v)
-
-
 def _verify_tree(
     target: Model,
     params: Params,
@@ -463,7 +446,7 @@ def _verify_tree(
         jnp.pad(path_tokens_BxD, ((0, 0), (0, 1))),
     )
     # Node i sits in slot newest_position + 1 + i: move the path to the slots after the root.
-    target_cache = _compact(target_cache, newest_position_B + 1, path_nodes_BxD)
+    target_cache = kv_cache.move_slots(target_cache, newest_position_B + 1, path_nodes_BxD)
 
     active_i32_B = (~state.done).astype(jnp.int32)
     stats = DecodeStats(

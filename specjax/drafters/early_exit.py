@@ -3,22 +3,23 @@ draft for the full target (LayerSkip / "draft & verify" style, without training)
 
 Dimension legend: L layers of the target, k exit layer (1 <= k < L).
 
-The early-exit model is an ordinary `Model` with `num_layers=k` whose blocks are the first k
-of the target's stacked blocks; embeddings, final norm and head are the target's own arrays.
-It then drafts through `DraftModelDrafter`, which keeps a KV cache for its k layers.
+The early-exit model is an ordinary `Model` with `num_layers=k` whose decode-layout weights
+are the target's own arrays: its first k layers, embeddings, final norm and head (nothing is
+copied: the decode layout keeps each layer in arrays of its own). It then drafts through
+`DraftModelDrafter`, which keeps a KV cache for its k layers.
 
 Not shared (a deliberate simplification): the drafter's k-layer cache duplicates the target's
-first k layers for accepted tokens (k/L of the target's cache memory), and the blocks are a
-sliced copy (k/L of the block weights). Sharing the target cache would need the drafter to
-write into loop state it does not own; the exactness contract holds either way.
+first k layers for accepted tokens (k/L of the target's cache memory). Sharing the target
+cache would need the drafter to write into loop state it does not own; the exactness contract
+holds either way.
 """
 
 from __future__ import annotations
 
-import jax
+import dataclasses
 
 from specjax.drafters.draft_model import DraftModelDrafter
-from specjax.models.transformer import Model, Params, abstract_model, params_dtype
+from specjax.models.transformer import DecodeParams, Model, Params, abstract_model, params_dtype
 
 
 def early_exit_drafter(
@@ -32,8 +33,7 @@ def early_exit_drafter(
             f"got {exit_layer}"
         )
     config = target.config.replace(num_layers=exit_layer)
-    model, params = abstract_model(config, params_dtype(target_params))
-    pure = target_params.to_pure_dict()
-    pure["blocks"] = jax.tree.map(lambda layers: layers[:exit_layer], pure["blocks"])
-    params.replace_by_pure_dict(pure)
+    model, _ = abstract_model(config, params_dtype(target_params))
+    decode: DecodeParams = target.decode_params(target_params)
+    params = dataclasses.replace(decode, layers=decode.layers[:exit_layer])
     return DraftModelDrafter(model), params

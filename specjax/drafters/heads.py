@@ -51,7 +51,7 @@ from specjax.decoding import sampling as sampling_lib
 from specjax.decoding.state import DraftContext
 from specjax.models.config import NO_WINDOW, ModelConfig
 from specjax.models.layers import Block
-from specjax.models.transformer import Model, Params
+from specjax.models.transformer import DecodeParams, Model, Params
 
 HEAD_KINDS = ("eagle", "medusa")
 FORMAT_VERSION = 1
@@ -69,6 +69,8 @@ HeadParams = dict[str, Any]
 def target_io(target_params: Params) -> dict[str, Any]:
     """{"embedding": [V, D], "lm_head": [D, V] or None (tied)}: the same arrays as the target's
     (no copy), so a head drafter adds only its own weights to memory."""
+    if isinstance(target_params, DecodeParams):
+        return {"embedding": target_params.embedding, "lm_head": target_params.lm_head}
     pure = (
         nnx.to_pure_dict(target_params) if isinstance(target_params, nnx.State) else target_params
     )
@@ -203,7 +205,6 @@ def eagle_block_config(target_config: ModelConfig, ffn_dim: int | None = None) -
         ffn_dim=ffn_dim or target_config.ffn_dim,
         sliding_window=NO_WINDOW,
         sliding_window_pattern=0,
-        layer_unroll=1,
     )
 
 
@@ -242,7 +243,7 @@ class EagleHead(nnx.Module):
         x_BxTxD = self.fc(x_BxTx2D)
         if mask_BxTxS is None:
             mask_BxTxS = kv_cache.attention_mask(cache.lengths, positions_BxT, cache.max_len)
-        out_BxTxD, k_SxGxDh, v_SxGxDh = self.block(
+        out_BxTxD, k_BxSxGxDh, v_BxSxGxDh = self.block(
             x_BxTxD,
             positions_BxT,
             cache.k[0],
@@ -253,7 +254,7 @@ class EagleHead(nnx.Module):
         )
         T = features_BxTxD.shape[1]
         return out_BxTxD, kv_cache.KVCache(
-            k=k_SxGxDh[None], v=v_SxGxDh[None], lengths=cache.lengths + T
+            k=(k_BxSxGxDh,), v=(v_BxSxGxDh,), lengths=cache.lengths + T
         )
 
 
@@ -452,14 +453,15 @@ def init_heads(
     raise ValueError(f"unknown head kind {kind!r}; expected one of {HEAD_KINDS}")
 
 
-# Config fields that do not change the target's features or vocabulary.
+# Config fields that do not change the target's features or vocabulary (layer_unroll: saved
+# by older versions, retired).
 _IRRELEVANT_FIELDS = ("layer_unroll", "max_position")
 
 
 def _architecture(config: ModelConfig) -> dict[str, Any]:
     fields = dataclasses.asdict(config)
     for name in _IRRELEVANT_FIELDS:
-        fields.pop(name)
+        fields.pop(name, None)
     return fields
 
 

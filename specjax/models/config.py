@@ -49,9 +49,6 @@ class ModelConfig:
       final_logit_softcap: tanh soft-capping of the logits (None = off).
       max_position: longest context the model was trained for (informational; the cache size
         is chosen per generation).
-      layer_unroll: unroll factor of the `lax.scan` over layers (1 = a rolled loop, fastest to
-        compile; num_layers = fully unrolled, which lets XLA fuse across layers and avoid
-        slicing the stacked weights at run time). Execution detail, not architecture.
     """
 
     family: Family = "llama"
@@ -77,7 +74,6 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None
     final_logit_softcap: float | None = None
     max_position: int = 8192
-    layer_unroll: int = 1
 
     def __post_init__(self):
         checks = [
@@ -97,7 +93,6 @@ class ModelConfig:
             (self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}"),
             (self.activation in ("silu", "gelu_tanh"), f"unknown activation {self.activation!r}"),
             (self.sliding_window >= 0, "sliding_window must be >= 0"),
-            (self.layer_unroll >= 1, f"layer_unroll must be >= 1, got {self.layer_unroll}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,12 +1,27 @@
-"""Decoder building blocks in Flax NNX: RMSNorm, RoPE, grouped-query attention, gated MLP.
+"""One decoder layer: its math as pure functions over the decode layout, and the NNX modules
+that hold (and train) its parameters.
 
-Dimension legend: B batch, T new tokens, S cache slots, D width, H query heads, G kv heads,
-Q = H // G query heads per kv head, Dh head dim, F MLP hidden width.
+Dimension legend: B batch, T new tokens, S cache slots, D width, H query heads, G kv heads of
+the architecture, C cached kv heads (C = G * kv_repeat, see `LayerParams`), Q = H // C query
+heads per cached kv head, Dh head dim, F MLP hidden width, P = Dh // 2 rotary pairs,
+N shard blocks of the fused projections (the tensor-parallel degree; 1 on one device).
 
-Array names carry their shapes (`q_BxTxGxQxDh`), so each einsum documents itself.
+Array names carry their shapes (`q_BxTxCxQxDh`), so each einsum documents itself.
+
+Two layouts of the same weights:
+  * storage (`Block` and its submodules, NNX): q/k/v/o, gate/up/down as separate
+    `nnx.Linear`s, stacked on a leading L axis by `transformer.Transformer`. Checkpoints,
+    training and the sharding rules read this layout.
+  * decode (`LayerParams`, a plain pytree): q/k/v fused into one [D, ...] matrix and gate/up
+    into another, one tree per layer, converted once (`fuse_block`). A decode step then reads
+    each weight in place with one matmul per fused projection. `decoder_layer` is the only
+    implementation of the layer's math; the NNX modules call it too, fusing on the fly.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,53 +31,283 @@ from specjax import cache as kv_cache
 from specjax.models.config import ModelConfig
 
 
-class RMSNorm(nnx.Module):
-    """y = x / rms(x) * scale, computed in float32.
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """y = x / rms(x) * scale, computed in float32, returned in x's dtype.
 
     Gemma's checkpoints store `scale - 1` ((1 + w) convention); loaders add the 1 so that
     every family uses the same plain multiplication here.
     """
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Rotary:
+    """Rotary angles of one forward call for one RoPE base, computed once for all layers.
+
+    Fields: sin, cos: float32[B, T, 1, P].
+    """
+
+    sin: jax.Array
+    cos: jax.Array
+
+    @staticmethod
+    def create(positions_BxT: jax.Array, theta: float, head_dim: int) -> Rotary:
+        half = head_dim // 2
+        exponent_P = jnp.arange(half, dtype=jnp.float32) * (2.0 / head_dim)
+        inv_freq_P = jnp.power(jnp.asarray(theta, jnp.float32), -exponent_P)
+        angle_BxTxP = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_P
+        return Rotary(
+            sin=jnp.sin(angle_BxTxP)[:, :, None, :], cos=jnp.cos(angle_BxTxP)[:, :, None, :]
+        )
+
+
+def rotate(x_BxTxNxDh: jax.Array, rotary: Rotary, layout: str) -> jax.Array:
+    """Applies the rotary embedding.
+
+    "half": dimension i pairs with i + Dh/2 (HF / NEOX layout).
+    "interleaved": dimension 2i pairs with 2i + 1 (GPT-J / original Llama layout).
+    Both rotate pair i by angle position * theta ** (-2i / Dh).
+    """
+    half = x_BxTxNxDh.shape[-1] // 2
+    sin, cos = rotary.sin, rotary.cos
+    x = x_BxTxNxDh.astype(jnp.float32)
+    if layout == "half":
+        x1, x2 = x[..., :half], x[..., half:]
+        rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    elif layout == "interleaved":
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        rotated = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+        rotated = rotated.reshape(x.shape)
+    else:
+        raise ValueError(f"unknown rope layout {layout!r}")
+    return rotated.astype(x_BxTxNxDh.dtype)
+
+
+def apply_rope(
+    x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: jax.Array | float, layout: str
+) -> jax.Array:
+    """Rotary position embedding of x at the given positions (see `rotate`)."""
+    return rotate(x_BxTxNxDh, Rotary.create(positions_BxT, theta, x_BxTxNxDh.shape[-1]), layout)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LayerParams:
+    """One decoder layer in the decode layout (see the module docstring).
+
+    The fused projections are laid out in N = `shards` equal column blocks, one per
+    tensor-parallel shard, so that splitting the columns N ways hands every shard whole heads
+    and whole MLP units (N = 1 on one device):
+      qkv: [D, N * (H/N + 2 C/N) * Dh], block n = [q heads of shard n | its C/N k heads |
+        its C/N v heads]; C = G * kv_repeat cached kv heads (kv_repeat > 1 only when G < N:
+        each kv head is repeated so that every shard holds the one its queries read).
+      gate_up: [D, N * 2 * F/N], block n = [gate units of shard n | the same up units].
+
+    Fields:
+      attn_norm, mlp_norm: [D].
+      qkv: see above.  qkv_bias: the same columns, or None (only Qwen2 has biases).
+      o: [H * Dh, D].
+      gate_up: see above.  down: [F, D].
+      q_norm, k_norm: [Dh] or None (Gemma3's per-head norms).
+      post_attn_norm, post_mlp_norm: [D] or None (Gemma3).
+      shards: static N.  kv_repeat: static, C / G.
+    """
+
+    attn_norm: jax.Array
+    qkv: jax.Array
+    qkv_bias: jax.Array | None
+    o: jax.Array
+    mlp_norm: jax.Array
+    gate_up: jax.Array
+    down: jax.Array
+    q_norm: jax.Array | None = None
+    k_norm: jax.Array | None = None
+    post_attn_norm: jax.Array | None = None
+    post_mlp_norm: jax.Array | None = None
+    shards: int = dataclasses.field(default=1, metadata=dict(static=True))
+    kv_repeat: int = dataclasses.field(default=1, metadata=dict(static=True))
+
+
+def cached_kv_heads(config: ModelConfig, shards: int) -> tuple[int, int]:
+    """(C, kv_repeat): kv heads per layer in the cache when the layer is split N ways.
+
+    G % N == 0: every shard keeps G / N heads (C = G). N % G == 0: each head is repeated
+    N / G times so that every shard holds exactly the head its queries read (C = N); the
+    cache then costs one head per shard, as in the G % N == 0 case.
+    """
+    G = config.num_kv_heads
+    if G % shards == 0:
+        return G, 1
+    if shards % G == 0:
+        return shards, shards // G
+    raise ValueError(
+        f"{G} kv heads cannot be split over {shards} shards: need G % N == 0 or N % G == 0"
+    )
+
+
+def fuse_block(block: dict[str, Any], config: ModelConfig, shards: int = 1) -> LayerParams:
+    """One layer of the storage layout (a pure dict of arrays, no layer axis) -> LayerParams.
+
+    Pure jnp on arrays, so it runs inside jit (the NNX modules fuse on the fly) or once at
+    load time (`transformer.to_decode_params`).
+    """
+    H, Dh, F = config.num_heads, config.head_dim, config.ffn_dim
+    C, kv_repeat = cached_kv_heads(config, shards)
+    N = shards
+    attn, mlp = block["attn"], block["mlp"]
+
+    def heads(array_xHDh, num_heads, repeat=1):
+        # [..., heads * Dh] -> [..., N, heads * repeat / N, Dh] (each head repeated in place).
+        split = array_xHDh.reshape(*array_xHDh.shape[:-1], num_heads, Dh)
+        if repeat > 1:
+            split = jnp.repeat(split, repeat, axis=-2)
+        return split.reshape(*array_xHDh.shape[:-1], N, num_heads * repeat // N, Dh)
+
+    def qkv_columns(part):  # "kernel" [D, ...] or "bias" [...]
+        blocks = [
+            heads(attn["q_proj"][part], H),
+            heads(attn["k_proj"][part], config.num_kv_heads, kv_repeat),
+            heads(attn["v_proj"][part], config.num_kv_heads, kv_repeat),
+        ]
+        fused = jnp.concatenate(blocks, axis=-2)  # [..., N, H/N + 2 C/N, Dh]
+        return fused.reshape(*fused.shape[:-3], N * (H // N + 2 * C // N) * Dh)
+
+    def mlp_columns(name):  # [D, F] -> [D, N, 1, F/N]
+        kernel = mlp[name]["kernel"]
+        return kernel.reshape(kernel.shape[0], N, 1, F // N)
+
+    gate_up = jnp.concatenate([mlp_columns("gate_proj"), mlp_columns("up_proj")], axis=2)
+
+    def norm(parent, name):  # optional norms are absent from the storage tree
+        return parent[name]["scale"] if name in parent else None
+
+    return LayerParams(
+        attn_norm=block["attn_norm"]["scale"],
+        qkv=qkv_columns("kernel"),
+        qkv_bias=qkv_columns("bias") if "bias" in attn["q_proj"] else None,
+        o=attn["o_proj"]["kernel"],
+        mlp_norm=block["mlp_norm"]["scale"],
+        gate_up=gate_up.reshape(gate_up.shape[0], 2 * F),
+        down=mlp["down_proj"]["kernel"],
+        q_norm=norm(attn, "q_norm"),
+        k_norm=norm(attn, "k_norm"),
+        post_attn_norm=norm(block, "post_attn_norm"),
+        post_mlp_norm=norm(block, "post_mlp_norm"),
+        shards=N,
+        kv_repeat=kv_repeat,
+    )
+
+
+def attention(
+    q_BxTxHxDh: jax.Array,
+    k_cache_BxSxCxDh: jax.Array,
+    v_cache_BxSxCxDh: jax.Array,
+    mask_BxTxS: jax.Array,
+    scale: float,
+) -> jax.Array:
+    """Grouped-query attention of T queries over the cache: [B, T, H, Dh].
+
+    Query head h = c * Q + q reads cached kv head c (the HF `repeat_kv` order).
+    """
+    B, T, H, Dh = q_BxTxHxDh.shape
+    C = k_cache_BxSxCxDh.shape[2]
+    q_BxTxCxQxDh = q_BxTxHxDh.reshape(B, T, C, H // C, Dh)
+    scores_BxCxQxTxS = jnp.einsum(
+        "btcqd,bscd->bcqts",
+        q_BxTxCxQxDh,
+        k_cache_BxSxCxDh.astype(q_BxTxHxDh.dtype),
+        preferred_element_type=jnp.float32,
+    )
+    scores_BxCxQxTxS = jnp.where(
+        mask_BxTxS[:, None, None, :, :], scores_BxCxQxTxS * scale, jnp.finfo(jnp.float32).min
+    )
+    probs_BxCxQxTxS = jax.nn.softmax(scores_BxCxQxTxS, axis=-1)
+    out_BxTxCxQxDh = jnp.einsum(
+        "bcqts,bscd->btcqd",
+        probs_BxCxQxTxS.astype(v_cache_BxSxCxDh.dtype),
+        v_cache_BxSxCxDh,
+        preferred_element_type=jnp.float32,
+    )
+    return out_BxTxCxQxDh.reshape(B, T, H, Dh).astype(q_BxTxHxDh.dtype)
+
+
+def _activation(name: str, x: jax.Array) -> jax.Array:
+    return jax.nn.silu(x) if name == "silu" else jax.nn.gelu(x, approximate=True)
+
+
+def decoder_layer(
+    p: LayerParams,
+    x_BxTxD: jax.Array,
+    rotary: Rotary,
+    k_cache_BxSxCxDh: jax.Array,
+    v_cache_BxSxCxDh: jax.Array,
+    lengths_B: jax.Array,
+    mask_BxTxS: jax.Array,
+    config: ModelConfig,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Pre-norm decoder layer (with Gemma3's optional norms) over T new tokens per row.
+
+    The new keys/values go to cache slots [lengths[b], lengths[b] + T) of each row; returns
+    (output [B, T, D], this layer's updated key cache, value cache).
+    """
+    cfg = config
+    B, T, _ = x_BxTxD.shape
+    H, Dh, F, N = cfg.num_heads, cfg.head_dim, cfg.ffn_dim, p.shards
+    C = cfg.num_kv_heads * p.kv_repeat
+    Hn, Cn = H // N, C // N
+
+    h_BxTxD = rms_norm(x_BxTxD, p.attn_norm, cfg.norm_eps)
+    qkv_BxTxX = jnp.einsum("btd,dx->btx", h_BxTxD, p.qkv)
+    if p.qkv_bias is not None:
+        qkv_BxTxX = qkv_BxTxX + p.qkv_bias
+    qkv_BxTxNxXxDh = qkv_BxTxX.reshape(B, T, N, Hn + 2 * Cn, Dh)
+    q_BxTxHxDh = qkv_BxTxNxXxDh[:, :, :, :Hn].reshape(B, T, H, Dh)
+    k_BxTxCxDh = qkv_BxTxNxXxDh[:, :, :, Hn : Hn + Cn].reshape(B, T, C, Dh)
+    v_BxTxCxDh = qkv_BxTxNxXxDh[:, :, :, Hn + Cn :].reshape(B, T, C, Dh)
+    if p.q_norm is not None:
+        q_BxTxHxDh = rms_norm(q_BxTxHxDh, p.q_norm, cfg.norm_eps)
+        k_BxTxCxDh = rms_norm(k_BxTxCxDh, p.k_norm, cfg.norm_eps)
+    q_BxTxHxDh = rotate(q_BxTxHxDh, rotary, cfg.rope_layout)
+    k_BxTxCxDh = rotate(k_BxTxCxDh, rotary, cfg.rope_layout)
+
+    # The T new keys/values go to slots [lengths, lengths + T) of each row.
+    k_cache_BxSxCxDh = kv_cache.write_layer(k_cache_BxSxCxDh, k_BxTxCxDh, lengths_B)
+    v_cache_BxSxCxDh = kv_cache.write_layer(v_cache_BxSxCxDh, v_BxTxCxDh, lengths_B)
+    scale = (cfg.query_pre_attn_scalar or Dh) ** -0.5
+    out_BxTxHxDh = attention(q_BxTxHxDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, mask_BxTxS, scale)
+    attn_BxTxD = jnp.einsum("btx,xd->btd", out_BxTxHxDh.reshape(B, T, H * Dh), p.o)
+    if p.post_attn_norm is not None:
+        attn_BxTxD = rms_norm(attn_BxTxD, p.post_attn_norm, cfg.norm_eps)
+    x_BxTxD = x_BxTxD + attn_BxTxD
+
+    h_BxTxD = rms_norm(x_BxTxD, p.mlp_norm, cfg.norm_eps)
+    gate_up_BxTxNx2xFn = jnp.einsum("btd,dx->btx", h_BxTxD, p.gate_up).reshape(B, T, N, 2, F // N)
+    gate_BxTxF = gate_up_BxTxNx2xFn[:, :, :, 0].reshape(B, T, F)
+    up_BxTxF = gate_up_BxTxNx2xFn[:, :, :, 1].reshape(B, T, F)
+    mlp_BxTxD = jnp.einsum(
+        "btf,fd->btd", _activation(cfg.activation, gate_BxTxF) * up_BxTxF, p.down
+    )
+    if p.post_mlp_norm is not None:
+        mlp_BxTxD = rms_norm(mlp_BxTxD, p.post_mlp_norm, cfg.norm_eps)
+    return x_BxTxD + mlp_BxTxD, k_cache_BxSxCxDh, v_cache_BxSxCxDh
+
+
+# --------------------------------------------------------------------------------------------
+# Storage layout (NNX): the parameters checkpoints, training and sharding rules know.
+
+
+class RMSNorm(nnx.Module):
+    """y = x / rms(x) * scale (see `rms_norm`)."""
 
     def __init__(self, dim: int, eps: float, param_dtype=jnp.float32):
         self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
-
-
-def apply_rope(
-    x_BxTxNxDh: jax.Array, positions_BxT: jax.Array, theta: jax.Array | float, layout: str
-) -> jax.Array:
-    """Rotary position embedding.
-
-    "half": dimension i pairs with i + Dh/2 (HF / NEOX layout).
-    "interleaved": dimension 2i pairs with 2i + 1 (GPT-J / original Llama layout).
-    Both rotate pair i by angle position * theta ** (-2i / Dh).
-    """
-    head_dim = x_BxTxNxDh.shape[-1]
-    half = head_dim // 2
-    exponent_P = jnp.arange(half, dtype=jnp.float32) * (2.0 / head_dim)
-    inv_freq_P = jnp.power(jnp.asarray(theta, jnp.float32), -exponent_P)
-    angle_BxTxP = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_P
-    sin_BxTx1xP = jnp.sin(angle_BxTxP)[:, :, None, :]
-    cos_BxTx1xP = jnp.cos(angle_BxTxP)[:, :, None, :]
-    x = x_BxTxNxDh.astype(jnp.float32)
-    if layout == "half":
-        x1, x2 = x[..., :half], x[..., half:]
-        rotated = jnp.concatenate(
-            [x1 * cos_BxTx1xP - x2 * sin_BxTx1xP, x2 * cos_BxTx1xP + x1 * sin_BxTx1xP], axis=-1
-        )
-    elif layout == "interleaved":
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        rotated = jnp.stack(
-            [x1 * cos_BxTx1xP - x2 * sin_BxTx1xP, x2 * cos_BxTx1xP + x1 * sin_BxTx1xP], axis=-1
-        ).reshape(x.shape)
-    else:
-        raise ValueError(f"unknown rope layout {layout!r}")
-    return rotated.astype(x_BxTxNxDh.dtype)
+        return rms_norm(x, self.scale[...], self.eps)
 
 
 def _linear(d_in: int, d_out: int, *, bias: bool, rngs: nnx.Rngs, param_dtype) -> nnx.Linear:
@@ -77,11 +322,10 @@ def _linear(d_in: int, d_out: int, *, bias: bool, rngs: nnx.Rngs, param_dtype) -
 
 
 class Attention(nnx.Module):
-    """Grouped-query attention over a fixed-size KV cache of one layer."""
+    """Parameters of grouped-query attention: q/k/v/o projections (+ Gemma3's q/k norms)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         D, H, G, Dh = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
-        self.config = config
         self.q_proj = _linear(D, H * Dh, bias=config.qkv_bias, rngs=rngs, param_dtype=param_dtype)
         self.k_proj = _linear(D, G * Dh, bias=config.qkv_bias, rngs=rngs, param_dtype=param_dtype)
         self.v_proj = _linear(D, G * Dh, bias=config.qkv_bias, rngs=rngs, param_dtype=param_dtype)
@@ -90,83 +334,23 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(Dh, config.norm_eps, param_dtype)
             self.k_norm = RMSNorm(Dh, config.norm_eps, param_dtype)
 
-    def __call__(
-        self,
-        x_BxTxD: jax.Array,
-        positions_BxT: jax.Array,
-        k_cache_BxSxGxDh: jax.Array,
-        v_cache_BxSxGxDh: jax.Array,
-        lengths_B: jax.Array,
-        mask_BxTxS: jax.Array,
-        rope_theta: jax.Array,
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Returns (output [B,T,D], updated k cache, updated v cache) of this layer."""
-        cfg = self.config
-        B, T, _ = x_BxTxD.shape
-        G, Q, Dh = cfg.num_kv_heads, cfg.queries_per_kv_head, cfg.head_dim
-
-        q_BxTxHxDh = self.q_proj(x_BxTxD).reshape(B, T, G * Q, Dh)
-        k_BxTxGxDh = self.k_proj(x_BxTxD).reshape(B, T, G, Dh)
-        v_BxTxGxDh = self.v_proj(x_BxTxD).reshape(B, T, G, Dh)
-        if cfg.qk_norm:
-            q_BxTxHxDh = self.q_norm(q_BxTxHxDh)
-            k_BxTxGxDh = self.k_norm(k_BxTxGxDh)
-        q_BxTxHxDh = apply_rope(q_BxTxHxDh, positions_BxT, rope_theta, cfg.rope_layout)
-        k_BxTxGxDh = apply_rope(k_BxTxGxDh, positions_BxT, rope_theta, cfg.rope_layout)
-
-        # The T new keys/values go to slots [lengths, lengths + T) of each row.
-        k_cache_BxSxGxDh = kv_cache.write_layer(k_cache_BxSxGxDh, k_BxTxGxDh, lengths_B)
-        v_cache_BxSxGxDh = kv_cache.write_layer(v_cache_BxSxGxDh, v_BxTxGxDh, lengths_B)
-
-        scale = (cfg.query_pre_attn_scalar or Dh) ** -0.5
-        # Query head h = g * Q + q uses kv head g (the HF `repeat_kv` order).
-        q_BxTxGxQxDh = q_BxTxHxDh.reshape(B, T, G, Q, Dh)
-        scores_BxGxQxTxS = jnp.einsum(
-            "btgqd,bsgd->bgqts",
-            q_BxTxGxQxDh,
-            k_cache_BxSxGxDh.astype(q_BxTxGxQxDh.dtype),
-            preferred_element_type=jnp.float32,
-        )
-        scores_BxGxQxTxS = scores_BxGxQxTxS * scale
-        big_negative = jnp.finfo(jnp.float32).min
-        scores_BxGxQxTxS = jnp.where(
-            mask_BxTxS[:, None, None, :, :], scores_BxGxQxTxS, big_negative
-        )
-        probs_BxGxQxTxS = jax.nn.softmax(scores_BxGxQxTxS, axis=-1)
-        out_BxTxGxQxDh = jnp.einsum(
-            "bgqts,bsgd->btgqd",
-            probs_BxGxQxTxS.astype(v_cache_BxSxGxDh.dtype),
-            v_cache_BxSxGxDh,
-            preferred_element_type=jnp.float32,
-        ).astype(x_BxTxD.dtype)
-        out_BxTxD = self.o_proj(out_BxTxGxQxDh.reshape(B, T, G * Q * Dh))
-        return out_BxTxD, k_cache_BxSxGxDh, v_cache_BxSxGxDh
-
 
 class GatedMLP(nnx.Module):
-    """down(act(gate(x)) * up(x))."""
+    """Parameters of down(act(gate(x)) * up(x))."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         D, F = config.d_model, config.ffn_dim
-        self.activation = config.activation
         self.gate_proj = _linear(D, F, bias=False, rngs=rngs, param_dtype=param_dtype)
         self.up_proj = _linear(D, F, bias=False, rngs=rngs, param_dtype=param_dtype)
         self.down_proj = _linear(F, D, bias=False, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        gate_BxTxF = self.gate_proj(x_BxTxD)
-        if self.activation == "silu":
-            gate_BxTxF = jax.nn.silu(gate_BxTxF)
-        else:
-            gate_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True)
-        return self.down_proj(gate_BxTxF * self.up_proj(x_BxTxD))
-
 
 class Block(nnx.Module):
-    """Pre-norm decoder layer (with Gemma3's optional post norms)."""
+    """Pre-norm decoder layer (with Gemma3's optional post norms), storage layout."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         D, eps = config.d_model, config.norm_eps
+        self.config = config
         self.attn_norm = RMSNorm(D, eps, param_dtype)
         self.attn = Attention(config, rngs=rngs, param_dtype=param_dtype)
         self.mlp_norm = RMSNorm(D, eps, param_dtype)
@@ -174,16 +358,21 @@ class Block(nnx.Module):
         if config.post_norms:
             self.post_attn_norm = RMSNorm(D, eps, param_dtype)
             self.post_mlp_norm = RMSNorm(D, eps, param_dtype)
-        self.post_norms = config.post_norms
 
-    def __call__(self, x_BxTxD, positions_BxT, k_cache, v_cache, lengths_B, mask_BxTxS, theta):
-        attn_out, k_cache, v_cache = self.attn(
-            self.attn_norm(x_BxTxD), positions_BxT, k_cache, v_cache, lengths_B, mask_BxTxS, theta
-        )
-        if self.post_norms:
-            attn_out = self.post_attn_norm(attn_out)
-        x_BxTxD = x_BxTxD + attn_out
-        mlp_out = self.mlp(self.mlp_norm(x_BxTxD))
-        if self.post_norms:
-            mlp_out = self.post_mlp_norm(mlp_out)
-        return x_BxTxD + mlp_out, k_cache, v_cache
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        positions_BxT: jax.Array,
+        k_cache_BxSxCxDh: jax.Array,
+        v_cache_BxSxCxDh: jax.Array,
+        lengths_B: jax.Array,
+        mask_BxTxS: jax.Array,
+        theta: float,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`decoder_layer` on this block's weights, fused on the fly (training, heads)."""
+        layer = fuse_block(nnx.to_pure_dict(nnx.state(self, nnx.Param)), self.config)
+        rotary = Rotary.create(positions_BxT, theta, self.config.head_dim)
+        return decoder_layer(
+            layer, x_BxTxD, rotary, k_cache_BxSxCxDh, v_cache_BxSxCxDh, lengths_B, mask_BxTxS,
+            self.config,
+        )  # fmt: skip

@@ -2,10 +2,20 @@
 
 Dimension legend: B batch, T new tokens, S cache slots, V vocab, D width, L layers.
 
-Layers are stored stacked (every block parameter has a leading L axis) and applied with
-`lax.scan`: compile time stays flat in depth (measured on an H200: within 5% of an unrolled
-stack at run time, ~3x faster to compile). Gemma3's alternating local/global layers scan too:
-each layer's window and RoPE base are scanned alongside its weights.
+Weights come in two layouts (see `layers.py`):
+  * storage: the NNX `Transformer`, every block parameter stacked on a leading L axis.
+    Checkpoints, training and the sharding rules use it.
+  * decode: `DecodeParams`, one `LayerParams` tree per layer with fused q/k/v and gate/up
+    projections, converted once by `to_decode_params` (`Model.decode_params`). A decode step
+    then reads every weight in place: slicing layer l out of a stacked [L, ...] array inside
+    the generation loop made XLA copy it first, which cost half the GPU time of a Llama-3-8B
+    decode step (docs/benchmarks.md, "Decode at the memory floor").
+`forward` is one implementation for both: given storage params it fuses them on the fly
+inside the program (training, tests); `specjax.generate` converts once and decodes on the
+decode layout.
+
+Layers are applied by a Python loop: each layer's weights and KV cache are separate arrays,
+so nothing is sliced or copied between layers. Compile time grows with depth.
 
 Decoding code never touches the NNX module: `Model.split(module)` returns a hashable
 `Model` (graph definition + config, a static jit argument) and the params pytree (a jit
@@ -15,6 +25,8 @@ argument), as Flax's own Gemma sampler does.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import weakref
 from typing import Any
 
 import jax
@@ -22,10 +34,34 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specjax import cache as kv_cache
+from specjax.models import layers
 from specjax.models.config import ModelConfig
-from specjax.models.layers import Block, RMSNorm
+from specjax.models.layers import Block, LayerParams, RMSNorm
 
-Params = Any  # an nnx.State pytree
+Params = Any  # storage layout (an nnx.State pytree) or DecodeParams
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeParams:
+    """A whole model in the decode layout.
+
+    Fields:
+      embedding: [V, D] token embedding.
+      layers: tuple of L `LayerParams`, one tree per layer.
+      final_norm: [D].
+      lm_head: [D, V], or None when the embedding is tied (the head is embedding.T).
+    """
+
+    embedding: jax.Array
+    layers: tuple[LayerParams, ...]
+    final_norm: jax.Array
+    lm_head: jax.Array | None = None
+
+    @property
+    def shards(self) -> int:
+        """Tensor-parallel blocks of the fused projections (1 on one device)."""
+        return self.layers[0].shards
 
 
 def _stacked_blocks(config: ModelConfig, rngs: nnx.Rngs, param_dtype) -> Block:
@@ -33,12 +69,12 @@ def _stacked_blocks(config: ModelConfig, rngs: nnx.Rngs, param_dtype) -> Block:
     blocks = [Block(config, rngs=rngs, param_dtype=param_dtype) for _ in range(config.num_layers)]
     graphdef = nnx.graphdef(blocks[0])
     states = [nnx.state(block) for block in blocks]
-    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
+    stacked = jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *states)
     return nnx.merge(graphdef, stacked)
 
 
 class Transformer(nnx.Module):
-    """Decoder-only transformer of any supported family (see ModelConfig)."""
+    """Decoder-only transformer of any supported family (storage layout, see ModelConfig)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = config
@@ -70,56 +106,131 @@ class Transformer(nnx.Module):
         extra_mask_BxTxT: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, kv_cache.KVCache]:
         """See `forward`."""
-        cfg = self.config
-        embedding_VxD = self.embedder.embedding[...]
-        x_BxTxD = jnp.take(embedding_VxD, tokens_BxT, axis=0)
-        if cfg.embed_scale:
-            # Gemma multiplies by sqrt(D) rounded to the activation dtype.
-            x_BxTxD = x_BxTxD * jnp.asarray(cfg.d_model**0.5, x_BxTxD.dtype)
+        params = to_decode_params(self.config, nnx.state(self, nnx.Param))
+        return forward(self.config, params, tokens_BxT, positions_BxT, cache, extra_mask_BxTxT)
 
-        lengths_B = cache.lengths
-        windows_L = jnp.asarray(cfg.layer_windows(), jnp.int32)
-        thetas_L = jnp.asarray(cfg.layer_rope_thetas(), jnp.float32)
-        block_graphdef, block_params = nnx.split(self.blocks)
 
-        def layer_step(carry, layer_inputs):
-            x, k_all, v_all, layer = carry
-            params, window, theta = layer_inputs
-            mask_BxTxS = kv_cache.attention_mask(
-                lengths_B, positions_BxT, cache.max_len, window, extra_mask_BxTxT
-            )
-            block = nnx.merge(block_graphdef, params)
-            # The whole cache rides in the carry and is updated in place at index `layer`.
-            x, k_layer, v_layer = block(
-                x, positions_BxT, k_all[layer], v_all[layer], lengths_B, mask_BxTxS, theta
-            )
-            k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_layer, layer, axis=0)
-            v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_layer, layer, axis=0)
-            return (x, k_all, v_all, layer + 1), None
+def to_decode_params(config: ModelConfig, params: Params, shards: int = 1) -> DecodeParams:
+    """Storage-layout params (nnx.State or its pure dict) -> DecodeParams.
 
-        (x_BxTxD, k_all, v_all, _), _ = jax.lax.scan(
-            layer_step,
-            (x_BxTxD, cache.k, cache.v, jnp.int32(0)),
-            (block_params, windows_L, thetas_L),
-            unroll=min(cfg.layer_unroll, cfg.num_layers),
+    `shards` is the tensor-parallel degree the fused projections are laid out for (see
+    `layers.LayerParams`). Pure jnp: inside jit the per-layer slices and concatenations are
+    part of the program (training); `Model.decode_params` runs it once, on its own.
+    """
+    if isinstance(params, DecodeParams):
+        if params.shards != shards:
+            raise ValueError(f"params are laid out for {params.shards} shards, not {shards}")
+        return params
+    pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+    per_layer = [
+        layers.fuse_block(jax.tree.map(lambda stacked, l=l: stacked[l], pure["blocks"]), config,
+                          shards)
+        for l in range(config.num_layers)
+    ]  # fmt: skip
+    return DecodeParams(
+        embedding=pure["embedder"]["embedding"],
+        layers=tuple(per_layer),
+        final_norm=pure["final_norm"]["scale"],
+        lm_head=pure["lm_head"]["kernel"] if "lm_head" in pure else None,
+    )
+
+
+def forward(
+    config: ModelConfig,
+    params: DecodeParams,
+    tokens_BxT: jax.Array,
+    positions_BxT: jax.Array,
+    cache: kv_cache.KVCache,
+    extra_mask_BxTxT: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, kv_cache.KVCache]:
+    """One forward pass over T new tokens per row (see `Model.forward`)."""
+    cfg = config
+    if len(params.layers) != cfg.num_layers or len(cache.k) != cfg.num_layers:
+        raise ValueError(
+            f"model has {cfg.num_layers} layers but got {len(params.layers)} layers of weights "
+            f"and {len(cache.k)} of KV cache"
         )
-        hidden_BxTxD = self.final_norm(x_BxTxD)
-        if cfg.tie_embeddings:
-            head_DxV = embedding_VxD.T
-        else:
-            head_DxV = self.lm_head.kernel[...]
+    x_BxTxD = jnp.take(params.embedding, tokens_BxT, axis=0)
+    if cfg.embed_scale:
+        # Gemma multiplies by sqrt(D) rounded to the activation dtype.
+        x_BxTxD = x_BxTxD * jnp.asarray(cfg.d_model**0.5, x_BxTxD.dtype)
+
+    lengths_B = cache.lengths
+    windows, thetas = cfg.layer_windows(), cfg.layer_rope_thetas()
+    # Masks and rotary angles depend on the layer only through its window and RoPE base:
+    # computed once per distinct value (at most two), not once per layer.
+    masks_BxTxS = {
+        window: kv_cache.attention_mask(
+            lengths_B, positions_BxT, cache.max_len, window, extra_mask_BxTxT
+        )
+        for window in set(windows)
+    }
+    rotaries = {
+        theta: layers.Rotary.create(positions_BxT, theta, cfg.head_dim) for theta in set(thetas)
+    }
+    new_k, new_v = [], []
+    for l, layer in enumerate(params.layers):
+        with jax.named_scope(f"layer{l}"):
+            x_BxTxD, k_BxSxCxDh, v_BxSxCxDh = layers.decoder_layer(
+                layer, x_BxTxD, rotaries[thetas[l]], cache.k[l], cache.v[l], lengths_B,
+                masks_BxTxS[windows[l]], cfg,
+            )  # fmt: skip
+        new_k.append(k_BxSxCxDh)
+        new_v.append(v_BxSxCxDh)
+
+    hidden_BxTxD = layers.rms_norm(x_BxTxD, params.final_norm, cfg.norm_eps)
+    if params.lm_head is None:  # tied: contract with the embedding's D axis, no transpose copy
+        logits_BxTxV = jnp.einsum(
+            "btd,vd->btv",
+            hidden_BxTxD,
+            params.embedding.astype(hidden_BxTxD.dtype),
+            preferred_element_type=jnp.float32,
+        )
+    else:
         logits_BxTxV = jnp.einsum(
             "btd,dv->btv",
             hidden_BxTxD,
-            head_DxV.astype(hidden_BxTxD.dtype),
+            params.lm_head.astype(hidden_BxTxD.dtype),
             preferred_element_type=jnp.float32,
         )
-        if cfg.final_logit_softcap:
-            cap = cfg.final_logit_softcap
-            logits_BxTxV = jnp.tanh(logits_BxTxV / cap) * cap
-        T = tokens_BxT.shape[1]
-        new_cache = kv_cache.KVCache(k=k_all, v=v_all, lengths=lengths_B + T)
-        return logits_BxTxV, hidden_BxTxD, new_cache
+    if cfg.final_logit_softcap:
+        cap = cfg.final_logit_softcap
+        logits_BxTxV = jnp.tanh(logits_BxTxV / cap) * cap
+    T = tokens_BxT.shape[1]
+    new_cache = kv_cache.KVCache(k=tuple(new_k), v=tuple(new_v), lengths=lengths_B + T)
+    return logits_BxTxV, hidden_BxTxD, new_cache
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _decode_params_jit(config: ModelConfig, params: Params, shards: int) -> DecodeParams:
+    return to_decode_params(config, params, shards)
+
+
+# Conversions done, keyed by (what, ids of the original leaves) and guarded by weak references
+# to those leaves: converting the same weights again (every `specjax.generate` call, an
+# early-exit drafter sharing the target's layers) reuses one converted copy, which dies with
+# the originals.
+_CONVERTED: dict[tuple, tuple[list[weakref.ref], Any]] = {}
+
+
+def converted_once(what: Any, params: Any, convert) -> Any:
+    """`convert(params)`, remembered per (`what`, params' leaves) while those leaves live.
+
+    `what` (hashable) names the conversion, e.g. (config, shards). Leaves that cannot be
+    weakly referenced (numpy arrays) are converted every time.
+    """
+    leaves = jax.tree.leaves(params)
+    key = (what, tuple(id(leaf) for leaf in leaves))
+    entry = _CONVERTED.get(key)
+    if entry is not None and all(ref() is leaf for ref, leaf in zip(entry[0], leaves)):
+        return entry[1]
+    converted = convert(params)
+    try:
+        refs = [weakref.ref(leaf, lambda _, key=key: _CONVERTED.pop(key, None)) for leaf in leaves]
+    except TypeError:
+        return converted
+    _CONVERTED[key] = (refs, converted)
+    return converted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,19 +248,28 @@ class Model:
         graphdef, params = nnx.split(module)
         return Model(graphdef=graphdef, config=module.config), params
 
-    def with_config(self, **changes) -> Model:
-        """The same parameter structure under a changed config (e.g. `layer_unroll`); only
-        changes that keep every parameter's shape are allowed."""
-        config = self.config.replace(**changes)
-        new_model, new_params = abstract_model(config)
-        _, old_params = abstract_model(self.config)
-        old_shapes = jax.tree.map(lambda x: x.shape, old_params)
-        if jax.tree.map(lambda x: x.shape, new_params) != old_shapes:
-            raise ValueError(f"config change {changes} alters parameter shapes")
-        return new_model
-
     def merge(self, params: Params) -> Transformer:
         return nnx.merge(self.graphdef, params)
+
+    @property
+    def shards(self) -> int:
+        """Tensor-parallel degree of this model's decode layout (1: one device)."""
+        return 1
+
+    def decode_params(self, params: Params) -> DecodeParams:
+        """The decode layout of `params`.
+
+        Storage-layout params are converted once by a compiled program into a new copy of the
+        weights, which is remembered while the originals live (a second call returns the same
+        copy). To hold a single copy, keep the result and drop the originals.
+        """
+        if isinstance(params, DecodeParams):
+            return to_decode_params(self.config, params, self.shards)
+        return converted_once(
+            ("decode", self.config, self.shards),
+            params,
+            lambda p: _decode_params_jit(self.config, p, self.shards),
+        )
 
     def forward(
         self,
@@ -162,7 +282,8 @@ class Model:
         """One forward pass over T new tokens per row.
 
         Args:
-          params: the weights (from `Model.split`).
+          params: the weights, decode layout (`decode_params`) or storage layout (from
+            `Model.split`; fused inside the program, at a cost in copies).
           tokens_BxT: int32 token ids.
           positions_BxT: int32 positions (RoPE and sliding windows).
           cache: the KV cache; the new tokens are written to slots
@@ -174,10 +295,14 @@ class Model:
           (logits [B,T,V] float32, hidden [B,T,D] after the final norm, cache with
           lengths += T). Rejecting tokens afterwards is `cache.rollback`.
         """
-        return self.merge(params)(tokens_BxT, positions_BxT, cache, extra_mask_BxTxT)
+        params = to_decode_params(self.config, params, self.shards)
+        return forward(self.config, params, tokens_BxT, positions_BxT, cache, extra_mask_BxTxT)
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> kv_cache.KVCache:
-        return kv_cache.init_cache(self.config, batch_size, max_len, dtype or jnp.float32)
+        kv_heads, _ = layers.cached_kv_heads(self.config, self.shards)
+        return kv_cache.init_cache(
+            self.config, batch_size, max_len, dtype or jnp.float32, kv_heads=kv_heads
+        )
 
 
 def params_dtype(params: Params) -> jnp.dtype:
@@ -199,3 +324,11 @@ def abstract_model(config: ModelConfig, param_dtype=jnp.float32) -> tuple[Model,
         lambda: Transformer(config, rngs=nnx.Rngs(0), param_dtype=param_dtype)
     )
     return Model.split(abstract)
+
+
+def abstract_decode_params(
+    config: ModelConfig, param_dtype=jnp.float32, shards: int = 1
+) -> DecodeParams:
+    """Shapes of the decode layout (`jax.ShapeDtypeStruct` leaves), nothing allocated."""
+    _, abstract = abstract_model(config, param_dtype)
+    return jax.eval_shape(lambda p: to_decode_params(config, p, shards), abstract)

@@ -51,7 +51,13 @@ from specjax.decoding.sampling import Sampling
 from specjax.eval import bench as eval_bench
 from specjax.eval.timing import Timer
 from specjax.models.config import KNOWN_SHAPES, LLAMA3_8B, ModelConfig
-from specjax.models.transformer import Model, Params, abstract_model
+from specjax.models.transformer import (
+    DecodeParams,
+    Model,
+    Params,
+    abstract_decode_params,
+    abstract_model,
+)
 from specjax.parallel import mesh as mesh_lib
 from specjax.parallel import sharded
 from specjax.parallel.mesh import ModelLayout
@@ -301,13 +307,15 @@ def _hash_uniform(shape: tuple[int, ...], salt: int) -> jax.Array:
 
 def synthetic_params(
     config: ModelConfig, layout: ModelLayout, dtype: Any = jnp.bfloat16, seed: int = 0
-) -> tuple[Model, Params]:
-    """(Model, params) of random weights created on the devices of `layout` (no host copy).
+) -> tuple[Model, DecodeParams]:
+    """(Model, decode-layout params) of random weights created on the devices of `layout`
+    (no host copy), laid out for `layout.shards`.
 
     Matrices have the init's variance (1/fan_in; the embedding 1/D), norm scales are 1 and
     biases 0, as in a freshly initialised `Transformer`.
     """
-    model, abstract = abstract_model(config, dtype)
+    model, _ = abstract_model(config, dtype)
+    abstract = abstract_decode_params(config, dtype, layout.shards)
     shardings = layout.param_shardings(abstract)
 
     def create():
@@ -315,12 +323,12 @@ def synthetic_params(
         out = []
         for i, (path, leaf) in enumerate(leaves):
             name = jax.tree_util.keystr(path)
-            if "scale" in name:
+            if "norm" in name:
                 value = jnp.ones(leaf.shape, leaf.dtype)
             elif "bias" in name:
                 value = jnp.zeros(leaf.shape, leaf.dtype)
-            else:
-                fan_in = leaf.shape[-2] if "kernel" in name else leaf.shape[-1]
+            else:  # matrices are [fan_in, fan_out], the embedding [V, D]
+                fan_in = leaf.shape[-1] if "embedding" in name else leaf.shape[-2]
                 std = fan_in**-0.5
                 value = (_hash_uniform(leaf.shape, seed * 1000 + i) * (std * 3**0.5)).astype(
                     leaf.dtype
@@ -364,7 +372,7 @@ def time_steps(
             cache = sharded_model.init_cache(batch, slots, dtype)
             return dataclasses.replace(cache, lengths=jnp.full((batch,), context, jnp.int32))
 
-        cache = jax.jit(empty_cache, out_shardings=layout.cache_shardings(boundary=True))()
+        cache = jax.jit(empty_cache, out_shardings=layout.cache_shardings())()
         step = sharded.forward_step(sharded_model, shardings, keep_lengths=True)
         tokens = sharded.put(np.ones((batch, T), np.int32), mesh_lib.batch_sharding(mesh, 2))
         positions = sharded.put(

@@ -16,12 +16,13 @@ Rules that depend on the model's shape (applied by `ModelLayout`):
   * heads: H % model must be 0 (error otherwise). Heads are flattened head-major in the
     projections (column h * Dh + d), so splitting H * Dh into `model` equal blocks hands every
     shard whole heads.
-  * kv heads: sharded when G % model == 0; otherwise the k/v projections and the KV cache are
-    *replicated* over `model`: every model shard computes all G kv heads (G * Dh * D extra
-    multiply-adds per token, small because G is small) and keeps the whole cache. This is the
-    GQA case of Qwen2.5 0.5B/1.5B (G = 2) at model = 4 or 8. When model % G == 0 (the usual
-    powers of two) each shard's query heads still fall inside a single kv group, so attention
-    stays local; see docs/distributed.md for the memory cost and the alternative.
+  * kv heads: in the storage layout, sharded when G % model == 0, else replicated. In the
+    decode layout (what generation runs on, `models.layers.LayerParams`) the fused q/k/v
+    projection is laid out in `model` column blocks, one per shard; when G < model (Qwen2.5
+    0.5B/1.5B, G = 2, at model = 4 or 8) each kv head is repeated model / G times, so every
+    shard computes and caches exactly the kv head its own query heads read: attention stays
+    local and the cache costs one head per shard. G and model must divide one another
+    (error otherwise); see docs/distributed.md.
   * mlp: F % model must be 0 (error otherwise).
   * vocab: sharded when V % model == 0, replicated otherwise (odd vocabularies exist; a
     replicated embedding costs memory, never correctness).
@@ -46,12 +47,25 @@ from specjax.models.config import ModelConfig
 DATA, MODEL = "data", "model"
 MESH_AXES = (DATA, MODEL)
 
+# Norm scales of the decode layout (`models.layers.LayerParams`, `DecodeParams`).
+NORM_NAMES = (
+    "attn_norm",
+    "mlp_norm",
+    "q_norm",
+    "k_norm",
+    "post_attn_norm",
+    "post_mlp_norm",
+    "final_norm",
+)
+
 # Logical axis -> mesh axis (None: replicated). The one table; see the module docstring for the
 # shape-dependent fallbacks of kv_heads and vocab.
 LOGICAL_AXIS_RULES: dict[str, str | None] = {
     "batch": DATA,
     "heads": MODEL,
     "kv_heads": MODEL,
+    "fused_heads": MODEL,  # decode layout: shard-major q/k/v column blocks
+    "cached_kv_heads": MODEL,  # C = G * kv_repeat, always a multiple of `model`
     "mlp": MODEL,
     "vocab": MODEL,
     "embed": None,
@@ -63,7 +77,9 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
 }
 
 # Parameter name (last one or two keys of its path) -> logical axes of its trailing dims.
-# Parameters under "blocks" carry a leading stacked "layers" axis (see models/transformer.py).
+# Storage layout: parameters under "blocks" carry a leading stacked "layers" axis (see
+# models/transformer.py). Decode layout (`DecodeParams`): one tree per layer, fused q/k/v and
+# gate/up columns in shard-major blocks, so an even split over `model` is the right one.
 PARAM_LOGICAL_AXES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("embedder", "embedding"): ("vocab", "embed"),  # [V, D]
     ("lm_head", "kernel"): ("embed", "vocab"),  # [D, V]
@@ -78,9 +94,18 @@ PARAM_LOGICAL_AXES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("up_proj", "kernel"): ("embed", "mlp"),  # [D, F]
     ("down_proj", "kernel"): ("mlp", "embed"),  # [F, D]: row-parallel, all-reduce after
     ("scale",): ("norm",),  # RMSNorm scales [D] or [Dh]
+    # Decode layout.
+    ("embedding",): ("vocab", "embed"),  # [V, D]
+    ("lm_head",): ("embed", "vocab"),  # [D, V]
+    ("qkv",): ("embed", "fused_heads"),  # [D, N * (H/N + 2 C/N) * Dh]
+    ("qkv_bias",): ("fused_heads",),
+    ("o",): ("heads", "embed"),  # [H*Dh, D]: row-parallel
+    ("gate_up",): ("embed", "mlp"),  # [D, N * 2 * F/N]
+    ("down",): ("mlp", "embed"),  # [F, D]: row-parallel
+    **{(norm,): ("norm",) for norm in NORM_NAMES},
 }
 
-KV_CACHE_LOGICAL_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")  # [L, B, S, G, Dh]
+KV_CACHE_LOGICAL_AXES = ("batch", "seq", "cached_kv_heads", "head_dim")  # per layer [B, S, C, Dh]
 
 
 class MeshError(ValueError):
@@ -183,10 +208,21 @@ class ModelLayout:
                 f"MLP width {cfg.ffn_dim} is not divisible by the mesh's model axis ({model}); "
                 f"use model in {_divisors(cfg.ffn_dim)}"
             )
+        if cfg.num_kv_heads % model and model % cfg.num_kv_heads:
+            raise MeshError(
+                f"{cfg.num_kv_heads} kv heads and the mesh's model axis ({model}) must divide "
+                "one another (each shard caches whole kv heads, repeated when there are fewer "
+                f"heads than shards); use model in {allowed_model_sizes(cfg, cfg.num_heads)}"
+            )
 
     @property
     def model_size(self) -> int:
         return self.mesh.shape[MODEL]
+
+    @property
+    def shards(self) -> int:
+        """Tensor-parallel degree of the decode layout: `model` when splitting, else 1."""
+        return self.model_size if self.tensor_parallel else 1
 
     @property
     def kv_heads_sharded(self) -> bool:
@@ -247,22 +283,12 @@ class ModelLayout:
 
         return jax.tree_util.tree_map_with_path(leaf_sharding, params)
 
-    def cache_shardings(self, *, boundary: bool = False) -> KVCache:
-        """KVCache of NamedShardings: k/v [L, B, S, G, Dh], lengths [B].
-
-        When G % model != 0 the kv-head axis is left UNCONSTRAINED inside a program: k and v
-        come from replicated projections, so every model shard can compute whichever kv heads
-        its query heads read, and XLA keeps exactly those (kv head g on the model / G shards
-        whose queries belong to group g; measured in the HLO). Pinning the cache replicated
-        instead made XLA all-gather the whole cache every step. At a jit boundary
-        (`boundary=True`) a concrete sharding is needed: replicated over `model`.
-        """
-        spec = self.spec(KV_CACHE_LOGICAL_AXES)
-        if not boundary and self.tensor_parallel and self.model_size > 1:
-            if not self.kv_heads_sharded:
-                spec = P(*spec[:3], P.UNCONSTRAINED, *spec[4:])
-        kv = NamedSharding(self.mesh, spec)
-        return KVCache(k=kv, v=kv, lengths=self.sharding(("batch",)))
+    def cache_shardings(self) -> KVCache:
+        """KVCache of NamedShardings: per layer k/v [B, S, C, Dh] (rows on `data`, the C cached
+        kv heads on `model` when tensor parallel), lengths [B]."""
+        kv = self.sharding(KV_CACHE_LOGICAL_AXES)
+        layers = (kv,) * self.config.num_layers
+        return KVCache(k=layers, v=layers, lengths=self.sharding(("batch",)))
 
     def logits_sharding(self) -> NamedSharding:
         """[B, T, V]: rows on `data`, the vocabulary where the LM head put it."""
@@ -278,8 +304,12 @@ def _divisors(n: int) -> list[int]:
 
 def allowed_model_sizes(config: ModelConfig, num_devices: int) -> list[int]:
     """Tensor-parallel sizes <= num_devices that `ModelLayout` accepts for this shape."""
+    G = config.num_kv_heads
     return [
         m
         for m in range(1, num_devices + 1)
-        if config.num_heads % m == 0 and config.ffn_dim % m == 0 and num_devices % m == 0
+        if config.num_heads % m == 0
+        and config.ffn_dim % m == 0
+        and num_devices % m == 0
+        and (G % m == 0 or m % G == 0)
     ]

@@ -7,10 +7,12 @@ Nothing in `decoding/` or `models/` knows about meshes. Two small pieces make th
 loops run sharded:
 
   * `ShardedModel` is a `Model` that pins its KV cache (at creation and around every forward)
-    and its logits to the layout's shardings. The cache rides in the carry of the
-    `lax.while_loop`, so pinning it fixes the loop's layout; XLA's sharding propagation then
-    splits every matmul like its weights (column-parallel q/k/v/gate/up, row-parallel o/down)
-    and no weight moves inside the loop (tests/parallel inspects the compiled HLO for that).
+    and its logits to the layout's shardings. Its weights are in the decode layout laid out
+    for the mesh (`layout.shards` column blocks of the fused projections, see
+    `models.layers.LayerParams`). The cache rides in the carry of the `lax.while_loop`, so
+    pinning it fixes the loop's layout; XLA's sharding propagation then splits every matmul
+    like its weights (column-parallel qkv/gate_up, row-parallel o/down) and no weight moves
+    inside the loop (tests/parallel inspects the compiled HLO for that).
   * `prepare_generate` compiles the whole generation (prefill + while_loop) with explicit
     in_shardings (weights by `ModelLayout`, prompt rows on `data`, scalars replicated) and
     output shardings (`pin_outputs`: per-row outputs on `data`), one program per (mesh,
@@ -32,13 +34,20 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from specjax import cache as kv_cache
 from specjax.decoding.state import GenerateOutput
 from specjax.drafters.draft_model import DraftModelDrafter
-from specjax.models.transformer import Model, Params
+from specjax.models.transformer import (
+    DecodeParams,
+    Model,
+    Params,
+    converted_once,
+    to_decode_params,
+)
 from specjax.parallel import mesh as mesh_lib
 from specjax.parallel.mesh import ModelLayout
 
@@ -55,6 +64,10 @@ class ShardedModel(Model):
     @staticmethod
     def wrap(model: Model, layout: ModelLayout) -> ShardedModel:
         return ShardedModel(graphdef=model.graphdef, config=model.config, layout=layout)
+
+    @property
+    def shards(self) -> int:
+        return self.layout.shards
 
     def _pin_cache(self, cache: kv_cache.KVCache) -> kv_cache.KVCache:
         return jax.lax.with_sharding_constraint(cache, self.layout.cache_shardings())
@@ -85,13 +98,30 @@ def unwrap(model: Model) -> Model:
 
 def shard_model(
     model: Model, params: Params, mesh: Mesh, *, tensor_parallel: bool = True
-) -> tuple[ShardedModel, Params]:
-    """(ShardedModel, params placed on their shardings) for `mesh`.
+) -> tuple[ShardedModel, DecodeParams]:
+    """(ShardedModel, its decode-layout params placed on their shardings) for `mesh`.
 
     Raises MeshError when the model's heads or MLP width do not split over `model`.
     """
     layout = ModelLayout(mesh, model.config, tensor_parallel=tensor_parallel)
     return ShardedModel.wrap(unwrap(model), layout), place_params(params, layout)
+
+
+def _decode_layout_on_host(params: Params, layout: ModelLayout) -> DecodeParams:
+    """Storage-layout params -> the decode layout for `layout.shards`, built on the host CPU
+    (weights sharded over several devices or hosts never gather on one accelerator), once per
+    original weights (`converted_once`)."""
+    if isinstance(params, DecodeParams):
+        return to_decode_params(layout.config, params, layout.shards)
+
+    def convert(storage: Params) -> DecodeParams:
+        host = jax.tree.map(
+            np.asarray, nnx.to_pure_dict(storage) if isinstance(storage, nnx.State) else storage
+        )
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):
+            return to_decode_params(layout.config, host, layout.shards)
+
+    return converted_once(("host-decode", layout.config, layout.shards), params, convert)
 
 
 def spans_processes(mesh: Mesh | None) -> bool:
@@ -151,7 +181,8 @@ def _placed_leaf(leaf: Any, sharding: NamedSharding) -> Any:
 
 
 def place_params(params: Any, layout: ModelLayout | None, mesh: Mesh | None = None) -> Any:
-    """Params on their shardings (replicated over `mesh` when there is no layout).
+    """Params on their shardings: a model's weights (`layout` given) in the decode layout for
+    that layout; anything else (`layout` None, e.g. draft heads) replicated over `mesh`.
 
     Arrays already there are used as they are. Others are copied once and the copy is reused
     while the original lives (see `_PLACED`); to hold only the sharded copy, place the
@@ -159,11 +190,11 @@ def place_params(params: Any, layout: ModelLayout | None, mesh: Mesh | None = No
     """
     if params is None:
         return None
-    shardings = (
-        jax.tree.map(lambda _: mesh_lib.replicated(mesh), params)
-        if layout is None
-        else layout.param_shardings(params)
-    )
+    if layout is None:
+        shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), params)
+    else:
+        params = _decode_layout_on_host(params, layout)
+        shardings = layout.param_shardings(params)
     leaves, treedef = jax.tree.flatten(params)
     return treedef.unflatten(
         [_placed_leaf(x, s) for x, s in zip(leaves, treedef.flatten_up_to(shardings))]
@@ -183,7 +214,7 @@ def shard_drafter(
         layout = ModelLayout(mesh, drafter.model.config, tensor_parallel=tensor_parallel)
         wrapped = DraftModelDrafter(ShardedModel.wrap(unwrap(drafter.model), layout))
         placed = place_params(drafter_params, layout)
-        return wrapped, placed, layout.param_shardings(drafter_params)
+        return wrapped, placed, layout.param_shardings(placed)
     if drafter_params is None:
         return drafter, None, None
     return drafter, place_params(drafter_params, None, mesh), mesh_lib.replicated(mesh)
@@ -301,7 +332,7 @@ def prepare_generate(
     """
     mesh_lib.check_batch(mesh, prompt_BxP.shape[0])
     sharded_target, placed_params = shard_model(unwrap(target), params, mesh)
-    params_key = _TreeKey(sharded_target.layout.param_shardings(params))
+    params_key = _TreeKey(sharded_target.layout.param_shardings(placed_params))
     # Outputs stay split by rows unless another process holds some of them.
     replicate_outputs = spans_processes(mesh)
     rep = mesh_lib.replicated(mesh)
@@ -358,7 +389,7 @@ def forward_step(
     """
     mesh = model.layout.mesh
     rows2 = mesh_lib.batch_sharding(mesh, 2)
-    cache_shardings = model.layout.cache_shardings(boundary=True)
+    cache_shardings = model.layout.cache_shardings()
 
     def step(params, tokens_BxT, positions_BxT, cache):
         logits_BxTxV, _, new_cache = model.forward(params, tokens_BxT, positions_BxT, cache)

@@ -21,10 +21,12 @@ from specjax import api
 from specjax.decoding import rejection
 from specjax.drafters.draft_model import DraftModelDrafter
 from specjax.models.config import ModelConfig
-from specjax.parallel import MeshError, ModelLayout, hlo, make_mesh, sharded
+from specjax.models.layers import cached_kv_heads
+from specjax.models.transformer import Model
+from specjax.parallel import MeshError, ModelLayout, ShardedModel, hlo, make_mesh, sharded
 
 # Target: H = 8 splits over model in {1, 2, 4, 8}; G = 2 kv heads split at model = 2 and are
-# replicated at model = 4, 8 (the Qwen2.5 0.5B/1.5B situation). Widths are chosen so that no
+# repeated per shard at model = 4, 8 (the Qwen2.5 0.5B/1.5B situation). Widths are chosen so that no
 # activation has the shape of a weight matrix (the HLO check matches shapes).
 TARGET = ModelConfig(
     family="qwen2",
@@ -99,13 +101,11 @@ def _prepared(mesh, target, draft, prompts, shard_drafter, sampling=specjax.GREE
     )
 
 
-def _cache_shapes(config: ModelConfig, batches, slots: int) -> set[tuple[int, ...]]:
-    """Shapes of a whole KV cache and of one layer of it, for each row count in `batches`."""
-    shapes = set()
-    for batch in batches:
-        full = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
-        shapes |= {full, full[1:]}
-    return shapes
+def _cache_shapes(config: ModelConfig, batches, slots: int, model: int) -> set[tuple[int, ...]]:
+    """Shapes of one layer of a whole (unsplit) KV cache, for each row count in `batches`:
+    what an all-gather of the cache inside the loop would produce."""
+    kv_heads, _ = cached_kv_heads(config, model)
+    return {(batch, slots, kv_heads, config.head_dim) for batch in batches}
 
 
 def _assert_same(out, reference):
@@ -142,14 +142,17 @@ def test_tensor_parallel_equals_single_device(
     out = compiled(*args)
     _assert_same(out, reference)
 
-    # The loop never gathers a weight of the target or the drafter ...
+    # The loop never gathers a weight of the target or the drafter (decode layout) ...
     text = compiled.as_text()
-    gathers = hlo.weight_gathers(text, target[1]) + hlo.weight_gathers(text, draft[1])
+    gathers = hlo.weight_gathers(text, args[0]) + hlo.weight_gathers(text, args[1])
     assert not gathers, "\n".join(map(str, gathers))
     # ... nor a whole KV cache (what pinning a replicated GQA cache made XLA do).
     slots = args[2].shape[1] + MAX_NEW + GAMMA + 1
     rows = {8, 8 // shape[0]}  # all rows, or one data shard's
-    cache_shapes = _cache_shapes(TARGET, rows, slots) | _cache_shapes(DRAFT, rows, slots)
+    model = shape[1]
+    cache_shapes = _cache_shapes(TARGET, rows, slots, model) | _cache_shapes(
+        DRAFT, rows, slots, model if shard_drafter else 1
+    )
     cache_gathers = [
         op
         for op in hlo.loop_collectives(text)
@@ -176,16 +179,33 @@ def test_sampling_equals_single_device(target, draft, prompts):
 
 
 def test_kv_head_rule():
-    """G = 2: split at model = 2; replicated projections at model = 4, 8 with the cache's kv
-    axis left to XLA inside the program and replicated at jit boundaries."""
-    for model, sharded_kv in [(1, False), (2, True), (4, False), (8, False)]:
+    """G = 2 kv heads: split at model = 2; at model = 4 and 8 each head is repeated model / G
+    times, so every shard caches the one head its queries read. The cache's head axis is
+    always on `model` when tensor parallel."""
+    for model, (kv_heads, repeat) in [(1, (2, 1)), (2, (2, 1)), (4, (4, 2)), (8, (8, 4))]:
         layout = ModelLayout(make_mesh(8 // model, model), TARGET)
-        assert layout.kv_heads_sharded == sharded_kv
-        k_spec = layout.cache_shardings(boundary=True).k.spec
-        assert k_spec == P(None, "data", None, "model" if sharded_kv else None, None)
-        inner = layout.cache_shardings().k.spec
-        expected = P.UNCONSTRAINED if model > 2 else ("model" if sharded_kv else None)
-        assert inner[3] == expected
+        assert cached_kv_heads(TARGET, layout.shards) == (kv_heads, repeat)
+        k_spec = layout.cache_shardings().k[0].spec
+        assert k_spec == P("data", None, "model" if model > 1 else None, None)
+        assert len(layout.cache_shardings().k) == TARGET.num_layers
+        cache = ShardedModel.wrap(Model(None, TARGET), layout).init_cache(8, 32)
+        assert cache.k[0].shape == (8, 32, kv_heads, TARGET.head_dim)
+    with pytest.raises(MeshError, match=r"4 kv heads and the mesh's model axis \(6\)"):
+        ModelLayout(make_mesh(1, 6), TARGET.replace(num_heads=12, num_kv_heads=4, ffn_dim=96))
+
+
+def test_decode_layout_rules(target):
+    """The decode layout's fused columns split evenly over `model` (shard-major blocks)."""
+    layout = ModelLayout(make_mesh(2, 4), TARGET)
+    placed = sharded.place_params(target[1], layout)
+    layer = placed.layers[0]
+    assert layer.shards == 4 and layer.kv_repeat == 2
+    assert layer.qkv.sharding.spec == P(None, "model")  # [D, 4 * (H/4 + 2) * Dh]
+    assert layer.gate_up.sharding.spec == P(None, "model")
+    assert layer.o.sharding.spec == P("model", None)
+    assert layer.down.sharding.spec == P("model", None)
+    assert placed.embedding.sharding.spec == P("model", None)
+    assert layer.attn_norm.sharding.spec == P(None)
 
 
 def test_param_rules(target):
@@ -273,5 +293,4 @@ def test_weights_placed_once(target):
     assert all(a is b for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)))
     placed = sharded.place_params(first, layout)
     assert all(a is b for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(placed)))
-    q = first["blocks"]["attn"]["q_proj"]["kernel"][...]
-    assert q.sharding.spec == P(None, None, "model")
+    assert first.layers[0].qkv.sharding.spec == P(None, "model")
