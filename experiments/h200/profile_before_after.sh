@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# "Decode at the memory floor" on one H200: the profile of the package before the layout
+# change (.carry/old: `git archive <before> specjax` with the new specjax/bench and
+# experiments/profile.py copied in) and after it, same shapes, same settings, one machine,
+# each shape in its own process. Then HF transformers at the same shapes.
+#
+#   SHAPES="llama3-8b" HF=1 bash experiments/h200/profile_before_after.sh
+#
+# Everything lands in $OUT/profile.tgz (JSON per run, logs, the 8B step traces); the
+# before/after table is printed last.
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+WORK=/tmp/profile_work
+mkdir -p "$WORK" "$OUT"
+SHAPES=${SHAPES:-llama3-8b}
+ACCEPT="$PWD/docs/benchmarks/qwen_pair_gamma4/generations.jsonl"
+COMMON="--context=512 --new_tokens=128 --repeats=5 --gamma=4 --accept_from=$ACCEPT"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$WORK/gpu.txt"
+for shape in ${SHAPES//,/ }; do
+  timeout "${AFTER_S:-240}" python -m experiments.profile --shape="$shape" \
+    --what=step,ar,spec --label=after --out="$WORK/after" $COMMON 2>&1 | tee -a "$WORK/after.log"
+  (cd .carry/old && timeout "${BEFORE_S:-150}" python -m experiments.profile --shape="$shape" \
+    --what=step,ar --label=before --out="$WORK/before" $COMMON) 2>&1 | tee -a "$WORK/before.log"
+done
+if [ "${HF:-0}" = 1 ]; then
+  for shape in ${SHAPES//,/ }; do
+    timeout "${HF_S:-240}" python - "$shape" <<'PY' 2>&1 | tee -a "$WORK/hf.log"
+import json, sys
+from specjax.bench.hf import time_hf
+from specjax.parallel.bench import SHAPES
+shape = sys.argv[1]
+rows = time_hf(SHAPES[shape], context=512, new_tokens=128, repeats=3)
+open(f"/tmp/profile_work/hf_{shape}.json", "w").write(json.dumps({"shape": shape, "rows": rows}))
+PY
+  done
+fi
+reports=$(ls "$WORK"/after/*.json "$WORK"/before/*.json 2>/dev/null | paste -sd, -)
+python -m experiments.profile --report="$reports" | tee "$WORK/table.md"
+mkdir -p "$WORK/traces"  # the step traces (10 steps each; the JSONs name their trace_root)
+for root in /tmp/specjax_trace_*; do
+  f=$(find "$root/step" -name '*.trace.json.gz' 2>/dev/null | head -1)
+  [ -n "$f" ] && cp "$f" "$WORK/traces/$(basename "$root").trace.json.gz"
+done
+tar czf "$OUT/profile.tgz" -C "$WORK" --exclude='*/hlo' .
+ls -la "$OUT"

@@ -1,0 +1,79 @@
+"""Profile a decode step and the compiled loops at a real shape (synthetic weights).
+
+    python -m experiments.profile --shape=llama3-8b --what=step,ar,spec --out=runs/profile
+    python -m experiments.profile --report=runs/profile/profile_before_llama3-8b.json,...
+
+Each run writes <out>/profile_<label>_<shape>.json (times, trace summary, HLO kernel counts,
+floor) and prints the table; --report prints the before/after table of several such files.
+XLA dumps the optimized HLO of every compiled program to <out>/hlo (kernels per layer are
+counted from it): XLA reads that flag when the backend starts, so it is set here, before
+jax is imported. Logic: specjax/bench/profile.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _hlo_dump_dir(argv: list[str]) -> str:
+    out = next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), "runs/profile")
+    return os.path.join(out, "hlo")
+
+
+if __name__ == "__main__":
+    _DUMP = _hlo_dump_dir(sys.argv)
+    os.environ["XLA_FLAGS"] = " ".join(
+        [
+            os.environ.get("XLA_FLAGS", ""),
+            f"--xla_dump_to={_DUMP}",
+            "--xla_dump_hlo_as_text",
+            "--xla_dump_hlo_module_re=.*(profile_step|_autoregressive|_speculative).*",
+        ]
+    ).strip()
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("shape", ["llama3-8b"], "target shapes (keys of specjax.parallel.bench.SHAPES)")
+flags.DEFINE_string("draft_shape", "", "draft shape of the spec section (default per target)")
+flags.DEFINE_list("what", ["step", "ar", "spec"], "sections: step, ar, spec")
+flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "weights and KV cache")
+flags.DEFINE_integer("batch", 1, "rows decoded together")
+flags.DEFINE_integer("context", 512, "prompt tokens")
+flags.DEFINE_integer("new_tokens", 128, "tokens generated per row")
+flags.DEFINE_integer("gamma", 4, "draft length")
+flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance replayed when no --accept_from")
+flags.DEFINE_string("accept_from", "", "acceptance histogram JSON or generations.jsonl")
+flags.DEFINE_integer("repeats", 5, "timed calls after the compile call")
+flags.DEFINE_boolean("trace", True, "trace one call of each section with jax.profiler")
+flags.DEFINE_string("label", "run", "name of this run in the tables (e.g. before, after)")
+flags.DEFINE_string("out", "runs/profile", "output folder")
+flags.DEFINE_list("report", [], "print the table of these profile JSON files and exit")
+
+
+def main(argv):
+    del argv
+    import json
+
+    from specjax.bench import profile
+
+    if FLAGS.report:
+        results = [json.loads(open(path).read()) for path in FLAGS.report]
+        print(profile.markdown(results))
+        return
+    results = []
+    for shape in FLAGS.shape:
+        settings = profile.ProfileSettings(
+            shape=shape, draft_shape=FLAGS.draft_shape, what=tuple(FLAGS.what),
+            dtype=FLAGS.dtype, batch=FLAGS.batch, context=FLAGS.context,
+            new_tokens=FLAGS.new_tokens, gamma=FLAGS.gamma, alpha=FLAGS.alpha,
+            accept_from=FLAGS.accept_from, repeats=FLAGS.repeats, trace=FLAGS.trace,
+            label=FLAGS.label,
+        )  # fmt: skip
+        results.append(profile.run(settings, FLAGS.out, dump_dir=_hlo_dump_dir(sys.argv)))
+    print(profile.markdown(results))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,112 @@
+"""HF transformers at the same shapes as `profile.py`: what a researcher would otherwise run.
+
+A randomly initialised `LlamaForCausalLM` / `Qwen2ForCausalLM` of a specjax `ModelConfig`
+(bf16, created on the GPU), greedy `generate` of N tokens after a P-token prompt, EOS off:
+  * eager: the default dynamic cache;
+  * static_compile: `cache_implementation="static"` and `torch.compile(model.forward)`
+    (mode "default": "reduce-overhead" crashed inside generate with transformers 5.17).
+Timed as everywhere here: warm-up calls first (torch.compile's compilation among them), then
+the median of `repeats` calls, `torch.cuda.synchronize()` before reading the clock. The
+figure is wall time / N with the prefill included; `profile.py` reports the same quantity
+for specjax (`wall_ms / new_tokens`), so the two compare like with like.
+
+torch and transformers are imported lazily (they are not specjax dependencies).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from specjax.models.config import ModelConfig
+
+MODES = ("eager", "static_compile")
+
+
+def hf_config(config: ModelConfig, max_positions: int):
+    """The transformers config of the same architecture (llama and qwen2 families)."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.ffn_dim,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        rope_theta=config.rope_theta,
+        rms_norm_eps=config.norm_eps,
+        tie_word_embeddings=config.tie_embeddings,
+        max_position_embeddings=max_positions,
+    )
+    if config.family == "qwen2":
+        return Qwen2Config(**common)
+    if config.family == "llama":
+        return LlamaConfig(**common)
+    raise ValueError(f"no HF baseline for family {config.family!r}")
+
+
+def time_hf(
+    config: ModelConfig,
+    *,
+    context: int,
+    new_tokens: int,
+    repeats: int = 3,
+    modes: Sequence[str] = MODES,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """ms/token (prefill included) of HF generate per mode at batch 1."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise ValueError(f"unknown HF modes {unknown}; choose from {MODES}")
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(
+            hf_config(config, context + new_tokens + 16), dtype=torch.bfloat16
+        )
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    prompt = torch.randint(0, config.vocab_size, (1, context), device="cuda")
+    rows = []
+    for mode in modes:
+        if mode == "static_compile":
+            model.generation_config.cache_implementation = "static"
+            model.forward = torch.compile(model.forward, mode="default")
+
+        def generate():
+            with torch.inference_mode():
+                out = model.generate(
+                    prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens, do_sample=False,
+                )  # fmt: skip
+            torch.cuda.synchronize()
+            return out
+
+        start = time.perf_counter()
+        generate()
+        generate()
+        warmup_s = time.perf_counter() - start
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            generate()
+            times.append(time.perf_counter() - start)
+        ms_per_token = 1e3 * statistics.median(times) / new_tokens
+        rows.append(
+            {
+                "name": f"hf_{mode}",
+                "context": context,
+                "new_tokens": new_tokens,
+                "warmup_s": warmup_s,
+                "ms_per_token_incl_prefill": ms_per_token,
+            }
+        )
+        log(f"HF {mode}: {ms_per_token:.2f} ms/token incl. prefill (warm-up {warmup_s:.1f} s)")
+    return rows

@@ -1,0 +1,443 @@
+"""Where a decode step's time goes: one step, the autoregressive loop and the speculative loop
+of a model shape, each timed, traced with `jax.profiler` and set beside its memory floor.
+
+Dimension legend: B batch, T tokens per call, P prompt tokens, N new tokens, K draft length,
+L layers.
+
+For each section of `ProfileSettings.what`:
+  * step: one jitted target forward at T = 1 (the decode step), T = K + 1 (verification) and
+    T = P (prefill), and the draft's T = 1 step, on a cache holding `context` tokens. The
+    cache is donated and rolled back by each call, so the timed program is exactly one step
+    with its KV write in place. c = draft step / target step.
+  * ar: `specjax.generate` without a drafter, P prompt tokens, N new tokens, greedy.
+  * spec: `specjax.generate` with a draft model of `draft_shape`, gamma K, at temperature 1
+    with a verify rule that replays an acceptance histogram (`eval.bench.forced_acceptance`):
+    synthetic weights accept nothing on their own, so speculative figures are projections at
+    that acceptance and are labelled so.
+Weights are synthetic (hash-initialised on the device, real shapes). ms/token of a loop is
+(median wall of the call − the prefill steps' median) / N: compile time and prefill stay out
+(on a loaded CPU the difference of two noisy timings can mislead; `ms_per_token_incl_prefill`
+is the plain wall time / N beside it).
+
+Each traced call is parsed (`trace.summarize`) into GPU busy time vs wall time, kernels and
+copies per token, memcpy share and the top kernels; the compiled loop's HLO (dumped by XLA,
+see `experiments/profile.py`) gives kernels per layer exactly (`kernels.loop_kernels`).
+
+Floor: one step must read every weight and the cached keys/values once:
+(weight bytes + KV bytes at the context) / copy bandwidth measured in the same process.
+
+Only APIs that specjax has had since its first GPU benchmarks are used here, so the same file
+can profile an older checkout of the package (the "before" of a before/after).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SECTIONS = ("step", "ar", "spec")
+
+
+@dataclasses.dataclass
+class ProfileSettings:
+    """What to profile (the flags of `experiments/profile.py`).
+
+    Fields:
+      shape: target architecture, a key of `specjax.parallel.bench.SHAPES`.
+      draft_shape: the spec section's draft ("" = the shape's usual draft in DEFAULT_DRAFTS);
+        its vocabulary is set to the target's.
+      what: subset of SECTIONS.
+      dtype: weights and KV cache.
+      batch: rows decoded together.
+      context: prompt tokens P (the cache holds these before the first decode step).
+      new_tokens: N, tokens generated per row by the loops.
+      gamma: K of the spec section and of the verification step.
+      alpha: i.i.d. acceptance replayed by the spec section when `accept_from` is empty.
+      accept_from: acceptance histogram to replay (JSON or a runner's generations.jsonl).
+      repeats: timed calls after the compile call (median reported).
+      trace: also trace one call of each section with jax.profiler.
+      label: names this run in tables ("before", "after", ...).
+    """
+
+    shape: str = "llama3-8b"
+    draft_shape: str = ""
+    what: Sequence[str] = SECTIONS
+    dtype: str = "bfloat16"
+    batch: int = 1
+    context: int = 512
+    new_tokens: int = 128
+    gamma: int = 4
+    alpha: float = 0.8
+    accept_from: str = ""
+    repeats: int = 5
+    trace: bool = True
+    label: str = ""
+
+    def __post_init__(self):
+        from specjax.parallel.bench import DEFAULT_DRAFTS, SHAPES
+
+        unknown = sorted(set(self.what) - set(SECTIONS))
+        if unknown:
+            raise ValueError(f"unknown sections {unknown}; choose from {SECTIONS}")
+        for name in (self.shape, self.draft_shape or DEFAULT_DRAFTS.get(self.shape, "")):
+            if name not in SHAPES:
+                raise ValueError(f"unknown shape {name!r}; known: {', '.join(sorted(SHAPES))}")
+        for name in ("batch", "context", "new_tokens", "gamma", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _median_s(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
+    """(first call s, median of `repeats` further calls s, last output)."""
+    from specjax.eval.timing import timed
+
+    out, timing = timed(fn, repeats=repeats)
+    return timing.first_s, timing.median_s, out
+
+
+def _traced(fn: Callable[[], Any], trace_dir: Path) -> tuple[float, Path | None]:
+    """Runs fn once under jax.profiler.trace; (wall ms, the trace file or None)."""
+    from specjax.bench import trace
+
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        wall_ms = 1e3 * (time.perf_counter() - start)
+    try:
+        return wall_ms, trace.find_trace_file(trace_dir)
+    except FileNotFoundError:
+        return wall_ms, None
+
+
+def _trace_summary(fn, trace_dir: Path, *, tokens: int, num_layers: int) -> dict[str, Any]:
+    from specjax.bench import trace
+
+    wall_ms, path = _traced(fn, trace_dir)
+    if path is None:
+        return {"error": "the profiler wrote no trace file", "wall_ms": wall_ms}
+    events = trace.device_events(trace.load_events(path))
+    summary = trace.summarize(events, tokens=tokens, num_layers=num_layers, wall_ms=wall_ms)
+    summary["trace_file"] = str(path)
+    if not events:
+        summary["note"] = "no device kernel events in the trace (CPU backend?)"
+    return summary
+
+
+def _hlo_summary(dump_dir: str | None, module: str, num_layers: int) -> dict[str, Any] | None:
+    from specjax.bench import kernels
+
+    if not dump_dir:
+        return None
+    try:
+        path = kernels.find_dump(dump_dir, module)
+    except FileNotFoundError as error:
+        return {"error": str(error)}
+    summary = kernels.loop_kernels(path.read_text(), num_layers)
+    summary["file"] = path.name
+    return summary
+
+
+def _make_step(model, tag: str):
+    """A jitted forward whose cache is donated and rolled back: repeatable forever, and the KV
+    write lands in place as it does inside the generation loop. Its HLO module is named
+    jit_profile_step_<tag> (the dump's file names tell the steps apart)."""
+    from specjax import cache as kv_cache
+
+    def profile_step(params, tokens_BxT, positions_BxT, cache):
+        logits_BxTxV, _, new_cache = model.forward(params, tokens_BxT, positions_BxT, cache)
+        return logits_BxTxV, kv_cache.rollback(new_cache, cache.lengths)
+
+    profile_step.__name__ = f"profile_step_{tag}"
+    return jax.jit(profile_step, donate_argnums=(3,))
+
+
+def time_step(
+    model, params, *, batch: int, context: int, T: int, slots: int, repeats: int, tag: str = ""
+):
+    """(median ms, first-call s, a zero-arg function running one more step) of a T-token
+    forward with `context` valid cache slots out of `slots`."""
+    from specjax import cache as kv_cache
+
+    dtype = jax.tree.leaves(params)[0].dtype
+    step = _make_step(model, tag or f"T{T}")
+    cache = kv_cache.rollback(
+        model.init_cache(batch, slots, dtype), jnp.full((batch,), context, jnp.int32)
+    )
+    tokens = jnp.ones((batch, T), jnp.int32)
+    positions = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (batch, T))
+    state = {"cache": cache}
+
+    def run():
+        logits, state["cache"] = step(params, tokens, positions, state["cache"])
+        return logits
+
+    first_s, median_s, _ = _median_s(run, repeats)
+    return 1e3 * median_s, first_s, run
+
+
+def floor_ms(params, config, *, batch: int, context: int, bandwidth: float) -> float:
+    """Bytes one decode step must read (every weight, every cached key/value) / bandwidth."""
+    weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
+    itemsize = jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize
+    kv_bytes = (
+        2 * config.num_layers * batch * context * config.num_kv_heads * config.head_dim * itemsize
+    )
+    return 1e3 * (weight_bytes + kv_bytes) / bandwidth
+
+
+def _accept_probs(settings: ProfileSettings) -> tuple[list[float], str]:
+    from specjax.eval import bench as eval_bench
+
+    if settings.accept_from:
+        from specjax.parallel.bench import load_acceptance
+
+        acceptance = load_acceptance(settings.accept_from, settings.gamma)
+        return [float(p) for p in acceptance.probs], acceptance.source
+    probs = eval_bench.geometric_accept_probs(settings.alpha, settings.gamma)
+    return [float(p) for p in probs], f"i.i.d. alpha={settings.alpha} (assumed)"
+
+
+def run(
+    settings: ProfileSettings,
+    out_dir: str | Path,
+    *,
+    dump_dir: str | None = None,
+    bandwidth: float | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Profiles `settings` and writes <out_dir>/profile_<label>_<shape>.json; returns it."""
+    import specjax
+    from specjax.decoding.sampling import Sampling
+    from specjax.eval import bench as eval_bench
+    from specjax.parallel.bench import DEFAULT_DRAFTS, SHAPES
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = settings
+    config = SHAPES[s.shape]
+    dtype = jnp.dtype(s.dtype)
+    if bandwidth is None:
+        bandwidth = eval_bench.measure_copy_bandwidth(
+            4e9 if jax.default_backend() != "cpu" else 1e8
+        )
+    result: dict[str, Any] = {
+        "label": s.label,
+        "settings": dataclasses.asdict(s),
+        "device": str(jax.devices()[0].device_kind),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "specjax_path": os.path.dirname(specjax.__file__),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "copy_bandwidth_GBps": bandwidth / 1e9,
+        "sections": {},
+    }
+    path = out_dir / f"profile_{s.label or 'run'}_{s.shape}.json"
+
+    def save():
+        path.write_text(json.dumps(result, indent=1, default=str))
+
+    log(f"[{s.label}] {s.shape}: creating synthetic {s.dtype} weights")
+    target, params = eval_bench.synthetic_model(config, dtype)
+    floor = floor_ms(params, config, batch=s.batch, context=s.context, bandwidth=bandwidth)
+    result["floor_ms"] = floor
+    result["weight_bytes"] = int(sum(leaf.nbytes for leaf in jax.tree.leaves(params)))
+    P, N, K, B = s.context, s.new_tokens, s.gamma, s.batch
+    slots = P + N + K + 1
+    trace_root = Path(tempfile.mkdtemp(prefix="specjax_trace_"))
+
+    draft = draft_params = None
+    needs_draft = "spec" in s.what or "step" in s.what
+    if needs_draft:
+        draft_config = SHAPES[s.draft_shape or DEFAULT_DRAFTS[s.shape]].replace(
+            vocab_size=config.vocab_size
+        )
+        draft, draft_params = eval_bench.synthetic_model(draft_config, dtype)
+
+    # Prefill is subtracted from the loops' wall time: always measure it.
+    prefill_ms, _, _ = time_step(
+        target, params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
+    )
+    draft_prefill_ms = None
+    if "spec" in s.what:
+        draft_prefill_ms, _, _ = time_step(
+            draft, draft_params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
+        )
+
+    if "step" in s.what:
+        section: dict[str, Any] = {"prefill_ms": prefill_ms}
+        for name, (model, weights, T) in {
+            "target_T1": (target, params, 1),
+            "target_verify": (target, params, K + 1),
+            "draft_T1": (draft, draft_params, 1),
+        }.items():
+            median_ms, first_s, again = time_step(
+                model, weights, batch=B, context=P, T=T, slots=slots, repeats=s.repeats,
+                tag=f"{s.shape}_{name}".replace(".", "_").replace("-", "_"),
+            )  # fmt: skip
+            section[f"{name}_ms"] = median_ms
+            section[f"{name}_first_s"] = first_s
+            if name == "target_T1" and s.trace:
+
+                def steps(again=again):  # ten steps in one trace: per-step figures
+                    return [again() for _ in range(10)]
+
+                section["trace"] = _trace_summary(
+                    steps, trace_root / "step", tokens=10, num_layers=config.num_layers
+                )
+            log(f"[{s.label}] {s.shape} step {name}: {median_ms:.3f} ms (first {first_s:.1f} s)")
+        section["c"] = section["draft_T1_ms"] / section["target_T1_ms"]
+        section["x_floor"] = section["target_T1_ms"] / floor
+        step_module = f"profile_step_{s.shape}_target_T1".replace(".", "_").replace("-", "_")
+        section["hlo"] = _hlo_summary(dump_dir, step_module, config.num_layers)
+        result["sections"]["step"] = section
+        save()
+
+    prompt = np.random.default_rng(0).integers(0, config.vocab_size, size=(B, P)).tolist()
+    loops: dict[str, dict[str, Any]] = {}
+    if "ar" in s.what:
+        loops["ar"] = dict(drafter=None, kwargs={}, prefill_ms=prefill_ms, module="_autoregressive")
+    if "spec" in s.what:
+        probs, source = _accept_probs(s)
+        loops["spec"] = dict(
+            drafter=(draft, draft_params),
+            kwargs=dict(
+                sampling=Sampling.create(1.0),
+                gamma=K,
+                verify_fn=eval_bench.forced_acceptance(probs),
+            ),
+            prefill_ms=prefill_ms + draft_prefill_ms,
+            module="_speculative",
+            acceptance=source,
+            accept_length_probs=probs,
+        )
+    for name, loop in loops.items():
+
+        def call(loop=loop):
+            return specjax.generate(
+                (target, params), loop["drafter"], prompt, max_new_tokens=N, prompt_bucket=P,
+                **loop["kwargs"],
+            )  # fmt: skip
+
+        first_s, median_s, out = _median_s(call, s.repeats)
+        generated = int(np.min(np.asarray(out.num_generated)))
+        ms_per_token = (1e3 * median_s - loop["prefill_ms"]) / generated
+        section = {
+            # What HF and older benchmarks report: wall time per token, prefill included.
+            "ms_per_token_incl_prefill": 1e3 * median_s / generated,
+            "wall_ms": 1e3 * median_s,
+            "first_s": first_s,
+            "compile_s": max(first_s - median_s, 0.0),
+            "prefill_ms": loop["prefill_ms"],
+            "new_tokens": generated,
+            "ms_per_token": ms_per_token,
+            "x_floor": ms_per_token / floor,
+            "iterations": int(np.asarray(out.steps)),
+        }
+        if name == "spec":
+            section.update(
+                tau=float(out.tau),
+                acceptance=loop["acceptance"],
+                accept_length_probs=loop["accept_length_probs"],
+                projected="yes: synthetic weights with a replayed acceptance",
+            )
+        if s.trace:
+            section["trace"] = _trace_summary(
+                call, trace_root / name, tokens=generated, num_layers=config.num_layers
+            )
+        section["hlo"] = _hlo_summary(dump_dir, loop["module"], config.num_layers)
+        result["sections"][name] = section
+        log(
+            f"[{s.label}] {s.shape} {name}: {ms_per_token:.3f} ms/token ({ms_per_token / floor:.2f}"
+            f"x floor {floor:.3f} ms), compile {section['compile_s']:.1f} s"
+        )
+        save()
+    if "ar" in loops and "spec" in loops:
+        ar, spec = result["sections"]["ar"], result["sections"]["spec"]
+        spec["speedup_vs_ar"] = ar["ms_per_token"] / spec["ms_per_token"]
+    save()
+    result["json"] = str(path)
+    return result
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (run, section): the figures of the before/after tables."""
+    rows = []
+    for r in results:
+        for name, sec in r["sections"].items():
+            tr = sec.get("trace") or {}
+            hlo = sec.get("hlo") or {}
+            per_token = sec.get("ms_per_token", sec.get("target_T1_ms"))
+            rows.append(
+                {
+                    "run": r["label"],
+                    "shape": r["settings"]["shape"],
+                    "section": name,
+                    "ms": per_token,
+                    "device_ms": tr.get("busy_ms_per_token"),
+                    "floor_ms": r["floor_ms"],
+                    "x_floor": per_token / r["floor_ms"] if per_token else None,
+                    "busy_share": tr.get("busy_share_of_wall"),
+                    "kernels_per_token": tr.get("kernels_per_token"),
+                    "kernels_per_layer_hlo": hlo.get("kernels_per_layer"),
+                    "memcpy_share": tr.get("memcpy_share"),
+                    "memcpy_per_token": tr.get("memcpy_per_token"),
+                    "c": sec.get("c"),
+                    "speedup_vs_ar": sec.get("speedup_vs_ar"),
+                    "compile_s": sec.get("compile_s", sec.get("target_T1_first_s")),
+                }
+            )
+    return rows
+
+
+COLUMNS = (
+    "run", "shape", "section", "ms", "device_ms", "floor_ms", "x_floor", "busy_share",
+    "kernels_per_token", "kernels_per_layer_hlo", "memcpy_share", "memcpy_per_token", "c",
+    "speedup_vs_ar", "compile_s",
+)  # fmt: skip
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    """The before/after table and each run's top kernels. ms: per token for the loops
+    (prefill subtracted), per call for `step` (host dispatch included); device_ms: GPU busy
+    time per token / per step from the trace."""
+    rows = summary_rows(results)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c], 3) for c in COLUMNS) + " |")
+    for r in results:
+        for name, sec in r["sections"].items():
+            top = (sec.get("trace") or {}).get("top_kernels")
+            if not top:
+                continue
+            lines += [
+                "",
+                f"Top kernels: {r['label']} {r['settings']['shape']} {name}",
+                "",
+                "| kernel | count | total ms | share | mean µs |",
+                "|---|---|---|---|---|",
+            ]
+            for k in top:
+                lines.append(
+                    f"| `{k['name'][:70]}` | {k['count']} | {k['total_ms']:.3f} | "
+                    f"{k['share']:.3f} | {k['mean_us']:.1f} |"
+                )
+    return "\n".join(lines)
