@@ -39,7 +39,7 @@ reports=$(ls "$WORK"/after/*.json "$WORK"/before/*.json 2>/dev/null | paste -sd,
 python -m experiments.profile --report="$reports" | tee "$WORK/table.md"
 mkdir -p "$WORK/traces"  # the step traces (10 steps each; the JSONs name their trace_root)
 for root in /tmp/specjax_trace_*; do
-  f=$(find "$root/step" -name '*.trace.json.gz' 2>/dev/null | head -1)
+  f=$(find "$root/step_target_T1" "$root/step" -name '*.trace.json.gz' 2>/dev/null | head -1)
   [ -n "$f" ] && cp "$f" "$WORK/traces/$(basename "$root").trace.json.gz"
 done
 tar czf "$OUT/profile.tgz" -C "$WORK" --exclude='*/hlo' .

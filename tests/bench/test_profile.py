@@ -121,5 +121,39 @@ def test_bad_settings():
         profile.ProfileSettings(shape="tiny", what=("stepp",))
     with pytest.raises(ValueError, match="unknown shape 'llama9'"):
         profile.ProfileSettings(shape="llama9")
+    with pytest.raises(ValueError, match="no default draft shape for smollm2-135m"):
+        profile.ProfileSettings(shape="smollm2-135m", what=("spec",))
+    profile.ProfileSettings(shape="smollm2-135m", what=("step", "ar"))  # no draft needed
     with pytest.raises(ValueError, match="new_tokens must be >= 1"):
         profile.ProfileSettings(shape="tiny", new_tokens=0)
+
+
+def test_real_pair_sweep_rows():
+    """The gamma sweep on a tiny pair whose draft IS the target: every draft token accepted
+    (tau = gamma + 1 exactly), greedy rows equal AR, a pooled row per config, and the
+    Leviathan prediction with alpha fitted to tau (alpha = 1 here)."""
+    from support import TINY_LLAMA, random_model
+
+    from specjax.bench import real_pair
+
+    target = random_model(TINY_LLAMA, seed=3)
+    sets = {"a": [[1, 2, 3, 4, 5, 1, 2, 3], [7, 8, 9]], "b": [[4, 4, 4, 5]]}
+    costs = real_pair.StepCosts(target_ms=2.0, draft_ms=0.5, verify_ms={2: 3.0})
+    rows = real_pair.gamma_sweep(
+        target, target, sets, gammas=[2], ngram_gammas=[3], max_new_tokens=6, repeats=0,
+        prompt_bucket=16, costs=costs, log=lambda _: None,
+    )  # fmt: skip
+    assert [(r["config"], r["set"]) for r in rows] == [
+        (config, s)
+        for config in ("autoregressive", "draft model γ=2", "prompt lookup γ=3")
+        for s in ("a", "b", "all")
+    ]
+    model_all = rows[5]
+    assert model_all["prompts"] == 3 and model_all["rows_identical"] == 3
+    assert model_all["tau"] == pytest.approx(3.0) and model_all["alpha"] == 1.0
+    assert model_all["c"] == 0.25 and model_all["verify_cost"] == 1.5
+    assert model_all["predicted"] == pytest.approx(3.0 / (2 * 0.25 + 1))
+    assert model_all["predicted_verify_measured"] == pytest.approx(3.0 / (2 * 0.25 + 1.5))
+    lookup_all = rows[8]
+    assert lookup_all["c"] == 0.0 and lookup_all["rows_identical"] == 3
+    assert "| draft model γ=2 | all |" in real_pair.markdown(rows)
