@@ -53,8 +53,9 @@ def main(argv):
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = jnp.dtype(FLAGS.dtype)
-    target_model, target_params, meta = checkpoints.load(FLAGS.target, dtype)
-    draft_model, draft_params, _ = checkpoints.load(FLAGS.draft, dtype)
+    # No converted-weight cache: one run per dtype, and the disk write would cost more.
+    target_model, target_params, meta = checkpoints.load(FLAGS.target, dtype, cache=False)
+    draft_model, draft_params, _ = checkpoints.load(FLAGS.draft, dtype, cache=False)
     # Decode layout once; drop the storage copies (one copy of the weights on the device).
     target = (target_model, target_model.decode_params(target_params))
     draft = (draft_model, draft_model.decode_params(draft_params))
