@@ -2,10 +2,11 @@
 
     python -m experiments.collect_benchmarks --out=docs/benchmarks/h200.json
 
-Reads every docs/benchmarks/h200*.json except the output (each as written by experiments/bench.py,
-bench_opt.py or bench_parallel.py on the H200 machines) and writes one JSON object:
-{"generated_by": <this command>, "files": {<file name>: <its content>, ...}}, keyed by the
-source file names that docs/benchmarks.md cites beside each table.
+Reads every docs/benchmarks/h200*.json and h200*/*.json except the output (each as written by
+experiments/bench.py, bench_opt.py, bench_parallel.py, profile.py or real_pair.py on the H200
+machines) and writes one JSON object: {"generated_by": <this command>, "files": {<path
+relative to the folder>: <its content>, ...}}, keyed by the file names that
+docs/benchmarks.md cites beside each table.
 """
 
 from __future__ import annotations
@@ -18,19 +19,20 @@ from pathlib import Path
 from absl import app, flags
 
 _DIR = flags.DEFINE_string("dir", "docs/benchmarks", "folder of the raw results")
-_PATTERN = flags.DEFINE_string("pattern", "h200*.json", "which files to merge")
+_PATTERN = flags.DEFINE_list("pattern", ["h200*.json", "h200*/*.json"], "which files to merge")
 _OUT = flags.DEFINE_string("out", "docs/benchmarks/h200.json", "merged output")
 
 
-def collect(folder: Path, pattern: str, out: Path) -> dict:
-    files = sorted(p for p in folder.glob(pattern) if p.resolve() != out.resolve())
+def collect(folder: Path, patterns: list[str], out: Path) -> dict:
+    found = {p for pattern in patterns for p in folder.glob(pattern)}
+    files = sorted(p for p in found if p.resolve() != out.resolve())
     if not files:
-        raise FileNotFoundError(f"no {pattern} in {folder}")
+        raise FileNotFoundError(f"no {' or '.join(patterns)} in {folder}")
     return {
         "generated_by": shlex.join(
             ["python", "-m", "experiments.collect_benchmarks", *sys.argv[1:]]
         ),
-        "files": {p.name: json.loads(p.read_text()) for p in files},
+        "files": {p.relative_to(folder).as_posix(): json.loads(p.read_text()) for p in files},
     }
 
 

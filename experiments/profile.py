@@ -49,7 +49,7 @@ flags.DEFINE_integer("repeats", 5, "timed calls after the compile call")
 flags.DEFINE_boolean("trace", True, "trace one call of each section with jax.profiler")
 flags.DEFINE_string("label", "run", "name of this run in the tables (e.g. before, after)")
 flags.DEFINE_string("out", "runs/profile", "output folder")
-flags.DEFINE_list("report", [], "print the table of these profile JSON files and exit")
+flags.DEFINE_list("report", None, "print the table of these profile JSON files and exit")
 
 
 def main(argv):
@@ -58,7 +58,9 @@ def main(argv):
 
     from specjax.bench import profile
 
-    if FLAGS.report:
+    if FLAGS.report is not None:  # given, even empty: report, never fall through to a run
+        if not FLAGS.report:
+            raise app.UsageError("--report needs at least one profile JSON file")
         results = [json.loads(open(path).read()) for path in FLAGS.report]
         print(profile.markdown(results))
         return

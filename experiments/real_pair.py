@@ -36,12 +36,31 @@ flags.DEFINE_integer("repeats", 3, "timed calls per prompt after the compile cal
 flags.DEFINE_integer("prompt_bucket", 512, "every prompt is padded to this width")
 flags.DEFINE_string("out", "runs/real_pair", "output folder")
 flags.DEFINE_string("tag", "", "suffix of the output file name")
+flags.DEFINE_string("report", "", "print the tables and plot of a real_pair JSON, then exit")
+flags.DEFINE_string("title", "", "plot title (default: the model file names)")
 
 _FILES = {"mt_bench": "question.jsonl", "humaneval": "HumanEval.jsonl.gz", "gsm8k": "test.jsonl"}
 
 
+def report(path: Path) -> None:
+    from specjax.bench import real_pair
+
+    result = json.loads(path.read_text())
+    rows = result["rows"]
+    print(real_pair.markdown(rows))
+    for name in dict.fromkeys(r["set"] for r in rows if r["set"] != "all"):
+        print(f"\n{name}:\n" + real_pair.markdown(rows, sets=(name,)))
+    plot_path = path.with_name(path.stem + "_speedup_vs_gamma.png")
+    target, draft = Path(result["target"]).stem, Path(result["draft"]).stem
+    title = FLAGS.title or f"{target} drafted by {draft}, {result['dtype']}"
+    real_pair.plot(rows, plot_path, title)
+    print(f"\nplot: {plot_path}")
+
+
 def main(argv):
     del argv
+    if FLAGS.report:
+        return report(Path(FLAGS.report))
     import jax
     import jax.numpy as jnp
 
@@ -94,9 +113,7 @@ def main(argv):
         eos_ids=tokenizer.eos_ids, prompt_bucket=FLAGS.prompt_bucket, costs=costs, on_row=save,
     )  # fmt: skip
     save(rows, complete=True)
-    print(real_pair.markdown(rows))
-    for name in prompt_sets:
-        print(f"\n{name}:\n" + real_pair.markdown(rows, sets=(name,)))
+    report(path)
 
 
 if __name__ == "__main__":

@@ -194,10 +194,14 @@ def markdown(rows: Sequence[dict[str, Any]], sets: Sequence[str] = ("all",)) -> 
     return eval_bench.markdown_table(chosen, COLUMNS)
 
 
-def as_arrays(rows: Sequence[dict[str, Any]], config_prefix: str) -> dict[str, np.ndarray]:
-    """gamma, measured and predicted speedup of the pooled rows of one drafter (for plots)."""
-    pooled = [r for r in rows if r["set"] == "all" and r["config"].startswith(config_prefix)]
-    return {
-        key: np.asarray([r.get(key, np.nan) for r in pooled], float)
-        for key in ("gamma", "speedup", "predicted", "predicted_verify_measured", "tau")
-    }
+def plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> None:
+    """Measured (solid) and predicted (dashed) speedup against gamma, one colour per prompt
+    set, for the draft-model rows."""
+    from specjax.eval import plots
+
+    records = [
+        {**r, "predicted_speedup": r.get("predicted", np.nan)}
+        for r in rows
+        if r["drafter"] == "model"
+    ]
+    plots.plot_speedup_vs_gamma(records, path, group_by=("set",), title=title)
