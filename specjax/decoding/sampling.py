@@ -14,6 +14,7 @@ distribution exactly.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,10 @@ class Sampling:
       top_p: float32 scalar array, keep the smallest set of mass >= p (1.0 = off).
       greedy: static; argmax decoding (temperature 0).
       filtered: static; a top-k or top-p filter is active (needs a sort of V per position).
+      vocab_filter: static; None, or a callable (scaled_logits, top_k, top_p) -> filtered
+        logits that does the top-k/top-p cut where the vocabulary is split over devices
+        (`specjax.parallel.vocab.VocabParallelFilter`; the sharded loop sets it). It must
+        return what `filter_logits` returns on one device.
     """
 
     temperature: jax.Array
@@ -38,6 +43,9 @@ class Sampling:
     top_p: jax.Array
     greedy: bool = dataclasses.field(metadata=dict(static=True))
     filtered: bool = dataclasses.field(metadata=dict(static=True))
+    vocab_filter: Callable[..., jax.Array] | None = dataclasses.field(
+        default=None, metadata=dict(static=True)
+    )
 
     @staticmethod
     def create(
@@ -81,19 +89,39 @@ def filter_logits(logits_xV: jax.Array, sampling: Sampling) -> jax.Array:
     logits_xV = logits_xV.astype(jnp.float32) / sampling.temperature
     if not sampling.filtered:
         return logits_xV
-    V = logits_xV.shape[-1]
-    sorted_xV = -jnp.sort(-logits_xV, axis=-1)  # descending
-    rank_V = jnp.arange(V)
-    k = jnp.where(sampling.top_k > 0, sampling.top_k, V)
-    in_top_k_xV = rank_V < k
-    masked_sorted_xV = jnp.where(in_top_k_xV, sorted_xV, -jnp.inf)
-    sorted_probs_xV = jax.nn.softmax(masked_sorted_xV, axis=-1)
-    mass_before_xV = jnp.cumsum(sorted_probs_xV, axis=-1) - sorted_probs_xV
-    # Keep a token if the mass strictly before it is < p: the smallest prefix reaching p.
-    keep_xV = in_top_k_xV & (mass_before_xV < sampling.top_p)
-    num_kept_x1 = jnp.maximum(jnp.sum(keep_xV, axis=-1, keepdims=True), 1)
-    threshold_x1 = jnp.take_along_axis(sorted_xV, num_kept_x1 - 1, axis=-1)
+    if sampling.vocab_filter is not None:
+        return sampling.vocab_filter(logits_xV, sampling.top_k, sampling.top_p)
+    k = jnp.where(sampling.top_k > 0, sampling.top_k, logits_xV.shape[-1])
+    threshold_x1 = sorted_threshold(logits_xV, k, sampling.top_p)
     return jnp.where(logits_xV >= threshold_x1, logits_xV, -jnp.inf)
+
+
+def sorted_threshold(logits_xV: jax.Array, k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """`kept_threshold` of the whole vocabulary: sort it, renormalise over the top k."""
+    sorted_xV = -jnp.sort(-logits_xV, axis=-1)  # descending
+    masked_sorted_xV = jnp.where(jnp.arange(logits_xV.shape[-1]) < k, sorted_xV, -jnp.inf)
+    return kept_threshold(sorted_xV, jax.nn.softmax(masked_sorted_xV, axis=-1), k, top_p)
+
+
+def kept_threshold(
+    sorted_xS: jax.Array, sorted_probs_xS: jax.Array, k: jax.Array, top_p: jax.Array
+) -> jax.Array:
+    """The smallest logit kept by top-k then top-p: [..., 1].
+
+    Args:
+      sorted_xS: logits sorted descending (the whole vocabulary, or a prefix of it that
+        holds the kept set).
+      sorted_probs_xS: their probabilities under the top-k renormalisation (0 past rank k).
+      k: top-k (the vocabulary size when off).
+      top_p: top-p (1.0 when off).
+    A token is kept if it is among the k largest and the mass strictly before it is < p:
+    the smallest prefix reaching p; at least one token always stays.
+    """
+    in_top_k_xS = jnp.arange(sorted_xS.shape[-1]) < k
+    mass_before_xS = jnp.cumsum(sorted_probs_xS, axis=-1) - sorted_probs_xS
+    keep_xS = in_top_k_xS & (mass_before_xS < top_p)
+    num_kept_x1 = jnp.maximum(jnp.sum(keep_xS, axis=-1, keepdims=True), 1)
+    return jnp.take_along_axis(sorted_xS, num_kept_x1 - 1, axis=-1)
 
 
 def probs(logits_xV: jax.Array, sampling: Sampling) -> jax.Array:

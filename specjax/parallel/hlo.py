@@ -93,6 +93,26 @@ def while_loop_computations(hlo_text: str) -> set[str]:
     return seen
 
 
+def branch_computations(hlo_text: str) -> set[str]:
+    """Every computation that runs only when a `conditional` takes its branch (the branches
+    and everything they call, transitively)."""
+    blocks = computations(hlo_text)
+    roots = set()
+    for lines in blocks.values():
+        for line in lines:
+            if " conditional(" in line:
+                roots.update(_callees([line]))
+    seen: set[str] = set()
+    stack = list(roots)
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in blocks:
+            continue
+        seen.add(name)
+        stack.extend(_callees(blocks[name]))
+    return seen
+
+
 def collectives(hlo_text: str, within: set[str] | None = None) -> list[Collective]:
     """Collective instructions (optionally only those in the computations `within`).
 

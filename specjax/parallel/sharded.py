@@ -49,7 +49,8 @@ from specjax.models.transformer import (
     to_decode_params,
 )
 from specjax.parallel import mesh as mesh_lib
-from specjax.parallel.mesh import ModelLayout
+from specjax.parallel.mesh import MODEL, ModelLayout
+from specjax.parallel.vocab import VocabParallelFilter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +333,9 @@ def prepare_generate(
     """
     mesh_lib.check_batch(mesh, prompt_BxP.shape[0])
     sharded_target, placed_params = shard_model(unwrap(target), params, mesh)
+    if sampling.filtered and sharded_target.layout.vocab_sharded:
+        # Top-k/top-p on logits split over `model`: without this GSPMD all-gathers [B, T, V].
+        sampling = dataclasses.replace(sampling, vocab_filter=VocabParallelFilter(mesh, MODEL))
     params_key = _TreeKey(sharded_target.layout.param_shardings(placed_params))
     # Outputs stay split by rows unless another process holds some of them.
     replicate_outputs = spans_processes(mesh)
