@@ -60,27 +60,35 @@ def verify_sampling(
     B, K = draft_tokens_BxK.shape
     V = target_probs_BxK1xV.shape[-1]
     accept_key, residual_key = jax.random.split(rng)
-    if draft_probs_BxKxV is None:
-        draft_probs_BxKxV = jax.nn.one_hot(draft_tokens_BxK, V, dtype=jnp.float32)
 
     p_of_x_BxK = jnp.take_along_axis(
         target_probs_BxK1xV[:, :K], draft_tokens_BxK[..., None], axis=-1
     )[..., 0]
-    q_of_x_BxK = jnp.take_along_axis(draft_probs_BxKxV, draft_tokens_BxK[..., None], axis=-1)[
-        ..., 0
-    ]
+    if draft_probs_BxKxV is None:  # q = one-hot(x): q(x) = 1, never materialised as [B, K, V]
+        q_of_x_BxK = jnp.ones_like(p_of_x_BxK)
+    else:
+        q_of_x_BxK = jnp.take_along_axis(draft_probs_BxKxV, draft_tokens_BxK[..., None], -1)[..., 0]
     uniform_BxK = jax.random.uniform(accept_key, (B, K))
     # u < p/q written without a division (q(x) > 0 for any token the draft could propose).
     accepted_BxK = uniform_BxK * q_of_x_BxK < p_of_x_BxK
     num_accepted_B = leading_true_count(accepted_BxK)
 
     # Position n = num_accepted: residual max(0, p_n - q_n) if n < K, else p_{K+1} (q := 0).
-    q_padded_BxK1xV = jnp.concatenate(
-        [draft_probs_BxKxV, jnp.zeros((B, 1, V), draft_probs_BxKxV.dtype)], axis=1
-    )
     p_n_BxV = jnp.take_along_axis(target_probs_BxK1xV, num_accepted_B[:, None, None], axis=1)[:, 0]
-    q_n_BxV = jnp.take_along_axis(q_padded_BxK1xV, num_accepted_B[:, None, None], axis=1)[:, 0]
-    residual_BxV = jnp.maximum(p_n_BxV - q_n_BxV, 0.0)
+    if draft_probs_BxKxV is None:
+        # max(0, p_n - one_hot(x_n)) is p_n with x_n's entry zeroed (p <= 1); no token at n = K.
+        x_n_B = jnp.take_along_axis(
+            jnp.pad(draft_tokens_BxK, ((0, 0), (0, 1)), constant_values=-1),
+            num_accepted_B[:, None],
+            axis=1,
+        )
+        residual_BxV = jnp.where(jnp.arange(V) == x_n_B, 0.0, p_n_BxV)
+    else:
+        q_padded_BxK1xV = jnp.concatenate(
+            [draft_probs_BxKxV, jnp.zeros((B, 1, V), draft_probs_BxKxV.dtype)], axis=1
+        )
+        q_n_BxV = jnp.take_along_axis(q_padded_BxK1xV, num_accepted_B[:, None, None], axis=1)[:, 0]
+        residual_BxV = jnp.maximum(p_n_BxV - q_n_BxV, 0.0)
     # If p_n == q_n the rejection had probability 0; guard the 0/0 with p_n itself.
     residual_mass_B1 = jnp.sum(residual_BxV, axis=-1, keepdims=True)
     residual_BxV = jnp.where(residual_mass_B1 > 0, residual_BxV, p_n_BxV)

@@ -74,3 +74,20 @@ def test_deterministic_draft_rejection_probabilities():
     assert abs(float(jnp.mean(n)) - 0.6) < 0.006
     # After a rejection the replacement never repeats the rejected token.
     assert not bool(jnp.any((n == 0) & (nxt == 1)))
+
+
+def test_deterministic_draft_needs_no_one_hot():
+    """q = None (a deterministic drafter) gives exactly what an explicit one-hot q gives, for
+    the same key: every row, accepted counts and next tokens (the one-hot [B, K, V] is never
+    built)."""
+    B, K, V = 512, 3, 7
+    keys = jax.random.split(jax.random.key(1), 3)
+    p = jax.nn.softmax(jax.random.normal(keys[0], (B, K + 1, V)) * 2, axis=-1)
+    drafts = jax.random.randint(keys[1], (B, K), 0, V)
+    # Make some rows accept everything: drafts equal to a point mass of p.
+    p = p.at[:64, :K].set(jax.nn.one_hot(drafts[:64], V))
+    with_none = rejection.verify_sampling(keys[2], drafts, None, p)
+    with_one_hot = rejection.verify_sampling(keys[2], drafts, jax.nn.one_hot(drafts, V), p)
+    for got, want in zip(with_none, with_one_hot):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert int(jnp.sum(with_none[0] == K)) >= 64 and int(jnp.sum(with_none[0] == 0)) > 0
