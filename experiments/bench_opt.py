@@ -11,6 +11,9 @@ Settings (--variants, in this order by default):
   no_graphs      XLA's CUDA-graph command buffers switched off (what the default ones buy)
   graph_loops    command buffers also for WHILE / CONDITIONAL: the decode loop runs as a
                  CUDA-graph conditional node, without a host round trip per step
+  no_dot_reduce  XLA's dot strength reduction off: at T = 1 it turns the projections of
+                 small matrices into multiply + reduce kernels (docs/benchmarks.md, "decode
+                 at the memory floor"), not yet measured
 (Layers are no longer a `lax.scan`: the rolled/unrolled variants of earlier runs are gone.)
 
 Each writes <out>/bench_real_<variant>.json; the summary goes to <out>/opt.json and opt.md.
@@ -36,6 +39,7 @@ VARIANTS = {  # name: (extra XLA flags, dtype)
     "baseline": ("", "bfloat16"),
     "no_graphs": ("--xla_gpu_enable_command_buffer=", "bfloat16"),
     "graph_loops": (GRAPH_LOOPS, "bfloat16"),
+    "no_dot_reduce": ("--xla_gpu_enable_dot_strength_reduction=false", "bfloat16"),
 }
 
 FLAGS = flags.FLAGS

@@ -5,6 +5,10 @@
 # each shape in its own process. Then HF transformers at the same shapes.
 #
 #   SHAPES="llama3-8b" HF=1 bash experiments/h200/profile_before_after.sh
+#   SHAPES="qwen2.5-1.5b" VARIANT_FLAGS="--xla_gpu_enable_dot_strength_reduction=false" \
+#     VARIANT=no_dot_reduce bash experiments/h200/profile_before_after.sh
+#
+# VARIANT_FLAGS: extra XLA flags for a third run of the new code, labelled $VARIANT.
 #
 # Everything lands in $OUT/profile.tgz (JSON per run, logs, the 8B step traces); the
 # before/after table is printed last.
@@ -22,6 +26,11 @@ for shape in ${SHAPES//,/ }; do
   [ "$shape" = smollm2-135m ] && what=step,ar  # no smaller model of its family to draft
   timeout "${AFTER_S:-240}" python -m experiments.profile --shape="$shape" \
     --what=$what --label=after --out="$WORK/after" $COMMON 2>&1 | tee -a "$WORK/after.log"
+  if [ -n "${VARIANT_FLAGS:-}" ]; then
+    XLA_FLAGS="${XLA_FLAGS:-} $VARIANT_FLAGS" timeout "${AFTER_S:-240}" python -m \
+      experiments.profile --shape="$shape" --what=$what --label="${VARIANT:-variant}" \
+      --out="$WORK/after" $COMMON 2>&1 | tee -a "$WORK/variant.log"
+  fi
   (cd .carry/old && timeout "${BEFORE_S:-150}" python -m experiments.profile --shape="$shape" \
     --what=step,ar --label=before --out="$WORK/before" $COMMON) 2>&1 | tee -a "$WORK/before.log"
 done
