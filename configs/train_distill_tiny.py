@@ -10,7 +10,7 @@ loadable with specjax.checkpoints.load and usable as --draft PATH). Same data as
 configs. `:draft.init=random` starts from random layers instead. The measured run used 1024
 prompts (see train_eagle_smollm.py):
     python -m experiments.train_draft --config=configs/train_distill_tiny.py:$D,\
-train.num_steps=200,eval.compare=early_exit --workdir=runs/distill_tiny_1024 --eval
+train.num_steps=200,eval.compare=early-exit --workdir=runs/distill_tiny_1024 --eval
 """
 
 from specjax.training import config as training_config
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None):
     config.data.max_prompt_tokens = 96
     config.data.max_new_tokens = 64
     config.data.path = "runs/data/smollm2_sharegpt_256x64.npz"  # shared with the head runs
-    config.draft.init = "early_exit"
+    config.draft.init = "early-exit"
     config.draft.num_layers = 2
     config.draft.trainable = "blocks"
     config.train.num_steps = 300
@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
     config.train.log_every = 10
     config.train.checkpoint_every = 50
     config.eval.gamma = 3
-    config.eval.compare = "ngram,early_exit"
+    config.eval.compare = "ngram,early-exit"
     config.eval.exit_layer = 2  # the untrained version of the same draft
     return training_config.finalize(config, arg)
 

@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
     config.train.log_every = 10
     config.train.checkpoint_every = 50
     config.eval.gamma = 3
-    config.eval.compare = "ngram,early_exit"
+    config.eval.compare = "ngram,early-exit"
     return training_config.finalize(config, arg)
 
 

@@ -1,12 +1,12 @@
 """GPU benchmark: specjax vs its own autoregressive baseline, vs the floor, vs HF transformers.
 
     python -m experiments.bench --suites=real,hf --gguf=PATH --prompt_dir=DIR --out=DIR \
-        --drafter=ngram:gamma=8 --drafter=eagle:path=DIR,gamma=3
+        --drafter=ngram:gamma=8 --drafter=eagle:heads=DIR,gamma=3
     python -m experiments.bench --suites=synthetic --accept_json=FILE --out=DIR
 
 Writes <out>/bench_<suite><tag>.json and prints markdown tables. Batch 1 decodes every prompt
 alone (16 HumanEval + 16 MT-Bench by default) and pools them; larger batches decode the first
-B prompts together. Drafters: `specjax.eval.bench.parse_drafter_spec` (repeat --drafter).
+B prompts together. Drafters: specs of `specjax.drafters.registry` (repeat --drafter).
 XLA flags (e.g. CUDA-graph command buffers) are the environment's XLA_FLAGS, recorded in the
 JSON; `experiments/bench_opt.py` runs this command under several of them.
 Logic: specjax/eval/bench.py.
@@ -36,8 +36,8 @@ flags.DEFINE_integer("repeats", 5, "timed repeats after the compile call")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "weights and KV cache (real)")
 flags.DEFINE_multi_string(
     "drafter",
-    ["ngram:gamma=4", "ngram:gamma=8", "early_exit:gamma=3"],
-    "drafter spec kind[:key=value,...] (repeat the flag); see parse_drafter_spec",
+    ["ngram:gamma=4", "ngram:gamma=8", "early-exit:gamma=3"],
+    "drafter spec kind[:key=value,...] (repeat the flag); see specjax.drafters.registry",
 )
 flags.DEFINE_integer("prompts_per_set", 16, "HumanEval and MT-Bench prompts each (real suite)")
 flags.DEFINE_integer("prompt_bucket", 512, "prompts are padded to a multiple of this")

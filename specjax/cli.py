@@ -4,6 +4,9 @@
         --draft qwen2.5-coder-0.5b-instruct --gamma 4 --prompt "Write quicksort in Python" \
         --max-new-tokens 128 [--temperature 0.7] [--seed 0] [--raw] [--json]
 
+Drafters are those of `specjax.drafters.registry`, by the same names and defaults as in
+experiment configs: `--drafter ngram|early-exit|eagle|medusa|model`, knobs as flags (--ngram,
+--exit-layer, --heads, --draft) or in the spec (`--drafter early-exit:exit_layer=10`).
 Trained heads (experiments/train_draft.py) draft with `--drafter eagle|medusa --heads PATH`.
 Without --draft (and without another --drafter) it decodes autoregressively. In the text
 output, accepted draft tokens are green and tokens the target produced itself (the first
@@ -24,7 +27,9 @@ from typing import Any
 import numpy as np
 
 GREEN, BLUE, RESET = "\033[32m", "\033[34m", "\033[0m"
-DRAFTERS = ("model", "ngram", "early-exit", "eagle", "medusa")
+# The knob flags: the registry's knobs of each kind (specjax.drafters.registry.KINDS).
+KNOB_FLAGS = {"model": "--draft", "ngram_n": "--ngram", "exit_layer": "--exit-layer",
+              "heads": "--heads"}  # fmt: skip
 
 
 def vocabulary_fingerprint(tokenizer: Any) -> str:
@@ -65,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate a continuation of one prompt")
     gen.add_argument("--target", required=True, help="model name, .gguf path or hub id")
     gen.add_argument("--draft", help="draft model (name/path) for --drafter model")
-    gen.add_argument("--drafter", choices=DRAFTERS, help="default: model if --draft is given")
+    gen.add_argument(
+        "--drafter",
+        help="model | ngram | early-exit | eagle | medusa, or a spec such as "
+        "early-exit:exit_layer=10 (specjax.drafters.registry); default: model if --draft",
+    )
     gen.add_argument("--gamma", type=int, default=4, help="draft tokens per target call")
     gen.add_argument("--prompt", required=True, help="the user message (or raw text with --raw)")
     gen.add_argument("--raw", action="store_true", help="feed the prompt without chat template")
@@ -75,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    gen.add_argument("--ngram", type=int, default=3, help="longest n-gram (--drafter ngram)")
-    gen.add_argument("--exit-layer", type=int, default=None, help="--drafter early-exit")
+    gen.add_argument("--ngram", type=int, help="longest n-gram (--drafter ngram; default 3)")
+    gen.add_argument("--exit-layer", type=int, help="--drafter early-exit (default: L // 3)")
     gen.add_argument("--heads", help="trained heads folder (--drafter eagle|medusa)")
     gen.add_argument(
         "--tree",
@@ -93,35 +102,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_drafter(args, target, draft_name: str | None):
-    from specjax.drafters.early_exit import early_exit_drafter
-    from specjax.drafters.ngram import NgramDrafter
+    """The drafter that --drafter (a registry spec) and the knob flags name, for `target`."""
+    from specjax.drafters import registry
     from specjax.eval.models import load_model
 
-    kind = args.drafter or ("model" if draft_name else None)
-    if kind is None:
+    text = args.drafter or ("model" if draft_name else None)
+    if text is None:
         return None
-    if kind == "model":
-        if not draft_name:
+    spec = registry.parse_spec(text)
+    if spec.gamma is not None or spec.adaptive or spec.tree is not None or spec.name:
+        raise SystemExit("error: --drafter names the drafter and its knobs; give gamma, "
+                         "adaptive and tree as --gamma, --adaptive-gamma, --tree")  # fmt: skip
+    flags = {"model": draft_name, "ngram_n": args.ngram, "exit_layer": args.exit_layer,
+             "heads": args.heads}  # fmt: skip
+    own = {knob.name for knob in registry.KINDS[spec.kind].knobs}
+    for knob, value in flags.items():
+        if value is not None and knob not in own:
+            raise SystemExit(f"error: {KNOB_FLAGS[knob]} does not apply to --drafter {spec.kind}")
+    given = {knob: value for knob, value in flags.items() if value is not None}
+    for knob in [k for k in given if f"{k}=" in text]:
+        raise SystemExit(f"error: {knob} is set twice, by {KNOB_FLAGS[knob]} and --drafter {text}")
+    spec = registry.DrafterSpec.create(spec.kind, **{**spec.knobs, **given})  # checks values
+    if spec.kind == "model":
+        if not spec.knobs["model"]:
             raise SystemExit("error: --drafter model needs --draft NAME")
-        draft = load_model(draft_name, args.dtype)
+        draft = load_model(spec.knobs["model"], args.dtype)
         if draft.tokenizer is not None and target.tokenizer is not None:
-            check_same_tokenizer(target.tokenizer, draft.tokenizer, [args.target, draft_name])
-        return draft.pair
-    if draft_name:
-        raise SystemExit(f"error: --draft only applies to --drafter model, not {kind}")
-    if kind == "ngram":
-        return NgramDrafter(max_ngram=args.ngram, min_ngram=1)
-    if kind in ("eagle", "medusa"):
-        from specjax.drafters.heads import load_heads
-
-        if not args.heads:
-            raise SystemExit(f"error: --drafter {kind} needs --heads PATH (trained heads)")
-        drafter, params = load_heads(args.heads, target.model, target.params)
-        if drafter.kind != kind:
-            raise SystemExit(f"error: {args.heads} holds {drafter.kind} heads, not {kind}")
-        return drafter, params
-    exit_layer = args.exit_layer or max(1, target.config.num_layers // 4)
-    return early_exit_drafter(target.model, target.params, exit_layer)
+            names = [args.target, spec.knobs["model"]]
+            check_same_tokenizer(target.tokenizer, draft.tokenizer, names)
+        return registry.build(spec, target.pair, draft=draft.pair)
+    if spec.kind in ("eagle", "medusa") and not spec.knobs["heads"]:
+        raise SystemExit(f"error: --drafter {spec.kind} needs --heads PATH (trained heads)")
+    return registry.build(spec, target.pair)
 
 
 def generate_command(args) -> dict[str, Any]:

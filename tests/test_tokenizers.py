@@ -330,6 +330,19 @@ def test_metadata_reader_value_types(tmp_path: Path) -> None:
     assert meta["general.architecture"] == "llama"
 
 
+def test_metadata_reader_keeps_non_utf8_tokens_either_way(tmp_path: Path) -> None:
+    """One reader, two sources: a token that is not valid UTF-8 keeps its bytes whether the
+    file is parsed from its path or decoded from an open gguf.GGUFReader (whose own
+    `contents()` raises on it)."""
+    gguf = pytest.importorskip("gguf")
+    path = _write_gguf(tmp_path / "bytes.gguf", tokenizer__ggml__tokens=["a", b"\xf0\x9f", "c"])
+    from_path = read_gguf_metadata(path)
+    from_reader = read_gguf_metadata(gguf.GGUFReader(path))
+    assert from_path["tokenizer.ggml.tokens"] == ["a", "\udcf0\udc9f", "c"]
+    assert from_reader["tokenizer.ggml.tokens"] == from_path["tokenizer.ggml.tokens"]
+    assert from_path["tokenizer.ggml.tokens"][1].encode("utf-8", "surrogateescape") == b"\xf0\x9f"
+
+
 def test_errors(tmp_path: Path, llama_cpp_models: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_tokenizer(tmp_path / "missing.gguf")

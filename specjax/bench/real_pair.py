@@ -107,13 +107,13 @@ def gamma_sweep(
     `target` and `draft` are (Model, params) pairs; `prompt_sets` maps a set's name to its
     prompts' token ids. Greedy.
     """
-    from specjax.drafters import build_drafter
+    from specjax.drafters import registry
 
     common = dict(max_new_tokens=max_new_tokens, repeats=repeats, eos_ids=tuple(eos_ids),
                   prompt_bucket=prompt_bucket)  # fmt: skip
     configs = [("autoregressive", None, 1)]
     configs += [(f"draft model γ={k}", draft, k) for k in gammas]
-    ngram = build_drafter("ngram", target) if ngram_gammas else None
+    ngram = registry.build("ngram", target) if ngram_gammas else None
     configs += [(f"prompt lookup γ={k}", ngram, k) for k in ngram_gammas]
     rows: list[dict[str, Any]] = []
     ar_results: dict[str, Any] = {}

@@ -2,7 +2,9 @@
 
 Reading uses the `gguf` package (`gguf.GGUFReader` memory-maps the file; every tensor is
 dequantized with `gguf.quants.dequantize`, one at a time, so peak host memory is the
-converted model plus one tensor).
+converted model plus one tensor). Key/value metadata has one reader for the whole package,
+`specjax.tokenizers.read_gguf_metadata`, given the open reader here (the tokenizer is its
+other user).
 
 Conventions bridged here (GGUF -> specjax):
   * Matrices are stored [out, in] (numpy order of GGUF's [ne0=in, ne1=out]); specjax kernels
@@ -37,7 +39,7 @@ import gguf as gguf_lib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 from tqdm.auto import tqdm
 
@@ -49,6 +51,7 @@ from specjax.checkpoints.errors import (
 from specjax.checkpoints.params import build_params, to_numpy_dict
 from specjax.models.config import NO_WINDOW, ModelConfig
 from specjax.models.transformer import Model, Params
+from specjax.tokenizers import read_gguf_metadata
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 _GGUF_MAGIC = b"GGUF"
@@ -93,48 +96,6 @@ def open_gguf(path: str | os.PathLike) -> gguf_lib.GGUFReader:
     return reader
 
 
-def _field_value(field: Any) -> Any:
-    """Python value of a GGUF metadata field (str, int, float, bool, or list of those).
-
-    Written against `ReaderField.parts/data/types`, which every gguf version has (the
-    `contents()` helper is recent).
-    """
-    types = list(field.types)
-
-    def scalar(part: np.ndarray, kind: GGUFValueType) -> Any:
-        if kind == GGUFValueType.STRING:
-            return bytes(part).decode("utf-8", errors="replace")
-        value = part.tolist()[0]
-        return bool(value) if kind == GGUFValueType.BOOL else value
-
-    if types[0] == GGUFValueType.ARRAY:
-        if len(types) < 2 or types[1] == GGUFValueType.ARRAY:
-            return [field.parts[i].tolist() for i in field.data]  # nested arrays: raw
-        return [scalar(field.parts[i], types[1]) for i in field.data]
-    return scalar(field.parts[field.data[0]], types[0])
-
-
-class GGUFMetadata:
-    """Key/value metadata of a GGUF file, decoded lazily (token lists are large)."""
-
-    def __init__(self, reader: gguf_lib.GGUFReader):
-        self._fields = reader.fields
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._fields
-
-    def get(self, key: str, default: Any = None) -> Any:
-        field = self._fields.get(key)
-        return default if field is None else _field_value(field)
-
-    def array_length(self, key: str) -> int | None:
-        field = self._fields.get(key)
-        return None if field is None else len(field.data)
-
-    def keys(self) -> list[str]:
-        return list(self._fields)
-
-
 def _f32(value: Any) -> float:
     """A float32 metadata value as the decimal it was written from (1e-05, not 9.99e-06)."""
     return float(f"{float(value):.7g}")
@@ -142,7 +103,8 @@ def _f32(value: Any) -> float:
 
 def _uniform(value: Any, key: str) -> Any:
     """Per-layer arrays (some GGUFs store head counts per layer) must be uniform here."""
-    if isinstance(value, list):
+    if isinstance(value, list | np.ndarray):
+        value = np.asarray(value).tolist()
         if len(set(value)) != 1:
             raise UnsupportedArchitectureError(
                 f"{key} varies across layers ({value}); specjax needs it uniform"
@@ -153,7 +115,7 @@ def _uniform(value: Any, key: str) -> Any:
 
 def config_from_gguf(reader: gguf_lib.GGUFReader, source: str = "GGUF") -> ModelConfig:
     """The ModelConfig described by a GGUF file's metadata and tensor shapes."""
-    meta = GGUFMetadata(reader)
+    meta = read_gguf_metadata(reader)
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedArchitectureError(
@@ -214,7 +176,7 @@ def config_from_gguf(reader: gguf_lib.GGUFReader, source: str = "GGUF") -> Model
     # gemma3
     window = int(meta.get("gemma3.attention.sliding_window", NO_WINDOW) or NO_WINDOW)
     pattern = meta.get("gemma3.attention.sliding_window_pattern", _GEMMA3_DEFAULT_PATTERN)
-    if isinstance(pattern, list):
+    if isinstance(pattern, list | np.ndarray):
         # Per-layer flags (True = sliding): representable only as "every n-th is global".
         pattern = _pattern_from_flags([bool(flag) for flag in pattern], source)
     scale = meta.get("gemma3.attention.scale")
@@ -390,7 +352,7 @@ def params_from_gguf(
 
 def gguf_metadata(reader: gguf_lib.GGUFReader, path: Path) -> dict[str, Any]:
     """JSON-serialisable facts about the file that callers (tokenizers, reports) need."""
-    meta = GGUFMetadata(reader)
+    meta = read_gguf_metadata(reader)
     types = Counter(t.tensor_type.name for t in reader.tensors)
     file_type = meta.get("general.file_type")
     try:
@@ -412,7 +374,7 @@ def gguf_metadata(reader: gguf_lib.GGUFReader, path: Path) -> dict[str, Any]:
         "format": "gguf",
         "path": str(path),
         **{key: meta.get(key) for key in keys},
-        "tokenizer.ggml.tokens.length": meta.array_length("tokenizer.ggml.tokens"),
+        "tokenizer.ggml.tokens.length": len(meta.get("tokenizer.ggml.tokens", ())) or None,
         "file_type": file_type_name,
         "tensor_types": dict(sorted(types.items())),
     }
@@ -541,7 +503,6 @@ def save_gguf(
 
 __all__ = [
     "GGMLQuantizationType",
-    "GGUFMetadata",
     "SUPPORTED_ARCHITECTURES",
     "config_from_gguf",
     "dequantize_tensor",

@@ -1,9 +1,8 @@
 """Hugging Face checkpoints: config.json + *.safetensors of Llama, Qwen2 and Gemma3 models.
 
-Safetensors are read with a small built-in reader (the format is an 8-byte header length, a
-JSON header, and raw little-endian tensors): it memory-maps the file, handles bfloat16 and
-float8 through `ml_dtypes` (a JAX dependency), and needs no extra package. `save_hf` writes
-the same layout, so a specjax model (e.g. a trained draft) can go to HF tools and back.
+Safetensors files are read and written by the `safetensors` package (numpy API), bfloat16
+through `ml_dtypes`. `save_hf` writes the same layout, so a specjax model (e.g. a trained
+draft) can go to HF tools and back.
 
 Conventions bridged here (HF -> specjax):
   * nn.Linear weights are [out, in]; specjax kernels are [in, out]: transposed.
@@ -19,16 +18,16 @@ F MLP hidden width.
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
+import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" dtype for safetensors)
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from specjax.checkpoints.errors import (
@@ -41,65 +40,40 @@ from specjax.models.config import NO_WINDOW, ModelConfig
 from specjax.models.transformer import Model, Params
 
 # --------------------------------------------------------------------------------------
-# safetensors
+# safetensors, through the `safetensors` package's numpy API.
+#
+# numpy has no bfloat16 of its own: `safe_open(framework="np")` asks numpy for the dtype named
+# "bfloat16", which exists once `ml_dtypes` is imported (it is, above), and `save_file` writes
+# an `ml_dtypes.bfloat16` array as BF16. The package cannot hand float8 tensors to numpy; such
+# files are refused with a message (fp8 checkpoints also carry scales specjax does not apply).
 
-_ST_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"),
-    "U32": np.dtype("<u4"),
-    "U16": np.dtype("<u2"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
-}
-_ST_NAMES = {dtype: name for name, dtype in _ST_DTYPES.items()}
-_MAX_HEADER = 100 << 20  # the reference implementation's limit
+
+def _open_safetensors(path: Path) -> Any:
+    """A `safe_open` handle (numpy), or CorruptCheckpointError naming the file."""
+    try:
+        return safe_open(str(path), framework="np")
+    except SafetensorError as error:
+        raise CorruptCheckpointError(
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {error}"
+        ) from error
+
+
+def _tensor(handle: Any, name: str, path: Path) -> np.ndarray:
+    try:
+        return handle.get_tensor(name)
+    except (SafetensorError, AttributeError, TypeError) as error:
+        dtype = handle.get_slice(name).get_dtype()
+        raise CheckpointError(
+            f"{path}: tensor {name} of dtype {dtype} cannot be read as a numpy array "
+            f"({error}); specjax reads float64/32/16, bfloat16 and integer tensors"
+        ) from error
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """name -> read-only numpy array (memory-mapped: nothing is read until used)."""
+    """name -> numpy array of every tensor of one safetensors file (bfloat16 as ml_dtypes)."""
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise CorruptCheckpointError(f"{path}: too short for a safetensors file")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > min(_MAX_HEADER, size - 8):
-            raise CorruptCheckpointError(
-                f"{path}: header length {header_len} exceeds the file ({size} bytes); "
-                "truncated or not a safetensors file"
-            )
-        try:
-            header = json.loads(handle.read(header_len))
-        except ValueError as error:
-            raise CorruptCheckpointError(f"{path}: unreadable header: {error}") from error
-    header.pop("__metadata__", None)
-    data_start = 8 + header_len
-    data = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, "u1")
-    tensors = {}
-    for name, info in header.items():
-        dtype = _ST_DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise CorruptCheckpointError(f"{path}: tensor {name} has unknown dtype {info}")
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if end - begin != math.prod(shape) * dtype.itemsize or data_start + end > size:
-            raise CorruptCheckpointError(
-                f"{path}: tensor {name} (bytes {begin}..{end}) is inconsistent with its shape "
-                f"{shape} or lies beyond the end of the file ({size} bytes): truncated?"
-            )
-        raw = data[data_start + begin : data_start + end]
-        tensors[name] = raw.view(dtype).reshape(shape)
-    return tensors
+    handle = _open_safetensors(path)
+    return {name: _tensor(handle, name, path) for name in handle.keys()}
 
 
 def write_safetensors(
@@ -107,31 +81,15 @@ def write_safetensors(
     tensors: dict[str, np.ndarray],
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Writes arrays as a safetensors file (readable by the `safetensors` package)."""
+    """Writes numpy arrays (bfloat16 as ml_dtypes) as one safetensors file."""
     path = Path(path)
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    arrays = {}
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
-        if array.dtype not in _ST_NAMES:
-            raise CheckpointError(f"safetensors cannot store {name} of dtype {array.dtype}")
-        arrays[name] = array
-        header[name] = {
-            "dtype": _ST_NAMES[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + array.nbytes],
-        }
-        offset += array.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the format pads the header to 8 bytes
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
-        for array in arrays.values():
-            handle.write(array.tobytes())
+    # The package writes each array's memory as is: a transposed view must be copied first.
+    arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    metadata = {str(k): str(v) for k, v in metadata.items()} if metadata else None
+    try:
+        save_file(arrays, str(path), metadata=metadata)
+    except SafetensorError as error:
+        raise CheckpointError(f"{path}: cannot write safetensors: {error}") from error
     return path
 
 
@@ -328,7 +286,8 @@ def _norm_offset(config: ModelConfig) -> float:
 
 
 class _TensorIndex:
-    """Looks tensors up across the (possibly sharded) safetensors files of a checkpoint."""
+    """Looks tensors up across the (possibly sharded) safetensors files of a checkpoint; a
+    tensor is read when asked for, so peak host memory is the converted model plus one."""
 
     def __init__(self, directory: Path):
         index_file = directory / "model.safetensors.index.json"
@@ -339,23 +298,25 @@ class _TensorIndex:
             files = sorted(p.name for p in directory.glob("*.safetensors"))
         if not files:
             raise CheckpointError(f"{directory} holds no *.safetensors files")
-        self.tensors: dict[str, np.ndarray] = {}
+        self._handles: dict[str, tuple[Any, Path]] = {}  # tensor name -> (open file, path)
         for name in files:
-            self.tensors.update(read_safetensors(directory / name))
+            handle = _open_safetensors(directory / name)
+            self._handles.update({key: (handle, directory / name) for key in handle.keys()})
         # Find the decoder's prefix ("model.", "model.language_model.", ...) by its embedding.
-        embeds = [k for k in self.tensors if k.endswith("embed_tokens.weight")]
+        embeds = [k for k in self._handles if k.endswith("embed_tokens.weight")]
         if len(embeds) != 1:
             raise CheckpointError(f"{directory}: expected one *embed_tokens.weight, got {embeds}")
         self.prefix = embeds[0][: -len("embed_tokens.weight")]
-        heads = [k for k in self.tensors if k.endswith("lm_head.weight")]
+        heads = [k for k in self._handles if k.endswith("lm_head.weight")]
         self.lm_head = heads[0] if heads else None
         self.source = str(directory)
 
     def get(self, name: str) -> np.ndarray:
         key = name if name == self.lm_head else self.prefix + name
-        if key not in self.tensors:
+        if key not in self._handles:
             raise CheckpointError(f"{self.source}: tensor {key} is missing")
-        return self.tensors[key]
+        handle, path = self._handles[key]
+        return _tensor(handle, key, path)
 
 
 def params_from_hf(

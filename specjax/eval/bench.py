@@ -28,7 +28,7 @@ import specjax
 from specjax import cache as kv_cache
 from specjax.decoding import rejection
 from specjax.decoding.sampling import Sampling
-from specjax.drafters import build_drafter
+from specjax.drafters import registry
 from specjax.eval.timing import timed
 from specjax.models.config import ModelConfig
 from specjax.models.transformer import Model, Params, params_dtype
@@ -302,7 +302,7 @@ def chat_prompt_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 
 @dataclasses.dataclass
-class DrafterSpec:
+class BenchDrafter:
     """One drafter configuration of a benchmark: what `specjax.generate` gets.
 
     Fields:
@@ -318,74 +318,32 @@ class DrafterSpec:
     generate_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-DRAFTER_KINDS = ("ngram", "early_exit", "eagle", "medusa", "model")
-_SPEC_KEYS = {
-    "ngram": {"max_n", "min_n"},
-    "early_exit": {"layer", "tree", "dyntree"},
-    "eagle": {"path"},
-    "medusa": {"path"},
-    "model": {"path", "tree", "dyntree"},
-}
+DEFAULT_GAMMA = 4  # a spec without gamma= (the CLI's and the configs' default too)
 
 
-def parse_drafter_spec(text: str, target: tuple[Model, Params]) -> DrafterSpec:
-    """A drafter from a spec ``kind[:key=value,...]``, e.g. ``ngram:gamma=8``,
-    ``early_exit:layer=10,gamma=3``, ``eagle:path=runs/eagle/drafter,gamma=3``,
-    ``model:path=qwen2.5-coder-0.5b-instruct,tree=4-2-1``, ``ngram:gamma=8,adaptive=1``.
-
-    Keys of every kind: gamma (default 4), adaptive (0/1, adaptive draft length up to gamma),
-    name (the table label). `tree=b1-b2-...` drafts a static token tree, `dyntree=d-k-n` an
-    EAGLE-2 dynamic tree of depth d, top-k k and n verified nodes (both greedy only)."""
-    kind, _, rest = text.partition(":")
-    if kind not in DRAFTER_KINDS:
-        raise ValueError(f"unknown drafter kind {kind!r} in {text!r}; known: {DRAFTER_KINDS}")
-    options: dict[str, str] = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"drafter spec {text!r}: {item!r} is not key=value")
-        options[key.strip()] = value.strip()
-    unknown = set(options) - _SPEC_KEYS[kind] - {"gamma", "adaptive", "name"}
-    if unknown:
-        allowed = sorted(_SPEC_KEYS[kind] | {"gamma", "adaptive", "name"})
-        raise ValueError(f"drafter spec {text!r}: unknown keys {sorted(unknown)}; {allowed}")
+def parse_drafter_spec(text: str, target: tuple[Model, Params]) -> BenchDrafter:
+    """A drafter from a spec of `specjax.drafters.registry` (``kind[:key=value,...]``), e.g.
+    ``ngram:gamma=8``, ``early-exit:exit_layer=10,gamma=3``,
+    ``eagle:heads=runs/eagle/drafter,gamma=3``, ``model:model=qwen2.5-coder-0.5b-instruct,
+    tree=4,2,1``, ``ngram:gamma=8,adaptive=1``, ``early-exit:tree=dynamic:depth=4,top_k=4,
+    nodes=16``. A draft model (kind model) is loaded with `specjax.checkpoints.load` in the
+    target's dtype; ``name=`` labels the table row (default: the spec text)."""
+    spec = registry.parse_spec(text)
     model, params = target
-    gamma = int(options.get("gamma", 4))
-    kwargs: dict[str, Any] = {}
-    if options.get("adaptive", "0") not in ("0", "1"):
-        raise ValueError(f"drafter spec {text!r}: adaptive must be 0 or 1")
-    if options.get("adaptive") == "1":
-        kwargs["adaptive_gamma"] = True
-    if "tree" in options:
-        kwargs["tree"] = tuple(int(b) for b in options["tree"].split("-"))
-        gamma = len(kwargs["tree"])
-    if "dyntree" in options:
-        from specjax.decoding.tree import DynamicTreeSpec
-
-        parts = options["dyntree"].split("-")
-        if len(parts) != 3:
-            raise ValueError(f"drafter spec {text!r}: dyntree=depth-top_k-nodes, e.g. 4-4-16")
-        kwargs["tree"] = DynamicTreeSpec(*(int(p) for p in parts))
-        gamma = kwargs["tree"].depth
-    if kind == "model":  # a separate draft model, any spec checkpoints.load accepts
+    draft = None
+    if spec.kind == "model":  # a separate draft model, any spec checkpoints.load accepts
         from specjax import checkpoints
 
-        if "path" not in options:
-            raise ValueError(f"drafter spec {text!r}: model needs path=<model name or file>")
-        draft_model, draft_params, _ = checkpoints.load(options["path"], params_dtype(params))
-        drafter = (draft_model, draft_params)
-    else:
-        if kind in ("eagle", "medusa") and "path" not in options:
-            raise ValueError(f"drafter spec {text!r}: {kind} needs path=<saved heads folder>")
-        drafter = build_drafter(
-            kind,
-            target,
-            max_n=int(options.get("max_n", 3)),
-            min_n=int(options.get("min_n", 1)),
-            exit_layer=int(options.get("layer", 0)),  # 0: a third of the target's layers
-            heads=options.get("path", ""),
-        )
-    return DrafterSpec(options.get("name", text), drafter, gamma, kwargs)
+        draft_model, draft_params, _ = checkpoints.load(spec.knobs["model"], params_dtype(params))
+        draft = (draft_model, draft_params)
+    drafter = registry.build(spec, target, draft=draft)
+    kwargs: dict[str, Any] = {}
+    if spec.adaptive:
+        kwargs["adaptive_gamma"] = True
+    if spec.tree is not None:
+        kwargs["tree"] = spec.tree
+    gamma = spec.gamma or DEFAULT_GAMMA
+    return BenchDrafter(spec.name or text, drafter, gamma, kwargs)
 
 
 def agreement(spec_rows: Sequence[Sequence[int]], ar_rows: Sequence[Sequence[int]]) -> dict:
@@ -416,7 +374,7 @@ def _time_set(batch, target, prompt_ids, name, drafter, gamma, *, common, prompt
 def real_model_suite(
     target,
     prompt_ids: Sequence[Sequence[int]],
-    drafters: Sequence[DrafterSpec],
+    drafters: Sequence[BenchDrafter],
     *,
     batches: Sequence[int],
     temperatures: Sequence[float],

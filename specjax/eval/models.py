@@ -18,8 +18,8 @@ Model specs (``config.target``, ``config.drafter.model``, ``config.tokenizer``):
   at 0, falling as the scale grows) and it costs what the target costs (c = 1): a mechanism
   check, not a fast drafter.
 
-Drafters other than a draft model (``drafter.kind`` ngram, early-exit, eagle, medusa) are
-built from the target by ``specjax.drafters.build_drafter`` (see ``load_pair``).
+Every drafter is named and built by ``specjax.drafters.registry`` (see ``load_pair``); a draft
+model (``drafter.kind`` model) is loaded here first.
 
 Loaded models are kept in memory between calls, so a sweep over gamma loads its pair once;
 loading another pair releases models the new pair does not use.
@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax.drafters import registry
 from specjax.models import KNOWN_SHAPES, Model, ModelConfig, abstract_model
 from specjax.models.transformer import Params
 
@@ -305,46 +306,34 @@ def _short(spec: str) -> str:
     return Path(spec).name if ("/" in spec and Path(spec).expanduser().exists()) else spec
 
 
-def _heads_name(path: str) -> str:
-    """A short name for a heads folder: ``runs/eagle_smollm_1024/drafter`` -> its run's name."""
-    p = Path(path)
-    return p.parent.name if p.name == "drafter" and p.parent.name else p.name
-
-
-def _drafter_label(config: Any, draft: LoadedModel | None) -> str:
-    """The drafter's part of a pair's label, with the decoding options that tell runs apart."""
-    d, kind = config.drafter, str(config.drafter.kind)
-    if kind == "model":
-        name = _short(draft.spec)
-    elif kind == "ngram":
-        name = f"ngram(n<={int(d.ngram_n)})"
-    elif kind == "early-exit":
-        name = f"early-exit(layer {draft.config.num_layers})"
-    else:
-        name = f"{kind}({_heads_name(str(d.heads))})"
-    if str(config.get("tree", "")):
-        name += f", tree {config.tree}"
-    if config.get("adaptive_gamma", False):
-        name += ", adaptive γ"
-    return name
+def _drafter_label(config: Any, draft: LoadedModel | None, target: LoadedModel) -> str:
+    """The drafter's part of a pair's label (the registry's), with the decoding options that
+    tell runs apart."""
+    spec = registry.spec_from_config(
+        config.drafter,
+        adaptive=bool(config.get("adaptive_gamma", False)),
+        tree=str(config.get("tree", "")) or None,
+    )
+    if spec.kind == "model" and draft is not None:
+        return spec.label(draft_name=_short(draft.spec))
+    return spec.label(num_layers=target.config.num_layers)
 
 
 def load_pair(config: Any) -> Pair:
     """Load what ``config`` (an experiment ConfigDict) names: target, drafter, tokenizer.
 
     Reads ``config.target``, ``config.drafter``, ``config.tokenizer``, ``config.dtype`` and
-    ``config.seed``. Drafter kinds (built by `specjax.drafters.build_drafter`):
+    ``config.seed``. Drafter kinds (`specjax.drafters.registry`, which builds them):
 
     * ``model``: the draft model ``drafter.model`` (``Pair.draft``);
-    * ``ngram``: prompt lookup with n-grams of up to ``drafter.ngram_n`` tokens (no draft);
+    * ``ngram``: prompt lookup with n-grams of ``drafter.ngram_min..ngram_n`` tokens (no draft);
     * ``early-exit``: the target's first ``drafter.exit_layer`` layers (0 = a third); that
       k-layer model is ``Pair.draft``, so its step is timed like a draft model's;
     * ``eagle`` / ``medusa``: heads saved in the folder ``drafter.heads`` (no draft).
     """
-    from specjax.drafters import build_drafter
-
     dtype, seed = str(config.dtype), int(config.seed)
-    kind = str(config.drafter.kind)
+    spec = registry.spec_from_config(config.drafter)
+    kind = spec.kind
     target = load_model(str(config.target), dtype, seed)
     draft = None
     if kind == "model":
@@ -355,20 +344,12 @@ def load_pair(config: Any) -> Pair:
                 f"the target {target.spec!r} one of {target.config.vocab_size}: speculative "
                 "decoding needs one shared vocabulary"
             )
-        drafter = draft.pair
-    else:
-        drafter = build_drafter(
-            kind,
-            target.pair,
-            max_n=int(config.drafter.ngram_n),
-            exit_layer=int(config.drafter.exit_layer),
-            heads=str(config.drafter.heads),
-        )
-        if kind == "early-exit":
-            model, params = drafter[0].model, drafter[1]
-            layer = model.config.num_layers
-            metadata = {"synthetic": target.synthetic, "early_exit_of": target.spec}
-            draft = LoadedModel(f"early-exit:{layer}", model, params, metadata)
+    drafter = registry.build(spec, target.pair, draft=draft.pair if draft else None)
+    if kind == "early-exit":
+        model, params = drafter[0].model, drafter[1]
+        layer = model.config.num_layers
+        metadata = {"synthetic": target.synthetic, "early_exit_of": target.spec}
+        draft = LoadedModel(f"early-exit:{layer}", model, params, metadata)
     tokenizer = target.tokenizer
     if str(config.tokenizer):
         tokenizer = load_tokenizer_for(str(config.tokenizer))
@@ -377,7 +358,7 @@ def load_pair(config: Any) -> Pair:
             f"the tokenizer has {tokenizer.vocab_size} tokens but the target's vocabulary only "
             f"{target.config.vocab_size}: wrong tokenizer for this model?"
         )
-    label = str(config.label) or f"{_short(target.spec)} / {_drafter_label(config, draft)}"
+    label = str(config.label) or f"{_short(target.spec)} / {_drafter_label(config, draft, target)}"
     # Release models this pair does not use (a sweep over pairs must not hold them all).
     keep = {id(target), id(draft)}
     for key in [k for k, v in _LOADED.items() if id(v) not in keep]:

@@ -14,9 +14,9 @@ same process, interleaved (AR, spec, AR, spec, ...) so slow drift of a shared ma
 both alike. The first call of each is the compile call (``Timing.compile_s``); the reported
 seconds are medians over ``repeats`` later calls. Greedy outputs are checked token for
 token. Then the draft/target step-cost ratio c is measured for the Leviathan et al. model.
-Any drafter kind runs (``drafter.kind``: model, ngram, early-exit, eagle, medusa; built by
-``specjax.drafters.build_drafter``), linear or adaptive (``adaptive_gamma``) or as a token
-tree (``tree``).
+Any drafter kind runs (``drafter.kind``: model, ngram, early-exit, eagle, medusa: the kinds,
+knobs and defaults of ``specjax.drafters.registry``, which builds them), linear or adaptive
+(``adaptive_gamma``) or as a token tree (``tree``, the registry's tree syntax).
 
 A run's workdir:
 
@@ -57,6 +57,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from specjax.drafters import registry
 from specjax.eval import cost_model, metrics
 from specjax.eval import models as models_lib
 from specjax.eval import prompts as prompts_lib
@@ -64,7 +65,6 @@ from specjax.eval.metrics import RunStats, RunSummary
 from specjax.eval.timing import Timer, Timing
 
 __all__ = [
-    "DRAFTER_KINDS",
     "SYNTHETIC",
     "ConfigError",
     "EncodedPrompt",
@@ -89,9 +89,6 @@ __all__ = [
 
 log = logging.getLogger("specjax.eval.runner")
 
-DRAFTER_KINDS = ("model", "ngram", "early-exit", "eagle", "medusa")
-IMPLEMENTED_DRAFTER_KINDS = DRAFTER_KINDS  # every kind runs (kept for callers of the old name)
-TREE_DRAFTER_KINDS = ("model", "early-exit")  # token trees need a draft model
 # What trains the heads of kind eagle / medusa (named in the error for a missing folder).
 HEADS_TRAINING = {
     "eagle": "python -m experiments.train_draft --config=configs/train_eagle_smollm.py "
@@ -119,18 +116,16 @@ def base_config() -> ml_collections.ConfigDict:
     # Target: a registered model name, a checkpoint path, a hub id, or random:<shape>.
     c.target = "qwen2.5-coder-1.5b-instruct"
     c.tokenizer = ""  # "" = the target's own; give a model name for a random target
+    # The drafter: a kind of specjax.drafters.registry (model, ngram, early-exit, eagle,
+    # medusa; early_exit is accepted) and every kind's knobs with the registry's defaults
+    # (model; ngram_n, ngram_min; exit_layer, 0 = a third of the target's layers; heads).
+    # Only the kind's own knobs are read. The default pair drafts with Qwen2.5-Coder 0.5B.
     c.drafter = ml_collections.ConfigDict(
-        dict(
-            kind="model",  # one of DRAFTER_KINDS
-            model="qwen2.5-coder-0.5b-instruct",  # kind=model: a model spec or perturbed:<s>
-            ngram_n=3,  # kind=ngram: longest n-gram of prompt lookup (n = ngram_n..1)
-            exit_layer=0,  # kind=early-exit: layers that draft (0 = a third of the target's)
-            heads="",  # kind=eagle/medusa: folder of heads saved by heads.save_heads
-        )
+        dict(kind="model", **{**registry.knob_defaults(), "model": "qwen2.5-coder-0.5b-instruct"})
     )
     c.gamma = 4  # draft tokens per target call (the maximum with adaptive_gamma)
     c.adaptive_gamma = False  # per-row draft length in 1..gamma, set by recent acceptance
-    # Token tree (greedy, drafter.kind model or early-exit), "" = a linear draft. Static
+    # Token tree (greedy; a drafter.kind that drafts trees), "" = a linear draft. Static
     # branching per level "4,2,1", or EAGLE-2's "dynamic:depth=4,top_k=4,nodes=16". The
     # tree's depth replaces gamma.
     c.tree = ""
@@ -285,31 +280,37 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
 
     d = config.drafter
-    need(d.kind in DRAFTER_KINDS, f"drafter.kind must be one of {DRAFTER_KINDS}, got {d.kind!r}")
-    if d.kind == "model":
+    kind = None
+    try:
+        kind = registry.canonical_kind(d.kind)
+    except ValueError as error:
+        problems.append(f"drafter.kind: {error}")
+    if kind in ("eagle", "medusa"):  # checks the folder too, and says how to train heads
+        problem = _heads_problem(kind, str(d.heads), config.gamma)
+        need(problem is None, f"drafter.heads: {problem}")
+    elif kind is not None:
+        try:
+            registry.spec_from_config(d)  # the kind's knobs: values the registry accepts
+        except ValueError as error:
+            problems.append(f"drafter: {error}")
+    if kind == "model":
         problem = models_lib.check_model_spec(d.model, "draft")
         need(problem is None, f"drafter.model: {problem}")
-    need(d.ngram_n >= 1, f"drafter.ngram_n must be >= 1, got {d.ngram_n}")
-    need(d.exit_layer >= 0, f"drafter.exit_layer must be >= 0 (0 = a third), got {d.exit_layer}")
-    if d.kind in ("eagle", "medusa"):
-        problem = _heads_problem(d.kind, str(d.heads), config.gamma)
-        need(problem is None, f"drafter.heads: {problem}")
     single_device = config.mesh.data == 1 and config.mesh.model == 1
     need(
         not (config.adaptive_gamma and not single_device),
         "adaptive_gamma is not wired into the sharded program: use mesh.data=1, mesh.model=1",
     )
     if str(config.tree):
-        from specjax.decoding.tree import parse_tree_spec
-
         try:
-            parse_tree_spec(str(config.tree))
+            registry.parse_tree(str(config.tree))
         except ValueError as error:
             problems.append(f"tree: {error} (static '4,2,1' or 'dynamic:depth=4,top_k=4,nodes=16')")
+        tree_kinds = tuple(k for k, v in registry.KINDS.items() if v.drafts_trees)
         need(
-            d.kind in TREE_DRAFTER_KINDS,
+            kind is None or registry.KINDS[kind].drafts_trees,
             f"tree={config.tree!r} drafts with a draft model: drafter.kind must be one of "
-            f"{TREE_DRAFTER_KINDS}, got {d.kind!r}",
+            f"{tree_kinds}, got {d.kind!r}",
         )
         need(
             s.temperature == 0,
@@ -393,6 +394,7 @@ def finalize(
     """
     overrides = parse_arg(arg) if isinstance(arg, str | None) else dict(arg)
     config = validate(apply_overrides(config, overrides))
+    config.drafter.kind = registry.canonical_kind(config.drafter.kind)  # early_exit: an alias
     config.lock()
     return config
 
@@ -705,10 +707,14 @@ def _ngram_step_fn(drafter: Any, vocab_size: int, batch: int, cache_len: int, co
     return lambda: propose(draft_context, key)
 
 
-def _tree(config: ml_collections.ConfigDict) -> Any | None:
-    from specjax.decoding.tree import parse_tree_spec
-
-    return parse_tree_spec(str(config.tree)) if str(config.tree) else None
+def _drafter(config: ml_collections.ConfigDict) -> registry.DrafterSpec:
+    """The registry's spec of the config's drafter, tree and adaptive gamma included."""
+    return registry.spec_from_config(
+        config.drafter,
+        gamma=int(config.gamma),
+        adaptive=bool(config.adaptive_gamma),
+        tree=str(config.tree) or None,
+    )
 
 
 def _measure_cost(
@@ -725,7 +731,7 @@ def _measure_cost(
     """
     if not config.measure_c:
         return None
-    kind = str(config.drafter.kind)
+    kind = _drafter(config).kind
     if pair.draft is None and kind != "ngram":
         log.info("c is not measured for drafter.kind=%s: no cost-model prediction", kind)
         return None
@@ -734,7 +740,7 @@ def _measure_cost(
         # needs specjax.parallel.sharded.forward_step (not wired here yet).
         log.warning("c is not measured for sharded runs (mesh != 1x1): no prediction")
         return None
-    tree = _tree(config)
+    tree = _drafter(config).tree
     gamma = tree.depth if tree is not None else int(config.gamma)
     slots = tree.num_nodes + 1 if tree is not None else gamma + 1  # tokens of a verify call
     batch = int(config.batch_size)
@@ -775,23 +781,16 @@ def _measure_cost(
 
 
 def _drafter_spec(config: ml_collections.ConfigDict, pair: models_lib.Pair) -> str:
-    """The drafter of a summary, ``kind:details`` (``model:<draft spec>``, ``ngram:n<=3``,
-    ``early-exit:layer=10``, ``eagle:<heads folder>``), with ``+tree=...`` / ``+adaptive``."""
-    kind, d = str(config.drafter.kind), config.drafter
-    if kind == "model":
-        detail = pair.draft.spec if pair.draft else str(d.model)
-    elif kind == "ngram":
-        detail = f"n<={int(d.ngram_n)}"
-    elif kind == "early-exit":
-        detail = f"layer={pair.draft.config.num_layers if pair.draft else int(d.exit_layer)}"
-    else:
-        detail = str(d.heads)
-    text = f"{kind}:{detail}"
-    if str(config.tree):
-        text += f"+tree={config.tree}"
-    if config.adaptive_gamma:
-        text += "+adaptive"
-    return text
+    """The drafter of a summary as registry spec text (``registry.parse_spec`` reads it
+    back), with what the run resolved: the exit layer that 0 meant, the draft model's spec."""
+    spec = dataclasses.replace(_drafter(config), gamma=None)  # gamma has its own column
+    if spec.kind == "early-exit" and pair.draft is not None:
+        spec = dataclasses.replace(
+            spec, knobs={**spec.knobs, "exit_layer": pair.draft.config.num_layers}
+        )
+    elif spec.kind == "model" and pair.draft is not None:
+        spec = dataclasses.replace(spec, knobs={**spec.knobs, "model": pair.draft.spec})
+    return spec.text()
 
 
 def _summaries(
@@ -929,7 +928,7 @@ def run_experiment(
     extra = {
         "target": pair.target.spec,
         "draft": pair.draft.spec if pair.draft else None,  # a draft model's spec, if any
-        "drafter_kind": str(config.drafter.kind),
+        "drafter_kind": _drafter(config).kind,
         "tree": str(config.tree),
         "adaptive_gamma": bool(config.adaptive_gamma),
         "dtype": str(config.dtype),

@@ -27,7 +27,7 @@ from specjax.training.data import PROMPT_SOURCES
 from specjax.training.trainer import TrainSettings
 
 KINDS = ("eagle", "medusa", "distill")
-DRAFT_INITS = ("early_exit", "random")
+DRAFT_INITS = ("early-exit", "random")  # early_exit: the registry's alias, accepted
 DRAFT_TRAINABLE = ("blocks", "all")
 
 
@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.head.init_from = ""  # start from exported heads (a drafter/ folder) instead of init
 
     config.draft = ml_collections.ConfigDict()
-    config.draft.init = "early_exit"  # early_exit (the target's first layers) | random
+    config.draft.init = "early-exit"  # early-exit (the target's first layers) | random
     config.draft.num_layers = 2
     config.draft.trainable = "blocks"  # blocks (+ final norm; embedding frozen) | all
 
@@ -74,8 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.per_set = 4  # HumanEval + MT-Bench prompts each (held out from ShareGPT)
     config.eval.gamma = 3
     config.eval.max_new_tokens = 64
-    config.eval.compare = "ngram,early_exit"  # untrained alternatives measured beside it
-    config.eval.exit_layer = 0  # early exit: 0 = a quarter of the target's layers
+    # Untrained alternatives measured beside it: drafter kinds of specjax.drafters.registry.
+    config.eval.compare = "ngram,early-exit"
+    config.eval.exit_layer = 0  # early-exit: 0 = the registry's default, a third of the layers
     return config
 
 
@@ -95,7 +96,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         (config.data.max_prompt_tokens >= 2, "data.max_prompt_tokens", "must be >= 2"),
         (config.head.num_heads >= 1, "head.num_heads", "must be >= 1"),
         (config.head.unroll_steps >= 1, "head.unroll_steps", "must be >= 1"),
-        (config.draft.init in DRAFT_INITS, "draft.init", f"must be one of {DRAFT_INITS}"),
+        (_init(config) in DRAFT_INITS, "draft.init", f"must be one of {DRAFT_INITS}"),
         (
             config.draft.trainable in DRAFT_TRAINABLE,
             "draft.trainable",
@@ -123,6 +124,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def _init(config: ml_collections.ConfigDict) -> str:
+    """draft.init with the registry's alias resolved (early_exit -> early-exit)."""
+    from specjax.drafters.registry import ALIASES
+
+    return ALIASES.get(str(config.draft.init), str(config.draft.init))
+
+
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
     for part in key.split("."):
         config = config[part]
@@ -142,6 +150,7 @@ def finalize(
     except RunnerConfigError as error:
         raise ConfigError(str(error)) from None
     config = validate(config)
+    config.draft.init = _init(config)
     config.lock()
     return config
 

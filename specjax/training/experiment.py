@@ -96,7 +96,7 @@ def draft_model_init(
     config: ml_collections.ConfigDict, target: LoadedModel
 ) -> tuple[Model, dict[str, Any]]:
     """The DistillSpec draft before training: the target's first `num_layers` layers
-    (early_exit) or random layers of the target's shape (random), with the target's embedding
+    (early-exit) or random layers of the target's shape (random), with the target's embedding
     and final norm, as a pure dict."""
     k = config.draft.num_layers
     if k >= target.config.num_layers:
@@ -105,7 +105,7 @@ def draft_model_init(
         )
     draft_config = target.config.replace(num_layers=k)
     pure = nnx.to_pure_dict(target.params)
-    if config.draft.init == "early_exit":
+    if config.draft.init == "early-exit":
         blocks = jax.tree.map(lambda layers: layers[:k], pure["blocks"])
     else:
         from specjax.models.transformer import init_model
@@ -215,23 +215,29 @@ def eval_prompts(config: ml_collections.ConfigDict, target: LoadedModel) -> list
 def baseline_drafters(
     config: ml_collections.ConfigDict, target: LoadedModel
 ) -> dict[str, tuple[Any, Any]]:
-    """The untrained alternatives named in config.eval.compare."""
-    from specjax.drafters.early_exit import early_exit_drafter
-    from specjax.drafters.ngram import NgramDrafter
+    """The untrained alternatives named in config.eval.compare, by their registry labels:
+    kinds of `specjax.drafters.registry` built with its defaults (early-exit at
+    eval.exit_layer, 0 = the registry's default), eagle / medusa as freshly initialised
+    heads."""
+    from specjax.drafters import registry
 
     out: dict[str, tuple[Any, Any]] = {}
     for name in [n.strip() for n in config.eval.compare.split(",") if n.strip()]:
-        if name == "ngram":
-            out["prompt lookup (ngram 3..1)"] = (NgramDrafter(max_ngram=3, min_ngram=1), None)
-        elif name == "early_exit":
-            layer = config.eval.exit_layer or max(1, target.config.num_layers // 4)
-            out[f"early exit (layer {layer})"] = early_exit_drafter(
-                target.model, target.params, layer
-            )
-        elif name in ("eagle", "medusa"):
-            out[f"{name} (untrained)"] = heads.init_heads(name, target.model, target.params)
-        else:
-            raise ValueError(f"eval.compare: unknown drafter {name!r}")
+        try:
+            kind = registry.canonical_kind(name)
+        except ValueError as error:
+            raise ValueError(f"eval.compare: {error}") from None
+        if kind in ("eagle", "medusa"):
+            out[f"{kind}(untrained)"] = heads.init_heads(kind, target.model, target.params)
+            continue
+        if kind == "model":
+            raise ValueError("eval.compare: kind model needs a draft model; compare untrained "
+                             "drafters: ngram, early-exit, eagle, medusa")  # fmt: skip
+        knobs = {"exit_layer": int(config.eval.exit_layer)} if kind == "early-exit" else {}
+        spec = registry.DrafterSpec.create(kind, **knobs)
+        drafter = registry.build(spec, target.pair)
+        label = spec.label(num_layers=target.config.num_layers)
+        out[label] = drafter if isinstance(drafter, tuple) else (drafter, None)
     return out
 
 

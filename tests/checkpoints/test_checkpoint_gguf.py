@@ -141,7 +141,7 @@ def test_gemma3_defaults_follow_llama_cpp(tmp_path):
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key in skipped or key == "general.architecture":
             continue
-        value = ckpt_gguf._field_value(field)
+        value = field.contents()
         writer.add_key_value(
             key, value, field.types[0], field.types[-1] if len(field.types) > 1 else None
         )

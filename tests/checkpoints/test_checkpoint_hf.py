@@ -1,6 +1,6 @@
 """HF checkpoints (config.json + safetensors): round trips of tiny random models of every
-family, the config mapping of the real models' config.json values, the safetensors reader
-(cross-checked against the `safetensors` package when it is installed), errors."""
+family, the config mapping of the real models' config.json values, safetensors files through
+the `safetensors` package (bfloat16 via ml_dtypes, transposed views, refused dtypes), errors."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ import pytest
 from ckpt_testlib import TINY, jit_forward, random_params
 
 from specjax.checkpoints import hf
-from specjax.checkpoints.errors import CorruptCheckpointError, UnsupportedArchitectureError
+from specjax.checkpoints.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    UnsupportedArchitectureError,
+)
 from specjax.checkpoints.params import to_numpy_dict
 from specjax.models.config import GEMMA3_270M, QWEN25_05B, QWEN25_15B, SMOLLM2_135M
 
@@ -201,3 +205,29 @@ def test_safetensors_interoperates_with_the_reference_package(tmp_path):
     for name, array in arrays.items():
         np.testing.assert_array_equal(theirs[name], array)
         np.testing.assert_array_equal(ours[name], array)
+
+
+def test_safetensors_bfloat16_and_views_round_trip(tmp_path):
+    """numpy has no bfloat16: the package must hand back ml_dtypes.bfloat16, bit for bit, and
+    a transposed (non-contiguous) view must be written as its values, not its base memory."""
+    from safetensors import safe_open
+
+    bf16 = (np.arange(12, dtype=np.float32) / 7).astype(ml_dtypes.bfloat16).reshape(3, 4)
+    view = np.arange(12, dtype=np.float32).reshape(3, 4).T
+    path = hf.write_safetensors(tmp_path / "m.safetensors", {"bf16": bf16, "view": view})
+    got = hf.read_safetensors(path)
+    assert got["bf16"].dtype == np.dtype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(got["bf16"].view(np.uint16), bf16.view(np.uint16))
+    np.testing.assert_array_equal(got["view"], view)
+    with safe_open(str(path), framework="np") as handle:  # what other tools see: BF16
+        assert handle.get_slice("bf16").get_dtype() == "BF16"
+
+
+def test_safetensors_float8_is_refused_with_a_message(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    path = tmp_path / "fp8.safetensors"
+    safetensors_numpy.save_file({"w": np.ones(4, ml_dtypes.float8_e4m3fn)}, str(path))
+    with pytest.raises(CheckpointError, match="tensor w of dtype F8_E4M3"):
+        hf.read_safetensors(path)
+    with pytest.raises(CheckpointError, match="cannot write"):
+        hf.write_safetensors(tmp_path / "obj.safetensors", {"o": np.array([None, 1])})

@@ -26,6 +26,7 @@ from ckpt_testlib import load_reference_module
 import specjax.checkpoints as checkpoints
 from specjax.checkpoints import gguf as ckpt_gguf
 from specjax.models.transformer import Model
+from specjax.tokenizers import read_gguf_metadata
 
 ATOL = 2e-3
 STEPS = 32
@@ -77,7 +78,7 @@ def _byte_decoder() -> dict[str, int]:
 
 def decode(path, ids: list[int]) -> str:
     """Token ids -> text with the GGUF's own vocabulary (a test helper, not a tokenizer)."""
-    meta = ckpt_gguf.GGUFMetadata(ckpt_gguf.open_gguf(path))
+    meta = read_gguf_metadata(ckpt_gguf.open_gguf(path))
     tokens = meta.get("tokenizer.ggml.tokens")
     if meta.get("tokenizer.ggml.model") == "gpt2":
         table = _byte_decoder()

@@ -8,6 +8,7 @@ from support import TINY_LLAMA, random_model
 
 import specjax
 from specjax import api
+from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
 from specjax.drafters.heads import init_heads, save_heads
 from specjax.drafters.ngram import NgramDrafter
 from specjax.eval import bench
@@ -21,31 +22,37 @@ def target():
 
 
 def test_parse_drafter_spec_kinds(target, tmp_path):
-    spec = bench.parse_drafter_spec("ngram:gamma=8,max_n=2,adaptive=1,name=pl", target)
+    spec = bench.parse_drafter_spec("ngram:gamma=8,ngram_n=2,adaptive=1,name=pl", target)
     assert (spec.name, spec.gamma, spec.drafter.max_ngram) == ("pl", 8, 2)
     assert spec.generate_kwargs == {"adaptive_gamma": True}
-    spec = bench.parse_drafter_spec("early_exit:layer=1,tree=2-1", target)
-    assert spec.gamma == 2 and spec.generate_kwargs == {"tree": (2, 1)}
+    assert bench.parse_drafter_spec("ngram", target).gamma == bench.DEFAULT_GAMMA
+    spec = bench.parse_drafter_spec("early-exit:exit_layer=1,tree=2,1", target)
+    assert spec.gamma == 2 and spec.generate_kwargs == {"tree": TreeSpec((2, 1))}
     assert spec.drafter[0].model.config.num_layers == 1
-    spec = bench.parse_drafter_spec("early_exit:layer=1,dyntree=3-2-4", target)
-    assert spec.gamma == 3 and spec.generate_kwargs["tree"].num_nodes == 4
+    # The alias early_exit, and a dynamic tree (its commas belong to the tree).
+    spec = bench.parse_drafter_spec("early_exit:tree=dynamic:depth=3,top_k=2,nodes=4", target)
+    assert spec.gamma == 3 and spec.generate_kwargs["tree"] == DynamicTreeSpec(3, 2, 4)
     heads = init_heads("medusa", *target, num_heads=2)
     save_heads(tmp_path / "medusa", *heads)
-    spec = bench.parse_drafter_spec(f"medusa:path={tmp_path / 'medusa'},gamma=2", target)
+    spec = bench.parse_drafter_spec(f"medusa:heads={tmp_path / 'medusa'},gamma=2", target)
     assert spec.drafter[0].kind == "medusa"
     with pytest.raises(ValueError, match="holds medusa heads, not eagle"):
-        bench.parse_drafter_spec(f"eagle:path={tmp_path / 'medusa'}", target)
+        bench.parse_drafter_spec(f"eagle:heads={tmp_path / 'medusa'}", target)
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
         ("lookup:gamma=2", "unknown drafter kind 'lookup'"),
-        ("ngram:gamma", "is not key=value"),
-        ("ngram:layer=2", r"unknown keys \['layer'\]"),
+        ("ngram:gamma", "'gamma' is not key=value"),
+        ("ngram:exit_layer=2", "exit_layer is a knob of drafter early-exit, not of ngram"),
+        ("ngram:ngram_nn=2", "unknown key 'ngram_nn' for ngram .did you mean 'ngram_n'"),
         ("ngram:adaptive=yes", "adaptive must be 0 or 1"),
-        ("eagle:gamma=2", "eagle needs path="),
-        ("model:path=x,dyntree=3-2", "dyntree=depth-top_k-nodes"),
+        ("eagle:gamma=2", "eagle needs heads="),
+        # The older benchmark spellings are refused with the new one.
+        ("early_exit:layer=1", "layer=1 is the old spelling: write exit_layer=N"),
+        ("early-exit:tree=2-1", "write the branching with commas"),
+        ("model:model=x,dyntree=3-2-4", "write tree=dynamic:depth=D,top_k=K,nodes=N"),
     ],
 )
 def test_parse_drafter_spec_errors(target, text, message):
@@ -73,7 +80,7 @@ def test_prompt_set_one_by_one_pools_rows_and_compiles_once(target):
 def test_real_model_suite_rows_and_exactness(target):
     drafters = [
         bench.parse_drafter_spec(text, target)
-        for text in ("ngram:gamma=2", "early_exit:layer=1,tree=2-1")
+        for text in ("ngram:gamma=2", "early-exit:exit_layer=1,tree=2,1")
     ]
     common = dict(max_new_tokens=6, repeats=1, prompt_bucket=32, log=lambda _: None)
     rows = bench.real_model_suite(
@@ -83,7 +90,7 @@ def test_real_model_suite_rows_and_exactness(target):
     # batch 1: every drafter (the tree only greedy); batch 2: the first drafter only.
     assert names == [
         (1, 0.0, "autoregressive"), (1, 0.0, "ngram:gamma=2"),
-        (1, 0.0, "early_exit:layer=1,tree=2-1"),
+        (1, 0.0, "early-exit:exit_layer=1,tree=2,1"),
         (1, 1.0, "autoregressive"), (1, 1.0, "ngram:gamma=2"),
         (2, 0.0, "autoregressive"), (2, 0.0, "ngram:gamma=2"),
     ]  # fmt: skip

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from specjax.drafters import registry
 from specjax.drafters.heads import init_heads, save_heads
 from specjax.eval import metrics, models, runner
 
@@ -90,10 +91,13 @@ def test_every_drafter_kind_runs_exactly(drafter_sweep):
         assert len(s.alpha_per_position) == s.gamma
     by_label = dict(zip(LABELS, (overall[label] for label in LABELS), strict=True))
     ngram, adaptive, early, tree, eagle, medusa = by_label.values()
-    assert ngram.drafter == "ngram:n<=3" and adaptive.drafter == "ngram:n<=3+adaptive"
+    # The summary names the drafter by its registry spec, as resolved (exit layer 0 -> 1).
+    assert ngram.drafter == "ngram" and adaptive.drafter == "ngram:adaptive=1"
     assert adaptive.extra["adaptive_gamma"] is True and ngram.extra["draft"] is None
-    assert early.drafter == "early-exit:layer=1" and early.extra["draft"] == "early-exit:1"
-    assert tree.drafter == "early-exit:layer=1+tree=2,1" and tree.gamma == 2  # the depth
+    assert early.drafter == "early-exit:exit_layer=1" and early.extra["draft"] == "early-exit:1"
+    assert tree.drafter == "early-exit:exit_layer=1,tree=2,1" and tree.gamma == 2  # the depth
+    for s in (ngram, adaptive, early, tree, eagle, medusa):
+        assert registry.parse_spec(s.drafter).text() == s.drafter  # spec text reads back
     assert eagle.drafter.startswith("eagle:") and medusa.extra["drafter_kind"] == "medusa"
     # c: measured for the n-gram lookup and the early-exit model, not for heads.
     assert 0 < ngram.c < 1 and early.c > 0 and tree.extra["verify_cost"] > 0
@@ -142,8 +146,9 @@ def test_drafter_sweep_report_has_a_row_per_drafter(drafter_sweep):
         ({"drafter.kind": "eagle"}, "needs drafter.heads=<folder of saved heads>"),
         ({"drafter.kind": "eagle", "drafter.heads": "/no/such/heads"}, "configs/train_eagle"),
         ({"drafter.kind": "medusa", "drafter.heads": "/no/such"}, "configs/train_medusa_smollm"),
-        ({"drafter.kind": "lookahead"}, "drafter.kind must be one of"),
-        ({"drafter.ngram_n": 0}, "drafter.ngram_n must be >= 1"),
+        ({"drafter.kind": "lookahead"}, "drafter.kind: unknown drafter kind 'lookahead'"),
+        ({"drafter.kind": "early-exit", "drafter.exit_layer": -1}, "exit_layer must be >= 0"),
+        ({"drafter.ngram_n": 0}, "ngram needs 1 <= ngram_min <= ngram_n"),
         ({"adaptive_gamma": "maybe"}, "expected a value of type bool"),
     ],
 )

@@ -98,7 +98,7 @@ def test_parse_arg_and_points():
         ("prompts.name=mt-bench-x", "Unknown prompt set 'mt-bench-x'"),
         ("prompts.categories=writing,cooking", "prompts.categories ['cooking'] unknown"),
         ("prompts.subset=-1", "prompts.subset must be >= 0"),
-        ("drafter.kind=beam", "drafter.kind must be one of"),
+        ("drafter.kind=beam", "drafter.kind: unknown drafter kind 'beam'; known: model"),
         ("drafter.model=qwen2.5-coder-0.5b-instrct", "Did you mean 'qwen2.5-coder-0.5b-instruct'"),
         ("target=random:huge", "unknown random shape 'huge'"),
         ("target=random:tiny", "has random weights and no tokenizer"),

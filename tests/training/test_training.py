@@ -198,8 +198,6 @@ def test_experiment_end_to_end(tmp_path, kind):
 
 def test_cli_selects_head_drafters(tmp_path, target):
     """`--drafter eagle|medusa --heads PATH` builds the saved heads for the target."""
-    import argparse
-
     from specjax import cli
 
     model, params = target
@@ -213,7 +211,10 @@ def test_cli_selects_head_drafters(tmp_path, target):
         )  # fmt: skip
         made, _ = cli.make_drafter(args, loaded, None)
         assert made == drafter
-    args = argparse.Namespace(drafter="medusa", heads=None, draft=None)
+    args = cli.build_parser().parse_args(
+        ["generate", "--target", "x", "--prompt", "p", "--max-new-tokens", "4",
+         "--drafter", "medusa"]
+    )  # fmt: skip
     with pytest.raises(SystemExit, match="--heads"):
         cli.make_drafter(args, loaded, None)
 

@@ -1,0 +1,232 @@
+"""The drafter registry: spec parsing (good specs, and bad ones with messages that name the
+problem), defaults kept in one place, and the CLI, an experiment config and a benchmark spec
+building the same drafter from the same name."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from specjax import cli
+from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
+from specjax.drafters import registry
+from specjax.drafters.heads import init_heads, save_heads
+from specjax.drafters.ngram import NgramDrafter
+from specjax.eval import bench, models, runner
+from specjax.training import config as training_config
+from specjax.training import experiment
+
+# --------------------------------------------------------------------------------------
+# Parsing
+
+
+@pytest.mark.parametrize(
+    "text, kind, knobs, gamma, tree",
+    [
+        ("ngram", "ngram", {"ngram_n": 3, "ngram_min": 1}, None, None),
+        ("ngram:ngram_n=5,ngram_min=2,gamma=8", "ngram", {"ngram_n": 5, "ngram_min": 2}, 8, None),
+        (" early_exit : exit_layer = 10 ", "early-exit", {"exit_layer": 10}, None, None),
+        ("early-exit", "early-exit", {"exit_layer": 0}, None, None),
+        # A tree's commas belong to the tree; the tree's depth is the draft length.
+        (
+            "early-exit:tree=4,2,1,exit_layer=3",
+            "early-exit", {"exit_layer": 3}, 3, TreeSpec((4, 2, 1)),
+        ),
+        (
+            "model:model=random:tiny,tree=dynamic:depth=4,top_k=4,nodes=16",
+            "model", {"model": "random:tiny"}, 4, DynamicTreeSpec(4, 4, 16),
+        ),
+        ("eagle:heads=runs/e/drafter,gamma=3", "eagle", {"heads": "runs/e/drafter"}, 3, None),
+        ("medusa:heads=m", "medusa", {"heads": "m"}, None, None),
+    ],
+)  # fmt: skip
+def test_good_specs_parse_and_read_back(text, kind, knobs, gamma, tree):
+    spec = registry.parse_spec(text)
+    assert (spec.kind, dict(spec.knobs), spec.gamma, spec.tree) == (kind, knobs, gamma, tree)
+    assert registry.parse_spec(spec.text()) == spec  # the canonical text reads back
+
+
+def test_adaptive_name_and_canonical_text():
+    spec = registry.parse_spec("early_exit:name=ee,adaptive=1,exit_layer=10,gamma=3")
+    assert spec.adaptive and spec.name == "ee" and spec.label() == "ee"
+    assert spec.text() == "early-exit:exit_layer=10,gamma=3,adaptive=1,name=ee"
+    assert registry.canonical_kind("early_exit") == registry.canonical_kind("early-exit")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "unknown drafter kind ''"),
+        ("lookahead", "unknown drafter kind 'lookahead'; known: model, ngram, early-exit"),
+        ("early-exits", "did you mean 'early-exit'"),
+        ("ngram:gamma", "'gamma' is not key=value"),
+        ("ngram:ngram_n=x", "ngram_n must be an integer, got 'x'"),
+        ("ngram:ngram_n=2,ngram_min=3", "ngram needs 1 <= ngram_min <= ngram_n"),
+        ("ngram:gamma=0", "gamma must be an integer >= 1"),
+        ("ngram:ngram_nn=2", "unknown key 'ngram_nn' for ngram (did you mean 'ngram_n'?)"),
+        ("ngram:heads=x", "heads is a knob of drafter eagle / medusa, not of ngram"),
+        ("ngram:tree=2,1", "drafter ngram cannot draft a token tree"),
+        ("early-exit:exit_layer=-1", "exit_layer must be >= 0"),
+        ("early-exit:exit_layer=1,exit_layer=2", "exit_layer is given twice"),
+        ("early-exit:tree=2,x", "bad tree '2,x'"),
+        ("early-exit:tree=4,2,1,adaptive=1", "adaptive and tree exclude each other"),
+        ("early-exit:adaptive=yes", "adaptive must be 0 or 1"),
+        # The benchmark's older spellings: refused, with the new one in the message.
+        ("early_exit:layer=10", "layer=10 is the old spelling: write exit_layer=N"),
+        ("eagle:path=runs/e", "path=runs/e is the old spelling: write model=NAME"),
+        ("ngram:max_n=4", "max_n=4 is the old spelling: write ngram_n=N"),
+        ("early-exit:tree=4-2-1", "write the branching with commas, e.g. 4,2,1"),
+        ("early-exit:dyntree=4-4-16", "write tree=dynamic:depth=D,top_k=K,nodes=N"),
+    ],
+)
+def test_bad_specs_name_the_problem(text, message):
+    with pytest.raises(ValueError) as error:
+        registry.parse_spec(text)
+    assert str(error.value).startswith(f"drafter spec {text!r}: ")
+    assert message in str(error.value)
+
+
+def test_labels():
+    assert registry.parse_spec("ngram").label() == "ngram(n<=3)"
+    assert registry.parse_spec("ngram:ngram_min=2,ngram_n=4").label() == "ngram(n=2..4)"
+    spec = registry.parse_spec("early-exit:tree=4,2,1")
+    assert spec.label(num_layers=30) == "early-exit(layer 10), tree 4,2,1"
+    assert registry.parse_spec("eagle:heads=runs/e_1024/drafter,adaptive=1").label() == (
+        "eagle(e_1024), adaptive γ"
+    )
+    assert registry.parse_spec("model:model=qwen2.5-coder-0.5b-instruct").label() == (
+        "qwen2.5-coder-0.5b-instruct"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Defaults: one per knob, in the registry
+
+
+def test_defaults_live_in_the_registry():
+    assert registry.default_exit_layer(30) == 10 and registry.default_exit_layer(2) == 1
+    # The experiment config's drafter group is the registry's knobs with their defaults
+    # (the draft model is the default experiment's pair, not a knob default).
+    group = runner.base_config().drafter.to_dict()
+    assert group.pop("kind") == "model" and group.pop("model") == "qwen2.5-coder-0.5b-instruct"
+    assert group == {k: v for k, v in registry.knob_defaults().items() if k != "model"}
+    # The CLI's knob flags default to "not given", so the registry's defaults apply.
+    args = cli.build_parser().parse_args(_CLI + ["--drafter", "early-exit"])
+    assert (args.ngram, args.exit_layer, args.heads, args.draft) == (None, None, None, None)
+    assert set(cli.KNOB_FLAGS) <= set(registry.knob_defaults())  # the rest: --drafter kind:k=v
+
+
+# --------------------------------------------------------------------------------------
+# CLI, config and benchmark spec: the same name builds the same drafter
+
+_CLI = ["generate", "--target", "random:six", "--prompt", "p", "--max-new-tokens", "4"]
+
+
+@pytest.fixture(scope="module")
+def six_layers():
+    """A random 6-layer target, where a third (2) and a quarter (1) of the layers differ."""
+    with pytest.MonkeyPatch.context() as patch:
+        shape = models.RANDOM_SHAPES["tiny"].replace(num_layers=6)
+        patch.setitem(models.RANDOM_SHAPES, "six", shape)
+        yield models.load_model("random:six", "float32", 0)
+        models.clear_cache()
+
+
+def _config(**overrides):
+    config = runner.base_config()
+    config.target = "random:six"
+    config.prompts.name = runner.SYNTHETIC
+    config.dtype = "float32"  # the CLI's default, and the fixture's target
+    return runner.finalize(config, overrides)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, NgramDrafter):
+        return a == b
+    (drafter_a, params_a), (drafter_b, params_b) = a, b
+    if type(drafter_a) is not type(drafter_b):
+        return False
+    if hasattr(drafter_a, "model") and drafter_a.model.config != drafter_b.model.config:
+        return False
+    leaves_a, leaves_b = jax.tree.leaves(params_a), jax.tree.leaves(params_b)
+    return len(leaves_a) == len(leaves_b) and all(
+        np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "cli_args, config, spec",
+    [
+        (["--drafter", "early-exit"], {"drafter.kind": "early-exit"}, "early-exit"),
+        (
+            ["--drafter", "early_exit", "--exit-layer", "4"],
+            {"drafter.kind": "early_exit", "drafter.exit_layer": 4},
+            "early-exit:exit_layer=4",
+        ),
+        (["--drafter", "early-exit:exit_layer=3"], {"drafter.kind": "early-exit",
+          "drafter.exit_layer": 3}, "early_exit:exit_layer=3"),
+        (["--drafter", "ngram"], {"drafter.kind": "ngram"}, "ngram"),
+        (["--drafter", "ngram", "--ngram", "5"], {"drafter.kind": "ngram", "drafter.ngram_n": 5},
+         "ngram:ngram_n=5"),
+    ],
+)  # fmt: skip
+def test_cli_config_and_bench_build_the_same_drafter(six_layers, cli_args, config, spec):
+    via_cli = cli.make_drafter(cli.build_parser().parse_args(_CLI + cli_args), six_layers, None)
+    via_config = models.load_pair(_config(**config)).drafter
+    via_bench = bench.parse_drafter_spec(spec, six_layers.pair).drafter
+    assert _same(via_cli, via_config) and _same(via_cli, via_bench)
+
+
+def test_early_exit_default_is_a_third_everywhere(six_layers):
+    """The same `early-exit` with no layer: 2 of 6 layers on the CLI, in a config, in a
+    benchmark spec and among training's untrained baselines (the CLI and training used a
+    quarter, 1 layer, before the registry)."""
+    via_cli = cli.make_drafter(
+        cli.build_parser().parse_args(_CLI + ["--drafter", "early-exit"]), six_layers, None
+    )
+    pair = models.load_pair(_config(**{"drafter.kind": "early-exit"}))
+    via_bench = bench.parse_drafter_spec("early-exit", six_layers.pair).drafter
+    settings = training_config.finalize(training_config.base_config(), "eval.compare=early-exit")
+    baselines = experiment.baseline_drafters(settings, six_layers)
+    assert list(baselines) == ["early-exit(layer 2)"]
+    for drafter in (via_cli, pair.drafter, via_bench, baselines["early-exit(layer 2)"]):
+        assert drafter[0].model.config.num_layers == 2
+    assert pair.label == "random:six / early-exit(layer 2)"
+
+
+def test_heads_by_name_everywhere(six_layers, tmp_path):
+    folder = save_heads(tmp_path / "eagle", *init_heads("eagle", *six_layers.pair))
+    via_cli = cli.make_drafter(
+        cli.build_parser().parse_args(_CLI + ["--drafter", "eagle", "--heads", str(folder)]),
+        six_layers,
+        None,
+    )
+    via_config = models.load_pair(
+        _config(**{"drafter.kind": "eagle", "drafter.heads": str(folder)})
+    ).drafter
+    via_bench = bench.parse_drafter_spec(f"eagle:heads={folder}", six_layers.pair).drafter
+    assert _same(via_cli, via_config) and _same(via_cli, via_bench)
+
+
+def test_build_errors(six_layers):
+    target = six_layers.pair
+    with pytest.raises(ValueError, match="exit_layer must be in \\[1, 5\\]"):
+        registry.build("early-exit:exit_layer=6", target)
+    with pytest.raises(ValueError, match="drafter eagle needs heads="):
+        registry.build("eagle", target)
+    with pytest.raises(ValueError, match="drafter model needs model="):
+        registry.build("model", target)
+    with pytest.raises(ValueError, match="needs draft=\\(Model, params\\)"):
+        registry.build("model:model=random:tiny", target)
+    with pytest.raises(ValueError, match="only applies to drafter kind model, not ngram"):
+        registry.build("ngram", target, draft=target)
+    # The CLI: a knob flag of another kind, decoding keys in --drafter.
+    for extra, message in [
+        (["--drafter", "ngram", "--exit-layer", "2"], "--exit-layer does not apply to"),
+        (["--drafter", "ngram:gamma=3"], "give gamma, adaptive and tree as --gamma"),
+        (["--drafter", "medusa"], "--drafter medusa needs --heads PATH"),
+        (["--drafter", "ngram:ngram_n=2", "--ngram", "4"], "ngram_n is set twice, by --ngram"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            cli.make_drafter(cli.build_parser().parse_args(_CLI + extra), six_layers, None)
