@@ -73,15 +73,8 @@ def _callees(lines: Iterable[str]) -> set[str]:
     return called
 
 
-def while_loop_computations(hlo_text: str) -> set[str]:
-    """Every computation that runs inside some while loop (bodies, conditions and everything
-    they call, transitively)."""
-    blocks = computations(hlo_text)
-    roots = set()
-    for lines in blocks.values():
-        for line in lines:
-            if " while(" in line:
-                roots.update(_CALLED.findall(line))
+def _reachable(blocks: dict[str, list[str]], roots: Iterable[str]) -> set[str]:
+    """`roots` and every computation they call, transitively."""
     seen: set[str] = set()
     stack = list(roots)
     while stack:
@@ -91,26 +84,28 @@ def while_loop_computations(hlo_text: str) -> set[str]:
         seen.add(name)
         stack.extend(_callees(blocks[name]))
     return seen
+
+
+def _called_by(blocks: dict[str, list[str]], opcode: str) -> set[str]:
+    """Computations named by instructions of `opcode` (" while(", " conditional(")."""
+    return {
+        name for lines in blocks.values() for line in lines if opcode in line
+        for name in _callees([line])
+    }  # fmt: skip
+
+
+def while_loop_computations(hlo_text: str) -> set[str]:
+    """Every computation that runs inside some while loop (bodies, conditions and everything
+    they call, transitively)."""
+    blocks = computations(hlo_text)
+    return _reachable(blocks, _called_by(blocks, " while("))
 
 
 def branch_computations(hlo_text: str) -> set[str]:
     """Every computation that runs only when a `conditional` takes its branch (the branches
     and everything they call, transitively)."""
     blocks = computations(hlo_text)
-    roots = set()
-    for lines in blocks.values():
-        for line in lines:
-            if " conditional(" in line:
-                roots.update(_callees([line]))
-    seen: set[str] = set()
-    stack = list(roots)
-    while stack:
-        name = stack.pop()
-        if name in seen or name not in blocks:
-            continue
-        seen.add(name)
-        stack.extend(_callees(blocks[name]))
-    return seen
+    return _reachable(blocks, _called_by(blocks, " conditional("))
 
 
 def collectives(hlo_text: str, within: set[str] | None = None) -> list[Collective]:
