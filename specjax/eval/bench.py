@@ -322,7 +322,7 @@ DRAFTER_KINDS = ("ngram", "early_exit", "eagle", "medusa", "model")
 _SPEC_KEYS = {
     "ngram": {"max_n", "min_n"},
     "early_exit": {"layer", "tree", "dyntree"},
-    "eagle": {"path"},
+    "eagle": {"path", "tree", "dyntree"},
     "medusa": {"path"},
     "model": {"path", "tree", "dyntree"},
 }
@@ -335,7 +335,8 @@ def parse_drafter_spec(text: str, target: tuple[Model, Params]) -> DrafterSpec:
 
     Keys of every kind: gamma (default 4), adaptive (0/1, adaptive draft length up to gamma),
     name (the table label). `tree=b1-b2-...` drafts a static token tree, `dyntree=d-k-n` an
-    EAGLE-2 dynamic tree of depth d, top-k k and n verified nodes (both greedy only)."""
+    EAGLE-2 dynamic tree of depth d, top-k k and n verified nodes (kinds model, early_exit
+    and eagle)."""
     kind, _, rest = text.partition(":")
     if kind not in DRAFTER_KINDS:
         raise ValueError(f"unknown drafter kind {kind!r} in {text!r}; known: {DRAFTER_KINDS}")
@@ -453,8 +454,6 @@ def real_model_suite(
             log(f"b={batch} T={temperature} AR {ar.ms_per_token:.3f} ms/token")
             chosen = drafters if batch in full_grid_batches else drafters[:1]
             for spec_cfg in chosen:
-                if spec_cfg.generate_kwargs.get("tree") and temperature > 0:
-                    continue  # token trees are greedy-only
                 spec = timed_set(
                     spec_cfg.name, spec_cfg.drafter, spec_cfg.gamma, **spec_cfg.generate_kwargs
                 )

@@ -91,7 +91,7 @@ log = logging.getLogger("specjax.eval.runner")
 
 DRAFTER_KINDS = ("model", "ngram", "early-exit", "eagle", "medusa")
 IMPLEMENTED_DRAFTER_KINDS = DRAFTER_KINDS  # every kind runs (kept for callers of the old name)
-TREE_DRAFTER_KINDS = ("model", "early-exit")  # token trees need a draft model
+TREE_DRAFTER_KINDS = ("model", "early-exit", "eagle")  # drafters with `supports_trees`
 # What trains the heads of kind eagle / medusa (named in the error for a missing folder).
 HEADS_TRAINING = {
     "eagle": "python -m experiments.train_draft --config=configs/train_eagle_smollm.py "
@@ -130,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.gamma = 4  # draft tokens per target call (the maximum with adaptive_gamma)
     c.adaptive_gamma = False  # per-row draft length in 1..gamma, set by recent acceptance
-    # Token tree (greedy, drafter.kind model or early-exit), "" = a linear draft. Static
+    # Token tree (drafter.kind model, early-exit or eagle), "" = a linear draft. Static
     # branching per level "4,2,1", or EAGLE-2's "dynamic:depth=4,top_k=4,nodes=16". The
     # tree's depth replaces gamma.
     c.tree = ""
@@ -308,13 +308,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             problems.append(f"tree: {error} (static '4,2,1' or 'dynamic:depth=4,top_k=4,nodes=16')")
         need(
             d.kind in TREE_DRAFTER_KINDS,
-            f"tree={config.tree!r} drafts with a draft model: drafter.kind must be one of "
+            f"tree={config.tree!r} needs a drafter that drafts trees: drafter.kind must be one of "
             f"{TREE_DRAFTER_KINDS}, got {d.kind!r}",
-        )
-        need(
-            s.temperature == 0,
-            f"tree={config.tree!r} is greedy-only: set sampling.temperature=0 (got "
-            f"{s.temperature}), or tree='' for a linear draft",
         )
         need(single_device, "tree does not support a mesh yet: use mesh.data=1, mesh.model=1")
         need(
