@@ -1,17 +1,21 @@
-"""Bar 4: speculative sampling reproduces the target's distribution.
+"""Bar 4: speculative sampling reproduces the target's distribution, linear drafts and token
+trees.
 
 On a vocabulary of 8 tokens we enumerate the exact target distribution of generated tokens 2
 and 3 (the first generated token comes from the prefill, not from a draft; tokens 2 and 3 go
-through every path of the rejection rule: accepted draft, corrected draft, bonus token), and
-compare it with the empirical histogram of n independent rows decoded speculatively.
+through every path of the rejection rule: accepted draft, corrected draft, bonus token; with
+trees also accepted and rejected siblings), and compare it with the empirical histogram of n
+independent rows decoded speculatively.
 
 The statistic is the L1 distance between the empirical and exact distributions over the
 k = 64 cells. By the Bretagnolle-Huber-Carol inequality, for n i.i.d. draws
     P(||p_hat - p||_1 >= eps) <= 2^k * exp(-n eps^2 / 2),
 so with eps = sqrt(2 (k ln 2 + ln(1/delta)) / n) a correct sampler fails an assertion with
-probability at most delta = 1e-7. This file makes 10 such assertions: its false-failure
-probability is below 1e-6, with no asymptotic approximation (small expected counts are fine).
-Seeds are fixed, so a given JAX version gives the same verdict on every run.
+probability at most delta = 1e-7. The tree rule is also tested on its own (k = 64 cells of
+three tokens over a vocabulary of 4, n = 200k, the same delta). This file makes 16 such
+assertions (7 linear, 3 tree rule, 6 trees end to end): its false-failure probability is below
+1.6e-6, with no asymptotic approximation (small expected counts are fine). Seeds are fixed, so
+a given JAX version gives the same verdict on every run.
 
 The broken rules below must be *detected*: that shows the test has power.
 """
@@ -23,12 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import random_model
+from support import eagle_echo, random_model
 
 import specjax
 from specjax import Sampling
 from specjax.decoding import rejection
 from specjax.decoding import sampling as sampling_lib
+from specjax.decoding.tree import DynamicTreeSpec
 from specjax.models.config import ModelConfig
 
 VOCAB = 8
@@ -87,18 +92,10 @@ def exact_joint_of_tokens_2_and_3(target, sampling) -> np.ndarray:
     return joint
 
 
-def empirical_joint(target, draft, sampling, gamma, verify_fn, seed, adaptive=False):
+def empirical_joint(target, draft, sampling, seed, **generate_kwargs):
     prompts = np.tile(PROMPT, (NUM_ROWS, 1))
     out = specjax.generate(
-        target,
-        draft,
-        prompts,
-        sampling=sampling,
-        gamma=gamma,
-        max_new_tokens=3,
-        seed=seed,
-        verify_fn=verify_fn,
-        adaptive_gamma=adaptive,
+        target, draft, prompts, sampling=sampling, max_new_tokens=3, seed=seed, **generate_kwargs
     )
     tokens = np.asarray(out.tokens)
     assert np.all(np.asarray(out.num_generated) == 3)
@@ -107,13 +104,13 @@ def empirical_joint(target, draft, sampling, gamma, verify_fn, seed, adaptive=Fa
     return counts / NUM_ROWS
 
 
-def l1_distance(
-    target, draft, sampling, gamma, verify_fn=rejection.verify_sampling, seed=0, adaptive=False
-):
+def l1_distance(target, draft, sampling, seed=0, **generate_kwargs):
+    """L1 distance of the empirical joint of tokens 2 and 3 (NUM_ROWS rows decoded by
+    `specjax.generate(..., **generate_kwargs)`) to the exact one."""
     exact = exact_joint_of_tokens_2_and_3(target, sampling)
     assert exact.sum() == pytest.approx(1.0, abs=1e-5)  # float32 softmax rounding
     exact /= exact.sum()
-    empirical = empirical_joint(target, draft, sampling, gamma, verify_fn, seed, adaptive)
+    empirical = empirical_joint(target, draft, sampling, seed, **generate_kwargs)
     return float(np.abs(empirical - exact).sum())
 
 
@@ -129,7 +126,7 @@ def l1_distance(
 @pytest.mark.parametrize("drafts", ["pair", "close_pair"])
 def test_speculative_sampling_matches_target_distribution(request, drafts, sampling, gamma):
     target, draft = request.getfixturevalue(drafts)
-    distance = l1_distance(target, draft, sampling, gamma, seed=gamma)
+    distance = l1_distance(target, draft, sampling, seed=gamma, gamma=gamma)
     print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
     assert distance < EPSILON, f"L1 {distance:.4f} >= {EPSILON:.4f}"
 
@@ -137,8 +134,9 @@ def test_speculative_sampling_matches_target_distribution(request, drafts, sampl
 def test_adaptive_gamma_sampling_matches_target_distribution(close_pair):
     """Adaptive gamma truncates each row's draft to its own length: still lossless."""
     target, draft = close_pair
-    distance = l1_distance(target, draft, Sampling.create(temperature=1.0), 3, seed=7,
-                           adaptive=True)  # fmt: skip
+    distance = l1_distance(
+        target, draft, Sampling.create(temperature=1.0), seed=7, gamma=3, adaptive_gamma=True
+    )
     print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
     assert distance < EPSILON, f"L1 {distance:.4f} >= {EPSILON:.4f}"
 
@@ -179,7 +177,7 @@ def verify_bonus_off_by_one(rng, draft_tokens, draft_probs, target_probs):
 def test_broken_rejection_rules_are_detected(request, broken_rule, drafts, gamma):
     target, draft = request.getfixturevalue(drafts)
     sampling = Sampling.create(temperature=1.0)
-    distance = l1_distance(target, draft, sampling, gamma, broken_rule)
+    distance = l1_distance(target, draft, sampling, gamma=gamma, verify_fn=broken_rule)
     print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
     assert distance >= EPSILON, f"broken rule not detected: L1 {distance:.4f} < {EPSILON:.4f}"
 
@@ -329,3 +327,55 @@ def test_broken_tree_rules_are_detected(rule_tables, how, verify_fn):
     assert distance >= RULE_EPSILON, (
         f"broken rule not detected: L1 {distance:.4f} < {RULE_EPSILON:.4f}"
     )
+
+
+# End to end: trees drafted by a draft model and by an EAGLE head, through specjax.generate.
+# Tokens 2 and 3 come from the first tree iteration (an accepted path and the token after it)
+# or from two, so they cross every branch of the rule.
+
+
+@pytest.fixture(scope="module")
+def eagle_head(pair):
+    """An EAGLE head on the target (see `support.eagle_echo`): often, not always, right."""
+    return eagle_echo(pair[0])
+
+
+@pytest.mark.parametrize(
+    "drafts, sampling, tree",
+    [
+        ("pair", Sampling.create(temperature=1.0), (2, 2)),
+        ("close_pair", Sampling.create(temperature=0.7, top_k=3), (3, 1)),
+        ("pair", Sampling.create(temperature=1.0), DynamicTreeSpec(2, 3, 5)),
+        ("close_pair", Sampling.create(temperature=1.3, top_p=0.8), DynamicTreeSpec(3, 2, 4)),
+        ("eagle", Sampling.create(temperature=1.0), (2, 2)),
+        ("eagle", Sampling.create(temperature=1.0), DynamicTreeSpec(2, 2, 3)),
+    ],
+    ids=[
+        "model-temperature1-tree2,2",
+        "model-temperature0.7-topk3-tree3,1",
+        "model-temperature1-dynamic2,3,5",
+        "model-temperature1.3-topp0.8-dynamic3,2,4",
+        "eagle-temperature1-tree2,2",
+        "eagle-temperature1-dynamic2,2,3",
+    ],
+)
+def test_tree_sampling_matches_target_distribution(request, drafts, sampling, tree):
+    """Static trees sample their children (verified against the drafter's q), dynamic trees
+    are deterministic (verified as point masses): both keep the target's distribution."""
+    if drafts == "eagle":
+        target, draft = request.getfixturevalue("pair")[0], request.getfixturevalue("eagle_head")
+    else:
+        target, draft = request.getfixturevalue(drafts)
+    distance = l1_distance(target, draft, sampling, seed=len(str(tree)), tree=tree)
+    print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
+    assert distance < EPSILON, f"L1 {distance:.4f} >= {EPSILON:.4f}"
+
+
+def test_broken_tree_rule_is_detected_end_to_end(pair):
+    """The sibling slip of the rule tests above, through the whole tree loop."""
+    target, draft = pair
+    sampling = Sampling.create(temperature=1.0)
+    distance = l1_distance(target, draft, sampling, tree=(3, 1),
+                           tree_verify_fn=verify_tree_residual_not_updated)  # fmt: skip
+    print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
+    assert distance >= EPSILON, f"broken rule not detected: L1 {distance:.4f} < {EPSILON:.4f}"
