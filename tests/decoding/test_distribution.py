@@ -225,7 +225,8 @@ def _children(rng, q_BxV, count, how):
     if how == "iid":
         return np.stack([_sample_rows(rng, q_BxV) for _ in range(count)], axis=1)
     if how == "without_replacement":
-        keys = np.log(q_BxV) + rng.gumbel(size=q_BxV.shape)
+        with np.errstate(divide="ignore"):  # log 0 = -inf: a zero-probability token is last
+            keys = np.log(q_BxV) + rng.gumbel(size=q_BxV.shape)
         return np.argsort(-keys, axis=-1)[:, :count]
     return np.argsort(-q_BxV, axis=-1, kind="stable")[:, :count]
 
