@@ -57,7 +57,11 @@ def as_drafter(drafter: Any) -> tuple[Drafter, Any]:
         return drafter
     if isinstance(drafter, Drafter):
         return drafter, None
-    raise TypeError(f"cannot use {type(drafter).__name__} as a drafter")
+    raise TypeError(
+        f"cannot use {type(drafter).__name__} as a drafter: expected a draft Transformer, a "
+        "(Model, params) pair, or a specjax.Drafter (subclass it: it declares the optional "
+        "capabilities with their defaults)"
+    )
 
 
 def pad_prompts(
@@ -166,15 +170,26 @@ _speculative_jit = jax.jit(
 )
 
 
-def _tree(target, params, draft, draft_params, prompt, lengths, eos_ids, rng, **static):
+def _tree(
+    target, params, drafter, drafter_params, prompt, lengths, sampling, eos_ids, rng, **static
+):
     TRACE_COUNTS["tree"] += 1
     return tree_decoding.generate(
-        target, params, draft, draft_params, prompt, lengths, eos_ids, rng, **static
+        target, params, drafter, drafter_params, prompt, lengths, sampling, eos_ids, rng, **static
     )
 
 
 _tree_jit = jax.jit(
-    _tree, static_argnames=("target", "draft", "tree", "max_new_tokens", "cache_size", "pad_id")
+    _tree,
+    static_argnames=(
+        "target",
+        "drafter",
+        "tree",
+        "max_new_tokens",
+        "cache_size",
+        "pad_id",
+        "verify_fn",
+    ),
 )
 
 
@@ -194,6 +209,7 @@ def generate(
     mesh: jax.sharding.Mesh | None = None,
     shard_drafter: bool = False,
     tree: TreeSpec | DynamicTreeSpec | Sequence[int] | str | None = None,
+    tree_verify_fn=rejection.verify_tree_sampling,
     adaptive_gamma: bool = False,
     prompt_bucket: int = PROMPT_BUCKET,
 ) -> GenerateOutput:
@@ -220,10 +236,15 @@ def generate(
         (default: replicated on every device; its batch is split over `data` either way).
       adaptive_gamma: `gamma` becomes the largest draft length; each row starts at 1, grows
         by 2 after a full acceptance and shrinks by 1 otherwise (no recompilation; lossless).
-      tree: token-tree drafting with a draft model (greedy only; `gamma` is then the tree's
-        depth). A static tree, e.g. (3, 2, 1): top-3 first tokens, two continuations each,
-        then one; or `DynamicTreeSpec(depth, top_k, num_nodes)`, an EAGLE-2 tree shaped each
-        call by the draft's confidence; or a string "3,2,1" / "dynamic:depth=4,top_k=4,nodes=16".
+      tree: token-tree drafting (`gamma` is then the tree's depth), with any drafter that
+        drafts trees (`supports_trees`: a draft model, early exit, EAGLE heads). A static
+        tree, e.g. (3, 2, 1): three first tokens, two continuations each, then one (greedy:
+        the drafter's most likely ones; sampling: drawn from the drafter); or
+        `DynamicTreeSpec(depth, top_k, num_nodes)`, an EAGLE-2 tree shaped each call by the
+        draft's confidence; or a string "3,2,1" / "dynamic:depth=4,top_k=4,nodes=16".
+        Sampled trees are verified by the lossless multi-draft rule `tree_verify_fn`.
+      tree_verify_fn: the sampling acceptance rule for trees (research hook; default
+        `rejection.verify_tree_sampling`, lossless).
       prompt_bucket: the padded prompt width is the longest prompt rounded up to a multiple
         of this; one compiled program serves every width of a bucket (benchmarks over many
         prompts pass e.g. 512 so that all of them share one compilation).
@@ -251,16 +272,23 @@ def generate(
         tree = tree_decoding.as_tree_spec(tree)
         if isinstance(tree, DynamicTreeSpec) and tree.top_k > vocab_size:
             raise ValueError(f"dynamic tree top_k={tree.top_k} exceeds the vocabulary {vocab_size}")
-        if not sampling.greedy:
+        if not speculative_run:
+            raise ValueError("tree= needs a drafter (a draft model, early exit or EAGLE heads)")
+        if not draft.supports_trees:
             raise ValueError(
-                "token trees are greedy-only: lossless sampling over several drafts needs a "
-                "multi-draft rejection scheme specjax does not implement; use temperature 0 "
-                "or a linear draft (tree=None)"
+                f"tree= needs a drafter that drafts token trees (a draft model, early exit or "
+                f"EAGLE heads); {type(draft).__name__} does not"
             )
-        if not speculative_run or not isinstance(draft, DraftModelDrafter):
-            raise ValueError("tree= needs a draft model as the drafter")
         if mesh is not None:
             raise ValueError("tree= does not support mesh= yet")
+        if adaptive_gamma:
+            raise ValueError(
+                "adaptive_gamma and tree= exclude each other (a tree's depth is fixed)"
+            )
+        if verify_fn is not rejection.verify_sampling:
+            raise ValueError(
+                "verify_fn is the linear acceptance rule; a tree's rule is tree_verify_fn"
+            )
         gamma = tree.depth
     slots_per_call = (tree.num_nodes + 1 if tree else gamma + 1) if speculative_run else 1
 
@@ -311,16 +339,18 @@ def generate(
         return _tree_jit(
             target_model,
             target_params,
-            draft.model,
+            draft,
             draft_params,
             jnp.asarray(prompt),
             jnp.asarray(lengths),
+            sampling,
             jnp.asarray(eos),
             rng,
             tree=tree,
             max_new_tokens=int(max_new_tokens),
             cache_size=int(cache_size),
             pad_id=int(pad_id),
+            verify_fn=tree_verify_fn,
         )
     if not speculative_run:
         return _autoregressive_jit(

@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--heads", help="trained heads folder (--drafter eagle|medusa)")
     gen.add_argument(
         "--tree",
-        help="token tree (greedy, --drafter model): static branching per level, e.g. 3,2,1, "
-        "or an EAGLE-2 dynamic tree, e.g. dynamic:depth=4,top_k=4,nodes=16",
+        help="token tree (--drafter model, early-exit or eagle; greedy or sampled): static "
+        "branching per level, e.g. 3,2,1, or an EAGLE-2 dynamic tree, e.g. "
+        "dynamic:depth=4,top_k=4,nodes=16",
     )
     gen.add_argument(
         "--adaptive-gamma",

@@ -87,3 +87,26 @@ def random_model(config: ModelConfig, seed: int = 0, dtype=None):
 
     params.replace_by_pure_dict(jax.tree_util.tree_map_with_path(draw, params.to_pure_dict()))
     return model, params
+
+
+def eagle_echo(target, seed=2, noise=0.3):
+    """An EAGLE head that mostly predicts 'the input token again', perturbed so that features
+    and attention still change its drafts. Random tiny targets loop on a few tokens, so it is
+    often right: full acceptances, partial ones and rejections all happen."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from specjax.drafters import heads
+
+    drafter, params = heads.init_eagle(*target, seed=seed)
+    head = params["head"]
+    D = target[0].config.d_model
+    rng = np.random.default_rng(seed)
+    kernel_2DxD = noise * rng.normal(0.0, (2 * D) ** -0.5, (2 * D, D))
+    kernel_2DxD[D:] += np.eye(D)  # the embedding half passes through
+    head["fc"]["kernel"] = jnp.asarray(kernel_2DxD, jnp.float32)
+    head["fc"]["bias"] = jnp.zeros_like(head["fc"]["bias"])
+    # Shrink the layer's output projections: the residual stream stays near the embedding.
+    for name, group in (("o_proj", "attn"), ("down_proj", "mlp")):
+        head["block"][group][name]["kernel"] = noise * head["block"][group][name]["kernel"]
+    return drafter, params

@@ -54,7 +54,7 @@ def speculative_step(
     rng, draft_rng, verify_rng, bonus_rng = jax.random.split(state.rng, 4)
     adaptive = state.draft_lengths is not None
     extra = {}
-    if adaptive and getattr(drafter, "supports_dynamic_steps", False):
+    if adaptive and drafter.supports_dynamic_steps:
         # Draft only as far as the longest per-row length any active row will verify.
         extra["num_steps"] = jnp.max(jnp.where(state.done, 1, state.draft_lengths))
     draft_tokens_BxK, draft_probs_BxKxV, drafter_state = drafter.propose(
@@ -152,6 +152,52 @@ def speculative_step(
     return sequence.stop_if_cache_full(state, slots_needed=K + 1)
 
 
+def start(
+    target: Model,
+    params: Params,
+    drafter: Drafter,
+    drafter_params: Any,
+    prompt_BxP: jax.Array,
+    prompt_lengths_B: jax.Array,
+    sampling: sampling_lib.Sampling,
+    eos_ids_E: jax.Array,
+    rng: jax.Array,
+    *,
+    gamma: int,
+    max_new_tokens: int,
+    cache_size: int,
+    drafter_max_len: int,
+    slots_needed: int,
+) -> DecodeState:
+    """The loop's first state (linear and tree loops): target prefill, the first token (from
+    the prefill's logits), the drafter's initial state for caches of `drafter_max_len` slots,
+    rows stopped that cannot take `slots_needed` writes. `gamma` sizes the statistics and the
+    sequence's spare slots (the tree's depth for trees)."""
+    B = prompt_BxP.shape[0]
+    cache = target.init_cache(B, cache_size, dtype=params_dtype(params))
+    # Head drafters (EAGLE, Medusa) read the target's features: only they pay for the buffer.
+    needs_hidden = drafter.needs_target_hidden
+    last_logits_BxV, cache, *prompt_hidden = sequence.prefill(
+        target, params, prompt_BxP, prompt_lengths_B, cache, return_hidden=needs_hidden
+    )
+    rng, first_rng = jax.random.split(rng)
+    first_token_B = sampling_lib.sample(first_rng, last_logits_BxV, sampling)
+    drafter_state = drafter.init(drafter_params, prompt_BxP, prompt_lengths_B, drafter_max_len)
+    state = sequence.initial_state(
+        prompt_BxP,
+        prompt_lengths_B,
+        cache,
+        rng,
+        gamma=gamma,
+        drafter_state=drafter_state,
+        prompt_hidden_BxPxD=prompt_hidden[0] if needs_hidden else None,
+    )
+    state = sequence.append_tokens(
+        state, first_token_B[:, None], jnp.ones_like(first_token_B), eos_ids_E, max_new_tokens
+    )
+    return sequence.stop_if_cache_full(state, slots_needed=slots_needed)
+
+
 def generate(
     target: Model,
     params: Params,
@@ -175,32 +221,15 @@ def generate(
     With `adaptive_gamma`, `gamma` is the largest draft length; each row starts at 1 and its
     length moves by the acceptance it sees (see `speculative_step`), with no recompilation.
     """
-    B = prompt_BxP.shape[0]
-    cache = target.init_cache(B, cache_size, dtype=params_dtype(params))
-    # Head drafters (EAGLE, Medusa) read the target's features: only they pay for the buffer.
-    needs_hidden = getattr(drafter, "needs_target_hidden", False)
-    last_logits_BxV, cache, *prompt_hidden = sequence.prefill(
-        target, params, prompt_BxP, prompt_lengths_B, cache, return_hidden=needs_hidden
-    )
-    rng, first_rng = jax.random.split(rng)
-    first_token_B = sampling_lib.sample(first_rng, last_logits_BxV, sampling)
-    drafter_state = drafter.init(drafter_params, prompt_BxP, prompt_lengths_B, cache_size)
-    state = sequence.initial_state(
-        prompt_BxP,
-        prompt_lengths_B,
-        cache,
-        rng,
-        gamma=gamma,
-        drafter_state=drafter_state,
-        prompt_hidden_BxPxD=prompt_hidden[0] if needs_hidden else None,
-    )
+    state = start(
+        target, params, drafter, drafter_params, prompt_BxP, prompt_lengths_B, sampling,
+        eos_ids_E, rng, gamma=gamma, max_new_tokens=max_new_tokens, cache_size=cache_size,
+        drafter_max_len=cache_size, slots_needed=gamma + 1,
+    )  # fmt: skip
     if adaptive_gamma:
         # Start short: a full acceptance grows the length by 2 (1 -> 3 -> 5 ...).
+        B = prompt_BxP.shape[0]
         state = dataclasses.replace(state, draft_lengths=jnp.ones((B,), jnp.int32))
-    state = sequence.append_tokens(
-        state, first_token_B[:, None], jnp.ones_like(first_token_B), eos_ids_E, max_new_tokens
-    )
-    state = sequence.stop_if_cache_full(state, slots_needed=gamma + 1)
 
     def body(s: DecodeState) -> DecodeState:
         return speculative_step(

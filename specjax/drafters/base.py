@@ -4,7 +4,7 @@ Dimension legend: B batch, S sequence slots, K draft length (gamma), V vocab.
 
 A drafter is a small, hashable object (a static jit argument) holding structure only; its
 weights, if any, travel separately as `params` (a jit argument), and its per-generation memory
-(a KV cache, n-gram tables, ...) is a pytree `state` carried by the loop. All three methods are
+(a KV cache, n-gram tables, ...) is a pytree `state` carried by the loop. All methods are
 pure and traceable: no host round trips.
 
 Contract, per iteration of the loop (see `decoding/speculative.py`):
@@ -17,23 +17,41 @@ Contract, per iteration of the loop (see `decoding/speculative.py`):
   3. `update(params, state, context, num_kept)` sees the new context (rollback happens here or
      lazily in the next `propose`).
 
-Optional static attribute `needs_target_hidden` (default False): when True the loop also fills
-`context.target_hidden` with the target's last hidden states (EAGLE/Medusa heads).
+Token trees (`decoding/tree.py`) replace step 1 by `propose_tree(params, state, context, tree,
+sampling, rng) -> (DraftTree, state)`: the drafter expands a whole tree of continuations (most
+share `drafters/tree_expansion.py`) and the one tree verifier checks it. In tree mode `init`'s
+`max_len` includes `tree.draft_scratch` slots past the target's cache for the drafter's
+scratch writes.
+
+Optional capabilities are declared here, with their defaults; a drafter subclasses `Drafter`
+to inherit them and overrides what it supports (the loops read them as plain attributes):
+  * `needs_target_hidden`: the loop also fills `context.target_hidden` with the target's last
+    hidden states (EAGLE/Medusa heads).
+  * `supports_dynamic_steps`: `propose` takes a keyword `num_steps` (a traced scalar <= gamma):
+    adaptive gamma then drafts only that many tokens without recompiling.
+  * `supports_trees`: `propose_tree` is implemented (`specjax.generate(tree=...)`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 
 from specjax.decoding.sampling import Sampling
 from specjax.decoding.state import DraftContext
 
+if TYPE_CHECKING:  # decoding.tree imports this module
+    from specjax.decoding.tree import DraftTree, DynamicTreeSpec, TreeSpec
+
 
 @runtime_checkable
 class Drafter(Protocol):
     """Source of draft tokens (see module docstring for the contract)."""
+
+    needs_target_hidden: ClassVar[bool] = False
+    supports_dynamic_steps: ClassVar[bool] = False
+    supports_trees: ClassVar[bool] = False
 
     @property
     def vocab_size(self) -> int | None:
@@ -57,3 +75,17 @@ class Drafter(Protocol):
 
     def update(self, params: Any, state: Any, context: DraftContext, num_kept: jax.Array) -> Any:
         """State after the loop appended num_kept[b] tokens to row b."""
+
+    def propose_tree(
+        self,
+        params: Any,
+        state: Any,
+        context: DraftContext,
+        tree: TreeSpec | DynamicTreeSpec,
+        sampling: Sampling,
+        rng: jax.Array,
+    ) -> tuple[DraftTree, Any]:
+        """A token tree continuing each row (see `decoding/tree.py` for what it must hold and
+        `rejection.verify_tree_sampling` for how its children must be drawn), new state.
+        Only drafters with `supports_trees`."""
+        raise NotImplementedError(f"{type(self).__name__} does not draft token trees")

@@ -9,11 +9,19 @@ acceptance, the last draft token x_K was sampled but never fed to the draft mode
 off-by-one), and the bonus token after it is new; after a partial acceptance, re-feeding the
 already-cached token rewrites the same key/value. One code path, no branch on the outcome,
 and a T=2 call costs the same as T=1 at these sizes.
+
+Token trees (`propose_tree`, see `decoding/tree.py`) keep a different invariant: the cache
+holds exactly the tokens committed before the last call, `cache.lengths` of them. Each call
+first catches up on the tokens committed since (one call over a fixed window of W = D + 2
+positions: at most D + 1 arrived), which gives the root's logits, then expands the tree with
+`tree_expansion`; the expansion calls' writes lie past the committed slots and are dropped.
+A generation uses one of the two modes throughout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -21,24 +29,28 @@ import jax.numpy as jnp
 from specjax import cache as kv_cache
 from specjax.decoding import sampling as sampling_lib
 from specjax.decoding.state import DraftContext
+from specjax.decoding.tree import DraftTree, DynamicTreeSpec, TreeSpec
+from specjax.drafters import tree_expansion
+from specjax.drafters.base import Drafter
 from specjax.models.transformer import Model, Params, params_dtype
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DraftModelState:
-    """Fields: cache: the draft model's KVCache ([L', B, S, G', Dh'] keys/values)."""
+    """Fields: cache: the draft model's KVCache (L' layers of [B, S, G', Dh'] keys/values)."""
 
     cache: kv_cache.KVCache
 
 
 @dataclasses.dataclass(frozen=True)
-class DraftModelDrafter:
+class DraftModelDrafter(Drafter):
     """Drafts with `model` (weights passed as `params` to each method)."""
 
     model: Model
     # `propose` accepts num_steps (adaptive gamma drafts fewer tokens without recompiling).
-    supports_dynamic_steps = True
+    supports_dynamic_steps: ClassVar[bool] = True
+    supports_trees: ClassVar[bool] = True
 
     @property
     def vocab_size(self) -> int:
@@ -132,3 +144,42 @@ class DraftModelDrafter:
         # Rollback happens lazily at the next `propose` (it knows the new seq_lengths).
         del params, context, num_kept
         return state
+
+    def _catch_up(
+        self, params: Params, cache: kv_cache.KVCache, context: DraftContext, window: int
+    ) -> tuple[jax.Array, kv_cache.KVCache]:
+        """Feeds the tokens committed since the cache's `lengths`: (the root's logits [B, V],
+        the cache holding exactly the committed tokens)."""
+        valid_B, seq_lengths_B = cache.lengths, context.seq_lengths
+        # Feed sequence[valid : valid + W]; garbage past seq_len lands in scratch slots.
+        positions_BxW = valid_B[:, None] + jnp.arange(window, dtype=jnp.int32)
+        padded_sequence = jnp.pad(context.sequence, ((0, 0), (0, window)))
+        tokens_BxW = jnp.take_along_axis(padded_sequence, positions_BxW, axis=1)
+        logits_BxWxV, _, cache = self.model.forward(params, tokens_BxW, positions_BxW, cache)
+        # The newest token sits at window index seq_len - 1 - valid.
+        newest_index_Bx1x1 = (seq_lengths_B - 1 - valid_B)[:, None, None]
+        root_logits_BxV = jnp.take_along_axis(logits_BxWxV, newest_index_Bx1x1, axis=1)[:, 0]
+        return root_logits_BxV, kv_cache.rollback(cache, seq_lengths_B)
+
+    def propose_tree(
+        self,
+        params: Params,
+        state: DraftModelState,
+        context: DraftContext,
+        tree: TreeSpec | DynamicTreeSpec,
+        sampling: sampling_lib.Sampling,
+        rng: jax.Array,
+    ) -> tuple[DraftTree, DraftModelState]:
+        """A static or dynamic token tree (see the module docstring and `tree_expansion`)."""
+        root_logits_BxV, cache = self._catch_up(params, state.cache, context, tree.depth + 2)
+        newest_position_B = context.seq_lengths - 1
+
+        def node_logits(nodes: tree_expansion.FedNodes, carry: None):
+            positions_BxF = newest_position_B[:, None] + nodes.depths
+            logits_BxFxV, _, _ = self.model.forward(
+                params, nodes.tokens, positions_BxF, cache, nodes.mask
+            )
+            return logits_BxFxV, carry
+
+        drafted = tree_expansion.expand(root_logits_BxV, node_logits, tree, sampling, rng)
+        return drafted, DraftModelState(cache=cache)

@@ -27,6 +27,10 @@ through the target yet.
   right after the prompt), recomputes every entry in one S-wide pass (a `lax.cond`, so the
   wide pass runs once per generation).
 
+Token trees: EAGLE drafts static and dynamic (EAGLE-2) trees (`EagleDrafter.propose_tree`,
+through `drafters/tree_expansion.py`): each tree node is an entry fed its parent's predicted
+feature. Medusa does not draft trees here.
+
 Sampling: the drafted tokens are drawn from the heads' softmax after the same temperature /
 top-k / top-p as the target (`sampling.probs`), and those distributions are returned, so
 rejection sampling stays lossless. Greedy drafting takes the argmax.
@@ -49,6 +53,9 @@ from flax import nnx
 from specjax import cache as kv_cache
 from specjax.decoding import sampling as sampling_lib
 from specjax.decoding.state import DraftContext
+from specjax.decoding.tree import DraftTree, DynamicTreeSpec, TreeSpec, per_row
+from specjax.drafters import tree_expansion
+from specjax.drafters.base import Drafter
 from specjax.models.config import NO_WINDOW, ModelConfig
 from specjax.models.layers import Block
 from specjax.models.transformer import DecodeParams, Model, Params
@@ -141,7 +148,7 @@ class MedusaHeads(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class MedusaDrafter:
+class MedusaDrafter(Drafter):
     """Medusa heads as a Drafter: stateless, one head call per draft (see module docstring)."""
 
     graphdef: Any
@@ -269,7 +276,7 @@ class EagleState:
 
 
 @dataclasses.dataclass(frozen=True)
-class EagleDrafter:
+class EagleDrafter(Drafter):
     """The EAGLE head as a Drafter (see module docstring)."""
 
     graphdef: Any
@@ -277,6 +284,7 @@ class EagleDrafter:
     block_config: ModelConfig
 
     needs_target_hidden: ClassVar[bool] = True
+    supports_trees: ClassVar[bool] = True
     kind: ClassVar[str] = "eagle"
 
     @property
@@ -340,6 +348,21 @@ class EagleDrafter:
         last_BxD = jnp.take_along_axis(out_BxWxD, (L_B - 2 - start_B)[:, None, None], axis=1)[:, 0]
         return last_BxD, kv_cache.rollback(cache, L_B - 1)
 
+    def _catch_up_newest(
+        self, params: HeadParams, state: EagleState, context: DraftContext, window: int
+    ) -> tuple[jax.Array, kv_cache.KVCache]:
+        """`_catch_up` over `window` entries, or over the whole cache when a row lags further
+        behind (the first call); `window` bounds the entries verified since the last call."""
+        if context.target_hidden is None:
+            _newest_feature(context)  # raises the explanatory error
+        full_width = state.cache.max_len
+        lagging = jnp.any(context.seq_lengths - 1 - state.true_lengths > window)
+        return jax.lax.cond(
+            lagging,
+            lambda: self._catch_up(params, state, context, full_width),
+            lambda: self._catch_up(params, state, context, min(window, full_width)),
+        )
+
     def propose(
         self,
         params: HeadParams,
@@ -349,19 +372,9 @@ class EagleDrafter:
         sampling: sampling_lib.Sampling,
         rng: jax.Array,
     ) -> tuple[jax.Array, jax.Array | None, EagleState]:
-        if context.target_hidden is None:
-            _newest_feature(context)  # raises the explanatory error
         K = gamma
         L_B = context.seq_lengths
-        window = K + 1
-        full_width = state.cache.max_len
-        # At most K + 1 entries became verifiable since the last call; more only at the start.
-        lagging = jnp.any(L_B - 1 - state.true_lengths > window)
-        feature_BxD, cache = jax.lax.cond(
-            lagging,
-            lambda: self._catch_up(params, state, context, full_width),
-            lambda: self._catch_up(params, state, context, min(window, full_width)),
-        )
+        feature_BxD, cache = self._catch_up_newest(params, state, context, window=K + 1)
         true_lengths_B = L_B - 1
         step_rngs = jax.random.split(rng, K)
         io = params["io"]
@@ -391,6 +404,52 @@ class EagleDrafter:
                 [first_probs_BxV[:, None], jnp.moveaxis(rest_probs_KxBxV, 0, 1)], axis=1
             )
         return tokens_BxK, probs_BxKxV, EagleState(cache=cache, true_lengths=true_lengths_B)
+
+    def propose_tree(
+        self,
+        params: HeadParams,
+        state: EagleState,
+        context: DraftContext,
+        tree: TreeSpec | DynamicTreeSpec,
+        sampling: sampling_lib.Sampling,
+        rng: jax.Array,
+    ) -> tuple[DraftTree, EagleState]:
+        """A static or dynamic token tree (see `tree_expansion`) drafted by the head.
+
+        A tree node x at depth d continues the sequence at position L - 1 + d; its entry pairs
+        its parent's predicted feature (the root's: the caught-up f̂_{L-1}) with x, at position
+        L - 2 + d, and predicts x's own feature, whose LM-head logits give x's children. Entries
+        of one call see the true entries [0, L - 1) and their own path (the ancestor mask);
+        they are not kept in the cache.
+        """
+        L_B = context.seq_lengths
+        # At most D + 1 entries became verifiable since the last call.
+        root_feature_BxD, cache = self._catch_up_newest(params, state, context, tree.depth + 1)
+        io = params["io"]
+
+        def node_logits(nodes: tree_expansion.FedNodes, parent_features_BxPxD):
+            # Level-1 nodes read the root's feature; deeper ones their parent's prediction
+            # from the previous call (parents precede children, so the index is < P).
+            features_BxFxD = jnp.broadcast_to(
+                root_feature_BxD[:, None], nodes.tokens.shape + root_feature_BxD.shape[-1:]
+            )
+            if parent_features_BxPxD is not None:
+                gathered_BxFxD = per_row(parent_features_BxPxD, jnp.maximum(nodes.parents, 0))
+                features_BxFxD = jnp.where(
+                    nodes.parents[..., None] >= 0, gathered_BxFxD, features_BxFxD
+                )
+            positions_BxF = L_B[:, None] - 2 + nodes.depths
+            mask_BxFxS = kv_cache.attention_mask(
+                cache.lengths, positions_BxF, cache.max_len, extra_mask_BxTxT=nodes.mask
+            )
+            out_BxFxD, _ = self.apply(
+                params, features_BxFxD, nodes.tokens, positions_BxF, cache, mask_BxFxS
+            )
+            return lm_logits(io, out_BxFxD, self.target_config), out_BxFxD
+
+        root_logits_BxV = lm_logits(io, root_feature_BxD, self.target_config)
+        drafted = tree_expansion.expand(root_logits_BxV, node_logits, tree, sampling, rng)
+        return drafted, EagleState(cache=cache, true_lengths=L_B - 1)
 
     def update(self, params, state, context, num_kept):
         # Catch-up happens at the next `propose` (it knows the new seq_lengths).

@@ -23,10 +23,11 @@ import jax.numpy as jnp
 
 from specjax.decoding.sampling import Sampling
 from specjax.decoding.state import DraftContext
+from specjax.drafters.base import Drafter
 
 
 @dataclasses.dataclass(frozen=True)
-class NgramDrafter:
+class NgramDrafter(Drafter):
     """Prompt-lookup drafter; see the module docstring."""
 
     max_ngram: int = 3

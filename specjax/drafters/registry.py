@@ -77,7 +77,7 @@ class Knob:
 @dataclasses.dataclass(frozen=True)
 class DrafterKind:
     """A drafter kind: its knobs, and whether it can draft a token tree (which today needs a
-    draft model it can run at several branches: kinds model and early-exit)."""
+    drafter that implements `Drafter.propose_tree`: kinds model, early-exit and eagle)."""
 
     name: str
     help: str
@@ -110,7 +110,9 @@ KINDS: dict[str, DrafterKind] = {
             (Knob("exit_layer", 0, "layers that draft; 0 = a third of the target's"),),
             drafts_trees=True,
         ),
-        DrafterKind("eagle", "trained EAGLE heads on the target's features", (_HEADS,)),
+        DrafterKind(
+            "eagle", "trained EAGLE heads on the target's features", (_HEADS,), drafts_trees=True
+        ),
         DrafterKind("medusa", "trained Medusa heads on the target's last hidden state", (_HEADS,)),
     )
 }

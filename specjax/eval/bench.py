@@ -411,8 +411,6 @@ def real_model_suite(
             log(f"b={batch} T={temperature} AR {ar.ms_per_token:.3f} ms/token")
             chosen = drafters if batch in full_grid_batches else drafters[:1]
             for spec_cfg in chosen:
-                if spec_cfg.generate_kwargs.get("tree") and temperature > 0:
-                    continue  # token trees are greedy-only
                 spec = timed_set(
                     spec_cfg.name, spec_cfg.drafter, spec_cfg.gamma, **spec_cfg.generate_kwargs
                 )

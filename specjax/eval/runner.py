@@ -125,9 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.gamma = 4  # draft tokens per target call (the maximum with adaptive_gamma)
     c.adaptive_gamma = False  # per-row draft length in 1..gamma, set by recent acceptance
-    # Token tree (greedy; a drafter.kind that drafts trees), "" = a linear draft. Static
-    # branching per level "4,2,1", or EAGLE-2's "dynamic:depth=4,top_k=4,nodes=16". The
-    # tree's depth replaces gamma.
+    # Token tree (a drafter.kind that drafts trees: model, early-exit, eagle), "" = a linear
+    # draft. Static branching per level "4,2,1", or EAGLE-2's "dynamic:depth=4,top_k=4,
+    # nodes=16". The tree's depth replaces gamma.
     c.tree = ""
     c.sampling = ml_collections.ConfigDict(
         dict(temperature=0.0, top_k=0, top_p=1.0)  # 0.0 = greedy; top_k 0 / top_p 1.0 = off
@@ -309,13 +309,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         tree_kinds = tuple(k for k, v in registry.KINDS.items() if v.drafts_trees)
         need(
             kind is None or registry.KINDS[kind].drafts_trees,
-            f"tree={config.tree!r} drafts with a draft model: drafter.kind must be one of "
-            f"{tree_kinds}, got {d.kind!r}",
-        )
-        need(
-            s.temperature == 0,
-            f"tree={config.tree!r} is greedy-only: set sampling.temperature=0 (got "
-            f"{s.temperature}), or tree='' for a linear draft",
+            f"tree={config.tree!r} needs a drafter that drafts trees: drafter.kind must be one "
+            f"of {tree_kinds}, got {d.kind!r}",
         )
         need(single_device, "tree does not support a mesh yet: use mesh.data=1, mesh.model=1")
         need(

@@ -1,16 +1,21 @@
-"""Token trees: bar 2 (greedy exactness) for static and dynamic (EAGLE-2) trees, bar 3 for
-dynamic trees, and the tree bookkeeping."""
+"""Token trees: bar 2 (greedy exactness) for static and dynamic (EAGLE-2) trees drafted by a
+draft model, early exit and EAGLE heads, bar 3 (draft == target accepts everything) greedy and
+sampled, the tree bookkeeping, and the errors. Bar 4 for trees is in test_distribution.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import TINY_LLAMA, random_model
+from support import TINY_LLAMA, eagle_echo, random_model
 
 import specjax
 from specjax import Sampling
 from specjax.decoding import tree as tree_lib
+from specjax.decoding.state import DraftContext
 from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
+from specjax.drafters import heads, tree_expansion
+from specjax.drafters.draft_model import DraftModelDrafter
+from specjax.drafters.early_exit import early_exit_drafter
 from specjax.drafters.ngram import NgramDrafter
 
 PROMPTS = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [1, 2, 3], [9] * 18, [40]]
@@ -79,12 +84,65 @@ def test_tree_eos_and_cache_full(target, draft):
 
 
 def test_tree_errors(target, draft):
-    with pytest.raises(ValueError, match="greedy-only"):
-        specjax.generate(target, draft, PROMPTS, tree=(2, 2), sampling=Sampling.create(1.0))
-    with pytest.raises(ValueError, match="needs a draft model"):
+    with pytest.raises(ValueError, match="NgramDrafter does not"):
         specjax.generate(target, NgramDrafter(), PROMPTS, tree=(2, 2))
+    medusa = heads.init_medusa(*target, num_heads=2)
+    with pytest.raises(ValueError, match="MedusaDrafter does not"):
+        specjax.generate(target, medusa, PROMPTS, tree=(2, 2))
+    with pytest.raises(ValueError, match="tree= needs a drafter"):
+        specjax.generate(target, None, PROMPTS, tree=(2, 2))
+    with pytest.raises(ValueError, match="adaptive_gamma and tree= exclude each other"):
+        specjax.generate(target, draft, PROMPTS, tree=(2, 2), adaptive_gamma=True)
+    with pytest.raises(ValueError, match="a tree's rule is tree_verify_fn"):
+        specjax.generate(target, draft, PROMPTS, tree=(2, 2), verify_fn=lambda *a: a)
     with pytest.raises(ValueError, match="branching"):
         TreeSpec((2, 0))
+    with pytest.raises(NotImplementedError, match="NgramDrafter does not draft token trees"):
+        NgramDrafter().propose_tree(None, None, None, TreeSpec((2,)), Sampling.create(), None)
+    assert not NgramDrafter.supports_trees and not heads.MedusaDrafter.supports_trees
+
+
+def test_early_exit_tree_greedy_equals_autoregressive(target):
+    reference = specjax.generate(target, None, PROMPTS, max_new_tokens=30)
+    drafter = early_exit_drafter(*target, exit_layer=2)
+    for tree in [(2, 2), DYNAMIC_SPECS[0]]:
+        out = specjax.generate(target, drafter, PROMPTS, max_new_tokens=30, tree=tree)
+        assert out.token_lists() == reference.token_lists()
+        assert out.tau > 1.0
+
+
+def test_sampled_tree_self_draft_accepts_everything(target):
+    """Draft == target, sampling: each node's first child is drawn from q == p and accepted
+    with probability min(1, p/q) = 1, so every iteration accepts the whole depth (bar 3)."""
+    sampling = Sampling.create(temperature=0.8)
+    for tree in [(1, 1, 1), (2, 2)]:
+        out = specjax.generate(target, target, PROMPTS, max_new_tokens=30, tree=tree,
+                               sampling=sampling, seed=3)  # fmt: skip
+        depth = len(tree)
+        np.testing.assert_array_equal(
+            np.asarray(out.stats.accepted), depth * np.asarray(out.stats.verify_calls)
+        )
+        assert out.stop_reason_names() == ["max_new_tokens"] * len(PROMPTS)
+
+
+def test_sampled_tree_eos_and_cache_full(target, draft):
+    """Under sampling there is no reference output, but the stop rules still hold: a row that
+    stopped at EOS ends with its first EOS; a full cache stops rows when N + 1 slots no
+    longer fit."""
+    sampling = Sampling.create(temperature=1.0)
+    eos = 7
+    out = specjax.generate(target, draft, PROMPTS * 4, max_new_tokens=30, eos_ids=[eos],
+                           tree=(2, 2), sampling=sampling)  # fmt: skip
+    names = out.stop_reason_names()
+    assert "eos" in names
+    for tokens, name in zip(out.token_lists(), names):
+        assert (tokens.index(eos) == len(tokens) - 1) if name == "eos" else eos not in tokens
+    spec = DYNAMIC_SPECS[0]
+    small = specjax.generate(target, draft, PROMPTS, max_new_tokens=60, cache_size=28,
+                             tree=spec, sampling=sampling)  # fmt: skip
+    assert set(small.stop_reason_names()) == {"cache_full"}
+    for ours, prompt in zip(small.token_lists(), PROMPTS):
+        assert 28 - spec.num_nodes < len(prompt) + len(ours) <= 28
 
 
 # Dynamic trees. Every test below runs batch 4 with max_new_tokens=30 on the target's Model
@@ -187,7 +245,7 @@ def _random_drafted_tree(rng, B, D, K, zero_fraction):
 def test_dynamic_tree_selection_is_ancestor_closed(zero_fraction):
     B, D, K, N = 8, 4, 3, 5
     paths, scores = _random_drafted_tree(np.random.default_rng(0), B, D, K, zero_fraction)
-    selected, verify_paths = jax.jit(tree_lib._rerank, static_argnums=2)(
+    selected, verify_paths = jax.jit(tree_expansion.rerank, static_argnums=2)(
         jnp.asarray(scores), jnp.asarray(paths), N
     )
     selected, verify_paths = np.asarray(selected), np.asarray(verify_paths)
@@ -223,9 +281,109 @@ def test_dynamic_tree_errors(target, draft):
     with pytest.raises(ValueError, match="expected branching"):
         tree_lib.parse_tree_spec("dynamic-4")
     spec = DYNAMIC_SPECS[0]
-    with pytest.raises(ValueError, match="greedy-only"):
-        specjax.generate(target, draft, PROMPTS, tree=spec, sampling=Sampling.create(1.0))
-    with pytest.raises(ValueError, match="needs a draft model"):
+    with pytest.raises(ValueError, match="NgramDrafter does not"):
         specjax.generate(target, NgramDrafter(), PROMPTS, tree=spec)
     with pytest.raises(ValueError, match="exceeds the vocabulary"):
         specjax.generate(target, draft, PROMPTS, tree=DynamicTreeSpec(2, 65, 3))
+
+
+# EAGLE heads draft trees through the same protocol. The echo head (see `support.eagle_echo`)
+# on this target is often right, so acceptances, partial ones and rejections all happen.
+PROMPTS_UNEVEN = [[5, 17, 3, 42, 8], [9, 1], [33, 12, 60, 7, 7, 7, 19, 4, 2, 50, 21]]
+
+
+@pytest.fixture(scope="module")
+def head_target():
+    return random_model(TINY_LLAMA, seed=30)
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [(1, 1, 1), (3, 2), (2, 2, 1), DynamicTreeSpec(3, 2, 4), DynamicTreeSpec(3, 3, 9)],
+    ids=str,
+)
+def test_eagle_tree_greedy_equals_autoregressive(head_target, tree):
+    drafter = eagle_echo(head_target)
+    reference = specjax.generate(head_target, None, PROMPTS_UNEVEN, max_new_tokens=24)
+    out = specjax.generate(head_target, drafter, PROMPTS_UNEVEN, max_new_tokens=24, tree=tree)
+    assert out.token_lists() == reference.token_lists()
+    assert out.stop_reason_names() == ["max_new_tokens"] * len(PROMPTS_UNEVEN)
+    assert out.tau > 1.2  # drafts are accepted: the head's tree drafting ran
+
+
+def test_eagle_chain_tree_is_linear_drafting(head_target):
+    """A chain tree drafts exactly what the head's linear `propose` drafts: same acceptance."""
+    drafter = eagle_echo(head_target)
+    chain = specjax.generate(head_target, drafter, PROMPTS_UNEVEN, max_new_tokens=24,
+                             tree=(1, 1, 1))  # fmt: skip
+    linear = specjax.generate(head_target, drafter, PROMPTS_UNEVEN, max_new_tokens=24, gamma=3)
+    np.testing.assert_array_equal(
+        np.asarray(chain.stats.accepted_per_position),
+        np.asarray(linear.stats.accepted_per_position),
+    )
+
+
+@pytest.mark.parametrize("kind", ["model", "eagle"])
+def test_tree_nodes_continue_their_paths(head_target, kind):
+    """Every node of a drafted tree carries the drafter's own next-token distribution after
+    its path, recomputed here one path at a time without any tree (sampling: `probs`; greedy:
+    a node's children are that distribution's top tokens)."""
+    model, params = head_target
+    B, S, tree = 2, 24, TreeSpec((2, 2, 1))
+    tokens = jax.random.randint(jax.random.key(4), (B, S), 0, TINY_LLAMA.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(S), (B, S))
+    _, hidden, _ = model.forward(params, tokens, positions, model.init_cache(B, S))
+    prompt_lengths, seq_lengths = np.array([4, 6]), np.array([7, 10])
+    context = DraftContext(tokens, jnp.asarray(seq_lengths), target_hidden=hidden)
+    if kind == "model":
+        drafter = DraftModelDrafter(model)
+        drafter_params = random_model(TINY_LLAMA, seed=8)[1]
+
+        def reference(b, path):
+            sequence = jnp.concatenate([tokens[b, : seq_lengths[b]], jnp.asarray(path, jnp.int32)])
+            T = sequence.shape[0]
+            logits, _, _ = model.forward(
+                drafter_params, sequence[None], jnp.arange(T)[None], model.init_cache(1, T)
+            )
+            return logits[0, -1]
+    else:
+        drafter, drafter_params = eagle_echo(head_target)
+
+        def reference(b, path):
+            # Teacher-forced entries (f_j, t_{j+1}), j < L - 1, then the path's entries, each
+            # fed its predecessor's predicted feature, one call per entry.
+            L = int(seq_lengths[b])
+            cache = drafter.init_cache(1, S, jnp.float32)
+            out, cache = drafter.apply(
+                drafter_params, hidden[b : b + 1, : L - 1], tokens[b : b + 1, 1:L],
+                positions[:1, : L - 1], cache,
+            )  # fmt: skip
+            feature = out[:, -1]
+            for depth, token in enumerate(path, start=1):
+                out, cache = drafter.apply(
+                    drafter_params, feature[:, None], jnp.asarray([[token]]),
+                    jnp.asarray([[L - 2 + depth]]), cache,
+                )  # fmt: skip
+                feature = out[:, 0]
+            return heads.lm_logits(drafter_params["io"], feature, model.config)[0]
+
+    state = drafter.init(drafter_params, tokens[:, :6], jnp.asarray(prompt_lengths),
+                         S + tree.draft_scratch)  # fmt: skip
+    parents, paths = tree.parents(), tree.ancestors_at_depth()
+    for sampling in (Sampling.create(temperature=1.0), Sampling.create()):
+        drafted, _ = jax.jit(drafter.propose_tree, static_argnums=(3,))(
+            drafter_params, state, context, tree, sampling, jax.random.key(5)
+        )
+        node_tokens = np.asarray(drafted.tokens)
+        for b in range(B):
+            for node in range(-1, tree.num_nodes - tree.level_sizes[-1]):  # nodes with children
+                path = [] if node < 0 else node_tokens[b, paths[node][paths[node] >= 0]].tolist()
+                logits = reference(b, path)
+                children = node_tokens[b, parents == node]
+                if sampling.greedy:
+                    top = np.argsort(-np.asarray(logits))[: len(children)]
+                    np.testing.assert_array_equal(children, top)
+                else:
+                    np.testing.assert_allclose(
+                        drafted.probs[b, node + 1], jax.nn.softmax(logits), atol=2e-5
+                    )

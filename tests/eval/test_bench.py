@@ -87,11 +87,12 @@ def test_real_model_suite_rows_and_exactness(target):
         target, PROMPTS, drafters, batches=[1], temperatures=[0.0, 1.0], **common
     ) + bench.real_model_suite(target, PROMPTS, drafters, batches=[2], temperatures=[0.0], **common)
     names = [(r["batch"], r["temperature"], r["name"]) for r in rows]
-    # batch 1: every drafter (the tree only greedy); batch 2: the first drafter only.
+    # batch 1: every drafter (trees sampled too); batch 2: the first drafter only.
     assert names == [
         (1, 0.0, "autoregressive"), (1, 0.0, "ngram:gamma=2"),
         (1, 0.0, "early-exit:exit_layer=1,tree=2,1"),
         (1, 1.0, "autoregressive"), (1, 1.0, "ngram:gamma=2"),
+        (1, 1.0, "early_exit:layer=1,tree=2-1"),
         (2, 0.0, "autoregressive"), (2, 0.0, "ngram:gamma=2"),
     ]  # fmt: skip
     greedy = [r for r in rows if r["temperature"] == 0.0]

@@ -132,10 +132,6 @@ def test_drafter_sweep_report_has_a_row_per_drafter(drafter_sweep):
     "overrides, message",
     [
         ({"drafter.kind": "ngram", "tree": "2,1"}, "drafter.kind must be one of ('model', 'early"),
-        (
-            {"drafter.kind": "early-exit", "tree": "2,1", "sampling.temperature": 0.7},
-            "is greedy-only: set sampling.temperature=0",
-        ),
         ({"drafter.kind": "early-exit", "tree": "2,x"}, "tree: bad tree '2,x'"),
         ({"drafter.kind": "early-exit", "tree": "dynamic:depth=2"}, "lacks num_nodes, top_k"),
         (
