@@ -92,7 +92,7 @@ def test_real_model_suite_rows_and_exactness(target):
         (1, 0.0, "autoregressive"), (1, 0.0, "ngram:gamma=2"),
         (1, 0.0, "early-exit:exit_layer=1,tree=2,1"),
         (1, 1.0, "autoregressive"), (1, 1.0, "ngram:gamma=2"),
-        (1, 1.0, "early_exit:layer=1,tree=2-1"),
+        (1, 1.0, "early-exit:exit_layer=1,tree=2,1"),
         (2, 0.0, "autoregressive"), (2, 0.0, "ngram:gamma=2"),
     ]  # fmt: skip
     greedy = [r for r in rows if r["temperature"] == 0.0]
