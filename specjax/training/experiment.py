@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -257,24 +256,34 @@ def compare(
     run: TrainingRun,
     extra: dict[str, tuple[Any, Any]] | None = None,
     log=print,
+    repeats: int = 0,
 ) -> list[dict[str, Any]]:
     """Greedy α (per draft position) and τ of the trained drafter and the untrained ones on the
-    same held-out prompts, all rows in one batch; each checked equal to autoregressive."""
+    same held-out prompts, all rows in one batch; each checked equal to autoregressive.
+
+    With `repeats` > 0, autoregressive decoding and every drafter are also timed
+    (`specjax.eval.timing.timed`: a first, compiling call, then the median of `repeats`
+    calls) and each row gets `seconds` (per batch), `ar_seconds` and `speedup` over
+    autoregressive decoding of the same batch."""
     import specjax
+    from specjax.eval.timing import timed
 
     target = run.target
     prompts = eval_prompts(config, target)
     eos = () if target.tokenizer is None else target.tokenizer.eos_ids
     common = dict(max_new_tokens=config.eval.max_new_tokens, eos_ids=eos)
-    reference = specjax.generate(target.pair, None, prompts, **common)
+    reference, ar_timing = timed(
+        specjax.generate, target.pair, None, prompts, **common, repeats=repeats
+    )
     drafters = {f"{config.kind} (trained, {run.train.step} steps)": run.drafter}
     drafters.update(baseline_drafters(config, target))
     drafters.update(extra or {})
     rows = []
     for name, drafter in drafters.items():
-        start = time.perf_counter()
-        out = specjax.generate(target.pair, drafter, prompts, gamma=config.eval.gamma, **common)
-        out = jax.block_until_ready(out)
+        out, timing = timed(
+            specjax.generate, target.pair, drafter, prompts,
+            gamma=config.eval.gamma, repeats=repeats, **common,
+        )  # fmt: skip
         alpha = out.acceptance_per_position
         row = {
             "drafter": name,
@@ -288,8 +297,14 @@ def compare(
             "target_calls": int(np.sum(out.target_calls)),
             "tokens": int(np.sum(out.num_generated)),
             "exact": out.token_lists() == reference.token_lists(),
-            "seconds_incl_compile": round(time.perf_counter() - start, 1),
+            "seconds_incl_compile": round(timing.first_s, 1),
         }
+        if repeats:
+            row.update(
+                seconds=round(timing.median_s, 4),
+                ar_seconds=round(ar_timing.median_s, 4),
+                speedup=round(ar_timing.median_s / timing.median_s, 2),
+            )
         log(json.dumps(row))
         rows.append(row)
     return rows
@@ -297,6 +312,8 @@ def compare(
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     columns = ["drafter", "gamma", "tau", "alpha_1", "alpha", "target_calls", "tokens", "exact"]
+    if rows and all("speedup" in row for row in rows):
+        columns.append("speedup")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [

@@ -147,6 +147,12 @@ def evaluate(eval_fn, trainable, frozen, data: DraftData, batch_size: int) -> di
     return {f"eval_{k}": v / count for k, v in sums.items()} if count else {}
 
 
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of <workdir>/metrics.jsonl (the whole run, resumed parts included; a
+    process's `TrainResult.history` holds only what that process wrote)."""
+    return _read_metrics(Path(workdir) / METRICS_FILE)
+
+
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
