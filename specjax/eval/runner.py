@@ -267,7 +267,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         need(is_int(v) and v >= 1, f"{key} must be an integer >= 1, got {v!r}")
     need(is_int(config.seed) and config.seed >= 0, f"seed must be >= 0, got {config.seed!r}")
     s = config.sampling
-    need(s.temperature >= 0, f"sampling.temperature must be >= 0 (0 = greedy), got {s.temperature}")
+    need(
+        0 <= s.temperature < math.inf,
+        f"sampling.temperature must be >= 0 and finite (0 = greedy), got {s.temperature}",
+    )
     need(is_int(s.top_k) and s.top_k >= 0, f"sampling.top_k must be >= 0 (0 = off), got {s.top_k}")
     need(0 < s.top_p <= 1, f"sampling.top_p must be in (0, 1] (1 = off), got {s.top_p}")
     need(
@@ -295,10 +298,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         problem = _heads_problem(d.kind, str(d.heads), config.gamma)
         need(problem is None, f"drafter.heads: {problem}")
     single_device = config.mesh.data == 1 and config.mesh.model == 1
-    need(
-        not (config.adaptive_gamma and not single_device),
-        "adaptive_gamma is not wired into the sharded program: use mesh.data=1, mesh.model=1",
-    )
     if str(config.tree):
         from specjax.decoding.tree import parse_tree_spec
 
@@ -616,7 +615,7 @@ def _decode_batches(
         seed=int(config.seed),
         **({"mesh": mesh} if mesh is not None else {}),
     )
-    # Only when set: the sharded program takes neither (validate refuses them with a mesh).
+    # Only when set: the sharded program takes no tree (validate refuses one with a mesh).
     options: dict[str, Any] = {}
     if str(config.tree):
         options["tree"] = str(config.tree)
