@@ -1224,6 +1224,7 @@ def report_markdown(
         "pair",
         "γ",
         "τ",
+        "τ acc",
         "α",
         "speedup",
         "predicted",
@@ -1239,6 +1240,7 @@ def report_markdown(
             s.label,
             s.gamma,
             s.tau,
+            s.acceptance_tau,
             s.alpha,
             s.speedup,
             s.predicted_speedup,
@@ -1253,9 +1255,11 @@ def report_markdown(
     ]
     out += [_table(header, rows), ""]
     out.append(
-        "τ: tokens per target call (bonus included); α: P(draft token accepted | reached), "
-        "pooled over positions; predicted: Leviathan et al. (1−α^(γ+1))/((1−α)(γc+1)) with "
-        "the measured α and c (c = draft step / target step)."
+        "τ: tokens emitted per verification call (bonus included); τ acc: accepted drafts + 1 "
+        "per call before an EOS or the budget cut them (the acceptance process, ≥ τ); α: "
+        "P(draft token accepted | reached), pooled over positions; predicted: Leviathan et "
+        "al. (1−α^(γ+1))/((1−α)(γc+1)) with the measured α and c (c = draft step / target "
+        "step)."
     )
     out.append("")
     for label in dict.fromkeys(s.label for s in overall):
