@@ -20,8 +20,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
+from specjax import console
 from specjax.eval import bench
 
 FLAGS = flags.FLAGS
@@ -148,4 +149,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

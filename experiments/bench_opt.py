@@ -28,6 +28,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from specjax import console
+
 GRAPH_LOOPS = (
     "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 )
@@ -164,4 +166,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

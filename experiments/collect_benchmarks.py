@@ -17,6 +17,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from specjax import console
+
 _DIR = flags.DEFINE_string("dir", "docs/benchmarks", "folder of the raw results")
 _PATTERN = flags.DEFINE_string("pattern", "h200*.json", "which files to merge")
 _OUT = flags.DEFINE_string("out", "docs/benchmarks/h200.json", "merged output")
@@ -44,4 +46,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -35,6 +35,8 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from specjax import console
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:k=v,...].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's files (process 0).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
@@ -149,4 +151,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from specjax import console
 from specjax.eval import bench
 
 FLAGS = flags.FLAGS
@@ -76,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -32,7 +32,9 @@ if __name__ == "__main__":
         ]
     ).strip()
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from specjax import console  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("shape", ["llama3-8b"], "target shapes (keys of specjax.parallel.bench.SHAPES)")
@@ -76,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

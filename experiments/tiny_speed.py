@@ -10,8 +10,9 @@ per target call, so it is not a speed demonstration).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from specjax import console
 from specjax.eval import bench
 from specjax.models import ModelConfig, init_model
 
@@ -39,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

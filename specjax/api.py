@@ -153,7 +153,7 @@ def pad_prompts(
     return padded, lengths
 
 
-def _rng(seed: Any) -> jax.Array:
+def as_rng(seed: Any) -> jax.Array:
     """A PRNG key from an integer seed (checked: a bare OverflowError helps nobody) or a key."""
     if isinstance(seed, jax.Array | np.ndarray) and not _is_int(seed):
         return seed  # a key (new-style, or a legacy uint32[2]): jax checks it
@@ -365,7 +365,7 @@ def generate(
         raise ValueError(f"pad_id must be an int32 integer, got {pad_id!r}")
     if cache_size is not None:
         cache_size = _check_count("cache_size", cache_size)
-    rng = _rng(seed)
+    rng = as_rng(seed)
     speculative_run = drafter is not None
     if speculative_run:
         gamma = _check_count("gamma (draft length)", gamma)

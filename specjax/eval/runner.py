@@ -211,6 +211,25 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
     return value
 
 
+def unknown_keys_message(
+    config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict
+) -> str | None:
+    """Which keys of ``config`` the ``schema`` lacks, each with its closest schema keys; None
+    when there are none."""
+    known = _all_keys(schema)
+    unknown = [k for k in _all_keys(config) if k not in known]
+    unknown = [k for k in unknown if not any(k.startswith(u + ".") for u in unknown)]
+    if not unknown:
+        return None
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=3)
+        parts.append(
+            f"{key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "")
+        )
+    return f"unknown config key{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
+
+
 def apply_overrides(
     config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
@@ -247,12 +266,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     Cheap: nothing is loaded, downloaded or compiled, so bad input fails before hours of
     work. Unknown keys are refused earlier, by :func:`apply_overrides` and by the lock.
     """
-    unknown = sorted(set(_all_keys(config)) - set(_all_keys(base_config())))
+    unknown = unknown_keys_message(config, base_config())
+    if unknown:
+        raise ConfigError(f"{unknown}; the schema is runner.base_config()")
     missing = sorted(set(_all_keys(base_config())) - set(_all_keys(config)))
-    if unknown or missing:
-        raise ConfigError(
-            f"config keys differ from the schema: unknown {unknown}, missing {missing}"
-        )
+    if missing:
+        raise ConfigError(f"config lacks the keys {missing} (start from runner.base_config())")
     problems: list[str] = []
 
     def need(ok: bool, message: str) -> None:
@@ -508,6 +527,18 @@ def _atomic_write(path: Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def make_workdir(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a folder, created with its parents; a clear error when a file is there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"workdir {path} is a file, not a folder: pass a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create the workdir {path}: {error.strerror or error}") from None
+    return path
 
 
 def _jsonable(x: Any) -> Any:
@@ -899,8 +930,7 @@ def run_experiment(
     """Run one experiment and write its workdir (see the module docstring)."""
     validate(config)
     _check_runnable(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(workdir)
     # A rerun into the same folder must not leave the old completion marker standing
     # while the new results are half written.
     (workdir / SUMMARY_FILE).unlink(missing_ok=True)
@@ -1033,7 +1063,9 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     workdir = Path(workdir)
-    points = [dict(p) for p in points] or [{}]
+    points = [dict(p) for p in points]
+    if not points:
+        raise ConfigError("the sweep has no points: pass [{}] to run the base config alone")
     names = [point_name(p) for p in points]
     if len(set(names)) != len(names):
         raise ConfigError(f"sweep points repeat: {names}")
@@ -1045,6 +1077,7 @@ def run_sweep(
             raise ConfigError(f"sweep point {name}: {error}") from None
     for c in configs:
         _check_runnable(c)
+    make_workdir(workdir)
     command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     invocations = []
     if (workdir / "sweep.json").is_file():  # resuming: keep the command that started it
@@ -1108,6 +1141,11 @@ def collect_summaries(workdir: str | os.PathLike[str]) -> list[RunSummary]:
                 out += metrics.read_jsonl(d / "metrics.jsonl")
         return out
     if (workdir / "metrics.jsonl").is_file():
+        if not (workdir / SUMMARY_FILE).is_file():  # written last: interrupted, or running
+            raise FileNotFoundError(
+                f"{workdir} holds an unfinished run (no {SUMMARY_FILE}): interrupted or still "
+                "running; run it again to complete it"
+            )
         return metrics.read_jsonl(workdir / "metrics.jsonl")
     raise FileNotFoundError(f"{workdir} holds neither a run (metrics.jsonl) nor a sweep (points/)")
 

@@ -126,6 +126,8 @@ def run_training(
 ) -> TrainingRun:
     """Data -> training (resumable) -> exported drafter. See the module docstring."""
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise NotADirectoryError(f"workdir {workdir} is a file, not a folder: pass a folder path")
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
     target = load_model(config.target, config.dtype)
