@@ -25,7 +25,6 @@ See docs/distributed.md.
 from __future__ import annotations
 
 import importlib.util
-import logging as std_logging
 import os
 import socket
 import subprocess
@@ -134,7 +133,6 @@ def main(argv: list[str]) -> None:
 
     from specjax.eval import runner
 
-    std_logging.getLogger("specjax").setLevel(std_logging.INFO)
     process = jax.process_index()
     print(distributed.describe(), f"(settings: {settings})", flush=True)
     try:

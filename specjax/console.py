@@ -1,8 +1,8 @@
 """What the command-line entry points share: quiet logs, and one line for a library error.
 
 The CLI (`python -m specjax.cli`), `make demo` and the launchers in `experiments/` show
-progress bars, results and warnings; the INFO logging of the libraries underneath (orbax
-logs ~50 lines per checkpoint it writes, jax logs the backends it could not load) stays off
+progress bars, results and warnings; INFO logging (orbax logs ~50 lines per checkpoint it
+writes, jax logs the backends it could not load, specjax notes what it runs) stays off
 unless `--verbose` is given. A library error (bad input, a missing file, a checkpoint that
 cannot be used) ends the program with one line, `error: <message>`, instead of a traceback;
 `--verbose` brings the traceback back.
@@ -32,15 +32,15 @@ VERBOSE_HELP = "Show the libraries' INFO logs (orbax, jax) and the traceback of 
 
 
 def configure_logging(verbose: bool) -> None:
-    """Quiet (default): other libraries log warnings and errors only; specjax's own progress
-    notes (logger "specjax") stay at INFO. Verbose: every library logs at INFO again."""
+    """Quiet (default): every logger, specjax's included, shows warnings and errors only
+    (progress is what the tqdm bars show). Verbose: INFO logs of every library again."""
     from absl import logging as absl_logging
 
     # absl's handler writes Python and absl log records to stderr alike; app.run installs it
     # too, the argparse CLI needs it for --verbose.
     absl_logging.use_absl_handler()
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
-    logging.getLogger("specjax").setLevel(logging.INFO)
+    logging.getLogger("specjax").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def one_line(text: str) -> str:
