@@ -18,6 +18,7 @@ from pathlib import Path
 from absl import app, flags
 
 from specjax import console
+from specjax.fileio import atomic_write
 
 _DIR = flags.DEFINE_string("dir", "docs/benchmarks", "folder of the raw results")
 _PATTERN = flags.DEFINE_string("pattern", "h200*.json", "which files to merge")
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     out = Path(_OUT.value)
     merged = collect(Path(_DIR.value), _PATTERN.value, out)
-    out.write_text(json.dumps(merged, indent=1) + "\n")
+    atomic_write(out, json.dumps(merged, indent=1) + "\n")
     print(f"wrote {out}: {', '.join(merged['files'])}")
 
 

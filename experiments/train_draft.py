@@ -21,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from specjax import console
+from specjax.fileio import atomic_write
 from specjax.training import config as training_config
 from specjax.training import experiment
 
@@ -52,9 +53,9 @@ def main(argv: list[str]) -> None:
             f"{path} (trained)": experiment.load_trained(path, run.target) for path in _ALSO.value
         }
         rows = experiment.compare(config, run, extra)
-        (workdir / "eval.json").write_text(json.dumps(rows, indent=1))
+        atomic_write(workdir / "eval.json", json.dumps(rows, indent=1))
         table = experiment.markdown(rows)
-        (workdir / "eval.md").write_text(table + "\n")
+        atomic_write(workdir / "eval.md", table + "\n")
         print(table)
 
 

@@ -46,6 +46,7 @@ import numpy as np
 from specjax.decoding import state as decode_state
 from specjax.eval import cost_model
 from specjax.eval.timing import Timer, Timing, block, timed
+from specjax.fileio import atomic_write
 
 __all__ = [
     "RunStats",
@@ -581,6 +582,5 @@ def write_csv(summaries: Iterable[RunSummary], path: str | os.PathLike[str] | No
         w.writerow(s.csv_row())
     text = buf.getvalue()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+        atomic_write(path, text)
     return text

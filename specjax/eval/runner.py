@@ -49,7 +49,6 @@ import platform
 import re
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ from specjax.eval import models as models_lib
 from specjax.eval import prompts as prompts_lib
 from specjax.eval.metrics import RunStats, RunSummary
 from specjax.eval.timing import Timer, Timing
+from specjax.fileio import atomic_write
 
 __all__ = [
     "DRAFTER_KINDS",
@@ -518,15 +518,7 @@ def _batches(
 
 def _atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, text)
 
 
 def make_workdir(path: str | os.PathLike[str]) -> Path:

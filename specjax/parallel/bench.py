@@ -50,6 +50,7 @@ import specjax
 from specjax.decoding.sampling import Sampling
 from specjax.eval import bench as eval_bench
 from specjax.eval.timing import Timer
+from specjax.fileio import atomic_write
 from specjax.models.config import KNOWN_SHAPES, LLAMA3_8B, ModelConfig
 from specjax.models.transformer import (
     DecodeParams,
@@ -809,7 +810,4 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=str))
-    return path
+    return atomic_write(path, json.dumps(result, indent=1, default=str))
