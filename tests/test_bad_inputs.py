@@ -132,6 +132,21 @@ def test_context_length_is_checked_before_anything_runs(short_context_target, kw
     assert ok.stop_reason_names() == ["cache_full"]
 
 
+def test_a_cache_larger_than_the_device_is_refused(target, monkeypatch):
+    """Where the device reports its memory (GPUs, TPUs), a KV cache that cannot fit fails
+    before anything is allocated; CPUs report none, so a fake device stands in here."""
+    import jax
+
+    class SmallDevice:
+        def memory_stats(self):
+            return {"bytes_limit": 2**20}  # 1 MiB
+
+    monkeypatch.setattr(jax, "local_devices", lambda *a, **k: [SmallDevice()])
+    # 2 (k, v) x 2 layers x 2 kv heads x 8 dims x 4 bytes = 256 bytes per row and slot.
+    with pytest.raises(ValueError, match=r"KV cache of 64 rows x 4096 slots needs 0\.1 GiB"):
+        specjax.generate(target, None, [[1, 2]] * 64, max_new_tokens=4, cache_size=4096)
+
+
 @pytest.mark.parametrize("temperature", [float("inf"), float("nan"), -1.0])
 def test_temperature_must_be_finite(temperature):
     with pytest.raises(ValueError, match=r"temperature must be >= 0 and finite"):
@@ -196,6 +211,7 @@ CONFIG_CASES = [
     ("typo-nested-key", {"sampling.temprature": 0.5}, r"Did you mean sampling\.temperature"),
     ("temperature-inf", {"sampling.temperature": float("inf")}, r"must be >= 0 and finite"),
     ("gamma-0", {"gamma": 0}, r"gamma must be an integer >= 1, got 0"),
+    ("seed-2-to-63", {"seed": 2**63}, r"seed must be an integer in \[0, 2\*\*63\)"),
     ("group-as-value", {"sampling": 3}, r"'sampling' is a group of settings"),
     ("wrong-type", {"gamma": "four"}, r"gamma='four': expected a value of type int"),
 ]  # fmt: skip

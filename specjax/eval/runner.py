@@ -284,7 +284,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key in ("gamma", "max_new_tokens", "batch_size", "repeats"):
         v = config[key]
         need(is_int(v) and v >= 1, f"{key} must be an integer >= 1, got {v!r}")
-    need(is_int(config.seed) and config.seed >= 0, f"seed must be >= 0, got {config.seed!r}")
+    need(
+        is_int(config.seed) and 0 <= config.seed < 2**63,
+        f"seed must be an integer in [0, 2**63), got {config.seed!r}",
+    )
     s = config.sampling
     need(
         0 <= s.temperature < math.inf,
