@@ -22,11 +22,14 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
-from specjax.checkpoints.errors import CheckpointError
 
-# Errors that mean "this input cannot be used", raised by specjax's own validation (its
-# ConfigError, MeshError, TokenizerError ... are ValueErrors) or by the file system.
-LIBRARY_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, CheckpointError)
+def library_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "this input cannot be used": specjax's own validation (its
+    ConfigError, MeshError, TokenizerError ... are ValueErrors), a checkpoint that cannot be
+    used, the file system. Imported late: this module must not pull in jax and orbax."""
+    from specjax.checkpoints.errors import CheckpointError
+
+    return (ValueError, TypeError, OSError, CheckpointError)
 
 VERBOSE_HELP = "Show the libraries' INFO logs (orbax, jax) and the traceback of an error."
 
@@ -160,7 +163,7 @@ def guarded(main: Callable[..., Any], verbose: Callable[[], bool]) -> Callable[.
 
         try:
             return main(*args, **kwargs)
-        except (app.UsageError, *LIBRARY_ERRORS) as error:
+        except (app.UsageError, *library_errors()) as error:
             if verbose():
                 raise
             fail(describe(error))
