@@ -20,9 +20,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
+from specjax import console
 from specjax.eval import bench
+from specjax.fileio import atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("suites", ["real"], "real, hf, synthetic")
@@ -87,7 +89,7 @@ def main(argv):
         def save(rows, complete=False):  # after every row: a run cut short keeps its rows
             result = {**header, "suite": "real", "model": gguf_path, "floor_ms_b1": floor,
                       "complete": complete, "rows": rows}  # fmt: skip
-            real_path.write_text(json.dumps(result, indent=1))
+            atomic_write(real_path, json.dumps(result, indent=1))
 
         rows = bench.real_model_suite(
             target, prompt_ids, drafters,
@@ -115,7 +117,7 @@ def main(argv):
             reference_tokens=[ours.token_lists[i] for i in range(len(first))],
         )
         hf_json = json.dumps({**header, "rows": rows}, indent=1)
-        (out / f"bench_hf{FLAGS.tag}.json").write_text(hf_json)
+        atomic_write(out / f"bench_hf{FLAGS.tag}.json", hf_json)
         print(bench.markdown_table(rows, ["name", "ms_per_token", "tokens_per_s", "warmup_s"]))
 
     if "synthetic" in FLAGS.suites:
@@ -134,7 +136,7 @@ def main(argv):
 
         def save_synthetic(row):  # after every row: a run cut short keeps its rows
             rows.append(row)
-            synthetic_path.write_text(json.dumps({**header, "rows": rows}, indent=1))
+            atomic_write(synthetic_path, json.dumps({**header, "rows": rows}, indent=1))
 
         draft_config = KNOWN_SHAPES["qwen2.5-0.5b"]
         for batch in [int(b) for b in FLAGS.synthetic_batches]:
@@ -148,4 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -31,6 +31,9 @@ from pathlib import Path
 
 from absl import app, flags
 
+from specjax import console
+from specjax.fileio import atomic_write
+
 GRAPH_LOOPS = (
     "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 )
@@ -158,14 +161,14 @@ def main(argv: list[str]) -> None:
     print(table)
     best = pick_best(rows)
     summary = {"rows": rows, "best": best, "per_variant_flags": per_variant}
-    (out / "opt.json").write_text(json.dumps(summary, indent=1))
-    (out / "opt.md").write_text(table + "\n")
+    atomic_write(out / "opt.json", json.dumps(summary, indent=1))
+    atomic_write(out / "opt.md", table + "\n")
     if FLAGS.then and best:
         print(f"\nfull benchmark under {best}:", flush=True)
         then = [f"--max_new_tokens={FLAGS.max_new_tokens}", *shlex.split(FLAGS.then)]
         result = run_variant(best, then, tag=f"_final_{best}", timeout_s=FLAGS.then_timeout_s)
-        (out / "final.json").write_text(json.dumps({"variant": best, **result}, indent=1))
+        atomic_write(out / "final.json", json.dumps({"variant": best, **result}, indent=1))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

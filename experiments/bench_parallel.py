@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from specjax import console
 from specjax.parallel import bench
 
 _D = bench.Settings()
@@ -117,4 +118,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 import specjax
-from specjax import checkpoints, tokenizers
+from specjax import checkpoints, console, tokenizers
 from specjax.drafters.ngram import NgramDrafter
 from specjax.eval import bench
 
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

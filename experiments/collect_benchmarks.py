@@ -18,6 +18,9 @@ from pathlib import Path
 
 from absl import app, flags
 
+from specjax import console
+from specjax.fileio import atomic_write
+
 _DIR = flags.DEFINE_string("dir", "docs/benchmarks", "folder of the raw results")
 _PATTERN = flags.DEFINE_list("pattern", ["h200*.json", "h200*/*.json"], "which files to merge")
 _OUT = flags.DEFINE_string("out", "docs/benchmarks/h200.json", "merged output")
@@ -41,9 +44,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     out = Path(_OUT.value)
     merged = collect(Path(_DIR.value), _PATTERN.value, out)
-    out.write_text(json.dumps(merged, indent=1) + "\n")
+    atomic_write(out, json.dumps(merged, indent=1) + "\n")
     print(f"wrote {out}: {', '.join(merged['files'])}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

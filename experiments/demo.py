@@ -12,8 +12,9 @@ timed after a compile call; compile time shown separately).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from specjax import console
 from specjax.cli import BLUE, GREEN, RESET, colored
 from specjax.eval import bench
 from specjax.eval.models import load_model
@@ -65,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -25,7 +25,6 @@ See docs/distributed.md.
 from __future__ import annotations
 
 import importlib.util
-import logging as std_logging
 import os
 import socket
 import subprocess
@@ -34,6 +33,8 @@ from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from specjax import console
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:k=v,...].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's files (process 0).")
@@ -132,7 +133,6 @@ def main(argv: list[str]) -> None:
 
     from specjax.eval import runner
 
-    std_logging.getLogger("specjax").setLevel(std_logging.INFO)
     process = jax.process_index()
     print(distributed.describe(), f"(settings: {settings})", flush=True)
     try:
@@ -149,4 +149,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from specjax import console
 from specjax.eval import bench
+from specjax.fileio import atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("target", "qwen2.5-coder-1.5b-instruct", "target model")
@@ -69,11 +71,11 @@ def main(argv):
                 print(f"  gamma={gamma} tau={spec.tau:.2f} alpha={np.round(spec.alpha, 2)} "
                       f"speedup={row['speedup']:.2f} exact={row['exact']}", flush=True)  # fmt: skip
             # Written after every prompt: a long CPU run that is stopped keeps what it measured.
-            out.write_text(json.dumps(results, indent=1))
+            atomic_write(out, json.dumps(results, indent=1))
     columns = ["dtype", "prompt", "name", "gamma", "ms_per_token", "tau", "alpha", "speedup",
                "exact"]  # fmt: skip
     print(bench.markdown_table(results["rows"], columns))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -34,6 +34,8 @@ if __name__ == "__main__":
 
 from absl import app, flags  # noqa: E402
 
+from specjax import console  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("shape", ["llama3-8b"], "target shapes (keys of specjax.parallel.bench.SHAPES)")
 flags.DEFINE_string("draft_shape", "", "draft shape of the spec section (default per target)")
@@ -78,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

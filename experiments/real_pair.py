@@ -18,7 +18,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from specjax import console
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("target", "qwen2.5-coder-1.5b-instruct", "model name or .gguf path")
@@ -117,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

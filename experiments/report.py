@@ -8,6 +8,7 @@ still going, or on results copied from another machine. Logic: specjax/eval/runn
 
 from absl import app, flags
 
+from specjax import console
 from specjax.eval import runner
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep or run folder.")
@@ -23,4 +24,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

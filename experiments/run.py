@@ -7,11 +7,10 @@ Writes config.json, metrics.jsonl, results.csv, generations.jsonl, summary.json 
 into --workdir (see specjax/eval/runner.py, where the logic lives).
 """
 
-import logging as std_logging
-
 from absl import app, flags
 from ml_collections import config_flags
 
+from specjax import console
 from specjax.eval import runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:k=v,...].")
@@ -23,16 +22,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Our progress at INFO; libraries (orbax, jax) stay at absl's default WARNING.
-    std_logging.getLogger("specjax").setLevel(std_logging.INFO)
-    try:  # --config.* flags are applied after get_config: check them before any work
-        runner.validate(_CONFIG.value)
-    except runner.ConfigError as error:
-        raise app.UsageError(str(error)) from None
+    # --config.* flags are applied after get_config: check them before any work (a bad
+    # value, like any library error, ends the program with one line: see specjax.console).
+    runner.validate(_CONFIG.value)
     result = runner.run_experiment(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
     print(runner.report_markdown(result.summaries, title=result.overall.label))
     print(f"\nwrote {result.workdir}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

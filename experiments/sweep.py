@@ -11,13 +11,13 @@ stopped. Ends with report.md and plots/ in --workdir (logic in specjax/eval/runn
 """
 
 import importlib.util
-import logging as std_logging
 import shlex
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from specjax import console
 from specjax.eval import runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:k=v,...].")
@@ -29,8 +29,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def sweep_points(config_flag: str, points: str | None) -> list[dict]:
     """--points if given, else get_sweep(arg) of the config file."""
-    if points:
-        return runner.parse_points(points)
+    if points is not None:
+        parsed = runner.parse_points(points)
+        if not parsed:
+            raise app.UsageError(
+                f"--points={points!r} lists no point: give 'k=v,k=v;k=v;...', or leave "
+                "--points out to run the config file's get_sweep"
+            )
+        return parsed
     path, _, arg = config_flag.partition(":")
     spec = importlib.util.spec_from_file_location("sweep_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -43,23 +49,19 @@ def sweep_points(config_flag: str, points: str | None) -> list[dict]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Our progress at INFO; libraries (orbax, jax) stay at absl's default WARNING.
-    std_logging.getLogger("specjax").setLevel(std_logging.INFO)
     # The flag's text, "path[:arg]": get_sweep receives the same arg as get_config.
     points = sweep_points(config_flags.get_config_filename(flags.FLAGS["config"]), _POINTS.value)
-    try:  # every point is validated before the first one runs
-        result = runner.run_sweep(
-            _CONFIG.value,
-            points,
-            _WORKDIR.value,
-            progress=_PROGRESS.value,
-            command=shlex.join(["python", "-m", "experiments.sweep", *sys.argv[1:]]),
-        )
-    except runner.ConfigError as error:
-        raise app.UsageError(str(error)) from None
+    # Every point is validated before the first one runs.
+    result = runner.run_sweep(
+        _CONFIG.value,
+        points,
+        _WORKDIR.value,
+        progress=_PROGRESS.value,
+        command=shlex.join(["python", "-m", "experiments.sweep", *sys.argv[1:]]),
+    )
     print((result.workdir / "report.md").read_text())
     print(f"computed {len(result.computed)} of {len(result.runs)} points; wrote {result.workdir}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -15,13 +15,13 @@ with --eval, eval.json and eval.md (see specjax/training/experiment.py, where th
 """
 
 import json
-import logging as std_logging
 from pathlib import Path
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from specjax import console
+from specjax.fileio import atomic_write
 from specjax.training import config as training_config
 from specjax.training import experiment
 
@@ -39,12 +39,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    std_logging.getLogger("specjax").setLevel(std_logging.INFO)
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every checkpoint at INFO
-    try:  # --config.* flags are applied after get_config: check them before any work
-        training_config.validate(_CONFIG.value)
-    except training_config.ConfigError as error:
-        raise app.UsageError(str(error)) from None
+    # --config.* flags are applied after get_config: check them before any work.
+    training_config.validate(_CONFIG.value)
     config, workdir = _CONFIG.value, Path(_WORKDIR.value)
     run = experiment.run_training(
         config, workdir, progress=_PROGRESS.value, stop_at_step=_STOP_AT.value
@@ -57,11 +53,11 @@ def main(argv: list[str]) -> None:
             f"{path} (trained)": experiment.load_trained(path, run.target) for path in _ALSO.value
         }
         rows = experiment.compare(config, run, extra)
-        (workdir / "eval.json").write_text(json.dumps(rows, indent=1))
+        atomic_write(workdir / "eval.json", json.dumps(rows, indent=1))
         table = experiment.markdown(rows)
-        (workdir / "eval.md").write_text(table + "\n")
+        atomic_write(workdir / "eval.md", table + "\n")
         print(table)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console.run(main)

@@ -26,7 +26,7 @@ from specjax.decoding.state import GenerateOutput
 from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
 from specjax.drafters.base import Drafter
 from specjax.drafters.draft_model import DraftModelDrafter
-from specjax.models.transformer import Model, Params, Transformer
+from specjax.models.transformer import Model, Params, Transformer, params_dtype
 
 # How many times each decoder was traced (compiled); tests read it to prove reuse.
 TRACE_COUNTS = {"autoregressive": 0, "speculative": 0, "tree": 0}
@@ -64,6 +64,73 @@ def as_drafter(drafter: Any) -> tuple[Drafter, Any]:
     )
 
 
+def _is_int(value: Any) -> bool:
+    """A Python or numpy integer, not a bool (True is an int to Python, never a count here)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _check_count(name: str, value: Any, minimum: int = 1) -> int:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def prompt_rows(prompt_ids: Any, vocab_size: int) -> list[np.ndarray]:
+    """One int64 row per prompt, validated, never coerced: token ids must be integers in
+    [0, vocab_size); a flat sequence of ids is ONE prompt, a 2-D array or a list of
+    sequences is a batch; text, floats and deeper nesting are refused with a message."""
+    if isinstance(prompt_ids, str | bytes):
+        raise TypeError(
+            f"prompt_ids is a {type(prompt_ids).__name__}, not token ids: encode the text "
+            "first (e.g. tokenizer.encode(text))"
+        )
+    if isinstance(prompt_ids, np.ndarray | jax.Array):
+        if prompt_ids.ndim not in (1, 2):
+            raise ValueError(
+                f"prompt_ids has shape {tuple(prompt_ids.shape)}: expected one prompt [P] or "
+                "a batch of prompts [B, P]"
+            )
+        batch = [prompt_ids] if prompt_ids.ndim == 1 else list(prompt_ids)
+    elif not isinstance(prompt_ids, Sequence):
+        raise TypeError(
+            f"prompt_ids must be token ids (a list of ints, a list of such lists, or an "
+            f"integer array), got {type(prompt_ids).__name__}"
+        )
+    elif prompt_ids and all(_is_int(x) for x in prompt_ids):
+        batch = [prompt_ids]  # a flat list of ids: one prompt
+    else:
+        batch = list(prompt_ids)
+    if not batch:
+        raise ValueError("no prompts given: prompt_ids must hold at least one prompt")
+    rows = []
+    for b, row in enumerate(batch):
+        if isinstance(row, str | bytes):
+            raise TypeError(f"prompt {b} is a {type(row).__name__}: encode the text first")
+        try:
+            array = np.asarray(row)
+        except ValueError as error:  # ragged nesting inside one prompt
+            raise ValueError(f"prompt {b} is not a flat sequence of token ids ({error})") from None
+        if array.ndim != 1:
+            raise ValueError(
+                f"prompt {b} has shape {array.shape}: each prompt must be a 1-D sequence of "
+                "token ids (prompt_ids is one prompt [P] or a batch [B, P], not deeper)"
+            )
+        if array.size == 0:
+            raise ValueError(f"prompt {b} is empty: every prompt needs at least one token")
+        if not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(
+                f"prompt {b} holds {array.dtype} values, not integer token ids (first: "
+                f"{array[0].item()!r}); nothing is rounded for you: convert whole numbers yourself"
+            )
+        if array.min() < 0 or array.max() >= vocab_size:
+            raise ValueError(
+                f"prompt {b} has token ids outside [0, {vocab_size}) (min {array.min()}, "
+                f"max {array.max()}): wrong tokenizer for this model?"
+            )
+        rows.append(array.astype(np.int64))
+    return rows
+
+
 def pad_prompts(
     prompt_ids: Sequence[Sequence[int]] | np.ndarray,
     vocab_size: int,
@@ -71,28 +138,83 @@ def pad_prompts(
     bucket: int = PROMPT_BUCKET,
     max_width: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged prompts -> right-padded int32 [B, P] and lengths [B], validated."""
-    if isinstance(prompt_ids, np.ndarray | jax.Array) and np.ndim(prompt_ids) == 1:
-        prompt_ids = [prompt_ids]
-    rows = [np.asarray(row, dtype=np.int64).reshape(-1) for row in prompt_ids]
-    if not rows:
-        raise ValueError("no prompts given: prompt_ids must hold at least one prompt")
-    for b, row in enumerate(rows):
-        if row.size == 0:
-            raise ValueError(f"prompt {b} is empty: every prompt needs at least one token")
-        if row.min() < 0 or row.max() >= vocab_size:
-            raise ValueError(
-                f"prompt {b} has token ids outside [0, {vocab_size}) (min {row.min()}, "
-                f"max {row.max()}): wrong tokenizer for this model?"
-            )
+    """Ragged prompts -> right-padded int32 [B, P] and lengths [B], validated.
+
+    `pad_id` fills the padding only where it is a token of the vocabulary; otherwise 0 does
+    (the padding is masked either way, but its embedding is still computed: an id outside
+    the vocabulary reads NaN there, and NaN times a zero attention weight is NaN)."""
+    rows = prompt_rows(prompt_ids, vocab_size)
     lengths = np.array([row.size for row in rows], np.int32)
+    if max_width is not None and lengths.max() > max_width:
+        raise ValueError(f"prompt of {lengths.max()} tokens is wider than max_width={max_width}")
     width = int(-(-lengths.max() // bucket) * bucket)
     if max_width is not None:
         width = min(width, max_width)
-    padded = np.full((len(rows), width), pad_id, np.int32)
+    fill = pad_id if 0 <= pad_id < vocab_size else 0
+    padded = np.full((len(rows), width), fill, np.int32)
     for b, row in enumerate(rows):
         padded[b, : row.size] = row
     return padded, lengths
+
+
+def as_rng(seed: Any) -> jax.Array:
+    """A PRNG key from an integer seed (checked: a bare OverflowError helps nobody) or a key."""
+    if isinstance(seed, jax.Array | np.ndarray) and not _is_int(seed):
+        return seed  # a key (new-style, or a legacy uint32[2]): jax checks it
+    if not _is_int(seed):
+        raise TypeError(
+            f"seed must be an integer or a PRNG key (jax.random.key(n)), got "
+            f"{type(seed).__name__} {seed!r}"
+        )
+    if not -(2**63) <= int(seed) < 2**63:
+        raise ValueError(
+            f"seed {seed} does not fit a signed 64-bit integer: use a seed in [-2**63, 2**63)"
+        )
+    return jax.random.key(int(seed))
+
+
+def check_context(
+    longest: int, max_new_tokens: int, cache_size: int | None, max_position: int
+) -> None:
+    """The prompt and its budget must fit the model's context (ModelConfig.max_position)
+    before anything runs: past it a model is out of its training range, and a budget of
+    1e9 tokens would otherwise end as an XLA out-of-memory error asking for terabytes."""
+    if longest > max_position:
+        raise ValueError(
+            f"prompt of {longest} tokens is longer than the model's context of {max_position} "
+            "positions (ModelConfig.max_position): shorten the prompt"
+        )
+    needed = longest + max_new_tokens
+    if cache_size is not None:
+        needed = min(needed, cache_size)  # rows stop when the cache is full
+    if needed > max_position:
+        raise ValueError(
+            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = {needed} "
+            f"positions exceed the model's context of {max_position} (ModelConfig.max_position)"
+            f": use max_new_tokens <= {max_position - longest}, or cache_size <= "
+            f"{max_position} to stop rows when the context is full"
+        )
+
+
+def check_cache_memory(
+    config: Any, batch: int, cache_size: int, dtype: Any, mesh: jax.sharding.Mesh | None
+) -> None:
+    """Refuse a KV cache larger than a device's whole memory (when the device reports it)."""
+    devices = list(mesh.devices.flat) if mesh is not None else jax.local_devices()[:1]
+    try:
+        limit = (devices[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # noqa: BLE001 - a backend without memory statistics: no check
+        limit = None
+    if not limit:
+        return
+    per_row_slot = 2 * config.num_layers * config.num_kv_heads * config.head_dim
+    needed = per_row_slot * batch * cache_size * np.dtype(dtype).itemsize / len(devices)
+    if needed > limit:
+        raise ValueError(
+            f"the KV cache of {batch} rows x {cache_size} slots needs {needed / 2**30:.1f} GiB "
+            f"per device, more than the device's {limit / 2**30:.1f} GiB: lower the batch, "
+            "max_new_tokens or cache_size"
+        )
 
 
 def _autoregressive(
@@ -222,12 +344,15 @@ def generate(
       prompt_ids: one prompt (1-D ids) or a list of prompts of any lengths (batched).
       sampling: `Sampling.create(temperature, top_k, top_p)`; default greedy.
       gamma: draft tokens per target call (K).
-      max_new_tokens: budget per row (the first token comes from the prefill).
+      max_new_tokens: budget per row (the first token comes from the prefill). The longest
+        prompt plus this budget must fit the model's context (`ModelConfig.max_position`),
+        unless `cache_size` stops the rows earlier.
       eos_ids: a row stops after emitting any of these.
-      seed: int or PRNG key.
+      seed: an integer in [-2**63, 2**63) or a PRNG key.
       cache_size: KV-cache slots per row; default fits the longest prompt plus the budget.
         A smaller cache stops rows early with stop reason "cache_full".
-      pad_id: fills `tokens` after each row's end.
+      pad_id: fills `tokens` after each row's end: any int32 (e.g. -1); the model never
+        reads it (an id outside the vocabulary pads the prompt with 0 instead).
       verify_fn: the sampling acceptance rule (research hook; default lossless).
       mesh: a (data, model) mesh from `specjax.parallel.make_mesh`: rows are split over
         `data` (the batch must divide), the target's weights and KV cache over `model`.
@@ -254,14 +379,17 @@ def generate(
     """
     target_model, target_params = as_model(target)
     vocab_size = target_model.config.vocab_size
-    if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
     if not isinstance(sampling, Sampling):
         raise TypeError("sampling must be a specjax.Sampling (use Sampling.create(...))")
+    if not _is_int(pad_id) or not -(2**31) <= pad_id < 2**31:
+        raise ValueError(f"pad_id must be an int32 integer, got {pad_id!r}")
+    if cache_size is not None:
+        cache_size = _check_count("cache_size", cache_size)
+    rng = as_rng(seed)
     speculative_run = drafter is not None
     if speculative_run:
-        if not isinstance(gamma, int | np.integer) or gamma < 1:
-            raise ValueError(f"gamma (draft length) must be an integer >= 1, got {gamma!r}")
+        gamma = _check_count("gamma (draft length)", gamma)
         draft, draft_params = as_drafter(drafter)
         if draft.vocab_size is not None and draft.vocab_size != vocab_size:
             raise ValueError(
@@ -283,32 +411,38 @@ def generate(
             raise ValueError("tree= does not support mesh= yet")
         if adaptive_gamma:
             raise ValueError(
-                "adaptive_gamma and tree= exclude each other (a tree's depth is fixed)"
+                "adaptive_gamma and tree= exclude each other: adaptive_gamma does not apply to "
+                "tree= (a tree's depth is fixed); pass one or the other"
             )
         if verify_fn is not rejection.verify_sampling:
             raise ValueError(
-                "verify_fn is the linear acceptance rule; a tree's rule is tree_verify_fn"
+                "verify_fn is the acceptance rule of a linear draft; a tree's rule is "
+                "tree_verify_fn: drop verify_fn or tree="
             )
         gamma = tree.depth
     slots_per_call = (tree.num_nodes + 1 if tree else gamma + 1) if speculative_run else 1
 
     if not isinstance(prompt_bucket, int | np.integer) or prompt_bucket < 1:
         raise ValueError(f"prompt_bucket must be an integer >= 1, got {prompt_bucket!r}")
-    prompt, lengths = pad_prompts(
-        prompt_ids, vocab_size, pad_id, bucket=int(prompt_bucket), max_width=cache_size
-    )
-    longest = int(lengths.max())
-    if cache_size is None:
-        cache_size = prompt.shape[1] + max_new_tokens + slots_per_call
-    if longest >= cache_size:
+    rows = prompt_rows(prompt_ids, vocab_size)
+    longest = max(row.size for row in rows)
+    if cache_size is not None and longest >= cache_size:
         raise ValueError(
             f"prompt of {longest} tokens does not fit the KV cache of {cache_size} slots "
             f"(it needs at least {longest + 1}); raise cache_size or shorten the prompt"
         )
+    check_context(longest, max_new_tokens, cache_size, target_model.config.max_position)
+    prompt, lengths = pad_prompts(
+        rows, vocab_size, pad_id, bucket=int(prompt_bucket), max_width=cache_size
+    )
+    if cache_size is None:
+        cache_size = prompt.shape[1] + max_new_tokens + slots_per_call
+    check_cache_memory(
+        target_model.config, len(lengths), cache_size, params_dtype(target_params), mesh
+    )
     eos = np.asarray(list(eos_ids) or [-1], np.int32)
     if eos.max() >= vocab_size:
         raise ValueError(f"eos id {eos.max()} is outside the vocabulary of {vocab_size}")
-    rng = jax.random.key(seed) if isinstance(seed, int | np.integer) else seed
 
     if mesh is None:
         # Decode layout: one tree per layer, fused projections (converted once per weights).
@@ -333,7 +467,11 @@ def generate(
             max_new_tokens=int(max_new_tokens),
             cache_size=int(cache_size),
             pad_id=int(pad_id),
-            **(dict(gamma=int(gamma), verify_fn=verify_fn) if speculative_run else {}),
+            **(
+                dict(gamma=gamma, verify_fn=verify_fn, adaptive_gamma=bool(adaptive_gamma))
+                if speculative_run
+                else {}
+            ),
         )
     if tree is not None:
         return _tree_jit(

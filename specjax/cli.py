@@ -12,6 +12,9 @@ Without --draft (and without another --drafter) it decodes autoregressively. In 
 output, accepted draft tokens are green and tokens the target produced itself (the first
 token, corrections after a rejection, bonus tokens after a full acceptance) are blue, as in
 the figure of Leviathan et al. (rejected drafts are never emitted, so they are not shown).
+
+Quiet by default: progress bars, the result and warnings; `--verbose` shows the libraries'
+INFO logs, and the traceback of an error (otherwise one line: `error: <message>`).
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from specjax import console
 
 GREEN, BLUE, RESET = "\033[32m", "\033[34m", "\033[0m"
 # The knob flags: the registry's knobs of each kind (specjax.drafters.registry.KINDS).
@@ -99,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-row draft length up to --gamma, following the acceptance",
     )
     gen.add_argument("--json", action="store_true", help="print one JSON object")
+    gen.add_argument("--verbose", action="store_true", help=console.VERBOSE_HELP)
     return parser
 
 
@@ -167,7 +174,9 @@ def generate_command(args) -> dict[str, Any]:
     speculative = drafter is not None
     stats = {
         "target_calls": int(out.target_calls[0]),
-        "tau": out.tau if speculative else 1.0,
+        # Tokens emitted per verification call; None when no call was made (strict JSON).
+        "tau": _finite(out.tau) if speculative else 1.0,
+        "acceptance_tau": _finite(out.acceptance_tau) if speculative else 1.0,
         "acceptance_per_position": out.acceptance_per_position.tolist() if speculative else [],
         "accepted_draft_tokens": int(sum(from_draft)),
         "seconds": seconds,  # includes compilation: the CLI runs one generation
@@ -183,16 +192,39 @@ def generate_command(args) -> dict[str, Any]:
     }
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything checkable before a model is loaded: fail in a second, not after a load."""
+    import specjax
+    from specjax.api import as_rng
+
+    if args.gamma < 1:
+        console.fail(f"--gamma must be >= 1, got {args.gamma}")
+    if args.max_new_tokens < 1:
+        console.fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as error:  # undecodable bytes in argv arrive as surrogates
+        byte = ord(args.prompt[error.start]) - 0xDC00
+        console.fail(
+            f"--prompt is not UTF-8 text (byte 0x{byte:02x} at character {error.start}): "
+            "pass the prompt as UTF-8"
+        )
+    try:
+        specjax.Sampling.create(args.temperature, top_k=args.top_k, top_p=args.top_p)
+        as_rng(args.seed)
+    except (ValueError, TypeError) as error:
+        console.fail(str(error))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.gamma < 1:
-        raise SystemExit(f"error: --gamma must be >= 1, got {args.gamma}")
-    if args.max_new_tokens < 1:
-        raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    try:
-        result = generate_command(args)
-    except (ValueError, OSError) as error:  # bad input: a message, not a traceback
-        raise SystemExit(f"error: {error}") from error
+    console.configure_logging(args.verbose)
+    check_args(args)
+    result = console.guarded(generate_command, lambda: args.verbose)(args)
     tokenizer, from_draft = result.pop("_tokenizer"), result.pop("_from_draft")
     if args.json:
         print(json.dumps(result))
@@ -203,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = result["stats"]
     print(
         f"\n[{len(result['token_ids'])} tokens, {stats['target_calls']} target calls, "
-        f"tau {stats['tau']:.2f}, {stats['seconds']:.1f} s incl. compile, "
+        f"tau {stats['tau'] or math.nan:.2f}, {stats['seconds']:.1f} s incl. compile, "
         f"stop: {stats['stop_reason']}]"
         + (f"  {GREEN}draft{RESET} {BLUE}target{RESET}" if use_color else ""),  # fmt: skip
         file=sys.stderr,

@@ -110,3 +110,25 @@ def eagle_echo(target, seed=2, noise=0.3):
     for name, group in (("o_proj", "attn"), ("down_proj", "mlp")):
         head["block"][group][name]["kernel"] = noise * head["block"][group][name]["kernel"]
     return drafter, params
+
+
+def tiny_gguf_with_tokenizer(path, config: ModelConfig = TINY_LLAMA, seed: int = 0):
+    """A GGUF file of a tiny random model with a byte-level BPE tokenizer embedded (every
+    byte, one merge "h e", and an end-of-text token), so that the CLI and checkpoint loaders
+    can run end to end on it in seconds. Returns the path."""
+    from specjax.checkpoints.gguf import save_gguf
+    from specjax.tokenizers import _gpt2_bytes_to_unicode
+
+    tokens = [_gpt2_bytes_to_unicode()[b] for b in range(256)] + ["he", "<|endoftext|>"]
+    config = config.replace(vocab_size=len(tokens))
+
+    def add_tokenizer(writer):
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_types([1] * 257 + [3])  # normal, ..., control
+        writer.add_token_merges(["h e"])
+        writer.add_eos_token_id(len(tokens) - 1)
+
+    _, params = random_model(config, seed)
+    return save_gguf(path, config, params, extra_metadata=add_tokenizer)

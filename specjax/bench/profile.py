@@ -248,7 +248,9 @@ def run(
     path = out_dir / f"profile_{s.label or 'run'}_{s.shape}.json"
 
     def save():
-        path.write_text(json.dumps(result, indent=1, default=str))
+        from specjax.fileio import atomic_write
+
+        atomic_write(path, json.dumps(result, indent=1, default=str))
 
     log(f"[{s.label}] {s.shape}: creating synthetic {s.dtype} weights")
     target, params = eval_bench.synthetic_model(config, dtype)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from specjax.checkpoints.errors import CheckpointError
+from specjax.fileio import atomic_directory
 from specjax.models.config import ModelConfig
 from specjax.models.transformer import Model, Params, abstract_model
 
@@ -134,12 +133,11 @@ def save_model(
 ) -> Path:
     """Saves config + params (+ JSON-serialisable metadata) as a self-describing directory.
 
-    Atomic: written to a temporary sibling, then renamed over `directory`.
+    Atomic (`fileio.atomic_directory`): written to a temporary sibling, then renamed over
+    `directory`; an interrupted save leaves nothing behind.
     """
     directory = Path(directory).absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
+    with atomic_directory(directory) as tmp:
         orbax_save(tmp / _PARAMS_DIR, params, force=True)
         spec = {
             "format_version": FORMAT_VERSION,
@@ -147,12 +145,6 @@ def save_model(
             "metadata": metadata or {},
         }
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=1, default=str))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -56,6 +56,7 @@ from specjax.checkpoints.errors import (
     DownloadError,
     UnknownModelError,
 )
+from specjax.fileio import atomic_write
 
 CACHE_ENV = "SPECJAX_CACHE"
 _CHUNK = 8 << 20  # 8 MiB: large enough for fast hashing, small enough for smooth progress
@@ -244,11 +245,7 @@ def file_sha256(path: str | os.PathLike, progress: bool = True) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.chmod(f.name, 0o644)  # NamedTemporaryFile creates 0600
-    os.replace(f.name, path)
+    atomic_write(path, text)
 
 
 # --------------------------------------------------------------------------------------

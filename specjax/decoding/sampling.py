@@ -52,8 +52,9 @@ class Sampling:
         temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None
     ) -> Sampling:
         """Validated settings; temperature 0 means greedy."""
-        if temperature is None or not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if temperature is None or not 0 <= temperature < float("inf"):
+            # inf would flatten every distribution to uniform noise; nan compares false.
+            raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature}")
         if top_k is not None and (int(top_k) != top_k or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:

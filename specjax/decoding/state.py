@@ -29,6 +29,28 @@ STOP_REASON_NAMES = {
 }
 
 
+def tau(*, num_generated: Any, verify_calls: Any) -> float:
+    """tau: tokens EMITTED per verification call, pooled over rows (nan without a call).
+
+    Every generated token but each row's first (which the prefill makes) came out of a
+    verification call, so tau = sum(num_generated - 1) / sum(verify_calls). This is what a
+    speedup sees: accepted drafts that an EOS or the token budget then cut are not counted.
+    Keyword-only: (accepted, verify_calls), the arguments of `acceptance_tau`, must not fit.
+    """
+    calls = float(np.sum(verify_calls))
+    emitted = float(np.sum(np.maximum(np.asarray(num_generated) - 1, 0)))
+    return emitted / calls if calls > 0 else float("nan")
+
+
+def acceptance_tau(*, accepted: Any, verify_calls: Any) -> float:
+    """The acceptance process's tau: (accepted drafts + 1 bonus/correction) per verification
+    call, pooled over rows, counted before an EOS or the budget cuts a row's last call (nan
+    without a call). It is what alpha predicts (E = (1 - alpha^(g+1)) / (1 - alpha)); it
+    exceeds `tau` by the tokens such cuts dropped."""
+    calls = float(np.sum(verify_calls))
+    return (float(np.sum(accepted)) + calls) / calls if calls > 0 else float("nan")
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DraftContext:
@@ -163,9 +185,15 @@ class GenerateOutput:
 
     @property
     def tau(self) -> float:
-        """Mean tokens per verification call, bonus included, pooled over rows."""
-        calls = int(np.sum(self.stats.verify_calls))
-        return float((np.sum(self.stats.accepted) + calls) / max(calls, 1))
+        """Tokens emitted per verification call, pooled over rows (see `tau`); nan when no
+        row made a call."""
+        return tau(num_generated=self.num_generated, verify_calls=self.stats.verify_calls)
+
+    @property
+    def acceptance_tau(self) -> float:
+        """Accepted drafts + 1 per verification call, before EOS/budget cuts (see
+        `acceptance_tau`); equals `tau` when nothing was cut."""
+        return acceptance_tau(accepted=self.stats.accepted, verify_calls=self.stats.verify_calls)
 
     @property
     def acceptance_per_position(self) -> np.ndarray:

@@ -41,8 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -534,11 +532,10 @@ def save_heads(
     naming its kind, its hyperparameters and the target architecture it was trained for.
     Atomic: written to a temporary sibling, then renamed over `directory`."""
     from specjax.checkpoints.orbax import orbax_save  # late: keeps orbax off the import path
+    from specjax.fileio import atomic_directory
 
     directory = Path(directory).absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
+    with atomic_directory(directory) as tmp:
         orbax_save(tmp / _PARAMS_DIR, params["head"], force=True)
         spec = {
             "format_version": FORMAT_VERSION,
@@ -549,12 +546,6 @@ def save_heads(
             "metadata": metadata or {},
         }
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=1, default=str))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

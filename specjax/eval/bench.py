@@ -134,7 +134,8 @@ class DecodeResult:
     compile_s: float
     median_s: float
     tokens: int  # generated tokens per call, all rows
-    tau: float
+    tau: float  # tokens emitted per verification call (GenerateOutput.tau)
+    acceptance_tau: float  # accepted drafts + 1 per call, before EOS/budget cuts
     alpha: list[float]
     token_lists: list[list[int]] = dataclasses.field(repr=False, default_factory=list)
     from_draft: list[list[bool]] = dataclasses.field(repr=False, default_factory=list)
@@ -201,6 +202,7 @@ def _result(name, drafter, gamma, temperature, compile_s, median_s, out, batch) 
         median_s=median_s,
         tokens=int(np.sum(np.asarray(out.num_generated))),
         tau=out.tau if drafter is not None else 1.0,
+        acceptance_tau=out.acceptance_tau if drafter is not None else 1.0,
         alpha=alpha,
         token_lists=out.token_lists(),
         from_draft=[
@@ -263,6 +265,8 @@ def time_prompts_one_by_one(
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     def fmt(v):
+        if v is None:  # e.g. "exact" of a sampled row: nothing was compared
+            return "–"
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
         if isinstance(v, list):
@@ -405,7 +409,9 @@ def real_model_suite(
             )
             ar = timed_set("autoregressive", None, 1)
             n_prompts = len(prompt_ids) if batch == 1 else batch
-            rows.append({**ar.row(), "speedup": 1.0, "exact": True, "prompts": n_prompts})
+            # "exact" compares greedy outputs; sampled rows have nothing to compare: None.
+            exact_ar = True if temperature == 0 else None
+            rows.append({**ar.row(), "speedup": 1.0, "exact": exact_ar, "prompts": n_prompts})
             if on_row:
                 on_row(rows)
             log(f"b={batch} T={temperature} AR {ar.ms_per_token:.3f} ms/token")
@@ -414,7 +420,7 @@ def real_model_suite(
                 spec = timed_set(
                     spec_cfg.name, spec_cfg.drafter, spec_cfg.gamma, **spec_cfg.generate_kwargs
                 )
-                exact = temperature > 0 or spec.token_lists == ar.token_lists
+                exact = spec.token_lists == ar.token_lists if temperature == 0 else None
                 # Per-token speed: the two runs may stop at different lengths (EOS).
                 speedup = ar.ms_per_token / spec.ms_per_token
                 row = {**spec.row(), "speedup": speedup, "exact": exact, "prompts": n_prompts}

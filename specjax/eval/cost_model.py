@@ -256,8 +256,10 @@ def predicted_vs_measured(
 
     Each row needs ``gamma``, ``alpha``, ``c`` and ``speedup`` (measured); other keys (label,
     category, tau, ...) are carried through. Adds ``expected_tokens`` (E), ``predicted_speedup``
-    and ``ratio`` = measured / predicted, and, where ``tau`` is given, ``tau_minus_E`` (how far
-    the i.i.d. assumption is from the measured tokens per call).
+    and ``ratio`` = measured / predicted, and, where a tau is given, ``tau_minus_E`` (how far
+    the i.i.d. assumption is from the measured tokens per call). E is the acceptance
+    process's expectation, so ``acceptance_tau`` is compared when the row has it (``tau``,
+    tokens emitted per call, is lower wherever an EOS or the budget cut a call).
     """
     out = []
     for row in rows:
@@ -268,8 +270,9 @@ def predicted_vs_measured(
         r.update(expected_tokens=e, predicted_speedup=pred)
         measured = row.get("speedup")
         r["ratio"] = float(measured) / pred if measured is not None else float("nan")
-        if row.get("tau") is not None:
-            r["tau_minus_E"] = float(row["tau"]) - e
+        measured_tau = row.get("acceptance_tau", row.get("tau"))
+        if measured_tau is not None:
+            r["tau_minus_E"] = float(measured_tau) - e
         out.append(r)
     return out
 

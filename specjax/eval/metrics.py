@@ -18,7 +18,11 @@ both follow from it without per-step data.
 
 Definitions (as in the speculative-decoding literature and ``shared/DESIGN.md``):
 
-* tau = mean tokens per target call, bonus included = (accepted + calls) / calls;
+* tau = tokens emitted per verification call = sum(num_generated - 1) / calls (each row's
+  first token comes from the prefill); accepted drafts that an EOS or the budget cut are
+  not counted, so this is what a speedup sees;
+* acceptance_tau = (accepted + calls) / calls: the acceptance process's tau (accepted
+  drafts plus the bonus/correction, before any cut), what alpha predicts; >= tau;
 * alpha_i = P(position i accepted | position i reached); position 0 is reached on every call,
   position i > 0 only when position i-1 was accepted;
 * speedup = autoregressive seconds / speculative seconds, steady state (compile excluded),
@@ -39,8 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from specjax.decoding import state as decode_state
 from specjax.eval import cost_model
 from specjax.eval.timing import Timer, Timing, block, timed
+from specjax.fileio import atomic_write
 
 __all__ = [
     "RunStats",
@@ -52,6 +58,7 @@ __all__ = [
     "acceptance_rate",
     "alpha_overall",
     "alpha_per_position",
+    "acceptance_tau",
     "append_jsonl",
     "block",
     "check_exact",
@@ -215,19 +222,17 @@ class RunStats:
 # Pure metric functions.
 
 
-def tau(accepted: Any, verify_calls: Any) -> float:
-    """Mean tokens per target call, bonus included, pooled over rows:
-    (sum accepted + sum calls) / sum calls. nan with no calls."""
-    calls = float(np.sum(verify_calls))
-    return (float(np.sum(accepted)) + calls) / calls if calls > 0 else float("nan")
+# The definitions live beside the loop's counters (GenerateOutput.tau uses the same ones).
+tau = decode_state.tau
+acceptance_tau = decode_state.acceptance_tau
 
 
-def tau_per_row(accepted: Any, verify_calls: Any) -> np.ndarray:
-    """tau of each row; nan for a row that made no call."""
-    acc = _np(accepted, np.float64)
+def tau_per_row(*, num_generated: Any, verify_calls: Any) -> np.ndarray:
+    """tau (tokens emitted per verification call) of each row; nan for a row without calls."""
+    emitted = np.maximum(_np(num_generated, np.float64) - 1, 0)
     calls = _np(verify_calls, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(calls > 0, (acc + calls) / calls, np.nan)
+        return np.where(calls > 0, emitted / calls, np.nan)
 
 
 def reached_per_position(accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
@@ -387,7 +392,8 @@ class RunSummary:
     accepted: int = 0
     drafted: int = 0
     tokens_generated: int = 0
-    tau: float = math.nan
+    tau: float = math.nan  # tokens emitted per verification call
+    acceptance_tau: float = math.nan  # accepted + 1 per call, before EOS/budget cuts
     alpha: float = math.nan
     alpha_mle: float = math.nan
     acceptance_rate: float = math.nan
@@ -486,7 +492,8 @@ def summarize(
         accepted=int(stats.accepted.sum()),
         drafted=int(stats.drafted.sum()),
         tokens_generated=int(stats.num_generated.sum()),
-        tau=tau(stats.accepted, stats.verify_calls),
+        tau=tau(num_generated=stats.num_generated, verify_calls=stats.verify_calls),
+        acceptance_tau=acceptance_tau(accepted=stats.accepted, verify_calls=stats.verify_calls),
         alpha=alpha_overall(stats.accepted_per_position, stats.verify_calls),
         alpha_mle=cost_model.alpha_mle(histogram=hist, gamma=gamma),
         acceptance_rate=acceptance_rate(stats.accepted, stats.drafted),
@@ -575,6 +582,5 @@ def write_csv(summaries: Iterable[RunSummary], path: str | os.PathLike[str] | No
         w.writerow(s.csv_row())
     text = buf.getvalue()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+        atomic_write(path, text)
     return text

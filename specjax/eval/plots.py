@@ -12,10 +12,10 @@ plots can be made again from a run's ``metrics.jsonl`` without rerunning anythin
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from specjax.eval import cost_model
+from specjax.fileio import atomic_write
 
 __all__ = [
     "plot_accept_histogram",
@@ -49,10 +50,11 @@ def _new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
 
 
 def save(fig: Figure, path: PathLike | None, dpi: int = 120) -> Figure:
-    """Write ``fig`` as PNG to ``path`` (folders created) when a path is given."""
+    """Write ``fig`` as PNG to ``path`` (folders created, all or nothing) when a path is given."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, format="png")
+        png = io.BytesIO()
+        fig.savefig(png, dpi=dpi, format="png")
+        atomic_write(path, png.getvalue())
     return fig
 
 

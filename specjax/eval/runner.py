@@ -49,7 +49,6 @@ import platform
 import re
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,7 @@ from specjax.eval import models as models_lib
 from specjax.eval import prompts as prompts_lib
 from specjax.eval.metrics import RunStats, RunSummary
 from specjax.eval.timing import Timer, Timing
+from specjax.fileio import atomic_write
 
 __all__ = [
     "SYNTHETIC",
@@ -206,6 +206,25 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
     return value
 
 
+def unknown_keys_message(
+    config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict
+) -> str | None:
+    """Which keys of ``config`` the ``schema`` lacks, each with its closest schema keys; None
+    when there are none."""
+    known = _all_keys(schema)
+    unknown = [k for k in _all_keys(config) if k not in known]
+    unknown = [k for k in unknown if not any(k.startswith(u + ".") for u in unknown)]
+    if not unknown:
+        return None
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=3)
+        parts.append(
+            f"{key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else "")
+        )
+    return f"unknown config key{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
+
+
 def apply_overrides(
     config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
@@ -242,12 +261,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     Cheap: nothing is loaded, downloaded or compiled, so bad input fails before hours of
     work. Unknown keys are refused earlier, by :func:`apply_overrides` and by the lock.
     """
-    unknown = sorted(set(_all_keys(config)) - set(_all_keys(base_config())))
+    unknown = unknown_keys_message(config, base_config())
+    if unknown:
+        raise ConfigError(f"{unknown}; the schema is runner.base_config()")
     missing = sorted(set(_all_keys(base_config())) - set(_all_keys(config)))
-    if unknown or missing:
-        raise ConfigError(
-            f"config keys differ from the schema: unknown {unknown}, missing {missing}"
-        )
+    if missing:
+        raise ConfigError(f"config lacks the keys {missing} (start from runner.base_config())")
     problems: list[str] = []
 
     def need(ok: bool, message: str) -> None:
@@ -260,9 +279,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key in ("gamma", "max_new_tokens", "batch_size", "repeats"):
         v = config[key]
         need(is_int(v) and v >= 1, f"{key} must be an integer >= 1, got {v!r}")
-    need(is_int(config.seed) and config.seed >= 0, f"seed must be >= 0, got {config.seed!r}")
+    need(
+        is_int(config.seed) and 0 <= config.seed < 2**63,
+        f"seed must be an integer in [0, 2**63), got {config.seed!r}",
+    )
     s = config.sampling
-    need(s.temperature >= 0, f"sampling.temperature must be >= 0 (0 = greedy), got {s.temperature}")
+    need(
+        0 <= s.temperature < math.inf,
+        f"sampling.temperature must be >= 0 and finite (0 = greedy), got {s.temperature}",
+    )
     need(is_int(s.top_k) and s.top_k >= 0, f"sampling.top_k must be >= 0 (0 = off), got {s.top_k}")
     need(0 < s.top_p <= 1, f"sampling.top_p must be in (0, 1] (1 = off), got {s.top_p}")
     need(
@@ -297,10 +322,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         problem = models_lib.check_model_spec(d.model, "draft")
         need(problem is None, f"drafter.model: {problem}")
     single_device = config.mesh.data == 1 and config.mesh.model == 1
-    need(
-        not (config.adaptive_gamma and not single_device),
-        "adaptive_gamma is not wired into the sharded program: use mesh.data=1, mesh.model=1",
-    )
     if str(config.tree):
         try:
             registry.parse_tree(str(config.tree))
@@ -497,15 +518,19 @@ def _batches(
 
 def _atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and a rename: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    atomic_write(path, text)
+
+
+def make_workdir(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a folder, created with its parents; a clear error when a file is there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"workdir {path} is a file, not a folder: pass a folder path")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create the workdir {path}: {error.strerror or error}") from None
+    return path
 
 
 def _jsonable(x: Any) -> Any:
@@ -613,7 +638,7 @@ def _decode_batches(
         seed=int(config.seed),
         **({"mesh": mesh} if mesh is not None else {}),
     )
-    # Only when set: the sharded program takes neither (validate refuses them with a mesh).
+    # Only when set: the sharded program takes no tree (validate refuses one with a mesh).
     options: dict[str, Any] = {}
     if str(config.tree):
         options["tree"] = str(config.tree)
@@ -894,8 +919,7 @@ def run_experiment(
     """Run one experiment and write its workdir (see the module docstring)."""
     validate(config)
     _check_runnable(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(workdir)
     # A rerun into the same folder must not leave the old completion marker standing
     # while the new results are half written.
     (workdir / SUMMARY_FILE).unlink(missing_ok=True)
@@ -1028,7 +1052,9 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     workdir = Path(workdir)
-    points = [dict(p) for p in points] or [{}]
+    points = [dict(p) for p in points]
+    if not points:
+        raise ConfigError("the sweep has no points: pass [{}] to run the base config alone")
     names = [point_name(p) for p in points]
     if len(set(names)) != len(names):
         raise ConfigError(f"sweep points repeat: {names}")
@@ -1040,6 +1066,7 @@ def run_sweep(
             raise ConfigError(f"sweep point {name}: {error}") from None
     for c in configs:
         _check_runnable(c)
+    make_workdir(workdir)
     command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     invocations = []
     if (workdir / "sweep.json").is_file():  # resuming: keep the command that started it
@@ -1103,6 +1130,11 @@ def collect_summaries(workdir: str | os.PathLike[str]) -> list[RunSummary]:
                 out += metrics.read_jsonl(d / "metrics.jsonl")
         return out
     if (workdir / "metrics.jsonl").is_file():
+        if not (workdir / SUMMARY_FILE).is_file():  # written last: interrupted, or running
+            raise FileNotFoundError(
+                f"{workdir} holds an unfinished run (no {SUMMARY_FILE}): interrupted or still "
+                "running; run it again to complete it"
+            )
         return metrics.read_jsonl(workdir / "metrics.jsonl")
     raise FileNotFoundError(f"{workdir} holds neither a run (metrics.jsonl) nor a sweep (points/)")
 
@@ -1219,6 +1251,7 @@ def report_markdown(
         "pair",
         "γ",
         "τ",
+        "τ acc",
         "α",
         "speedup",
         "predicted",
@@ -1234,6 +1267,7 @@ def report_markdown(
             s.label,
             s.gamma,
             s.tau,
+            s.acceptance_tau,
             s.alpha,
             s.speedup,
             s.predicted_speedup,
@@ -1248,9 +1282,11 @@ def report_markdown(
     ]
     out += [_table(header, rows), ""]
     out.append(
-        "τ: tokens per target call (bonus included); α: P(draft token accepted | reached), "
-        "pooled over positions; predicted: Leviathan et al. (1−α^(γ+1))/((1−α)(γc+1)) with "
-        "the measured α and c (c = draft step / target step)."
+        "τ: tokens emitted per verification call (bonus included); τ acc: accepted drafts + 1 "
+        "per call before an EOS or the budget cut them (the acceptance process, ≥ τ); α: "
+        "P(draft token accepted | reached), pooled over positions; predicted: Leviathan et "
+        "al. (1−α^(γ+1))/((1−α)(γc+1)) with the measured α and c (c = draft step / target "
+        "step)."
     )
     out.append("")
     for label in dict.fromkeys(s.label for s in overall):

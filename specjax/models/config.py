@@ -47,8 +47,8 @@ class ModelConfig:
         (Gemma3: 6 -> five local, one global). 0 = all layers use `sliding_window`.
       query_pre_attn_scalar: attention scores are scaled by this ** -0.5 (default Dh).
       final_logit_softcap: tanh soft-capping of the logits (None = off).
-      max_position: longest context the model was trained for (informational; the cache size
-        is chosen per generation).
+      max_position: longest context the model was trained for. `specjax.generate` refuses a
+        prompt plus budget beyond it (the cache size itself is chosen per generation).
     """
 
     family: Family = "llama"

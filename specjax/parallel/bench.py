@@ -50,6 +50,7 @@ import specjax
 from specjax.decoding.sampling import Sampling
 from specjax.eval import bench as eval_bench
 from specjax.eval.timing import Timer
+from specjax.fileio import atomic_write
 from specjax.models.config import KNOWN_SHAPES, LLAMA3_8B, ModelConfig
 from specjax.models.transformer import (
     DecodeParams,
@@ -460,6 +461,7 @@ def time_generate_interleaved(
                 ms_per_token=median_ms / (tokens / batch),
                 tokens_per_s=tokens / (median_ms / 1e3),
                 tau=out.tau if drafter is not None else 1.0,
+                acceptance_tau=out.acceptance_tau if drafter is not None else 1.0,
             )
         )
     return rows
@@ -763,7 +765,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"\nSpeculative, gamma {gamma}, PROJECTED: acceptance forced, {source} (synthetic "
             "weights accept nothing on their own). Each row's AR baseline ran at the same batch, "
             "interleaved call by call in the same run; tau: replayed = E[n] + 1 of the "
-            "histogram, realised = this run's sample of it (noisy over few calls):\n"
+            "histogram, realised = this run's sample of it (acceptance tau, before EOS/budget "
+            "cuts; noisy over few calls):\n"
         )
         table(
             [
@@ -776,7 +779,8 @@ def markdown(result: dict[str, Any]) -> str:
                     r["tp"], r["batch"], r.get("draft_shape", result["draft_shape"]),
                     r.get("draft_sharding", ""), r.get("c"), r["ar_ms_per_token"],
                     r.get("ar_floor_ms_per_token"), r["ms_per_token"],
-                    r.get("floor_ms_per_token"), r.get("replayed_tau"), r["tau"],
+                    r.get("floor_ms_per_token"), r.get("replayed_tau"),
+                    r.get("acceptance_tau", r["tau"]),
                     r["projected_speedup"],
                 ]
                 for r in specs
@@ -806,7 +810,4 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, default=str))
-    return path
+    return atomic_write(path, json.dumps(result, indent=1, default=str))

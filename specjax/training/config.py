@@ -81,7 +81,12 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Raises ConfigError naming the first bad key."""
+    """Raises ConfigError naming the first bad key (an unknown key with the closest ones)."""
+    from specjax.eval.runner import unknown_keys_message
+
+    unknown = unknown_keys_message(config, base_config())
+    if unknown:
+        raise ConfigError(f"{unknown}; the schema is training.config.base_config()")
     checks = [
         (config.kind in KINDS, "kind", f"must be one of {KINDS}"),
         (config.dtype in ("float32", "bfloat16"), "dtype", "must be float32 or bfloat16"),

@@ -32,6 +32,7 @@ from flax import nnx
 
 from specjax.drafters import heads
 from specjax.eval.models import LoadedModel, load_model
+from specjax.fileio import atomic_write
 from specjax.models.transformer import Model, abstract_model
 from specjax.training import data as data_lib
 from specjax.training import objectives
@@ -125,8 +126,10 @@ def run_training(
 ) -> TrainingRun:
     """Data -> training (resumable) -> exported drafter. See the module docstring."""
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise NotADirectoryError(f"workdir {workdir} is a file, not a folder: pass a folder path")
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    atomic_write(workdir / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
     target = load_model(config.target, config.dtype)
     data = load_data(config, target, workdir, progress)
     train_data, eval_data = data.split(config.data.num_eval)

@@ -118,8 +118,20 @@ def test_draft_equal_to_target_accepts_everything_greedy(target, gamma):
     out = specjax.generate(target, target, PROMPTS_UNEVEN, gamma=gamma, max_new_tokens=31)
     stats = jax.tree.map(np.asarray, out.stats)
     assert np.all(stats.accepted == stats.drafted)
-    assert out.tau == pytest.approx(gamma + 1)
+    assert out.acceptance_tau == pytest.approx(gamma + 1)
     np.testing.assert_array_equal(out.acceptance_per_position, np.ones(gamma))
+
+
+def test_tau_counts_emitted_tokens_not_those_the_budget_cut(target):
+    """Draft == target, gamma 4, budget 8: the prefill makes token 1, call 1 emits 5, call 2
+    accepts 5 but the budget keeps 2. tau = 7 / 2 tokens per call; the acceptance process's
+    tau is 5. (tau once counted the cut tokens too.)"""
+    out = specjax.generate(target, target, [[3, 1, 4]], gamma=4, max_new_tokens=8)
+    assert out.token_lists()[0] == specjax.generate(target, None, [[3, 1, 4]],
+                                                    max_new_tokens=8).token_lists()[0]  # fmt: skip
+    assert int(out.stats.verify_calls[0]) == 2 and int(out.num_generated[0]) == 8
+    assert out.tau == pytest.approx(3.5)
+    assert out.acceptance_tau == pytest.approx(5.0)
 
 
 def test_draft_equal_to_target_accepts_everything_sampling(target):
@@ -129,7 +141,7 @@ def test_draft_equal_to_target_accepts_everything_sampling(target):
     )
     stats = jax.tree.map(np.asarray, out.stats)
     assert np.all(stats.accepted == stats.drafted)
-    assert out.tau == pytest.approx(5.0)
+    assert out.acceptance_tau == pytest.approx(5.0)
 
 
 def test_new_prompt_same_shape_does_not_recompile(target, draft):

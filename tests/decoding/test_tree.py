@@ -200,7 +200,7 @@ def test_dynamic_tree_self_draft_accepts_depth(target):
         np.testing.assert_array_equal(
             np.asarray(out.stats.accepted), spec.depth * np.asarray(out.stats.verify_calls)
         )
-        assert out.tau == pytest.approx(spec.depth + 1)
+        assert out.acceptance_tau == pytest.approx(spec.depth + 1)
 
 
 def test_dynamic_tree_eos_and_cache_full(target, draft):

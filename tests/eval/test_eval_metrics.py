@@ -41,7 +41,9 @@ def two_rows() -> M.RunStats:
 def test_single_row_by_hand():
     s = one_row()
     assert s.gamma == 4
-    assert M.tau(s.accepted, s.verify_calls) == 3.0  # (6 + 3) / 3
+    assert M.acceptance_tau(accepted=s.accepted, verify_calls=s.verify_calls) == 3.0  # (6+3)/3
+    # Emitted: 9 tokens, the first from the prefill; the budget cut one of the last call's.
+    assert M.tau(num_generated=s.num_generated, verify_calls=s.verify_calls) == pytest.approx(8 / 3)
     np.testing.assert_array_equal(
         M.reached_per_position(s.accepted_per_position, [3]), [3, 2, 2, 1]
     )
@@ -58,8 +60,14 @@ def test_single_row_by_hand():
 
 def test_two_rows_pooled_and_per_row():
     s = two_rows()
-    assert M.tau(s.accepted, s.verify_calls) == pytest.approx((8 + 5) / 5)  # 2.6
-    np.testing.assert_allclose(M.tau_per_row(s.accepted, s.verify_calls), [3.0, 2.0])
+    assert M.acceptance_tau(accepted=s.accepted, verify_calls=s.verify_calls) == pytest.approx(
+        (8 + 5) / 5
+    )  # 2.6
+    # Emitted per call: (9 - 1) + (4 - 1) tokens over 5 calls (each row's first: the prefill).
+    assert M.tau(num_generated=s.num_generated, verify_calls=s.verify_calls) == pytest.approx(2.2)
+    np.testing.assert_allclose(
+        M.tau_per_row(num_generated=s.num_generated, verify_calls=s.verify_calls), [8 / 3, 1.5]
+    )
     # reached: pos0 = 5 calls, pos1 = accepted_at[0] = 4, pos2 = 2, pos3 = 1;
     # accepted_at pooled = [4, 2, 1, 1].
     np.testing.assert_array_equal(
@@ -93,8 +101,9 @@ def test_histogram_from_positions_matches_per_step_data():
 
 
 def test_rows_without_calls_and_empty_runs():
-    assert math.isnan(M.tau([0], [0]))
-    per_row = M.tau_per_row([3, 0], [2, 0])
+    assert math.isnan(M.tau(num_generated=[1], verify_calls=[0]))
+    assert math.isnan(M.acceptance_tau(accepted=[0], verify_calls=[0]))
+    per_row = M.tau_per_row(num_generated=[6, 1], verify_calls=[2, 0])
     assert per_row[0] == 2.5 and math.isnan(per_row[1])
     alpha = M.alpha_per_position([[1, 0, 0]], [1])
     assert alpha[0] == 1.0 and alpha[1] == 0.0 and math.isnan(alpha[2])  # pos 2 never reached
@@ -215,7 +224,8 @@ def test_summary_json_csv_roundtrip(tmp_path):
         run_id="abc",  # unknown keys land in extra
     )
     assert s.gamma == 4 and s.batch_size == 2 and s.tokens_generated == 13
-    assert s.tau == pytest.approx(2.6) and s.alpha == pytest.approx(2 / 3)
+    assert s.tau == pytest.approx(2.2) and s.acceptance_tau == pytest.approx(2.6)
+    assert s.alpha == pytest.approx(2 / 3)
     assert s.alpha_mle == pytest.approx(2 / 3)  # equals the pooled estimate (full drafts)
     assert s.accept_hist == [1, 2, 1, 0, 1]
     assert s.spec_seconds == 1.0 and s.spec_compile_seconds == pytest.approx(4.0)
@@ -253,6 +263,10 @@ def test_summarize_by_category():
     )
     assert [r.category for r in out] == ["coding", "math", "all"]
     coding, math_, total = out
-    assert coding.tau == 2.0 and math_.tau == 3.0 and total.tau == pytest.approx(2.6)
+    assert coding.acceptance_tau == 2.0 and math_.acceptance_tau == 3.0
+    assert total.acceptance_tau == pytest.approx(2.6)
+    assert (
+        coding.tau == 1.5 and math_.tau == pytest.approx(8 / 3) and total.tau == pytest.approx(2.2)
+    )
     assert math.isnan(coding.speedup) and math_.speedup == 2.0 and total.speedup == 2.0
     assert all(r.label == "pair" for r in out) and coding.num_prompts == 1

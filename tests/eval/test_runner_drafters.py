@@ -138,7 +138,6 @@ def test_drafter_sweep_report_has_a_row_per_drafter(drafter_sweep):
             {"drafter.kind": "early-exit", "tree": "2,1", "adaptive_gamma": True},
             "adaptive_gamma and tree exclude each other",
         ),
-        ({"adaptive_gamma": True, "mesh.data": 2}, "adaptive_gamma is not wired"),
         ({"drafter.kind": "eagle"}, "needs drafter.heads=<folder of saved heads>"),
         ({"drafter.kind": "eagle", "drafter.heads": "/no/such/heads"}, "configs/train_eagle"),
         ({"drafter.kind": "medusa", "drafter.heads": "/no/such"}, "configs/train_medusa_smollm"),

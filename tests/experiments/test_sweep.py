@@ -120,7 +120,7 @@ def test_report(tiny_sweep, tmp_path):
     assert out.read_text() == text
     assert text.startswith("## Tiny random pair")
     assert "pytest tiny sweep" in text  # the command that made the numbers
-    assert "| pair | γ | τ | α | speedup | predicted |" in text
+    assert "| pair | γ | τ | τ acc | α | speedup | predicted |" in text
     assert "| tiny random | 1 |" in text and "| tiny random | 3 |" in text
     assert "synthetic weights" in text
     assert "| tiny random | short |" in text and "γ=3" in text

@@ -178,6 +178,20 @@ def test_sampling_equals_single_device(target, draft, prompts):
     assert runs[0].tau > 1.0  # some drafts accepted: the rejection path ran both ways
 
 
+def test_adaptive_gamma_on_a_mesh_equals_single_device(target, draft, prompts):
+    """`adaptive_gamma=True` with `mesh=` runs the adaptive loop (it was once dropped there,
+    silently running fixed gamma): sampled tokens and every counter equal one device's."""
+    sampling = specjax.Sampling.create(1.0, top_k=5)
+    common = dict(gamma=GAMMA, max_new_tokens=MAX_NEW, sampling=sampling, adaptive_gamma=True)
+    single = specjax.generate(target, draft, prompts, **common)
+    out = specjax.generate(target, draft, prompts, mesh=make_mesh(4, 2), **common)
+    _assert_same(out, single)
+    fixed = specjax.generate(target, draft, prompts, **{**common, "adaptive_gamma": False})
+    # Adaptive rows start at one draft token: fewer drafted than gamma per call.
+    assert np.sum(single.stats.drafted) < GAMMA * np.sum(single.stats.verify_calls)
+    assert np.sum(fixed.stats.drafted) == GAMMA * np.sum(fixed.stats.verify_calls)
+
+
 def test_kv_head_rule():
     """G = 2 kv heads: split at model = 2; at model = 4 and 8 each head is repeated model / G
     times, so every shard caches the one head its queries read. The cache's head axis is
