@@ -8,6 +8,7 @@ the target produced itself in blue, and a table of tau, alpha, tokens/s and spee
 timed after a compile call; compile time shown separately).
 
     python -m experiments.demo [--prompts=3] [--max_new_tokens=32] [--gamma=4] [--dtype=float32]
+        [--verbose]   # the libraries' INFO logs (orbax, jax); quiet by default
 """
 
 from __future__ import annotations
