@@ -11,7 +11,8 @@ prompt, all padded to `prompt_bucket`). Speedup = AR ms/token / speculative ms/t
 same prompts. Greedy outputs are compared with AR row by row (`rows_identical`).
 
 Beside each measured speedup: Leviathan et al.'s prediction E(alpha, K) / (K c + 1) with
-alpha fitted to the measured tau (tokens per target call) and c = draft step / target step,
+alpha fitted to the measured acceptance tau (accepted drafts + 1 per target call, before EOS
+or budget cuts; `tau` is the tokens actually emitted per call) and c = draft step / target step,
 and the same with the measured cost of the (K+1)-token verification instead of one step.
 Step costs are GPU busy time per step from a `jax.profiler` trace of ten steps each (host
 dispatch of a single jitted step would dominate at these sizes), measured once per run on
@@ -142,14 +143,25 @@ def gamma_sweep(
 
 
 def _pool(results: Sequence[Any]) -> dict[str, Any]:
-    """Time, tokens, tau and outputs of several DecodeResults taken together."""
+    """Time, tokens, both taus and outputs of several DecodeResults taken together.
+
+    Every row's first token comes from the prefill, so a result's verification calls are
+    (tokens - rows) / tau; the taus pool as ratios of sums over those calls.
+    """
     seconds = sum(r.median_s for r in results)
     tokens = sum(r.tokens for r in results)
-    calls = [r.tokens / r.tau for r in results]  # target calls in the loops
+    emitted = [r.tokens - len(r.token_lists) for r in results]  # made by verification calls
+    calls = [e / r.tau if r.tau > 0 else 0.0 for e, r in zip(emitted, results)]
+    total_calls = sum(calls)
     return {
         "median_s": seconds,
         "tokens": tokens,
-        "tau": tokens / sum(calls) if sum(calls) else 1.0,
+        "tau": sum(emitted) / total_calls if total_calls else 1.0,
+        "acceptance_tau": (
+            sum(c * r.acceptance_tau for c, r in zip(calls, results)) / total_calls
+            if total_calls
+            else 1.0
+        ),
         "token_lists": [row for r in results for row in r.token_lists],
         "compile_s": max(r.compile_s for r in results),
     }
@@ -173,19 +185,21 @@ def _row(name, drafter, gamma, set_name, per_set, ar_results, costs, ngram) -> d
         "ar_ms_per_token": ar_ms_per_token,
         "speedup": ar_ms_per_token / ms_per_token,
         "tau": mine["tau"] if drafter is not None else 1.0,
+        "acceptance_tau": mine["acceptance_tau"] if drafter is not None else 1.0,
         "compile_s": mine["compile_s"],
         **agree,
     }
     if drafter is not None and costs is not None:
         c = costs.c if drafter is not ngram else 0.0
         row.update(c=c, verify_cost=costs.verify_cost(gamma))
-        row.update(leviathan(row["tau"], gamma, c, costs.verify_cost(gamma)))
+        # alpha predicts the acceptance process's tau (before EOS / budget cuts).
+        row.update(leviathan(row["acceptance_tau"], gamma, c, costs.verify_cost(gamma)))
     return row
 
 
 COLUMNS = ("config", "set", "prompts", "ms_per_token", "ar_ms_per_token", "speedup", "tau",
-           "alpha", "c", "predicted", "predicted_verify_measured", "rows_identical",
-           "min_common_prefix")  # fmt: skip
+           "acceptance_tau", "alpha", "c", "predicted", "predicted_verify_measured",
+           "rows_identical", "min_common_prefix")  # fmt: skip
 
 
 def markdown(rows: Sequence[dict[str, Any]], sets: Sequence[str] = ("all",)) -> str:

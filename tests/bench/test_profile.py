@@ -130,8 +130,9 @@ def test_bad_settings():
 
 def test_real_pair_sweep_rows():
     """The gamma sweep on a tiny pair whose draft IS the target: every draft token accepted
-    (tau = gamma + 1 exactly), greedy rows equal AR, a pooled row per config, and the
-    Leviathan prediction with alpha fitted to tau (alpha = 1 here)."""
+    (acceptance tau = gamma + 1 exactly; the budget of 6 cuts the second call, so 5 tokens
+    came out of 2 calls: tau 2.5), greedy rows equal AR, a pooled row per config, and the
+    Leviathan prediction with alpha fitted to the acceptance tau (alpha = 1 here)."""
     from support import TINY_LLAMA, random_model
 
     from specjax.bench import real_pair
@@ -150,7 +151,8 @@ def test_real_pair_sweep_rows():
     ]
     model_all = rows[5]
     assert model_all["prompts"] == 3 and model_all["rows_identical"] == 3
-    assert model_all["tau"] == pytest.approx(3.0) and model_all["alpha"] == 1.0
+    assert model_all["acceptance_tau"] == pytest.approx(3.0) and model_all["alpha"] == 1.0
+    assert model_all["tau"] == pytest.approx(2.5)
     assert model_all["c"] == 0.25 and model_all["verify_cost"] == 1.5
     assert model_all["predicted"] == pytest.approx(3.0 / (2 * 0.25 + 1))
     assert model_all["predicted_verify_measured"] == pytest.approx(3.0 / (2 * 0.25 + 1.5))
