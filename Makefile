@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LINTED := specjax tests experiments configs
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint install clean
 
@@ -22,10 +23,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINTED)
 
 # pytest exits 5 when it collected no test: make treats every non-zero status as failure.
+# Two pytest workers (pytest-xdist), whole files per worker so module fixtures compile once:
+# the suite is mostly XLA compilation, one core each (18.4 -> 14.4 min on 2 cores, measured).
 test: lint
 	# One BLAS thread: numpy references on 2 shared cores run ~10x faster than with two.
 	OPENBLAS_NUM_THREADS=1 XLA_FLAGS=--xla_force_host_platform_device_count=8 \
-	    $(BIN)/python -m pytest -q \
+	    $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
 	    -W ignore::DeprecationWarning --durations=15
 
 demo: $(STAMP)
