@@ -132,3 +132,14 @@ def tiny_gguf_with_tokenizer(path, config: ModelConfig = TINY_LLAMA, seed: int =
 
     _, params = random_model(config, seed)
     return save_gguf(path, config, params, extra_metadata=add_tokenizer)
+
+
+def notebook_text(cell) -> str:
+    """Everything an executed notebook cell printed or displayed, as text (tests of
+    notebooks/ assert on it)."""
+    parts = []
+    for out in cell.get("outputs", []):
+        parts.append(out.get("text", ""))
+        for mime in ("text/html", "text/markdown", "text/plain"):
+            parts.append(str(out.get("data", {}).get(mime, "")))
+    return "\n".join(parts)

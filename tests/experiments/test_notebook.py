@@ -10,19 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from support import notebook_text
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
-
-
-def _outputs(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        parts.append(out.get("text", ""))
-        for mime in ("text/html", "text/markdown", "text/plain"):
-            parts.append(str(out.get("data", {}).get(mime, "")))
-    return "\n".join(parts)
 
 
 def test_quickstart_notebook(tmp_path, monkeypatch, repo_root, tiny_sweep, config_module):
@@ -49,7 +41,7 @@ def test_quickstart_notebook(tmp_path, monkeypatch, repo_root, tiny_sweep, confi
     )
     client.execute()  # raises CellExecutionError with the cell's traceback on any failure
 
-    text = "\n".join(_outputs(c) for c in nb.cells if c.cell_type == "code")
+    text = "\n".join(notebook_text(c) for c in nb.cells if c.cell_type == "code")
     assert "PAIR=tiny GAMMA=3" in text
     assert "greedy speculative output == autoregressive output: True" in text
     assert "greedy replay agrees with the loop's record: True" in text

@@ -13,6 +13,7 @@ import os
 import re
 
 import pytest
+from support import notebook_text
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -42,15 +43,6 @@ PARAMS = {
 }
 
 
-def _outputs(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        parts.append(out.get("text", ""))
-        for mime in ("text/html", "text/markdown", "text/plain"):
-            parts.append(str(out.get("data", {}).get(mime, "")))
-    return "\n".join(parts)
-
-
 # For the kernel only: XLA's CPU backend without its expensive LLVM passes. Compiling is most
 # of this notebook's time at this size (eight programs: data, two train and two eval steps,
 # four decoders); these flags halve it (31 -> 17 s of CPU, measured) and leave the numbers
@@ -68,7 +60,7 @@ def test_train_a_drafter_notebook(tmp_path, monkeypatch, repo_root):
     client.execute()  # raises CellExecutionError with the cell's traceback on any failure
     nbformat.write(nb, tmp_path / "executed.ipynb")  # for a look after a failure
 
-    text = "\n".join(_outputs(c) for c in nb.cells if c.cell_type == "code")
+    text = "\n".join(notebook_text(c) for c in nb.cells if c.cell_type == "code")
     assert f"TARGET=random:tiny DATA_SOURCE=random NUM_PROMPTS=40 TRAIN_STEPS={STEPS}" in text
     for kind in ("eagle", "medusa"):
         assert re.search(rf"{kind}: [\d,.]+M? trained parameters, {STEPS} steps\n", text)
