@@ -226,8 +226,9 @@ class ModelLayout:
 
     @property
     def kv_heads_sharded(self) -> bool:
-        """True when kv heads are split over `model` (G % model == 0, model > 1); False means
-        the kv projections and cache are replicated over `model`."""
+        """True when the storage layout's kv heads are split over `model` (G % model == 0,
+        model > 1); False means its k/v projections are replicated over `model`. (The decode
+        layout and the KV cache always split their C cached kv heads, see `shards`.)"""
         return (
             self.tensor_parallel
             and self.model_size > 1
