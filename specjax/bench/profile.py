@@ -190,12 +190,13 @@ def time_step(
 
 
 def floor_ms(params, config, *, batch: int, context: int, bandwidth: float) -> float:
-    """Bytes one decode step must read (every weight, every cached key/value) / bandwidth."""
+    """Bytes one decode step must read (every weight as stored, every cached key/value) /
+    bandwidth (`eval.bench.floor_ms` counts the weights from the config instead)."""
+    from specjax.eval import bench as eval_bench
+
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     itemsize = jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize
-    kv_bytes = (
-        2 * config.num_layers * batch * context * config.num_kv_heads * config.head_dim * itemsize
-    )
+    kv_bytes = eval_bench.kv_bytes_read(config, batch, context, itemsize)
     return 1e3 * (weight_bytes + kv_bytes) / bandwidth
 
 
