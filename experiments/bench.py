@@ -3,10 +3,13 @@
     python -m experiments.bench --suites=real,hf --gguf=PATH --prompt_dir=DIR --out=DIR \
         --drafter=ngram:gamma=8 --drafter=eagle:heads=DIR,gamma=3
     python -m experiments.bench --suites=synthetic --accept_json=FILE --out=DIR
+    python -m experiments.bench --report=DIR/bench_real.json   # tables + plots of a real run
 
 Writes <out>/bench_<suite><tag>.json and prints markdown tables. Batch 1 decodes every prompt
-alone (16 HumanEval + 16 MT-Bench by default) and pools them; larger batches decode the first
-B prompts together. Drafters: specs of `specjax.drafters.registry` (repeat --drafter).
+alone (--prompts_per_set of each of --sets, each set timed on its own, then pooled exactly:
+specjax/bench/drafters.py); larger batches decode the first B prompts of all sets together.
+Rows stop at the tokenizer's EOS (--noeos: always --max_new_tokens). Drafters: specs of
+`specjax.drafters.registry` (repeat --drafter).
 XLA flags (e.g. CUDA-graph command buffers) are the environment's XLA_FLAGS, recorded in the
 JSON; `experiments/bench_opt.py` runs this command under several of them.
 Logic: specjax/eval/bench.py.
@@ -41,7 +44,11 @@ flags.DEFINE_multi_string(
     ["ngram:gamma=4", "ngram:gamma=8", "early-exit:gamma=3"],
     "drafter spec kind[:key=value,...] (repeat the flag); see specjax.drafters.registry",
 )
-flags.DEFINE_integer("prompts_per_set", 16, "HumanEval and MT-Bench prompts each (real suite)")
+flags.DEFINE_integer("prompts_per_set", 16, "prompts of each set (real suite)")
+flags.DEFINE_list("sets", ["humaneval", "mt_bench"], "prompt sets: mt_bench, humaneval, gsm8k")
+flags.DEFINE_bool("eos", True, "rows stop at the tokenizer's EOS (real suite)")
+flags.DEFINE_string("report", "", "print the tables and plots of a bench_real JSON, then exit")
+flags.DEFINE_string("title", "", "plot title of --report (default: the model file name)")
 flags.DEFINE_integer("prompt_bucket", 512, "prompts are padded to a multiple of this")
 flags.DEFINE_string("tag", "", "suffix of the output file names")
 flags.DEFINE_string(
@@ -54,9 +61,31 @@ flags.DEFINE_list("synthetic_targets", ["qwen2.5-1.5b", "qwen2.5-7b", "llama3-8b
 flags.DEFINE_list("synthetic_batches", ["1", "8"], "batch sizes of the synthetic suite")
 
 
+def report(path: Path) -> None:
+    from specjax.bench import drafters
+
+    result = json.loads(path.read_text())
+    rows = result["rows"]
+    sets = [s for s in dict.fromkeys(r.get("set", "all") for r in rows) if s != "all"]
+    print(f"{result['model']} ({result['dtype']}), pooled over {', '.join(sets)}:")
+    print(drafters.markdown(rows))
+    print("\nper set:\n" + drafters.markdown(rows, sets=sets))
+    if any(r["batch"] > 1 for r in rows):
+        big = [r for r in rows if r["batch"] > 1]
+        columns = ["name", "batch", "temperature", "gamma", "ms_per_token", "tokens_per_s",
+                   "tau", "speedup", "exact"]  # fmt: skip
+        print("\nbatches > 1 (all sets' prompts):\n" + bench.markdown_table(big, columns))
+    title = FLAGS.title or f"{Path(result['model']).stem}, {result['dtype']}"
+    for plot_path in drafters.plot(rows, path.with_suffix(".png"), title):
+        print(f"plot: {plot_path}")
+
+
 def main(argv):
     del argv
+    if FLAGS.report:
+        return report(Path(FLAGS.report))
     from specjax import checkpoints, tokenizers
+    from specjax.bench import drafters as drafters_bench
     from specjax.models.config import KNOWN_SHAPES
 
     out = Path(FLAGS.out)
@@ -76,9 +105,14 @@ def main(argv):
         model, params, meta = checkpoints.load(FLAGS.gguf, jnp.dtype(FLAGS.dtype), cache=False)
         gguf_path = meta["path"]
         tokenizer = tokenizers.load_tokenizer(gguf_path)
-        texts = bench.load_prompt_texts(FLAGS.prompt_dir, FLAGS.prompts_per_set)
-        prompt_ids = bench.chat_prompt_ids(tokenizer, texts)
-        target = (model, params)
+        prompt_sets = drafters_bench.load_prompt_sets(
+            tokenizer, FLAGS.sets, FLAGS.prompts_per_set, FLAGS.prompt_dir
+        )
+        prompt_ids = [ids for ids_of_set in prompt_sets.values() for ids in ids_of_set]
+        eos_ids = tuple(tokenizer.eos_ids) if FLAGS.eos else ()
+        header.update(eos_ids=list(eos_ids), sets=FLAGS.sets, per_set=FLAGS.prompts_per_set)
+        target = (model, model.decode_params(params))  # the decode layout, converted once
+        del params
         floor = bench.floor_ms(model.config, 1, 512, jnp.dtype(FLAGS.dtype).itemsize, bandwidth)
         print(f"floor at batch 1, 512 cached tokens: {floor:.3f} ms/token")
 
@@ -91,17 +125,30 @@ def main(argv):
                       "complete": complete, "rows": rows}  # fmt: skip
             atomic_write(real_path, json.dumps(result, indent=1))
 
-        rows = bench.real_model_suite(
-            target, prompt_ids, drafters,
-            batches=[int(b) for b in FLAGS.batches],
+        batches = [int(b) for b in FLAGS.batches]
+        common = dict(
             temperatures=[float(t) for t in FLAGS.temperatures],
-            max_new_tokens=FLAGS.max_new_tokens, repeats=FLAGS.repeats,
-            prompt_bucket=FLAGS.prompt_bucket, on_row=save,
+            max_new_tokens=FLAGS.max_new_tokens, repeats=FLAGS.repeats, eos_ids=eos_ids,
+            prompt_bucket=FLAGS.prompt_bucket,
         )  # fmt: skip
+        rows: list[dict] = []
+        if 1 in batches:
+            rows = drafters_bench.suite_per_set(
+                target, prompt_sets, drafters, on_row=save, **common
+            )
+        if [b for b in batches if b > 1]:
+            done = list(rows)
+
+            def save_batched(new_rows):
+                rows[:] = done + [{**r, "set": "all"} for r in new_rows]
+                save(rows)
+
+            bench.real_model_suite(
+                target, prompt_ids, drafters, batches=[b for b in batches if b > 1],
+                on_row=save_batched, **common,
+            )  # fmt: skip
         save(rows, complete=True)
-        columns = ["name", "batch", "prompts", "temperature", "gamma", "ms_per_token",
-                   "tokens_per_s", "tau", "alpha", "speedup", "exact", "compile_s"]  # fmt: skip
-        print(bench.markdown_table(rows, columns))
+        report(real_path)
 
     if "hf" in FLAGS.suites:
         from specjax.eval.hf_baseline import hf_suite

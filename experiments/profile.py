@@ -51,6 +51,9 @@ flags.DEFINE_integer("repeats", 5, "timed calls after the compile call")
 flags.DEFINE_boolean("trace", True, "trace one call of each section with jax.profiler")
 flags.DEFINE_string("label", "run", "name of this run in the tables (e.g. before, after)")
 flags.DEFINE_string("out", "runs/profile", "output folder")
+flags.DEFINE_boolean(
+    "hf", False, "also time HF transformers (eager, static cache + torch.compile) at each shape"
+)
 flags.DEFINE_list("report", None, "print the table of these profile JSON files and exit")
 
 
@@ -75,8 +78,17 @@ def main(argv):
             accept_from=FLAGS.accept_from, repeats=FLAGS.repeats, trace=FLAGS.trace,
             label=FLAGS.label,
         )  # fmt: skip
-        results.append(profile.run(settings, FLAGS.out, dump_dir=_hlo_dump_dir(sys.argv)))
+        result = profile.run(settings, FLAGS.out, dump_dir=_hlo_dump_dir(sys.argv))
+        if FLAGS.hf:  # same process, same shape, after ours: one run
+            from specjax.bench import hf
+
+            result = hf.add_to_profile(result, repeats=FLAGS.repeats)
+        results.append(result)
     print(profile.markdown(results))
+    if FLAGS.hf:
+        from specjax.bench import hf
+
+        print(hf.markdown(results))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ untrained drafters on held-out prompts.
     python -m experiments.train_draft --config=configs/train_eagle_smollm.py \
         --workdir=runs/eagle_smollm --eval --compare_also=runs/medusa_smollm/drafter
 
-Interrupted runs resume from the last checkpoint when started again with the same workdir.
+    # publish the trained heads by name (<specjax cache>/drafters/NAME): --drafter eagle:heads=NAME
+    python -m experiments.train_draft --config=... --workdir=runs/eagle_qwen --name=eagle-qwen
+    # tokenize the prompts only (beside the data file), e.g. before a run on a lent GPU
+    python -m experiments.train_draft --config=... --workdir=runs/eagle_qwen --prompts_only
+
+Interrupted runs resume from the last checkpoint when started again with the same workdir;
+--stop_after_minutes stops one (with a checkpoint) when a time budget is spent.
 Writes config.json, data.npz (or config.data.path), checkpoints/, metrics.jsonl, drafter/ and,
 with --eval, eval.json and eval.md (see specjax/training/experiment.py, where the logic lives).
 """
@@ -33,6 +39,15 @@ _STOP_AT = flags.DEFINE_integer("stop_at_step", None, "Stop (with a checkpoint) 
 _ALSO = flags.DEFINE_list(
     "compare_also", [], "With --eval: other exported drafters (drafter/ folders) to measure."
 )
+_STOP_AFTER = flags.DEFINE_float(
+    "stop_after_minutes", None, "Stop training (with a checkpoint) after this many minutes."
+)
+_NAME = flags.DEFINE_string(
+    "name", None, "Publish the trained heads under this name (drafter spec heads=NAME)."
+)
+_PROMPTS_ONLY = flags.DEFINE_bool(
+    "prompts_only", False, "Tokenize and cache the training prompts, then exit."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,12 +57,32 @@ def main(argv: list[str]) -> None:
     # --config.* flags are applied after get_config: check them before any work.
     training_config.validate(_CONFIG.value)
     config, workdir = _CONFIG.value, Path(_WORKDIR.value)
+    if _NAME.value is not None and config.kind == "distill":
+        raise app.UsageError("--name publishes heads (kind eagle or medusa), not a draft model")
+    if _PROMPTS_ONLY.value:
+        from specjax.eval.models import load_model, load_tokenizer_for
+
+        # Text prompts need only the tokenizer (no weights are converted).
+        random = config.data.source == "random"
+        source = load_model(config.target) if random else load_tokenizer_for(config.target)
+        prompts = experiment.load_prompts(config, source, workdir)
+        print(f"{len(prompts)} prompts in {experiment.prompts_path(config, workdir)}")
+        return
+    stop_after = None if _STOP_AFTER.value is None else 60.0 * _STOP_AFTER.value
     run = experiment.run_training(
-        config, workdir, progress=_PROGRESS.value, stop_at_step=_STOP_AT.value
+        config,
+        workdir,
+        progress=_PROGRESS.value,
+        stop_at_step=_STOP_AT.value,
+        stop_after_s=stop_after,
     )
     last = run.train.history[-1] if run.train.history else {}
     print(f"trained {config.kind} to step {run.train.step}: {json.dumps(last)}")
     print(f"drafter saved to {run.drafter_path}")
+    if _NAME.value is not None:
+        from specjax.drafters.heads import publish_heads
+
+        print(f"published as {_NAME.value}: {publish_heads(run.drafter_path, _NAME.value)}")
     if _EVAL.value:
         extra = {
             f"{path} (trained)": experiment.load_trained(path, run.target) for path in _ALSO.value

@@ -7,7 +7,8 @@
 Drafters are those of `specjax.drafters.registry`, by the same names and defaults as in
 experiment configs: `--drafter ngram|early-exit|eagle|medusa|model`, knobs as flags (--ngram,
 --exit-layer, --heads, --draft) or in the spec (`--drafter early-exit:exit_layer=10`).
-Trained heads (experiments/train_draft.py) draft with `--drafter eagle|medusa --heads PATH`.
+Trained heads (experiments/train_draft.py) draft with `--drafter eagle|medusa --heads PATH`,
+or by the name they were published under (`train_draft.py --name=NAME`): `--heads NAME`.
 Without --draft (and without another --drafter) it decodes autoregressively. In the text
 output, accepted draft tokens are green and tokens the target produced itself (the first
 token, corrections after a rejection, bonus tokens after a full acceptance) are blue, as in
@@ -92,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     gen.add_argument("--ngram", type=int, help="longest n-gram (--drafter ngram; default 3)")
     gen.add_argument("--exit-layer", type=int, help="--drafter early-exit (default: L // 3)")
-    gen.add_argument("--heads", help="trained heads folder (--drafter eagle|medusa)")
+    gen.add_argument(
+        "--heads", help="trained heads: a folder, or a published name (--drafter eagle|medusa)"
+    )
     gen.add_argument(
         "--tree",
         help="token tree (--drafter model, early-exit or eagle; greedy or sampled): static "
@@ -140,8 +143,10 @@ def make_drafter(args, target, draft_name: str | None):
             check_same_tokenizer(target.tokenizer, draft.tokenizer, names)
         return registry.build(spec, target.pair, draft=draft.pair)
     if spec.kind in ("eagle", "medusa") and not spec.knobs["heads"]:
-        raise SystemExit(f"error: --drafter {spec.kind} needs --heads PATH (trained heads)")
-    return registry.build(spec, target.pair)
+        raise SystemExit(
+            f"error: --drafter {spec.kind} needs --heads FOLDER or NAME (trained heads)"
+        )
+    return registry.build(spec, target.pair, target_sha256=target.metadata.get("sha256"))
 
 
 def generate_command(args) -> dict[str, Any]:

@@ -110,3 +110,50 @@ def time_hf(
         )
         log(f"HF {mode}: {ms_per_token:.2f} ms/token incl. prefill (warm-up {warmup_s:.1f} s)")
     return rows
+
+
+def add_to_profile(result: dict[str, Any], *, repeats: int = 3) -> dict[str, Any]:
+    """HF at the shape of a `profile.run` result (its context and new tokens), added to the
+    result and its JSON file under "hf". Ours beside it: the "ar" section's wall time per
+    token with the prefill included, as HF's figure."""
+    import json
+
+    from specjax.fileio import atomic_write
+    from specjax.parallel.bench import SHAPES
+
+    s = result["settings"]
+    rows = time_hf(
+        SHAPES[s["shape"]], context=s["context"], new_tokens=s["new_tokens"], repeats=repeats
+    )
+    ar = result["sections"].get("ar")
+    ours = ar["wall_ms"] / s["new_tokens"] if ar else None
+    for row in rows:
+        row["specjax_ar_ms_per_token_incl_prefill"] = ours
+        row["hf_over_specjax"] = row["ms_per_token_incl_prefill"] / ours if ours else None
+    result = {**result, "hf": rows}
+    saved = {k: v for k, v in result.items() if k != "json"}
+    atomic_write(result["json"], json.dumps(saved, indent=1, default=str))
+    return result
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    """specjax's autoregressive loop beside HF at the same shapes (ms/token, prefill in)."""
+    lines = [
+        "| shape | specjax AR | HF eager | HF static + compile | HF compiled / specjax |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        hf = {row["name"]: row for row in r.get("hf", [])}
+        if not hf:
+            continue
+        eager = hf.get("hf_eager", {}).get("ms_per_token_incl_prefill")
+        compiled = hf.get("hf_static_compile", {})
+        ours = compiled.get("specjax_ar_ms_per_token_incl_prefill")
+        cells = [r["settings"]["shape"], ours, eager, compiled.get("ms_per_token_incl_prefill"),
+                 compiled.get("hf_over_specjax")]  # fmt: skip
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))

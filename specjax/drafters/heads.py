@@ -553,17 +553,81 @@ def is_saved_heads(directory: str | os.PathLike) -> bool:
     return (Path(directory) / SPEC_FILE).is_file()
 
 
+# --------------------------------------------------------------------------------------------
+# Heads by name: a folder of the specjax cache.
+
+
+def heads_home() -> Path:
+    """Where named heads live: <specjax cache>/drafters/<name>/ (the cache of
+    `specjax.checkpoints.sources`, $SPECJAX_CACHE or ~/.cache/specjax)."""
+    from specjax.checkpoints.sources import cache_dir
+
+    return cache_dir() / "drafters"
+
+
+def available_heads() -> list[str]:
+    """Names of the heads saved under `heads_home()`."""
+    home = heads_home()
+    return sorted(p.name for p in home.iterdir() if is_saved_heads(p)) if home.is_dir() else []
+
+
+def publish_heads(directory: str | os.PathLike, name: str) -> Path:
+    """Copies heads saved by `save_heads` to `heads_home()/name` (atomically, replacing an
+    older copy), so that drafter specs can name them: ``eagle:heads=<name>``."""
+    import shutil
+
+    from specjax.fileio import atomic_directory
+
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"a heads name is one plain folder name, got {name!r}")
+    if not is_saved_heads(directory):
+        raise FileNotFoundError(f"{directory} holds no saved draft heads (no {SPEC_FILE})")
+    final = heads_home() / name
+    with atomic_directory(final) as tmp:
+        shutil.copytree(directory, tmp, dirs_exist_ok=True)
+    return final
+
+
+def resolve_heads(name_or_path: str | os.PathLike) -> Path:
+    """A heads folder: `name_or_path` itself when it is a folder, else the named heads under
+    `heads_home()`; a clear error listing the known names otherwise."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    named = heads_home() / str(name_or_path)
+    if "/" not in str(name_or_path) and is_saved_heads(named):
+        return named
+    known = available_heads()
+    hint = (
+        f"named heads in {heads_home()}: {', '.join(known)}"
+        if known
+        else (
+            f"no named heads in {heads_home()} yet (experiments/train_draft.py --name=NAME "
+            "publishes a trained run's heads there)"
+        )
+    )
+    raise FileNotFoundError(f"no heads folder or named heads {str(name_or_path)!r}; {hint}")
+
+
 def load_heads(
-    directory: str | os.PathLike, target: Model, target_params: Params
+    directory: str | os.PathLike,
+    target: Model,
+    target_params: Params,
+    *,
+    target_sha256: str | None = None,
 ) -> tuple[HeadDrafter, HeadParams]:
     """(drafter, params) of heads saved by `save_heads`, attached to `target`'s embedding.
 
-    Fails with a message when the heads were trained for another architecture (features of a
-    different width or vocabulary would make them meaningless).
+    `directory` is a folder or a name under `heads_home()` (`resolve_heads`). Fails with a
+    message when the heads were trained for another architecture (features of a different
+    width or vocabulary would make them meaningless), or, when both are known, for other
+    weights of the same architecture (`target_sha256`, the target checkpoint's sha256, against
+    the one recorded at training): such heads load and run, but draft from features they
+    never saw, so acceptance would be silently low.
     """
     from specjax.checkpoints.orbax import orbax_restore
 
-    directory = Path(directory)
+    directory = resolve_heads(directory)
     if not is_saved_heads(directory):
         raise FileNotFoundError(f"{directory} holds no saved draft heads (no {SPEC_FILE})")
     spec = json.loads((directory / SPEC_FILE).read_text())
@@ -582,6 +646,13 @@ def load_heads(
         raise ValueError(
             f"{directory}: these {spec['kind']} heads were trained for another target "
             f"architecture (fields differ: {differing})"
+        )
+    trained_sha = (spec.get("metadata", {}).get("target") or {}).get("sha256")
+    if target_sha256 and trained_sha and target_sha256 != trained_sha:
+        raise ValueError(
+            f"{directory}: these {spec['kind']} heads were trained on the features of the "
+            f"checkpoint with sha256 {trained_sha[:12]}…, not of this target "
+            f"({target_sha256[:12]}…): same architecture, other weights"
         )
     drafter, abstract = init_heads(
         spec["kind"],

@@ -10,8 +10,8 @@ Kinds and their knobs (a knob's name is its spec key and its config key ``drafte
     model       a separate draft model           model=<name, path, hub id, random:<shape>>
     ngram       prompt lookup, no weights        ngram_n=3 (longest n-gram), ngram_min=1
     early-exit  the target's first layers        exit_layer=0 (0 = a third of the target's)
-    eagle       trained EAGLE heads              heads=<folder saved by heads.save_heads>
-    medusa      trained Medusa heads             heads=<folder saved by heads.save_heads>
+    eagle       trained EAGLE heads              heads=<folder or name (heads.resolve_heads)>
+    medusa      trained Medusa heads             heads=<folder or name (heads.resolve_heads)>
 
 ``early-exit`` is the canonical spelling; ``early_exit`` is accepted as an alias (older
 benchmark specs and training configs wrote it), here and nowhere else.
@@ -85,7 +85,12 @@ class DrafterKind:
     drafts_trees: bool = False
 
 
-_HEADS = Knob("heads", "", "folder of heads saved by specjax.drafters.heads.save_heads")
+_HEADS = Knob(
+    "heads",
+    "",
+    "heads saved by specjax.drafters.heads.save_heads: a folder, or a name of "
+    "heads published to the specjax cache (experiments/train_draft.py --name)",
+)
 
 KINDS: dict[str, DrafterKind] = {
     kind.name: kind
@@ -339,7 +344,11 @@ def spec_from_config(drafter: Mapping[str, Any], **decoding: Any) -> DrafterSpec
 
 
 def build(
-    spec: DrafterSpec | str, target: tuple[Any, Any], *, draft: tuple[Any, Any] | None = None
+    spec: DrafterSpec | str,
+    target: tuple[Any, Any],
+    *,
+    draft: tuple[Any, Any] | None = None,
+    target_sha256: str | None = None,
 ) -> Any:
     """What `specjax.generate` takes as the drafter of ``spec`` for ``target`` (Model, params).
 
@@ -349,11 +358,14 @@ def build(
       draft: kind model only: the draft (Model, params), loaded by the caller (the CLI, the
         experiment runner and the benchmarks each load models their own way: names,
         random:<shape>, dtype). Returned as is.
+      target_sha256: the target checkpoint's sha256, when known: heads trained on another
+        checkpoint's features are refused (see `heads.load_heads`).
 
     Returns:
       model: ``draft``; ngram: an NgramDrafter; early-exit: (DraftModelDrafter, params) over
       the target's first exit_layer layers (0 = `default_exit_layer`); eagle / medusa:
-      (heads drafter, params) loaded from the ``heads`` folder.
+      (heads drafter, params) loaded from the ``heads`` folder or name
+      (`heads.resolve_heads`: named heads live under `heads.heads_home()`).
     """
     if isinstance(spec, str):
         spec = parse_spec(spec)
@@ -379,8 +391,10 @@ def build(
     from specjax.drafters.heads import load_heads
 
     if not str(k["heads"]).strip():
-        raise ValueError(f"drafter {spec.kind} needs heads=<folder of saved {spec.kind} heads>")
-    drafter = load_heads(k["heads"], model, params)
+        raise ValueError(
+            f"drafter {spec.kind} needs heads=<folder or name of saved {spec.kind} heads>"
+        )
+    drafter = load_heads(k["heads"], model, params, target_sha256=target_sha256)
     if drafter[0].kind != spec.kind:
         raise ValueError(f"{k['heads']} holds {drafter[0].kind} heads, not {spec.kind}")
     return drafter

@@ -137,6 +137,10 @@ class DecodeResult:
     tau: float  # tokens emitted per verification call (GenerateOutput.tau)
     acceptance_tau: float  # accepted drafts + 1 per call, before EOS/budget cuts
     alpha: list[float]
+    # The counts behind tau and alpha (so that results pool exactly): verification calls,
+    # and accepted drafts per draft position, summed over rows.
+    verify_calls: int = 0
+    accepted_per_position: list[int] = dataclasses.field(default_factory=list)
     token_lists: list[list[int]] = dataclasses.field(repr=False, default_factory=list)
     from_draft: list[list[bool]] = dataclasses.field(repr=False, default_factory=list)
 
@@ -204,6 +208,12 @@ def _result(name, drafter, gamma, temperature, compile_s, median_s, out, batch) 
         tau=out.tau if drafter is not None else 1.0,
         acceptance_tau=out.acceptance_tau if drafter is not None else 1.0,
         alpha=alpha,
+        verify_calls=int(np.sum(np.asarray(out.stats.verify_calls))),
+        accepted_per_position=(
+            np.sum(np.asarray(out.stats.accepted_per_position), axis=0).astype(int).tolist()
+            if drafter is not None
+            else []
+        ),
         token_lists=out.token_lists(),
         from_draft=[
             np.asarray(out.from_draft)[b, : len(row)].tolist()

@@ -107,6 +107,11 @@ class DraftData:
 
         return part(slice(0, cut)), part(slice(cut, self.num_sequences))
 
+    def on_device(self) -> DraftData:
+        """The same data with its arrays on the default device (batches gather there)."""
+        arrays = jax.device_put((self.tokens, self.lengths, self.gen_start, self.hidden))
+        return DraftData(*arrays, info=self.info)
+
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         return {
             "tokens": self.tokens[indices],
@@ -136,10 +141,12 @@ def sharegpt_prompts(
     tokenizer: Any, num_prompts: int, max_prompt_tokens: int, seed: int
 ) -> list[list[int]]:
     """Chat-formatted first user turns of ShareGPT conversations that fit max_prompt_tokens."""
-    from specjax.eval.prompts import load_prompts
+    from specjax.eval.prompts import load_prompts, select_subset
 
-    # ~70% of ShareGPT first turns fit 96 SmolLM2 tokens: 3x candidates is plenty.
-    candidates = load_prompts("sharegpt", subset=max(4 * num_prompts, 64), seed=seed)
+    # ~70% of ShareGPT first turns fit 96 SmolLM2 tokens: 4x candidates is plenty, where the
+    # set has them (15,614 prompts).
+    every = load_prompts("sharegpt")
+    candidates = select_subset(every, min(max(4 * num_prompts, 64), len(every)), seed)
     prompts = []
     for prompt in candidates:
         ids = tokenizer.encode_chat([{"role": "user", "content": prompt.text}])

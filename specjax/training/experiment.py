@@ -54,16 +54,57 @@ class TrainingRun:
     data_info: dict[str, Any]
 
 
-def _prompts(config: ml_collections.ConfigDict, target: LoadedModel) -> list[list[int]]:
+def _prompts(config: ml_collections.ConfigDict, target: LoadedModel | Any) -> list[list[int]]:
+    """`target`: the LoadedModel, or for text sources just its tokenizer."""
     d = config.data
     if d.source == "random":
         return data_lib.random_prompts(
             target.config.vocab_size, d.num_prompts, d.max_prompt_tokens, d.seed
         )
-    if target.tokenizer is None:
-        raise ValueError(f"data.source={d.source!r} needs a tokenizer; {target.spec} has none")
+    tokenizer = target.tokenizer if isinstance(target, LoadedModel) else target
+    if tokenizer is None:
+        raise ValueError(f"data.source={d.source!r} needs a tokenizer; {config.target} has none")
     make = data_lib.sharegpt_prompts if d.source == "sharegpt" else data_lib.stdlib_prompts
-    return make(target.tokenizer, d.num_prompts, d.max_prompt_tokens, d.seed)
+    return make(tokenizer, d.num_prompts, d.max_prompt_tokens, d.seed)
+
+
+def prompts_path(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+    """Where the tokenized prompts of this config are cached: beside its data file."""
+    data = data_path(config, workdir)
+    return data.with_name(data.stem + ".prompts.json")
+
+
+def data_path(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+    return Path(config.data.path) if config.data.path else workdir / "data.npz"
+
+
+def load_prompts(
+    config: ml_collections.ConfigDict, target: LoadedModel | Any, workdir: Path
+) -> list[list[int]]:
+    """The training prompts' token ids, cached in a JSON file keyed by the settings they
+    depend on. Tokenizing thousands of ShareGPT prompts takes minutes in the pure-Python
+    tokenizer: done once on any machine (`experiments/train_draft.py --prompts_only`), the
+    file travels to the accelerator with the run and the data is generated there.
+    `target`: the LoadedModel, or (text sources) only its tokenizer."""
+    d = config.data
+    settings = {
+        "target": config.target,
+        "source": d.source,
+        "num_prompts": d.num_prompts,
+        "max_prompt_tokens": d.max_prompt_tokens,
+        "seed": d.seed,
+    }
+    key = data_lib.data_key(settings)
+    path = prompts_path(config, workdir)
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("settings_key") == key:
+            return cached["prompts"]
+    prompts = _prompts(config, target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"settings": settings, "settings_key": key, "prompts": prompts}
+    atomic_write(path, json.dumps(blob))
+    return prompts
 
 
 def load_data(
@@ -78,7 +119,7 @@ def load_data(
         eos = () if target.tokenizer is None else target.tokenizer.eos_ids
         return data_lib.build_data(
             target.pair,
-            _prompts(config, target),
+            load_prompts(config, target, workdir),
             max_new_tokens=config.data.max_new_tokens,
             temperature=config.data.temperature,
             eos_ids=eos,
@@ -88,8 +129,7 @@ def load_data(
             progress=progress,
         )
 
-    path = Path(config.data.path) if config.data.path else workdir / "data.npz"
-    return data_lib.load_or_build(path, settings, build)
+    return data_lib.load_or_build(data_path(config, workdir), settings, build)
 
 
 def draft_model_init(
@@ -123,6 +163,7 @@ def run_training(
     *,
     progress: bool = True,
     stop_at_step: int | None = None,
+    stop_after_s: float | None = None,
 ) -> TrainingRun:
     """Data -> training (resumable) -> exported drafter. See the module docstring."""
     workdir = Path(workdir)
@@ -152,7 +193,10 @@ def run_training(
         else:
             loss_fn = objectives.medusa_loss(drafter, M, h.head_decay)
         if h.init_from:  # warm start, e.g. fine-tuning EAGLE-1 heads with unroll_steps > 1
-            loaded, loaded_params = heads.load_heads(h.init_from, target.model, target.params)
+            sha = target.metadata.get("sha256")
+            loaded, loaded_params = heads.load_heads(
+                h.init_from, target.model, target.params, target_sha256=sha
+            )
             if loaded != drafter:
                 raise ValueError(
                     f"head.init_from={h.init_from!r} holds {loaded.kind} heads "
@@ -179,9 +223,11 @@ def run_training(
         eval_data=eval_data if eval_data.num_sequences else None,
         progress=progress,
         stop_at_step=stop_at_step,
+        stop_after_s=stop_after_s,
     )
     metadata = {
         "config": config.to_dict(),
+        "target": {"spec": config.target, "sha256": target.metadata.get("sha256")},
         "steps": result.step,
         "data": {k: v for k, v in data.info.items() if k != "settings"},
         "last_metrics": result.history[-1] if result.history else {},
@@ -245,9 +291,13 @@ def baseline_drafters(
 
 def load_trained(path: str | Path, target: LoadedModel) -> tuple[Any, Any]:
     """A drafter exported by `run_training`: heads (heads.json) or a draft model."""
+    if not Path(path).is_dir():
+        path = heads.resolve_heads(path)  # a published name
     path = Path(path)
     if heads.is_saved_heads(path):
-        return heads.load_heads(path, target.model, target.params)
+        return heads.load_heads(
+            path, target.model, target.params, target_sha256=target.metadata.get("sha256")
+        )
     from specjax.checkpoints import load
 
     model, params, _ = load(path)

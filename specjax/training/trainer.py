@@ -58,6 +58,10 @@ class TrainSettings:
       checkpoint_every: steps between checkpoints.
       keep_checkpoints: how many checkpoints to keep.
       eval_batch_size: sequences per held-out evaluation batch.
+      data_on_device: put the whole training data (tokens and the target's features) on the
+        accelerator once and gather batches there, instead of gathering each batch on the
+        host and sending it (on a GPU the host gather and copy of [B, T, D] features take
+        longer than a head's step). Needs the data to fit in device memory.
     """
 
     num_steps: int = 100
@@ -71,6 +75,7 @@ class TrainSettings:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     eval_batch_size: int = 8
+    data_on_device: bool = False
 
     def schedule(self) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(
@@ -183,6 +188,7 @@ def train(
     eval_data: DraftData | None = None,
     progress: bool = True,
     stop_at_step: int | None = None,
+    stop_after_s: float | None = None,
 ) -> TrainResult:
     """Trains `trainable` to minimise `loss_fn` on `data`, resuming from <workdir>'s latest
     checkpoint if there is one.
@@ -198,6 +204,10 @@ def train(
       progress: show a tqdm bar.
       stop_at_step: stop (with a checkpoint) once this step is reached, before num_steps:
         a scheduled interruption; a later call resumes from there.
+      stop_after_s: stop (with a checkpoint and a metrics record) at the first step that ends
+        after this many seconds of training: a time budget on a lent machine. The learning
+        rate schedule is not shortened, so a stopped run is an early cut of the full run (a
+        later call resumes it); `TrainResult.step` says where it stopped.
     """
     from tqdm.auto import tqdm
 
@@ -222,10 +232,16 @@ def train(
         _truncate_metrics(metrics_path, start_step)
     end_step = settings.num_steps if stop_at_step is None else min(stop_at_step, settings.num_steps)
 
-    train_step = make_train_step(loss_fn, settings)
+    if settings.data_on_device:
+        data = data.on_device()
+        eval_data = None if eval_data is None else eval_data.on_device()
+    # The step does not depend on where the data lives: one compiled step for both.
+    train_step = make_train_step(loss_fn, dataclasses.replace(settings, data_on_device=False))
     eval_fn = make_eval_step(loss_fn) if eval_data is not None else None
     history: list[dict[str, Any]] = []
-    sums: dict[str, float] = {}
+    # Metrics are summed on the device and read at log steps only: reading them every step
+    # would wait for each step before the next batch is gathered and sent.
+    sums: dict[str, jax.Array] = {}
     count = 0
     clock = time.perf_counter()
 
@@ -248,13 +264,17 @@ def train(
             trainable, opt_state, metrics = train_step(
                 trainable, opt_state, frozen, data.batch(indices), jnp.int32(step)
             )
-            for key, value in jax.device_get(metrics).items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+            sums = {k: v + sums[k] if k in sums else v for k, v in metrics.items()}
             count += 1
             done = step + 1
             bar.update(1)
+            out_of_time = stop_after_s is not None and time.perf_counter() - clock > stop_after_s
+            if out_of_time:
+                end_step = done
+                bar.write(f"train: time budget of {stop_after_s:.0f} s spent, stopping at {done}")
             if done % settings.log_every == 0 or done == end_step:
-                record = {"step": done, **{k: v / count for k, v in sums.items()}}
+                record = {"step": done}
+                record.update({k: float(v) / count for k, v in jax.device_get(sums).items()})
                 record["learning_rate"] = float(settings.schedule()(step))
                 if eval_fn is not None:
                     record.update(
@@ -270,6 +290,8 @@ def train(
                 sums, count = {}, 0
             if done % settings.checkpoint_every == 0 or done == end_step:
                 save(done)
+            if out_of_time:
+                break
     manager.wait_until_finished()
     manager.close()
     return TrainResult(

@@ -241,3 +241,46 @@ def test_config_errors():
         tiny_config("medusa", **{"head.num_heads": 2, "eval.gamma": 3})
     with pytest.raises(training_config.ConfigError, match="unknown config key"):
         tiny_config("eagle", **{"train.num_stepz": 3})
+
+
+def test_time_budget_stop_and_device_data_resume_exactly(tmp_path, objectives_by_kind, data):
+    """A run stopped by its time budget checkpoints where it stopped; resumed with the data
+    on the device (batches gathered there), it ends bit for bit where the uninterrupted
+    host-data run ends."""
+    import dataclasses
+
+    loss_fn, trainable, frozen = objectives_by_kind["eagle"]
+    whole = train(loss_fn, trainable, frozen, data, SETTINGS, tmp_path / "a", progress=False,
+                  stop_at_step=4)  # fmt: skip
+    on_device = dataclasses.replace(SETTINGS, data_on_device=True)
+    parts = tmp_path / "b"
+    cut = train(loss_fn, trainable, frozen, data, on_device, parts, progress=False,
+                stop_after_s=0.0)  # fmt: skip
+    assert cut.step == 1 and cut.start_step == 0
+    records = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1]  # the stop is logged, off the log_every grid
+    resumed = train(loss_fn, trainable, frozen, data, on_device, parts, progress=False,
+                    stop_at_step=4)  # fmt: skip
+    assert resumed.start_step == 1 and resumed.step == 4
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_prompts_are_cached_by_their_settings(tmp_path, monkeypatch):
+    """The tokenized prompts land beside the data file and are reused while the settings that
+    made them hold; other settings tokenize afresh."""
+    config = tiny_config("medusa", **{"data.path": str(tmp_path / "d" / "x.npz")})
+    loaded = experiment.load_model(config.target)
+    first = experiment.load_prompts(config, loaded, tmp_path)
+    path = experiment.prompts_path(config, tmp_path)
+    assert path == tmp_path / "d" / "x.prompts.json" and path.is_file()
+
+    def refuse(*_):
+        raise AssertionError("tokenized again although the cache matches")
+
+    monkeypatch.setattr(experiment, "_prompts", refuse)
+    assert experiment.load_prompts(config, loaded, tmp_path) == first
+    other = tiny_config("medusa", **{"data.path": str(tmp_path / "d" / "x.npz"),
+                                     "data.seed": 5})  # fmt: skip
+    with pytest.raises(AssertionError, match="tokenized again"):
+        experiment.load_prompts(other, loaded, tmp_path)

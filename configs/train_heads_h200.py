@@ -1,0 +1,94 @@
+"""Draft heads trained on one GPU: EAGLE (plus its HASS / EAGLE-3 style fine-tuning with replayed
+drafting steps) and Medusa, for SmolLM2-135M-Instruct and Qwen2.5-Coder-1.5B-Instruct, each on
+the target's own greedy answers to 8,192 ShareGPT prompts (+ 64 held out).
+
+    python -m experiments.train_draft --config=configs/train_heads_h200.py:qwen-eagle \
+        --workdir=runs/qwen_eagle --name=eagle-qwen2.5-coder-1.5b
+    python -m experiments.train_draft --config=configs/train_heads_h200.py:qwen-eagle,train.num_steps=10 ...
+
+The argument is a preset name, then optional overrides ("key=value,..."). Presets:
+
+    smollm2-eagle   smollm2-hass   smollm2-medusa   qwen-eagle   qwen-hass   qwen-medusa
+
+The presets of one target share one data file (data.path): the answers are generated once.
+`-hass` presets fine-tune the EAGLE run's exported heads (head.init_from) with the drafting
+steps replayed in training (head.unroll_steps = 3: the head is fed its own predicted features,
+as at drafting time); run the `-eagle` preset first. The prompts can be tokenized ahead, on any
+machine (`--prompts_only`): the file lands beside the data file. experiments/h200/heads.sh runs
+the whole recipe on a lent H200 and says how the files travel there.
+"""
+
+from specjax.training import config as training_config
+
+_SMOLLM2 = {
+    "target": "smollm2-135m-instruct",
+    "dtype": "bfloat16",  # the dtype the heads then draft for; heads train in float32
+    "data.num_prompts": 8256,
+    "data.num_eval": 64,
+    "data.max_prompt_tokens": 96,
+    "data.max_new_tokens": 128,
+    "data.batch_size": 512,
+    "data.path": "runs/data/smollm2_sharegpt_8256x128.npz",
+    "train.batch_size": 64,
+    "train.eval_batch_size": 64,
+    "train.log_every": 100,
+    "train.checkpoint_every": 500,
+    "train.data_on_device": True,
+}
+# Qwen's chat template adds a system prompt (~20 tokens): prompts get a longer budget.
+_QWEN = {
+    **_SMOLLM2,
+    "target": "qwen2.5-coder-1.5b-instruct",
+    "data.max_prompt_tokens": 128,
+    "data.batch_size": 256,
+    "data.path": "runs/data/qwen2.5-coder-1.5b_sharegpt_8256x128.npz",
+    "train.batch_size": 32,
+    "train.eval_batch_size": 32,
+}
+_EAGLE = {
+    "kind": "eagle",
+    "train.num_steps": 4000,
+    "train.learning_rate": 1e-3,
+    "train.warmup_steps": 100,
+    "eval.gamma": 4,
+}
+_HASS = {
+    **_EAGLE,
+    "head.unroll_steps": 3,
+    "train.num_steps": 800,
+    "train.learning_rate": 3e-4,
+    "train.warmup_steps": 20,
+}
+_MEDUSA = {
+    "kind": "medusa",
+    "head.num_heads": 4,
+    "train.num_steps": 3000,
+    "train.learning_rate": 1e-3,
+    "train.warmup_steps": 100,
+    "eval.gamma": 4,
+}
+PRESETS = {
+    "smollm2-eagle": {**_SMOLLM2, **_EAGLE},
+    "smollm2-hass": {**_SMOLLM2, **_HASS, "head.init_from": "runs/smollm2_eagle/drafter"},
+    "smollm2-medusa": {**_SMOLLM2, **_MEDUSA},
+    "qwen-eagle": {**_QWEN, **_EAGLE, "train.learning_rate": 5e-4},
+    "qwen-hass": {**_QWEN, **_HASS, "head.init_from": "runs/qwen_eagle/drafter"},
+    "qwen-medusa": {**_QWEN, **_MEDUSA},
+}
+
+
+def get_config(arg: str | None = None):
+    preset, _, overrides = (arg or "").partition(",")
+    if preset not in PRESETS:
+        raise training_config.ConfigError(
+            f"configs/train_heads_h200.py needs a preset, one of {sorted(PRESETS)}, "
+            f"got {preset!r} (e.g. configs/train_heads_h200.py:qwen-eagle)"
+        )
+    config = training_config.base_config()
+    settings = {**PRESETS[preset]}
+    config = training_config.finalize(config, settings)
+    if not overrides:
+        return config
+    # Overrides apply on top of the preset (finalize locks; a fresh pass re-validates).
+    config.unlock()
+    return training_config.finalize(config, overrides)

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Draft heads trained and every drafter compared on one lent H200, in one pass (issue
+# "Drafters that earn their keep"). Run from the repository root, in the background (setsid):
+# the stages wait for the weights that later device calls bring.
+#
+#   SPECJAX_CACHE=~/sc DEADLINE=$(( $(date +%s) + 1500 )) setsid nohup \
+#       bash experiments/h200/heads.sh ~/w > ~/w/heads.log 2>&1 &
+#
+# Before it (and while it runs), the files travel as in DEVELOPERS.md: the GGUFs in <= 62 MB
+# parts appended to one file each, checked and moved into $SPECJAX_CACHE/models/ under their
+# registry names (smollm2-135m-instruct first: its training starts at once; then the Qwen
+# 1.5B target, whose training waits for its file; the Qwen 0.5B draft by the comparison).
+# The tokenized ShareGPT prompts travel as runs/data/*.prompts.json (made on any machine with
+# `experiments/train_draft.py --prompts_only`, see configs/train_heads_h200.py), the
+# evaluation prompts as a folder $PROMPT_DIR (question.jsonl, HumanEval.jsonl.gz, test.jsonl).
+#
+# Stages (each logs to <work>/logs/<stage>.log and appends "<stage> ok|failed|skipped <s>" to
+# <work>/status):
+#   1. per target, in parallel: training data (the target's greedy answers to 8,192 + 64
+#      ShareGPT prompts, features), EAGLE, then HASS-style fine-tuning (replayed drafting
+#      steps) beside Medusa; SmolLM2's float32 exactness check runs beside the Qwen training;
+#   2. alone on the GPU (timed): every drafter on MT-Bench, HumanEval and GSM8K, greedy and
+#      temperature 1, bfloat16, batch 1, SmolLM2 then Qwen; then Qwen's float32 exactness;
+#   3. while DEADLINE allows: the Qwen batch 8 / 32 rows, HF transformers beside our AR loop.
+# A stage that would start after DEADLINE (epoch seconds) is skipped; training stages stop
+# at their --stop_after_minutes budget. SCALE=dry runs the same stages at toy sizes (CPU);
+# TARGETS=smollm2 leaves the Qwen stages out.
+set -u
+set -a  # every variable below reaches the stage commands (run by `timeout bash -c`)
+W=${1:?work folder}
+mkdir -p "$W/logs" "$W/runs/data" "$W/out"
+export PYTHONUNBUFFERED=1
+export SPECJAX_CACHE=${SPECJAX_CACHE:-$HOME/.cache/specjax}
+SCALE=${SCALE:-full}
+TARGETS=${TARGETS:-all}  # all | smollm2 (the Qwen stages off)
+DEADLINE=${DEADLINE:-$(($(date +%s) + 1500))}
+PROMPT_DIR=${PROMPT_DIR:-$PWD/.carry/prompts}
+REPO=$PWD
+PY=${PY:-python}
+SMOL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+QWEN_FILE=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+DRAFT_FILE=qwen2.5-coder-0.5b-instruct.gguf
+# Training runs and data live in $W/runs (configs name runs/...): link it into the repo.
+[ -e runs ] && [ ! -L runs ] && cp -rn runs/data/. "$W/runs/data/" 2>/dev/null
+[ -L runs ] || { rm -rf runs; ln -s "$W/runs" runs; }
+cp -n .carry/prompt_ids/*.prompts.json "$W/runs/data/" 2>/dev/null  # tokenized ahead
+
+if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
+  DATA="data.num_prompts=24,data.num_eval=8,data.max_new_tokens=8,data.batch_size=8"
+  TRAIN="train.batch_size=4,train.eval_batch_size=4,train.log_every=2,train.checkpoint_every=2"
+  TRAIN_EAGLE="$DATA,$TRAIN,train.num_steps=4"
+  TRAIN_SHORT="$DATA,$TRAIN,train.num_steps=2"
+  BUDGET_EAGLE=1; BUDGET_SHORT=1
+  COMPARE="--prompts_per_set=1 --max_new_tokens=8 --repeats=1 --prompt_bucket=128"
+  TREE_STATIC="2,1"; TREE_DYNAMIC="dynamic:depth=2,top_k=2,nodes=4"; GAMMA=2
+  BATCHES="2"; HF_SHAPES=""
+else
+  TRAIN_EAGLE=""; TRAIN_SHORT=""
+  BUDGET_EAGLE=${BUDGET_EAGLE:-3}; BUDGET_SHORT=${BUDGET_SHORT:-1.5}
+  COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512"
+  TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=5,top_k=4,nodes=32"; GAMMA=4
+  BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-qwen2.5-1.5b,llama3-8b}
+fi
+SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
+
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$W/status"; }
+left() { echo $((DEADLINE - $(date +%s))); }
+
+# stage NAME MIN_SECONDS_LEFT COMMAND...: runs COMMAND unless fewer seconds are left.
+stage() {
+  local name=$1 need=$2; shift 2
+  if [ "$(left)" -lt "$need" ]; then log "$name skipped ($(left) s left, needs $need)"; return 1; fi
+  local start=$SECONDS
+  log "$name started"
+  # No stage outlives the deadline: what it wrote so far (results are saved row by row) stays.
+  if timeout "$(($(left) - 20))" bash -c '"$@"' "$name" "$@" > "$W/logs/$name.log" 2>&1; then
+    log "$name ok $((SECONDS - start)) s"
+  else
+    log "$name failed $((SECONDS - start)) s (rc $?): $(tail -n 2 "$W/logs/$name.log" | tr '\n' ' ')"
+    return 1
+  fi
+}
+
+wait_for() {  # a model file in the cache, brought by later device calls
+  while [ ! -f "$SPECJAX_CACHE/models/$1" ]; do
+    [ "$(left)" -lt 120 ] && { log "gave up waiting for $1"; return 1; }
+    sleep 2
+  done
+}
+
+train() {  # train PRESET BUDGET_MINUTES [OVERRIDES] [--name=NAME]
+  local preset=$1 budget=$2 overrides=$3; shift 3
+  $PY -m experiments.train_draft --noprogress --stop_after_minutes="$budget" \
+    --config="configs/train_heads_h200.py:$preset${overrides:+,$overrides}" \
+    --workdir="runs/${preset//-/_}" "$@"
+}
+
+target_heads() {  # target_heads PREFIX NAME: data + EAGLE, then HASS beside Medusa
+  local p=$1 n=$2
+  stage "$p-eagle" 400 train "$p-eagle" "$BUDGET_EAGLE" "$TRAIN_EAGLE" --name="eagle-$n" || return
+  stage "$p-hass" 240 train "$p-hass" "$BUDGET_SHORT" "$TRAIN_SHORT" --name="hass-$n" &
+  stage "$p-medusa" 240 train "$p-medusa" "$BUDGET_SHORT" "$TRAIN_SHORT" --name="medusa-$n" &
+  wait
+}
+
+drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's comparison
+  local n=$1 draft=${2:-}
+  echo "--drafter=ngram:gamma=$GAMMA,name=prompt-lookup --drafter=early-exit:gamma=$GAMMA"
+  [ -n "$draft" ] && echo "--drafter=model:model=$SPECJAX_CACHE/models/$draft,gamma=2,name=draft-model"
+  echo "--drafter=medusa:heads=medusa-$n,gamma=$GAMMA --drafter=eagle:heads=eagle-$n,gamma=$GAMMA"
+  echo "--drafter=eagle:heads=hass-$n,gamma=$GAMMA,name=eagle-hass"
+  echo "--drafter=eagle:heads=eagle-$n,tree=$TREE_STATIC,name=eagle-tree"
+  echo "--drafter=eagle:heads=eagle-$n,tree=$TREE_DYNAMIC,name=eagle-dynamic-tree"
+}
+
+compare() {  # compare MODEL_FILE NAME TAG [DRAFT_FILE] [extra flags]: timed, bfloat16
+  local file=$1 n=$2 tag=$3 draft=${4:-}; shift 4
+  # shellcheck disable=SC2046
+  $PY -m experiments.bench --suites=real --gguf="$SPECJAX_CACHE/models/$file" $SETS $COMPARE \
+    --batches=1 --temperatures=0,1 --out="$W/out" --tag="$tag" $(drafters "$n" "$draft") "$@"
+}
+
+exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest precision, greedy
+  local file=$1 n=$2 tag=$3 draft=${4:-}
+  # shellcheck disable=SC2046
+  JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.bench --suites=real \
+    --gguf="$SPECJAX_CACHE/models/$file" $SETS $COMPARE --repeats=0 --batches=1 \
+    --temperatures=0 --dtype=float32 --out="$W/out" --tag="$tag" $(drafters "$n" "$draft")
+}
+
+export -f train compare exactness drafters
+log "start: $(left) s to the deadline, scale $SCALE"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
+# Three processes share the GPU while training: each takes at most 30% of its memory.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${TRAIN_MEM_FRACTION:-0.3}
+(
+  wait_for "$SMOL_FILE" && target_heads smollm2 smollm2-135m-instruct &&
+    stage smollm2-exact-f32 200 exactness "$SMOL_FILE" smollm2-135m-instruct _smollm2_f32
+) &
+[ "$TARGETS" = all ] && (wait_for "$QWEN_FILE" && target_heads qwen qwen2.5-coder-1.5b-instruct) &
+wait
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
+stage smollm2-compare 200 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2 ""
+[ "$TARGETS" = all ] && wait_for "$DRAFT_FILE"
+[ "$TARGETS" = all ] && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE"
+[ "$TARGETS" = all ] && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
+[ "$TARGETS" = all ] && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
+  --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" $SETS $COMPARE --batches="$BATCHES" \
+  --temperatures=0 --out="$W/out" --tag=_qwen_batched \
+  --drafter="eagle:heads=eagle-qwen2.5-coder-1.5b-instruct,gamma=$GAMMA" \
+  --drafter="ngram:gamma=$GAMMA,name=prompt-lookup"
+for shape in ${HF_SHAPES//,/ }; do  # ours then HF's, one process per shape
+  stage "hf-$shape" 150 $PY -m experiments.profile --shape="$shape" --what=ar --hf \
+    --label=specjax --out="$W/out/profile" --context=512 --new_tokens=128 --repeats=3 --notrace
+done
+# What comes back: results, logs, metrics, and the SmolLM2 heads (small); the Qwen heads
+# (~200 MB each) stay on the machine.
+cd "$W" && tar czf "$W/results.tgz" --exclude='*.npz' --exclude='checkpoints' \
+  --exclude='runs/qwen_*/drafter' out logs status runs/*/metrics.jsonl runs/*/config.json \
+  runs/smollm2_*/drafter runs/qwen_*/drafter/heads.json 2>/dev/null
+cd "$REPO" && log "done: $(ls -la "$W/results.tgz")"

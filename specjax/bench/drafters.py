@@ -1,0 +1,168 @@
+"""Every drafter on one target, per prompt set: the rows of `experiments/bench.py --suites=real`
+split by set and pooled, their tables and plots.
+
+Dimension legend: K draft length (gamma).
+
+At batch 1 each prompt set is timed on its own (`eval.bench.real_model_suite`: every prompt
+decoded alone, autoregressive decoding first, on the same prompts in the same process), and
+its rows carry the set's name. `pool_sets` adds an "all" row per configuration from the
+counts behind each figure, so the pooled τ, α and ms/token are exactly those of one run over
+every prompt (not means of the sets' ratios):
+
+    ms/token = Σ median_s / Σ tokens          (batch 1: a set's median_s is the sum of its
+                                               prompts' medians)
+    τ        = Σ (tokens − prompts) / Σ calls (every row's first token is the prefill's)
+    α_i      = Σ accepted_i / Σ reached_i,  reached_1 = calls, reached_i = accepted_{i-1}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specjax.eval import bench as eval_bench
+
+# The file of each prompt set inside a --prompt_dir (as the packages ship them).
+PROMPT_FILES = {
+    "mt_bench": "question.jsonl",
+    "humaneval": "HumanEval.jsonl.gz",
+    "gsm8k": "test.jsonl",
+}
+
+
+def load_prompt_sets(
+    tokenizer: Any, sets: Sequence[str], per_set: int, prompt_dir: str | None = None
+) -> dict[str, list[list[int]]]:
+    """Chat-formatted token ids of `per_set` prompts (first user turns, chosen by seeded
+    hash, stratified by category) of each set; files from `prompt_dir` when given."""
+    from specjax.eval.prompts import load_prompts
+
+    out = {}
+    for name in sets:
+        if name not in PROMPT_FILES:
+            raise ValueError(f"unknown prompt set {name!r}: one of {sorted(PROMPT_FILES)}")
+        path = os.path.join(prompt_dir, PROMPT_FILES[name]) if prompt_dir else None
+        texts = [p.text for p in load_prompts(name, subset=per_set, seed=0, path=path)]
+        out[name] = eval_bench.chat_prompt_ids(tokenizer, texts)
+    return out
+
+
+def suite_per_set(
+    target,
+    prompt_sets: Mapping[str, Sequence[Sequence[int]]],
+    drafters: Sequence[eval_bench.BenchDrafter],
+    *,
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+    **suite_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Batch-1 rows of `eval.bench.real_model_suite` for each prompt set (rows get "set"),
+    then the pooled "all" rows (`pool_sets`). `suite_kwargs`: temperatures, max_new_tokens,
+    repeats, eos_ids, prompt_bucket, log. Compiled programs are shared between the sets:
+    every prompt is padded to one bucket."""
+    rows: list[dict[str, Any]] = []
+    for name, prompts in prompt_sets.items():
+        done = list(rows)
+
+        def tagged(new_rows, name=name, done=done):
+            rows[:] = done + [{**r, "set": name} for r in new_rows]
+            if on_row:
+                on_row(rows)
+
+        eval_bench.real_model_suite(
+            target, prompts, drafters, batches=[1], on_row=tagged, **suite_kwargs
+        )
+    rows.extend(pool_sets(rows))
+    if on_row:
+        on_row(rows)
+    return rows
+
+
+def _key(row: Mapping[str, Any]) -> tuple:
+    return (row["name"], row["gamma"], row["temperature"], row["batch"])
+
+
+def pool_sets(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One "all" row per (configuration, temperature) of batch-1 per-set rows, with speedups
+    against the pooled autoregressive row of the same temperature (see the module)."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("set", "all") != "all" and row["batch"] == 1:
+            groups.setdefault(_key(row), []).append(row)
+    pooled = {key: _pool(group) for key, group in groups.items()}
+    for (_, _, temperature, batch), row in pooled.items():
+        ar = pooled.get(("autoregressive", 0, temperature, batch))
+        row["speedup"] = ar["ms_per_token"] / row["ms_per_token"] if ar else float("nan")
+    return list(pooled.values())
+
+
+def _pool(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    first = group[0]
+    tokens = sum(int(r["tokens"]) for r in group)
+    prompts = sum(int(r["prompts"]) for r in group)
+    median_s = sum(float(r["median_s"]) for r in group)
+    calls = sum(int(r.get("verify_calls", 0)) for r in group)
+    accepted = np.sum([r.get("accepted_per_position") or [0] for r in group], axis=0)
+    row = {
+        **{k: first[k] for k in ("name", "batch", "gamma", "temperature")},
+        "set": "all",
+        "prompts": prompts,
+        "tokens": tokens,
+        "median_s": median_s,
+        "ms_per_token": 1e3 * median_s / tokens,
+        "tokens_per_s": tokens / median_s,
+        "compile_s": max(float(r["compile_s"]) for r in group),
+        "verify_calls": calls,
+    }
+    if first["name"] == "autoregressive":
+        return {**row, "tau": 1.0, "acceptance_tau": 1.0, "alpha": [], "exact": first["exact"]}
+    reached = np.concatenate([[calls], accepted[:-1]])
+    row.update(
+        tau=(tokens - prompts) / max(calls, 1),
+        acceptance_tau=1.0 + float(np.sum(accepted)) / max(calls, 1),
+        alpha=(accepted / np.maximum(reached, 1)).round(4).tolist(),
+        accepted_per_position=accepted.astype(int).tolist(),
+    )
+    exact = [r.get("exact") for r in group]
+    row["exact"] = None if None in exact else all(exact)
+    if "rows_identical" in first:
+        row["rows_identical"] = sum(int(r["rows_identical"]) for r in group)
+        row["min_common_prefix"] = min(int(r["min_common_prefix"]) for r in group)
+    return row
+
+
+COLUMNS = ("name", "temperature", "gamma", "prompts", "ms_per_token", "speedup", "tau",
+           "alpha", "exact")  # fmt: skip
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], sets: Sequence[str] = ("all",)) -> str:
+    """The batch-1 rows of the given sets as one table (a "set" column when several)."""
+    chosen = [r for r in rows if r.get("set", "all") in sets and r["batch"] == 1]
+    columns = ("set", *COLUMNS) if len(sets) > 1 else COLUMNS
+    return eval_bench.markdown_table(chosen, columns)
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> list[Path]:
+    """τ (with the speedup) and α per draft position of every drafter, pooled over the sets:
+    one figure per temperature (<path stem>_T<temperature>.png)."""
+    from specjax.training.plots import plot_comparison
+
+    path = Path(path)
+    written = []
+    for temperature in sorted({r["temperature"] for r in rows}):
+        chosen = [
+            {**r, "drafter": r["name"]}
+            for r in rows
+            if r.get("set") == "all" and r["temperature"] == temperature
+            and r["name"] != "autoregressive" and r["batch"] == 1
+        ]  # fmt: skip
+        if not chosen:
+            continue
+        mode = "greedy" if temperature == 0 else f"temperature {temperature:g}"
+        out = path.with_name(f"{path.stem}_T{temperature:g}.png")
+        plot_comparison(chosen, out, title=f"{title}, {mode}")
+        written.append(out)
+    return written
