@@ -1,0 +1,44 @@
+"""The per-set drafter comparison pools its sets exactly: the "all" rows equal one run over
+every prompt (tokens, τ, acceptance τ, α per position, greedy agreement)."""
+
+import numpy as np
+from support import TINY_LLAMA, random_model
+
+from specjax.bench import drafters as drafters_bench
+from specjax.eval import bench as eval_bench
+
+
+def test_pooled_rows_equal_one_run_over_every_prompt():
+    target = random_model(TINY_LLAMA, seed=11)
+    rng = np.random.default_rng(0)
+    sets = {
+        name: [rng.integers(1, 64, n).tolist() for n in lengths]
+        for name, lengths in (("a", (5, 9)), ("b", (3, 7, 12)))
+    }
+    drafter = eval_bench.parse_drafter_spec("early-exit:exit_layer=1,gamma=3", target)
+    common = dict(max_new_tokens=10, repeats=0, prompt_bucket=16)
+    rows = drafters_bench.suite_per_set(
+        target, sets, [drafter], temperatures=[0.0], log=lambda _: None, **common
+    )
+    assert [r["set"] for r in rows] == ["a", "a", "b", "b", "all", "all"]
+    pooled = {r["name"]: r for r in rows if r["set"] == "all"}
+    every = [p for prompts in sets.values() for p in prompts]
+    kwargs = dict(gamma=3, temperature=0.0, **common)
+    one = eval_bench.time_prompts_one_by_one(drafter.name, target, drafter.drafter, every,
+                                             **kwargs)  # fmt: skip
+    ar = eval_bench.time_prompts_one_by_one("autoregressive", target, None, every, **kwargs)
+    spec = pooled[drafter.name]
+    assert spec["tokens"] == one.tokens and spec["prompts"] == len(every)
+    assert spec["verify_calls"] == one.verify_calls
+    np.testing.assert_allclose(spec["tau"], one.tau, rtol=1e-12)
+    np.testing.assert_allclose(spec["acceptance_tau"], one.acceptance_tau, rtol=1e-12)
+    np.testing.assert_allclose(spec["alpha"], one.alpha, atol=1e-4)  # rounded to 4 places
+    assert 0 < spec["alpha"][0] < 1  # a drafter that is sometimes right: the test means something
+    assert spec["exact"] is (one.token_lists == ar.token_lists) is True
+    assert spec["rows_identical"] == len(every)
+    assert pooled["autoregressive"]["tokens"] == ar.tokens
+    np.testing.assert_allclose(
+        spec["speedup"], pooled["autoregressive"]["ms_per_token"] / spec["ms_per_token"]
+    )
+    table = drafters_bench.markdown(rows, sets=("a", "b"))
+    assert table.count("\n") == 2 + 4 - 1 and "| set |" in table
