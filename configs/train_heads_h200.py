@@ -3,8 +3,9 @@ drafting steps) and Medusa, for SmolLM2-135M-Instruct and Qwen2.5-Coder-1.5B-Ins
 the target's own greedy answers to 8,192 ShareGPT prompts (+ 64 held out).
 
     python -m experiments.train_draft --config=configs/train_heads_h200.py:qwen-eagle \
-        --workdir=runs/qwen_eagle --name=eagle-qwen2.5-coder-1.5b
-    python -m experiments.train_draft --config=configs/train_heads_h200.py:qwen-eagle,train.num_steps=10 ...
+        --workdir=runs/qwen_eagle --name=eagle-qwen2.5-coder-1.5b-instruct
+    python -m experiments.train_draft --workdir=runs/try \
+        --config=configs/train_heads_h200.py:qwen-eagle,train.num_steps=10
 
 The argument is a preset name, then optional overrides ("key=value,..."). Presets:
 
@@ -42,8 +43,9 @@ _QWEN = {
     "data.max_prompt_tokens": 128,
     "data.batch_size": 256,
     "data.path": "runs/data/qwen2.5-coder-1.5b_sharegpt_8256x128.npz",
-    "train.batch_size": 32,
-    "train.eval_batch_size": 32,
+    # [16, 256, 151,936] float32 logits are 2.5 GB per copy (teacher, head, gradients).
+    "train.batch_size": 16,
+    "train.eval_batch_size": 16,
 }
 _EAGLE = {
     "kind": "eagle",

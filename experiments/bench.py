@@ -46,6 +46,11 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_integer("prompts_per_set", 16, "prompts of each set (real suite)")
 flags.DEFINE_list("sets", ["humaneval", "mt_bench"], "prompt sets: mt_bench, humaneval, gsm8k")
+flags.DEFINE_bool(
+    "weights_cache", False,
+    "read/write the converted-weight cache (worth it when another run of the same dtype "
+    "converted the model already, e.g. training)",
+)
 flags.DEFINE_bool("eos", True, "rows stop at the tokenizer's EOS (real suite)")
 flags.DEFINE_string("report", "", "print the tables and plots of a bench_real JSON, then exit")
 flags.DEFINE_string("title", "", "plot title of --report (default: the model file name)")
@@ -102,7 +107,9 @@ def main(argv):
     print(json.dumps(header))
 
     if {"real", "hf"} & set(FLAGS.suites):
-        model, params, meta = checkpoints.load(FLAGS.gguf, jnp.dtype(FLAGS.dtype), cache=False)
+        model, params, meta = checkpoints.load(
+            FLAGS.gguf, jnp.dtype(FLAGS.dtype), cache=FLAGS.weights_cache
+        )
         gguf_path = meta["path"]
         tokenizer = tokenizers.load_tokenizer(gguf_path)
         prompt_sets = drafters_bench.load_prompt_sets(

@@ -59,7 +59,7 @@ else
   BUDGET_EAGLE=${BUDGET_EAGLE:-3}; BUDGET_SHORT=${BUDGET_SHORT:-1.5}
   COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512"
   TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=5,top_k=4,nodes=32"; GAMMA=4
-  BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-qwen2.5-1.5b,llama3-8b}
+  BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-llama3-8b,qwen2.5-1.5b}
 fi
 SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
@@ -104,20 +104,22 @@ target_heads() {  # target_heads PREFIX NAME: data + EAGLE, then HASS beside Med
 }
 
 drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's comparison
+  # Most wanted first: a stage cut by the deadline keeps the rows it finished.
   local n=$1 draft=${2:-}
-  echo "--drafter=ngram:gamma=$GAMMA,name=prompt-lookup --drafter=early-exit:gamma=$GAMMA"
-  [ -n "$draft" ] && echo "--drafter=model:model=$SPECJAX_CACHE/models/$draft,gamma=2,name=draft-model"
-  echo "--drafter=medusa:heads=medusa-$n,gamma=$GAMMA --drafter=eagle:heads=eagle-$n,gamma=$GAMMA"
-  echo "--drafter=eagle:heads=hass-$n,gamma=$GAMMA,name=eagle-hass"
-  echo "--drafter=eagle:heads=eagle-$n,tree=$TREE_STATIC,name=eagle-tree"
+  echo "--drafter=ngram:gamma=$GAMMA,name=prompt-lookup --drafter=eagle:heads=eagle-$n,gamma=$GAMMA"
   echo "--drafter=eagle:heads=eagle-$n,tree=$TREE_DYNAMIC,name=eagle-dynamic-tree"
+  echo "--drafter=eagle:heads=eagle-$n,tree=$TREE_STATIC,name=eagle-tree"
+  echo "--drafter=medusa:heads=medusa-$n,gamma=$GAMMA"
+  [ -n "$draft" ] && echo "--drafter=model:model=$SPECJAX_CACHE/models/$draft,gamma=2,name=draft-model"
+  echo "--drafter=eagle:heads=hass-$n,gamma=$GAMMA,name=eagle-hass --drafter=early-exit:gamma=$GAMMA"
 }
 
 compare() {  # compare MODEL_FILE NAME TAG [DRAFT_FILE] [extra flags]: timed, bfloat16
   local file=$1 n=$2 tag=$3 draft=${4:-}; shift 4
   # shellcheck disable=SC2046
   $PY -m experiments.bench --suites=real --gguf="$SPECJAX_CACHE/models/$file" $SETS $COMPARE \
-    --batches=1 --temperatures=0,1 --out="$W/out" --tag="$tag" $(drafters "$n" "$draft") "$@"
+    --batches=1 --temperatures=0,1 --out="$W/out" --tag="$tag" --weights_cache \
+    $(drafters "$n" "$draft") "$@"
 }
 
 exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest precision, greedy
@@ -144,15 +146,15 @@ stage smollm2-compare 200 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2 ""
 [ "$TARGETS" = all ] && wait_for "$DRAFT_FILE"
 [ "$TARGETS" = all ] && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE"
 [ "$TARGETS" = all ] && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
-[ "$TARGETS" = all ] && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
-  --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" $SETS $COMPARE --batches="$BATCHES" \
-  --temperatures=0 --out="$W/out" --tag=_qwen_batched \
-  --drafter="eagle:heads=eagle-qwen2.5-coder-1.5b-instruct,gamma=$GAMMA" \
-  --drafter="ngram:gamma=$GAMMA,name=prompt-lookup"
 for shape in ${HF_SHAPES//,/ }; do  # ours then HF's, one process per shape
   stage "hf-$shape" 150 $PY -m experiments.profile --shape="$shape" --what=ar --hf \
     --label=specjax --out="$W/out/profile" --context=512 --new_tokens=128 --repeats=3 --notrace
 done
+[ "$TARGETS" = all ] && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
+  --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" $SETS $COMPARE --batches="$BATCHES" \
+  --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
+  --drafter="eagle:heads=eagle-qwen2.5-coder-1.5b-instruct,gamma=$GAMMA" \
+  --drafter="ngram:gamma=$GAMMA,name=prompt-lookup"
 # What comes back: results, logs, metrics, and the SmolLM2 heads (small); the Qwen heads
 # (~200 MB each) stay on the machine.
 cd "$W" && tar czf "$W/results.tgz" --exclude='*.npz' --exclude='checkpoints' \
