@@ -58,7 +58,7 @@ else
   TRAIN_EAGLE=""; TRAIN_SHORT=""
   BUDGET_EAGLE=${BUDGET_EAGLE:-3}; BUDGET_SHORT=${BUDGET_SHORT:-1.5}
   COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512"
-  TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=5,top_k=4,nodes=32"; GAMMA=4
+  TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=6,top_k=6,nodes=32"; GAMMA=4
   BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-llama3-8b,qwen2.5-1.5b}
 fi
 SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
@@ -135,12 +135,20 @@ log "start: $(left) s to the deadline, scale $SCALE"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
 # Three processes share the GPU while training: each takes at most 30% of its memory.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${TRAIN_MEM_FRACTION:-0.3}
+wait_status() {  # a stage of an earlier instance of this script (RESUME=1) to end
+  until grep -Eq "\] $1 (ok|failed|skipped)" "$W/status"; do sleep 3; done
+}
+if [ "${RESUME:-0}" = 1 ]; then  # training is left to the instance that started it
+  stage smollm2-exact-f32 200 exactness "$SMOL_FILE" smollm2-135m-instruct _smollm2_f32 &
+  wait_status qwen-hass; wait_status qwen-medusa; wait
+else
 (
   wait_for "$SMOL_FILE" && target_heads smollm2 smollm2-135m-instruct &&
     stage smollm2-exact-f32 200 exactness "$SMOL_FILE" smollm2-135m-instruct _smollm2_f32
 ) &
 [ "$TARGETS" = all ] && (wait_for "$QWEN_FILE" && target_heads qwen qwen2.5-coder-1.5b-instruct) &
 wait
+fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
 stage smollm2-compare 200 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2 ""
 [ "$TARGETS" = all ] && wait_for "$DRAFT_FILE"

@@ -145,6 +145,13 @@ def markdown(rows: Sequence[Mapping[str, Any]], sets: Sequence[str] = ("all",)) 
     return eval_bench.markdown_table(chosen, columns)
 
 
+def short_name(row: Mapping[str, Any]) -> str:
+    """A row's label for plots: its name= when the spec gave one, else kind and gamma
+    (``eagle:heads=eagle-qwen…,gamma=4`` -> ``eagle γ=4``)."""
+    name = str(row["name"])
+    return f"{name.split(':')[0]} γ={row['gamma']}" if ":" in name else name
+
+
 def plot(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> list[Path]:
     """τ (with the speedup) and α per draft position of every drafter, pooled over the sets:
     one figure per temperature (<path stem>_T<temperature>.png)."""
@@ -154,7 +161,7 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str) -> lis
     written = []
     for temperature in sorted({r["temperature"] for r in rows}):
         chosen = [
-            {**r, "drafter": r["name"]}
+            {**r, "drafter": short_name(r)}
             for r in rows
             if r.get("set") == "all" and r["temperature"] == temperature
             and r["name"] != "autoregressive" and r["batch"] == 1
