@@ -47,7 +47,8 @@ flags.DEFINE_multi_string(
 flags.DEFINE_integer("prompts_per_set", 16, "prompts of each set (real suite)")
 flags.DEFINE_list("sets", ["humaneval", "mt_bench"], "prompt sets: mt_bench, humaneval, gsm8k")
 flags.DEFINE_bool(
-    "weights_cache", False,
+    "weights_cache",
+    False,
     "read/write the converted-weight cache (worth it when another run of the same dtype "
     "converted the model already, e.g. training)",
 )
