@@ -16,9 +16,9 @@ from __future__ import annotations
 from absl import flags
 
 from specjax import console
+from specjax.checkpoints import load_model
 from specjax.cli import BLUE, GREEN, RESET, colored
 from specjax.eval import bench
-from specjax.eval.models import load_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("target", "qwen2.5-coder-1.5b-instruct", "target model")

@@ -39,7 +39,7 @@ def accept_length_probs(alpha_per_position: list[float]) -> list[float]:
 
 def main(argv):
     del argv
-    from specjax.eval.models import load_model
+    from specjax.checkpoints import load_model
 
     texts = bench.load_prompt_texts(None, FLAGS.per_set)
     results = {"device": bench.device_description(), "date": bench.now(), "rows": []}

@@ -31,8 +31,6 @@ import numpy as np
 import pytest
 
 from specjax import tokenizers as T
-from specjax.tokenizers.chat import _jinja_available
-from specjax.tokenizers.vocab import _VocabTokenizer
 from specjax.tokenizers import (
     GGUFByteLevelBPETokenizer,
     GGUFGemma4Tokenizer,
@@ -44,6 +42,8 @@ from specjax.tokenizers import (
     load_tokenizer,
     read_gguf_metadata,
 )
+from specjax.tokenizers.chat import _jinja_available
+from specjax.tokenizers.vocab import _VocabTokenizer
 
 DATA = Path(__file__).parent / "data" / "tokenizers"
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"

@@ -30,8 +30,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from specjax.checkpoints import LoadedModel, load_model
 from specjax.drafters import heads
-from specjax.eval.models import LoadedModel, load_model
 from specjax.fileio import atomic_write
 from specjax.models.transformer import Model, abstract_model
 from specjax.training import data as data_lib
