@@ -104,7 +104,7 @@ def main(argv):
         print(bench.markdown_table(rows, columns))
 
     if "hf" in FLAGS.suites:
-        from specjax.eval.hf_baseline import hf_suite
+        from specjax.bench.hf import hf_suite
 
         first = prompt_ids[:2]
         ours = bench.time_generate("specjax_ar", target, None, first, gamma=1,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from specjax.eval import bench as eval_bench
+from specjax.bench import speedup as eval_bench
 from specjax.eval import cost_model
 
 
@@ -211,7 +211,7 @@ def markdown(rows: Sequence[dict[str, Any]], sets: Sequence[str] = ("all",)) -> 
 def plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> None:
     """Measured (solid) and predicted (dashed) speedup against gamma, one colour per prompt
     set, for the draft-model rows."""
-    from specjax.eval import plots
+    from specjax.experiment import plots
 
     records = [
         {**r, "predicted_speedup": r.get("predicted", np.nan)}

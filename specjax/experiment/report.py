@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from specjax import tables
 from specjax.eval import cost_model, metrics
 from specjax.eval.metrics import RunSummary
 from specjax.experiment.config import SUMMARY_FILE, SYNTHETIC
@@ -104,9 +105,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return tables.markdown(header, rows, _fmt)
 
 
 def report_markdown(
