@@ -2,7 +2,7 @@
 HumanEval at scale, every chip (or pair of chips) one replica of the pair.
 
 UNTESTED ON A POD (none is reachable from where specjax is developed). What was run: the same
-code path (experiments/launch_multihost.py -> specjax.eval.runner -> specjax.generate(mesh=))
+code path (experiments/launch_multihost.py -> specjax.experiment -> specjax.generate(mesh=))
 with two CPU processes on one machine, and every mesh shape on 8 fake CPU devices.
 
 Every worker of the slice runs the same command (JAX finds the other workers itself):

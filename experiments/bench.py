@@ -9,7 +9,7 @@ alone (16 HumanEval + 16 MT-Bench by default) and pools them; larger batches dec
 B prompts together. Drafters: specs of `specjax.drafters.registry` (repeat --drafter).
 XLA flags (e.g. CUDA-graph command buffers) are the environment's XLA_FLAGS, recorded in the
 JSON; `experiments/bench_opt.py` runs this command under several of them.
-Logic: specjax/eval/bench.py.
+Logic: specjax/bench/speedup.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import jax.numpy as jnp
 from absl import flags
 
 from specjax import console
-from specjax.eval import bench
+from specjax.bench import speedup
+from specjax.bench import steps as bench_steps
+from specjax.eval import prompts as prompts_lib
 from specjax.fileio import atomic_write
 
 FLAGS = flags.FLAGS
@@ -62,13 +64,13 @@ def main(argv):
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     header = {
-        "device": bench.device_description(),
+        "device": speedup.device_description(),
         "jax": jax.__version__,
-        "date": bench.now(),
+        "date": speedup.now(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "dtype": FLAGS.dtype,
     }
-    bandwidth = bench.measure_copy_bandwidth(4e9)
+    bandwidth = bench_steps.measure_copy_bandwidth(4e9)
     header["copy_bandwidth_GBps"] = bandwidth / 1e9
     print(json.dumps(header))
 
@@ -76,14 +78,16 @@ def main(argv):
         model, params, meta = checkpoints.load(FLAGS.gguf, jnp.dtype(FLAGS.dtype), cache=False)
         gguf_path = meta["path"]
         tokenizer = tokenizers.load_tokenizer(gguf_path)
-        texts = bench.load_prompt_texts(FLAGS.prompt_dir, FLAGS.prompts_per_set)
-        prompt_ids = bench.chat_prompt_ids(tokenizer, texts)
+        texts = prompts_lib.load_prompt_texts(FLAGS.prompt_dir, FLAGS.prompts_per_set)
+        prompt_ids = prompts_lib.chat_prompt_ids(tokenizer, texts)
         target = (model, params)
-        floor = bench.floor_ms(model.config, 1, 512, jnp.dtype(FLAGS.dtype).itemsize, bandwidth)
+        floor = bench_steps.floor_ms(
+            model.config, 1, 512, jnp.dtype(FLAGS.dtype).itemsize, bandwidth
+        )
         print(f"floor at batch 1, 512 cached tokens: {floor:.3f} ms/token")
 
     if "real" in FLAGS.suites:
-        drafters = [bench.parse_drafter_spec(text, target) for text in FLAGS.drafter]
+        drafters = [speedup.parse_drafter_spec(text, target) for text in FLAGS.drafter]
         real_path = out / f"bench_real{FLAGS.tag}.json"
 
         def save(rows, complete=False):  # after every row: a run cut short keeps its rows
@@ -91,7 +95,7 @@ def main(argv):
                       "complete": complete, "rows": rows}  # fmt: skip
             atomic_write(real_path, json.dumps(result, indent=1))
 
-        rows = bench.real_model_suite(
+        rows = speedup.real_model_suite(
             target, prompt_ids, drafters,
             batches=[int(b) for b in FLAGS.batches],
             temperatures=[float(t) for t in FLAGS.temperatures],
@@ -101,13 +105,13 @@ def main(argv):
         save(rows, complete=True)
         columns = ["name", "batch", "prompts", "temperature", "gamma", "ms_per_token",
                    "tokens_per_s", "tau", "alpha", "speedup", "exact", "compile_s"]  # fmt: skip
-        print(bench.markdown_table(rows, columns))
+        print(speedup.markdown_table(rows, columns))
 
     if "hf" in FLAGS.suites:
         from specjax.bench.hf import hf_suite
 
         first = prompt_ids[:2]
-        ours = bench.time_generate("specjax_ar", target, None, first, gamma=1,
+        ours = speedup.time_generate("specjax_ar", target, None, first, gamma=1,
                                    max_new_tokens=FLAGS.max_new_tokens, repeats=1)  # fmt: skip
         rows = hf_suite(
             gguf_path,
@@ -118,17 +122,17 @@ def main(argv):
         )
         hf_json = json.dumps({**header, "rows": rows}, indent=1)
         atomic_write(out / f"bench_hf{FLAGS.tag}.json", hf_json)
-        print(bench.markdown_table(rows, ["name", "ms_per_token", "tokens_per_s", "warmup_s"]))
+        print(speedup.markdown_table(rows, ["name", "ms_per_token", "tokens_per_s", "warmup_s"]))
 
     if "synthetic" in FLAGS.suites:
         gamma = 4
         if FLAGS.accept_json:
-            from specjax.parallel.bench import load_acceptance
+            from specjax.bench.parallel import load_acceptance
 
             recorded = load_acceptance(FLAGS.accept_json)
             probs, source, gamma = recorded.probs, recorded.source, recorded.gamma
         else:
-            probs = bench.geometric_accept_probs(FLAGS.alpha, gamma)
+            probs = speedup.geometric_accept_probs(FLAGS.alpha, gamma)
             source = f"i.i.d. alpha={FLAGS.alpha} (assumed, not recorded)"
         targets = {k: KNOWN_SHAPES[k] for k in FLAGS.synthetic_targets}
         rows = []
@@ -140,13 +144,13 @@ def main(argv):
 
         draft_config = KNOWN_SHAPES["qwen2.5-0.5b"]
         for batch in [int(b) for b in FLAGS.synthetic_batches]:
-            bench.synthetic_suite(
+            speedup.synthetic_suite(
                 targets, draft_config, gamma=gamma, accept_probs=probs,
                 accept_source=source, batch=batch, context=512,
                 max_new_tokens=FLAGS.max_new_tokens, bandwidth=bandwidth,
                 repeats=FLAGS.repeats, on_row=save_synthetic,
             )  # fmt: skip
-        print(bench.markdown_table(rows, list(rows[0])))
+        print(speedup.markdown_table(rows, list(rows[0])))
 
 
 if __name__ == "__main__":

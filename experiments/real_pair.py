@@ -68,7 +68,8 @@ def main(argv):
 
     from specjax import checkpoints, tokenizers
     from specjax.bench import real_pair
-    from specjax.eval import bench as eval_bench
+    from specjax.bench import speedup as eval_bench
+    from specjax.eval import prompts as prompts_lib
     from specjax.eval.prompts import load_prompts
 
     out = Path(FLAGS.out)
@@ -86,7 +87,7 @@ def main(argv):
     for name in FLAGS.sets:
         path = os.path.join(FLAGS.prompt_dir, _FILES[name]) if FLAGS.prompt_dir else None
         prompts = load_prompts(name, subset=FLAGS.per_set, seed=0, path=path)
-        prompt_sets[name] = eval_bench.chat_prompt_ids(tokenizer, [p.text for p in prompts])
+        prompt_sets[name] = prompts_lib.chat_prompt_ids(tokenizer, [p.text for p in prompts])
     gammas = [int(k) for k in FLAGS.gammas]
     ngram_gammas = [int(k) for k in FLAGS.ngram_gammas]
     costs = real_pair.step_costs(

@@ -12,7 +12,7 @@ created directly on the devices by a jitted function with `out_shardings`: nothi
 through the host, so a 70B shape needs no host memory. The tokens such models emit are
 meaningless; only the time is measured.
 
-Speculative rows replay an acceptance with `specjax.eval.bench.forced_acceptance`: a
+Speculative rows replay an acceptance with `specjax.bench.speedup.forced_acceptance`: a
 histogram P(n accepted drafts per verify call) read from `accept_from` (a JSON file, or the
 `generations.jsonl` of a real pair's run, see `load_acceptance`), else i.i.d. `alpha`
 (assumed). Their speedups are *projections* and are labelled so. Each speculative row is
@@ -226,8 +226,8 @@ def load_acceptance(path: str | Path, gamma: int = 0) -> Acceptance:
     """The accepted-length histogram in `path`, checked against `gamma` (0 = unchecked).
 
     `path` is either a JSON file {"accept_length_probs": [P(0), ..., P(K)], "source": "..."}
-    or a `generations.jsonl` of `specjax.eval.runner` (its rows' "from_draft" strings; see
-    `specjax.eval.bench.accept_histogram_from_generations`), whose gamma comes from the
+    or a `generations.jsonl` of `specjax.experiment.run` (its rows' "from_draft" strings; see
+    `specjax.bench.speedup.accept_histogram_from_generations`), whose gamma comes from the
     workdir's config.json beside it, else from `gamma`.
     """
     path = Path(path)

@@ -11,7 +11,7 @@ For each section of `ProfileSettings.what`:
     with its KV write in place. c = draft step / target step.
   * ar: `specjax.generate` without a drafter, P prompt tokens, N new tokens, greedy.
   * spec: `specjax.generate` with a draft model of `draft_shape`, gamma K, at temperature 1
-    with a verify rule that replays an acceptance histogram (`eval.bench.forced_acceptance`):
+    with a verify rule that replays an acceptance histogram (`speedup.forced_acceptance`):
     synthetic weights accept nothing on their own, so speculative figures are projections at
     that acceptance and are labelled so.
 Weights are synthetic (hash-initialised on the device, real shapes). ms/token of a loop is
@@ -55,7 +55,7 @@ class ProfileSettings:
     """What to profile (the flags of `experiments/profile.py`).
 
     Fields:
-      shape: target architecture, a key of `specjax.parallel.bench.SHAPES`.
+      shape: target architecture, a key of `specjax.bench.parallel.SHAPES`.
       draft_shape: the spec section's draft ("" = the shape's usual draft in DEFAULT_DRAFTS);
         its vocabulary is set to the target's.
       what: subset of SECTIONS.

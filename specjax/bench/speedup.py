@@ -448,7 +448,7 @@ def accept_runs(from_draft: str, gamma: int) -> tuple[list[int], int]:
 
 def accept_histogram_from_generations(path: str | os.PathLike[str], gamma: int) -> np.ndarray:
     """counts[n] = verify calls that accepted n draft tokens (n = 0..gamma), over every row of
-    a `generations.jsonl` written by `specjax.eval.runner` (see `accept_runs`).
+    a `generations.jsonl` written by `specjax.experiment.run` (see `accept_runs`).
 
     Rows without "from_draft" (autoregressive runs, older runners) are an error, as is a row
     whose call count disagrees with its recorded "verify_calls".

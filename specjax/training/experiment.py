@@ -209,7 +209,7 @@ def eval_prompts(config: ml_collections.ConfigDict, target: LoadedModel) -> list
     per_set = config.eval.per_set
     if target.tokenizer is None:
         return data_lib.random_prompts(target.config.vocab_size, 2 * per_set, 16, seed=99)
-    from specjax.eval.bench import chat_prompt_ids, load_prompt_texts
+    from specjax.eval.prompts import chat_prompt_ids, load_prompt_texts
 
     return chat_prompt_ids(target.tokenizer, load_prompt_texts(None, per_set))
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from specjax import cli, experiment
+from specjax.bench import speedup
 from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
 from specjax.drafters import registry
 from specjax.drafters.heads import init_heads, save_heads
 from specjax.drafters.ngram import NgramDrafter
-from specjax.eval import bench
 from specjax.experiment import pairs
 from specjax.training import config as training_config
 from specjax.training import experiment as training_experiment
@@ -175,7 +175,7 @@ def _same(a, b) -> bool:
 def test_cli_config_and_bench_build_the_same_drafter(six_layers, cli_args, config, spec):
     via_cli = cli.make_drafter(cli.build_parser().parse_args(_CLI + cli_args), six_layers, None)
     via_config = pairs.load_pair(_config(**config)).drafter
-    via_bench = bench.parse_drafter_spec(spec, six_layers.pair).drafter
+    via_bench = speedup.parse_drafter_spec(spec, six_layers.pair).drafter
     assert _same(via_cli, via_config) and _same(via_cli, via_bench)
 
 
@@ -187,7 +187,7 @@ def test_early_exit_default_is_a_third_everywhere(six_layers):
         cli.build_parser().parse_args(_CLI + ["--drafter", "early-exit"]), six_layers, None
     )
     pair = pairs.load_pair(_config(**{"drafter.kind": "early-exit"}))
-    via_bench = bench.parse_drafter_spec("early-exit", six_layers.pair).drafter
+    via_bench = speedup.parse_drafter_spec("early-exit", six_layers.pair).drafter
     settings = training_config.finalize(training_config.base_config(), "eval.compare=early-exit")
     baselines = training_experiment.baseline_drafters(settings, six_layers)
     assert list(baselines) == ["early-exit(layer 2)"]
@@ -206,7 +206,7 @@ def test_heads_by_name_everywhere(six_layers, tmp_path):
     via_config = pairs.load_pair(
         _config(**{"drafter.kind": "eagle", "drafter.heads": str(folder)})
     ).drafter
-    via_bench = bench.parse_drafter_spec(f"eagle:heads={folder}", six_layers.pair).drafter
+    via_bench = speedup.parse_drafter_spec(f"eagle:heads={folder}", six_layers.pair).drafter
     assert _same(via_cli, via_config) and _same(via_cli, via_bench)
 
 
