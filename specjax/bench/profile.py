@@ -156,11 +156,11 @@ def _hlo_summary(dump_dir: str | None, module: str, num_layers: int) -> dict[str
 def floor_ms(params, config, *, batch: int, context: int, bandwidth: float) -> float:
     """Bytes one decode step must read (every weight as stored, every cached key/value) /
     bandwidth (`steps.floor_ms` counts the weights from the config instead)."""
-    from specjax.bench import steps
+    from specjax.bench import steps as step_lib
 
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     itemsize = jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize
-    kv_bytes = steps.kv_bytes_read(config, batch, context, itemsize)
+    kv_bytes = step_lib.kv_bytes_read(config, batch, context, itemsize)
     return 1e3 * (weight_bytes + kv_bytes) / bandwidth
 
 
@@ -186,7 +186,8 @@ def run(
 ) -> dict[str, Any]:
     """Profiles `settings` and writes <out_dir>/profile_<label>_<shape>.json; returns it."""
     import specjax
-    from specjax.bench import speedup, steps
+    from specjax.bench import speedup
+    from specjax.bench import steps as step_lib
     from specjax.bench.parallel import DEFAULT_DRAFTS, SHAPES
     from specjax.decoding.sampling import Sampling
 
@@ -196,7 +197,7 @@ def run(
     config = SHAPES[s.shape]
     dtype = jnp.dtype(s.dtype)
     if bandwidth is None:
-        bandwidth = steps.measure_copy_bandwidth(4e9 if jax.default_backend() != "cpu" else 1e8)
+        bandwidth = step_lib.measure_copy_bandwidth(4e9 if jax.default_backend() != "cpu" else 1e8)
     result: dict[str, Any] = {
         "label": s.label,
         "settings": dataclasses.asdict(s),
@@ -216,7 +217,7 @@ def run(
         atomic_write(path, json.dumps(result, indent=1, default=str))
 
     log(f"[{s.label}] {s.shape}: creating synthetic {s.dtype} weights")
-    target, params = steps.synthetic_model(config, dtype)
+    target, params = step_lib.synthetic_model(config, dtype)
     floor = floor_ms(params, config, batch=s.batch, context=s.context, bandwidth=bandwidth)
     result["floor_ms"] = floor
     result["weight_bytes"] = int(sum(leaf.nbytes for leaf in jax.tree.leaves(params)))
@@ -228,16 +229,16 @@ def run(
     draft_shape = s.draft_shape or DEFAULT_DRAFTS.get(s.shape, "")
     if draft_shape and ("spec" in s.what or "step" in s.what):
         draft_config = SHAPES[draft_shape].replace(vocab_size=config.vocab_size)
-        draft, draft_params = steps.synthetic_model(draft_config, dtype)
+        draft, draft_params = step_lib.synthetic_model(draft_config, dtype)
         result["draft_shape"] = draft_shape
 
     # Prefill is subtracted from the loops' wall time: always measure it.
-    prefill_ms, _, _ = steps.time_step(
+    prefill_ms, _, _ = step_lib.time_step(
         target, params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
     )
     draft_prefill_ms = None
     if "spec" in s.what:
-        draft_prefill_ms, _, _ = steps.time_step(
+        draft_prefill_ms, _, _ = step_lib.time_step(
             draft, draft_params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
         )
 
@@ -250,7 +251,7 @@ def run(
         if draft is not None:
             steps_to_time["draft_T1"] = (draft, draft_params, 1)
         for name, (model, weights, T) in steps_to_time.items():
-            median_ms, first_s, again = steps.time_step(
+            median_ms, first_s, again = step_lib.time_step(
                 model, weights, batch=B, context=P, T=T, slots=slots, repeats=s.repeats,
                 tag=f"{s.shape}_{name}".replace(".", "_").replace("-", "_"),
             )  # fmt: skip
