@@ -2,7 +2,7 @@
 HumanEval at scale, every chip (or pair of chips) one replica of the pair.
 
 UNTESTED ON A POD (none is reachable from where specjax is developed). What was run: the same
-code path (experiments/launch_multihost.py -> specjax.eval.runner -> specjax.generate(mesh=))
+code path (experiments/launch_multihost.py -> specjax.experiment -> specjax.generate(mesh=))
 with two CPU processes on one machine, and every mesh shape on 8 fake CPU devices.
 
 Every worker of the slice runs the same command (JAX finds the other workers itself):
@@ -14,7 +14,7 @@ Every worker of the slice runs the same command (JAX finds the other workers its
     # a sweep point by hand: two-chip tensor parallelism, gamma 5
     ... --config=configs/pod_qwen_coder.py:slice=v5litepod-16,tp=2,gamma=5 ...
 
-arg: experiment keys of specjax.eval.runner.base_config (gamma=5,max_new_tokens=512,...) and
+arg: experiment keys of specjax.eval.experiment.base_config (gamma=5,max_new_tokens=512,...) and
 three keys of this file:
   slice=<accelerator type>  sets the device count (SLICE_CHIPS; JAX sees one device per chip)
   tp=<1|2|4>                tensor-parallel size (mesh.model); mesh.data = chips / tp
@@ -29,7 +29,7 @@ would cost more than its matmuls). Greedy decoding, so every replica's output is
 against autoregressive decoding token for token by the runner.
 """
 
-from specjax.eval import runner
+from specjax import experiment
 
 # Accelerator type -> chips (JAX devices). v4 and v5p count TensorCores (2 per chip, one
 # megacore device per chip); v5litepod and v6e count chips.
@@ -51,17 +51,19 @@ DEFAULTS = {"slice": "v5litepod-16", "tp": "1", "rows": "8"}
 
 def _split_arg(arg: str | None) -> tuple[dict[str, str], dict[str, str]]:
     """(this file's keys, the experiment's keys) of a "k=v,..." argument."""
-    pairs = runner.parse_arg(arg)
+    pairs = experiment.parse_arg(arg)
     own = {**DEFAULTS, **{k: pairs.pop(k) for k in list(pairs) if k in DEFAULTS}}
     if own["slice"] not in SLICE_CHIPS:
-        raise runner.ConfigError(f"slice={own['slice']!r} unknown; known: {', '.join(SLICE_CHIPS)}")
+        raise experiment.ConfigError(
+            f"slice={own['slice']!r} unknown; known: {', '.join(SLICE_CHIPS)}"
+        )
     return own, pairs
 
 
 def _mesh_keys(own: dict[str, str]) -> dict[str, int]:
     chips, tp, rows = SLICE_CHIPS[own["slice"]], int(own["tp"]), int(own["rows"])
     if tp not in (1, 2, 4) or chips % tp:
-        raise runner.ConfigError(
+        raise experiment.ConfigError(
             f"tp={tp}: Qwen2.5-1.5B splits over 1, 2 or 4 chips (12 heads), dividing {chips}"
         )
     data = chips // tp
@@ -70,7 +72,7 @@ def _mesh_keys(own: dict[str, str]) -> dict[str, int]:
 
 def get_config(arg: str | None = None):
     own, overrides = _split_arg(arg)
-    config = runner.base_config()
+    config = experiment.base_config()
     config.label = f"Qwen2.5-Coder 1.5B / 0.5B, {own['slice']}, tp={own['tp']}"
     config.target = "qwen2.5-coder-1.5b-instruct"
     config.drafter.kind = "model"
@@ -85,7 +87,7 @@ def get_config(arg: str | None = None):
     config.dtype = "bfloat16"
     config.repeats = 2
     config.measure_c = False  # single-device step costs say nothing about a sharded step
-    return runner.finalize(config, {**_mesh_keys(own), **overrides})
+    return experiment.finalize(config, {**_mesh_keys(own), **overrides})
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

@@ -8,11 +8,11 @@ against the cost model's prediction, per MT-Bench category. Greedy, batch 1, bfl
 latency setting of the speculative-decoding literature.
 """
 
-from specjax.eval import runner
+from specjax import experiment
 
 
 def get_config(arg: str | None = None):
-    config = runner.base_config()
+    config = experiment.base_config()
     config.target = "qwen2.5-coder-1.5b-instruct"
     config.drafter.kind = "model"
     config.drafter.model = "qwen2.5-coder-0.5b-instruct"
@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
     config.max_new_tokens = 128
     config.dtype = "bfloat16"
     config.repeats = 3
-    return runner.finalize(config, arg)
+    return experiment.finalize(config, arg)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

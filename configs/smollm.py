@@ -10,11 +10,11 @@ no speedup. That makes it an end-to-end check of the whole pipeline on real weig
 target (n-gram, early exit, EAGLE, Medusa) are compared in configs/smollm_drafters.py.
 """
 
-from specjax.eval import runner
+from specjax import experiment
 
 
 def get_config(arg: str | None = None):
-    config = runner.base_config()
+    config = experiment.base_config()
     config.target = "smollm2-135m-instruct"
     config.drafter.kind = "model"
     config.drafter.model = "smollm2-135m-instruct"
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None):
     config.max_new_tokens = 64
     config.dtype = "float32"  # CPU-friendly; bfloat16 on accelerators
     config.repeats = 3
-    return runner.finalize(config, arg)
+    return experiment.finalize(config, arg)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

@@ -22,7 +22,7 @@ head.init_from=runs/eagle_smollm_1024/drafter,train.learning_rate=3e-4,train.war
 train.batch_size=16,train.num_steps=300 --workdir=runs/medusa_smollm_1024
 """
 
-from specjax.eval import runner
+from specjax import experiment
 
 EAGLE = "runs/eagle_smollm_1024/drafter"
 EAGLE_FINE_TUNED = "runs/eagle3_smollm_1024/drafter"
@@ -30,7 +30,7 @@ MEDUSA = "runs/medusa_smollm_1024/drafter"
 
 
 def get_config(arg: str | None = None):
-    config = runner.base_config()
+    config = experiment.base_config()
     config.target = "smollm2-135m-instruct"
     config.drafter.kind = "ngram"  # every sweep point names its drafter
     config.drafter.ngram_n = 3
@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
     config.max_new_tokens = 128
     config.dtype = "float32"
     config.repeats = 1
-    return runner.finalize(config, arg)
+    return experiment.finalize(config, arg)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

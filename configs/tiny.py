@@ -8,24 +8,24 @@ the same (c = 1): the numbers exercise the machinery and say nothing about real 
 Everything compiles in seconds on a laptop CPU.
 """
 
-from specjax.eval import runner
+from specjax import experiment
 
 
 def get_config(arg: str | None = None):
-    config = runner.base_config()
+    config = experiment.base_config()
     config.label = "tiny random"
     config.target = "random:tiny"
     config.drafter.kind = "model"
     config.drafter.model = "perturbed:0.2"  # alpha about 0.5
     config.gamma = 3
     config.batch_size = 2
-    config.prompts.name = runner.SYNTHETIC
+    config.prompts.name = experiment.SYNTHETIC
     config.prompts.subset = 4  # 2 "short" + 2 "long": one batch per category
     config.max_new_tokens = 16
     config.stop_at_eos = False
     config.dtype = "float32"
     config.repeats = 2
-    return runner.finalize(config, arg)
+    return experiment.finalize(config, arg)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

@@ -12,7 +12,7 @@ Rows stop at the tokenizer's EOS (--noeos: always --max_new_tokens). Drafters: s
 `specjax.drafters.registry` (repeat --drafter).
 XLA flags (e.g. CUDA-graph command buffers) are the environment's XLA_FLAGS, recorded in the
 JSON; `experiments/bench_opt.py` runs this command under several of them.
-Logic: specjax/eval/bench.py.
+Logic: specjax/bench/speedup.py and specjax/bench/drafters.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from absl import flags
 
 from specjax import console
-from specjax.eval import bench
+from specjax.bench import speedup
+from specjax.bench import steps as bench_steps
 from specjax.fileio import atomic_write
 
 FLAGS = flags.FLAGS
@@ -80,7 +81,7 @@ def report(path: Path) -> None:
         big = [r for r in rows if r["batch"] > 1]
         columns = ["name", "batch", "temperature", "gamma", "ms_per_token", "tokens_per_s",
                    "tau", "speedup", "exact"]  # fmt: skip
-        print("\nbatches > 1 (all sets' prompts):\n" + bench.markdown_table(big, columns))
+        print("\nbatches > 1 (all sets' prompts):\n" + speedup.markdown_table(big, columns))
     title = FLAGS.title or f"{Path(result['model']).stem}, {result['dtype']}"
     for plot_path in drafters.plot(rows, path.with_suffix(".png"), title):
         print(f"plot: {plot_path}")
@@ -97,13 +98,13 @@ def main(argv):
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     header = {
-        "device": bench.device_description(),
+        "device": speedup.device_description(),
         "jax": jax.__version__,
-        "date": bench.now(),
+        "date": speedup.now(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "dtype": FLAGS.dtype,
     }
-    bandwidth = bench.measure_copy_bandwidth(4e9)
+    bandwidth = bench_steps.measure_copy_bandwidth(4e9)
     header["copy_bandwidth_GBps"] = bandwidth / 1e9
     print(json.dumps(header))
 
@@ -121,11 +122,13 @@ def main(argv):
         header.update(eos_ids=list(eos_ids), sets=FLAGS.sets, per_set=FLAGS.prompts_per_set)
         target = (model, model.decode_params(params))  # the decode layout, converted once
         del params
-        floor = bench.floor_ms(model.config, 1, 512, jnp.dtype(FLAGS.dtype).itemsize, bandwidth)
+        floor = bench_steps.floor_ms(
+            model.config, 1, 512, jnp.dtype(FLAGS.dtype).itemsize, bandwidth
+        )
         print(f"floor at batch 1, 512 cached tokens: {floor:.3f} ms/token")
 
     if "real" in FLAGS.suites:
-        drafters = [bench.parse_drafter_spec(text, target) for text in FLAGS.drafter]
+        drafters = [speedup.parse_drafter_spec(text, target) for text in FLAGS.drafter]
         real_path = out / f"bench_real{FLAGS.tag}.json"
 
         def save(rows, complete=False):  # after every row: a run cut short keeps its rows
@@ -151,7 +154,7 @@ def main(argv):
                 rows[:] = done + [{**r, "set": "all"} for r in new_rows]
                 save(rows)
 
-            bench.real_model_suite(
+            speedup.real_model_suite(
                 target, prompt_ids, drafters, batches=[b for b in batches if b > 1],
                 on_row=save_batched, **common,
             )  # fmt: skip
@@ -159,10 +162,10 @@ def main(argv):
         report(real_path)
 
     if "hf" in FLAGS.suites:
-        from specjax.eval.hf_baseline import hf_suite
+        from specjax.bench.hf import hf_suite
 
         first = prompt_ids[:2]
-        ours = bench.time_generate("specjax_ar", target, None, first, gamma=1,
+        ours = speedup.time_generate("specjax_ar", target, None, first, gamma=1,
                                    max_new_tokens=FLAGS.max_new_tokens, repeats=1)  # fmt: skip
         rows = hf_suite(
             gguf_path,
@@ -173,17 +176,17 @@ def main(argv):
         )
         hf_json = json.dumps({**header, "rows": rows}, indent=1)
         atomic_write(out / f"bench_hf{FLAGS.tag}.json", hf_json)
-        print(bench.markdown_table(rows, ["name", "ms_per_token", "tokens_per_s", "warmup_s"]))
+        print(speedup.markdown_table(rows, ["name", "ms_per_token", "tokens_per_s", "warmup_s"]))
 
     if "synthetic" in FLAGS.suites:
         gamma = 4
         if FLAGS.accept_json:
-            from specjax.parallel.bench import load_acceptance
+            from specjax.bench.parallel import load_acceptance
 
             recorded = load_acceptance(FLAGS.accept_json)
             probs, source, gamma = recorded.probs, recorded.source, recorded.gamma
         else:
-            probs = bench.geometric_accept_probs(FLAGS.alpha, gamma)
+            probs = speedup.geometric_accept_probs(FLAGS.alpha, gamma)
             source = f"i.i.d. alpha={FLAGS.alpha} (assumed, not recorded)"
         targets = {k: KNOWN_SHAPES[k] for k in FLAGS.synthetic_targets}
         rows = []
@@ -195,13 +198,13 @@ def main(argv):
 
         draft_config = KNOWN_SHAPES["qwen2.5-0.5b"]
         for batch in [int(b) for b in FLAGS.synthetic_batches]:
-            bench.synthetic_suite(
+            speedup.synthetic_suite(
                 targets, draft_config, gamma=gamma, accept_probs=probs,
                 accept_source=source, batch=batch, context=512,
                 max_new_tokens=FLAGS.max_new_tokens, bandwidth=bandwidth,
                 repeats=FLAGS.repeats, on_row=save_synthetic,
             )  # fmt: skip
-        print(bench.markdown_table(rows, list(rows[0])))
+        print(speedup.markdown_table(rows, list(rows[0])))
 
 
 if __name__ == "__main__":

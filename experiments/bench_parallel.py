@@ -27,7 +27,7 @@ Each row has its memory floor beside it (the copy bandwidth is measured once per
 --accept_from takes {"accept_length_probs": [...], "source": "..."} JSON or a runner's
 generations.jsonl (e.g. runs/<sweep>/points/gamma=4/generations.jsonl; gamma from the
 config.json beside it). Writes JSON to --out and prints markdown tables.
-Logic: specjax/parallel/bench.py.
+Logic: specjax/bench/parallel.py.
 """
 
 from __future__ import annotations
@@ -35,25 +35,26 @@ from __future__ import annotations
 from absl import app, flags
 
 from specjax import console
-from specjax.parallel import bench
+from specjax.bench import parallel as parallel_bench
 
-_D = bench.Settings()
+_D = parallel_bench.Settings()
 FLAGS = flags.FLAGS
-flags.DEFINE_string("shape", _D.shape, f"target shape: {', '.join(bench.SHAPES)}")
+flags.DEFINE_string("shape", _D.shape, f"target shape: {', '.join(parallel_bench.SHAPES)}")
 flags.DEFINE_list(
     "draft_shapes",
     [],
-    f"draft shapes of the spec section (empty = default): {', '.join(bench.SHAPES)}",
+    f"draft shapes of the spec section (empty = default): {', '.join(parallel_bench.SHAPES)}",
 )
 flags.DEFINE_string("draft_shape", _D.draft_shape, "one draft shape (older flag: --draft_shapes)")
 flags.DEFINE_list(
     "draft_sharding",
     [],
-    f"subset of {', '.join(bench.DRAFT_SHARDINGS)} (empty = replicated, or --shard_drafter)",
+    f"subset of {', '.join(parallel_bench.DRAFT_SHARDINGS)} "
+    "(empty = replicated, or --shard_drafter)",
 )
 flags.DEFINE_bool("shard_drafter", _D.shard_drafter, "older flag: --draft_sharding=sharded")
 flags.DEFINE_list("tp", [], "tensor-parallel sizes (empty = all allowed)")
-flags.DEFINE_list("sections", list(_D.sections), f"subset of {', '.join(bench.SECTIONS)}")
+flags.DEFINE_list("sections", list(_D.sections), f"subset of {', '.join(parallel_bench.SECTIONS)}")
 flags.DEFINE_list("step_tokens", [str(t) for t in _D.step_tokens], "T of the step timings")
 flags.DEFINE_integer("context", _D.context, "cached tokens before a timed step")
 flags.DEFINE_list("ar_batches", [str(b) for b in _D.ar_batches], "batches of the ar rows")
@@ -69,7 +70,7 @@ flags.DEFINE_integer("dp_batch", _D.dp_batch, "batch of the data-parallel rows")
 flags.DEFINE_integer(
     "gamma",
     _D.gamma,
-    f"draft length (0 = the --accept_from histogram's, else {bench.DEFAULT_GAMMA})",
+    f"draft length (0 = the --accept_from histogram's, else {parallel_bench.DEFAULT_GAMMA})",
 )
 flags.DEFINE_float("alpha", _D.alpha, "i.i.d. acceptance assumed without --accept_from")
 flags.DEFINE_string(
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     ints = lambda values: tuple(int(v) for v in values)  # noqa: E731
-    settings = bench.Settings(
+    settings = parallel_bench.Settings(
         shape=FLAGS.shape,
         draft_shapes=tuple(FLAGS.draft_shapes),
         draft_shape=FLAGS.draft_shape,
@@ -109,11 +110,13 @@ def main(argv: list[str]) -> None:
         temperature=FLAGS.temperature,
     )
     try:
-        result = bench.run(settings)
+        result = parallel_bench.run(settings)
     except ValueError as error:  # bad shapes / sections / tp / gamma: a usage message
         raise app.UsageError(str(error)) from None
-    path = bench.write_json(result, FLAGS.out or f"runs/bench_parallel/{settings.shape}.json")
-    print(bench.markdown(result))
+    path = parallel_bench.write_json(
+        result, FLAGS.out or f"runs/bench_parallel/{settings.shape}.json"
+    )
+    print(parallel_bench.markdown(result))
     print(f"\nwrote {path}")
 
 

@@ -18,7 +18,7 @@ from absl import flags
 import specjax
 from specjax import checkpoints, console, tokenizers
 from specjax.drafters.ngram import NgramDrafter
-from specjax.eval import bench
+from specjax.eval import prompts as prompts_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("gguf", "smollm2-135m-instruct", "model name or .gguf path")
@@ -34,8 +34,8 @@ def first_difference(a: list[int], b: list[int]) -> int:
 def main(argv):
     del argv
     path = checkpoints.resolve(FLAGS.gguf)
-    ids = bench.chat_prompt_ids(
-        tokenizers.load_tokenizer(path), bench.load_prompt_texts(FLAGS.prompt_dir, 16)
+    ids = prompts_lib.chat_prompt_ids(
+        tokenizers.load_tokenizer(path), prompts_lib.load_prompt_texts(FLAGS.prompt_dir, 16)
     )
     for dtype, precision in [(jnp.float32, "highest"), (jnp.bfloat16, "default")]:
         jax.config.update("jax_default_matmul_precision", precision)

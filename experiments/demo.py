@@ -16,9 +16,10 @@ from __future__ import annotations
 from absl import flags
 
 from specjax import console
+from specjax.bench import speedup
+from specjax.checkpoints import load_model
 from specjax.cli import BLUE, GREEN, RESET, colored
-from specjax.eval import bench
-from specjax.eval.models import load_model
+from specjax.eval import prompts as prompts_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("target", "qwen2.5-coder-1.5b-instruct", "target model")
@@ -36,12 +37,12 @@ def main(argv):
     draft = load_model(FLAGS.draft, FLAGS.dtype)
     tokenizer = target.tokenizer
     per_set = (FLAGS.prompts + 1) // 2
-    texts = bench.load_prompt_texts(None, per_set)  # HumanEval first, then MT-Bench
+    texts = prompts_lib.load_prompt_texts(None, per_set)  # HumanEval first, then MT-Bench
     texts = [texts[i // 2 + (i % 2) * per_set] for i in range(FLAGS.prompts)]
-    prompt_ids = bench.chat_prompt_ids(tokenizer, texts)
+    prompt_ids = prompts_lib.chat_prompt_ids(tokenizer, texts)
     common = dict(max_new_tokens=FLAGS.max_new_tokens, repeats=1, eos_ids=tokenizer.eos_ids)
-    ar = bench.time_generate("autoregressive", target.pair, None, prompt_ids, gamma=1, **common)
-    spec = bench.time_generate(
+    ar = speedup.time_generate("autoregressive", target.pair, None, prompt_ids, gamma=1, **common)
+    spec = speedup.time_generate(
         "speculative", target.pair, draft.pair, prompt_ids, gamma=FLAGS.gamma, **common
     )
     for index, text in enumerate(texts):
@@ -61,7 +62,7 @@ def main(argv):
     }
     print(f"\n{GREEN}green{RESET}: accepted draft tokens, {BLUE}blue{RESET}: target tokens")
     print(f"gamma = {FLAGS.gamma}, greedy, one batch of {len(texts)}, {FLAGS.dtype}\n")
-    print(bench.markdown_table([row], list(row)))
+    print(speedup.markdown_table([row], list(row)))
     if not exact:
         raise SystemExit("greedy speculative output differs from autoregressive output")
 

@@ -1,7 +1,7 @@
 """Run one experiment config as a multi-process JAX job (TPU pod slices, multi-GPU hosts).
 
 Every process runs this same command. It joins the job (`specjax.parallel.distributed`),
-then runs the experiment (specjax/eval/runner.py) with the config's (data, model) mesh over
+then runs the experiment (specjax/eval/experiment.py) with the config's (data, model) mesh over
 the devices of *all* processes. Process 0 writes --workdir; process i > 0 writes
 --workdir/process_<i> (same results; kept apart so that a shared file system sees no clobbering).
 
@@ -131,18 +131,18 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(str(error)) from None
     import jax
 
-    from specjax.eval import runner
+    from specjax import experiment
 
     process = jax.process_index()
     print(distributed.describe(), f"(settings: {settings})", flush=True)
     try:
-        runner.validate(_CONFIG.value)
-    except runner.ConfigError as error:
+        experiment.validate(_CONFIG.value)
+    except experiment.ConfigError as error:
         raise app.UsageError(str(error)) from None
     workdir = _WORKDIR.value if process == 0 else os.path.join(_WORKDIR.value, f"process_{process}")
-    result = runner.run_experiment(_CONFIG.value, workdir, progress=_PROGRESS.value)
+    result = experiment.run_experiment(_CONFIG.value, workdir, progress=_PROGRESS.value)
     if process == 0:
-        print(runner.report_markdown(result.summaries, title=result.overall.label))
+        print(experiment.report_markdown(result.summaries, title=result.overall.label))
         print(f"\nwrote {result.workdir}")
     if settings.multi_process:
         jax.distributed.shutdown()

@@ -4,7 +4,7 @@ alpha per position and wall-clock speedup per gamma, in float32 and bfloat16.
     python -m experiments.pair_cpu --out=docs/benchmarks/cpu_qwen_pair.json
 
 Also writes the accepted-length histogram (per gamma) that GPU projections replay
-(`experiments/bench.py --accept_json`). Logic: specjax/eval/bench.py.
+(`experiments/bench.py --accept_json`). Logic: specjax/bench/speedup.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 from absl import flags
 
 from specjax import console
-from specjax.eval import bench
+from specjax.bench import speedup
+from specjax.eval import prompts as prompts_lib
 from specjax.fileio import atomic_write
 
 FLAGS = flags.FLAGS
@@ -39,27 +40,27 @@ def accept_length_probs(alpha_per_position: list[float]) -> list[float]:
 
 def main(argv):
     del argv
-    from specjax.eval.models import load_model
+    from specjax.checkpoints import load_model
 
-    texts = bench.load_prompt_texts(None, FLAGS.per_set)
-    results = {"device": bench.device_description(), "date": bench.now(), "rows": []}
+    texts = prompts_lib.load_prompt_texts(None, FLAGS.per_set)
+    results = {"device": speedup.device_description(), "date": speedup.now(), "rows": []}
     out = Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for dtype in FLAGS.dtypes:
         target = load_model(FLAGS.target, dtype)
         draft = load_model(FLAGS.draft, dtype)
-        prompt_ids = bench.chat_prompt_ids(target.tokenizer, texts)
+        prompt_ids = prompts_lib.chat_prompt_ids(target.tokenizer, texts)
         if dtype == "bfloat16":
             prompt_ids = prompt_ids[: FLAGS.bf16_prompts]
         for index, ids in enumerate(prompt_ids):
             common = dict(max_new_tokens=FLAGS.max_new_tokens, repeats=FLAGS.repeats)
-            ar = bench.time_generate("autoregressive", target.pair, None, [ids], gamma=1,
+            ar = speedup.time_generate("autoregressive", target.pair, None, [ids], gamma=1,
                                      **common)  # fmt: skip
             row_base = {"dtype": dtype, "prompt": index, "prompt_tokens": len(ids)}
             results["rows"].append({**row_base, **ar.row(), "speedup": 1.0, "exact": True})
             print(f"{dtype} prompt {index}: AR {ar.ms_per_token:.1f} ms/token", flush=True)
             for gamma in [int(g) for g in FLAGS.gammas]:
-                spec = bench.time_generate("draft_model", target.pair, draft.pair, [ids],
+                spec = speedup.time_generate("draft_model", target.pair, draft.pair, [ids],
                                            gamma=gamma, **common)  # fmt: skip
                 row = {
                     **row_base, **spec.row(),
@@ -74,7 +75,7 @@ def main(argv):
             atomic_write(out, json.dumps(results, indent=1))
     columns = ["dtype", "prompt", "name", "gamma", "ms_per_token", "tau", "alpha", "speedup",
                "exact"]  # fmt: skip
-    print(bench.markdown_table(results["rows"], columns))
+    print(speedup.markdown_table(results["rows"], columns))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from absl import app, flags  # noqa: E402
 from specjax import console  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("shape", ["llama3-8b"], "target shapes (keys of specjax.parallel.bench.SHAPES)")
+flags.DEFINE_list("shape", ["llama3-8b"], "target shapes (keys of specjax.bench.parallel.SHAPES)")
 flags.DEFINE_string("draft_shape", "", "draft shape of the spec section (default per target)")
 flags.DEFINE_list("what", ["step", "ar", "spec"], "sections: step, ar, spec")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "weights and KV cache")

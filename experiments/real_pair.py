@@ -67,8 +67,8 @@ def main(argv):
     import jax.numpy as jnp
 
     from specjax import checkpoints, tokenizers
-    from specjax.bench import real_pair
-    from specjax.eval import bench as eval_bench
+    from specjax.bench import real_pair, speedup
+    from specjax.eval import prompts as prompts_lib
     from specjax.eval.prompts import load_prompts
 
     out = Path(FLAGS.out)
@@ -86,7 +86,7 @@ def main(argv):
     for name in FLAGS.sets:
         path = os.path.join(FLAGS.prompt_dir, _FILES[name]) if FLAGS.prompt_dir else None
         prompts = load_prompts(name, subset=FLAGS.per_set, seed=0, path=path)
-        prompt_sets[name] = eval_bench.chat_prompt_ids(tokenizer, [p.text for p in prompts])
+        prompt_sets[name] = prompts_lib.chat_prompt_ids(tokenizer, [p.text for p in prompts])
     gammas = [int(k) for k in FLAGS.gammas]
     ngram_gammas = [int(k) for k in FLAGS.ngram_gammas]
     costs = real_pair.step_costs(
@@ -95,8 +95,8 @@ def main(argv):
     )  # fmt: skip
     header = {
         "target": meta["path"], "draft": FLAGS.draft, "dtype": FLAGS.dtype,
-        "device": eval_bench.device_description(), "jax": jax.__version__,
-        "date": eval_bench.now(), "matmul_precision": os.environ.get(
+        "device": speedup.device_description(), "jax": jax.__version__,
+        "date": speedup.now(), "matmul_precision": os.environ.get(
             "JAX_DEFAULT_MATMUL_PRECISION", "default"),
         "per_set": FLAGS.per_set, "max_new_tokens": FLAGS.max_new_tokens,
         "repeats": FLAGS.repeats, "eos_ids": list(tokenizer.eos_ids),

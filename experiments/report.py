@@ -3,13 +3,12 @@
     python -m experiments.report --workdir=runs/qwen_sweep [--out=runs/qwen_sweep/report.md]
 
 Reads only the files a sweep wrote (complete points only), so it can run while a sweep is
-still going, or on results copied from another machine. Logic: specjax/eval/runner.py.
+still going, or on results copied from another machine. Logic: specjax/eval/experiment.py.
 """
 
 from absl import app, flags
 
-from specjax import console
-from specjax.eval import runner
+from specjax import console, experiment
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep or run folder.")
 _OUT = flags.DEFINE_string("out", None, "Markdown file to write (default <workdir>/report.md).")
@@ -20,7 +19,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    print(runner.write_report(_WORKDIR.value, _OUT.value, title=_TITLE.value))
+    print(experiment.write_report(_WORKDIR.value, _OUT.value, title=_TITLE.value))
 
 
 if __name__ == "__main__":

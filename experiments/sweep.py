@@ -7,7 +7,7 @@
 Points come from the config file's get_sweep(arg), or from --points (';' between points,
 ',' between the keys of one point). --config.* flags change every point. Finished points
 (same config, complete results) are skipped, so an interrupted sweep continues where it
-stopped. Ends with report.md and plots/ in --workdir (logic in specjax/eval/runner.py).
+stopped. Ends with report.md and plots/ in --workdir (logic in specjax/eval/experiment.py).
 """
 
 import importlib.util
@@ -17,8 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from specjax import console
-from specjax.eval import runner
+from specjax import console, experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:k=v,...].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the sweep.")
@@ -30,7 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def sweep_points(config_flag: str, points: str | None) -> list[dict]:
     """--points if given, else get_sweep(arg) of the config file."""
     if points is not None:
-        parsed = runner.parse_points(points)
+        parsed = experiment.parse_points(points)
         if not parsed:
             raise app.UsageError(
                 f"--points={points!r} lists no point: give 'k=v,k=v;k=v;...', or leave "
@@ -52,7 +51,7 @@ def main(argv: list[str]) -> None:
     # The flag's text, "path[:arg]": get_sweep receives the same arg as get_config.
     points = sweep_points(config_flags.get_config_filename(flags.FLAGS["config"]), _POINTS.value)
     # Every point is validated before the first one runs.
-    result = runner.run_sweep(
+    result = experiment.run_sweep(
         _CONFIG.value,
         points,
         _WORKDIR.value,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from absl import flags
 
 from specjax import console
-from specjax.eval import bench
+from specjax.bench import speedup
 from specjax.models import ModelConfig, init_model
 
 FLAGS = flags.FLAGS
@@ -29,14 +29,14 @@ def main(argv):
     target = init_model(config, seed=0)
     prompts = [[1, 2, 3, 4, 5, 6, 7, 8]]
     common = dict(max_new_tokens=FLAGS.max_new_tokens, repeats=FLAGS.repeats)
-    ar = bench.time_generate("autoregressive", target, None, prompts, gamma=1, **common)
-    spec = bench.time_generate("draft=target", target, target, prompts, gamma=FLAGS.gamma,
+    ar = speedup.time_generate("autoregressive", target, None, prompts, gamma=1, **common)
+    spec = speedup.time_generate("draft=target", target, target, prompts, gamma=FLAGS.gamma,
                                **common)  # fmt: skip
     assert spec.token_lists == ar.token_lists
     rows = [ar.row(), spec.row()]
-    print(bench.device_description(), bench.now())
+    print(speedup.device_description(), speedup.now())
     columns = ["name", "gamma", "ms_per_token", "tau", "acceptance_tau", "compile_s"]
-    print(bench.markdown_table(rows, columns))
+    print(speedup.markdown_table(rows, columns))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def main(argv: list[str]) -> None:
     if _NAME.value is not None and config.kind == "distill":
         raise app.UsageError("--name publishes heads (kind eagle or medusa), not a draft model")
     if _PROMPTS_ONLY.value:
-        from specjax.eval.models import load_model, load_tokenizer_for
+        from specjax.checkpoints.specs import load_model, load_tokenizer_for
 
         # Text prompts need only the tokenizer (no weights are converted).
         random = config.data.source == "random"

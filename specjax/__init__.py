@@ -6,9 +6,9 @@ out = specjax.generate(target, draft, prompt_ids, gamma=4, max_new_tokens=64)
 """
 
 from specjax.api import as_drafter, as_model, generate
+from specjax.decoding.drafter import Drafter
 from specjax.decoding.sampling import GREEDY, Sampling
 from specjax.decoding.state import GenerateOutput
-from specjax.drafters.base import Drafter
 from specjax.drafters.draft_model import DraftModelDrafter
 from specjax.models import Model, ModelConfig, Transformer, init_model
 

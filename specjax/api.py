@@ -19,17 +19,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.decoding import autoregressive, rejection, speculative
+from specjax.decoding import rejection
 from specjax.decoding import tree as tree_decoding
+from specjax.decoding.drafter import Drafter
+from specjax.decoding.loops import (  # noqa: F401  (TRACE_COUNTS: re-exported for tests)
+    TRACE_COUNTS,
+    autoregressive_jit,
+    speculative_jit,
+    tree_jit,
+)
 from specjax.decoding.sampling import GREEDY, Sampling
 from specjax.decoding.state import GenerateOutput
 from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
-from specjax.drafters.base import Drafter
 from specjax.drafters.draft_model import DraftModelDrafter
 from specjax.models.transformer import Model, Params, Transformer, params_dtype
-
-# How many times each decoder was traced (compiled); tests read it to prove reuse.
-TRACE_COUNTS = {"autoregressive": 0, "speculative": 0, "tree": 0}
 
 PROMPT_BUCKET = 16  # prompts are right-padded to a multiple of this, to share compilations
 
@@ -217,104 +220,6 @@ def check_cache_memory(
         )
 
 
-def _autoregressive(
-    target, params, prompt, lengths, sampling, eos_ids, rng, *, max_new_tokens, cache_size, pad_id
-):
-    TRACE_COUNTS["autoregressive"] += 1
-    return autoregressive.generate(
-        target,
-        params,
-        prompt,
-        lengths,
-        sampling,
-        eos_ids,
-        rng,
-        max_new_tokens=max_new_tokens,
-        cache_size=cache_size,
-        pad_id=pad_id,
-    )
-
-
-def _speculative(
-    target,
-    params,
-    drafter,
-    drafter_params,
-    prompt,
-    lengths,
-    sampling,
-    eos_ids,
-    rng,
-    *,
-    gamma,
-    max_new_tokens,
-    cache_size,
-    pad_id,
-    verify_fn,
-    adaptive_gamma=False,
-):
-    TRACE_COUNTS["speculative"] += 1
-    return speculative.generate(
-        target,
-        params,
-        drafter,
-        drafter_params,
-        prompt,
-        lengths,
-        sampling,
-        eos_ids,
-        rng,
-        gamma=gamma,
-        max_new_tokens=max_new_tokens,
-        cache_size=cache_size,
-        pad_id=pad_id,
-        verify_fn=verify_fn,
-        adaptive_gamma=adaptive_gamma,
-    )
-
-
-# The plain bodies above are also compiled by `specjax.parallel.sharded` with mesh shardings.
-_autoregressive_jit = jax.jit(
-    _autoregressive, static_argnames=("target", "max_new_tokens", "cache_size", "pad_id")
-)
-_speculative_jit = jax.jit(
-    _speculative,
-    static_argnames=(
-        "target",
-        "drafter",
-        "gamma",
-        "max_new_tokens",
-        "cache_size",
-        "pad_id",
-        "verify_fn",
-        "adaptive_gamma",
-    ),
-)
-
-
-def _tree(
-    target, params, drafter, drafter_params, prompt, lengths, sampling, eos_ids, rng, **static
-):
-    TRACE_COUNTS["tree"] += 1
-    return tree_decoding.generate(
-        target, params, drafter, drafter_params, prompt, lengths, sampling, eos_ids, rng, **static
-    )
-
-
-_tree_jit = jax.jit(
-    _tree,
-    static_argnames=(
-        "target",
-        "drafter",
-        "tree",
-        "max_new_tokens",
-        "cache_size",
-        "pad_id",
-        "verify_fn",
-    ),
-)
-
-
 def generate(
     target: Any,
     drafter: Any,
@@ -474,7 +379,7 @@ def generate(
             ),
         )
     if tree is not None:
-        return _tree_jit(
+        return tree_jit(
             target_model,
             target_params,
             draft,
@@ -491,7 +396,7 @@ def generate(
             verify_fn=tree_verify_fn,
         )
     if not speculative_run:
-        return _autoregressive_jit(
+        return autoregressive_jit(
             target_model,
             target_params,
             jnp.asarray(prompt),
@@ -503,7 +408,7 @@ def generate(
             cache_size=int(cache_size),
             pad_id=int(pad_id),
         )
-    return _speculative_jit(
+    return speculative_jit(
         target_model,
         target_params,
         draft,

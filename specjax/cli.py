@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_drafter(args, target, draft_name: str | None):
     """The drafter that --drafter (a registry spec) and the knob flags name, for `target`."""
+    from specjax.checkpoints import load_model
     from specjax.drafters import registry
-    from specjax.eval.models import load_model
 
     text = args.drafter or ("model" if draft_name else None)
     if text is None:
@@ -153,7 +153,7 @@ def generate_command(args) -> dict[str, Any]:
     import jax
 
     import specjax
-    from specjax.eval.models import load_model
+    from specjax.checkpoints import load_model
 
     target = load_model(args.target, args.dtype)
     tokenizer = target.tokenizer

@@ -13,6 +13,7 @@ weights is gigabytes; it must not pile up.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -20,8 +21,17 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_directory", "atomic_write", "remove_stale_temporaries"]
+__all__ = [
+    "PathLike",
+    "atomic_directory",
+    "atomic_write",
+    "remove_stale_temporaries",
+    "save_figure",
+]
+
+PathLike = str | os.PathLike[str]
 
 
 def _host() -> str:
@@ -103,3 +113,13 @@ def atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def save_figure(fig: Any, path: PathLike | None, dpi: int = 120) -> Any:
+    """Write the matplotlib figure ``fig`` as PNG to ``path`` (folders created, all or nothing)
+    when a path is given; returns ``fig``."""
+    if path is not None:
+        png = io.BytesIO()
+        fig.savefig(png, dpi=dpi, format="png")
+        atomic_write(path, png.getvalue())
+    return fig

@@ -117,7 +117,7 @@ def tiny_gguf_with_tokenizer(path, config: ModelConfig = TINY_LLAMA, seed: int =
     byte, one merge "h e", and an end-of-text token), so that the CLI and checkpoint loaders
     can run end to end on it in seconds. Returns the path."""
     from specjax.checkpoints.gguf import save_gguf
-    from specjax.tokenizers import _gpt2_bytes_to_unicode
+    from specjax.tokenizers.bpe import _gpt2_bytes_to_unicode
 
     tokens = [_gpt2_bytes_to_unicode()[b] for b in range(256)] + ["he", "<|endoftext|>"]
     config = config.replace(vocab_size=len(tokens))

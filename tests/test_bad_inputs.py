@@ -23,8 +23,7 @@ import pytest
 from support import TINY_LLAMA, random_model, tiny_gguf_with_tokenizer
 
 import specjax
-from specjax import Sampling, cli, console
-from specjax.eval import runner
+from specjax import Sampling, cli, console, experiment
 from specjax.training import config as training_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,15 +220,15 @@ CONFIG_CASES = [
     "overrides, message", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES]
 )
 def test_config_refuses_with_a_message(overrides, message):
-    with pytest.raises(runner.ConfigError, match=message):
-        runner.finalize(tiny_config(), overrides)
+    with pytest.raises(experiment.ConfigError, match=message):
+        experiment.finalize(tiny_config(), overrides)
 
 
 def test_a_key_a_config_file_invents_gets_a_suggestion():
-    config = runner.base_config()
+    config = experiment.base_config()
     config.gama = 3  # a typo in a config file: an unlocked ConfigDict takes it
-    with pytest.raises(runner.ConfigError, match=r"unknown config key 'gama' \(did you mean"):
-        runner.validate(config)
+    with pytest.raises(experiment.ConfigError, match=r"unknown config key 'gama' \(did you mean"):
+        experiment.validate(config)
     training = training_config.base_config()
     training.train.num_stepz = 3
     with pytest.raises(training_config.ConfigError, match=r"'train\.num_stepz' \(did you mean"):
@@ -237,8 +236,8 @@ def test_a_key_a_config_file_invents_gets_a_suggestion():
 
 
 def test_an_empty_sweep_is_refused(tmp_path):
-    with pytest.raises(runner.ConfigError, match=r"the sweep has no points"):
-        runner.run_sweep(tiny_config(), [], tmp_path, progress=False)
+    with pytest.raises(experiment.ConfigError, match=r"the sweep has no points"):
+        experiment.run_sweep(tiny_config(), [], tmp_path, progress=False)
     assert not (tmp_path / "points").exists()
 
 
@@ -246,7 +245,7 @@ def test_a_file_as_workdir_is_refused(tmp_path):
     path = tmp_path / "a_file"
     path.write_text("x")
     with pytest.raises(NotADirectoryError, match=r"workdir .*a_file is a file, not a folder"):
-        runner.run_experiment(tiny_config(), path, progress=False)
+        experiment.run_experiment(tiny_config(), path, progress=False)
 
 
 # --------------------------------------------------------------------------------------------

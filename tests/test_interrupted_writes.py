@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from support import TINY_LLAMA, random_model, tiny_gguf_with_tokenizer
 
-from specjax import checkpoints, fileio
+from specjax import checkpoints, experiment, fileio
 from specjax.checkpoints import orbax as orbax_lib
-from specjax.eval import plots, runner
+from specjax.experiment import plots
+from specjax.experiment import run as experiment_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +127,7 @@ def _tiny_config(**overrides):
     spec.loader.exec_module(module)
     settings = {"drafter.kind": "ngram", "prompts.subset": 2, "max_new_tokens": 4,
                 "repeats": 1, "measure_c": False, **overrides}  # fmt: skip
-    return runner.finalize(module.get_config(), settings)
+    return experiment.finalize(module.get_config(), settings)
 
 
 def test_interrupted_rerun_is_not_read_as_a_result(tmp_path, monkeypatch):
@@ -134,19 +135,21 @@ def test_interrupted_rerun_is_not_read_as_a_result(tmp_path, monkeypatch):
     after metrics.jsonl and before summary.json: the folder must not report the old run's
     metrics as if they were the new run's, nor count as complete for either config."""
     first, second = _tiny_config(), _tiny_config(max_new_tokens=5)
-    runner.run_experiment(first, tmp_path, progress=False, plots=False)
-    assert runner.is_complete(tmp_path, first)
+    experiment.run_experiment(first, tmp_path, progress=False, plots=False)
+    assert experiment.is_complete(tmp_path, first)
 
     def interrupt(*args, **kwargs):
         raise Interrupt
 
-    monkeypatch.setattr(runner, "_generations", interrupt)
+    monkeypatch.setattr(experiment_run, "_generations", interrupt)
     with pytest.raises(Interrupt):
-        runner.run_experiment(second, tmp_path, progress=False, plots=False)
-    assert not (tmp_path / runner.SUMMARY_FILE).exists()
-    assert not runner.is_complete(tmp_path, first) and not runner.is_complete(tmp_path, second)
+        experiment.run_experiment(second, tmp_path, progress=False, plots=False)
+    assert not (tmp_path / experiment.SUMMARY_FILE).exists()
+    assert not experiment.is_complete(tmp_path, first) and not experiment.is_complete(
+        tmp_path, second
+    )
     with pytest.raises(FileNotFoundError, match="unfinished run"):
-        runner.collect_summaries(tmp_path)
+        experiment.collect_summaries(tmp_path)
     assert not [name for name in _entries(tmp_path) if name.startswith(".")]
     assert json.loads((tmp_path / "config.json").read_text())["max_new_tokens"] == 5
 

@@ -42,6 +42,8 @@ from specjax.tokenizers import (
     load_tokenizer,
     read_gguf_metadata,
 )
+from specjax.tokenizers.chat import _jinja_available
+from specjax.tokenizers.vocab import _VocabTokenizer
 
 DATA = Path(__file__).parent / "data" / "tokenizers"
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
@@ -181,10 +183,10 @@ def read_vectors(vocab: Path) -> list[tuple[str, list[int]]]:
     return [(t, [int(x) for x in line.split()]) for t, line in zip(inputs, lines, strict=False)]
 
 
-_LOADED: dict[str, T._VocabTokenizer] = {}
+_LOADED: dict[str, _VocabTokenizer] = {}
 
 
-def vocab_tokenizer(models: Path, name: str) -> T._VocabTokenizer:
+def vocab_tokenizer(models: Path, name: str) -> _VocabTokenizer:
     if name not in _LOADED:
         _LOADED[name] = load_tokenizer(models / f"ggml-vocab-{name}.gguf")
     return _LOADED[name]
@@ -467,7 +469,7 @@ CONVERSATIONS = [
 ]
 
 
-def _load_with_template(models: Path, vocab: str, template: str) -> T._VocabTokenizer:
+def _load_with_template(models: Path, vocab: str, template: str) -> _VocabTokenizer:
     return load_tokenizer(models / f"ggml-vocab-{vocab}.gguf", chat_template=template)
 
 
@@ -569,7 +571,7 @@ def test_smollm2_real_gguf() -> None:
         assert digits == ["1", "2", "3", "4"]  # SmolLM splits every digit
     ids = tok.encode_chat([{"role": "user", "content": prompts[1]}])
     assert ids[:2] == [1, 9690]  # <|im_start|> system
-    if T._jinja_available():
+    if _jinja_available():
         for conversation in CONVERSATIONS:
             assert tok.apply_chat_template(conversation, renderer="jinja") == (
                 tok.apply_chat_template(conversation, renderer="builtin")
@@ -596,7 +598,7 @@ def test_qwen25_coder_real_gguf(llama_cpp_models: Path) -> None:
     for text, expected in read_vectors(llama_cpp_models / "ggml-vocab-qwen2.gguf"):
         assert tok.encode(text, parse_special=False) == expected, text
     assert tok.default_system_prompt == T.QWEN25_DEFAULT_SYSTEM
-    if T._jinja_available():
+    if _jinja_available():
         for conversation in CONVERSATIONS:
             assert tok.apply_chat_template(conversation, renderer="jinja") == (
                 tok.apply_chat_template(conversation, renderer="builtin")

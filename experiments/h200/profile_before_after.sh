@@ -39,7 +39,7 @@ if [ "${HF:-0}" = 1 ]; then
     timeout "${HF_S:-240}" python - "$shape" <<'PY' 2>&1 | tee -a "$WORK/hf.log"
 import json, sys
 from specjax.bench.hf import time_hf
-from specjax.parallel.bench import SHAPES
+from specjax.bench.parallel import SHAPES
 shape = sys.argv[1]
 rows = time_hf(SHAPES[shape], context=512, new_tokens=128, repeats=3)
 open(f"/tmp/profile_work/hf_{shape}.json", "w").write(json.dumps({"shape": shape, "rows": rows}))

@@ -3,7 +3,7 @@ split by set and pooled, their tables and plots.
 
 Dimension legend: K draft length (gamma).
 
-At batch 1 each prompt set is timed on its own (`eval.bench.real_model_suite`: every prompt
+At batch 1 each prompt set is timed on its own (`bench.speedup.real_model_suite`: every prompt
 decoded alone, autoregressive decoding first, on the same prompts in the same process), and
 its rows carry the set's name. `pool_sets` adds an "all" row per configuration from the
 counts behind each figure, so the pooled τ, α and ms/token are exactly those of one run over
@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from specjax.eval import bench as eval_bench
+from specjax.bench import speedup
+from specjax.eval import prompts as prompts_lib
 
 # The file of each prompt set inside a --prompt_dir (as the packages ship them).
 PROMPT_FILES = {
@@ -39,27 +40,25 @@ def load_prompt_sets(
 ) -> dict[str, list[list[int]]]:
     """Chat-formatted token ids of `per_set` prompts (first user turns, chosen by seeded
     hash, stratified by category) of each set; files from `prompt_dir` when given."""
-    from specjax.eval.prompts import load_prompts
-
     out = {}
     for name in sets:
         if name not in PROMPT_FILES:
             raise ValueError(f"unknown prompt set {name!r}: one of {sorted(PROMPT_FILES)}")
         path = os.path.join(prompt_dir, PROMPT_FILES[name]) if prompt_dir else None
-        texts = [p.text for p in load_prompts(name, subset=per_set, seed=0, path=path)]
-        out[name] = eval_bench.chat_prompt_ids(tokenizer, texts)
+        texts = [p.text for p in prompts_lib.load_prompts(name, subset=per_set, seed=0, path=path)]
+        out[name] = prompts_lib.chat_prompt_ids(tokenizer, texts)
     return out
 
 
 def suite_per_set(
     target,
     prompt_sets: Mapping[str, Sequence[Sequence[int]]],
-    drafters: Sequence[eval_bench.BenchDrafter],
+    drafters: Sequence[speedup.BenchDrafter],
     *,
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
     **suite_kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """Batch-1 rows of `eval.bench.real_model_suite` for each prompt set (rows get "set"),
+    """Batch-1 rows of `bench.speedup.real_model_suite` for each prompt set (rows get "set"),
     then the pooled "all" rows (`pool_sets`). `suite_kwargs`: temperatures, max_new_tokens,
     repeats, eos_ids, prompt_bucket, log. Compiled programs are shared between the sets:
     every prompt is padded to one bucket."""
@@ -72,7 +71,7 @@ def suite_per_set(
             if on_row:
                 on_row(rows)
 
-        eval_bench.real_model_suite(
+        speedup.real_model_suite(
             target, prompts, drafters, batches=[1], on_row=tagged, **suite_kwargs
         )
     rows.extend(pool_sets(rows))
@@ -142,7 +141,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], sets: Sequence[str] = ("all",)) 
     """The batch-1 rows of the given sets as one table (a "set" column when several)."""
     chosen = [r for r in rows if r.get("set", "all") in sets and r["batch"] == 1]
     columns = ("set", *COLUMNS) if len(sets) > 1 else COLUMNS
-    return eval_bench.markdown_table(chosen, columns)
+    return speedup.markdown_table(chosen, columns)
 
 
 def short_name(row: Mapping[str, Any]) -> str:

@@ -1,4 +1,9 @@
-"""HF transformers at the same shapes as `profile.py`: what a researcher would otherwise run.
+"""HF transformers baselines: what a researcher would otherwise run, timed like specjax.
+
+Two entries, one protocol: `time_hf` at the shapes of `profile.py` (random weights) and
+`hf_suite` on a real GGUF's weights and the same prompt token ids as `speedup.py` (the
+GGUF loader of transformers needs the `gguf` package; every run generates exactly
+`max_new_tokens` tokens, EOS disabled, so ms/token compares like with like).
 
 A randomly initialised `LlamaForCausalLM` / `Qwen2ForCausalLM` of a specjax `ModelConfig`
 (bf16, created on the GPU), greedy `generate` of N tokens after a P-token prompt, EOS off:
@@ -18,6 +23,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from specjax.models.config import ModelConfig
@@ -49,6 +55,32 @@ def hf_config(config: ModelConfig, max_positions: int):
     raise ValueError(f"no HF baseline for family {config.family!r}")
 
 
+def _greedy_without_eos(model: Any) -> None:
+    """Eval mode, and generation that runs to its token budget (EOS off, pad id 0)."""
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+
+
+def _set_mode(model: Any, mode: str) -> None:
+    """Mode "static_compile": a static cache and `torch.compile(model.forward)`; other modes as is.
+    mode="reduce-overhead" (CUDA graphs) crashed inside generate with transformers 5.17
+    ("accessing tensor output of CUDAGraphs that has been overwritten"), hence "default"."""
+    if mode == "static_compile":
+        import torch
+
+        model.generation_config.cache_implementation = "static"
+        model.forward = torch.compile(model.forward, mode="default")
+
+
+def _warm_up(call: Callable[[], Any]) -> float:
+    """Seconds of two warm-up calls (torch.compile's compilation happens in the first)."""
+    start = time.perf_counter()
+    call()
+    call()
+    return time.perf_counter() - start
+
+
 def time_hf(
     config: ModelConfig,
     *,
@@ -70,15 +102,11 @@ def time_hf(
         model = AutoModelForCausalLM.from_config(
             hf_config(config, context + new_tokens + 16), dtype=torch.bfloat16
         )
-    model.eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
+    _greedy_without_eos(model)
     prompt = torch.randint(0, config.vocab_size, (1, context), device="cuda")
     rows = []
     for mode in modes:
-        if mode == "static_compile":
-            model.generation_config.cache_implementation = "static"
-            model.forward = torch.compile(model.forward, mode="default")
+        _set_mode(model, mode)
 
         def generate():
             with torch.inference_mode():
@@ -89,10 +117,7 @@ def time_hf(
             torch.cuda.synchronize()
             return out
 
-        start = time.perf_counter()
-        generate()
-        generate()
-        warmup_s = time.perf_counter() - start
+        warmup_s = _warm_up(generate)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -112,14 +137,79 @@ def time_hf(
     return rows
 
 
+def hf_suite(
+    gguf_path: str | Path,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    repeats: int,
+    modes: Sequence[str] = ("autoregressive", "prompt_lookup", "static_compile"),
+    prompt_lookup_num_tokens: int = 10,
+    reference_tokens: Sequence[Sequence[int]] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Batch-1 HF generate timings per mode (median ms/token over prompts x repeats)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf_path = Path(gguf_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16
+    )
+    model = model.to(device)
+    _greedy_without_eos(model)
+    rows = []
+    for mode in modes:
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                      do_sample=False)  # fmt: skip
+        if mode == "prompt_lookup":
+            kwargs["prompt_lookup_num_tokens"] = prompt_lookup_num_tokens
+        _set_mode(model, mode)
+
+        def run(ids, kwargs=kwargs):
+            inputs = torch.tensor([list(ids)], device=device)
+            with torch.inference_mode():
+                out = model.generate(inputs, attention_mask=torch.ones_like(inputs), **kwargs)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out[0, inputs.shape[1] :].tolist()
+
+        warmup_s = _warm_up(lambda: run(prompt_ids[0]))
+        times, matches = [], []
+        for index, ids in enumerate(prompt_ids):
+            for _ in range(repeats):
+                start = time.perf_counter()
+                tokens = run(ids)
+                times.append(time.perf_counter() - start)
+            if reference_tokens is not None:
+                ref = list(reference_tokens[index])
+                same = next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b),
+                            min(len(tokens), len(ref)))  # fmt: skip
+                matches.append(same)
+        ms_per_token = 1e3 * statistics.median(times) / max_new_tokens
+        row = {
+            "name": f"hf_{mode}",
+            "batch": 1,
+            "warmup_s": warmup_s,
+            "ms_per_token": ms_per_token,
+            "tokens_per_s": 1e3 / ms_per_token,
+            "prefix_match_with_specjax": matches,
+        }
+        rows.append(row)
+        log(f"HF {mode}: {ms_per_token:.2f} ms/token (warm-up {warmup_s:.1f} s) "
+            f"greedy prefix equal to specjax: {matches}")  # fmt: skip
+    return rows
+
+
 def add_to_profile(result: dict[str, Any], *, repeats: int = 3) -> dict[str, Any]:
     """HF at the shape of a `profile.run` result (its context and new tokens), added to the
     result and its JSON file under "hf". Ours beside it: the "ar" section's wall time per
     token with the prefill included, as HF's figure."""
     import json
 
+    from specjax.bench.parallel import SHAPES
     from specjax.fileio import atomic_write
-    from specjax.parallel.bench import SHAPES
 
     s = result["settings"]
     rows = time_hf(

@@ -11,7 +11,7 @@ For each section of `ProfileSettings.what`:
     with its KV write in place. c = draft step / target step.
   * ar: `specjax.generate` without a drafter, P prompt tokens, N new tokens, greedy.
   * spec: `specjax.generate` with a draft model of `draft_shape`, gamma K, at temperature 1
-    with a verify rule that replays an acceptance histogram (`eval.bench.forced_acceptance`):
+    with a verify rule that replays an acceptance histogram (`speedup.forced_acceptance`):
     synthetic weights accept nothing on their own, so speculative figures are projections at
     that acceptance and are labelled so.
 Weights are synthetic (hash-initialised on the device, real shapes). ms/token of a loop is
@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax import tables
+
 SECTIONS = ("step", "ar", "spec")
 
 
@@ -53,7 +55,7 @@ class ProfileSettings:
     """What to profile (the flags of `experiments/profile.py`).
 
     Fields:
-      shape: target architecture, a key of `specjax.parallel.bench.SHAPES`.
+      shape: target architecture, a key of `specjax.bench.parallel.SHAPES`.
       draft_shape: the spec section's draft ("" = the shape's usual draft in DEFAULT_DRAFTS);
         its vocabulary is set to the target's.
       what: subset of SECTIONS.
@@ -84,7 +86,7 @@ class ProfileSettings:
     label: str = ""
 
     def __post_init__(self):
-        from specjax.parallel.bench import DEFAULT_DRAFTS, SHAPES
+        from specjax.bench.parallel import DEFAULT_DRAFTS, SHAPES
 
         unknown = sorted(set(self.what) - set(SECTIONS))
         if unknown:
@@ -151,64 +153,26 @@ def _hlo_summary(dump_dir: str | None, module: str, num_layers: int) -> dict[str
     return summary
 
 
-def _make_step(model, tag: str):
-    """A jitted forward whose cache is donated and rolled back: repeatable forever, and the KV
-    write lands in place as it does inside the generation loop. Its HLO module is named
-    jit_profile_step_<tag> (the dump's file names tell the steps apart)."""
-    from specjax import cache as kv_cache
-
-    def profile_step(params, tokens_BxT, positions_BxT, cache):
-        logits_BxTxV, _, new_cache = model.forward(params, tokens_BxT, positions_BxT, cache)
-        return logits_BxTxV, kv_cache.rollback(new_cache, cache.lengths)
-
-    profile_step.__name__ = f"profile_step_{tag}"
-    return jax.jit(profile_step, donate_argnums=(3,))
-
-
-def time_step(
-    model, params, *, batch: int, context: int, T: int, slots: int, repeats: int, tag: str = ""
-):
-    """(median ms, first-call s, a zero-arg function running one more step) of a T-token
-    forward with `context` valid cache slots out of `slots`."""
-    from specjax import cache as kv_cache
-
-    dtype = jax.tree.leaves(params)[0].dtype
-    step = _make_step(model, tag or f"T{T}")
-    cache = kv_cache.rollback(
-        model.init_cache(batch, slots, dtype), jnp.full((batch,), context, jnp.int32)
-    )
-    tokens = jnp.ones((batch, T), jnp.int32)
-    positions = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (batch, T))
-    state = {"cache": cache}
-
-    def run():
-        logits, state["cache"] = step(params, tokens, positions, state["cache"])
-        return logits
-
-    first_s, median_s, _ = _median_s(run, repeats)
-    return 1e3 * median_s, first_s, run
-
-
 def floor_ms(params, config, *, batch: int, context: int, bandwidth: float) -> float:
     """Bytes one decode step must read (every weight as stored, every cached key/value) /
-    bandwidth (`eval.bench.floor_ms` counts the weights from the config instead)."""
-    from specjax.eval import bench as eval_bench
+    bandwidth (`steps.floor_ms` counts the weights from the config instead)."""
+    from specjax.bench import steps as step_lib
 
     weight_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     itemsize = jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize
-    kv_bytes = eval_bench.kv_bytes_read(config, batch, context, itemsize)
+    kv_bytes = step_lib.kv_bytes_read(config, batch, context, itemsize)
     return 1e3 * (weight_bytes + kv_bytes) / bandwidth
 
 
 def _accept_probs(settings: ProfileSettings) -> tuple[list[float], str]:
-    from specjax.eval import bench as eval_bench
+    from specjax.bench import speedup
 
     if settings.accept_from:
-        from specjax.parallel.bench import load_acceptance
+        from specjax.bench.parallel import load_acceptance
 
         acceptance = load_acceptance(settings.accept_from, settings.gamma)
         return [float(p) for p in acceptance.probs], acceptance.source
-    probs = eval_bench.geometric_accept_probs(settings.alpha, settings.gamma)
+    probs = speedup.geometric_accept_probs(settings.alpha, settings.gamma)
     return [float(p) for p in probs], f"i.i.d. alpha={settings.alpha} (assumed)"
 
 
@@ -222,9 +186,10 @@ def run(
 ) -> dict[str, Any]:
     """Profiles `settings` and writes <out_dir>/profile_<label>_<shape>.json; returns it."""
     import specjax
+    from specjax.bench import speedup
+    from specjax.bench import steps as step_lib
+    from specjax.bench.parallel import DEFAULT_DRAFTS, SHAPES
     from specjax.decoding.sampling import Sampling
-    from specjax.eval import bench as eval_bench
-    from specjax.parallel.bench import DEFAULT_DRAFTS, SHAPES
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -232,9 +197,7 @@ def run(
     config = SHAPES[s.shape]
     dtype = jnp.dtype(s.dtype)
     if bandwidth is None:
-        bandwidth = eval_bench.measure_copy_bandwidth(
-            4e9 if jax.default_backend() != "cpu" else 1e8
-        )
+        bandwidth = step_lib.measure_copy_bandwidth(4e9 if jax.default_backend() != "cpu" else 1e8)
     result: dict[str, Any] = {
         "label": s.label,
         "settings": dataclasses.asdict(s),
@@ -254,7 +217,7 @@ def run(
         atomic_write(path, json.dumps(result, indent=1, default=str))
 
     log(f"[{s.label}] {s.shape}: creating synthetic {s.dtype} weights")
-    target, params = eval_bench.synthetic_model(config, dtype)
+    target, params = step_lib.synthetic_model(config, dtype)
     floor = floor_ms(params, config, batch=s.batch, context=s.context, bandwidth=bandwidth)
     result["floor_ms"] = floor
     result["weight_bytes"] = int(sum(leaf.nbytes for leaf in jax.tree.leaves(params)))
@@ -266,16 +229,16 @@ def run(
     draft_shape = s.draft_shape or DEFAULT_DRAFTS.get(s.shape, "")
     if draft_shape and ("spec" in s.what or "step" in s.what):
         draft_config = SHAPES[draft_shape].replace(vocab_size=config.vocab_size)
-        draft, draft_params = eval_bench.synthetic_model(draft_config, dtype)
+        draft, draft_params = step_lib.synthetic_model(draft_config, dtype)
         result["draft_shape"] = draft_shape
 
     # Prefill is subtracted from the loops' wall time: always measure it.
-    prefill_ms, _, _ = time_step(
+    prefill_ms, _, _ = step_lib.time_step(
         target, params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
     )
     draft_prefill_ms = None
     if "spec" in s.what:
-        draft_prefill_ms, _, _ = time_step(
+        draft_prefill_ms, _, _ = step_lib.time_step(
             draft, draft_params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
         )
 
@@ -288,7 +251,7 @@ def run(
         if draft is not None:
             steps_to_time["draft_T1"] = (draft, draft_params, 1)
         for name, (model, weights, T) in steps_to_time.items():
-            median_ms, first_s, again = time_step(
+            median_ms, first_s, again = step_lib.time_step(
                 model, weights, batch=B, context=P, T=T, slots=slots, repeats=s.repeats,
                 tag=f"{s.shape}_{name}".replace(".", "_").replace("-", "_"),
             )  # fmt: skip
@@ -329,7 +292,7 @@ def run(
             kwargs=dict(
                 sampling=Sampling.create(1.0),
                 gamma=K,
-                verify_fn=eval_bench.forced_acceptance(probs),
+                verify_fn=speedup.forced_acceptance(probs),
             ),
             prefill_ms=prefill_ms + draft_prefill_ms,
             module="_speculative",
@@ -393,6 +356,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _fmt3(value: Any) -> str:
+    return _fmt(value, 3)
+
+
 def summary_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (run, section): the figures of the before/after tables."""
     rows = []
@@ -435,9 +402,7 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
     (prefill subtracted), per call for `step` (host dispatch included); device_ms: GPU busy
     time per token / per step from the trace."""
     rows = summary_rows(results)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c], 3) for c in COLUMNS) + " |")
+    lines = [tables.markdown(COLUMNS, ([row[c] for c in COLUMNS] for row in rows), _fmt3)]
     for r in results:
         for name, sec in r["sections"].items():
             top = (sec.get("trace") or {}).get("top_kernels")
@@ -447,12 +412,18 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
                 "",
                 f"Top kernels: {r['label']} {r['settings']['shape']} {name}",
                 "",
-                "| kernel | count | total ms | share | mean µs |",
-                "|---|---|---|---|---|",
+                tables.markdown(
+                    ("kernel", "count", "total ms", "share", "mean µs"),
+                    (
+                        (
+                            f"`{k['name'][:70]}`",
+                            k["count"],
+                            f"{k['total_ms']:.3f}",
+                            f"{k['share']:.3f}",
+                            f"{k['mean_us']:.1f}",
+                        )
+                        for k in top
+                    ),
+                ),  # fmt: skip
             ]
-            for k in top:
-                lines.append(
-                    f"| `{k['name'][:70]}` | {k['count']} | {k['total_ms']:.3f} | "
-                    f"{k['share']:.3f} | {k['mean_us']:.1f} |"
-                )
     return "\n".join(lines)

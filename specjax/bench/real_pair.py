@@ -6,7 +6,7 @@ For one loaded pair, in one process: autoregressive decoding and speculative dec
 the draft model at every gamma in `gammas`, and prompt lookup (the n-gram drafter) at every
 gamma in `ngram_gammas`, on every prompt set. Batch 1: each prompt is decoded alone, its time
 the median of `repeats` calls after a compile call, a set's time the sum over its prompts
-(`eval.bench.time_prompts_one_by_one`: one compiled program per configuration serves every
+(`bench.speedup.time_prompts_one_by_one`: one compiled program per configuration serves every
 prompt, all padded to `prompt_bucket`). Speedup = AR ms/token / speculative ms/token on the
 same prompts. Greedy outputs are compared with AR row by row (`rows_identical`).
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from specjax.eval import bench as eval_bench
+from specjax.bench import speedup
 from specjax.eval import cost_model
 
 
@@ -121,7 +121,7 @@ def gamma_sweep(
     for name, drafter, gamma in configs:
         per_set = {}
         for set_name, prompts in prompt_sets.items():
-            result = eval_bench.time_prompts_one_by_one(
+            result = speedup.time_prompts_one_by_one(
                 name, target, drafter, prompts, gamma=gamma, **common
             )
             per_set[set_name] = result
@@ -173,7 +173,7 @@ def _row(name, drafter, gamma, set_name, per_set, ar_results, costs, ngram) -> d
     ar = _pool([ar_results[s] for s in sets])
     ms_per_token = 1e3 * mine["median_s"] / mine["tokens"]
     ar_ms_per_token = 1e3 * ar["median_s"] / ar["tokens"]
-    agree = eval_bench.agreement(mine["token_lists"], ar["token_lists"])
+    agree = speedup.agreement(mine["token_lists"], ar["token_lists"])
     row = {
         "config": name,
         "drafter": "none" if drafter is None else ("ngram" if drafter is ngram else "model"),
@@ -205,13 +205,13 @@ COLUMNS = ("config", "set", "prompts", "ms_per_token", "ar_ms_per_token", "speed
 def markdown(rows: Sequence[dict[str, Any]], sets: Sequence[str] = ("all",)) -> str:
     """The rows of the given prompt sets as a table."""
     chosen = [r for r in rows if r["set"] in sets]
-    return eval_bench.markdown_table(chosen, COLUMNS)
+    return speedup.markdown_table(chosen, COLUMNS)
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> None:
     """Measured (solid) and predicted (dashed) speedup against gamma, one colour per prompt
     set, for the draft-model rows."""
-    from specjax.eval import plots
+    from specjax.experiment import plots
 
     records = [
         {**r, "predicted_speedup": r.get("predicted", np.nan)}

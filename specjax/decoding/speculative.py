@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from specjax import cache as kv_cache
 from specjax.decoding import rejection, sequence
 from specjax.decoding import sampling as sampling_lib
+from specjax.decoding.drafter import Drafter
 from specjax.decoding.state import DecodeState, DecodeStats, GenerateOutput
-from specjax.drafters.base import Drafter
 from specjax.models.transformer import Model, Params, params_dtype
 
 # (rng, draft_tokens [B,K], draft_probs [B,K,V] | None, target_probs [B,K+1,V]) -> (n, next)

@@ -44,8 +44,8 @@ import numpy as np
 from specjax import cache as kv_cache
 from specjax.decoding import rejection, sequence, speculative
 from specjax.decoding import sampling as sampling_lib
+from specjax.decoding.drafter import Drafter
 from specjax.decoding.state import DecodeState, DecodeStats, GenerateOutput
-from specjax.drafters.base import Drafter
 from specjax.models.transformer import Model, Params
 
 # (rng, tokens [B,N], parents [B,N], draft_probs [B,N+1,V] | None, target_probs [B,N+1,V])

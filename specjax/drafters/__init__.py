@@ -1,4 +1,7 @@
-"""Drafters: sources of draft tokens behind one protocol (`base.Drafter`).
+"""Drafters: sources of draft tokens behind one protocol.
+
+The protocol, `specjax.decoding.drafter.Drafter`, is the loop's side of the contract and lives
+beside the loop; the drafters here implement it.
 
 By name, every drafter goes through one registry (`registry`): kinds, their knobs and
 defaults, the ``kind:key=value`` spec syntax and the tree syntax. The CLI, experiment

@@ -28,10 +28,10 @@ import jax.numpy as jnp
 
 from specjax import cache as kv_cache
 from specjax.decoding import sampling as sampling_lib
+from specjax.decoding.drafter import Drafter
 from specjax.decoding.state import DraftContext
 from specjax.decoding.tree import DraftTree, DynamicTreeSpec, TreeSpec
 from specjax.drafters import tree_expansion
-from specjax.drafters.base import Drafter
 from specjax.models.transformer import Model, Params, params_dtype
 
 

@@ -50,10 +50,10 @@ from flax import nnx
 
 from specjax import cache as kv_cache
 from specjax.decoding import sampling as sampling_lib
+from specjax.decoding.drafter import Drafter
 from specjax.decoding.state import DraftContext
 from specjax.decoding.tree import DraftTree, DynamicTreeSpec, TreeSpec, per_row
 from specjax.drafters import tree_expansion
-from specjax.drafters.base import Drafter
 from specjax.models.config import NO_WINDOW, ModelConfig
 from specjax.models.layers import Block
 from specjax.models.transformer import DecodeParams, Model, Params

@@ -21,9 +21,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from specjax.decoding.drafter import Drafter
 from specjax.decoding.sampling import Sampling
 from specjax.decoding.state import DraftContext
-from specjax.drafters.base import Drafter
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""Evaluation: prompt sets, decoding metrics, the Leviathan et al. cost model, plots.
+"""Evaluation: prompt sets, decoding metrics, the Leviathan et al. cost model, timing.
 
 Model-independent: everything works on per-row statistics arrays and timings, so it scores
-any drafter on any backend. ``specjax.eval.plots`` (matplotlib) is imported on demand.
+any drafter on any backend. Plots and reports are experiment tooling: `specjax.experiment`.
 """
 
 from specjax.eval import cost_model, metrics, prompts, timing

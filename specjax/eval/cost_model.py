@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from specjax import tables
 from specjax.eval.timing import Timing, timed
 
 __all__ = [
@@ -291,9 +292,7 @@ def format_table(
             return "nan" if math.isnan(v) else f"{v:.{digits}f}"
         return str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    return tables.markdown(columns, ([r.get(c, "") for c in columns] for r in rows), fmt)
 
 
 def cost_summary(alpha: float, gamma: int, c: float, max_gamma: int = 16) -> dict[str, float]:

@@ -416,7 +416,7 @@ class RunSummary:
 
     def to_json(self) -> str:
         # nan is not JSON; null keeps files readable by any JSON parser.
-        return json.dumps(_jsonable(self.to_dict()), sort_keys=False)
+        return json.dumps(jsonable(self.to_dict()), sort_keys=False)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunSummary:
@@ -432,7 +432,7 @@ class RunSummary:
         row = {}
         for k, v in self.to_dict().items():
             if isinstance(v, list | dict):
-                row[k] = json.dumps(_jsonable(v))
+                row[k] = json.dumps(jsonable(v))
             elif isinstance(v, float) and math.isnan(v):
                 row[k] = ""
             else:
@@ -440,7 +440,7 @@ class RunSummary:
         return row
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, float | np.floating):
         return None if math.isnan(float(x)) or math.isinf(float(x)) else float(x)
     if isinstance(x, np.integer):
@@ -448,11 +448,11 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.bool_):
         return bool(x)
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     return x
 
 
@@ -562,7 +562,7 @@ def summarize_by_category(
 
 def append_jsonl(summary: RunSummary | Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Append one summary as a JSON line (a sweep's metrics.jsonl grows run by run)."""
-    line = summary.to_json() if isinstance(summary, RunSummary) else json.dumps(_jsonable(summary))
+    line = summary.to_json() if isinstance(summary, RunSummary) else json.dumps(jsonable(summary))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")

@@ -571,3 +571,20 @@ def group_by_category(
     for p in prompts:
         groups.setdefault(p.category, []).append(p)
     return {c: ps for c, ps in groups.items() if ps}
+
+
+def load_prompt_texts(prompt_dir: str | None, per_set: int) -> list[str]:
+    """First user turns of `per_set` HumanEval and `per_set` MT-Bench prompts (seeded); files
+    from `prompt_dir` when given (machines without registry access), else downloaded."""
+
+    def path(name):
+        return os.path.join(prompt_dir, name) if prompt_dir else None
+
+    humaneval = load_prompts("humaneval", subset=per_set, seed=0, path=path("HumanEval.jsonl.gz"))
+    mt_bench = load_prompts("mt_bench", subset=per_set, seed=0, path=path("question.jsonl"))
+    return [p.text for p in humaneval] + [p.text for p in mt_bench]
+
+
+def chat_prompt_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Chat-formatted token ids of single-turn user prompts."""
+    return [tokenizer.encode_chat([{"role": "user", "content": text}]) for text in texts]

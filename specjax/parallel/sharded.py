@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from specjax import cache as kv_cache
+from specjax.decoding import loops
 from specjax.decoding.state import GenerateOutput
 from specjax.drafters.draft_model import DraftModelDrafter
 from specjax.models.transformer import (
@@ -271,15 +272,13 @@ def _compiled(
     static: tuple[tuple[str, Any], ...],
 ) -> Callable:
     """The jitted generation for one static key (built once, like the unsharded jit)."""
-    from specjax import api  # late import: api imports this module lazily
-
     mesh = target.layout.mesh
     rep = mesh_lib.replicated(mesh)
     # Dynamic arguments: [params, (drafter_params,)] prompt [B,P], lengths [B], sampling,
     # eos_ids [E], rng.
     rows = (mesh_lib.batch_sharding(mesh, 2), mesh_lib.batch_sharding(mesh, 1), rep, rep, rep)
     if kind == "autoregressive":
-        body = functools.partial(api._autoregressive, target, **dict(static))
+        body = functools.partial(loops._autoregressive, target, **dict(static))
 
         def fn(params, prompt, lengths, sampling, eos_ids, rng):
             out = body(params, prompt, lengths, sampling, eos_ids, rng)
@@ -288,7 +287,7 @@ def _compiled(
         in_shardings = (params_key.tree, *rows)
         lengths_argnum = 2
     else:
-        body = functools.partial(api._speculative, **dict(static))
+        body = functools.partial(loops._speculative, **dict(static))
 
         def fn(params, drafter_params, prompt, lengths, sampling, eos_ids, rng):
             out = body(
@@ -327,7 +326,7 @@ def prepare_generate(
 ) -> tuple[Callable, tuple[Any, ...]]:
     """(compiled function, its arguments placed on the mesh) for one generation.
 
-    `static` are the keyword arguments of `api._autoregressive` / `api._speculative`
+    `static` are the keyword arguments of `loops._autoregressive` / `loops._speculative`
     (max_new_tokens, cache_size, pad_id, and for speculative runs gamma and verify_fn).
     Tests call `fn.lower(*args).compile().as_text()` on the result to inspect the program.
     """

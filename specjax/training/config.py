@@ -6,7 +6,7 @@
 
 Groups:
   kind      "eagle" | "medusa" | "distill": what is trained.
-  target    model spec (see specjax.eval.models): a registered name, a path, or random:<shape>.
+  target    model spec (specjax.checkpoints.specs): a registered name, a path, or random:<shape>.
   dtype     target dtype for data generation ("float32" | "bfloat16"); heads train in float32.
   data      prompts -> target answers -> features (specjax.training.data).
   head      EAGLE / Medusa hyperparameters and loss weights.
@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Raises ConfigError naming the first bad key (an unknown key with the closest ones)."""
-    from specjax.eval.runner import unknown_keys_message
+    from specjax.overrides import unknown_keys_message
 
     unknown = unknown_keys_message(config, base_config())
     if unknown:
@@ -146,8 +146,8 @@ def finalize(
     config: ml_collections.ConfigDict, arg: str | Mapping[str, Any] | None = None
 ) -> ml_collections.ConfigDict:
     """Applies `arg` ("k=v,..." or a mapping), validates and locks (what get_config returns)."""
-    from specjax.eval.runner import ConfigError as RunnerConfigError
-    from specjax.eval.runner import apply_overrides, parse_arg
+    from specjax.overrides import ConfigError as RunnerConfigError
+    from specjax.overrides import apply_overrides, parse_arg
 
     try:
         overrides = parse_arg(arg) if isinstance(arg, str | None) else dict(arg)

@@ -30,8 +30,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from specjax.checkpoints import LoadedModel, load_model
 from specjax.drafters import heads
-from specjax.eval.models import LoadedModel, load_model
 from specjax.fileio import atomic_write
 from specjax.models.transformer import Model, abstract_model
 from specjax.training import data as data_lib
@@ -255,7 +255,7 @@ def eval_prompts(config: ml_collections.ConfigDict, target: LoadedModel) -> list
     per_set = config.eval.per_set
     if target.tokenizer is None:
         return data_lib.random_prompts(target.config.vocab_size, 2 * per_set, 16, seed=99)
-    from specjax.eval.bench import chat_prompt_ids, load_prompt_texts
+    from specjax.eval.prompts import chat_prompt_ids, load_prompt_texts
 
     return chat_prompt_ids(target.tokenizer, load_prompt_texts(None, per_set))
 

@@ -5,7 +5,7 @@ comparison (τ, α per draft position, speedup).
     plot_training({"eagle": records}, "curves.png")
     plot_comparison(experiment.compare(config, run))   # rows of experiment.compare
 
-Figures are built as in `specjax.eval.plots` (a `Figure` on the Agg canvas, never pyplot):
+Figures are built as in `specjax.experiment.plots` (a `Figure` on the Agg canvas, never pyplot):
 headless, the notebook's backend untouched; a notebook displays the returned Figure as is.
 """
 
@@ -20,7 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 
-from specjax.eval.plots import PathLike, save
+from specjax.fileio import PathLike
+from specjax.fileio import save_figure as save
 
 __all__ = ["plot_comparison", "plot_training", "top1_keys"]
 

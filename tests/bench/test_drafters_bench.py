@@ -5,7 +5,7 @@ import numpy as np
 from support import TINY_LLAMA, random_model
 
 from specjax.bench import drafters as drafters_bench
-from specjax.eval import bench as eval_bench
+from specjax.bench import speedup
 
 
 def test_pooled_rows_equal_one_run_over_every_prompt():
@@ -15,7 +15,7 @@ def test_pooled_rows_equal_one_run_over_every_prompt():
         name: [rng.integers(1, 64, n).tolist() for n in lengths]
         for name, lengths in (("a", (5, 9)), ("b", (3, 7, 12)))
     }
-    drafter = eval_bench.parse_drafter_spec("early-exit:exit_layer=1,gamma=3", target)
+    drafter = speedup.parse_drafter_spec("early-exit:exit_layer=1,gamma=3", target)
     common = dict(max_new_tokens=10, repeats=0, prompt_bucket=16)
     rows = drafters_bench.suite_per_set(
         target, sets, [drafter], temperatures=[0.0], log=lambda _: None, **common
@@ -24,9 +24,9 @@ def test_pooled_rows_equal_one_run_over_every_prompt():
     pooled = {r["name"]: r for r in rows if r["set"] == "all"}
     every = [p for prompts in sets.values() for p in prompts]
     kwargs = dict(gamma=3, temperature=0.0, **common)
-    one = eval_bench.time_prompts_one_by_one(drafter.name, target, drafter.drafter, every,
+    one = speedup.time_prompts_one_by_one(drafter.name, target, drafter.drafter, every,
                                              **kwargs)  # fmt: skip
-    ar = eval_bench.time_prompts_one_by_one("autoregressive", target, None, every, **kwargs)
+    ar = speedup.time_prompts_one_by_one("autoregressive", target, None, every, **kwargs)
     spec = pooled[drafter.name]
     assert spec["tokens"] == one.tokens and spec["prompts"] == len(every)
     assert spec["verify_calls"] == one.verify_calls

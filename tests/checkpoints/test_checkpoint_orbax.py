@@ -11,7 +11,7 @@ from flax import nnx
 
 import specjax.checkpoints as checkpoints
 from specjax.checkpoints import gguf as ckpt_gguf
-from specjax.checkpoints import hf
+from specjax.checkpoints import hf, loader
 from specjax.checkpoints.orbax import load_model, orbax_restore, orbax_save, save_model
 from specjax.checkpoints.params import to_numpy_dict
 from specjax.models.transformer import abstract_model
@@ -70,7 +70,7 @@ def test_load_caches_the_conversion(tmp_path, isolated_cache, monkeypatch, kind)
     def no_conversion(*args, **kwargs):
         raise AssertionError("the second load must come from the cache")
 
-    monkeypatch.setattr(checkpoints, "convert", no_conversion)
+    monkeypatch.setattr(loader, "convert", no_conversion)
     _, second, metadata2 = checkpoints.load(source, progress=False)
     _assert_same(second, first)
     assert metadata2["converted_cache"] == cached
@@ -87,9 +87,9 @@ def test_cache_is_keyed_by_dtype_and_survives_damage(tmp_path, isolated_cache, m
     assert {x.dtype for x in jax.tree.leaves(bf16_params)} == {jnp.dtype(jnp.bfloat16)}
     # Damage the float32 entry: load converts again instead of failing.
     conversions = []
-    convert = checkpoints.convert
+    convert = loader.convert
     monkeypatch.setattr(
-        checkpoints, "convert", lambda *a, **k: conversions.append(a) or convert(*a, **k)
+        loader, "convert", lambda *a, **k: conversions.append(a) or convert(*a, **k)
     )
     for file in (isolated_cache / "converted").glob("*float32*/params/**/*"):
         if file.is_file() and file.stat().st_size > 1000:

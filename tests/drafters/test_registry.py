@@ -8,14 +8,15 @@ import jax
 import numpy as np
 import pytest
 
-from specjax import cli
+from specjax import cli, experiment
+from specjax.bench import speedup
 from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
 from specjax.drafters import registry
 from specjax.drafters.heads import init_heads, save_heads
 from specjax.drafters.ngram import NgramDrafter
-from specjax.eval import bench, models, runner
+from specjax.experiment import pairs
 from specjax.training import config as training_config
-from specjax.training import experiment
+from specjax.training import experiment as training_experiment
 
 # --------------------------------------------------------------------------------------
 # Parsing
@@ -108,7 +109,7 @@ def test_defaults_live_in_the_registry():
     assert registry.default_exit_layer(30) == 10 and registry.default_exit_layer(2) == 1
     # The experiment config's drafter group is the registry's knobs with their defaults
     # (the draft model is the default experiment's pair, not a knob default).
-    group = runner.base_config().drafter.to_dict()
+    group = experiment.base_config().drafter.to_dict()
     assert group.pop("kind") == "model" and group.pop("model") == "qwen2.5-coder-0.5b-instruct"
     assert group == {k: v for k, v in registry.knob_defaults().items() if k != "model"}
     # The CLI's knob flags default to "not given", so the registry's defaults apply.
@@ -127,18 +128,18 @@ _CLI = ["generate", "--target", "random:six", "--prompt", "p", "--max-new-tokens
 def six_layers():
     """A random 6-layer target, where a third (2) and a quarter (1) of the layers differ."""
     with pytest.MonkeyPatch.context() as patch:
-        shape = models.RANDOM_SHAPES["tiny"].replace(num_layers=6)
-        patch.setitem(models.RANDOM_SHAPES, "six", shape)
-        yield models.load_model("random:six", "float32", 0)
-        models.clear_cache()
+        shape = pairs.RANDOM_SHAPES["tiny"].replace(num_layers=6)
+        patch.setitem(pairs.RANDOM_SHAPES, "six", shape)
+        yield pairs.load_model("random:six", "float32", 0)
+        pairs.clear_cache()
 
 
 def _config(**overrides):
-    config = runner.base_config()
+    config = experiment.base_config()
     config.target = "random:six"
-    config.prompts.name = runner.SYNTHETIC
+    config.prompts.name = experiment.SYNTHETIC
     config.dtype = "float32"  # the CLI's default, and the fixture's target
-    return runner.finalize(config, overrides)
+    return experiment.finalize(config, overrides)
 
 
 def _same(a, b) -> bool:
@@ -173,8 +174,8 @@ def _same(a, b) -> bool:
 )  # fmt: skip
 def test_cli_config_and_bench_build_the_same_drafter(six_layers, cli_args, config, spec):
     via_cli = cli.make_drafter(cli.build_parser().parse_args(_CLI + cli_args), six_layers, None)
-    via_config = models.load_pair(_config(**config)).drafter
-    via_bench = bench.parse_drafter_spec(spec, six_layers.pair).drafter
+    via_config = pairs.load_pair(_config(**config)).drafter
+    via_bench = speedup.parse_drafter_spec(spec, six_layers.pair).drafter
     assert _same(via_cli, via_config) and _same(via_cli, via_bench)
 
 
@@ -185,10 +186,10 @@ def test_early_exit_default_is_a_third_everywhere(six_layers):
     via_cli = cli.make_drafter(
         cli.build_parser().parse_args(_CLI + ["--drafter", "early-exit"]), six_layers, None
     )
-    pair = models.load_pair(_config(**{"drafter.kind": "early-exit"}))
-    via_bench = bench.parse_drafter_spec("early-exit", six_layers.pair).drafter
+    pair = pairs.load_pair(_config(**{"drafter.kind": "early-exit"}))
+    via_bench = speedup.parse_drafter_spec("early-exit", six_layers.pair).drafter
     settings = training_config.finalize(training_config.base_config(), "eval.compare=early-exit")
-    baselines = experiment.baseline_drafters(settings, six_layers)
+    baselines = training_experiment.baseline_drafters(settings, six_layers)
     assert list(baselines) == ["early-exit(layer 2)"]
     for drafter in (via_cli, pair.drafter, via_bench, baselines["early-exit(layer 2)"]):
         assert drafter[0].model.config.num_layers == 2
@@ -202,10 +203,10 @@ def test_heads_by_name_everywhere(six_layers, tmp_path):
         six_layers,
         None,
     )
-    via_config = models.load_pair(
+    via_config = pairs.load_pair(
         _config(**{"drafter.kind": "eagle", "drafter.heads": str(folder)})
     ).drafter
-    via_bench = bench.parse_drafter_spec(f"eagle:heads={folder}", six_layers.pair).drafter
+    via_bench = speedup.parse_drafter_spec(f"eagle:heads={folder}", six_layers.pair).drafter
     assert _same(via_cli, via_config) and _same(via_cli, via_bench)
 
 
@@ -225,7 +226,7 @@ def test_build_errors(six_layers):
     for extra, message in [
         (["--drafter", "ngram", "--exit-layer", "2"], "--exit-layer does not apply to"),
         (["--drafter", "ngram:gamma=3"], "give gamma, adaptive and tree as --gamma"),
-        (["--drafter", "medusa"], "--drafter medusa needs --heads PATH"),
+        (["--drafter", "medusa"], "--drafter medusa needs --heads FOLDER or NAME"),
         (["--drafter", "ngram:ngram_n=2", "--ngram", "4"], "ngram_n is set twice, by --ngram"),
     ]:
         with pytest.raises(SystemExit, match=message):

@@ -6,7 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from specjax.eval.bench import accept_histogram_from_generations, accept_runs, forced_acceptance
+from specjax.bench.speedup import (
+    accept_histogram_from_generations,
+    accept_runs,
+    forced_acceptance,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +77,7 @@ def test_histogram_errors(tmp_path):
 def test_histogram_matches_a_real_run(tmp_path):
     """The parse agrees with the decoder's own statistics (accepted tokens, verify calls)."""
     import specjax
-    from specjax.eval.bench import synthetic_model
+    from specjax.bench.steps import synthetic_model
     from specjax.models.config import ModelConfig
 
     config = ModelConfig(

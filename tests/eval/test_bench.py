@@ -1,4 +1,4 @@
-"""The benchmark harness (specjax/eval/bench.py) on tiny random models: drafter specs, the
+"""The benchmark harness (specjax/bench/speedup.py) on tiny random models: drafter specs, the
 batch-1 prompt-set timing (pooled statistics, one compilation), the real-model suite's
 exactness bookkeeping, and the synthetic suite's rows. Timings are not asserted."""
 
@@ -8,10 +8,10 @@ from support import TINY_LLAMA, random_model
 
 import specjax
 from specjax import api
+from specjax.bench import speedup
 from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
 from specjax.drafters.heads import init_heads, save_heads
 from specjax.drafters.ngram import NgramDrafter
-from specjax.eval import bench
 
 PROMPTS = [[1, 2, 3, 1, 2, 3, 1, 2], [5, 6, 7, 8, 9], [4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]]
 
@@ -22,22 +22,22 @@ def target():
 
 
 def test_parse_drafter_spec_kinds(target, tmp_path):
-    spec = bench.parse_drafter_spec("ngram:gamma=8,ngram_n=2,adaptive=1,name=pl", target)
+    spec = speedup.parse_drafter_spec("ngram:gamma=8,ngram_n=2,adaptive=1,name=pl", target)
     assert (spec.name, spec.gamma, spec.drafter.max_ngram) == ("pl", 8, 2)
     assert spec.generate_kwargs == {"adaptive_gamma": True}
-    assert bench.parse_drafter_spec("ngram", target).gamma == bench.DEFAULT_GAMMA
-    spec = bench.parse_drafter_spec("early-exit:exit_layer=1,tree=2,1", target)
+    assert speedup.parse_drafter_spec("ngram", target).gamma == speedup.DEFAULT_GAMMA
+    spec = speedup.parse_drafter_spec("early-exit:exit_layer=1,tree=2,1", target)
     assert spec.gamma == 2 and spec.generate_kwargs == {"tree": TreeSpec((2, 1))}
     assert spec.drafter[0].model.config.num_layers == 1
     # The alias early_exit, and a dynamic tree (its commas belong to the tree).
-    spec = bench.parse_drafter_spec("early_exit:tree=dynamic:depth=3,top_k=2,nodes=4", target)
+    spec = speedup.parse_drafter_spec("early_exit:tree=dynamic:depth=3,top_k=2,nodes=4", target)
     assert spec.gamma == 3 and spec.generate_kwargs["tree"] == DynamicTreeSpec(3, 2, 4)
     heads = init_heads("medusa", *target, num_heads=2)
     save_heads(tmp_path / "medusa", *heads)
-    spec = bench.parse_drafter_spec(f"medusa:heads={tmp_path / 'medusa'},gamma=2", target)
+    spec = speedup.parse_drafter_spec(f"medusa:heads={tmp_path / 'medusa'},gamma=2", target)
     assert spec.drafter[0].kind == "medusa"
     with pytest.raises(ValueError, match="holds medusa heads, not eagle"):
-        bench.parse_drafter_spec(f"eagle:heads={tmp_path / 'medusa'}", target)
+        speedup.parse_drafter_spec(f"eagle:heads={tmp_path / 'medusa'}", target)
 
 
 @pytest.mark.parametrize(
@@ -57,15 +57,15 @@ def test_parse_drafter_spec_kinds(target, tmp_path):
 )
 def test_parse_drafter_spec_errors(target, text, message):
     with pytest.raises(ValueError, match=message):
-        bench.parse_drafter_spec(text, target)
+        speedup.parse_drafter_spec(text, target)
 
 
 def test_prompt_set_one_by_one_pools_rows_and_compiles_once(target):
     drafter = NgramDrafter(3, 1)
     common = dict(gamma=3, max_new_tokens=12, repeats=1, prompt_bucket=32)
-    bench.time_prompts_one_by_one("warm", target, drafter, PROMPTS[:1], **common)
+    speedup.time_prompts_one_by_one("warm", target, drafter, PROMPTS[:1], **common)
     traces = api.TRACE_COUNTS["speculative"]
-    pooled = bench.time_prompts_one_by_one("ngram", target, drafter, PROMPTS, **common)
+    pooled = speedup.time_prompts_one_by_one("ngram", target, drafter, PROMPTS, **common)
     assert api.TRACE_COUNTS["speculative"] == traces  # one program for the whole set
     # Pooled statistics == the statistics of the same prompts decoded as one batch: greedy
     # decoding of a row does not depend on its batch neighbours (float32).
@@ -79,13 +79,15 @@ def test_prompt_set_one_by_one_pools_rows_and_compiles_once(target):
 
 def test_real_model_suite_rows_and_exactness(target):
     drafters = [
-        bench.parse_drafter_spec(text, target)
+        speedup.parse_drafter_spec(text, target)
         for text in ("ngram:gamma=2", "early-exit:exit_layer=1,tree=2,1")
     ]
     common = dict(max_new_tokens=6, repeats=1, prompt_bucket=32, log=lambda _: None)
-    rows = bench.real_model_suite(
+    rows = speedup.real_model_suite(
         target, PROMPTS, drafters, batches=[1], temperatures=[0.0, 1.0], **common
-    ) + bench.real_model_suite(target, PROMPTS, drafters, batches=[2], temperatures=[0.0], **common)
+    ) + speedup.real_model_suite(
+        target, PROMPTS, drafters, batches=[2], temperatures=[0.0], **common
+    )
     names = [(r["batch"], r["temperature"], r["name"]) for r in rows]
     # batch 1: every drafter (trees sampled too); batch 2: the first drafter only.
     assert names == [
@@ -106,10 +108,10 @@ def test_real_model_suite_rows_and_exactness(target):
 
 
 def test_synthetic_suite_rows():
-    from specjax.parallel.bench import TINY, TINY_DRAFT
+    from specjax.bench.parallel import TINY, TINY_DRAFT
 
-    probs = bench.geometric_accept_probs(0.7, 2)
-    rows = bench.synthetic_suite(
+    probs = speedup.geometric_accept_probs(0.7, 2)
+    rows = speedup.synthetic_suite(
         {"tiny": TINY}, TINY_DRAFT, gamma=2, accept_probs=probs, accept_source="test",
         batch=1, context=16, max_new_tokens=8, bandwidth=1e10, repeats=1, log=lambda _: None,
     )  # fmt: skip
@@ -121,6 +123,6 @@ def test_synthetic_suite_rows():
 
 def test_agreement_counts_rows_and_first_divergence():
     ar = [[1, 2, 3, 4], [5, 6, 7], [8, 9]]
-    assert bench.agreement(ar, ar) == {"rows_identical": 3, "min_common_prefix": 2}
+    assert speedup.agreement(ar, ar) == {"rows_identical": 3, "min_common_prefix": 2}
     spec = [[1, 2, 9, 9], [5, 6, 7], [8]]  # diverges at 2; identical; stops one token early
-    assert bench.agreement(spec, ar) == {"rows_identical": 1, "min_common_prefix": 1}
+    assert speedup.agreement(spec, ar) == {"rows_identical": 1, "min_common_prefix": 1}

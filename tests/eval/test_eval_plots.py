@@ -2,8 +2,9 @@
 
 import math
 
-from specjax.eval import cost_model, plots
+from specjax.eval import cost_model
 from specjax.eval.metrics import RunSummary
+from specjax.experiment import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,9 +8,11 @@ import json
 
 import pytest
 
+from specjax import experiment
 from specjax.drafters import registry
 from specjax.drafters.heads import init_heads, save_heads
-from specjax.eval import metrics, models, runner
+from specjax.eval import metrics
+from specjax.experiment import pairs
 
 # One point per drafter kind, and the decoding options (adaptive gamma, a token tree; a
 # dynamic tree takes the same path through the runner). Heads folders: see the fixture.
@@ -35,25 +37,25 @@ LABELS = [
 def _base(**overrides):
     """random:tiny (2 layers, vocabulary 128), 2 synthetic prompts (one per category,
     batch 1), 8 new tokens, greedy: every decoder compiles once and runs in milliseconds."""
-    config = runner.base_config()
+    config = experiment.base_config()
     config.target = "random:tiny"
     config.drafter.kind = "ngram"
     config.gamma = 2
     config.batch_size = 1
-    config.prompts.name = runner.SYNTHETIC
+    config.prompts.name = experiment.SYNTHETIC
     config.prompts.subset = 2
     config.max_new_tokens = 8
     config.stop_at_eos = False
     config.dtype = "float32"
     config.repeats = 1
-    return runner.finalize(config, overrides)
+    return experiment.finalize(config, overrides)
 
 
 @pytest.fixture(scope="module")
 def heads_dir(tmp_path_factory):
     """Untrained EAGLE and Medusa (2 heads) heads for random:tiny, saved as training saves."""
     folder = tmp_path_factory.mktemp("heads")
-    target = models.load_model("random:tiny", "float32", 0)
+    target = pairs.load_model("random:tiny", "float32", 0)
     save_heads(folder / "eagle", *init_heads("eagle", *target.pair))
     save_heads(folder / "medusa", *init_heads("medusa", *target.pair, num_heads=2))
     return folder
@@ -67,9 +69,9 @@ def drafter_sweep(heads_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("drafter_sweep")
 
     def run_without_plots(config, point_dir, **kwargs):  # the sweep's own plots suffice
-        return runner.run_experiment(config, point_dir, **{**kwargs, "plots": False})
+        return experiment.run_experiment(config, point_dir, **{**kwargs, "plots": False})
 
-    result = runner.run_sweep(
+    result = experiment.run_sweep(
         _base(),
         points,
         workdir,
@@ -106,7 +108,7 @@ def test_every_drafter_kind_runs_exactly(drafter_sweep):
         point = workdir / "points" / name
         for f in ("config.json", "metrics.jsonl", "generations.jsonl", "summary.json"):
             assert (point / f).is_file(), (name, f)
-    tree_point = workdir / "points" / runner.point_name(points[3])
+    tree_point = workdir / "points" / experiment.point_name(points[3])
     stored = json.loads((tree_point / "config.json").read_text())
     assert stored["tree"] == "2,1" and stored["drafter"]["kind"] == "early-exit"
 
@@ -148,22 +150,22 @@ def test_drafter_sweep_report_has_a_row_per_drafter(drafter_sweep):
     ],
 )
 def test_bad_drafter_settings_fail_validation(overrides, message):
-    with pytest.raises(runner.ConfigError) as error:
+    with pytest.raises(experiment.ConfigError) as error:
         _base(**overrides)
     assert message in str(error.value)
 
 
 def test_heads_of_the_wrong_kind_or_too_few_fail_validation(heads_dir):
-    with pytest.raises(runner.ConfigError, match="holds medusa heads, not eagle"):
+    with pytest.raises(experiment.ConfigError, match="holds medusa heads, not eagle"):
         _base(**{"drafter.kind": "eagle", "drafter.heads": str(heads_dir / "medusa")})
-    with pytest.raises(runner.ConfigError, match="2 Medusa heads: gamma must be <= 2"):
+    with pytest.raises(experiment.ConfigError, match="2 Medusa heads: gamma must be <= 2"):
         _base(**{"drafter.kind": "medusa", "drafter.heads": str(heads_dir / "medusa"), "gamma": 3})
 
 
 def test_a_bad_sweep_point_fails_before_anything_runs(tmp_path):
     points = [{"drafter.kind": "ngram"}, {"drafter.kind": "eagle", "drafter.heads": "/no/heads"}]
-    with pytest.raises(runner.ConfigError, match="sweep point drafter.kind=eagle"):
-        runner.run_sweep(_base(), points, tmp_path, progress=False)
+    with pytest.raises(experiment.ConfigError, match="sweep point drafter.kind=eagle"):
+        experiment.run_sweep(_base(), points, tmp_path, progress=False)
     assert not (tmp_path / "points").exists()
 
 
@@ -172,9 +174,9 @@ def test_older_runs_stay_complete_when_the_schema_grows(tmp_path):
     leaves them at their defaults (a resumed sweep must not redo it), not for one that
     sets them."""
     config = _base()
-    stored = json.loads(runner._config_json(config))
+    stored = json.loads(experiment.config.config_json(config))
     del stored["adaptive_gamma"], stored["tree"]
     (tmp_path / "config.json").write_text(json.dumps(stored))
-    (tmp_path / runner.SUMMARY_FILE).write_text(json.dumps({"complete": True}))
-    assert runner.is_complete(tmp_path, config)
-    assert not runner.is_complete(tmp_path, _base(adaptive_gamma=True))
+    (tmp_path / experiment.SUMMARY_FILE).write_text(json.dumps({"complete": True}))
+    assert experiment.is_complete(tmp_path, config)
+    assert not experiment.is_complete(tmp_path, _base(adaptive_gamma=True))

@@ -38,11 +38,11 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory):
-    from specjax.eval import runner
+    from specjax import experiment
 
     tiny = _config_module("tiny")
     workdir = tmp_path_factory.mktemp("tiny_sweep")
-    result = runner.run_sweep(
+    result = experiment.run_sweep(
         tiny.get_config(), tiny.get_sweep(), workdir, progress=False, command="pytest tiny sweep"
     )
     return workdir, result

@@ -8,7 +8,7 @@ import sys
 import ml_collections
 import pytest
 
-from specjax.eval import runner
+from specjax import experiment
 
 
 @pytest.mark.parametrize("name", ["qwen_coder", "smollm", "tiny"])
@@ -16,11 +16,11 @@ def test_config_files_parse_validate_and_lock(name, config_module):
     module = config_module(name)
     config = module.get_config()
     assert isinstance(config, ml_collections.ConfigDict) and config.is_locked
-    runner.validate(config)
+    experiment.validate(config)
     points = module.get_sweep()
     assert points and all(isinstance(p, dict) for p in points)
     for point in points:  # every point of the sweep is a valid config too
-        runner.finalize(config, point)
+        experiment.finalize(config, point)
     with pytest.raises(AttributeError, match="gamme"):
         config.gamme = 4  # locked: a typo cannot add a key
 
@@ -32,7 +32,7 @@ def test_smollm_drafters_sweep(config_module, repo_root, monkeypatch):
     module = config_module("smollm_drafters")
     config = module.get_config()
     points = module.get_sweep()
-    names = [runner.point_name(p) for p in points]
+    names = [experiment.point_name(p) for p in points]
     assert len(set(names)) == len(names) == 9
     kinds = [p["drafter.kind"] for p in points]
     assert kinds.count("ngram") == 3 and kinds.count("early-exit") == 3
@@ -40,10 +40,12 @@ def test_smollm_drafters_sweep(config_module, repo_root, monkeypatch):
     for point in points:
         heads = point.get("drafter.heads")
         if heads is None or (repo_root / heads / "heads.json").is_file():
-            runner.finalize(config, point)
+            experiment.finalize(config, point)
         else:
-            with pytest.raises(runner.ConfigError, match=f"configs/train_{point['drafter.kind']}"):
-                runner.finalize(config, point)
+            with pytest.raises(
+                experiment.ConfigError, match=f"configs/train_{point['drafter.kind']}"
+            ):
+                experiment.finalize(config, point)
 
 
 def test_qwen_pair(config_module):
@@ -66,16 +68,17 @@ def test_overrides_are_typed(config_module):
 
 
 def test_parse_arg_and_points():
-    assert runner.parse_arg(None) == {} and runner.parse_arg(" ") == {}
-    assert runner.parse_arg("a=1, b.c=x,y ,d=2") == {"a": "1", "b.c": "x,y", "d": "2"}
-    with pytest.raises(runner.ConfigError, match="key=value"):
-        runner.parse_arg("gamma")
-    assert runner.parse_points("gamma=1;gamma=2,sampling.temperature=0.5") == [
+    assert experiment.parse_arg(None) == {} and experiment.parse_arg(" ") == {}
+    assert experiment.parse_arg("a=1, b.c=x,y ,d=2") == {"a": "1", "b.c": "x,y", "d": "2"}
+    with pytest.raises(experiment.ConfigError, match="key=value"):
+        experiment.parse_arg("gamma")
+    assert experiment.parse_points("gamma=1;gamma=2,sampling.temperature=0.5") == [
         {"gamma": "1"},
         {"gamma": "2", "sampling.temperature": "0.5"},
     ]
     assert (
-        runner.point_name({"gamma": 2, "drafter.model": "a/b c"}) == "gamma=2,drafter.model=a_b_c"
+        experiment.point_name({"gamma": 2, "drafter.model": "a/b c"})
+        == "gamma=2,drafter.model=a_b_c"
     )
 
 
@@ -107,13 +110,13 @@ def test_parse_arg_and_points():
     ],
 )
 def test_bad_values_fail_with_a_clear_message(arg, message, config_module):
-    with pytest.raises(runner.ConfigError) as error:
+    with pytest.raises(experiment.ConfigError) as error:
         config_module("qwen_coder").get_config(arg)
     assert message in str(error.value)
 
 
 def test_every_problem_is_listed_at_once(config_module):
-    with pytest.raises(runner.ConfigError) as error:
+    with pytest.raises(experiment.ConfigError) as error:
         config_module("tiny").get_config("gamma=0,dtype=int8,sampling.top_p=2")
     text = str(error.value)
     assert "gamma" in text and "dtype" in text and "top_p" in text
@@ -122,9 +125,9 @@ def test_every_problem_is_listed_at_once(config_module):
 def test_unrunnable_settings_fail_before_loading(tmp_path, config_module):
     tiny = config_module("tiny")
     with pytest.raises(ValueError, match="needs 64 devices"):
-        runner.run_experiment(tiny.get_config("mesh.model=64"), tmp_path, progress=False)
+        experiment.run_experiment(tiny.get_config("mesh.model=64"), tmp_path, progress=False)
     assert not (tmp_path / "metrics.jsonl").exists()
-    with pytest.raises(runner.ConfigError, match="multiple of mesh.data"):
+    with pytest.raises(experiment.ConfigError, match="multiple of mesh.data"):
         tiny.get_config("batch_size=3,mesh.data=2")
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import specjax
-from specjax.eval import models, provenance, runner
+from specjax import experiment
+from specjax.eval import provenance
 from specjax.eval.provenance import ACCEPTED as A
 from specjax.eval.provenance import TARGET as T
+from specjax.experiment import pairs
 
 
 def test_sources_from_accept_lengths():
@@ -22,8 +24,8 @@ def test_sources_from_accept_lengths():
 def test_greedy_replay_matches_the_loop(tiny_sweep, config_module):
     # Same config and shapes as the sweep's gamma=3 point: reuses its compilation.
     config = config_module("tiny").get_config("gamma=3")
-    pair = models.load_pair(config)
-    prompts = runner.encode_prompts(config, pair)[:2]
+    pair = pairs.load_pair(config)
+    prompts = experiment.encode_prompts(config, pair)[:2]
     ids = [list(p.ids) for p in prompts]
     out = specjax.generate(pair.target.pair, pair.drafter, ids, gamma=3, max_new_tokens=16)
     for row in range(2):

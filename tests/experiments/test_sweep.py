@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from specjax.eval import metrics, runner
+from specjax import experiment
+from specjax.eval import metrics
 
 RUN_FILES = ["config.json", "metrics.jsonl", "results.csv", "generations.jsonl", "summary.json"]
 RUN_PLOTS = ["speedup_vs_gamma", "alpha_per_position", "accept_histogram", "predicted_vs_measured"]
@@ -71,7 +72,7 @@ def test_resume_recomputes_nothing(tiny_sweep, config_module):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished point was run again")
 
-    again = runner.run_sweep(
+    again = experiment.run_sweep(
         tiny.get_config(), tiny.get_sweep(), workdir, progress=False, run_fn=must_not_run
     )
     assert again.computed == [] and all(r.skipped for r in again.runs)
@@ -89,34 +90,36 @@ def test_resume_after_interruption(tiny_sweep, tmp_path, config_module):
 
     def spy(config, point_dir, **kwargs):
         calls.append(point_dir.name)
-        return runner.run_experiment(config, point_dir, **kwargs)
+        return experiment.run_experiment(config, point_dir, **kwargs)
 
-    again = runner.run_sweep(
+    again = experiment.run_sweep(
         tiny.get_config(), tiny.get_sweep(), workdir, progress=False, run_fn=spy
     )
     assert calls == ["gamma=3"] and again.computed == ["gamma=3"]
-    assert runner.is_complete(point, runner.finalize(tiny.get_config(), {"gamma": 3}))
+    assert experiment.is_complete(point, experiment.finalize(tiny.get_config(), {"gamma": 3}))
 
 
 def test_changed_config_is_not_complete(tiny_sweep, config_module):
     workdir, _ = tiny_sweep
     tiny = config_module("tiny")
     point = workdir / "points" / "gamma=1"
-    assert runner.is_complete(point, tiny.get_config("gamma=1"))
-    assert not runner.is_complete(point, tiny.get_config("gamma=1,max_new_tokens=8"))
+    assert experiment.is_complete(point, tiny.get_config("gamma=1"))
+    assert not experiment.is_complete(point, tiny.get_config("gamma=1,max_new_tokens=8"))
 
 
 def test_bad_point_fails_before_anything_runs(tmp_path, config_module):
     tiny = config_module("tiny")
-    with pytest.raises(runner.ConfigError, match="sweep point gamma=0"):
-        runner.run_sweep(tiny.get_config(), [{"gamma": 2}, {"gamma": 0}], tmp_path, progress=False)
+    with pytest.raises(experiment.ConfigError, match="sweep point gamma=0"):
+        experiment.run_sweep(
+            tiny.get_config(), [{"gamma": 2}, {"gamma": 0}], tmp_path, progress=False
+        )
     assert not (tmp_path / "points").exists()
 
 
 def test_report(tiny_sweep, tmp_path):
     workdir, _ = tiny_sweep
     out = tmp_path / "docs" / "benchmarks_section.md"
-    text = runner.write_report(workdir, out, title="Tiny random pair")
+    text = experiment.write_report(workdir, out, title="Tiny random pair")
     assert out.read_text() == text
     assert text.startswith("## Tiny random pair")
     assert "pytest tiny sweep" in text  # the command that made the numbers
@@ -128,10 +131,10 @@ def test_report(tiny_sweep, tmp_path):
     links = [line[line.index("(") + 1 : -1] for line in text.splitlines() if line.startswith("![")]
     assert links and all((out.parent / link).resolve().is_file() for link in links)
     # A single run folder reports too.
-    single = runner.write_report(workdir / "points" / "gamma=1")
+    single = experiment.write_report(workdir / "points" / "gamma=1")
     assert "| tiny random | 1 |" in single
 
 
 def test_report_launcher_on_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a run"):
-        runner.write_report(tmp_path)
+        experiment.write_report(tmp_path)

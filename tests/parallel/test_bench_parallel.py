@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specjax.parallel import bench
+from specjax.bench import parallel as parallel_bench
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_bench_parallel_command(tmp_path):
     generations = _generations(
         tmp_path / "run", 3, ["0" + "1110" + "0" + "110" + "1", "0" + "10" + "1110" + "1110"]
     )
-    out = tmp_path / "bench.json"
+    out = tmp_path / "parallel_bench.json"
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -99,44 +99,44 @@ def test_bench_parallel_command(tmp_path):
         assert title in done.stdout, title
 
 
-def _settings(**kwargs) -> bench.Settings:
-    return bench.Settings(shape="tiny", tp=(2,), sections=("spec",), **kwargs)
+def _settings(**kwargs) -> parallel_bench.Settings:
+    return parallel_bench.Settings(shape="tiny", tp=(2,), sections=("spec",), **kwargs)
 
 
 def test_settings_errors(tmp_path):
     """Clear messages, raised before any model is built or compiled."""
     generations = _generations(tmp_path / "run", 3, ["0" + "1110" + "10"])
     with pytest.raises(ValueError, match="gamma=4 given, but .* generated with gamma=3"):
-        bench.run(_settings(accept_from=str(generations), gamma=4))
+        parallel_bench.run(_settings(accept_from=str(generations), gamma=4))
     long_run = _generations(tmp_path / "long", 3, ["0" + "11110"])
     with pytest.raises(ValueError, match="run of 4 accepted draft tokens is longer than gamma=3"):
-        bench.run(_settings(accept_from=str(long_run)))
+        parallel_bench.run(_settings(accept_from=str(long_run)))
     histogram = tmp_path / "accept.json"
     histogram.write_text(json.dumps({"accept_length_probs": [0.5, 0.5], "source": "x"}))
     with pytest.raises(ValueError, match="gamma=2 given, but the histogram .* has 2 bins"):
-        bench.run(_settings(accept_from=str(histogram), gamma=2))
+        parallel_bench.run(_settings(accept_from=str(histogram), gamma=2))
     with pytest.raises(ValueError, match="unknown draft shape 'nope'"):
-        bench.run(_settings(draft_shapes=("tiny-draft", "nope")))
+        parallel_bench.run(_settings(draft_shapes=("tiny-draft", "nope")))
     with pytest.raises(ValueError, match="unknown draft sharding 'split'"):
-        bench.run(_settings(draft_sharding=("split",)))
+        parallel_bench.run(_settings(draft_sharding=("split",)))
     with pytest.raises(ValueError, match="not both"):
-        bench.run(_settings(draft_sharding=("sharded",), shard_drafter=True))
+        parallel_bench.run(_settings(draft_sharding=("sharded",), shard_drafter=True))
 
 
 def test_acceptance_sources(tmp_path):
     histogram = tmp_path / "accept.json"
     histogram.write_text(json.dumps({"accept_length_probs": [1, 1, 2], "source": "qwen g2"}))
-    accept = bench.load_acceptance(histogram)
+    accept = parallel_bench.load_acceptance(histogram)
     assert accept.gamma == 2 and accept.probs == (0.25, 0.25, 0.5)
     assert accept.expected_tau == pytest.approx(0.25 + 0.5 + 1.5)
     assert "qwen g2" in accept.source and "replayed" in accept.source
-    assumed = bench.acceptance(bench.Settings(alpha=0.5))
-    assert assumed.gamma == bench.DEFAULT_GAMMA and "assumed" in assumed.source
+    assumed = parallel_bench.acceptance(parallel_bench.Settings(alpha=0.5))
+    assert assumed.gamma == parallel_bench.DEFAULT_GAMMA and "assumed" in assumed.source
     # The old single-draft flags still mean what they did.
-    assert bench.Settings(shape="llama3-70b").drafts() == (["llama3.2-1b"], ["replicated"])
-    assert bench.Settings(draft_shape="llama3.2-3b", shard_drafter=True).drafts() == (
+    assert parallel_bench.Settings(shape="llama3-70b").drafts() == (["llama3.2-1b"], ["replicated"])
+    assert parallel_bench.Settings(draft_shape="llama3.2-3b", shard_drafter=True).drafts() == (
         ["llama3.2-3b"],
         ["sharded"],
     )
     # Llama-3.2-3B's published size: 3.21 B parameters (tied embeddings).
-    assert bench.SHAPES["llama3.2-3b"].num_params() == pytest.approx(3.21e9, rel=0.01)
+    assert parallel_bench.SHAPES["llama3.2-3b"].num_params() == pytest.approx(3.21e9, rel=0.01)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from specjax.eval import runner
+from specjax import experiment
 from specjax.models.config import QWEN25_05B, QWEN25_15B
 from specjax.parallel import allowed_model_sizes, distributed
 
@@ -23,21 +23,21 @@ def pod():
 
 def test_pod_config(pod):
     config = pod.get_config()
-    assert config.is_locked and runner.validate(config)
+    assert config.is_locked and experiment.validate(config)
     assert (config.mesh.data, config.mesh.model, config.batch_size) == (16, 1, 128)
     config = pod.get_config("slice=v4-32,tp=4,rows=4,gamma=6")
     assert (config.mesh.data, config.mesh.model, config.batch_size, config.gamma) == (4, 4, 16, 6)
     for name, chips in pod.SLICE_CHIPS.items():
         for point in pod.get_sweep(f"slice={name}"):
-            checked = runner.finalize(pod.get_config(f"slice={name}"), point)
+            checked = experiment.finalize(pod.get_config(f"slice={name}"), point)
             assert checked.mesh.data * checked.mesh.model == chips
             assert checked.mesh.model in allowed_model_sizes(QWEN25_15B, chips)
             assert checked.batch_size % checked.mesh.data == 0
     # The draft is replicated by default; split it would need 14 heads to divide tp.
     assert allowed_model_sizes(QWEN25_05B, 16) == [1, 2]
-    with pytest.raises(runner.ConfigError, match="tp=3"):
+    with pytest.raises(experiment.ConfigError, match="tp=3"):
         pod.get_config("tp=3")
-    with pytest.raises(runner.ConfigError, match="slice='v9-8' unknown"):
+    with pytest.raises(experiment.ConfigError, match="slice='v9-8' unknown"):
         pod.get_config("slice=v9-8")
     settings = distributed.resolve(pod.get_distributed(), environ={})
     assert settings.auto and settings.multi_process

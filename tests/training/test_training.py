@@ -13,9 +13,9 @@ from support import TINY_LLAMA, random_model
 
 import specjax
 from specjax import Sampling
+from specjax.checkpoints import LoadedModel
 from specjax.decoding.state import DraftContext
 from specjax.drafters import heads
-from specjax.eval.models import LoadedModel
 from specjax.training import config as training_config
 from specjax.training import data as data_lib
 from specjax.training import experiment, objectives

@@ -12,7 +12,7 @@ created directly on the devices by a jitted function with `out_shardings`: nothi
 through the host, so a 70B shape needs no host memory. The tokens such models emit are
 meaningless; only the time is measured.
 
-Speculative rows replay an acceptance with `specjax.eval.bench.forced_acceptance`: a
+Speculative rows replay an acceptance with `specjax.bench.speedup.forced_acceptance`: a
 histogram P(n accepted drafts per verify call) read from `accept_from` (a JSON file, or the
 `generations.jsonl` of a real pair's run, see `load_acceptance`), else i.i.d. `alpha`
 (assumed). Their speedups are *projections* and are labelled so. Each speculative row is
@@ -47,17 +47,17 @@ import numpy as np
 from jax.sharding import Mesh
 
 import specjax
+from specjax import tables
+from specjax.bench import speedup
+from specjax.bench import steps as step_lib
+from specjax.bench.steps import synthetic_params
 from specjax.decoding.sampling import Sampling
-from specjax.eval import bench as eval_bench
 from specjax.eval.timing import Timer
 from specjax.fileio import atomic_write
 from specjax.models.config import KNOWN_SHAPES, LLAMA3_8B, ModelConfig
 from specjax.models.transformer import (
-    DecodeParams,
     Model,
     Params,
-    abstract_decode_params,
-    abstract_model,
 )
 from specjax.parallel import mesh as mesh_lib
 from specjax.parallel import sharded
@@ -226,8 +226,8 @@ def load_acceptance(path: str | Path, gamma: int = 0) -> Acceptance:
     """The accepted-length histogram in `path`, checked against `gamma` (0 = unchecked).
 
     `path` is either a JSON file {"accept_length_probs": [P(0), ..., P(K)], "source": "..."}
-    or a `generations.jsonl` of `specjax.eval.runner` (its rows' "from_draft" strings; see
-    `specjax.eval.bench.accept_histogram_from_generations`), whose gamma comes from the
+    or a `generations.jsonl` of `specjax.experiment.run` (its rows' "from_draft" strings; see
+    `specjax.bench.speedup.accept_histogram_from_generations`), whose gamma comes from the
     workdir's config.json beside it, else from `gamma`.
     """
     path = Path(path)
@@ -246,7 +246,7 @@ def load_acceptance(path: str | Path, gamma: int = 0) -> Acceptance:
         gamma = run_gamma or gamma
         if not gamma:
             raise ValueError(f"{path}: no config.json beside it to give gamma; pass --gamma")
-        counts = eval_bench.accept_histogram_from_generations(path, gamma)
+        counts = speedup.accept_histogram_from_generations(path, gamma)
         calls = int(counts.sum())
         if not calls:
             raise ValueError(f"{path}: no complete verify call in any row")
@@ -279,66 +279,8 @@ def acceptance(settings: Settings) -> Acceptance:
     if settings.accept_from:
         return load_acceptance(settings.accept_from, settings.gamma)
     gamma = settings.gamma or DEFAULT_GAMMA
-    probs = eval_bench.geometric_accept_probs(settings.alpha, gamma)
+    probs = speedup.geometric_accept_probs(settings.alpha, gamma)
     return Acceptance(tuple(float(p) for p in probs), f"i.i.d. alpha={settings.alpha} (assumed)")
-
-
-def _hash_uniform(shape: tuple[int, ...], salt: int) -> jax.Array:
-    """Uniform [-1, 1) from a 32-bit integer hash of each element's index.
-
-    Elementwise on iotas, so under SPMD every device computes only its own shard (no full
-    tensor anywhere), and it compiles in a blink, unlike a threefry draw per parameter.
-    Indices wrap at 2^32 elements, which only repeats the pattern of giant tensors.
-    """
-    index = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(len(shape))):
-        iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
-        index = index + iota * jnp.uint32(stride % 2**32)
-        stride *= shape[axis]
-    h = index ^ jnp.uint32((salt * 0x9E3779B9) % 2**32)
-    # "lowbias32" integer mixer (Chris Wellons): good avalanche, two multiplies.
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x7FEB352D)
-    h = h ^ (h >> 15)
-    h = h * jnp.uint32(0x846CA68B)
-    h = h ^ (h >> 16)
-    return (h >> 8).astype(jnp.float32) * (2.0 / 2**24) - 1.0
-
-
-def synthetic_params(
-    config: ModelConfig, layout: ModelLayout, dtype: Any = jnp.bfloat16, seed: int = 0
-) -> tuple[Model, DecodeParams]:
-    """(Model, decode-layout params) of random weights created on the devices of `layout`
-    (no host copy), laid out for `layout.shards`.
-
-    Matrices have the init's variance (1/fan_in; the embedding 1/D), norm scales are 1 and
-    biases 0, as in a freshly initialised `Transformer`.
-    """
-    model, _ = abstract_model(config, dtype)
-    abstract = abstract_decode_params(config, dtype, layout.shards)
-    shardings = layout.param_shardings(abstract)
-
-    def create():
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-        out = []
-        for i, (path, leaf) in enumerate(leaves):
-            name = jax.tree_util.keystr(path)
-            if "norm" in name:
-                value = jnp.ones(leaf.shape, leaf.dtype)
-            elif "bias" in name:
-                value = jnp.zeros(leaf.shape, leaf.dtype)
-            else:  # matrices are [fan_in, fan_out], the embedding [V, D]
-                fan_in = leaf.shape[-1] if "embedding" in name else leaf.shape[-2]
-                std = fan_in**-0.5
-                value = (_hash_uniform(leaf.shape, seed * 1000 + i) * (std * 3**0.5)).astype(
-                    leaf.dtype
-                )
-            out.append(value)
-        return jax.tree.unflatten(treedef, out)
-
-    params = jax.jit(create, out_shardings=shardings)()
-    return model, params
 
 
 def _median_ms(timer: Timer) -> tuple[float, float]:
@@ -380,13 +322,12 @@ def time_steps(
             np.broadcast_to(context + np.arange(T, dtype=np.int32), (batch, T)).copy(),
             mesh_lib.batch_sharding(mesh, 2),
         )
-        timer = Timer()
-        for _ in range(repeats + 1):
-            # The cache is donated and handed back: each call consumes the previous output.
-            logits, cache = timer(step, params, tokens, positions, cache)
-        median_ms, first_s = _median_ms(timer)
+        # The cache is donated and handed back: each call consumes the previous output.
+        median_ms, first_s, _ = step_lib.time_forward(
+            step, params, tokens, positions, cache, repeats=repeats
+        )
         rows.append(dict(T=T, batch=batch, context=context, median_ms=median_ms, first_s=first_s))
-        del cache, logits
+        del cache
     return rows
 
 
@@ -539,16 +480,16 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
                         tensor_parallel=sharding == "sharded",
                     )
         # Built once: a new function would be a new static argument, hence a recompile.
-        forced = eval_bench.forced_acceptance(accept.probs)
+        forced = speedup.forced_acceptance(accept.probs)
 
-    bandwidth = eval_bench.measure_copy_bandwidth(_bandwidth_bytes(settings))
+    bandwidth = step_lib.measure_copy_bandwidth(_bandwidth_bytes(settings))
     log(f"copy bandwidth of one device: {bandwidth / 1e9:.4g} GB/s (read + write)")
     bytes_per = dtype.itemsize
     # The generation rows' cache holds prompt_len .. prompt_len + N tokens: the mean.
     mean_context = settings.prompt_len + settings.max_new_tokens // 2
 
     def floor(model_config: ModelConfig, batch: int, context: int, devices: int) -> float:
-        return eval_bench.floor_ms(model_config, batch, context, bytes_per, devices * bandwidth)
+        return step_lib.floor_ms(model_config, batch, context, bytes_per, devices * bandwidth)
 
     rows: list[dict[str, Any]] = []
 
@@ -669,7 +610,7 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
             else None
         ),
         copy_bandwidth_GBps=bandwidth / 1e9,
-        devices=eval_bench.device_description(),
+        devices=speedup.device_description(),
         jax_version=jax.__version__,
         time=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         synthetic_weights=True,
@@ -700,9 +641,7 @@ def markdown(result: dict[str, Any]) -> str:
                 return "n/a" if math.isnan(v) else (f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}")
             return str(v)
 
-        out.append("| " + " | ".join(header) + " |")
-        out.append("|" + "---|" * len(header))
-        out.extend("| " + " | ".join(fmt(v) for v in line) + " |" for line in body)
+        out.extend(tables.markdown(header, body, fmt).split("\n"))
         out.append("")
 
     steps = [r for r in rows if r["section"] == "step"]

@@ -12,9 +12,7 @@ plots can be made again from a run's ``metrics.jsonl`` without rerunning anythin
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from specjax.eval import cost_model
-from specjax.fileio import atomic_write
+from specjax.fileio import PathLike, save_figure
 
 __all__ = [
     "plot_accept_histogram",
@@ -31,10 +29,7 @@ __all__ = [
     "plot_predicted_vs_measured",
     "plot_speedup_by_run",
     "plot_speedup_vs_gamma",
-    "save",
 ]
-
-PathLike = str | os.PathLike[str]
 
 
 def _get(r: Any, key: str, default: Any = None) -> Any:
@@ -46,15 +41,6 @@ def _get(r: Any, key: str, default: Any = None) -> Any:
 def _new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig
-
-
-def save(fig: Figure, path: PathLike | None, dpi: int = 120) -> Figure:
-    """Write ``fig`` as PNG to ``path`` (folders created, all or nothing) when a path is given."""
-    if path is not None:
-        png = io.BytesIO()
-        fig.savefig(png, dpi=dpi, format="png")
-        atomic_write(path, png.getvalue())
     return fig
 
 
@@ -111,7 +97,7 @@ def plot_speedup_vs_gamma(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_speedup_by_run(
@@ -156,7 +142,7 @@ def plot_speedup_by_run(
     ax.set_xlabel("speedup over autoregressive\n(black tick: predicted)")
     ax.set_title(title)
     ax.grid(True, axis="x", alpha=0.3)
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_alpha_per_position(
@@ -194,7 +180,7 @@ def plot_alpha_per_position(
     if series:
         ax.legend(fontsize="small")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_predicted_vs_measured(
@@ -243,7 +229,7 @@ def plot_predicted_vs_measured(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_accept_histogram(
@@ -281,4 +267,4 @@ def plot_accept_histogram(
     ax.xaxis.get_major_locator().set_params(integer=True)
     if series:
         ax.legend(fontsize="small")
-    return save(fig, path)
+    return save_figure(fig, path)

@@ -25,74 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import specjax
-from specjax import cache as kv_cache
+from specjax import tables
+from specjax.bench.steps import floor_ms, step_costs, synthetic_model
 from specjax.decoding import rejection
 from specjax.decoding.sampling import Sampling
 from specjax.drafters import registry
 from specjax.eval.timing import timed
 from specjax.models.config import ModelConfig
 from specjax.models.transformer import Model, Params, params_dtype
-
-
-def measure_copy_bandwidth(num_bytes: float = 2e9, repeats: int = 10) -> float:
-    """Device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
-    n = int(num_bytes // 4)
-    x = jnp.arange(n, dtype=jnp.float32)
-    copy = jax.jit(lambda a: a * 1.0001)  # a real read and write; `a + 0` may be elided
-    _, timing = timed(copy, x, repeats=repeats)
-    return 2 * n * 4 / timing.median_s
-
-
-def weight_bytes(config: ModelConfig, bytes_per_param: int) -> int:
-    return config.num_params() * bytes_per_param
-
-
-def kv_bytes_read(config: ModelConfig, batch: int, context: int, bytes_per_value: int) -> int:
-    """Keys and values one step must read: 2 x L x B x context x G x Dh."""
-    return (
-        2 * config.num_layers * batch * context * config.num_kv_heads * config.head_dim
-        * bytes_per_value
-    )  # fmt: skip
-
-
-def floor_ms(config: ModelConfig, batch: int, context: int, bytes_per: int, bandwidth: float):
-    """Minimum time of one target step: every weight and every cached key/value read once."""
-    total = weight_bytes(config, bytes_per) + kv_bytes_read(config, batch, context, bytes_per)
-    return 1e3 * total / bandwidth
-
-
-def synthetic_model(config: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> tuple[Model, Params]:
-    """Random weights of a real shape, created on the default device (no host transfer).
-
-    Uses the hash-based initialiser of `specjax.parallel.bench`: elementwise on iotas, it
-    compiles in a blink at any size, where building an NNX `Transformer` under jit draws a
-    threefry stream per parameter and took minutes for 7B shapes on the GPU."""
-    from specjax.parallel.bench import synthetic_params
-    from specjax.parallel.mesh import ModelLayout, make_mesh
-
-    return synthetic_params(config, ModelLayout(make_mesh(1, 1), config), dtype, seed)
-
-
-def step_costs(
-    model: Model,
-    params: Params,
-    batch: int,
-    context: int,
-    tokens_per_call: Sequence[int],
-    repeats: int = 20,
-) -> dict[int, float]:
-    """Median ms of one forward call over T new tokens with `context` cached slots."""
-    dtype = jax.tree.leaves(params)[0].dtype
-    results = {}
-    for T in tokens_per_call:
-        cache = model.init_cache(batch, context + T, dtype=dtype)
-        cache = kv_cache.rollback(cache, jnp.full((batch,), context, jnp.int32))
-        tokens = jnp.ones((batch, T), jnp.int32)
-        positions = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (batch, T))
-        step = jax.jit(model.forward)
-        _, timing = timed(step, params, tokens, positions, cache, repeats=repeats)
-        results[T] = timing.median_s * 1e3
-    return results
 
 
 def forced_acceptance(accept_length_probs: Sequence[float]) -> Callable[..., Any]:
@@ -274,6 +214,8 @@ def time_prompts_one_by_one(
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """`columns` of `rows` (dicts) as a Markdown table, benchmark number formats."""
+
     def fmt(v):
         if v is None:  # e.g. "exact" of a sampled row: nothing was compared
             return "–"
@@ -283,9 +225,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
             return " ".join(f"{x:.2f}" for x in v)
         return str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    return tables.markdown(columns, ([r.get(c, "") for c in columns] for r in rows), fmt)
 
 
 def device_description() -> str:
@@ -295,24 +235,6 @@ def device_description() -> str:
 
 def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def load_prompt_texts(prompt_dir: str | None, per_set: int) -> list[str]:
-    """First user turns of `per_set` HumanEval and `per_set` MT-Bench prompts (seeded); files
-    from `prompt_dir` when given (machines without registry access), else downloaded."""
-    from specjax.eval.prompts import load_prompts
-
-    def path(name):
-        return os.path.join(prompt_dir, name) if prompt_dir else None
-
-    humaneval = load_prompts("humaneval", subset=per_set, seed=0, path=path("HumanEval.jsonl.gz"))
-    mt_bench = load_prompts("mt_bench", subset=per_set, seed=0, path=path("question.jsonl"))
-    return [p.text for p in humaneval] + [p.text for p in mt_bench]
-
-
-def chat_prompt_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Chat-formatted token ids of single-turn user prompts."""
-    return [tokenizer.encode_chat([{"role": "user", "content": text}]) for text in texts]
 
 
 @dataclasses.dataclass
@@ -536,7 +458,7 @@ def accept_runs(from_draft: str, gamma: int) -> tuple[list[int], int]:
 
 def accept_histogram_from_generations(path: str | os.PathLike[str], gamma: int) -> np.ndarray:
     """counts[n] = verify calls that accepted n draft tokens (n = 0..gamma), over every row of
-    a `generations.jsonl` written by `specjax.eval.runner` (see `accept_runs`).
+    a `generations.jsonl` written by `specjax.experiment.run` (see `accept_runs`).
 
     Rows without "from_draft" (autoregressive runs, older runners) are an error, as is a row
     whose call count disagrees with its recorded "verify_calls".
