@@ -408,30 +408,6 @@ def time_generate_interleaved(
     return rows
 
 
-def time_generate(
-    target: tuple[Model, Params],
-    drafter: tuple[Model, Params] | None,
-    mesh: Mesh,
-    *,
-    batch: int,
-    settings: Settings,
-    gamma: int = DEFAULT_GAMMA,
-    shard_drafter: bool = False,
-    verify_fn: Callable | None = None,
-) -> dict[str, Any]:
-    """Median wall time of one whole `specjax.generate(mesh=)` call (prefill included)."""
-    (row,) = time_generate_interleaved(
-        target,
-        [(drafter, shard_drafter)],
-        mesh,
-        batch=batch,
-        settings=settings,
-        gamma=gamma,
-        verify_fn=verify_fn,
-    )
-    return row
-
-
 def allowed_tp(config: ModelConfig, num_devices: int) -> list[int]:
     return mesh_lib.allowed_model_sizes(config, num_devices)
 
@@ -520,7 +496,8 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
                     target_step_ms = row["median_ms"]
         if "ar" in settings.sections:
             for batch in settings.ar_batches:
-                row = time_generate(target, None, mesh, batch=batch, settings=settings)
+                (row,) = time_generate_interleaved(target, [(None, False)], mesh, batch=batch,
+                                                   settings=settings)  # fmt: skip
                 row["floor_ms_per_token"] = floor(config, batch, mean_context, tp)
                 record("ar", mesh, row)
         if spec:
@@ -585,7 +562,9 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
                 continue
             mesh = mesh_lib.make_mesh(data, tp)
             target = synthetic_params(config, ModelLayout(mesh, config), dtype, settings.seed)
-            row = time_generate(target, None, mesh, batch=settings.dp_batch, settings=settings)
+            (row,) = time_generate_interleaved(
+                target, [(None, False)], mesh, batch=settings.dp_batch, settings=settings
+            )
             record("dp", mesh, row)
             del target
 

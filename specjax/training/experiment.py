@@ -364,14 +364,13 @@ def compare(
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    from specjax.tables import markdown as table
+
     columns = ["drafter", "gamma", "tau", "alpha_1", "alpha", "target_calls", "tokens", "exact"]
     if rows and all("speedup" in row for row in rows):
         columns.append("speedup")
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [
-            " ".join(f"{a:.2f}" for a in row[c]) if isinstance(row[c], list) else str(row[c])
-            for c in columns
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def fmt(value: Any) -> str:
+        return " ".join(f"{a:.2f}" for a in value) if isinstance(value, list) else str(value)
+
+    return table(columns, [[row[c] for c in columns] for row in rows], fmt)
