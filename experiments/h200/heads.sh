@@ -19,8 +19,9 @@
 #   1. per target, in parallel: training data (the target's greedy answers to 8,192 + 64
 #      ShareGPT prompts, features), EAGLE, then HASS-style fine-tuning (replayed drafting
 #      steps) beside Medusa; SmolLM2's float32 exactness check runs beside the Qwen training;
-#   2. alone on the GPU (timed): every drafter on MT-Bench, HumanEval and GSM8K, greedy and
-#      temperature 1, bfloat16, batch 1, SmolLM2 then Qwen; then Qwen's float32 exactness;
+#   2. alone on the GPU (timed): every drafter on MT-Bench, HumanEval and GSM8K, greedy,
+#      bfloat16, batch 1, Qwen then SmolLM2; at temperature 1 the drafters whose sampling
+#      rules differ (prompt lookup, EAGLE chain, EAGLE static tree); Qwen's float32 exactness;
 #   3. while DEADLINE allows: the Qwen batch 8 / 32 rows, HF transformers beside our AR loop.
 # A stage that would start after DEADLINE (epoch seconds) is skipped; training stages stop
 # at their --stop_after_minutes budget. SCALE=dry runs the same stages at toy sizes (CPU);
@@ -114,12 +115,15 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
   echo "--drafter=eagle:heads=hass-$n,gamma=$GAMMA,name=eagle-hass --drafter=early-exit:gamma=$GAMMA"
 }
 
-compare() {  # compare MODEL_FILE NAME TAG [DRAFT_FILE] [extra flags]: timed, bfloat16
-  local file=$1 n=$2 tag=$3 draft=${4:-}; shift 4
-  # shellcheck disable=SC2046
+compare() {  # compare MODEL_FILE NAME TAG DRAFT_FILE TEMPERATURES [few]: timed, bfloat16
+  local file=$1 n=$2 tag=$3 draft=$4 temps=$5 which=${6:-all} flags
+  flags=$(drafters "$n" "$draft")
+  # At T = 1 only the drafters the sampling rules differ for: one-hot q (prompt lookup),
+  # a head's q (EAGLE chain), the multi-draft tree rule (EAGLE static tree).
+  [ "$which" = few ] && flags=$(echo "$flags" | head -n 3 | grep -v dynamic-tree)
+  # shellcheck disable=SC2086
   $PY -m experiments.bench --suites=real --gguf="$SPECJAX_CACHE/models/$file" $SETS $COMPARE \
-    --batches=1 --temperatures=0,1 --out="$W/out" --tag="$tag" --weights_cache \
-    $(drafters "$n" "$draft") "$@"
+    --batches=1 --temperatures="$temps" --out="$W/out" --tag="$tag" --weights_cache $flags
 }
 
 exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest precision, greedy
@@ -150,15 +154,21 @@ else
 wait
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
-stage smollm2-compare 200 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2 ""
-[ "$TARGETS" = all ] && wait_for "$DRAFT_FILE"
-[ "$TARGETS" = all ] && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE"
-[ "$TARGETS" = all ] && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
+# Timed stages alone on the GPU, most wanted first (measured 2026-11-30: Qwen greedy, 9
+# configurations x 3 sets, 290 s; Qwen T = 1, 4 configurations, 130 s; compilation is most
+# of it, ~15-45 s per configuration and temperature).
+Q() { [ "$TARGETS" = all ]; }
+Q && wait_for "$DRAFT_FILE"
+Q && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE" 0
+stage smollm2-compare 240 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2 "" 0
+Q && stage qwen-compare-T1 150 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_T1 "" 1 few
+stage smollm2-compare-T1 150 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2_T1 "" 1 few
+Q && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
 for shape in ${HF_SHAPES//,/ }; do  # ours then HF's, one process per shape
   stage "hf-$shape" 150 $PY -m experiments.profile --shape="$shape" --what=ar --hf \
     --label=specjax --out="$W/out/profile" --context=512 --new_tokens=128 --repeats=3 --notrace
 done
-[ "$TARGETS" = all ] && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
+Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
   --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" $SETS $COMPARE --batches="$BATCHES" \
   --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
   --drafter="eagle:heads=eagle-qwen2.5-coder-1.5b-instruct,gamma=$GAMMA" \
