@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from specjax import cache as kv_cache
@@ -61,6 +62,7 @@ from specjax.models.transformer import DecodeParams, Model, Params
 HEAD_KINDS = ("eagle", "medusa")
 FORMAT_VERSION = 1
 SPEC_FILE = "heads.json"
+COUNTS_FILE = "token_counts.npy"  # int64[V]: the training answers' tokens (draft vocabularies)
 _PARAMS_DIR = "params"
 
 # Parameters of a head drafter: {"head": the trained head (pure dict), "io": target I/O}.
@@ -104,6 +106,35 @@ def lm_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) -> 
         cap = config.final_logit_softcap
         logits_xV = jnp.tanh(logits_xV / cap) * cap
     return logits_xV
+
+
+def draft_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) -> jax.Array:
+    """The LM head as drafting uses it: `lm_logits`, or, when `io` carries a draft vocabulary
+    (`with_draft_vocab`), logits over those Vd tokens only, read from a [D, Vd] slice of the
+    LM head and placed in a [..., V] array at the float32 minimum elsewhere (softmax gives
+    them probability 0; argmax and top-k never pick them). Verification is untouched, so
+    greedy output stays the target's; under sampling the drafted q is zero outside the draft
+    vocabulary, which the rejection rule handles like any other q."""
+    if io.get("draft_ids") is None:
+        return lm_logits(io, hidden_xD, config)
+    sub_xVd = lm_logits({"embedding": None, "lm_head": io["draft_head"]}, hidden_xD, config)
+    full_xV = jnp.full(sub_xVd.shape[:-1] + (config.vocab_size,), jnp.finfo(jnp.float32).min)
+    return full_xV.at[..., io["draft_ids"]].set(sub_xVd)
+
+
+def with_draft_vocab(params: HeadParams, token_ids: Any) -> HeadParams:
+    """Head params that draft over `token_ids` only (EAGLE-3's reduced draft vocabulary):
+    each draft step reads Vd rows of the LM head instead of V (at V = 151,936 and D = 1,536
+    the full head is 467 MB in bf16, 15% of Qwen2.5-1.5B's weights). The [D, Vd] slice is a
+    copy made once here."""
+    io = params["io"]
+    ids_Vd = jnp.asarray(sorted({int(t) for t in token_ids}), jnp.int32)
+    V = io["embedding"].shape[0]
+    if ids_Vd.size == 0 or int(ids_Vd[0]) < 0 or int(ids_Vd[-1]) >= V:
+        raise ValueError(f"draft vocabulary ids must be a non-empty subset of [0, {V})")
+    head_DxV = io["embedding"].T if io["lm_head"] is None else io["lm_head"]
+    draft_io = {**io, "draft_ids": ids_Vd, "draft_head": jnp.take(head_DxV, ids_Vd, axis=1)}
+    return {**params, "io": draft_io}
 
 
 def _draw(
@@ -193,7 +224,8 @@ class MedusaDrafter(Drafter):
                 f"gamma={gamma} exceeds the {self.num_heads} Medusa heads (head i drafts "
                 "position i); train more heads or lower gamma"
             )
-        logits_BxKxV = self.head_logits(params, _newest_feature(context))[:, :gamma]
+        features_BxHxD = self.head_features(params, _newest_feature(context))
+        logits_BxKxV = draft_logits(params["io"], features_BxHxD[:, :gamma], self.target_config)
         tokens_BxK, probs_BxKxV = _draw(rng, logits_BxKxV, sampling)
         return tokens_BxK, probs_BxKxV, state
 
@@ -377,7 +409,7 @@ class EagleDrafter(Drafter):
         step_rngs = jax.random.split(rng, K)
         io = params["io"]
         first_token_B, first_probs_BxV = _draw(
-            step_rngs[0], lm_logits(io, feature_BxD, self.target_config), sampling
+            step_rngs[0], draft_logits(io, feature_BxD, self.target_config), sampling
         )
 
         def draft_step(carry, step_rng):
@@ -387,7 +419,7 @@ class EagleDrafter(Drafter):
             )
             feature_BxD = out_Bx1xD[:, 0]
             next_token_B, probs_BxV = _draw(
-                step_rng, lm_logits(io, feature_BxD, self.target_config), sampling
+                step_rng, draft_logits(io, feature_BxD, self.target_config), sampling
             )
             return (cache, feature_BxD, next_token_B, position_B + 1), (next_token_B, probs_BxV)
 
@@ -443,9 +475,9 @@ class EagleDrafter(Drafter):
             out_BxFxD, _ = self.apply(
                 params, features_BxFxD, nodes.tokens, positions_BxF, cache, mask_BxFxS
             )
-            return lm_logits(io, out_BxFxD, self.target_config), out_BxFxD
+            return draft_logits(io, out_BxFxD, self.target_config), out_BxFxD
 
-        root_logits_BxV = lm_logits(io, root_feature_BxD, self.target_config)
+        root_logits_BxV = draft_logits(io, root_feature_BxD, self.target_config)
         drafted = tree_expansion.expand(root_logits_BxV, node_logits, tree, sampling, rng)
         return drafted, EagleState(cache=cache, true_lengths=L_B - 1)
 
@@ -527,9 +559,12 @@ def save_heads(
     drafter: HeadDrafter,
     params: HeadParams,
     metadata: dict[str, Any] | None = None,
+    token_counts: Any | None = None,
 ) -> Path:
     """Saves the trained head only (not the target's embedding it shares) with a heads.json
-    naming its kind, its hyperparameters and the target architecture it was trained for.
+    naming its kind, its hyperparameters and the target architecture it was trained for, and
+    `token_counts` [V] (how often each token occurs in the training answers) when given: the
+    ranking `load_heads(draft_vocab=N)` takes its N tokens from.
     Atomic: written to a temporary sibling, then renamed over `directory`."""
     from specjax.checkpoints.orbax import orbax_save  # late: keeps orbax off the import path
     from specjax.fileio import atomic_directory
@@ -546,6 +581,13 @@ def save_heads(
             "metadata": metadata or {},
         }
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=1, default=str))
+        if token_counts is not None:
+            counts_V = np.asarray(token_counts, np.int64)
+            if counts_V.shape != (drafter.vocab_size,):
+                raise ValueError(
+                    f"token_counts must be [{drafter.vocab_size}], got {counts_V.shape}"
+                )
+            np.save(tmp / COUNTS_FILE, counts_V)
     return directory
 
 
@@ -615,6 +657,7 @@ def load_heads(
     target_params: Params,
     *,
     target_sha256: str | None = None,
+    draft_vocab: int = 0,
 ) -> tuple[HeadDrafter, HeadParams]:
     """(drafter, params) of heads saved by `save_heads`, attached to `target`'s embedding.
 
@@ -623,7 +666,9 @@ def load_heads(
     width or vocabulary would make them meaningless), or, when both are known, for other
     weights of the same architecture (`target_sha256`, the target checkpoint's sha256, against
     the one recorded at training): such heads load and run, but draft from features they
-    never saw, so acceptance would be silently low.
+    never saw, so acceptance would be silently low. `draft_vocab` > 0 drafts over the
+    `draft_vocab` tokens most frequent in the training answers (`with_draft_vocab`; needs the
+    heads' saved token counts).
     """
     from specjax.checkpoints.orbax import orbax_restore
 
@@ -662,4 +707,23 @@ def load_heads(
         **spec["head_config"],
     )
     head = orbax_restore(directory / _PARAMS_DIR, abstract["head"])
-    return drafter, {"head": head, "io": abstract["io"]}
+    params = {"head": head, "io": abstract["io"]}
+    if draft_vocab:
+        params = with_draft_vocab(params, top_tokens(directory, draft_vocab))
+    return drafter, params
+
+
+def top_tokens(directory: str | os.PathLike, count: int) -> np.ndarray:
+    """The `count` tokens most frequent in the training answers of saved heads (ties: the
+    lower id first)."""
+    path = Path(directory) / COUNTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory}: no {COUNTS_FILE} (heads saved without token counts), so no draft "
+            "vocabulary can be chosen; retrain, or pass token ids to heads.with_draft_vocab"
+        )
+    counts_V = np.load(path)
+    if not 1 <= count <= counts_V.size:
+        raise ValueError(f"draft_vocab must be in [1, {counts_V.size}], got {count}")
+    order = np.lexsort((np.arange(counts_V.size), -counts_V))  # by count, then by id
+    return np.sort(order[:count])

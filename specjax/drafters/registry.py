@@ -10,8 +10,9 @@ Kinds and their knobs (a knob's name is its spec key and its config key ``drafte
     model       a separate draft model           model=<name, path, hub id, random:<shape>>
     ngram       prompt lookup, no weights        ngram_n=3 (longest n-gram), ngram_min=1
     early-exit  the target's first layers        exit_layer=0 (0 = a third of the target's)
-    eagle       trained EAGLE heads              heads=<folder or name (heads.resolve_heads)>
-    medusa      trained Medusa heads             heads=<folder or name (heads.resolve_heads)>
+    eagle       trained EAGLE heads              heads=<folder or name (heads.resolve_heads)>,
+                                                 draft_vocab=0 (N: the N most frequent tokens)
+    medusa      trained Medusa heads             heads=..., draft_vocab=0
 
 ``early-exit`` is the canonical spelling; ``early_exit`` is accepted as an alias (older
 benchmark specs and training configs wrote it), here and nowhere else.
@@ -91,6 +92,9 @@ _HEADS = Knob(
     "heads saved by specjax.drafters.heads.save_heads: a folder, or a name of "
     "heads published to the specjax cache (experiments/train_draft.py --name)",
 )
+_DRAFT_VOCAB = Knob(
+    "draft_vocab", 0, "draft over the N tokens most frequent in the training answers (0: all)"
+)
 
 KINDS: dict[str, DrafterKind] = {
     kind.name: kind
@@ -116,9 +120,16 @@ KINDS: dict[str, DrafterKind] = {
             drafts_trees=True,
         ),
         DrafterKind(
-            "eagle", "trained EAGLE heads on the target's features", (_HEADS,), drafts_trees=True
+            "eagle",
+            "trained EAGLE heads on the target's features",
+            (_HEADS, _DRAFT_VOCAB),
+            drafts_trees=True,
         ),
-        DrafterKind("medusa", "trained Medusa heads on the target's last hidden state", (_HEADS,)),
+        DrafterKind(
+            "medusa",
+            "trained Medusa heads on the target's last hidden state",
+            (_HEADS, _DRAFT_VOCAB),
+        ),
     )
 }
 ALIASES = {"early_exit": "early-exit"}
@@ -279,6 +290,8 @@ class DrafterSpec:
             text = f"early-exit(layer {layer or 'L/3'})"
         else:
             text = f"{self.kind}({_heads_name(str(k['heads']))})"
+            if int(k["draft_vocab"]):
+                text += f", draft vocab {k['draft_vocab']}"
         if self.tree is not None:
             text += f", tree {tree_text(self.tree)}"
         if self.adaptive:
@@ -394,7 +407,9 @@ def build(
         raise ValueError(
             f"drafter {spec.kind} needs heads=<folder or name of saved {spec.kind} heads>"
         )
-    drafter = load_heads(k["heads"], model, params, target_sha256=target_sha256)
+    drafter = load_heads(
+        k["heads"], model, params, target_sha256=target_sha256, draft_vocab=int(k["draft_vocab"])
+    )
     if drafter[0].kind != spec.kind:
         raise ValueError(f"{k['heads']} holds {drafter[0].kind} heads, not {spec.kind}")
     return drafter
@@ -447,6 +462,8 @@ def _check_values(kind: str, k: Mapping[str, Any]) -> None:
             f"ngram needs 1 <= ngram_min <= ngram_n, got ngram_min={k['ngram_min']}, "
             f"ngram_n={k['ngram_n']}"
         )
+    if kind in ("eagle", "medusa") and int(k["draft_vocab"]) < 0:
+        raise ValueError(f"draft_vocab must be >= 0 (0 = every token), got {k['draft_vocab']}")
     if kind == "early-exit" and int(k["exit_layer"]) < 0:
         raise ValueError(f"exit_layer must be >= 0 (0 = a third), got {k['exit_layer']}")
 

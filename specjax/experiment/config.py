@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -220,12 +219,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def _heads_problem(kind: str, folder: str, gamma: int) -> str | None:
     """Why ``folder`` holds no saved heads of ``kind`` that draft ``gamma`` tokens (reads
     heads.json only), or None."""
-    from specjax.drafters.heads import SPEC_FILE
+    from specjax.drafters.heads import SPEC_FILE, resolve_heads
 
     train = f"train {kind} heads first: {HEADS_TRAINING[kind]}"
     if not folder:
         return f"drafter.kind={kind!r} needs drafter.heads=<folder of saved heads>; {train}"
-    spec_file = Path(folder).expanduser() / SPEC_FILE
+    try:
+        spec_file = resolve_heads(folder) / SPEC_FILE  # a folder, or a published name
+    except FileNotFoundError as error:
+        return f"{error}; {train}"
     if not spec_file.is_file():
         return f"{folder!r} holds no saved draft heads (no {SPEC_FILE}); {train}"
     try:

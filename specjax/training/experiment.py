@@ -241,8 +241,18 @@ def run_training(
         ready = (drafter, params)
     else:
         ready = (drafter, {"head": result.params, "io": io})
-        heads.save_heads(path, drafter, ready[1], metadata)
+        counts = answer_counts(train_data, target.config.vocab_size)
+        heads.save_heads(path, drafter, ready[1], metadata, token_counts=counts)
     return TrainingRun(target, ready, path, result, data.info)
+
+
+def answer_counts(data: data_lib.DraftData, vocab_size: int) -> np.ndarray:
+    """How often each token occurs in the target's answers [V] (prompts excluded): the
+    ranking of a reduced draft vocabulary (`heads.load_heads(draft_vocab=N)`)."""
+    positions_NxT = np.arange(data.tokens.shape[1])[None, :]
+    in_answer_NxT = positions_NxT >= data.gen_start[:, None]
+    answer_NxT = in_answer_NxT & (positions_NxT < data.lengths[:, None])
+    return np.bincount(np.asarray(data.tokens)[answer_NxT], minlength=vocab_size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,8 +38,11 @@ from specjax.training import experiment as training_experiment
             "model:model=random:tiny,tree=dynamic:depth=4,top_k=4,nodes=16",
             "model", {"model": "random:tiny"}, 4, DynamicTreeSpec(4, 4, 16),
         ),
-        ("eagle:heads=runs/e/drafter,gamma=3", "eagle", {"heads": "runs/e/drafter"}, 3, None),
-        ("medusa:heads=m", "medusa", {"heads": "m"}, None, None),
+        (
+            "eagle:heads=runs/e/drafter,gamma=3",
+            "eagle", {"heads": "runs/e/drafter", "draft_vocab": 0}, 3, None,
+        ),
+        ("medusa:heads=m,draft_vocab=64", "medusa", {"heads": "m", "draft_vocab": 64}, None, None),
     ],
 )  # fmt: skip
 def test_good_specs_parse_and_read_back(text, kind, knobs, gamma, tree):
