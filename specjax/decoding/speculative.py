@@ -9,7 +9,8 @@ prefill target and drafter, then a `lax.while_loop`; one iteration:
      cache) followed by x_1..x_K, at positions seq_len - 1 .. seq_len - 1 + K;
   3. `rejection.py` accepts n in 0..K tokens per row and yields one more token (correction or
      bonus), so every iteration appends n + 1 tokens to each active row;
-  4. both caches roll back by length: the target keeps t, x_1..x_n (slots < seq_len' - 1).
+  4. `commit.commit` (shared with the tree loop): statistics, append, both caches roll back
+     by length (the target keeps t, x_1..x_n: slots < seq_len' - 1), stop tests.
 For drafters with `needs_target_hidden` (EAGLE/Medusa heads) the verification pass's hidden
 states are also kept, per position, in `DecodeState.target_hidden` (valid < seq_len' - 1).
 The loop stops when every row hit its budget, an EOS, or a cache that cannot take K + 1 more
@@ -25,11 +26,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from specjax import cache as kv_cache
-from specjax.decoding import rejection, sequence
+from specjax.decoding import commit, rejection, sequence
 from specjax.decoding import sampling as sampling_lib
 from specjax.decoding.drafter import Drafter
-from specjax.decoding.state import DecodeState, DecodeStats, GenerateOutput
+from specjax.decoding.state import DecodeState, GenerateOutput
 from specjax.models.transformer import Model, Params, params_dtype
 
 # (rng, draft_tokens [B,K], draft_probs [B,K,V] | None, target_probs [B,K+1,V]) -> (n, next)
@@ -49,7 +49,8 @@ def speculative_step(
     max_new_tokens: int,
     verify_fn: VerifyFn,
 ) -> DecodeState:
-    """One draft -> verify -> accept -> rollback iteration."""
+    """One draft -> verify -> accept iteration, then the shared `commit.commit` (statistics,
+    append, rollback, drafter update, stop)."""
     K = gamma
     rng, draft_rng, verify_rng, bonus_rng = jax.random.split(state.rng, 4)
     adaptive = state.draft_lengths is not None
@@ -68,15 +69,6 @@ def speculative_step(
     logits_BxK1xV, hidden_BxK1xD, target_cache = target.forward(
         params, verify_tokens_BxK1, verify_positions_BxK1, state.target_cache
     )
-    target_hidden = state.target_hidden
-    if target_hidden is not None:
-        # Features of the K + 1 verified positions, written at each row's own offset; those
-        # past the accepted prefix are garbage beyond seq_len' - 1, like rejected cache slots.
-        target_hidden = jax.vmap(
-            lambda buffer_SxD, new_K1xD, start: jax.lax.dynamic_update_slice(
-                buffer_SxD, new_K1xD.astype(buffer_SxD.dtype), (start, 0)
-            )
-        )(target_hidden, hidden_BxK1xD, newest_position_B)
 
     if sampling.greedy:
         num_accepted_B, next_token_B = rejection.verify_greedy(draft_tokens_BxK, logits_BxK1xV)
@@ -107,49 +99,21 @@ def speculative_step(
         new_lengths_B = jnp.where(all_passed_B, draft_lengths_B + 2, draft_lengths_B - 1)
         state = dataclasses.replace(state, draft_lengths=jnp.clip(new_lengths_B, 1, K))
 
-    # Emitted this iteration: x_1..x_n, then the correction/bonus token at index n.
-    index_K1 = jnp.arange(K + 1, dtype=jnp.int32)
-    drafts_padded_BxK1 = jnp.pad(draft_tokens_BxK, ((0, 0), (0, 1)))
-    emitted_BxK1 = jnp.where(
-        index_K1[None, :] == num_accepted_B[:, None], next_token_B[:, None], drafts_padded_BxK1
-    )
-
-    active_i32_B = (~state.done).astype(jnp.int32)
-    accepted_at_BxK = (jnp.arange(K)[None, :] < num_accepted_B[:, None]).astype(jnp.int32)
-    stats = DecodeStats(
-        verify_calls=state.stats.verify_calls + active_i32_B,
-        drafted=state.stats.drafted + draft_lengths_B * active_i32_B,
-        accepted=state.stats.accepted + num_accepted_B * active_i32_B,
-        accepted_per_position=state.stats.accepted_per_position
-        + accepted_at_BxK * active_i32_B[:, None],
-    )
-    old_seq_lengths_B = state.seq_lengths
-    state = dataclasses.replace(
-        state,
-        rng=rng,
-        stats=stats,
-        drafter_state=drafter_state,
+    # The drafts are verified in path order (x_k at verify index k), so nothing is moved;
+    # the K + 1 verified features land at positions newest .. newest + K.
+    verified = commit.Verified(
+        path_tokens=draft_tokens_BxK,
+        num_accepted=num_accepted_B,
+        next_token=next_token_B,
+        num_drafted=draft_lengths_B,
         target_cache=target_cache,
-        target_hidden=target_hidden,
-        step=state.step + 1,
+        hidden=hidden_BxK1xD,
     )
-    state = sequence.append_tokens(
-        state,
-        emitted_BxK1,
-        num_accepted_B + 1,
-        eos_ids_E,
-        max_new_tokens,
-        from_draft_BxM=index_K1[None, :] < num_accepted_B[:, None],
-    )
-    # Rollback: the target cache keeps every token but the newest.
-    state = dataclasses.replace(
-        state, target_cache=kv_cache.rollback(state.target_cache, state.seq_lengths - 1)
-    )
-    drafter_state = drafter.update(
-        drafter_params, state.drafter_state, state.context, state.seq_lengths - old_seq_lengths_B
-    )
-    state = dataclasses.replace(state, drafter_state=drafter_state)
-    return sequence.stop_if_cache_full(state, slots_needed=K + 1)
+    state = dataclasses.replace(state, rng=rng, drafter_state=drafter_state)
+    return commit.commit(
+        state, verified, drafter=drafter, drafter_params=drafter_params, eos_ids_E=eos_ids_E,
+        max_new_tokens=max_new_tokens, slots_needed=K + 1,
+    )  # fmt: skip
 
 
 def start(

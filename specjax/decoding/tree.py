@@ -25,10 +25,12 @@ One iteration, either kind:
      greedy: the deepest node whose whole path equals the target's argmax (exactly the tokens
      greedy autoregressive decoding produces); sampling: the multi-draft rejection rule
      `verify_tree_sampling` (lossless: the emitted tokens have the target's distribution);
-  4. the accepted path's keys/values (and, for head drafters, the target's features) are moved
-     to contiguous positions (cache compaction), and the caches are rolled back by length.
+  4. `commit.commit`, the step shared with the linear loop: the accepted path's keys/values
+     (and, for head drafters, the target's features) are moved to contiguous positions (cache
+     compaction), the statistics counted, the tokens appended, the caches rolled back by
+     length, and the stop tests applied.
 
-Steps 2-4 are one shared piece: they read nothing but the `DraftTree`.
+Steps 2-4 read nothing but the `DraftTree`.
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import cache as kv_cache
-from specjax.decoding import rejection, sequence, speculative
+from specjax.decoding import commit, rejection, sequence, speculative
 from specjax.decoding import sampling as sampling_lib
 from specjax.decoding.drafter import Drafter
-from specjax.decoding.state import DecodeState, DecodeStats, GenerateOutput
+from specjax.decoding.state import DecodeState, GenerateOutput
 from specjax.models.transformer import Model, Params
 
 # (rng, tokens [B,N], parents [B,N], draft_probs [B,N+1,V] | None, target_probs [B,N+1,V])
@@ -265,20 +267,12 @@ def _target_pass(
     )
 
 
-def _commit_path(
-    state: DecodeState,
-    drafted: DraftTree,
-    accepted_node_B: jax.Array,
-    next_token_B: jax.Array,
-    target_cache: kv_cache.KVCache,
-    hidden_BxN1xD: jax.Array,
-    eos_ids_E: jax.Array,
-    max_new_tokens: int,
-) -> DecodeState:
-    """Appends the path root -> accepted node and the next token, compacts the target cache
-    (and the target's features) onto the path, rolls back, updates the statistics."""
+def _accepted_path(
+    drafted: DraftTree, accepted_node_B: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The path root -> accepted node (-1: the root alone) as `commit.Verified` reads it:
+    (tokens int32[B, D], length int32[B] in 0..D, node indices int32[B, D])."""
     B, N, D = drafted.paths.shape
-    newest_position_B = state.seq_lengths - 1
     index_D = jnp.arange(D, dtype=jnp.int32)
     num_accepted_B = jnp.where(
         accepted_node_B >= 0, per_row(drafted.depths, jnp.maximum(accepted_node_B, 0)), 0
@@ -289,45 +283,7 @@ def _commit_path(
     path_nodes_BxD = per_row(drafted.paths, jnp.maximum(accepted_node_B, 0))
     path_nodes_BxD = jnp.where(on_path_BxD, path_nodes_BxD, index_D[None, :])
     path_tokens_BxD = jnp.take_along_axis(drafted.tokens, path_nodes_BxD, axis=1)
-    index_D1 = jnp.arange(D + 1, dtype=jnp.int32)
-    emitted_BxD1 = jnp.where(
-        index_D1[None, :] == num_accepted_B[:, None],
-        next_token_B[:, None],
-        jnp.pad(path_tokens_BxD, ((0, 0), (0, 1))),
-    )
-    # Node i sits in slot newest_position + 1 + i: move the path to the slots after the root.
-    target_cache = kv_cache.move_slots(target_cache, newest_position_B + 1, path_nodes_BxD)
-    target_hidden = state.target_hidden
-    if target_hidden is not None:
-        # Features of the root and the path (verify indices 0 and node + 1) at their positions
-        # newest_position + 0..D; those past the accepted path lie beyond seq_len' - 1.
-        path_verify_index_BxD1 = jnp.pad(path_nodes_BxD + 1, ((0, 0), (1, 0)))
-        path_hidden_BxD1xD = per_row(hidden_BxN1xD, path_verify_index_BxD1)
-        target_hidden = jax.vmap(
-            lambda buffer_SxD, new_D1xD, start: jax.lax.dynamic_update_slice(
-                buffer_SxD, new_D1xD.astype(buffer_SxD.dtype), (start, 0)
-            )
-        )(target_hidden, path_hidden_BxD1xD, newest_position_B)
-
-    active_i32_B = (~state.done).astype(jnp.int32)
-    stats = DecodeStats(
-        verify_calls=state.stats.verify_calls + active_i32_B,
-        drafted=state.stats.drafted + D * active_i32_B,
-        accepted=state.stats.accepted + num_accepted_B * active_i32_B,
-        accepted_per_position=state.stats.accepted_per_position
-        + on_path_BxD.astype(jnp.int32) * active_i32_B[:, None],
-    )
-    state = dataclasses.replace(
-        state, stats=stats, target_cache=target_cache, target_hidden=target_hidden,
-        step=state.step + 1,
-    )  # fmt: skip
-    state = sequence.append_tokens(
-        state, emitted_BxD1, num_accepted_B + 1, eos_ids_E, max_new_tokens,
-        from_draft_BxM=index_D1[None, :] < num_accepted_B[:, None],
-    )  # fmt: skip
-    return dataclasses.replace(
-        state, target_cache=kv_cache.rollback(state.target_cache, state.seq_lengths - 1)
-    )
+    return path_tokens_BxD, num_accepted_B, path_nodes_BxD
 
 
 def tree_step(
@@ -343,7 +299,8 @@ def tree_step(
     max_new_tokens: int,
     verify_fn: TreeVerifyFn = rejection.verify_tree_sampling,
 ) -> DecodeState:
-    """One draft tree -> verify -> accept a path -> compact -> rollback iteration."""
+    """One draft tree -> verify -> accept a path iteration, then the shared `commit.commit`
+    (compaction, statistics, append, rollback, drafter update, stop)."""
     rng, draft_rng, verify_rng = jax.random.split(state.rng, 3)
     drafted, drafter_state = drafter.propose_tree(
         drafter_params, state.drafter_state, state.context, tree, sampling, draft_rng
@@ -361,17 +318,23 @@ def tree_step(
             drafted.probs,
             sampling_lib.probs(logits_BxN1xV, sampling),
         )
-    old_seq_lengths_B = state.seq_lengths
-    state = dataclasses.replace(state, rng=rng, drafter_state=drafter_state)
-    state = _commit_path(
-        state, drafted, accepted_node_B, next_token_B, target_cache, hidden_BxN1xD, eos_ids_E,
-        max_new_tokens,
-    )  # fmt: skip
-    drafter_state = drafter.update(
-        drafter_params, state.drafter_state, state.context, state.seq_lengths - old_seq_lengths_B
+    path_tokens_BxD, num_accepted_B, path_nodes_BxD = _accepted_path(drafted, accepted_node_B)
+    # Node i was verified in slot newest + 1 + i: the commit step moves the path's keys/values
+    # (and features) to the slots after the root (compaction), then rolls back.
+    verified = commit.Verified(
+        path_tokens=path_tokens_BxD,
+        num_accepted=num_accepted_B,
+        next_token=next_token_B,
+        num_drafted=jnp.full_like(num_accepted_B, tree.depth),
+        target_cache=target_cache,
+        hidden=hidden_BxN1xD,
+        path_index=path_nodes_BxD,
     )
-    state = dataclasses.replace(state, drafter_state=drafter_state)
-    return sequence.stop_if_cache_full(state, slots_needed=tree.num_nodes + 1)
+    state = dataclasses.replace(state, rng=rng, drafter_state=drafter_state)
+    return commit.commit(
+        state, verified, drafter=drafter, drafter_params=drafter_params, eos_ids_E=eos_ids_E,
+        max_new_tokens=max_new_tokens, slots_needed=tree.num_nodes + 1,
+    )  # fmt: skip
 
 
 def generate(

@@ -228,11 +228,12 @@ acceptance_tau = decode_state.acceptance_tau
 
 
 def tau_per_row(*, num_generated: Any, verify_calls: Any) -> np.ndarray:
-    """tau (tokens emitted per verification call) of each row; nan for a row without calls."""
-    emitted = np.maximum(_np(num_generated, np.float64) - 1, 0)
-    calls = _np(verify_calls, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(calls > 0, emitted / calls, np.nan)
+    """tau (tokens emitted per verification call) of each row; nan for a row without calls.
+    Row by row through `tau`, so that the one definition decides every edge case."""
+    generated, calls = np.broadcast_arrays(_np(num_generated), _np(verify_calls))
+    rows = zip(generated.ravel(), calls.ravel(), strict=True)
+    per_row = [tau(num_generated=n, verify_calls=c) for n, c in rows]
+    return np.array(per_row, np.float64).reshape(generated.shape)
 
 
 def reached_per_position(accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
