@@ -25,6 +25,8 @@ lint: $(STAMP)
 # pytest exits 5 when it collected no test: make treats every non-zero status as failure.
 # Two pytest workers (pytest-xdist), whole files per worker so module fixtures compile once:
 # the suite is mostly XLA compilation, one core each (18.4 -> 14.4 min on 2 cores, measured).
+# Files go out heaviest first (tests/conftest.py's FILE_SECONDS; xdist's own reorder, by
+# number of tests, is off): no long file starts while the other worker runs out of work.
 # XLA's CPU backend without its expensive LLVM passes: the suite compiles thousands of small
 # programs and runs each briefly (pytest 12.4 -> 11.3 min, measured; every test passes both ways).
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 \
@@ -32,7 +34,7 @@ TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8 --xla_backend_optimiz
 test: lint
 	# One BLAS thread: numpy references on 2 shared cores run ~10x faster than with two.
 	OPENBLAS_NUM_THREADS=1 XLA_FLAGS="$(TEST_XLA_FLAGS)" \
-	    $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+	    $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	    -W ignore::DeprecationWarning --durations=15
 
 demo: $(STAMP)

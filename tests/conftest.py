@@ -28,3 +28,45 @@ def _release_compiled_programs():
 @pytest.fixture(params=sorted(FAMILIES))
 def family_config(request) -> ModelConfig:
     return FAMILIES[request.param]
+
+
+# Seconds per test file (the sum of its tests' durations, `pytest --durations=0` with three
+# xdist workers on the 2-core machine, 2026-11-30), files of 10 s or more. `make test` runs
+# whole files per worker (`--dist loadfile`) in collection order: the heaviest go first, so
+# that no long file starts last while the other worker has nothing left (largest first is
+# the classic rule for two machines). Files not listed keep their order after these.
+FILE_SECONDS = {
+    "tests/decoding/test_distribution.py": 283,
+    "tests/decoding/test_tree.py": 224,
+    "tests/decoding/test_distribution_multistep.py": 141,
+    "tests/decoding/test_speculative.py": 121,
+    "tests/models/test_transformer.py": 113,
+    "tests/decoding/test_heads.py": 98,
+    "tests/training/test_training.py": 84,
+    "tests/parallel/test_sharding.py": 67,
+    "tests/parallel/test_bench_parallel.py": 54,
+    "tests/eval/test_bench.py": 53,
+    "tests/checkpoints/test_checkpoint_parity.py": 53,
+    "tests/test_tokenizers.py": 42,
+    "tests/parallel/test_vocab.py": 37,
+    "tests/eval/test_runner_drafters.py": 35,
+    "tests/decoding/test_drafters.py": 32,
+    "tests/test_cli.py": 29,
+    "tests/experiments/test_sweep.py": 26,
+    "tests/bench/test_profile.py": 21,
+    "tests/experiments/test_provenance.py": 20,
+    "tests/test_bad_inputs.py": 19,
+    "tests/drafters/test_heads_store.py": 19,
+    "tests/checkpoints/test_checkpoint_gguf.py": 18,
+    "tests/experiments/test_notebook_train.py": 17,
+    "tests/test_quiet.py": 15,
+    "tests/test_interrupted_writes.py": 13,
+    "tests/parallel/test_distributed.py": 12,
+    "tests/checkpoints/test_checkpoint_orbax.py": 11,
+    "tests/checkpoints/test_checkpoint_hf.py": 11,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.nodeid.split("::")[0], 0))  # stable
