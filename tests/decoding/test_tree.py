@@ -337,32 +337,36 @@ def test_tree_nodes_continue_their_paths(head_target, kind):
     _, hidden, _ = model.forward(params, tokens, positions, model.init_cache(B, S))
     prompt_lengths, seq_lengths = np.array([4, 6]), np.array([7, 10])
     context = DraftContext(tokens, jnp.asarray(seq_lengths), target_hidden=hidden)
+    # The references run jitted (one program per sequence length) rather than op by op: the
+    # same computation, without compiling every primitive for every length.
     if kind == "model":
         drafter = DraftModelDrafter(model)
         drafter_params = random_model(TINY_LLAMA, seed=8)[1]
+        forward = jax.jit(model.forward)
 
         def reference(b, path):
             sequence = jnp.concatenate([tokens[b, : seq_lengths[b]], jnp.asarray(path, jnp.int32)])
             T = sequence.shape[0]
-            logits, _, _ = model.forward(
+            logits, _, _ = forward(
                 drafter_params, sequence[None], jnp.arange(T)[None], model.init_cache(1, T)
             )
             return logits[0, -1]
     else:
         drafter, drafter_params = eagle_echo(head_target)
+        apply = jax.jit(drafter.apply)
 
         def reference(b, path):
             # Teacher-forced entries (f_j, t_{j+1}), j < L - 1, then the path's entries, each
             # fed its predecessor's predicted feature, one call per entry.
             L = int(seq_lengths[b])
             cache = drafter.init_cache(1, S, jnp.float32)
-            out, cache = drafter.apply(
+            out, cache = apply(
                 drafter_params, hidden[b : b + 1, : L - 1], tokens[b : b + 1, 1:L],
                 positions[:1, : L - 1], cache,
             )  # fmt: skip
             feature = out[:, -1]
             for depth, token in enumerate(path, start=1):
-                out, cache = drafter.apply(
+                out, cache = apply(
                     drafter_params, feature[:, None], jnp.asarray([[token]]),
                     jnp.asarray([[L - 2 + depth]]), cache,
                 )  # fmt: skip
