@@ -10,15 +10,19 @@ from support import FAMILIES, TINY_LLAMA, random_model
 
 from specjax import cache as kv_cache
 from specjax.models.config import KNOWN_SHAPES, ModelConfig
+from specjax.models.transformer import Model
 
 PROMPT = [5, 17, 3, 42, 8, 8, 61, 0, 23, 11, 7]
+# One compiled program per (model, shapes), where op-by-op execution would compile every
+# primitive of the forward for every new length (the eager path is tested on its own below).
+FORWARD = jax.jit(Model.forward, static_argnums=0)
 
 
 def full_forward(model, params, tokens):
     tokens = jnp.asarray([tokens], jnp.int32)
     positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
     cache = model.init_cache(1, tokens.shape[1])
-    logits, _, _ = model.forward(params, tokens, positions, cache)
+    logits, _, _ = FORWARD(model, params, tokens, positions, cache)
     return np.asarray(logits[0])
 
 
@@ -54,12 +58,12 @@ def test_rollback_then_rewrite_matches(family_config):
     expected = full_forward(model, params, PROMPT)
     cache = model.init_cache(1, 32)
     head = jnp.asarray([PROMPT[:6]], jnp.int32)
-    _, _, cache = model.forward(params, head, jnp.arange(6)[None], cache)
+    _, _, cache = FORWARD(model, params, head, jnp.arange(6)[None], cache)
     garbage = jnp.asarray([[1, 2, 3, 4]], jnp.int32)
-    _, _, cache = model.forward(params, garbage, jnp.arange(6, 10)[None], cache)
+    _, _, cache = FORWARD(model, params, garbage, jnp.arange(6, 10)[None], cache)
     cache = kv_cache.rollback(cache, jnp.asarray([6]))
     tail = jnp.asarray([PROMPT[6:]], jnp.int32)
-    logits, _, _ = model.forward(params, tail, jnp.arange(6, len(PROMPT))[None], cache)
+    logits, _, _ = FORWARD(model, params, tail, jnp.arange(6, len(PROMPT))[None], cache)
     np.testing.assert_allclose(np.asarray(logits[0]), expected[6:], atol=1e-5, rtol=1e-5)
 
 
@@ -70,13 +74,13 @@ def test_batch_rows_with_different_lengths_are_independent():
     cache = model.init_cache(3, 32)
     width = max(len(p) for p in prompts)
     padded = jnp.asarray([p + [0] * (width - len(p)) for p in prompts], jnp.int32)
-    _, _, cache = model.forward(
-        params, padded, jnp.broadcast_to(jnp.arange(width), (3, width)), cache
+    _, _, cache = FORWARD(
+        model, params, padded, jnp.broadcast_to(jnp.arange(width), (3, width)), cache
     )
     lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
     cache = kv_cache.rollback(cache, lengths)
     next_tokens = jnp.asarray([[9], [10], [11]], jnp.int32)
-    logits, _, _ = model.forward(params, next_tokens, lengths[:, None], cache)
+    logits, _, _ = FORWARD(model, params, next_tokens, lengths[:, None], cache)
     for b, prompt in enumerate(prompts):
         alone = full_forward(model, params, prompt + [int(next_tokens[b, 0])])[-1]
         np.testing.assert_allclose(np.asarray(logits[b, 0]), alone, atol=1e-5, rtol=1e-5)
@@ -87,12 +91,12 @@ def test_tree_mask_matches_separate_branches():
     model, params = random_model(FAMILIES["gemma3"], seed=5)
     prefix = PROMPT[:5]
     cache = model.init_cache(1, 32)
-    _, _, cache = model.forward(params, jnp.asarray([prefix]), jnp.arange(5)[None], cache)
+    _, _, cache = FORWARD(model, params, jnp.asarray([prefix]), jnp.arange(5)[None], cache)
     # Tree: node0 = a (pos 5), node1 = b (child of a, pos 6), node2 = c (child of a, pos 6).
     tokens = jnp.asarray([[30, 31, 32]])
     positions = jnp.asarray([[5, 6, 6]])
     tree = jnp.asarray([[[1, 0, 0], [1, 1, 0], [1, 0, 1]]], bool)
-    logits, _, _ = model.forward(params, tokens, positions, cache, tree)
+    logits, _, _ = FORWARD(model, params, tokens, positions, cache, tree)
     branch_b = full_forward(model, params, prefix + [30, 31])
     branch_c = full_forward(model, params, prefix + [30, 32])
     np.testing.assert_allclose(np.asarray(logits[0, 1]), branch_b[-1], atol=1e-5, rtol=1e-5)
