@@ -7,6 +7,11 @@ run shadow each other under the module name "conftest".
 import jax
 
 from specjax.models.config import ModelConfig
+from specjax.models.transformer import Model
+
+# One compiled program per (model, shapes); the model is hashable, hence static. Shared, so
+# that tests of one worker reuse each other's programs.
+jit_forward = jax.jit(Model.forward, static_argnums=0)
 
 TINY_LLAMA = ModelConfig(
     family="llama",

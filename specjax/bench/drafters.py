@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from specjax.bench import speedup
+from specjax.decoding import state
 from specjax.eval import prompts as prompts_lib
 
 # The file of each prompt set inside a --prompt_dir (as the packages ship them).
@@ -118,11 +119,12 @@ def _pool(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
     if first["name"] == "autoregressive":
         return {**row, "tau": 1.0, "acceptance_tau": 1.0, "alpha": [], "exact": first["exact"]}
-    reached = np.concatenate([[calls], accepted[:-1]])
+    alpha = state.acceptance_per_position(accepted_per_position=accepted, verify_calls=calls)
     row.update(
+        # Σ (num_generated - 1) over rows is tokens - prompts: `state.tau`'s numerator.
         tau=(tokens - prompts) / max(calls, 1),
-        acceptance_tau=1.0 + float(np.sum(accepted)) / max(calls, 1),
-        alpha=(accepted / np.maximum(reached, 1)).round(4).tolist(),
+        acceptance_tau=state.acceptance_tau(accepted=accepted, verify_calls=calls),
+        alpha=alpha.round(4).tolist(),
         accepted_per_position=accepted.astype(int).tolist(),
     )
     exact = [r.get("exact") for r in group]

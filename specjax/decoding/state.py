@@ -51,6 +51,16 @@ def acceptance_tau(*, accepted: Any, verify_calls: Any) -> float:
     return (float(np.sum(accepted)) + calls) / calls if calls > 0 else float("nan")
 
 
+def acceptance_per_position(*, accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
+    """alpha_i = P(draft position i accepted | reached) [K], pooled over every leading axis
+    (rows, runs): position 1 is reached once per verification call, position i + 1 as often
+    as position i was accepted; 0 where a position was never reached."""
+    accepted = np.asarray(accepted_per_position)
+    accepted_K = accepted.reshape(-1, accepted.shape[-1]).sum(axis=0)
+    reached_K = np.concatenate([[np.sum(verify_calls)], accepted_K[:-1]])
+    return accepted_K / np.maximum(reached_K, 1)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DraftContext:
@@ -198,6 +208,7 @@ class GenerateOutput:
     @property
     def acceptance_per_position(self) -> np.ndarray:
         """alpha_i = P(draft position i accepted | reached), pooled over rows."""
-        accepted_K = np.sum(np.asarray(self.stats.accepted_per_position), axis=0)
-        reached_K = np.concatenate([[np.sum(self.stats.verify_calls)], accepted_K[:-1]])
-        return accepted_K / np.maximum(reached_K, 1)
+        return acceptance_per_position(
+            accepted_per_position=self.stats.accepted_per_position,
+            verify_calls=self.stats.verify_calls,
+        )

@@ -96,16 +96,22 @@ def embed_tokens(io: dict[str, Any], tokens_BxT: jax.Array, config: ModelConfig)
 def lm_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) -> jax.Array:
     """The target's LM head on (already normalised) features: float32 logits [..., V]."""
     head_DxV = io["embedding"].T if io["lm_head"] is None else io["lm_head"]
-    logits_xV = jnp.einsum(
-        "...d,dv->...v",
+    return _project(hidden_xD, head_DxV, config)
+
+
+def _project(hidden_xD: jax.Array, head_DxN: jax.Array, config: ModelConfig) -> jax.Array:
+    """Features through N columns of an LM head (with the target's logit softcap): float32
+    logits [..., N]."""
+    logits_xN = jnp.einsum(
+        "...d,dn->...n",
         hidden_xD,
-        head_DxV.astype(hidden_xD.dtype),
+        head_DxN.astype(hidden_xD.dtype),
         preferred_element_type=jnp.float32,
     )
     if config.final_logit_softcap:
         cap = config.final_logit_softcap
-        logits_xV = jnp.tanh(logits_xV / cap) * cap
-    return logits_xV
+        logits_xN = jnp.tanh(logits_xN / cap) * cap
+    return logits_xN
 
 
 def draft_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) -> jax.Array:
@@ -117,7 +123,7 @@ def draft_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) 
     vocabulary, which the rejection rule handles like any other q."""
     if io.get("draft_ids") is None:
         return lm_logits(io, hidden_xD, config)
-    sub_xVd = lm_logits({"embedding": None, "lm_head": io["draft_head"]}, hidden_xD, config)
+    sub_xVd = _project(hidden_xD, io["draft_head"], config)
     full_xV = jnp.full(sub_xVd.shape[:-1] + (config.vocab_size,), jnp.finfo(jnp.float32).min)
     return full_xV.at[..., io["draft_ids"]].set(sub_xVd)
 

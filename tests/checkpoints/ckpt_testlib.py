@@ -15,12 +15,10 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+from support import jit_forward  # noqa: F401  (re-exported to the checkpoint tests)
 
 from specjax.models.config import ModelConfig
-from specjax.models.transformer import Model, init_model
-
-# One compiled program per (model, shapes); the model is hashable, hence static.
-jit_forward = jax.jit(Model.forward, static_argnums=0)
+from specjax.models.transformer import init_model
 
 # Small models that still exercise every conversion path: GQA (H != G), head_dim != D/H,
 # Qwen biases + untied head, Gemma's sliding-window pattern, q/k norms, post norms.

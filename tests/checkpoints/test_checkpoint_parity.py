@@ -17,15 +17,14 @@ norm offset, RoPE layout or head order changes logits by O(1)).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from ckpt_testlib import load_reference_module
+from support import jit_forward
 
 import specjax.checkpoints as checkpoints
 from specjax.checkpoints import gguf as ckpt_gguf
-from specjax.models.transformer import Model
 from specjax.tokenizers import read_gguf_metadata
 
 ATOL = 2e-3
@@ -104,7 +103,7 @@ def run_parity(name: str, prompt: list[int] | None = None, steps: int = STEPS) -
         expected_substring = ""
 
     model, params, metadata = checkpoints.load(name, jnp.float32, cache=False, progress=False)
-    forward = jax.jit(Model.forward, static_argnums=0)
+    forward = jit_forward
     cache = model.init_cache(1, len(prompt) + steps)
     logits, _, cache = forward(
         model, params, jnp.asarray([prompt]), jnp.arange(len(prompt))[None], cache

@@ -6,16 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from models import numpy_reference
-from support import FAMILIES, TINY_LLAMA, random_model
+from support import FAMILIES, TINY_LLAMA, jit_forward, random_model
 
 from specjax import cache as kv_cache
 from specjax.models.config import KNOWN_SHAPES, ModelConfig
-from specjax.models.transformer import Model
 
 PROMPT = [5, 17, 3, 42, 8, 8, 61, 0, 23, 11, 7]
-# One compiled program per (model, shapes), where op-by-op execution would compile every
-# primitive of the forward for every new length (the eager path is tested on its own below).
-FORWARD = jax.jit(Model.forward, static_argnums=0)
+# `jit_forward`: one compiled program per (model, shapes), where op-by-op execution would
+# compile every primitive of the forward for every new length (the eager path is tested on
+# its own below).
+FORWARD = jit_forward
 
 
 def full_forward(model, params, tokens):
