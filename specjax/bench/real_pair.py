@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from specjax.bench import speedup
+from specjax.decoding import state
 from specjax.eval import cost_model
 
 
@@ -143,25 +144,19 @@ def gamma_sweep(
 
 
 def _pool(results: Sequence[Any]) -> dict[str, Any]:
-    """Time, tokens, both taus and outputs of several DecodeResults taken together.
-
-    Every row's first token comes from the prefill, so a result's verification calls are
-    (tokens - rows) / tau; the taus pool as ratios of sums over those calls.
-    """
-    seconds = sum(r.median_s for r in results)
-    tokens = sum(r.tokens for r in results)
-    emitted = [r.tokens - len(r.token_lists) for r in results]  # made by verification calls
-    calls = [e / r.tau if r.tau > 0 else 0.0 for e, r in zip(emitted, results)]
-    total_calls = sum(calls)
+    """Time, tokens, both taus and outputs of several DecodeResults taken together: the taus
+    pool as ratios of sums of the results' counts (verification calls, accepted drafts).
+    Every row's first token comes from the prefill, so the emitted tokens are tokens - rows."""
+    calls = sum(r.verify_calls for r in results)
+    emitted = sum(r.tokens - len(r.token_lists) for r in results)
+    accepted = sum(sum(r.accepted_per_position) for r in results)
     return {
-        "median_s": seconds,
-        "tokens": tokens,
-        "tau": sum(emitted) / total_calls if total_calls else 1.0,
-        "acceptance_tau": (
-            sum(c * r.acceptance_tau for c, r in zip(calls, results)) / total_calls
-            if total_calls
-            else 1.0
-        ),
+        "median_s": sum(r.median_s for r in results),
+        "tokens": sum(r.tokens for r in results),
+        "tau": emitted / calls if calls else 1.0,
+        "acceptance_tau": state.acceptance_tau(accepted=accepted, verify_calls=calls)
+        if calls
+        else 1.0,
         "token_lists": [row for r in results for row in r.token_lists],
         "compile_s": max(r.compile_s for r in results),
     }
