@@ -38,7 +38,10 @@ from specjax import console  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("shape", ["llama3-8b"], "target shapes (keys of specjax.bench.parallel.SHAPES)")
-flags.DEFINE_string("draft_shape", "", "draft shape of the spec section (default per target)")
+flags.DEFINE_string(
+    "draft_shape", "", "draft of the spec section (default per target; 'eagle': an EAGLE head)"
+)
+flags.DEFINE_integer("draft_vocab", 0, "with --draft_shape=eagle: draft over this many tokens")
 flags.DEFINE_list("what", ["step", "ar", "spec"], "sections: step, ar, spec")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "weights and KV cache")
 flags.DEFINE_integer("batch", 1, "rows decoded together")
@@ -72,7 +75,8 @@ def main(argv):
     results = []
     for shape in FLAGS.shape:
         settings = profile.ProfileSettings(
-            shape=shape, draft_shape=FLAGS.draft_shape, what=tuple(FLAGS.what),
+            shape=shape, draft_shape=FLAGS.draft_shape, draft_vocab=FLAGS.draft_vocab,
+            what=tuple(FLAGS.what),
             dtype=FLAGS.dtype, batch=FLAGS.batch, context=FLAGS.context,
             new_tokens=FLAGS.new_tokens, gamma=FLAGS.gamma, alpha=FLAGS.alpha,
             accept_from=FLAGS.accept_from, repeats=FLAGS.repeats, trace=FLAGS.trace,

@@ -354,6 +354,9 @@ def generate(
         target_params = target_model.decode_params(target_params)
         if speculative_run and isinstance(draft, DraftModelDrafter):
             draft_params = draft.model.decode_params(draft_params)
+        elif speculative_run and hasattr(draft, "decode_params"):
+            # Heads: fused once and cast to the target's dtype (`EagleDrafter.decode_params`).
+            draft_params = draft.decode_params(draft_params, params_dtype(target_params))
     if mesh is not None:
         from specjax.parallel import sharded  # late: only sharded runs need it
 

@@ -10,7 +10,8 @@ For each section of `ProfileSettings.what`:
     cache is donated and rolled back by each call, so the timed program is exactly one step
     with its KV write in place. c = draft step / target step.
   * ar: `specjax.generate` without a drafter, P prompt tokens, N new tokens, greedy.
-  * spec: `specjax.generate` with a draft model of `draft_shape`, gamma K, at temperature 1
+  * spec: `specjax.generate` with a draft model of `draft_shape` (or, with draft_shape
+    "eagle", an untrained EAGLE head of the target's width), gamma K, at temperature 1
     with a verify rule that replays an acceptance histogram (`speedup.forced_acceptance`):
     synthetic weights accept nothing on their own, so speculative figures are projections at
     that acceptance and are labelled so.
@@ -48,6 +49,7 @@ import numpy as np
 from specjax import tables
 
 SECTIONS = ("step", "ar", "spec")
+EAGLE = "eagle"  # draft_shape value: an EAGLE head of the target's width
 
 
 @dataclasses.dataclass
@@ -57,7 +59,11 @@ class ProfileSettings:
     Fields:
       shape: target architecture, a key of `specjax.bench.parallel.SHAPES`.
       draft_shape: the spec section's draft ("" = the shape's usual draft in DEFAULT_DRAFTS);
-        its vocabulary is set to the target's.
+        its vocabulary is set to the target's. "eagle": an EAGLE head (one decoder layer of
+        the target's width, random weights) drafts instead; the step section then times no
+        draft step (the loop's time says what the head costs).
+      draft_vocab: with draft_shape "eagle", draft over this many tokens (0: all; the
+        reduced draft vocabulary of `heads.with_draft_vocab`, here the first ids).
       what: subset of SECTIONS.
       dtype: weights and KV cache.
       batch: rows decoded together.
@@ -73,6 +79,7 @@ class ProfileSettings:
 
     shape: str = "llama3-8b"
     draft_shape: str = ""
+    draft_vocab: int = 0
     what: Sequence[str] = SECTIONS
     dtype: str = "bfloat16"
     batch: int = 1
@@ -92,7 +99,9 @@ class ProfileSettings:
         if unknown:
             raise ValueError(f"unknown sections {unknown}; choose from {SECTIONS}")
         draft = self.draft_shape or DEFAULT_DRAFTS.get(self.shape, "")
-        for name in (self.shape, draft) if draft else (self.shape,):
+        if self.draft_vocab and draft != EAGLE:
+            raise ValueError("draft_vocab needs draft_shape='eagle'")
+        for name in (self.shape, draft) if draft and draft != EAGLE else (self.shape,):
             if name not in SHAPES:
                 raise ValueError(f"unknown shape {name!r}; known: {', '.join(sorted(SHAPES))}")
         if not draft and "spec" in self.what:
@@ -227,7 +236,14 @@ def run(
 
     draft = draft_params = None
     draft_shape = s.draft_shape or DEFAULT_DRAFTS.get(s.shape, "")
-    if draft_shape and ("spec" in s.what or "step" in s.what):
+    if draft_shape == EAGLE and "spec" in s.what:
+        from specjax.drafters import heads
+
+        draft, draft_params = heads.init_eagle(target, params, param_dtype=dtype)
+        if s.draft_vocab:
+            draft_params = heads.with_draft_vocab(draft_params, range(s.draft_vocab))
+        result["draft_shape"] = EAGLE + (f" (draft vocab {s.draft_vocab})" if s.draft_vocab else "")
+    elif draft_shape and draft_shape != EAGLE and ("spec" in s.what or "step" in s.what):
         draft_config = SHAPES[draft_shape].replace(vocab_size=config.vocab_size)
         draft, draft_params = step_lib.synthetic_model(draft_config, dtype)
         result["draft_shape"] = draft_shape
@@ -237,7 +253,9 @@ def run(
         target, params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
     )
     draft_prefill_ms = None
-    if "spec" in s.what:
+    if "spec" in s.what and draft_shape == EAGLE:
+        draft_prefill_ms = 0.0  # the head catches up inside the loop's first iteration
+    elif "spec" in s.what:
         draft_prefill_ms, _, _ = step_lib.time_step(
             draft, draft_params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
         )
@@ -248,7 +266,7 @@ def run(
             "target_T1": (target, params, 1),
             "target_verify": (target, params, K + 1),
         }
-        if draft is not None:
+        if draft is not None and draft_shape != EAGLE:
             steps_to_time["draft_T1"] = (draft, draft_params, 1)
         for name, (model, weights, T) in steps_to_time.items():
             median_ms, first_s, again = step_lib.time_step(
@@ -267,9 +285,9 @@ def run(
                 )
                 section["trace" if name == "target_T1" else "draft_trace"] = traced
             log(f"[{s.label}] {s.shape} step {name}: {median_ms:.3f} ms (first {first_s:.1f} s)")
-        if draft is not None:
+        if "draft_T1_ms" in section:
             section["c"] = section["draft_T1_ms"] / section["target_T1_ms"]
-        if draft is not None and s.trace and section["trace"].get("device_events"):
+        if "draft_trace" in section and section["trace"].get("device_events"):
             # c from GPU busy time per step: host dispatch of one jitted step, which the
             # timings above include, would dominate small models.
             section["c_device"] = (

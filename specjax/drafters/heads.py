@@ -39,6 +39,7 @@ rejection sampling stays lossless. Greedy drafting takes the argmax.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -55,9 +56,10 @@ from specjax.decoding.drafter import Drafter
 from specjax.decoding.state import DraftContext
 from specjax.decoding.tree import DraftTree, DynamicTreeSpec, TreeSpec, per_row
 from specjax.drafters import tree_expansion
+from specjax.models import layers
 from specjax.models.config import NO_WINDOW, ModelConfig
 from specjax.models.layers import Block
-from specjax.models.transformer import DecodeParams, Model, Params
+from specjax.models.transformer import DecodeParams, Model, Params, converted_once
 
 HEAD_KINDS = ("eagle", "medusa")
 FORMAT_VERSION = 1
@@ -279,26 +281,59 @@ class EagleHead(nnx.Module):
         [B, T, D], cache with lengths += T). `cache` has one layer. `mask_BxTxS` replaces the
         default (every valid slot + causal among the new entries): training uses it to
         replay multi-step drafting (see `objectives.eagle_loss`)."""
-        dtype = self.fc.kernel.dtype
-        x_BxTx2D = jnp.concatenate(
-            [features_BxTxD.astype(dtype), token_embeddings_BxTxD.astype(dtype)], axis=-1
-        )
-        x_BxTxD = self.fc(x_BxTx2D)
-        if mask_BxTxS is None:
-            mask_BxTxS = kv_cache.attention_mask(cache.lengths, positions_BxT, cache.max_len)
-        out_BxTxD, k_BxSxGxDh, v_BxSxGxDh = self.block(
-            x_BxTxD,
-            positions_BxT,
-            cache.k[0],
-            cache.v[0],
-            cache.lengths,
-            mask_BxTxS,
-            jnp.float32(self.block_config.rope_theta),
-        )
-        T = features_BxTxD.shape[1]
-        return out_BxTxD, kv_cache.KVCache(
-            k=(k_BxSxGxDh,), v=(v_BxSxGxDh,), lengths=cache.lengths + T
-        )
+        head = eagle_decode_head(nnx.to_pure_dict(nnx.state(self, nnx.Param)), self.block_config)
+        return eagle_forward(
+            head, self.block_config, features_BxTxD, token_embeddings_BxTxD, positions_BxT,
+            cache, mask_BxTxS,
+        )  # fmt: skip
+
+
+def eagle_decode_head(head: dict[str, Any], block_config: ModelConfig, dtype=None) -> dict:
+    """An EAGLE head's storage-layout weights ({"fc", "block"}, as saved) in the decode layout:
+    {"fc_kernel": [2D, D], "fc_bias": [D], "layer": `LayerParams`} with q/k/v and gate/up
+    fused, cast to `dtype` (None: kept). Training fuses on the fly inside its program;
+    drafting converts once per generation (`EagleDrafter.decode_params`) so the draft steps
+    read the fused weights in place instead of concatenating them at every step."""
+    cast = (lambda x: x) if dtype is None else (lambda x: jnp.asarray(x, dtype))
+    return {
+        "fc_kernel": cast(head["fc"]["kernel"]),
+        "fc_bias": cast(head["fc"]["bias"]),
+        "layer": jax.tree.map(cast, layers.fuse_block(head["block"], block_config)),
+    }
+
+
+def eagle_forward(
+    head: dict[str, Any],
+    block_config: ModelConfig,
+    features_BxTxD: jax.Array,
+    token_embeddings_BxTxD: jax.Array,
+    positions_BxT: jax.Array,
+    cache: kv_cache.KVCache,
+    mask_BxTxS: jax.Array | None = None,
+) -> tuple[jax.Array, kv_cache.KVCache]:
+    """`EagleHead.__call__` on decode-layout weights (`eagle_decode_head`): the one
+    implementation of the head's math."""
+    dtype = head["fc_kernel"].dtype
+    x_BxTx2D = jnp.concatenate(
+        [features_BxTxD.astype(dtype), token_embeddings_BxTxD.astype(dtype)], axis=-1
+    )
+    x_BxTxD = layers.project(x_BxTx2D, head["fc_kernel"]) + head["fc_bias"]
+    if mask_BxTxS is None:
+        mask_BxTxS = kv_cache.attention_mask(cache.lengths, positions_BxT, cache.max_len)
+    rotary = layers.Rotary.create(
+        positions_BxT, jnp.float32(block_config.rope_theta), block_config.head_dim
+    )
+    out_BxTxD, k_BxSxGxDh, v_BxSxGxDh = layers.decoder_layer(
+        head["layer"], x_BxTxD, rotary, cache.k[0], cache.v[0], cache.lengths, mask_BxTxS,
+        block_config,
+    )  # fmt: skip
+    T = features_BxTxD.shape[1]
+    return out_BxTxD, kv_cache.KVCache(k=(k_BxSxGxDh,), v=(v_BxSxGxDh,), lengths=cache.lengths + T)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _eagle_decode_head_jit(head: dict[str, Any], block_config: ModelConfig, dtype) -> dict:
+    return eagle_decode_head(head, block_config, dtype)
 
 
 @jax.tree_util.register_dataclass
@@ -339,10 +374,34 @@ class EagleDrafter(Drafter):
         cache: kv_cache.KVCache,
         mask_BxTxS: jax.Array | None = None,
     ) -> tuple[jax.Array, kv_cache.KVCache]:
-        """Entries (f_j, t_{j+1}) at positions j -> (predicted f_{j+1} [B, T, D], cache)."""
-        head = nnx.merge(self.graphdef, params["head"])
+        """Entries (f_j, t_{j+1}) at positions j -> (predicted f_{j+1} [B, T, D], cache).
+
+        `params["head"]` is the storage layout (training: fused inside the program) or the
+        decode layout of `decode_params` (drafting)."""
         embeddings_BxTxD = embed_tokens(params["io"], tokens_BxT, self.target_config)
+        if "layer" in params["head"]:
+            return eagle_forward(
+                params["head"], self.block_config, features_BxTxD, embeddings_BxTxD,
+                positions_BxT, cache, mask_BxTxS,
+            )  # fmt: skip
+        head = nnx.merge(self.graphdef, params["head"])
         return head(features_BxTxD, embeddings_BxTxD, positions_BxT, cache, mask_BxTxS)
+
+    def decode_params(self, params: HeadParams, dtype=None) -> HeadParams:
+        """`params` with the head in the decode layout (`eagle_decode_head`), cast to `dtype`
+        (`specjax.generate` passes the target's: heads trained in float32 then draft in
+        bfloat16 beside a bfloat16 target, reading half the bytes). Converted once per
+        weights, like `Model.decode_params`."""
+        head = params["head"]
+        if "layer" in head:
+            return params
+        dtype = None if dtype is None else jnp.dtype(dtype)
+        decoded = converted_once(
+            ("eagle-decode", self.block_config, dtype),
+            head,
+            lambda h: _eagle_decode_head_jit(h, self.block_config, dtype),
+        )
+        return {**params, "head": decoded}
 
     def init_cache(self, batch_size: int, max_len: int, dtype) -> kv_cache.KVCache:
         return kv_cache.init_cache(self.block_config, batch_size, max_len, dtype)
@@ -354,7 +413,8 @@ class EagleDrafter(Drafter):
         # builds the cache from the context.
         del prompt_lengths_B
         B = prompt_BxP.shape[0]
-        dtype = params["head"]["fc"]["kernel"].dtype
+        head = params["head"]
+        dtype = (head["fc_kernel"] if "layer" in head else head["fc"]["kernel"]).dtype
         return EagleState(
             cache=self.init_cache(B, max_len, dtype), true_lengths=jnp.zeros((B,), jnp.int32)
         )

@@ -21,6 +21,7 @@ Two layouts of the same weights:
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -201,6 +202,29 @@ def fuse_block(block: dict[str, Any], config: ModelConfig, shards: int = 1) -> L
     )
 
 
+# How a projection with one activation row (B * T = 1: a batch-1 decode step) is computed:
+# "pad" (default) adds a zero row so the dot has two; "plain" leaves it a vector-matrix dot.
+# XLA's GPU algebraic simplifier rewrites a vector-matrix dot whose matrix has fewer than ~10M
+# elements into an elementwise multiply + reduce fusion; on an H200 that pair costs ~10 µs for
+# Qwen2.5-1.5B's 1536 x 2048 qkv matrix, where a GEMM reading its 6 MB once needs ~2 µs. A
+# two-row dot is not a vector dot and stays a cuBLAS GEMM, which reads the weight once, so the
+# extra row costs nothing measurable (docs/benchmarks.md, "single-row dots"). Read once, at
+# import: the profiler's before/after runs set it per process.
+SINGLE_ROW_DOTS = os.environ.get("SPECJAX_SINGLE_ROW_DOTS", "pad")
+if SINGLE_ROW_DOTS not in ("pad", "plain"):
+    raise ValueError(f"SPECJAX_SINGLE_ROW_DOTS must be 'pad' or 'plain', got {SINGLE_ROW_DOTS!r}")
+
+
+def project(x_BxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
+    """x @ w over the last axis: [B, T, I] x [I, O] -> [B, T, O] (see SINGLE_ROW_DOTS)."""
+    B, T, _ = x_BxTxI.shape
+    if B * T != 1 or SINGLE_ROW_DOTS == "plain":
+        return jnp.einsum("bti,io->bto", x_BxTxI, w_IxO)
+    # [1, 1, I] -> [1, 2, I] with a zero second row; its output row is dropped.
+    padded_1x2xI = jnp.pad(x_BxTxI, ((0, 0), (0, 1), (0, 0)))
+    return jnp.einsum("bti,io->bto", padded_1x2xI, w_IxO)[:, :1]
+
+
 def attention(
     q_BxTxHxDh: jax.Array,
     k_cache_BxSxCxDh: jax.Array,
@@ -260,7 +284,7 @@ def decoder_layer(
     Hn, Cn = H // N, C // N
 
     h_BxTxD = rms_norm(x_BxTxD, p.attn_norm, cfg.norm_eps)
-    qkv_BxTxX = jnp.einsum("btd,dx->btx", h_BxTxD, p.qkv)
+    qkv_BxTxX = project(h_BxTxD, p.qkv)
     if p.qkv_bias is not None:
         qkv_BxTxX = qkv_BxTxX + p.qkv_bias
     qkv_BxTxNxXxDh = qkv_BxTxX.reshape(B, T, N, Hn + 2 * Cn, Dh)
@@ -278,18 +302,16 @@ def decoder_layer(
     v_cache_BxSxCxDh = kv_cache.write_layer(v_cache_BxSxCxDh, v_BxTxCxDh, lengths_B)
     scale = (cfg.query_pre_attn_scalar or Dh) ** -0.5
     out_BxTxHxDh = attention(q_BxTxHxDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, mask_BxTxS, scale)
-    attn_BxTxD = jnp.einsum("btx,xd->btd", out_BxTxHxDh.reshape(B, T, H * Dh), p.o)
+    attn_BxTxD = project(out_BxTxHxDh.reshape(B, T, H * Dh), p.o)
     if p.post_attn_norm is not None:
         attn_BxTxD = rms_norm(attn_BxTxD, p.post_attn_norm, cfg.norm_eps)
     x_BxTxD = x_BxTxD + attn_BxTxD
 
     h_BxTxD = rms_norm(x_BxTxD, p.mlp_norm, cfg.norm_eps)
-    gate_up_BxTxNx2xFn = jnp.einsum("btd,dx->btx", h_BxTxD, p.gate_up).reshape(B, T, N, 2, F // N)
+    gate_up_BxTxNx2xFn = project(h_BxTxD, p.gate_up).reshape(B, T, N, 2, F // N)
     gate_BxTxF = gate_up_BxTxNx2xFn[:, :, :, 0].reshape(B, T, F)
     up_BxTxF = gate_up_BxTxNx2xFn[:, :, :, 1].reshape(B, T, F)
-    mlp_BxTxD = jnp.einsum(
-        "btf,fd->btd", _activation(cfg.activation, gate_BxTxF) * up_BxTxF, p.down
-    )
+    mlp_BxTxD = project(_activation(cfg.activation, gate_BxTxF) * up_BxTxF, p.down)
     if p.post_mlp_norm is not None:
         mlp_BxTxD = rms_norm(mlp_BxTxD, p.post_mlp_norm, cfg.norm_eps)
     return x_BxTxD + mlp_BxTxD, k_cache_BxSxCxDh, v_cache_BxSxCxDh

@@ -92,6 +92,9 @@ def test_eagle_incremental_cache_equals_recomputation(target):
     )
     sampling = Sampling.create(temperature=1.0)
     propose = jax.jit(drafter.propose, static_argnums=3)
+    # Drafting runs on the decode layout (fused once, as specjax.generate does); the
+    # teacher-forced pass above ran on the storage layout, fused on the fly.
+    head_params = drafter.decode_params(head_params)
     fresh = drafter.init(head_params, tokens, jnp.array([3, 5]), S)
     state = fresh
     lengths = np.array([3, 5])
@@ -107,6 +110,30 @@ def test_eagle_incremental_cache_equals_recomputation(target):
         )
         np.testing.assert_allclose(probs[:, 0], first, atol=1e-5)
         lengths = lengths + rng.integers(1, K + 2, B)  # n + 1 tokens kept, n in 0..K
+
+
+def test_eagle_decode_layout(target):
+    """The decode layout computes what the storage layout does, is converted once per weights,
+    and takes the dtype it is given (bfloat16 beside a bfloat16 target)."""
+    model, params = target
+    drafter, head_params = heads.init_eagle(model, params, seed=7)
+    decoded = drafter.decode_params(head_params)
+    assert drafter.decode_params(head_params)["head"] is decoded["head"]
+    assert drafter.decode_params(decoded) is decoded
+    B, T = 2, 6
+    features = jax.random.normal(jax.random.key(2), (B, T, TINY_LLAMA.d_model))
+    tokens = jax.random.randint(jax.random.key(3), (B, T), 0, TINY_LLAMA.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+    results = [
+        drafter.apply(p, features, tokens, positions, drafter.init_cache(B, 16, jnp.float32))
+        for p in (head_params, decoded)
+    ]
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[0][1].k[0], results[1][1].k[0], rtol=1e-5, atol=1e-5)
+    half = drafter.decode_params(head_params, jnp.bfloat16)["head"]
+    assert {leaf.dtype for leaf in jax.tree.leaves(half)} == {jnp.dtype(jnp.bfloat16)}
+    state = drafter.init({**head_params, "head": half}, tokens, jnp.array([3, 5]), 16)
+    assert state.cache.k[0].dtype == jnp.bfloat16
 
 
 def test_medusa_gamma_above_heads_fails(target):

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Decode speed after the single-row padding (`layers.project`) and the EAGLE decode layout
+# (`EagleDrafter.decode_params`), on one lent H200, in one pass. Run from the repository root
+# in the background (setsid); later device calls bring the GGUFs (DEVELOPERS.md):
+#
+#   SPECJAX_CACHE=~/sc DEADLINE=$(( $(date +%s) + 1500 )) OLD=~/old setsid nohup \
+#       bash experiments/h200/decode_speed.sh ~/w > ~/w/run.log 2>&1 &
+#
+# Stages, most wanted first, each alone on the GPU (a stage that would start after DEADLINE
+# is skipped; each logs to <work>/logs/<stage>.log and appends a line to <work>/status):
+#   1. profile (synthetic weights, `experiments.profile`): Qwen2.5-1.5B shape with the
+#      single-row padding ("pad") and without it ("plain"), step + AR + spec with a
+#      0.5B-shaped draft replaying the real pair's acceptance;
+#   2. the real Qwen2.5-Coder pair (`experiments.real_pair`), bf16, gamma 1-4 and prompt lookup;
+#   3. Llama-3-8B shape + an EAGLE head of its width, acceptance replayed from the EAGLE head
+#      trained for Qwen2.5-Coder-1.5B (a projection), full and reduced draft vocabulary;
+#   4. SmolLM2-135M with its trained heads, every drafter, greedy bf16 (`experiments.bench`),
+#      and its AR step padded vs plain;
+#   5. float32 exactness at highest precision: the real Qwen pair and SmolLM2's drafters;
+#   6. the Qwen 1.5B shape with an EAGLE head; the loops before the last session's loop
+#      changes ($OLD: `git archive 28fc766 specjax experiments`); HF transformers at 1.5B.
+set -u
+set -a
+W=${1:?work folder}
+mkdir -p "$W/logs" "$W/out"
+export PYTHONUNBUFFERED=1
+export SPECJAX_CACHE=${SPECJAX_CACHE:-$HOME/.cache/specjax}
+DEADLINE=${DEADLINE:-$(($(date +%s) + 1500))}
+PROMPT_DIR=${PROMPT_DIR:-$PWD/.carry/prompts}
+OLD=${OLD:-}
+PY=${PY:-python}
+SMOL=$SPECJAX_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
+QWEN=$SPECJAX_CACHE/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+DRAFT=$SPECJAX_CACHE/models/qwen2.5-coder-0.5b-instruct.gguf
+PAIR_ACCEPT=$PWD/docs/benchmarks/qwen_pair_gamma4/generations.jsonl
+EAGLE_ACCEPT=$PWD/docs/benchmarks/h200_drafters/eagle_qwen_gamma4_acceptance.json
+PROFILE="--context=512 --new_tokens=128 --repeats=3 --gamma=4 --out=$W/out/profile"
+SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
+
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$W/status"; }
+left() { echo $((DEADLINE - $(date +%s))); }
+stage() {  # stage NAME MIN_SECONDS_LEFT COMMAND...
+  local name=$1 need=$2; shift 2
+  if [ "$(left)" -lt "$need" ]; then log "$name skipped ($(left) s left, needs $need)"; return 1; fi
+  local start=$SECONDS
+  log "$name started"
+  if timeout "$(($(left) - 15))" bash -c '"$@"' "$name" "$@" > "$W/logs/$name.log" 2>&1; then
+    log "$name ok $((SECONDS - start)) s"
+  else
+    log "$name failed $((SECONDS - start)) s (rc $?): $(tail -n 2 "$W/logs/$name.log" | tr '\n' ' ')"
+    return 1
+  fi
+}
+wait_for() {  # files brought by later device calls
+  for f in "$@"; do
+    while [ ! -f "$f" ]; do
+      [ "$(left)" -lt 120 ] && { log "gave up waiting for $f"; return 1; }
+      sleep 2
+    done
+  done
+}
+profile() { $PY -m experiments.profile $PROFILE "$@"; }
+plain() { SPECJAX_SINGLE_ROW_DOTS=plain "$@"; }
+smol_drafters() {
+  local h=smollm2-135m-instruct
+  echo "--drafter=ngram:gamma=4,name=prompt-lookup --drafter=eagle:heads=eagle-$h,gamma=4"
+  echo "--drafter=eagle:heads=eagle-$h,tree=4,2,1,1,name=eagle-tree"
+  echo "--drafter=eagle:heads=eagle-$h,gamma=4,draft_vocab=8192,name=eagle-dv8k"
+  echo "--drafter=medusa:heads=medusa-$h,gamma=4"
+  echo "--drafter=eagle:heads=hass-$h,gamma=4,name=eagle-hass"
+  echo "--drafter=eagle:heads=eagle-$h,tree=dynamic:depth=6,top_k=6,nodes=32,name=eagle-dyn"
+}
+export -f profile plain smol_drafters
+log "start: $(left) s to the deadline"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
+
+[ -f experiments/h200/attention_kernel.py ] &&
+  stage attention-kernel 300 $PY experiments/h200/attention_kernel.py --out="$W/out"
+stage p15-pad 300 profile --shape=qwen2.5-1.5b --what=step,ar,spec --label=pad \
+  --accept_from="$PAIR_ACCEPT"
+stage p15-plain 300 plain profile --shape=qwen2.5-1.5b --what=step,ar,spec --label=plain \
+  --accept_from="$PAIR_ACCEPT"
+wait_for "$QWEN" "$DRAFT" &&
+  stage real-pair 300 $PY -m experiments.real_pair --target="$QWEN" --draft="$DRAFT" \
+    --prompt_dir="$PROMPT_DIR" --per_set=4 --gammas=1,2,3,4 --ngram_gammas=4 --repeats=2 \
+    --out="$W/out/real_pair"
+stage p8b-eagle 240 profile --shape=llama3-8b --draft_shape=eagle --what=ar,spec \
+  --label=eagle --accept_from="$EAGLE_ACCEPT"
+stage p8b-eagle-dv 200 profile --shape=llama3-8b --draft_shape=eagle --draft_vocab=32768 \
+  --what=ar,spec --label=eagle_dv32k --accept_from="$EAGLE_ACCEPT"
+# shellcheck disable=SC2046
+wait_for "$SMOL" && stage smollm2-compare 240 $PY -m experiments.bench --suites=real \
+  --gguf="$SMOL" $SETS --prompts_per_set=4 --max_new_tokens=128 --repeats=1 \
+  --prompt_bucket=512 --batches=1 --temperatures=0 --out="$W/out" --tag=_smollm2 \
+  --weights_cache $(smol_drafters)
+stage p135-pad 150 profile --shape=smollm2-135m --what=step,ar --label=pad
+stage p135-plain 150 plain profile --shape=smollm2-135m --what=step,ar --label=plain
+stage qwen-f32 200 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair \
+  --target="$QWEN" --draft="$DRAFT" --prompt_dir="$PROMPT_DIR" --per_set=2 --dtype=float32 \
+  --gammas=2,4 --ngram_gammas=4 --repeats=1 --tag=_float32 --out="$W/out/real_pair"
+# shellcheck disable=SC2046
+stage smollm2-f32 200 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.bench \
+  --suites=real --gguf="$SMOL" $SETS --prompts_per_set=2 --max_new_tokens=128 --repeats=0 \
+  --prompt_bucket=512 --batches=1 --temperatures=0 --dtype=float32 --out="$W/out" \
+  --tag=_smollm2_f32 $(smol_drafters | head -n 5)
+stage p15-eagle-dv 150 profile --shape=qwen2.5-1.5b --draft_shape=eagle --draft_vocab=32768 \
+  --what=ar,spec --label=eagle_dv32k --accept_from="$EAGLE_ACCEPT"
+[ -n "$OLD" ] && (cd "$OLD" && stage p15-old 120 plain profile --shape=qwen2.5-1.5b \
+  --what=ar,spec --label=old_loops --accept_from="$PAIR_ACCEPT")
+stage hf-1.5b 150 $PY -m experiments.profile --shape=qwen2.5-1.5b --what=ar --hf \
+  --label=specjax_hf --out="$W/out/profile" --context=512 --new_tokens=128 --repeats=3 --notrace
+reports=$(ls "$W"/out/profile/*.json 2>/dev/null | paste -sd, -)
+[ -n "$reports" ] && $PY -m experiments.profile --report="$reports" > "$W/out/profile_table.md" 2>&1
+cd "$W" && tar czf "$W/results.tgz" --exclude='hlo' out logs status
+log "done: $(ls -la "$W/results.tgz")"
