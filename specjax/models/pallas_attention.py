@@ -70,7 +70,7 @@ def _kernel(
     q_RxDp = q_ref[...]
     rows_R = pl.program_id(2) * block_r + jnp.arange(block_r, dtype=jnp.int32)
     # Token of each query row; padded rows read the last token's mask (their output is dropped).
-    t_R = jnp.minimum(rows_R // Q, T - 1)
+    t_R = jnp.minimum(jax.lax.div(rows_R, jnp.int32(Q)), T - 1)
     cols_Dp = jnp.arange(Dp, dtype=jnp.int32)
     col_ok_Dp = cols_Dp < Dh
 
