@@ -31,7 +31,9 @@ reads only the live prefix of the cache. The mask still decides visibility; the 
 guarantees that nothing at or past lengths + T is visible (true of `cache.attention_mask`).
 
 On a non-GPU backend, `interpret=True` runs the same kernel through Pallas's interpreter
-(slow, for tests).
+(slow, for tests). Inference only: there is no differentiation rule for the kernel (training
+keeps `layers.attention`). Float32 inputs use Triton's default dot precision (TF32), like
+XLA's default for the reference on GPU.
 """
 
 from __future__ import annotations
