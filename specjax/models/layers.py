@@ -16,6 +16,17 @@ Two layouts of the same weights:
     into another, one tree per layer, converted once (`fuse_block`). A decode step then reads
     each weight in place with one matmul per fused projection. `decoder_layer` is the only
     implementation of the layer's math; the NNX modules call it too, fusing on the fly.
+
+Attention kernel policy, `ATTENTION`, read once at import from the environment variable
+SPECJAX_ATTENTION:
+  * "jnp" (default): `attention`, portable einsum/softmax code that XLA compiles anywhere;
+    the reference.
+  * "pallas": `pallas_attention.decode_attention`, one Pallas (Triton) kernel per layer that
+    reads the [B, S, C, Dh] cache in place and stops at each row's live prefix. On a backend
+    other than GPU it runs in Pallas's interpret mode (slow; for tests of the full model).
+    Under GSPMD sharding a pallas_call is not partitioned automatically: use it on one device
+    (or inside shard_map).
+Tests switch it by setting the module attribute (`layers.ATTENTION = "pallas"`).
 """
 
 from __future__ import annotations
@@ -225,6 +236,11 @@ def project(x_BxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
     return jnp.einsum("bti,io->bto", padded_1x2xI, w_IxO)[:, :1]
 
 
+ATTENTION = os.environ.get("SPECJAX_ATTENTION", "jnp")
+if ATTENTION not in ("jnp", "pallas"):
+    raise ValueError(f"SPECJAX_ATTENTION must be 'jnp' or 'pallas', got {ATTENTION!r}")
+
+
 def attention(
     q_BxTxHxDh: jax.Array,
     k_cache_BxSxCxDh: jax.Array,
@@ -301,7 +317,15 @@ def decoder_layer(
     k_cache_BxSxCxDh = kv_cache.write_layer(k_cache_BxSxCxDh, k_BxTxCxDh, lengths_B)
     v_cache_BxSxCxDh = kv_cache.write_layer(v_cache_BxSxCxDh, v_BxTxCxDh, lengths_B)
     scale = (cfg.query_pre_attn_scalar or Dh) ** -0.5
-    out_BxTxHxDh = attention(q_BxTxHxDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, mask_BxTxS, scale)
+    if ATTENTION == "pallas":
+        from specjax.models import pallas_attention
+
+        out_BxTxHxDh = pallas_attention.decode_attention(
+            q_BxTxHxDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, mask_BxTxS, scale, lengths_B,
+            interpret=jax.default_backend() != "gpu",
+        )  # fmt: skip
+    else:
+        out_BxTxHxDh = attention(q_BxTxHxDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, mask_BxTxS, scale)
     attn_BxTxD = project(out_BxTxHxDh.reshape(B, T, H * Dh), p.o)
     if p.post_attn_norm is not None:
         attn_BxTxD = rms_norm(attn_BxTxD, p.post_attn_norm, cfg.norm_eps)
