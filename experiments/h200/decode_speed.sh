@@ -74,12 +74,14 @@ export -f profile plain smol_drafters
 log "start: $(left) s to the deadline"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
 
-[ -f experiments/h200/attention_kernel.py ] &&
-  stage attention-kernel 300 $PY experiments/h200/attention_kernel.py --out="$W/out"
+KERNEL=0  # the Pallas decode attention: correct and compiled on this GPU?
+stage attention-kernel 300 $PY experiments/h200/attention_kernel.py && KERNEL=1
 stage p15-pad 300 profile --shape=qwen2.5-1.5b --what=step,ar,spec --label=pad \
   --accept_from="$PAIR_ACCEPT"
 stage p15-plain 300 plain profile --shape=qwen2.5-1.5b --what=step,ar,spec --label=plain \
   --accept_from="$PAIR_ACCEPT"
+[ "$KERNEL" = 1 ] && stage p15-pallas 300 env SPECJAX_ATTENTION=pallas $PY -m \
+  experiments.profile $PROFILE --shape=qwen2.5-1.5b --what=step,ar --label=pad_pallas
 wait_for "$QWEN" "$DRAFT" &&
   stage real-pair 300 $PY -m experiments.real_pair --target="$QWEN" --draft="$DRAFT" \
     --prompt_dir="$PROMPT_DIR" --per_set=4 --gammas=1,2,3,4 --ngram_gammas=4 --repeats=2 \
