@@ -6,6 +6,7 @@
 #   SPECJAX_CACHE=~/sc DEADLINE=$(( $(date +%s) + 1500 )) OLD=~/old setsid nohup \
 #       bash experiments/h200/decode_speed.sh ~/w > ~/w/run.log 2>&1 &
 #
+# SKIP="name ..." leaves stages out (a second launch after a first one was stopped).
 # Stages, most wanted first, each alone on the GPU (a stage that would start after DEADLINE
 # is skipped; each logs to <work>/logs/<stage>.log and appends a line to <work>/status):
 #   1. profile (synthetic weights, `experiments.profile`): Qwen2.5-1.5B shape with the
@@ -13,11 +14,12 @@
 #      0.5B-shaped draft replaying the real pair's acceptance;
 #   2. the real Qwen2.5-Coder pair (`experiments.real_pair`), bf16, gamma 1-4 and prompt lookup;
 #   3. Llama-3-8B shape + an EAGLE head of its width, acceptance replayed from the EAGLE head
-#      trained for Qwen2.5-Coder-1.5B (a projection), full and reduced draft vocabulary;
-#   4. SmolLM2-135M with its trained heads, every drafter, greedy bf16 (`experiments.bench`),
-#      and its AR step padded vs plain;
-#   5. float32 exactness at highest precision: the real Qwen pair and SmolLM2's drafters;
-#   6. the Qwen 1.5B shape with an EAGLE head; the loops before the last session's loop
+#      trained for Qwen2.5-Coder-1.5B (a projection);
+#   4. SmolLM2-135M with its trained heads, every drafter, greedy bf16 (`experiments.bench`);
+#   5. float32 exactness at highest precision of the real Qwen pair;
+#   6. the 8B + EAGLE projection with a reduced draft vocabulary; the Pallas attention kernel
+#      (checked, then profiled at 1.5B); SmolLM2's AR padded vs plain; SmolLM2's drafters in
+#      float32; the 1.5B shape with an EAGLE head; the loops before the last session's loop
 #      changes ($OLD: `git archive 28fc766 specjax experiments`); HF transformers at 1.5B.
 set -u
 set -a
@@ -39,8 +41,9 @@ SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$W/status"; }
 left() { echo $((DEADLINE - $(date +%s))); }
-stage() {  # stage NAME MIN_SECONDS_LEFT COMMAND...
+stage() {  # stage NAME MIN_SECONDS_LEFT COMMAND... (skipped when NAME is in $SKIP)
   local name=$1 need=$2; shift 2
+  case " ${SKIP:-} " in *" $name "*) log "$name skipped (SKIP)"; return 1 ;; esac
   if [ "$(left)" -lt "$need" ]; then log "$name skipped ($(left) s left, needs $need)"; return 1; fi
   local start=$SECONDS
   log "$name started"
@@ -74,34 +77,36 @@ export -f profile plain smol_drafters
 log "start: $(left) s to the deadline"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
 
-KERNEL=0  # the Pallas decode attention: correct and compiled on this GPU?
-stage attention-kernel 300 $PY experiments/h200/attention_kernel.py && KERNEL=1
 stage p15-pad 300 profile --shape=qwen2.5-1.5b --what=step,ar,spec --label=pad \
   --accept_from="$PAIR_ACCEPT"
 stage p15-plain 300 plain profile --shape=qwen2.5-1.5b --what=step,ar,spec --label=plain \
   --accept_from="$PAIR_ACCEPT"
-[ "$KERNEL" = 1 ] && stage p15-pallas 300 env SPECJAX_ATTENTION=pallas $PY -m \
-  experiments.profile $PROFILE --shape=qwen2.5-1.5b --what=step,ar --label=pad_pallas
 wait_for "$QWEN" "$DRAFT" &&
   stage real-pair 300 $PY -m experiments.real_pair --target="$QWEN" --draft="$DRAFT" \
     --prompt_dir="$PROMPT_DIR" --per_set=4 --gammas=1,2,3,4 --ngram_gammas=4 --repeats=2 \
     --out="$W/out/real_pair"
 stage p8b-eagle 240 profile --shape=llama3-8b --draft_shape=eagle --what=ar,spec \
   --label=eagle --accept_from="$EAGLE_ACCEPT"
-stage p8b-eagle-dv 200 profile --shape=llama3-8b --draft_shape=eagle --draft_vocab=32768 \
-  --what=ar,spec --label=eagle_dv32k --accept_from="$EAGLE_ACCEPT"
 # shellcheck disable=SC2046
 wait_for "$SMOL" && stage smollm2-compare 240 $PY -m experiments.bench --suites=real \
   --gguf="$SMOL" $SETS --prompts_per_set=4 --max_new_tokens=128 --repeats=1 \
   --prompt_bucket=512 --batches=1 --temperatures=0 --out="$W/out" --tag=_smollm2 \
   --weights_cache $(smol_drafters)
-stage p135-pad 150 profile --shape=smollm2-135m --what=step,ar --label=pad
-stage p135-plain 150 plain profile --shape=smollm2-135m --what=step,ar --label=plain
-stage qwen-f32 200 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair \
+stage qwen-f32 150 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair \
   --target="$QWEN" --draft="$DRAFT" --prompt_dir="$PROMPT_DIR" --per_set=2 --dtype=float32 \
   --gammas=2,4 --ngram_gammas=4 --repeats=1 --tag=_float32 --out="$W/out/real_pair"
+stage p8b-eagle-dv 200 profile --shape=llama3-8b --draft_shape=eagle --draft_vocab=32768 \
+  --what=ar,spec --label=eagle_dv32k --accept_from="$EAGLE_ACCEPT"
+KERNEL=0  # the Pallas decode attention: correct and compiled on this GPU? (a hard limit: a
+# Triton compile that hangs must not eat the run)
+stage attention-kernel 150 timeout 120 env PYTHONPATH="$PWD:${PYTHONPATH:-}" $PY \
+  experiments/h200/attention_kernel.py && KERNEL=1
+[ "$KERNEL" = 1 ] && stage p15-pallas 200 timeout 180 env SPECJAX_ATTENTION=pallas $PY -m \
+  experiments.profile $PROFILE --shape=qwen2.5-1.5b --what=step,ar --label=pad_pallas
+stage p135-pad 120 profile --shape=smollm2-135m --what=step,ar --label=pad
+stage p135-plain 120 plain profile --shape=smollm2-135m --what=step,ar --label=plain
 # shellcheck disable=SC2046
-stage smollm2-f32 200 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.bench \
+stage smollm2-f32 150 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.bench \
   --suites=real --gguf="$SMOL" $SETS --prompts_per_set=2 --max_new_tokens=128 --repeats=0 \
   --prompt_bucket=512 --batches=1 --temperatures=0 --dtype=float32 --out="$W/out" \
   --tag=_smollm2_f32 $(smol_drafters | head -n 5)

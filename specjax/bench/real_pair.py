@@ -53,9 +53,9 @@ class StepCosts:
 def device_ms_per_step(model, params, *, context: int, T: int, trace_dir: Path) -> float:
     """GPU busy ms of one T-token forward (ten traced steps); wall ms where no device trace
     exists (CPU)."""
-    from specjax.bench import profile
+    from specjax.bench import profile, steps
 
-    median_ms, _, again = profile.time_step(
+    median_ms, _, again = steps.time_step(
         model, params, batch=1, context=context, T=T, slots=context + T + 1, repeats=3
     )
     summary = profile.trace_summary(
