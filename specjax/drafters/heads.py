@@ -317,7 +317,8 @@ def eagle_forward(
     x_BxTx2D = jnp.concatenate(
         [features_BxTxD.astype(dtype), token_embeddings_BxTxD.astype(dtype)], axis=-1
     )
-    x_BxTxD = layers.project(x_BxTx2D, head["fc_kernel"]) + head["fc_bias"]
+    pad = layers.pads_single_rows(block_config.d_model)
+    x_BxTxD = layers.project(x_BxTx2D, head["fc_kernel"], pad) + head["fc_bias"]
     if mask_BxTxS is None:
         mask_BxTxS = kv_cache.attention_mask(cache.lengths, positions_BxT, cache.max_len)
     rotary = layers.Rotary.create(

@@ -214,22 +214,32 @@ def fuse_block(block: dict[str, Any], config: ModelConfig, shards: int = 1) -> L
 
 
 # How a projection with one activation row (B * T = 1: a batch-1 decode step) is computed:
-# "pad" (default) adds a zero row so the dot has two; "plain" leaves it a vector-matrix dot.
-# XLA's GPU algebraic simplifier rewrites a vector-matrix dot whose matrix has fewer than ~10M
-# elements into an elementwise multiply + reduce fusion; on an H200 that pair costs ~10 µs for
-# Qwen2.5-1.5B's 1536 x 2048 qkv matrix, where a GEMM reading its 6 MB once needs ~2 µs. A
-# two-row dot is not a vector dot and stays a cuBLAS GEMM, which reads the weight once, so the
-# extra row costs nothing measurable (docs/benchmarks.md, "single-row dots"). Read once, at
-# import: the profiler's before/after runs set it per process.
+# "pad" (default) adds a zero row so the dot has two, in layers at least
+# SINGLE_ROW_PAD_MIN_WIDTH wide; "plain" leaves every such dot a vector-matrix dot.
+# XLA's GPU algebraic simplifier rewrites a vector-matrix dot whose matrix has fewer than 10M
+# elements into an elementwise multiply + reduce fusion. On an H200 that pair costs ~10 µs for
+# Qwen2.5-1.5B's 1536 x 2048 qkv matrix; the padded dot stays a GEMM fusion of ~4 µs, and the
+# 1.5B shape's AR loop goes from 2.10 to 1.69 ms/token. At widths 896 (Qwen2.5-0.5B) and 576
+# (SmolLM2) the padded GEMMs are slower than the reductions (AR +3.7% and +1.6%), and from
+# width ~2048 up (Llama-3-8B) the projections are GEMMs anyway (docs/benchmarks.md,
+# "Single-row dots"). Read once, at import: the profiler's before/after runs set them per
+# process.
 SINGLE_ROW_DOTS = os.environ.get("SPECJAX_SINGLE_ROW_DOTS", "pad")
 if SINGLE_ROW_DOTS not in ("pad", "plain"):
     raise ValueError(f"SPECJAX_SINGLE_ROW_DOTS must be 'pad' or 'plain', got {SINGLE_ROW_DOTS!r}")
+SINGLE_ROW_PAD_MIN_WIDTH = int(os.environ.get("SPECJAX_SINGLE_ROW_PAD_MIN_WIDTH", "1024"))
 
 
-def project(x_BxTxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
-    """x @ w over the last axis: [B, T, I] x [I, O] -> [B, T, O] (see SINGLE_ROW_DOTS)."""
+def pads_single_rows(width: int) -> bool:
+    """Whether a layer of this model width pads its single-row projections."""
+    return SINGLE_ROW_DOTS == "pad" and width >= SINGLE_ROW_PAD_MIN_WIDTH
+
+
+def project(x_BxTxI: jax.Array, w_IxO: jax.Array, pad_single_row: bool = True) -> jax.Array:
+    """x @ w over the last axis: [B, T, I] x [I, O] -> [B, T, O]. With `pad_single_row` (see
+    SINGLE_ROW_DOTS / `pads_single_rows`), one row is computed as two."""
     B, T, _ = x_BxTxI.shape
-    if B * T != 1 or SINGLE_ROW_DOTS == "plain":
+    if B * T != 1 or not pad_single_row:
         return jnp.einsum("bti,io->bto", x_BxTxI, w_IxO)
     # [1, 1, I] -> [1, 2, I] with a zero second row; its output row is dropped.
     padded_1x2xI = jnp.pad(x_BxTxI, ((0, 0), (0, 1), (0, 0)))
@@ -299,8 +309,9 @@ def decoder_layer(
     C = cfg.num_kv_heads * p.kv_repeat
     Hn, Cn = H // N, C // N
 
+    pad = pads_single_rows(cfg.d_model)
     h_BxTxD = rms_norm(x_BxTxD, p.attn_norm, cfg.norm_eps)
-    qkv_BxTxX = project(h_BxTxD, p.qkv)
+    qkv_BxTxX = project(h_BxTxD, p.qkv, pad)
     if p.qkv_bias is not None:
         qkv_BxTxX = qkv_BxTxX + p.qkv_bias
     qkv_BxTxNxXxDh = qkv_BxTxX.reshape(B, T, N, Hn + 2 * Cn, Dh)
@@ -326,16 +337,16 @@ def decoder_layer(
         )  # fmt: skip
     else:
         out_BxTxHxDh = attention(q_BxTxHxDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, mask_BxTxS, scale)
-    attn_BxTxD = project(out_BxTxHxDh.reshape(B, T, H * Dh), p.o)
+    attn_BxTxD = project(out_BxTxHxDh.reshape(B, T, H * Dh), p.o, pad)
     if p.post_attn_norm is not None:
         attn_BxTxD = rms_norm(attn_BxTxD, p.post_attn_norm, cfg.norm_eps)
     x_BxTxD = x_BxTxD + attn_BxTxD
 
     h_BxTxD = rms_norm(x_BxTxD, p.mlp_norm, cfg.norm_eps)
-    gate_up_BxTxNx2xFn = project(h_BxTxD, p.gate_up).reshape(B, T, N, 2, F // N)
+    gate_up_BxTxNx2xFn = project(h_BxTxD, p.gate_up, pad).reshape(B, T, N, 2, F // N)
     gate_BxTxF = gate_up_BxTxNx2xFn[:, :, :, 0].reshape(B, T, F)
     up_BxTxF = gate_up_BxTxNx2xFn[:, :, :, 1].reshape(B, T, F)
-    mlp_BxTxD = project(_activation(cfg.activation, gate_BxTxF) * up_BxTxF, p.down)
+    mlp_BxTxD = project(_activation(cfg.activation, gate_BxTxF) * up_BxTxF, p.down, pad)
     if p.post_mlp_norm is not None:
         mlp_BxTxD = rms_norm(mlp_BxTxD, p.post_mlp_norm, cfg.norm_eps)
     return x_BxTxD + mlp_BxTxD, k_cache_BxSxCxDh, v_cache_BxSxCxDh
