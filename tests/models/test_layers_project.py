@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import TINY_LLAMA, eagle_echo, random_model
 
+import specjax
 from specjax.models import layers
 
 
@@ -40,9 +42,6 @@ def test_padded_decode_steps_and_eagle_drafting_stay_exact(monkeypatch):
     """With padding on at the tiny width (the GPU policy of widths >= 1024): single-token
     cached steps give the full forward's logits, and greedy EAGLE drafting (whose fc and
     layer pad too) gives the autoregressive tokens."""
-    import specjax
-    from support import TINY_LLAMA, eagle_echo, random_model
-
     monkeypatch.setattr(layers, "SINGLE_ROW_DOTS", "pad")
     monkeypatch.setattr(layers, "SINGLE_ROW_PAD_MIN_WIDTH", 0)
     # A vocabulary no other test uses: every program here is traced under this policy.
