@@ -159,3 +159,17 @@ def test_real_pair_sweep_rows():
     lookup_all = rows[8]
     assert lookup_all["c"] == 0.0 and lookup_all["rows_identical"] == 3
     assert "| draft model γ=2 | all |" in real_pair.markdown(rows)
+
+
+def test_real_pair_step_costs(tmp_path):
+    """The step costs the real-pair sweep measures first (a broken import here once failed
+    `experiments.real_pair` on the GPU before any row): positive times, c = draft / target,
+    one verification cost per gamma."""
+    from support import TINY_LLAMA, random_model
+
+    from specjax.bench import real_pair
+
+    target, draft = random_model(TINY_LLAMA, seed=3), random_model(TINY_LLAMA, seed=4)
+    costs = real_pair.step_costs(target, draft, [2], context=8, trace_root=tmp_path)
+    assert costs.target_ms > 0 and costs.draft_ms > 0 and set(costs.verify_ms) == {2}
+    assert costs.c == pytest.approx(costs.draft_ms / costs.target_ms)
