@@ -154,6 +154,24 @@ def _draw(
     return tokens_x, probs_xV
 
 
+def draft_tokens(
+    rng: jax.Array,
+    io: dict[str, Any],
+    hidden_xD: jax.Array,
+    config: ModelConfig,
+    sampling: sampling_lib.Sampling,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Draft tokens from features and, when sampling, their distributions over V.
+
+    Greedy drafting over a draft vocabulary takes the argmax of its Vd logits and maps it to
+    a token id, never building [..., V] logits: the same token as the argmax of
+    `draft_logits` (ids are sorted, so ties resolve to the same lowest id)."""
+    if sampling.greedy and io.get("draft_ids") is not None:
+        sub_xVd = _project(hidden_xD, io["draft_head"], config)
+        return jnp.take(io["draft_ids"], jnp.argmax(sub_xVd, axis=-1)), None
+    return _draw(rng, draft_logits(io, hidden_xD, config), sampling)
+
+
 def _newest_feature(context: DraftContext) -> jax.Array:
     """f_{L-2} per row [B, D]: the latest position the target has seen."""
     if context.target_hidden is None:
@@ -233,8 +251,9 @@ class MedusaDrafter(Drafter):
                 "position i); train more heads or lower gamma"
             )
         features_BxHxD = self.head_features(params, _newest_feature(context))
-        logits_BxKxV = draft_logits(params["io"], features_BxHxD[:, :gamma], self.target_config)
-        tokens_BxK, probs_BxKxV = _draw(rng, logits_BxKxV, sampling)
+        tokens_BxK, probs_BxKxV = draft_tokens(
+            rng, params["io"], features_BxHxD[:, :gamma], self.target_config, sampling
+        )
         return tokens_BxK, probs_BxKxV, state
 
 
@@ -475,8 +494,8 @@ class EagleDrafter(Drafter):
         true_lengths_B = L_B - 1
         step_rngs = jax.random.split(rng, K)
         io = params["io"]
-        first_token_B, first_probs_BxV = _draw(
-            step_rngs[0], draft_logits(io, feature_BxD, self.target_config), sampling
+        first_token_B, first_probs_BxV = draft_tokens(
+            step_rngs[0], io, feature_BxD, self.target_config, sampling
         )
 
         def draft_step(carry, step_rng):
@@ -485,8 +504,8 @@ class EagleDrafter(Drafter):
                 params, feature_BxD[:, None], token_B[:, None], position_B[:, None], cache
             )
             feature_BxD = out_Bx1xD[:, 0]
-            next_token_B, probs_BxV = _draw(
-                step_rng, draft_logits(io, feature_BxD, self.target_config), sampling
+            next_token_B, probs_BxV = draft_tokens(
+                step_rng, io, feature_BxD, self.target_config, sampling
             )
             return (cache, feature_BxD, next_token_B, position_B + 1), (next_token_B, probs_BxV)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from support import TINY_LLAMA, random_model
 
+from specjax import Sampling
 from specjax.drafters import heads, registry
 
 
@@ -84,6 +85,12 @@ def test_draft_vocabulary_logits_live_on_its_tokens_only(target):
     outside = np.setdiff1d(np.arange(TINY_LLAMA.vocab_size), ids)
     assert float(np.max(np.asarray(probs)[:, outside])) == 0.0
     assert set(np.asarray(jnp.argmax(draft, -1)).tolist()) <= set(ids)
+    # Greedy drafting skips the [V] logits and picks the same tokens.
+    greedy, probs_none = heads.draft_tokens(
+        jax.random.key(1), restricted["io"], hidden, TINY_LLAMA, Sampling.create(0.0)
+    )
+    assert probs_none is None
+    np.testing.assert_array_equal(greedy, jnp.argmax(draft, -1))
     with pytest.raises(ValueError, match="non-empty subset"):
         heads.with_draft_vocab(head_params, [64])
 
