@@ -51,14 +51,27 @@ def acceptance_tau(*, accepted: Any, verify_calls: Any) -> float:
     return (float(np.sum(accepted)) + calls) / calls if calls > 0 else float("nan")
 
 
-def acceptance_per_position(*, accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
-    """alpha_i = P(draft position i accepted | reached) [K], pooled over every leading axis
-    (rows, runs): position 1 is reached once per verification call, position i + 1 as often
-    as position i was accepted; 0 where a position was never reached."""
+def reached_per_position(*, accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
+    """How often each draft position was examined [K], pooled over every leading axis:
+    position 1 once per verification call, position i + 1 as often as position i was
+    accepted."""
     accepted = np.asarray(accepted_per_position)
     accepted_K = accepted.reshape(-1, accepted.shape[-1]).sum(axis=0)
-    reached_K = np.concatenate([[np.sum(verify_calls)], accepted_K[:-1]])
-    return accepted_K / np.maximum(reached_K, 1)
+    return np.concatenate([[np.sum(verify_calls)], accepted_K[:-1]])
+
+
+def acceptance_per_position(
+    *, accepted_per_position: Any, verify_calls: Any, unreached: float = 0.0
+) -> np.ndarray:
+    """alpha_i = P(draft position i accepted | reached) [K], pooled over every leading axis
+    (rows, runs); `unreached` where a position was never reached (0 for the loop's output,
+    NaN in the evaluation tables, which must not show an unobserved alpha as 0)."""
+    accepted = np.asarray(accepted_per_position)
+    accepted_K = accepted.reshape(-1, accepted.shape[-1]).sum(axis=0)
+    reached_K = reached_per_position(
+        accepted_per_position=accepted, verify_calls=verify_calls
+    ).astype(np.float64)
+    return np.where(reached_K > 0, accepted_K / np.maximum(reached_K, 1), unreached)
 
 
 @jax.tree_util.register_dataclass

@@ -238,17 +238,19 @@ def tau_per_row(*, num_generated: Any, verify_calls: Any) -> np.ndarray:
 
 def reached_per_position(accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
     """How often each draft position was examined, pooled over rows: [gamma]."""
-    acc = _np(accepted_per_position).reshape(-1, np.shape(accepted_per_position)[-1])
-    calls = int(np.sum(verify_calls))
-    return np.concatenate([[calls], acc.sum(axis=0)[:-1]])
+    return decode_state.reached_per_position(
+        accepted_per_position=_np(accepted_per_position), verify_calls=verify_calls
+    ).astype(np.int64)
 
 
 def alpha_per_position(accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
-    """alpha_i = accepted_at[i] / reached[i], pooled over rows; nan where never reached."""
-    acc = _np(accepted_per_position).reshape(-1, np.shape(accepted_per_position)[-1])
-    reached = reached_per_position(acc, verify_calls).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(reached > 0, acc.sum(axis=0) / reached, np.nan)
+    """alpha_i = accepted_at[i] / reached[i], pooled over rows; nan where never reached
+    (`decode_state.acceptance_per_position`, the one definition)."""
+    return decode_state.acceptance_per_position(
+        accepted_per_position=_np(accepted_per_position),
+        verify_calls=verify_calls,
+        unreached=np.nan,
+    )
 
 
 def alpha_overall(accepted_per_position: Any, verify_calls: Any) -> float:

@@ -270,3 +270,16 @@ def test_summarize_by_category():
     )
     assert math.isnan(coding.speedup) and math_.speedup == 2.0 and total.speedup == 2.0
     assert all(r.label == "pair" for r in out) and coding.num_prompts == 1
+
+
+def test_alpha_of_an_unreached_position_is_nan_in_tables_and_0_in_the_output():
+    """One definition, two conventions for a position never examined (here position 2: the
+    only call rejected position 1)."""
+    from specjax.decoding import state
+
+    accepted, calls = [[0, 0]], [1]
+    np.testing.assert_array_equal(M.alpha_per_position(accepted, calls), [0.0, np.nan])
+    np.testing.assert_array_equal(
+        state.acceptance_per_position(accepted_per_position=accepted, verify_calls=calls),
+        [0.0, 0.0],
+    )
