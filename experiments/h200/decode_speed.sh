@@ -6,6 +6,9 @@
 #   SPECJAX_CACHE=~/sc DEADLINE=$(( $(date +%s) + 1500 )) OLD=~/old setsid nohup \
 #       bash experiments/h200/decode_speed.sh ~/w > ~/w/run.log 2>&1 &
 #
+# The lent machine goes back after 30 s without a call, taking the weights and this run
+# with it: queue the part calls and then polling calls (`sleep N; cat <work>/status`, up to
+# 600 s each) back to back, and edit nothing between them (2026-11-30: one machine lost so).
 # SKIP="name ..." leaves stages out (a second launch after a first one was stopped).
 # Stages, most wanted first, each alone on the GPU (a stage that would start after DEADLINE
 # is skipped; each logs to <work>/logs/<stage>.log and appends a line to <work>/status):
