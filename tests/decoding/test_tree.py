@@ -345,12 +345,16 @@ def test_tree_nodes_continue_their_paths(head_target, kind):
         forward = jax.jit(model.forward)
 
         def reference(b, path):
-            sequence = jnp.concatenate([tokens[b, : seq_lengths[b]], jnp.asarray(path, jnp.int32)])
-            T = sequence.shape[0]
+            # The context + path, right-padded to S tokens: causal attention keeps position
+            # T - 1 blind to the padding, and one program serves every length.
+            sequence = np.zeros(S, np.int32)
+            T = int(seq_lengths[b]) + len(path)
+            sequence[:T] = np.concatenate([np.asarray(tokens[b, : seq_lengths[b]]), path])
             logits, _, _ = forward(
-                drafter_params, sequence[None], jnp.arange(T)[None], model.init_cache(1, T)
-            )
-            return logits[0, -1]
+                drafter_params, jnp.asarray(sequence)[None], jnp.arange(S)[None],
+                model.init_cache(1, S),
+            )  # fmt: skip
+            return logits[0, T - 1]
     else:
         drafter, drafter_params = eagle_echo(head_target)
         apply = jax.jit(drafter.apply)
