@@ -17,6 +17,8 @@ norm offset, RoPE layout or head order changes logits by O(1)).
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -75,9 +77,15 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
+@functools.lru_cache(maxsize=4)
+def _metadata(path) -> dict:
+    # Parsing a GGUF header with a 49k-150k token vocabulary takes seconds; decode runs twice.
+    return read_gguf_metadata(ckpt_gguf.open_gguf(path))
+
+
 def decode(path, ids: list[int]) -> str:
     """Token ids -> text with the GGUF's own vocabulary (a test helper, not a tokenizer)."""
-    meta = read_gguf_metadata(ckpt_gguf.open_gguf(path))
+    meta = _metadata(path)
     tokens = meta.get("tokenizer.ggml.tokens")
     if meta.get("tokenizer.ggml.model") == "gpt2":
         table = _byte_decoder()
