@@ -49,16 +49,22 @@ def test_padded_decode_steps_and_eagle_drafting_stay_exact(monkeypatch):
     prompt = [3, 17, 5, 60, 9, 2, 41, 8]
     positions = jnp.arange(len(prompt), dtype=jnp.int32)[None]
     expected, _, _ = model.forward(
-        params, jnp.asarray([prompt]), positions, model.init_cache(1, 16)
+        params, jnp.asarray([prompt]), positions, model.init_cache(1, len(prompt))
     )
     step = jax.jit(model.forward)
-    cache, outputs = model.init_cache(1, 16), []
+    new_tokens = 12
+    cache, outputs = model.init_cache(1, len(prompt) + new_tokens), []
     for t, token in enumerate(prompt):
         logits, _, cache = step(params, jnp.asarray([[token]]), positions[:, t : t + 1], cache)
         outputs.append(np.asarray(logits[0, 0]))
     np.testing.assert_allclose(np.stack(outputs), expected[0], atol=1e-5, rtol=1e-5)
-    reference = specjax.generate((model, params), None, [prompt], max_new_tokens=16)
+    # Greedy continuation by the same padded single steps: the autoregressive reference.
+    greedy = [int(np.argmax(outputs[-1]))]
+    for t in range(len(prompt), len(prompt) + new_tokens - 1):
+        logits, _, cache = step(params, jnp.asarray([[greedy[-1]]]), jnp.asarray([[t]]), cache)
+        greedy.append(int(np.argmax(logits[0, 0])))
     out = specjax.generate(
-        (model, params), eagle_echo((model, params)), [prompt], gamma=3, max_new_tokens=16
+        (model, params), eagle_echo((model, params)), [prompt], gamma=3, max_new_tokens=new_tokens
     )
-    assert out.token_lists() == reference.token_lists()
+    assert out.token_lists() == [greedy]
+    assert out.tau > 1.0  # drafts were accepted: the padded EAGLE steps mattered
