@@ -31,15 +31,9 @@ lint: $(STAMP)
 # programs and runs each briefly (pytest 12.4 -> 11.3 min, measured; every test passes both ways).
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 \
     --xla_llvm_disable_expensive_passes=true
-# A compilation cache shared by the two workers, emptied first (every run pays for its own
-# compiles; programs that several test files compile identically are compiled once).
-JAX_TEST_CACHE := .jax-test-cache
 test: lint
-	rm -rf $(JAX_TEST_CACHE)
 	# One BLAS thread: numpy references on 2 shared cores run ~10x faster than with two.
 	OPENBLAS_NUM_THREADS=1 XLA_FLAGS="$(TEST_XLA_FLAGS)" \
-	    JAX_COMPILATION_CACHE_DIR=$(JAX_TEST_CACHE) JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-	    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 \
 	    $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	    -W ignore::DeprecationWarning --durations=15
 
@@ -47,4 +41,4 @@ demo: $(STAMP)
 	$(BIN)/python -m experiments.demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache $(JAX_TEST_CACHE)
+	rm -rf $(VENV) .pytest_cache .ruff_cache
