@@ -352,10 +352,9 @@ def generate(
     if mesh is None:
         # Decode layout: one tree per layer, fused projections (converted once per weights).
         target_params = target_model.decode_params(target_params)
-        if speculative_run and isinstance(draft, DraftModelDrafter):
-            draft_params = draft.model.decode_params(draft_params)
-        elif speculative_run and hasattr(draft, "decode_params"):
-            # Heads: fused once and cast to the target's dtype (`EagleDrafter.decode_params`).
+        if speculative_run and hasattr(draft, "decode_params"):
+            # Draft models and EAGLE heads read their weights in the decode layout too,
+            # converted once (`DraftModelDrafter.decode_params`, `EagleDrafter.decode_params`).
             draft_params = draft.decode_params(draft_params, params_dtype(target_params))
     if mesh is not None:
         from specjax.parallel import sharded  # late: only sharded runs need it

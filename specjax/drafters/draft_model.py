@@ -56,6 +56,12 @@ class DraftModelDrafter(Drafter):
     def vocab_size(self) -> int:
         return self.model.config.vocab_size
 
+    def decode_params(self, params: Params, dtype=None) -> Params:
+        """The draft model's params in the decode layout (`Model.decode_params`: converted
+        once per weights). `dtype` is ignored: a draft model keeps its own."""
+        del dtype
+        return self.model.decode_params(params)
+
     def init(
         self, params: Params, prompt_BxP: jax.Array, prompt_lengths_B: jax.Array, max_len: int
     ) -> DraftModelState:
