@@ -9,7 +9,7 @@
 # The lent machine goes back after 30 s without a call, taking the weights and this run
 # with it: queue the part calls and then polling calls (`sleep N; cat <work>/status`, up to
 # 600 s each) back to back, and edit nothing between them (2026-11-30: one machine lost so).
-# SKIP="name ..." leaves stages out (a second launch after a first one was stopped).
+# SKIP="name ..." leaves stages out (experiments/h200/stages.sh).
 # Stages, most wanted first, each alone on the GPU (a stage that would start after DEADLINE
 # is skipped; each logs to <work>/logs/<stage>.log and appends a line to <work>/status):
 #   1. profile (synthetic weights, `experiments.profile`): Qwen2.5-1.5B shape with the
@@ -42,21 +42,9 @@ EAGLE_ACCEPT=$PWD/docs/benchmarks/h200_drafters/eagle_qwen_gamma4_acceptance.jso
 PROFILE="--context=512 --new_tokens=128 --repeats=3 --gamma=4 --out=$W/out/profile"
 SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
-log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$W/status"; }
-left() { echo $((DEADLINE - $(date +%s))); }
-stage() {  # stage NAME MIN_SECONDS_LEFT COMMAND... (skipped when NAME is in $SKIP)
-  local name=$1 need=$2; shift 2
-  case " ${SKIP:-} " in *" $name "*) log "$name skipped (SKIP)"; return 1 ;; esac
-  if [ "$(left)" -lt "$need" ]; then log "$name skipped ($(left) s left, needs $need)"; return 1; fi
-  local start=$SECONDS
-  log "$name started"
-  if timeout "$(($(left) - 15))" bash -c '"$@"' "$name" "$@" > "$W/logs/$name.log" 2>&1; then
-    log "$name ok $((SECONDS - start)) s"
-  else
-    log "$name failed $((SECONDS - start)) s (rc $?): $(tail -n 2 "$W/logs/$name.log" | tr '\n' ' ')"
-    return 1
-  fi
-}
+STAGE_MARGIN=15
+# shellcheck source=experiments/h200/stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage
 wait_for() {  # files brought by later device calls
   for f in "$@"; do
     while [ ! -f "$f" ]; do

@@ -64,24 +64,8 @@ else
 fi
 SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
-log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$W/status"; }
-left() { echo $((DEADLINE - $(date +%s))); }
-
-# stage NAME MIN_SECONDS_LEFT COMMAND...: runs COMMAND unless fewer seconds are left.
-stage() {
-  local name=$1 need=$2; shift 2
-  if [ "$(left)" -lt "$need" ]; then log "$name skipped ($(left) s left, needs $need)"; return 1; fi
-  local start=$SECONDS
-  log "$name started"
-  # No stage outlives the deadline: what it wrote so far (results are saved row by row) stays.
-  if timeout "$(($(left) - 20))" bash -c '"$@"' "$name" "$@" > "$W/logs/$name.log" 2>&1; then
-    log "$name ok $((SECONDS - start)) s"
-  else
-    log "$name failed $((SECONDS - start)) s (rc $?): $(tail -n 2 "$W/logs/$name.log" | tr '\n' ' ')"
-    return 1
-  fi
-}
-
+# shellcheck source=experiments/h200/stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage
 wait_for() {  # a model file in the cache, brought by later device calls
   while [ ! -f "$SPECJAX_CACHE/models/$1" ]; do
     [ "$(left)" -lt 120 ] && { log "gave up waiting for $1"; return 1; }

@@ -1,0 +1,24 @@
+# Stages of a timed run on a lent GPU (sourced by heads.sh and decode_speed.sh). Needs W (the
+# work folder: <W>/status, <W>/logs/<stage>.log) and DEADLINE (epoch seconds).
+#   STAGE_MARGIN: seconds a stage leaves before the deadline (default 20).
+#   SKIP="name ...": stages left out (a second launch after a first one was stopped).
+
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$W/status"; }
+left() { echo $((DEADLINE - $(date +%s))); }
+
+# stage NAME MIN_SECONDS_LEFT COMMAND...: runs COMMAND unless fewer seconds are left.
+stage() {
+  local name=$1 need=$2; shift 2
+  case " ${SKIP:-} " in *" $name "*) log "$name skipped (SKIP)"; return 1 ;; esac
+  if [ "$(left)" -lt "$need" ]; then log "$name skipped ($(left) s left, needs $need)"; return 1; fi
+  local start=$SECONDS
+  log "$name started"
+  # No stage outlives the deadline: what it wrote so far (results are saved row by row) stays.
+  if timeout "$(($(left) - ${STAGE_MARGIN:-20}))" bash -c '"$@"' "$name" "$@" \
+    > "$W/logs/$name.log" 2>&1; then
+    log "$name ok $((SECONDS - start)) s"
+  else
+    log "$name failed $((SECONDS - start)) s (rc $?): $(tail -n 2 "$W/logs/$name.log" | tr '\n' ' ')"
+    return 1
+  fi
+}
