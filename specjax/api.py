@@ -93,7 +93,9 @@ def prompt_rows(prompt_ids: Any, vocab_size: int) -> list[np.ndarray]:
                 f"prompt_ids has shape {tuple(prompt_ids.shape)}: expected one prompt [P] or "
                 "a batch of prompts [B, P]"
             )
-        batch = [prompt_ids] if prompt_ids.ndim == 1 else list(prompt_ids)
+        if prompt_ids.ndim == 2:
+            return _array_rows(np.asarray(prompt_ids), vocab_size)
+        batch = [prompt_ids]
     elif not isinstance(prompt_ids, Sequence):
         raise TypeError(
             f"prompt_ids must be token ids (a list of ints, a list of such lists, or an "
@@ -134,6 +136,30 @@ def prompt_rows(prompt_ids: Any, vocab_size: int) -> list[np.ndarray]:
     return rows
 
 
+def _array_rows(prompts_BxP: np.ndarray, vocab_size: int) -> list[np.ndarray]:
+    """`prompt_rows` of a [B, P] array, checked as a whole (the same errors, naming the first
+    offending prompt): a Python loop over rows costs seconds at B = 50,000."""
+    if prompts_BxP.shape[0] == 0:
+        raise ValueError("no prompts given: prompt_ids must hold at least one prompt")
+    if prompts_BxP.shape[1] == 0:
+        raise ValueError("prompt 0 is empty: every prompt needs at least one token")
+    if not np.issubdtype(prompts_BxP.dtype, np.integer):
+        raise TypeError(
+            f"prompt 0 holds {prompts_BxP.dtype} values, not integer token ids (first: "
+            f"{prompts_BxP[0, 0].item()!r}); nothing is rounded for you: convert whole numbers "
+            "yourself"
+        )
+    outside_B = ((prompts_BxP < 0) | (prompts_BxP >= vocab_size)).any(axis=1)
+    if outside_B.any():
+        b = int(np.argmax(outside_B))
+        row = prompts_BxP[b]
+        raise ValueError(
+            f"prompt {b} has token ids outside [0, {vocab_size}) (min {row.min()}, "
+            f"max {row.max()}): wrong tokenizer for this model?"
+        )
+    return list(prompts_BxP.astype(np.int64))
+
+
 def pad_prompts(
     prompt_ids: Sequence[Sequence[int]] | np.ndarray,
     vocab_size: int,
@@ -146,7 +172,13 @@ def pad_prompts(
     `pad_id` fills the padding only where it is a token of the vocabulary; otherwise 0 does
     (the padding is masked either way, but its embedding is still computed: an id outside
     the vocabulary reads NaN there, and NaN times a zero attention weight is NaN)."""
-    rows = prompt_rows(prompt_ids, vocab_size)
+    return _pad_rows(prompt_rows(prompt_ids, vocab_size), vocab_size, pad_id, bucket, max_width)
+
+
+def _pad_rows(
+    rows: list[np.ndarray], vocab_size: int, pad_id: int, bucket: int, max_width: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`pad_prompts` of rows `prompt_rows` has checked."""
     lengths = np.array([row.size for row in rows], np.int32)
     if max_width is not None and lengths.max() > max_width:
         raise ValueError(f"prompt of {lengths.max()} tokens is wider than max_width={max_width}")
@@ -155,8 +187,11 @@ def pad_prompts(
         width = min(width, max_width)
     fill = pad_id if 0 <= pad_id < vocab_size else 0
     padded = np.full((len(rows), width), fill, np.int32)
-    for b, row in enumerate(rows):
-        padded[b, : row.size] = row
+    if np.all(lengths == lengths[0]):  # one copy instead of a Python loop over rows
+        padded[:, : lengths[0]] = np.stack(rows)
+    else:
+        for b, row in enumerate(rows):
+            padded[b, : row.size] = row
     return padded, lengths
 
 
@@ -337,9 +372,7 @@ def generate(
             f"(it needs at least {longest + 1}); raise cache_size or shorten the prompt"
         )
     check_context(longest, max_new_tokens, cache_size, target_model.config.max_position)
-    prompt, lengths = pad_prompts(
-        rows, vocab_size, pad_id, bucket=int(prompt_bucket), max_width=cache_size
-    )
+    prompt, lengths = _pad_rows(rows, vocab_size, pad_id, int(prompt_bucket), cache_size)
     if cache_size is None:
         cache_size = prompt.shape[1] + max_new_tokens + slots_per_call
     check_cache_memory(

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from support import TINY_LLAMA, random_model, tiny_gguf_with_tokenizer
@@ -79,6 +80,13 @@ GENERATE_CASES = [
     ("no-prompts", dict(prompt_ids=[]), ValueError, r"no prompts given"),
     ("empty-prompt", dict(prompt_ids=[[1], []]), ValueError, r"prompt 1 is empty"),
     ("token-outside-vocab", dict(prompt_ids=[[1, V]]), ValueError, rf"outside \[0, {V}\)"),
+    # A [B, P] array is checked as a whole; the errors still name the first bad prompt.
+    ("token-outside-vocab-array", dict(prompt_ids=np.array([[1, 2], [3, 4], [-1, V]])),
+     ValueError, rf"prompt 2 has token ids outside \[0, {V}\) \(min -1, max {V}\)"),
+    ("no-prompts-array", dict(prompt_ids=np.zeros((0, 3), np.int32)), ValueError,
+     r"no prompts given"),
+    ("empty-prompts-array", dict(prompt_ids=np.zeros((2, 0), np.int32)), ValueError,
+     r"prompt 0 is empty"),
     ("max-new-tokens-True", dict(max_new_tokens=True), ValueError,
      r"max_new_tokens must be an integer >= 1, got True"),
     ("max-new-tokens-float", dict(max_new_tokens=2.0), ValueError, r"max_new_tokens.*2\.0"),
@@ -312,3 +320,17 @@ def test_one_line_describes_multi_line_messages():
     assert console.one_line("bad experiment config:\n  - a\n  - b") == "bad experiment config: a; b"
     assert console.one_line("first\nsecond") == "first second"
     assert console.describe(KeyError("k")) == "KeyError: 'k'"
+
+
+def test_prompt_arrays_and_lists_pad_alike():
+    """The whole-array check and the equal-length copy give what the per-row path gives."""
+    from specjax import api
+
+    rows = np.array([[5, 1, 2], [3, 4, 6]], np.int32)
+    for prompts in (rows, jnp.asarray(rows), rows.tolist()):
+        padded, lengths = api.pad_prompts(prompts, V, pad_id=7, bucket=4)
+        np.testing.assert_array_equal(padded, [[5, 1, 2, 7], [3, 4, 6, 7]])
+        np.testing.assert_array_equal(lengths, [3, 3])
+    padded, lengths = api.pad_prompts([[5, 1, 2], [3]], V, pad_id=7, bucket=4)
+    np.testing.assert_array_equal(padded, [[5, 1, 2, 7], [3, 7, 7, 7]])
+    np.testing.assert_array_equal(lengths, [3, 1])

@@ -106,8 +106,10 @@ def exact_window_joint(target_logits, sampling) -> np.ndarray:
 
 def decode(target, drafter, sampling, gamma, seed, **options):
     prompts = np.tile(PROMPT, (NUM_ROWS, 1))
+    # prompt_bucket=1: no padding slots (see test_distribution.empirical_joint).
     out = specjax.generate(target, drafter, prompts, sampling=sampling, gamma=gamma,
-                           max_new_tokens=NUM_NEW, seed=seed, **options)  # fmt: skip
+                           max_new_tokens=NUM_NEW, seed=seed, prompt_bucket=1,
+                           **options)  # fmt: skip
     assert np.all(np.asarray(out.num_generated) == NUM_NEW)
     return out
 
