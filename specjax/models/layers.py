@@ -37,11 +37,11 @@ Projection kernel policy, `PROJECTION`, read once at import from SPECJAX_PROJECT
     kernels around them. Taken only where they apply: layers converted for inference
     (`LayerParams.inference`, set by `Model.decode_params`, the drafters' `decode_params` and
     `abstract_decode_params` (benchmarks), never by the fuse-on-the-fly path of training,
-    since the kernels have no differentiation rule), shards N = 1, B * T <= 16 rows, no Gemma3 post-norms; every other
-    layer keeps the jnp path. Interpret mode off GPU, and one device only (a pallas_call is
-    not partitioned by GSPMD), as for ATTENTION; the sharded path converts its own weights
-    without `inference`. Block configurations come from SPECJAX_PROJECTION_TUNING (see
-    `pallas_projection`).
+    since the kernels have no differentiation rule), shards N = 1, B * T <= 16 rows, no
+    Gemma3 post-norms; every other layer keeps the jnp path. Interpret mode off GPU, and one
+    device only (a pallas_call is not partitioned by GSPMD), as for ATTENTION; the sharded
+    path converts its own weights without `inference`. Block configurations come from
+    SPECJAX_PROJECTION_TUNING (see `pallas_projection`).
 Tests switch it by setting the module attribute (`layers.PROJECTION = "pallas"`).
 """
 
