@@ -45,6 +45,7 @@ rule (training keeps the jnp path).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -265,7 +266,11 @@ def _whole(shape):
     return pl.BlockSpec(shape, lambda n, s: (0,) * len(shape))
 
 
-def _run(spec: _Spec, x_MxK, scale_K, w_KxW, bias_N, residual_MxN, out_dtype, interpret):
+# Jitted so that identical calls (one per layer of a model, L per timing chain) share one
+# lowering: a jit nested in a trace lowers once per module and shape, while each bare
+# pallas_call would be lowered, and on a GPU compiled by Triton, once per call site.
+@functools.partial(jax.jit, static_argnames=("spec", "out_dtype", "interpret"))
+def _run(x_MxK, scale_K, w_KxW, bias_N, residual_MxN, *, spec: _Spec, out_dtype, interpret):
     cfg = spec.config
     operands = [x_MxK] + ([scale_K] if scale_K is not None else []) + [w_KxW]
     operands += [bias_N] if bias_N is not None else []
@@ -346,7 +351,8 @@ def norm_project(
                         split_k=split_k, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
     spec = _Spec("norm_project", M, D, N, 0, eps, "", dtype, bias_N is not None, config)
     out_dtype = dtype if bias_N is None else jnp.result_type(dtype, bias_N.dtype)
-    return _run(spec, x_MxD, norm_scale_D, w_DxN, bias_N, None, out_dtype, interpret)
+    return _run(x_MxD, norm_scale_D, w_DxN, bias_N, None, spec=spec, out_dtype=out_dtype,
+                interpret=interpret)  # fmt: skip
 
 
 def norm_project_glu(
@@ -374,7 +380,8 @@ def norm_project_glu(
     config = config_for("norm_project_glu", D, F, block_n=block_n, block_k=block_k,
                         split_k=split_k, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
     spec = _Spec("norm_project_glu", M, D, F, F, eps, activation, dtype, False, config)
-    return _run(spec, x_MxD, norm_scale_D, w_gate_up_Dx2F, None, None, dtype, interpret)
+    return _run(x_MxD, norm_scale_D, w_gate_up_Dx2F, None, None, spec=spec, out_dtype=dtype,
+                interpret=interpret)  # fmt: skip
 
 
 def project_add(
@@ -400,4 +407,5 @@ def project_add(
                         split_k=split_k, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
     spec = _Spec("project_add", M, K, N, 0, 0.0, "", dtype, False, config)
     out_dtype = jnp.result_type(residual_MxN.dtype, dtype)
-    return _run(spec, h_MxK, None, w_KxN, None, residual_MxN, out_dtype, interpret)
+    return _run(h_MxK, None, w_KxN, None, residual_MxN, spec=spec, out_dtype=out_dtype,
+                interpret=interpret)  # fmt: skip
