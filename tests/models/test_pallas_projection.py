@@ -228,3 +228,31 @@ def test_model_decodes_and_drafts_the_same_with_projection_kernels(monkeypatch):
     )
     assert out.token_lists() == [tokens]
     assert out.tau > 1.0  # drafts were accepted: verification blocks of several rows mattered
+
+
+def test_decode_step_lowers_to_four_triton_kernels_shared_by_the_layers(monkeypatch):
+    """Lowered for CUDA (no GPU needed: Pallas emits Triton IR at lowering), a decode step of a
+    2-layer model calls the kernel function once per projection and layer, and holds exactly 4
+    Triton kernels: every Triton lowering constraint of Pallas (power-of-two tiles, dot sizes)
+    holds, and the layers share one compilation per kernel."""
+    import jaxlib
+
+    on_gpu = jax.default_backend() == "gpu"
+    if tuple(int(v) for v in jaxlib.__version__.split(".")[:3]) > (0, 10, 2) and not on_gpu:
+        pytest.skip("jaxlib > 0.10.2 compiles Triton while lowering: that needs a GPU")
+    model, params = random_model(TINY_LLAMA.replace(qkv_bias=True), seed=1)
+    decode_params = model.decode_params(params)
+    monkeypatch.setattr(layers, "PROJECTION", "pallas")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the kernels, not interpret
+    tokens = jax.ShapeDtypeStruct((1, 5), jnp.int32)
+    cache = jax.eval_shape(lambda: model.init_cache(1, 16))
+    forward = jax.jit(lambda *args: model.forward(*args))
+    text = (
+        forward.trace(decode_params, tokens, tokens, cache)
+        .lower(lowering_platforms=("cuda",))
+        .as_text()
+    )
+    # The custom call's name: jaxlib <= 0.10.2 hands XLA the Triton IR, later ones a compiled
+    # kernel.
+    assert text.count("xla.gpu.triton") + text.count("triton_kernel_call") == 4
+    assert text.count("call @_run") == 4 * TINY_LLAMA.num_layers
