@@ -158,7 +158,6 @@ class _Spec:
     eps: float
     activation: str
     dtype: jnp.dtype  # the projection's operand dtype (x's and w's promoted)
-    has_bias: bool
     config: BlockConfig
 
     @property
@@ -166,12 +165,13 @@ class _Spec:
         return pl.cdiv(pl.cdiv(self.K, self.config.block_k), self.config.split_k)
 
 
-def _load_rows(ref, k0, *, M, K, width):
-    """ref[0:Mp, k0:k0 + width] with rows >= M and columns >= K read as 0."""
+def _load_rows(ref, col0, *, num_rows, num_cols, width):
+    """ref[0:Mp, col0:col0 + width] of a [num_rows, num_cols] array, the rows and columns
+    past its end read as 0 (the Mp - M padding rows never touch memory)."""
     rows = jnp.arange(BLOCK_M, dtype=jnp.int32)
-    cols = k0 + jnp.arange(width, dtype=jnp.int32)
-    mask = (rows < M)[:, None] & (cols < K)[None, :]
-    return plgpu.load(ref.at[pl.ds(0, BLOCK_M), pl.ds(k0, width)], mask=mask, other=0)
+    cols = col0 + jnp.arange(width, dtype=jnp.int32)
+    mask = (rows < num_rows)[:, None] & (cols < num_cols)[None, :]
+    return plgpu.load(ref.at[pl.ds(0, BLOCK_M), pl.ds(col0, width)], mask=mask, other=0)
 
 
 def _load_vector(ref, k0, *, size, width):
@@ -185,7 +185,7 @@ def _inverse_rms(x_ref, spec: _Spec):
     block_k = spec.config.block_k
 
     def body(i, sum_Mp):
-        x_MpxKb = _load_rows(x_ref, i * block_k, M=spec.M, K=spec.K, width=block_k)
+        x_MpxKb = _load_rows(x_ref, i * block_k, num_rows=spec.M, num_cols=spec.K, width=block_k)
         x_MpxKb = x_MpxKb.astype(jnp.float32)
         return sum_Mp + jnp.sum(x_MpxKb * x_MpxKb, axis=1)
 
@@ -217,7 +217,7 @@ def _kernel(x_ref, scale_ref, w_ref, bias_ref, residual_ref, out_refs, spec: _Sp
 
     def body(i, accs):
         k0 = (k_first + i) * block_k
-        x_MpxKb = _load_rows(x_ref, k0, M=spec.M, K=spec.K, width=block_k)
+        x_MpxKb = _load_rows(x_ref, k0, num_rows=spec.M, num_cols=spec.K, width=block_k)
         if norm:  # `layers.rms_norm`: float32, times the scale, rounded to x's dtype
             scale_Kb = _load_vector(scale_ref, k0, size=spec.K, width=block_k)
             normed = x_MpxKb.astype(jnp.float32) * inv_rms_Mp[:, None]
@@ -241,7 +241,7 @@ def _kernel(x_ref, scale_ref, w_ref, bias_ref, residual_ref, out_refs, spec: _Sp
 
     rows_Mp = jnp.arange(BLOCK_M, dtype=jnp.int32)
     out_mask = (rows_Mp < spec.M)[:, None] & (cols_Nb < spec.N)[None, :]
-    if cfg.split_k > 1:  # float32 partials; the epilogue runs in XLA (`_finish`)
+    if cfg.split_k > 1:  # float32 partials; `_run` adds them and applies the epilogue
         for acc, out_ref in zip(accs, out_refs):
             plgpu.store(out_ref.at[pl.ds(0, BLOCK_M), pl.ds(n0, block_n)], acc, mask=out_mask)
         return
@@ -253,7 +253,8 @@ def _kernel(x_ref, scale_ref, w_ref, bias_ref, residual_ref, out_refs, spec: _Sp
     elif spec.kind == "norm_project_glu":
         out = _finish_glu(accs[0], accs[1], spec.activation, spec.dtype)
     else:
-        residual_MpxNb = _load_rows(residual_ref, n0, M=spec.M, K=spec.N, width=block_n)
+        residual_MpxNb = _load_rows(residual_ref, n0, num_rows=spec.M, num_cols=spec.N,
+                                    width=block_n)  # fmt: skip
         out = _finish_add(accs[0], residual_MpxNb, spec.dtype)
     out_ref = out_refs[0]
     plgpu.store(
@@ -349,7 +350,7 @@ def norm_project(
     dtype = jnp.result_type(x_MxD.dtype, w_DxN.dtype)
     config = config_for("norm_project", D, N, block_n=block_n, block_k=block_k,
                         split_k=split_k, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
-    spec = _Spec("norm_project", M, D, N, 0, eps, "", dtype, bias_N is not None, config)
+    spec = _Spec("norm_project", M, D, N, 0, eps, "", dtype, config)
     out_dtype = dtype if bias_N is None else jnp.result_type(dtype, bias_N.dtype)
     return _run(x_MxD, norm_scale_D, w_DxN, bias_N, None, spec=spec, out_dtype=out_dtype,
                 interpret=interpret)  # fmt: skip
@@ -379,7 +380,7 @@ def norm_project_glu(
     dtype = jnp.result_type(x_MxD.dtype, w_gate_up_Dx2F.dtype)
     config = config_for("norm_project_glu", D, F, block_n=block_n, block_k=block_k,
                         split_k=split_k, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
-    spec = _Spec("norm_project_glu", M, D, F, F, eps, activation, dtype, False, config)
+    spec = _Spec("norm_project_glu", M, D, F, F, eps, activation, dtype, config)
     return _run(x_MxD, norm_scale_D, w_gate_up_Dx2F, None, None, spec=spec, out_dtype=dtype,
                 interpret=interpret)  # fmt: skip
 
@@ -405,7 +406,7 @@ def project_add(
     dtype = jnp.result_type(h_MxK.dtype, w_KxN.dtype)
     config = config_for("project_add", K, N, block_n=block_n, block_k=block_k,
                         split_k=split_k, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
-    spec = _Spec("project_add", M, K, N, 0, 0.0, "", dtype, False, config)
+    spec = _Spec("project_add", M, K, N, 0, 0.0, "", dtype, config)
     out_dtype = jnp.result_type(residual_MxN.dtype, dtype)
     return _run(h_MxK, None, w_KxN, None, residual_MxN, spec=spec, out_dtype=out_dtype,
                 interpret=interpret)  # fmt: skip
