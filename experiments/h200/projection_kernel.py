@@ -44,7 +44,8 @@ from specjax.models import layers
 from specjax.models import pallas_projection as pp
 from specjax.models.config import KNOWN_SHAPES, ModelConfig
 
-MODELS = ("smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b", "llama3-8b")
+# Most wanted first (the budget may stop the sweep before the last).
+MODELS = ("qwen2.5-1.5b", "smollm2-135m", "qwen2.5-0.5b", "llama3-8b")
 SMOKE_CONFIG = ModelConfig(
     vocab_size=64, num_layers=1, d_model=96, num_heads=3, num_kv_heads=1, head_dim=16,
     ffn_dim=80, qkv_bias=True,
@@ -215,23 +216,26 @@ def main():
         repeats, max_layers = args.repeats, args.max_layers
     todo = [p for name, cfg in models.items() for p in projections(name, cfg)]
 
-    # Per (projection, M): inputs, the XLA path's output on layer 0 and its time per call.
+    # Per (projection, M), made when first needed: inputs, the XLA path's output on layer 0
+    # and its time per call.
     state = {}
-    for p in todo:
-        num_layers = int(np.clip(math.ceil(2 * L2_BYTES / p.weight_bytes), 2, max_layers))
-        for M in ROWS:
+
+    def reference(p: Projection, M: int) -> dict:
+        if (p, M) not in state:
+            num_layers = int(np.clip(math.ceil(2 * L2_BYTES / p.weight_bytes), 2, max_layers))
             args_ = inputs(p, M, num_layers, seed=M)
             xla = layer_chain(p, xla_one(p))
             expected = xla(*args_)[0]
             xla_s = median_s(xla, args_, repeats) / num_layers
             state[p, M] = dict(args=args_, L=num_layers, expected=expected, xla_us=1e6 * xla_s)
             print(f"{p.name} M={M}: XLA {1e6 * xla_s:.2f} us/call (L={num_layers})", flush=True)
+        return state[p, M]
 
     results = []
 
     def measure(p: Projection, config: pp.BlockConfig) -> None:
         for M in ROWS:
-            s = state[p, M]
+            s = reference(p, M)
             row = dict(model=p.model, projection=p.label, kernel=p.kernel, K=p.K, N=p.N,
                        M=M, config=dataclasses.asdict(config), xla_us=s["xla_us"],
                        layers=s["L"])  # fmt: skip
@@ -255,16 +259,20 @@ def main():
                 status = STATUS.format(**row)
             print(f"  {p.name} M={M} {config}: {status}", flush=True)
 
-    # Round-robin: variant i of every projection before variant i + 1 of any.
+    # Round-robin: variant i of every projection before variant i + 1 of any (variant 0, the
+    # default rule, first everywhere). The budget is checked before every measurement, the
+    # first round's included, and the files are rewritten after each: a run killed from
+    # outside keeps everything measured so far.
     grids = {p: variants(p, args.smoke) for p in todo}
     stopped = False
     for i in range(max(len(g) for g in grids.values())):
         for p in todo:
             if i < len(grids[p]):
-                if i > 0 and time.perf_counter() - start > args.budget_s:
+                if time.perf_counter() - start > args.budget_s:
                     stopped = True
                     break
                 measure(p, grids[p][i])
+                write(args.out, results, todo, device, stopped=False, quiet=True)
         if stopped:
             print(f"budget of {args.budget_s:.0f} s spent: stopping the sweep", flush=True)
             break
@@ -305,9 +313,10 @@ def markdown(results: list[dict], best: dict, todo: list[Projection]) -> str:
             first = next((r for r in mine if r["config"] == default and r.get("ok")), None)
             b = best.get(f"{p.model}/{p.label}/M{M}")
             xla_us = mine[0]["xla_us"] if mine else float("nan")
-            if b is None:
+            if b is None:  # measured and failed (or wrong), or not reached within the budget
+                what = "failed" if mine else "not measured"
                 lines.append(f"| {p.model} | {p.label} | {p.K} | {p.N} | {M} | {xla_us:.2f} | "
-                             "- | failed | - | - | - | - |")  # fmt: skip
+                             f"- | {what} | - | - | - | - |")  # fmt: skip
                 continue
             c = b["config"]
             config = (f"n{c['block_n']} k{c['block_k']} s{c['split_k']} "
@@ -321,17 +330,22 @@ def markdown(results: list[dict], best: dict, todo: list[Projection]) -> str:
     return "\n".join(lines)
 
 
-def write(out: str, results, todo, device: str, stopped: bool) -> None:
+def write(out: str, results, todo, device: str, stopped: bool, quiet: bool = False) -> None:
     os.makedirs(out, exist_ok=True)
     best, configs = best_configs(results, todo)
     table = markdown(results, best, todo)
     failures = sorted({r["model"] + "/" + r["projection"] for r in results if "error" in r})
     report = dict(jax=jax.__version__, device=device, sweep_stopped_by_budget=stopped,
                   configs=configs, best=best, results=results)  # fmt: skip
-    with open(os.path.join(out, "projection_kernel.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out, "projection_kernel.md"), "w") as f:
-        f.write(table + "\n")
+    # Whole files or none (a run killed mid-write must not leave a truncated tuning table).
+    for name, text in (("projection_kernel.json", json.dumps(report, indent=1)),
+                       ("projection_kernel.md", table + "\n")):  # fmt: skip
+        path = os.path.join(out, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    if quiet:
+        return
     print("\n" + table)
     if failures:
         print(f"\nsome variants failed to lower/compile for: {', '.join(failures)}")
