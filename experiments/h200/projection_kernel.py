@@ -11,9 +11,10 @@ bfloat16 weights; q/k/v biases where the model has them), M in {1, 5} rows:
     weight matrices in sequence (L layers; o/down chain their output into the next residual;
     L large enough that the L weights overflow the 50 MB L2, at most --max_layers), median of
     --repeats calls, divided by L: us per call, GB/s of weight read, and the XLA path's us;
-  * sweeps a small grid of block configurations, round-robin over the projections so that all
-    get some tuning before --budget_s (default 150 s) runs out; each variant in try/except
-    (a failing Triton lowering is printed and skipped).
+  * sweeps a small grid of block configurations, round-robin over the projections (the
+    default rule first, the most wanted shapes first) until --budget_s (default 150 s, the
+    whole run) is spent; each variant in try/except (a failing Triton lowering is printed
+    and skipped). The output files are rewritten after every measurement.
 Writes DIR/projection_kernel.md (the table) and DIR/projection_kernel.json: every
 measurement, the best configuration per (projection, shape, M), and "configs", one per
 (kernel, K, N) (the fastest over M = 1 and M = 5 together; one configuration for both, since
