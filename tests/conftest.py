@@ -60,6 +60,7 @@ FILE_SECONDS = {
     "tests/checkpoints/test_checkpoint_gguf.py": 18,
     "tests/experiments/test_notebook_train.py": 17,
     "tests/test_quiet.py": 15,
+    "tests/models/test_pallas_projection.py": 15,
     "tests/test_interrupted_writes.py": 13,
     "tests/parallel/test_distributed.py": 12,
     "tests/checkpoints/test_checkpoint_orbax.py": 11,

@@ -307,17 +307,22 @@ class EagleHead(nnx.Module):
         )  # fmt: skip
 
 
-def eagle_decode_head(head: dict[str, Any], block_config: ModelConfig, dtype=None) -> dict:
+def eagle_decode_head(
+    head: dict[str, Any], block_config: ModelConfig, dtype=None, inference: bool = False
+) -> dict:
     """An EAGLE head's storage-layout weights ({"fc", "block"}, as saved) in the decode layout:
     {"fc_kernel": [2D, D], "fc_bias": [D], "layer": `LayerParams`} with q/k/v and gate/up
     fused, cast to `dtype` (None: kept). Training fuses on the fly inside its program;
     drafting converts once per generation (`EagleDrafter.decode_params`) so the draft steps
-    read the fused weights in place instead of concatenating them at every step."""
+    read the fused weights in place instead of concatenating them at every step, and marks
+    the layer `inference` (`layers.LayerParams.inference`: Pallas projection kernels allowed)."""
     cast = (lambda x: x) if dtype is None else (lambda x: jnp.asarray(x, dtype))
     return {
         "fc_kernel": cast(head["fc"]["kernel"]),
         "fc_bias": cast(head["fc"]["bias"]),
-        "layer": jax.tree.map(cast, layers.fuse_block(head["block"], block_config)),
+        "layer": jax.tree.map(
+            cast, layers.fuse_block(head["block"], block_config, inference=inference)
+        ),
     }
 
 
@@ -353,7 +358,7 @@ def eagle_forward(
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _eagle_decode_head_jit(head: dict[str, Any], block_config: ModelConfig, dtype) -> dict:
-    return eagle_decode_head(head, block_config, dtype)
+    return eagle_decode_head(head, block_config, dtype, inference=True)
 
 
 @jax.tree_util.register_dataclass

@@ -27,6 +27,22 @@ SPECJAX_ATTENTION:
     Under GSPMD sharding a pallas_call is not partitioned automatically: use it on one device
     (or inside shard_map).
 Tests switch it by setting the module attribute (`layers.ATTENTION = "pallas"`).
+
+Projection kernel policy, `PROJECTION`, read once at import from SPECJAX_PROJECTION:
+  * "xla" (default): `rms_norm`, `project` and the bias / activation / residual ops in jnp,
+    the reference; XLA compiles each small op to its own kernel at batch 1.
+  * "pallas": the kernels of `pallas_projection` (rms_norm + q/k/v projection + bias;
+    rms_norm + gate/up + act(gate) * up; o and down projections + residual add): 4 kernels
+    in place of the four projections and the norm, pad, bias, activation and residual
+    kernels around them. Taken only where they apply: layers converted for inference
+    (`LayerParams.inference`, set by `Model.decode_params`, the drafters' `decode_params` and
+    `abstract_decode_params` (benchmarks), never by the fuse-on-the-fly path of training,
+    since the kernels have no differentiation rule), shards N = 1, B * T <= 16 rows, no
+    Gemma3 post-norms; every other layer keeps the jnp path. Interpret mode off GPU, and one
+    device only (a pallas_call is not partitioned by GSPMD), as for ATTENTION; the sharded
+    path converts its own weights without `inference`. Block configurations come from
+    SPECJAX_PROJECTION_TUNING (see `pallas_projection`).
+Tests switch it by setting the module attribute (`layers.PROJECTION = "pallas"`).
 """
 
 from __future__ import annotations
@@ -126,6 +142,9 @@ class LayerParams:
       q_norm, k_norm: [Dh] or None (Gemma3's per-head norms).
       post_attn_norm, post_mlp_norm: [D] or None (Gemma3).
       shards: static N.  kv_repeat: static, C / G.
+      inference: static; True when converted for decoding only (`Model.decode_params`,
+        drafters' `decode_params`): such layers may take the Pallas projection kernels
+        (`PROJECTION`), which have no differentiation rule. False on the training path.
     """
 
     attn_norm: jax.Array
@@ -141,6 +160,7 @@ class LayerParams:
     post_mlp_norm: jax.Array | None = None
     shards: int = dataclasses.field(default=1, metadata=dict(static=True))
     kv_repeat: int = dataclasses.field(default=1, metadata=dict(static=True))
+    inference: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
 
 def cached_kv_heads(config: ModelConfig, shards: int) -> tuple[int, int]:
@@ -160,8 +180,12 @@ def cached_kv_heads(config: ModelConfig, shards: int) -> tuple[int, int]:
     )
 
 
-def fuse_block(block: dict[str, Any], config: ModelConfig, shards: int = 1) -> LayerParams:
+def fuse_block(
+    block: dict[str, Any], config: ModelConfig, shards: int = 1, inference: bool = False
+) -> LayerParams:
     """One layer of the storage layout (a pure dict of arrays, no layer axis) -> LayerParams.
+
+    `inference` marks the result as decode-only (`LayerParams.inference`).
 
     Pure jnp on arrays, so it runs inside jit (the NNX modules fuse on the fly) or once at
     load time (`transformer.to_decode_params`).
@@ -210,6 +234,7 @@ def fuse_block(block: dict[str, Any], config: ModelConfig, shards: int = 1) -> L
         post_mlp_norm=norm(block, "post_mlp_norm"),
         shards=N,
         kv_repeat=kv_repeat,
+        inference=inference,
     )
 
 
@@ -249,6 +274,26 @@ def project(x_BxTxI: jax.Array, w_IxO: jax.Array, pad_single_row: bool = True) -
 ATTENTION = os.environ.get("SPECJAX_ATTENTION", "jnp")
 if ATTENTION not in ("jnp", "pallas"):
     raise ValueError(f"SPECJAX_ATTENTION must be 'jnp' or 'pallas', got {ATTENTION!r}")
+
+
+PROJECTION = os.environ.get("SPECJAX_PROJECTION", "xla")
+if PROJECTION not in ("xla", "pallas"):
+    raise ValueError(f"SPECJAX_PROJECTION must be 'xla' or 'pallas', got {PROJECTION!r}")
+
+
+def uses_projection_kernels(p: LayerParams, rows: int) -> bool:
+    """Whether `decoder_layer` computes this layer's projections with the Pallas kernels of
+    `pallas_projection` for `rows` = B * T (see PROJECTION in the module docstring)."""
+    from specjax.models import pallas_projection
+
+    return (
+        PROJECTION == "pallas"
+        and p.inference
+        and p.shards == 1
+        and rows <= pallas_projection.BLOCK_M
+        and p.post_attn_norm is None
+        and p.post_mlp_norm is None
+    )
 
 
 def attention(
@@ -310,10 +355,22 @@ def decoder_layer(
     Hn, Cn = H // N, C // N
 
     pad = pads_single_rows(cfg.d_model)
-    h_BxTxD = rms_norm(x_BxTxD, p.attn_norm, cfg.norm_eps)
-    qkv_BxTxX = project(h_BxTxD, p.qkv, pad)
-    if p.qkv_bias is not None:
-        qkv_BxTxX = qkv_BxTxX + p.qkv_bias
+    kernels = uses_projection_kernels(p, B * T)
+    if kernels:
+        from specjax.models import pallas_projection as pp
+
+        # One kernel each for norm + qkv (+ bias), o + residual, norm + gate/up + act * up and
+        # down + residual, over the B * T rows as one [M, D] matrix (a free reshape).
+        interpret = jax.default_backend() != "gpu"
+        x_MxD = x_BxTxD.reshape(B * T, -1)
+        qkv_BxTxX = pp.norm_project(
+            x_MxD, p.attn_norm, p.qkv, p.qkv_bias, cfg.norm_eps, interpret=interpret
+        ).reshape(B, T, -1)
+    else:
+        h_BxTxD = rms_norm(x_BxTxD, p.attn_norm, cfg.norm_eps)
+        qkv_BxTxX = project(h_BxTxD, p.qkv, pad)
+        if p.qkv_bias is not None:
+            qkv_BxTxX = qkv_BxTxX + p.qkv_bias
     qkv_BxTxNxXxDh = qkv_BxTxX.reshape(B, T, N, Hn + 2 * Cn, Dh)
     q_BxTxHxDh = qkv_BxTxNxXxDh[:, :, :, :Hn].reshape(B, T, H, Dh)
     k_BxTxCxDh = qkv_BxTxNxXxDh[:, :, :, Hn : Hn + Cn].reshape(B, T, C, Dh)
@@ -337,6 +394,14 @@ def decoder_layer(
         )  # fmt: skip
     else:
         out_BxTxHxDh = attention(q_BxTxHxDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, mask_BxTxS, scale)
+    if kernels:
+        x_MxD = pp.project_add(out_BxTxHxDh.reshape(B * T, H * Dh), p.o, x_MxD, interpret=interpret)
+        h_MxF = pp.norm_project_glu(
+            x_MxD, p.mlp_norm, p.gate_up, cfg.activation, cfg.norm_eps, interpret=interpret
+        )
+        x_MxD = pp.project_add(h_MxF, p.down, x_MxD, interpret=interpret)
+        return x_MxD.reshape(B, T, -1), k_cache_BxSxCxDh, v_cache_BxSxCxDh
+
     attn_BxTxD = project(out_BxTxHxDh.reshape(B, T, H * Dh), p.o, pad)
     if p.post_attn_norm is not None:
         attn_BxTxD = rms_norm(attn_BxTxD, p.post_attn_norm, cfg.norm_eps)

@@ -110,12 +110,15 @@ class Transformer(nnx.Module):
         return forward(self.config, params, tokens_BxT, positions_BxT, cache, extra_mask_BxTxT)
 
 
-def to_decode_params(config: ModelConfig, params: Params, shards: int = 1) -> DecodeParams:
+def to_decode_params(
+    config: ModelConfig, params: Params, shards: int = 1, inference: bool = False
+) -> DecodeParams:
     """Storage-layout params (nnx.State or its pure dict) -> DecodeParams.
 
     `shards` is the tensor-parallel degree the fused projections are laid out for (see
     `layers.LayerParams`). Pure jnp: inside jit the per-layer slices and concatenations are
-    part of the program (training); `Model.decode_params` runs it once, on its own.
+    part of the program (training); `Model.decode_params` runs it once, on its own, with
+    `inference` (decode-only layers: see `LayerParams.inference`).
     """
     if isinstance(params, DecodeParams):
         if params.shards != shards:
@@ -124,7 +127,7 @@ def to_decode_params(config: ModelConfig, params: Params, shards: int = 1) -> De
     pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
     per_layer = [
         layers.fuse_block(jax.tree.map(lambda stacked, l=l: stacked[l], pure["blocks"]), config,
-                          shards)
+                          shards, inference)
         for l in range(config.num_layers)
     ]  # fmt: skip
     return DecodeParams(
@@ -203,7 +206,7 @@ def forward(
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _decode_params_jit(config: ModelConfig, params: Params, shards: int) -> DecodeParams:
-    return to_decode_params(config, params, shards)
+    return to_decode_params(config, params, shards, inference=True)
 
 
 # Conversions done, keyed by (what, ids of the original leaves) and guarded by weak references
@@ -329,6 +332,7 @@ def abstract_model(config: ModelConfig, param_dtype=jnp.float32) -> tuple[Model,
 def abstract_decode_params(
     config: ModelConfig, param_dtype=jnp.float32, shards: int = 1
 ) -> DecodeParams:
-    """Shapes of the decode layout (`jax.ShapeDtypeStruct` leaves), nothing allocated."""
+    """Shapes of the decode layout (`jax.ShapeDtypeStruct` leaves), nothing allocated; marked
+    for inference, as `Model.decode_params` (benchmarks build their weights on it)."""
     _, abstract = abstract_model(config, param_dtype)
-    return jax.eval_shape(lambda p: to_decode_params(config, p, shards), abstract)
+    return jax.eval_shape(lambda p: to_decode_params(config, p, shards, inference=True), abstract)
