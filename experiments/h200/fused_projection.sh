@@ -20,12 +20,13 @@
 #      (step, AR, spec with a 0.5B-shaped draft replaying the real pair's acceptance), then
 #      SmolLM2-135M; the 1.5B loops before the fourth session's loop changes ($OLD) in the
 #      same run as "pad" (the before/after owed since then);
-#   3. the real Qwen2.5-Coder pair (`experiments.real_pair`), bf16, default path, gamma 1-4,
-#      6 and prompt lookup; then, when the Pallas profile beat the XLA one at 1.5B AR, the
-#      same pair with the Pallas projections (gamma 1, 2, 4, prompt lookup), and its float32
-#      exactness at highest precision;
-#   4. batch 8 and 32 rows of the real pair (AR, prompt lookup, draft model);
-#   5. HF transformers beside our AR loop at the 1.5B shape, one process.
+#   3. the real Qwen2.5-Coder pair (`experiments.real_pair`), bf16, default path, gamma 1, 2,
+#      4 and prompt lookup; then, when the Pallas profile beat the XLA one at 1.5B AR, the
+#      same pair with the Pallas projections (gamma 1, 2, prompt lookup);
+#   4. HF transformers beside our AR loop at the 1.5B shape, one process;
+#   5. batch 8 and 32 rows of the real pair (AR, prompt lookup, draft model);
+#   6. with the Pallas projections faster: their float32 exactness at highest precision on
+#      the real pair.
 set -u
 set -a
 W=${1:?work folder}
@@ -82,21 +83,21 @@ stage p135-pallas 100 fused timeout 150 $PY -m experiments.profile $PROFILE \
   --shape=smollm2-135m --what=step,ar --label=pallas_proj
 PAIR="--target=$QWEN --draft=$DRAFT --prompt_dir=$PROMPT_DIR --per_set=4 --out=$W/out/real_pair"
 wait_for "$QWEN" "$DRAFT" &&
-  stage real-pair 330 $PY -m experiments.real_pair $PAIR --gammas=1,2,3,4,6 --ngram_gammas=4 \
+  stage real-pair 330 $PY -m experiments.real_pair $PAIR --gammas=1,2,4 --ngram_gammas=4 \
     --repeats=2
 WINS=$($PY -c "import sys; print(int(float(sys.argv[1]) < float(sys.argv[2])))" \
   "$(ms_per_token pallas_proj qwen2.5-1.5b ar)" "$(ms_per_token pad qwen2.5-1.5b ar)")
 log "pallas projections faster at 1.5B AR: $WINS"
 if [ "$WINS" = 1 ]; then
-  stage real-pair-pallas 240 fused $PY -m experiments.real_pair $PAIR --gammas=1,2,4 \
+  stage real-pair-pallas 200 fused $PY -m experiments.real_pair $PAIR --gammas=1,2 \
     --ngram_gammas=4 --repeats=2 --tag=_pallas_proj
 fi
+stage hf-1.5b 150 $PY -m experiments.profile --shape=qwen2.5-1.5b --what=ar --hf \
+  --label=specjax_hf --out="$W/out/profile" --context=512 --new_tokens=128 --repeats=3 --notrace
 stage qwen-batched 200 $PY -m experiments.bench --suites=real --gguf="$QWEN" $SETS \
   --prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512 --batches=8,32 \
   --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
   --drafter="ngram:gamma=4,name=prompt-lookup" --drafter="model:model=$DRAFT,gamma=2,name=draft-model"
-stage hf-1.5b 150 $PY -m experiments.profile --shape=qwen2.5-1.5b --what=ar --hf \
-  --label=specjax_hf --out="$W/out/profile" --context=512 --new_tokens=128 --repeats=3 --notrace
 [ "$WINS" = 1 ] && stage pallas-f32 150 fused env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m \
   experiments.real_pair $PAIR --per_set=2 --dtype=float32 --gammas=2,4 --ngram_gammas=4 \
   --repeats=1 --tag=_pallas_proj_float32
