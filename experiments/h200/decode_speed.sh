@@ -44,15 +44,7 @@ SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
 STAGE_MARGIN=15
 # shellcheck source=experiments/h200/stages.sh
-source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage
-wait_for() {  # files brought by later device calls
-  for f in "$@"; do
-    while [ ! -f "$f" ]; do
-      [ "$(left)" -lt 120 ] && { log "gave up waiting for $f"; return 1; }
-      sleep 2
-    done
-  done
-}
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage, wait_for_files
 profile() { $PY -m experiments.profile $PROFILE "$@"; }
 plain() { SPECJAX_SINGLE_ROW_DOTS=plain "$@"; }
 smol_drafters() {
@@ -72,14 +64,14 @@ stage p15-pad 300 profile --shape=qwen2.5-1.5b --what=step,ar,spec --label=pad \
   --accept_from="$PAIR_ACCEPT"
 stage p15-plain 300 plain profile --shape=qwen2.5-1.5b --what=step,ar,spec --label=plain \
   --accept_from="$PAIR_ACCEPT"
-wait_for "$QWEN" "$DRAFT" &&
+wait_for_files "$QWEN" "$DRAFT" &&
   stage real-pair 300 $PY -m experiments.real_pair --target="$QWEN" --draft="$DRAFT" \
     --prompt_dir="$PROMPT_DIR" --per_set=4 --gammas=1,2,3,4 --ngram_gammas=4 --repeats=2 \
     --out="$W/out/real_pair"
 stage p8b-eagle 240 profile --shape=llama3-8b --draft_shape=eagle --what=ar,spec \
   --label=eagle --accept_from="$EAGLE_ACCEPT"
 # shellcheck disable=SC2046
-wait_for "$SMOL" && stage smollm2-compare 240 $PY -m experiments.bench --suites=real \
+wait_for_files "$SMOL" && stage smollm2-compare 240 $PY -m experiments.bench --suites=real \
   --gguf="$SMOL" $SETS --prompts_per_set=4 --max_new_tokens=128 --repeats=1 \
   --prompt_bucket=512 --batches=1 --temperatures=0 --out="$W/out" --tag=_smollm2 \
   --weights_cache $(smol_drafters)

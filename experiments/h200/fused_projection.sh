@@ -9,7 +9,8 @@
 #
 # The lent machine goes back after 30 s without a call, taking the weights and this run
 # with it: queue the part calls and then polling calls (`sleep N; cat <work>/status`, up to
-# 600 s each) back to back, and edit nothing between them.
+# 600 s each) back to back, and edit nothing between them (2026-11-30, sixth session: lost
+# again after eight stages when the calls paused; a single long poll call is safer than two).
 # Stages, most wanted first, each alone on the GPU (a stage that would start after DEADLINE
 # is skipped; each logs to <work>/logs/<stage>.log and appends a line to <work>/status):
 #   1. the kernels alone (`experiments/h200/projection_kernel.py`): checked against XLA, timed
@@ -46,15 +47,7 @@ SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
 STAGE_MARGIN=15
 # shellcheck source=experiments/h200/stages.sh
-source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage
-wait_for() {  # files brought by later device calls
-  for f in "$@"; do
-    while [ ! -f "$f" ]; do
-      [ "$(left)" -lt 120 ] && { log "gave up waiting for $f"; return 1; }
-      sleep 2
-    done
-  done
-}
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage, wait_for_files
 profile() { $PY -m experiments.profile $PROFILE "$@"; }
 # The Pallas projections with the tuning table of stage 1 (built-in blocks without one).
 fused() {
@@ -82,7 +75,7 @@ stage p135-pad 100 profile --shape=smollm2-135m --what=step,ar --label=pad
 stage p135-pallas 100 fused timeout 150 $PY -m experiments.profile $PROFILE \
   --shape=smollm2-135m --what=step,ar --label=pallas_proj
 PAIR="--target=$QWEN --draft=$DRAFT --prompt_dir=$PROMPT_DIR --per_set=4 --out=$W/out/real_pair"
-wait_for "$QWEN" "$DRAFT" &&
+wait_for_files "$QWEN" "$DRAFT" &&
   stage real-pair 330 $PY -m experiments.real_pair $PAIR --gammas=1,2,4 --ngram_gammas=4 \
     --repeats=2
 WINS=$($PY -c "import sys; print(int(float(sys.argv[1]) < float(sys.argv[2])))" \

@@ -66,12 +66,7 @@ SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
 # shellcheck source=experiments/h200/stages.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage
-wait_for() {  # a model file in the cache, brought by later device calls
-  while [ ! -f "$SPECJAX_CACHE/models/$1" ]; do
-    [ "$(left)" -lt 120 ] && { log "gave up waiting for $1"; return 1; }
-    sleep 2
-  done
-}
+wait_for() { wait_for_files "$SPECJAX_CACHE/models/$1"; }  # a model file in the cache
 
 train() {  # train PRESET BUDGET_MINUTES [OVERRIDES] [--name=NAME]
   local preset=$1 budget=$2 overrides=$3; shift 3

@@ -1,5 +1,6 @@
-# Stages of a timed run on a lent GPU (sourced by heads.sh and decode_speed.sh). Needs W (the
-# work folder: <W>/status, <W>/logs/<stage>.log) and DEADLINE (epoch seconds).
+# Stages of a timed run on a lent GPU (sourced by heads.sh, decode_speed.sh and
+# fused_projection.sh). Needs W (the work folder: <W>/status, <W>/logs/<stage>.log) and
+# DEADLINE (epoch seconds).
 #   STAGE_MARGIN: seconds a stage leaves before the deadline (default 20).
 #   SKIP="name ...": stages left out (a second launch after a first one was stopped).
 
@@ -21,4 +22,15 @@ stage() {
     log "$name failed $((SECONDS - start)) s (rc $?): $(tail -n 2 "$W/logs/$name.log" | tr '\n' ' ')"
     return 1
   fi
+}
+
+# wait_for_files FILE...: until every file exists (brought by later device calls); gives up
+# when fewer than 120 s are left before the deadline.
+wait_for_files() {
+  for f in "$@"; do
+    while [ ! -f "$f" ]; do
+      [ "$(left)" -lt 120 ] && { log "gave up waiting for $f"; return 1; }
+      sleep 2
+    done
+  done
 }
