@@ -10,7 +10,8 @@
 # The lent machine goes back after 30 s without a call, taking the weights and this run
 # with it: queue the part calls and then polling calls (`sleep N; cat <work>/status`, up to
 # 600 s each) back to back, and edit nothing between them (2026-11-30, sixth session: lost
-# again after eight stages when the calls paused; a single long poll call is safer than two).
+# again after eight stages, when an interruption on the calling side left a gap of over 30 s
+# between two polling calls).
 # Stages, most wanted first, each alone on the GPU (a stage that would start after DEADLINE
 # is skipped; each logs to <work>/logs/<stage>.log and appends a line to <work>/status):
 #   1. the kernels alone (`experiments/h200/projection_kernel.py`): checked against XLA, timed
