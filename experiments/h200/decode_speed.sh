@@ -27,13 +27,12 @@
 set -u
 set -a
 W=${1:?work folder}
-mkdir -p "$W/logs" "$W/out"
-export PYTHONUNBUFFERED=1
-export SPECJAX_CACHE=${SPECJAX_CACHE:-$HOME/.cache/specjax}
-DEADLINE=${DEADLINE:-$(($(date +%s) + 1500))}
-PROMPT_DIR=${PROMPT_DIR:-$PWD/.carry/prompts}
+# The run's folders and defaults (SPECJAX_CACHE, DEADLINE, PROMPT_DIR, PY), log, left, stage,
+# wait_for_files:
+# shellcheck source=experiments/h200/stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
+STAGE_MARGIN=15
 OLD=${OLD:-}
-PY=${PY:-python}
 SMOL=$SPECJAX_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
 QWEN=$SPECJAX_CACHE/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 DRAFT=$SPECJAX_CACHE/models/qwen2.5-coder-0.5b-instruct.gguf
@@ -42,9 +41,6 @@ EAGLE_ACCEPT=$PWD/docs/benchmarks/h200_drafters/eagle_qwen_gamma4_acceptance.jso
 PROFILE="--context=512 --new_tokens=128 --repeats=3 --gamma=4 --out=$W/out/profile"
 SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
-STAGE_MARGIN=15
-# shellcheck source=experiments/h200/stages.sh
-source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage, wait_for_files
 profile() { $PY -m experiments.profile $PROFILE "$@"; }
 plain() { SPECJAX_SINGLE_ROW_DOTS=plain "$@"; }
 smol_drafters() {

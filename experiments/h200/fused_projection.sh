@@ -32,13 +32,12 @@
 set -u
 set -a
 W=${1:?work folder}
-mkdir -p "$W/logs" "$W/out"
-export PYTHONUNBUFFERED=1
-export SPECJAX_CACHE=${SPECJAX_CACHE:-$HOME/.cache/specjax}
-DEADLINE=${DEADLINE:-$(($(date +%s) + 1500))}
-PROMPT_DIR=${PROMPT_DIR:-$PWD/.carry/prompts}
+# The run's folders and defaults (SPECJAX_CACHE, DEADLINE, PROMPT_DIR, PY), log, left, stage,
+# wait_for_files:
+# shellcheck source=experiments/h200/stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
+STAGE_MARGIN=15
 OLD=${OLD:-}
-PY=${PY:-python}
 QWEN=$SPECJAX_CACHE/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 DRAFT=$SPECJAX_CACHE/models/qwen2.5-coder-0.5b-instruct.gguf
 PAIR_ACCEPT=$PWD/docs/benchmarks/qwen_pair_gamma4/generations.jsonl
@@ -46,9 +45,6 @@ TUNING=$W/out/projection/projection_kernel.json
 PROFILE="--context=512 --new_tokens=128 --repeats=3 --gamma=4 --out=$W/out/profile"
 SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
-STAGE_MARGIN=15
-# shellcheck source=experiments/h200/stages.sh
-source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage, wait_for_files
 profile() { $PY -m experiments.profile $PROFILE "$@"; }
 # The Pallas projections with the tuning table of stage 1 (built-in blocks without one).
 fused() {

@@ -29,15 +29,14 @@
 set -u
 set -a  # every variable below reaches the stage commands (run by `timeout bash -c`)
 W=${1:?work folder}
-mkdir -p "$W/logs" "$W/runs/data" "$W/out"
-export PYTHONUNBUFFERED=1
-export SPECJAX_CACHE=${SPECJAX_CACHE:-$HOME/.cache/specjax}
+# The run's folders and defaults (SPECJAX_CACHE, DEADLINE, PROMPT_DIR, PY), log, left, stage,
+# wait_for_files:
+# shellcheck source=experiments/h200/stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
+mkdir -p "$W/runs/data"
 SCALE=${SCALE:-full}
 TARGETS=${TARGETS:-all}  # all | smollm2 (the Qwen stages off)
-DEADLINE=${DEADLINE:-$(($(date +%s) + 1500))}
-PROMPT_DIR=${PROMPT_DIR:-$PWD/.carry/prompts}
 REPO=$PWD
-PY=${PY:-python}
 SMOL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 QWEN_FILE=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 DRAFT_FILE=qwen2.5-coder-0.5b-instruct.gguf
@@ -64,8 +63,6 @@ else
 fi
 SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
-# shellcheck source=experiments/h200/stages.sh
-source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"  # log, left, stage
 wait_for() { wait_for_files "$SPECJAX_CACHE/models/$1"; }  # a model file in the cache
 
 train() {  # train PRESET BUDGET_MINUTES [OVERRIDES] [--name=NAME]

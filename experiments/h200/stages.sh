@@ -1,8 +1,17 @@
 # Stages of a timed run on a lent GPU (sourced by heads.sh, decode_speed.sh and
-# fused_projection.sh). Needs W (the work folder: <W>/status, <W>/logs/<stage>.log) and
-# DEADLINE (epoch seconds).
+# fused_projection.sh, under `set -a`). Needs W (the work folder: <W>/status,
+# <W>/logs/<stage>.log, <W>/out); sets the defaults every script shares:
+#   DEADLINE (epoch seconds, default 1500 s from now), SPECJAX_CACHE, PROMPT_DIR (the
+#   evaluation prompts), PY (the Python to run).
 #   STAGE_MARGIN: seconds a stage leaves before the deadline (default 20).
 #   SKIP="name ...": stages left out (a second launch after a first one was stopped).
+
+mkdir -p "$W/logs" "$W/out"
+export PYTHONUNBUFFERED=1
+export SPECJAX_CACHE=${SPECJAX_CACHE:-$HOME/.cache/specjax}
+DEADLINE=${DEADLINE:-$(($(date +%s) + 1500))}
+PROMPT_DIR=${PROMPT_DIR:-$PWD/.carry/prompts}
+PY=${PY:-python}
 
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$W/status"; }
 left() { echo $((DEADLINE - $(date +%s))); }
