@@ -284,11 +284,12 @@ if PROJECTION not in ("xla", "pallas"):
 def uses_projection_kernels(p: LayerParams, rows: int) -> bool:
     """Whether `decoder_layer` computes this layer's projections with the Pallas kernels of
     `pallas_projection` for `rows` = B * T (see PROJECTION in the module docstring)."""
+    if PROJECTION != "pallas":  # the default path never imports Pallas's Triton backend
+        return False
     from specjax.models import pallas_projection
 
     return (
-        PROJECTION == "pallas"
-        and p.inference
+        p.inference
         and p.shards == 1
         and rows <= pallas_projection.BLOCK_M
         and p.post_attn_norm is None
