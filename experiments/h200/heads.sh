@@ -22,10 +22,13 @@
 #   2. alone on the GPU (timed): every drafter on MT-Bench, HumanEval and GSM8K, greedy,
 #      bfloat16, batch 1, Qwen then SmolLM2; at temperature 1 the drafters whose sampling
 #      rules differ (prompt lookup, EAGLE chain, EAGLE static tree); Qwen's float32 exactness;
-#   3. while DEADLINE allows: the Qwen batch 8 / 32 rows, HF transformers beside our AR loop.
+#   3. while DEADLINE allows: the real Qwen pair's gamma sweep (`experiments.real_pair`), the
+#      Qwen batch 8 / 32 rows, HF transformers beside our AR loop.
 # A stage that would start after DEADLINE (epoch seconds) is skipped; training stages stop
 # at their --stop_after_minutes budget. SCALE=dry runs the same stages at toy sizes (CPU);
-# TARGETS=smollm2 leaves the Qwen stages out.
+# TARGETS=smollm2 leaves the Qwen stages out, TARGETS=qwen the SmolLM2 ones. HF_FIRST=1 runs
+# the HF stages first, while the GPU waits for the weights anyway; the real pair's float32
+# exactness (untimed) then runs beside the Qwen EAGLE training.
 set -u
 set -a  # every variable below reaches the stage commands (run by `timeout bash -c`)
 W=${1:?work folder}
@@ -35,7 +38,13 @@ W=${1:?work folder}
 source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
 mkdir -p "$W/runs/data"
 SCALE=${SCALE:-full}
-TARGETS=${TARGETS:-all}  # all | smollm2 (the Qwen stages off)
+TARGETS=${TARGETS:-all}  # all | smollm2 (the Qwen stages off) | qwen (the SmolLM2 ones off)
+HF_FIRST=${HF_FIRST:-0}
+S() { [ "$TARGETS" != qwen ]; }
+Q() { [ "$TARGETS" != smollm2 ]; }
+# GPU memory per training process: three share the GPU when both targets train; one target
+# alone gives its EAGLE run (data on the device, [16, 384, V] float32 logits) more.
+if [ "$TARGETS" = all ]; then MEM_EAGLE=0.3; MEM_SHORT=0.3; else MEM_EAGLE=0.55; MEM_SHORT=0.42; fi
 REPO=$PWD
 SMOL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 QWEN_FILE=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
@@ -53,30 +62,35 @@ if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
   BUDGET_EAGLE=1; BUDGET_SHORT=1
   COMPARE="--prompts_per_set=1 --max_new_tokens=8 --repeats=1 --prompt_bucket=128"
   TREE_STATIC="2,1"; TREE_DYNAMIC="dynamic:depth=2,top_k=2,nodes=4"; GAMMA=2
-  BATCHES="2"; HF_SHAPES=""
+  BATCHES="2"; HF_SHAPES=""; PAIR_GAMMAS=1; PAIR="--per_set=1 --max_new_tokens=8 --repeats=1"
 else
   TRAIN_EAGLE=""; TRAIN_SHORT=""
-  BUDGET_EAGLE=${BUDGET_EAGLE:-3}; BUDGET_SHORT=${BUDGET_SHORT:-1.5}
+  BUDGET_EAGLE=${BUDGET_EAGLE:-5}; BUDGET_SHORT=${BUDGET_SHORT:-2}
   COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512"
   TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=6,top_k=6,nodes=32"; GAMMA=4
   BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-llama3-8b,qwen2.5-1.5b}
+  PAIR_GAMMAS=${PAIR_GAMMAS:-1,2,3,5}; PAIR="--per_set=4 --repeats=3"
 fi
 SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
 wait_for() { wait_for_files "$SPECJAX_CACHE/models/$1"; }  # a model file in the cache
 
-train() {  # train PRESET BUDGET_MINUTES [OVERRIDES] [--name=NAME]
-  local preset=$1 budget=$2 overrides=$3; shift 3
-  $PY -m experiments.train_draft --noprogress --stop_after_minutes="$budget" \
+train() {  # train MEM_FRACTION PRESET BUDGET_MINUTES [OVERRIDES] [--name=NAME]
+  local mem=$1 preset=$2 budget=$3 overrides=$4; shift 4
+  XLA_PYTHON_CLIENT_MEM_FRACTION=$mem $PY -m experiments.train_draft --noprogress \
+    --stop_after_minutes="$budget" \
     --config="configs/train_heads_h200.py:$preset${overrides:+,$overrides}" \
     --workdir="runs/${preset//-/_}" "$@"
 }
 
 target_heads() {  # target_heads PREFIX NAME: data + EAGLE, then HASS beside Medusa
   local p=$1 n=$2
-  stage "$p-eagle" 400 train "$p-eagle" "$BUDGET_EAGLE" "$TRAIN_EAGLE" --name="eagle-$n" || return
-  stage "$p-hass" 240 train "$p-hass" "$BUDGET_SHORT" "$TRAIN_SHORT" --name="hass-$n" &
-  stage "$p-medusa" 240 train "$p-medusa" "$BUDGET_SHORT" "$TRAIN_SHORT" --name="medusa-$n" &
+  stage "$p-eagle" 400 train "$MEM_EAGLE" "$p-eagle" "$BUDGET_EAGLE" "$TRAIN_EAGLE" \
+    --name="eagle-$n" || return
+  stage "$p-hass" 240 train "$MEM_SHORT" "$p-hass" "$BUDGET_SHORT" "$TRAIN_SHORT" \
+    --name="hass-$n" &
+  stage "$p-medusa" 240 train "$MEM_SHORT" "$p-medusa" "$BUDGET_SHORT" "$TRAIN_SHORT" \
+    --name="medusa-$n" &
   wait
 }
 
@@ -88,7 +102,11 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
   echo "--drafter=eagle:heads=eagle-$n,tree=$TREE_STATIC,name=eagle-tree"
   echo "--drafter=medusa:heads=medusa-$n,gamma=$GAMMA"
   [ -n "$draft" ] && echo "--drafter=model:model=$SPECJAX_CACHE/models/$draft,gamma=2,name=draft-model"
-  echo "--drafter=eagle:heads=hass-$n,gamma=$GAMMA,name=eagle-hass --drafter=early-exit:gamma=$GAMMA"
+  echo "--drafter=eagle:heads=hass-$n,gamma=$GAMMA,name=eagle-hass"
+  # EAGLE drafting over the 32k tokens most frequent in the training answers (EAGLE-3's draft
+  # vocabulary, heads.with_draft_vocab): a quarter of Qwen's LM-head read per draft token.
+  echo "--drafter=eagle:heads=eagle-$n,gamma=$GAMMA,draft_vocab=32768,name=eagle-dv32k"
+  echo "--drafter=early-exit:gamma=$GAMMA"
 }
 
 compare() {  # compare MODEL_FILE NAME TAG DRAFT_FILE TEMPERATURES [few]: timed, bfloat16
@@ -113,37 +131,57 @@ exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest pr
 export -f train compare exactness drafters
 log "start: $(left) s to the deadline, scale $SCALE"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
-# Three processes share the GPU while training: each takes at most 30% of its memory.
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${TRAIN_MEM_FRACTION:-0.3}
+hf_stages() {  # ours then HF's, one process per shape, alone on the GPU
+  for shape in ${HF_SHAPES//,/ }; do
+    stage "hf-$shape" 150 $PY -m experiments.profile --shape="$shape" --what=ar --hf \
+      --label=specjax --out="$W/out/profile" --context=512 --new_tokens=128 --repeats=3 --notrace
+  done
+}
+[ "$HF_FIRST" = 1 ] && hf_stages
+PAIR_FILES="--target=$SPECJAX_CACHE/models/$QWEN_FILE --draft=$SPECJAX_CACHE/models/$DRAFT_FILE"
+PAIR_FILES="$PAIR_FILES --prompt_dir=$PROMPT_DIR --out=$W/out/real_pair"
+# Processes that share the GPU while training take at most 30% of its memory each (the
+# training runs: MEM_EAGLE, MEM_SHORT).
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.3
 wait_status() {  # a stage of an earlier instance of this script (RESUME=1) to end
   until grep -Eq "\] $1 (ok|failed|skipped)" "$W/status"; do sleep 3; done
 }
 if [ "${RESUME:-0}" = 1 ]; then  # training is left to the instance that started it
-  stage smollm2-exact-f32 200 exactness "$SMOL_FILE" smollm2-135m-instruct _smollm2_f32 &
-  wait_status qwen-hass; wait_status qwen-medusa; wait
+  S && stage smollm2-exact-f32 200 exactness "$SMOL_FILE" smollm2-135m-instruct _smollm2_f32 &
+  Q && { wait_status qwen-hass; wait_status qwen-medusa; }
+  wait
 else
-(
+S && (
   wait_for "$SMOL_FILE" && target_heads smollm2 smollm2-135m-instruct &&
     stage smollm2-exact-f32 200 exactness "$SMOL_FILE" smollm2-135m-instruct _smollm2_f32
 ) &
-[ "$TARGETS" = all ] && (wait_for "$QWEN_FILE" && target_heads qwen qwen2.5-coder-1.5b-instruct) &
+Q && (wait_for "$QWEN_FILE" && target_heads qwen qwen2.5-coder-1.5b-instruct) &
+# With Qwen alone, the real pair's float32 exactness (untimed: only its tokens count) runs
+# beside the Qwen training, in the memory SmolLM2's runs would have taken.
+# shellcheck disable=SC2086
+[ "$TARGETS" = qwen ] && (
+  wait_for "$QWEN_FILE" && wait_for "$DRAFT_FILE" &&
+    stage qwen-pair-f32 200 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair $PAIR_FILES \
+      $PAIR --per_set=2 --repeats=1 --dtype=float32 --gammas=2,4 --ngram_gammas=4 \
+      --tag=_float32
+) &
 wait
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
 # Timed stages alone on the GPU, most wanted first (measured 2026-11-30: Qwen greedy, 9
-# configurations x 3 sets, 290 s; Qwen T = 1, 4 configurations, 130 s; compilation is most
-# of it, ~15-45 s per configuration and temperature).
-Q() { [ "$TARGETS" = all ]; }
+# configurations x 3 sets, 290 s; Qwen T = 1, 4 configurations, 130 s; the real pair, AR +
+# gamma 1, 2, 4 + prompt lookup, 2 repeats, 265 s; compilation is most of it, ~15-45 s per
+# configuration and temperature).
 Q && wait_for "$DRAFT_FILE"
 Q && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE" 0
-stage smollm2-compare 240 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2 "" 0
+# shellcheck disable=SC2086
+Q && stage qwen-pair 240 $PY -m experiments.real_pair $PAIR_FILES $PAIR \
+  --gammas="$PAIR_GAMMAS" --ngram_gammas=4
+S && stage smollm2-compare 240 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2 "" 0
 Q && stage qwen-compare-T1 150 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_T1 "" 1 few
-stage smollm2-compare-T1 150 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2_T1 "" 1 few
+S && stage smollm2-compare-T1 150 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2_T1 "" 1 few
 Q && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
-for shape in ${HF_SHAPES//,/ }; do  # ours then HF's, one process per shape
-  stage "hf-$shape" 150 $PY -m experiments.profile --shape="$shape" --what=ar --hf \
-    --label=specjax --out="$W/out/profile" --context=512 --new_tokens=128 --repeats=3 --notrace
-done
+[ "$HF_FIRST" = 1 ] || hf_stages
 Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
   --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" $SETS $COMPARE --batches="$BATCHES" \
   --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
