@@ -14,6 +14,12 @@
 # `experiments/train_draft.py --prompts_only`, see configs/train_heads_h200.py), the
 # evaluation prompts as a folder $PROMPT_DIR (question.jsonl, HumanEval.jsonl.gz, test.jsonl).
 #
+# The lent machine goes back after 30 s without a call: queue the start call, the part calls
+# and polling calls back to back. Each polling call sleeps (up to ~560 s), then tars what is
+# done so far (out, logs, status, runs/*/metrics.jsonl, config.json, drafter/heads.json) into
+# $OUT, so a machine lost mid-run loses only the stages in flight (seventh session: 1,573 s
+# held, every result back).
+#
 # Stages (each logs to <work>/logs/<stage>.log and appends "<stage> ok|failed|skipped <s>" to
 # <work>/status):
 #   1. per target, in parallel: training data (the target's greedy answers to 8,192 + 64
