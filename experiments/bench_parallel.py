@@ -23,6 +23,9 @@ For each tensor-parallel size tp (default: every size the shape and the devices 
          replayed from --accept_from (else forced i.i.d. at --alpha), timed interleaved with
          an autoregressive run of the same batch (the projected speedup is their ratio)
   dp     throughput (tokens/s) at batch 32 on (data = N / tp, model = tp), and on one device
+  vocab  (on request) top-k sampling at the ar batches, tp > 1: the vocab-parallel filter
+         against GSPMD's all-gather of the logits, interleaved, tokens compared. On two GPUs:
+         python -m experiments.bench_parallel --shape=llama3-8b --tp=2 --sections=vocab
 Each row has its memory floor beside it (the copy bandwidth is measured once per run).
 --accept_from takes {"accept_length_probs": [...], "source": "..."} JSON or a runner's
 generations.jsonl (e.g. runs/<sweep>/points/gamma=4/generations.jsonl; gamma from the
@@ -79,6 +82,7 @@ flags.DEFINE_string(
 flags.DEFINE_integer("repeats", _D.repeats, "timed calls after the first")
 flags.DEFINE_string("dtype", _D.dtype, "weight / cache dtype")
 flags.DEFINE_float("temperature", _D.temperature, "sampling temperature (spec needs > 0)")
+flags.DEFINE_integer("top_k", _D.top_k, "top-k of the vocab rows")
 flags.DEFINE_string("out", "", "JSON path (default runs/bench_parallel/<shape>.json)")
 
 
@@ -108,6 +112,7 @@ def main(argv: list[str]) -> None:
         repeats=FLAGS.repeats,
         dtype=FLAGS.dtype,
         temperature=FLAGS.temperature,
+        top_k=FLAGS.top_k,
     )
     try:
         result = parallel_bench.run(settings)

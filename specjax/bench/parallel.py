@@ -112,7 +112,8 @@ DEFAULT_DRAFTS = {
     "qwen2.5-7b": "qwen2.5-0.5b",
     "tiny": "tiny-draft",
 }
-SECTIONS = ("step", "ar", "spec", "dp")
+SECTIONS = ("step", "ar", "spec", "dp", "vocab")
+DEFAULT_SECTIONS = ("step", "ar", "spec", "dp")  # vocab: on request (two more programs per tp)
 DRAFT_SHARDINGS = ("replicated", "sharded")
 DEFAULT_GAMMA = 4
 
@@ -149,6 +150,7 @@ class Settings:
       dtype: weight and KV-cache dtype.
       temperature: sampling temperature of the generation rows (the spec rows need > 0: the
         forced acceptance rule is a sampling verify rule).
+      top_k: the top-k of the vocab rows (sampled at `temperature`, which must be > 0).
       bandwidth_bytes: bytes of the copy that measures bandwidth (0 = 2e9 on accelerators,
         2e7 on the CPU).
     """
@@ -159,7 +161,7 @@ class Settings:
     draft_sharding: Sequence[str] = ()
     shard_drafter: bool = False
     tp: Sequence[int] = ()
-    sections: Sequence[str] = SECTIONS
+    sections: Sequence[str] = DEFAULT_SECTIONS
     step_tokens: Sequence[int] = (1, 5, 9)
     context: int = 512
     ar_batches: Sequence[int] = (1, 8)
@@ -174,6 +176,7 @@ class Settings:
     repeats: int = 5
     dtype: str = "bfloat16"
     temperature: float = 1.0
+    top_k: int = 50
     seed: int = 0
     bandwidth_bytes: float = 0
 
@@ -408,6 +411,73 @@ def time_generate_interleaved(
     return rows
 
 
+VOCAB_FILTERS = ("shard_map", "gspmd")
+
+
+def time_vocab_filters(
+    target: tuple[Model, Params], mesh: Mesh, *, batch: int, settings: Settings
+) -> list[dict[str, Any]]:
+    """Autoregressive top-k sampling with the vocabulary split over `model`: the
+    vocab-parallel filter (`specjax.parallel.vocab`, inside shard_map: only each shard's
+    candidates are gathered) against GSPMD's all-gather of the [B, V] logits every step. One
+    row per filter (in VOCAB_FILTERS order), both programs on the same prompts and seeds,
+    taking turns call by call; `same_tokens` says whether the two drew the same tokens (they
+    must: the filter keeps exactly the tokens the gathered sort keeps)."""
+    from specjax import api
+    from specjax.parallel import sharded
+
+    model, params = target
+    prompt, lengths = api.pad_prompts(
+        _prompts(batch, settings.prompt_len, model.config.vocab_size), model.config.vocab_size
+    )
+    sampling = Sampling.create(settings.temperature, top_k=settings.top_k)
+    programs = [
+        sharded.prepare_generate(
+            mesh,
+            model,
+            params,
+            None,
+            None,
+            prompt,
+            lengths,
+            sampling,
+            np.array([-1], np.int32),
+            jax.random.key(settings.seed),
+            vocab_parallel=name == "shard_map",
+            max_new_tokens=settings.max_new_tokens,
+            cache_size=prompt.shape[1] + settings.max_new_tokens + 1,
+            pad_id=0,
+        )  # fmt: skip
+        for name in VOCAB_FILTERS
+    ]
+    timers = [Timer() for _ in programs]
+    outs: list[Any] = [None] * len(programs)
+    for _ in range(settings.repeats + 1):
+        for i, (fn, args) in enumerate(programs):
+            # args = (params, prompt, lengths, sampling, eos, rng). The lengths buffer is
+            # donated (it becomes num_generated): a fresh copy for every call.
+            fresh = jax.device_put(np.asarray(lengths, np.int32), args[2].sharding)
+            outs[i] = timers[i](fn, *args[:2], fresh, *args[3:])
+    same = outs[0].token_lists() == outs[1].token_lists()
+    rows = []
+    for name, timer, out in zip(VOCAB_FILTERS, timers, outs, strict=True):
+        median_ms, first_s = _median_ms(timer)
+        tokens = int(np.sum(np.asarray(out.num_generated)))
+        rows.append(
+            dict(
+                batch=batch,
+                vocab_filter=name,
+                top_k=settings.top_k,
+                tokens=tokens,
+                median_ms=median_ms,
+                first_s=first_s,
+                ms_per_token=median_ms / (tokens / batch),
+                same_tokens=same,
+            )
+        )
+    return rows
+
+
 def allowed_tp(config: ModelConfig, num_devices: int) -> list[int]:
     return mesh_lib.allowed_model_sizes(config, num_devices)
 
@@ -427,6 +497,11 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
     unknown = set(settings.sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    if "vocab" in settings.sections and (settings.temperature <= 0 or settings.top_k < 1):
+        raise ValueError(
+            "the vocab section samples top-k: it needs temperature > 0 and top_k >= 1, got "
+            f"temperature={settings.temperature}, top_k={settings.top_k}"
+        )
     if settings.shape not in SHAPES:
         raise ValueError(f"unknown shape {settings.shape!r}; known: {', '.join(SHAPES)}")
     config = SHAPES[settings.shape]
@@ -500,6 +575,10 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any
                                                    settings=settings)  # fmt: skip
                 row["floor_ms_per_token"] = floor(config, batch, mean_context, tp)
                 record("ar", mesh, row)
+        if "vocab" in settings.sections and tp > 1:
+            for batch in settings.ar_batches:
+                for row in time_vocab_filters(target, mesh, batch=batch, settings=settings):
+                    record("vocab", mesh, row)
         if spec:
             if target_step_ms is None:
                 target_step_ms = decode_step(target, mesh, settings)["median_ms"]
@@ -724,6 +803,20 @@ def markdown(result: dict[str, Any]) -> str:
                 for r in dps
             ],
         )
+    vocabs = [r for r in rows if r["section"] == "vocab"]
+    if vocabs:
+        out.append(
+            f"\nTop-k sampling (k = {vocabs[0]['top_k']}, temperature {settings['temperature']}) "
+            "on a vocabulary split over `model`: the vocab-parallel filter (shard_map) vs GSPMD's "
+            "all-gather of the logits (ms per token of one row, prefill included):\n"
+        )
+        body = []
+        for tp, batch in dict.fromkeys((r["tp"], r["batch"]) for r in vocabs):
+            by = {r["vocab_filter"]: r for r in vocabs if r["tp"] == tp and r["batch"] == batch}
+            sm, gs = by["shard_map"], by["gspmd"]
+            body.append([tp, batch, sm["ms_per_token"], gs["ms_per_token"],
+                         gs["ms_per_token"] / sm["ms_per_token"], sm["same_tokens"]])  # fmt: skip
+        table(["tp", "batch", "shard_map ms", "gspmd ms", "gspmd / shard_map", "same tokens"], body)
     return "\n".join(out)
 
 

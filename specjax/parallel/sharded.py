@@ -322,17 +322,21 @@ def prepare_generate(
     rng: jax.Array,
     *,
     shard_drafter_weights: bool = False,
+    vocab_parallel: bool = True,
     **static: Any,
 ) -> tuple[Callable, tuple[Any, ...]]:
     """(compiled function, its arguments placed on the mesh) for one generation.
 
     `static` are the keyword arguments of `loops._autoregressive` / `loops._speculative`
     (max_new_tokens, cache_size, pad_id, and for speculative runs gamma and verify_fn).
+    `vocab_parallel=False` leaves top-k/top-p on a split vocabulary to GSPMD (an all-gather of
+    the logits every step): the baseline `experiments.bench_parallel --sections=vocab` times
+    the vocab-parallel filter against. Same tokens either way.
     Tests call `fn.lower(*args).compile().as_text()` on the result to inspect the program.
     """
     mesh_lib.check_batch(mesh, prompt_BxP.shape[0])
     sharded_target, placed_params = shard_model(unwrap(target), params, mesh)
-    if sampling.filtered and sharded_target.layout.vocab_sharded:
+    if vocab_parallel and sampling.filtered and sharded_target.layout.vocab_sharded:
         # Top-k/top-p on logits split over `model`: without this GSPMD all-gathers [B, T, V].
         sampling = dataclasses.replace(sampling, vocab_filter=VocabParallelFilter(mesh, MODEL))
     params_key = _TreeKey(sharded_target.layout.param_shardings(placed_params))

@@ -142,3 +142,22 @@ def test_acceptance_sources(tmp_path):
     )
     # Llama-3.2-3B's published size: 3.21 B parameters (tied embeddings).
     assert parallel_bench.SHAPES["llama3.2-3b"].num_params() == pytest.approx(3.21e9, rel=0.01)
+
+
+def test_vocab_section_times_both_filters_on_the_same_tokens():
+    """--sections=vocab: top-k sampling at tp=2, the vocab-parallel filter and GSPMD's gather
+    as two programs; they draw the same tokens (the filter keeps exactly the tokens the
+    gathered sort keeps), and the table says so."""
+    settings = parallel_bench.Settings(
+        shape="tiny", tp=(2,), sections=("vocab",), ar_batches=(2,), prompt_len=4,
+        max_new_tokens=6, repeats=0, top_k=5, bandwidth_bytes=1e6,
+    )  # fmt: skip
+    result = parallel_bench.run(settings, log=lambda line: None)
+    rows = [r for r in result["rows"] if r["section"] == "vocab"]
+    assert [r["vocab_filter"] for r in rows] == list(parallel_bench.VOCAB_FILTERS)
+    assert all(r["same_tokens"] and r["tokens"] == 2 * 6 and r["tp"] == 2 for r in rows)
+    assert "gspmd / shard_map" in parallel_bench.markdown(result)
+    with pytest.raises(ValueError, match="vocab section samples top-k: it needs temperature"):
+        parallel_bench.run(
+            parallel_bench.Settings(shape="tiny", sections=("vocab",), temperature=0)
+        )
