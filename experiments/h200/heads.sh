@@ -22,8 +22,8 @@
 #
 # Stages (each logs to <work>/logs/<stage>.log and appends "<stage> ok|failed|skipped <s>" to
 # <work>/status):
-#   1. per target, in parallel: training data (the target's greedy answers to 8,192 + 64
-#      ShareGPT prompts, features), EAGLE, then HASS-style fine-tuning (replayed drafting
+#   1. per target, in parallel: training data (the target's greedy answers to ShareGPT
+#      prompts and its features; sizes in configs/train_heads_h200.py), EAGLE, then HASS-style fine-tuning (replayed drafting
 #      steps) beside Medusa; SmolLM2's float32 exactness check runs beside the Qwen training;
 #   2. alone on the GPU (timed): every drafter on MT-Bench, HumanEval and GSM8K, greedy,
 #      bfloat16, batch 1, Qwen then SmolLM2; at temperature 1 the drafters whose sampling
@@ -167,8 +167,8 @@ Q && (wait_for "$QWEN_FILE" && target_heads qwen qwen2.5-coder-1.5b-instruct) &
 # shellcheck disable=SC2086
 [ "$TARGETS" = qwen ] && (
   wait_for "$QWEN_FILE" && wait_for "$DRAFT_FILE" &&
-    stage qwen-pair-f32 200 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair $PAIR_FILES \
-      $PAIR --per_set=2 --repeats=1 --dtype=float32 --gammas=2,4 --ngram_gammas=4 \
+    stage qwen-pair-f32 200 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair \
+      $PAIR_FILES $PAIR --per_set=2 --repeats=1 --dtype=float32 --gammas=2,4 --ngram_gammas=4 \
       --tag=_float32
 ) &
 wait

@@ -34,6 +34,7 @@ alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -387,28 +388,44 @@ def time_generate_interleaved(
                 kwargs.update(verify_fn=verify_fn)
         return specjax.generate(target, drafter, prompts, seed=seed, **kwargs)
 
-    timers = [Timer() for _ in cases]
-    outs: list[Any] = [None] * len(cases)
-    for seed in range(settings.repeats + 1):
-        for i, case in enumerate(cases):
-            outs[i] = timers[i](call, case, seed)
+    # The repeat index is the seed: every case sees the same seeds.
+    timed = _take_turns([functools.partial(call, case) for case in cases], settings.repeats)
     rows = []
-    for (drafter, _), timer, out in zip(cases, timers, outs):
-        median_ms, first_s = _median_ms(timer)
-        tokens = int(np.sum(np.asarray(out.num_generated)))
-        rows.append(
-            dict(
-                batch=batch,
-                tokens=tokens,
-                median_ms=median_ms,
-                first_s=first_s,
-                ms_per_token=median_ms / (tokens / batch),
-                tokens_per_s=tokens / (median_ms / 1e3),
-                tau=out.tau if drafter is not None else 1.0,
-                acceptance_tau=out.acceptance_tau if drafter is not None else 1.0,
-            )
+    for (drafter, _), (timer, out) in zip(cases, timed, strict=True):
+        row = _generation_row(batch, timer, out)
+        row.update(
+            tokens_per_s=row["tokens"] / (row["median_ms"] / 1e3),
+            tau=out.tau if drafter is not None else 1.0,
+            acceptance_tau=out.acceptance_tau if drafter is not None else 1.0,
         )
+        rows.append(row)
     return rows
+
+
+def _take_turns(calls: Sequence[Callable[[int], Any]], repeats: int) -> list[tuple[Timer, Any]]:
+    """Times `repeats + 1` calls of each of `calls` (given the repeat index), the calls
+    taking turns (first calls, then repeat 1 of each, ...) so that a slow drift of the
+    machine hits them alike. Returns each one's Timer and last output."""
+    timers = [Timer() for _ in calls]
+    outs: list[Any] = [None] * len(calls)
+    for repeat in range(repeats + 1):
+        for i, call in enumerate(calls):
+            outs[i] = timers[i](call, repeat)
+    return list(zip(timers, outs, strict=True))
+
+
+def _generation_row(batch: int, timer: Timer, out: Any) -> dict[str, Any]:
+    """The timing fields of one generation case: median wall time of a call, first call
+    (compile included), tokens generated, ms per token of one row."""
+    median_ms, first_s = _median_ms(timer)
+    tokens = int(np.sum(np.asarray(out.num_generated)))
+    return dict(
+        batch=batch,
+        tokens=tokens,
+        median_ms=median_ms,
+        first_s=first_s,
+        ms_per_token=median_ms / (tokens / batch),
+    )
 
 
 VOCAB_FILTERS = ("shard_map", "gspmd")
@@ -447,35 +464,30 @@ def time_vocab_filters(
             max_new_tokens=settings.max_new_tokens,
             cache_size=prompt.shape[1] + settings.max_new_tokens + 1,
             pad_id=0,
-        )  # fmt: skip
+        )
         for name in VOCAB_FILTERS
     ]
-    timers = [Timer() for _ in programs]
-    outs: list[Any] = [None] * len(programs)
-    for _ in range(settings.repeats + 1):
-        for i, (fn, args) in enumerate(programs):
-            # args = (params, prompt, lengths, sampling, eos, rng). The lengths buffer is
-            # donated (it becomes num_generated): a fresh copy for every call.
-            fresh = jax.device_put(np.asarray(lengths, np.int32), args[2].sharding)
-            outs[i] = timers[i](fn, *args[:2], fresh, *args[3:])
-    same = outs[0].token_lists() == outs[1].token_lists()
-    rows = []
-    for name, timer, out in zip(VOCAB_FILTERS, timers, outs, strict=True):
-        median_ms, first_s = _median_ms(timer)
-        tokens = int(np.sum(np.asarray(out.num_generated)))
-        rows.append(
-            dict(
-                batch=batch,
-                vocab_filter=name,
-                top_k=settings.top_k,
-                tokens=tokens,
-                median_ms=median_ms,
-                first_s=first_s,
-                ms_per_token=median_ms / (tokens / batch),
-                same_tokens=same,
-            )
+
+    def program_call(fn: Callable, args: tuple[Any, ...]) -> Callable[[int], Any]:
+        # args = (params, prompt, lengths, sampling, eos, rng). The lengths buffer is donated
+        # (it becomes num_generated): a fresh copy per call, placed before the timing.
+        fresh = [
+            jax.device_put(np.asarray(lengths, np.int32), args[2].sharding)
+            for _ in range(settings.repeats + 1)
+        ]
+        return lambda repeat: fn(*args[:2], fresh[repeat], *args[3:])
+
+    timed = _take_turns([program_call(fn, args) for fn, args in programs], settings.repeats)
+    same = timed[0][1].token_lists() == timed[1][1].token_lists()
+    return [
+        dict(
+            _generation_row(batch, timer, out),
+            vocab_filter=name,
+            top_k=settings.top_k,
+            same_tokens=same,
         )
-    return rows
+        for name, (timer, out) in zip(VOCAB_FILTERS, timed, strict=True)
+    ]
 
 
 def allowed_tp(config: ModelConfig, num_devices: int) -> list[int]:
