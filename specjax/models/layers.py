@@ -26,6 +26,12 @@ SPECJAX_ATTENTION:
     other than GPU it runs in Pallas's interpret mode (slow; for tests of the full model).
     Under GSPMD sharding a pallas_call is not partitioned automatically: use it on one device
     (or inside shard_map).
+  * "fused": `pallas_rope_attention.rope_attention`, one Pallas kernel per layer for RoPE,
+    the cache write and attention, straight from the fused q/k/v projection's output (about
+    ten XLA kernels on a GPU at batch 1). Taken only where it applies: layers converted for
+    inference (`LayerParams.inference`: no differentiation rule), shards N = 1, no per-head
+    norms (Gemma3), head dim a power of two >= 16, T <= 64 new tokens (prefill keeps the jnp
+    path). Interpret mode off GPU, one device only, as for "pallas".
 Tests switch it by setting the module attribute (`layers.ATTENTION = "pallas"`).
 
 Projection kernel policy, `PROJECTION`, read once at import from SPECJAX_PROJECTION:
@@ -272,8 +278,8 @@ def project(x_BxTxI: jax.Array, w_IxO: jax.Array, pad_single_row: bool = True) -
 
 
 ATTENTION = os.environ.get("SPECJAX_ATTENTION", "jnp")
-if ATTENTION not in ("jnp", "pallas"):
-    raise ValueError(f"SPECJAX_ATTENTION must be 'jnp' or 'pallas', got {ATTENTION!r}")
+if ATTENTION not in ("jnp", "pallas", "fused"):
+    raise ValueError(f"SPECJAX_ATTENTION must be 'jnp', 'pallas' or 'fused', got {ATTENTION!r}")
 
 
 PROJECTION = os.environ.get("SPECJAX_PROJECTION", "xla")
@@ -294,6 +300,21 @@ def uses_projection_kernels(p: LayerParams, rows: int) -> bool:
         and rows <= pallas_projection.BLOCK_M
         and p.post_attn_norm is None
         and p.post_mlp_norm is None
+    )
+
+
+def uses_rope_attention(p: LayerParams, T: int, S: int, head_dim: int) -> bool:
+    """Whether `decoder_layer` runs this layer's RoPE, cache write and attention as the one
+    kernel of `pallas_rope_attention` (ATTENTION = "fused", see the module docstring)."""
+    if ATTENTION != "fused":  # the default path never imports Pallas's Triton backend
+        return False
+    from specjax.models import pallas_rope_attention
+
+    return (
+        p.inference
+        and p.shards == 1
+        and p.q_norm is None
+        and pallas_rope_attention.supports(T, S, head_dim)
     )
 
 
@@ -351,7 +372,7 @@ def decoder_layer(
     """
     cfg = config
     B, T, _ = x_BxTxD.shape
-    H, Dh, F, N = cfg.num_heads, cfg.head_dim, cfg.ffn_dim, p.shards
+    H, Dh, N = cfg.num_heads, cfg.head_dim, p.shards
     C = cfg.num_kv_heads * p.kv_repeat
     Hn, Cn = H // N, C // N
 
@@ -372,6 +393,16 @@ def decoder_layer(
         qkv_BxTxX = project(h_BxTxD, p.qkv, pad)
         if p.qkv_bias is not None:
             qkv_BxTxX = qkv_BxTxX + p.qkv_bias
+    scale = (cfg.query_pre_attn_scalar or Dh) ** -0.5
+    if uses_rope_attention(p, T, k_cache_BxSxCxDh.shape[1], Dh):
+        from specjax.models import pallas_rope_attention
+
+        out_BxTxHDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh = pallas_rope_attention.rope_attention(
+            qkv_BxTxX, rotary.sin[:, :, 0], rotary.cos[:, :, 0], k_cache_BxSxCxDh,
+            v_cache_BxSxCxDh, mask_BxTxS, lengths_B, num_heads=H, scale=scale,
+            layout=cfg.rope_layout, interpret=jax.default_backend() != "gpu",
+        )  # fmt: skip
+        return _after_attention(p, x_BxTxD, out_BxTxHDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, cfg)
     qkv_BxTxNxXxDh = qkv_BxTxX.reshape(B, T, N, Hn + 2 * Cn, Dh)
     q_BxTxHxDh = qkv_BxTxNxXxDh[:, :, :, :Hn].reshape(B, T, H, Dh)
     k_BxTxCxDh = qkv_BxTxNxXxDh[:, :, :, Hn : Hn + Cn].reshape(B, T, C, Dh)
@@ -385,7 +416,6 @@ def decoder_layer(
     # The T new keys/values go to slots [lengths, lengths + T) of each row.
     k_cache_BxSxCxDh = kv_cache.write_layer(k_cache_BxSxCxDh, k_BxTxCxDh, lengths_B)
     v_cache_BxSxCxDh = kv_cache.write_layer(v_cache_BxSxCxDh, v_BxTxCxDh, lengths_B)
-    scale = (cfg.query_pre_attn_scalar or Dh) ** -0.5
     if ATTENTION == "pallas":
         from specjax.models import pallas_attention
 
@@ -395,15 +425,36 @@ def decoder_layer(
         )  # fmt: skip
     else:
         out_BxTxHxDh = attention(q_BxTxHxDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, mask_BxTxS, scale)
-    if kernels:
-        x_MxD = pp.project_add(out_BxTxHxDh.reshape(B * T, H * Dh), p.o, x_MxD, interpret=interpret)
+    out_BxTxHDh = out_BxTxHxDh.reshape(B, T, H * Dh)
+    return _after_attention(p, x_BxTxD, out_BxTxHDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh, cfg)
+
+
+def _after_attention(
+    p: LayerParams,
+    x_BxTxD: jax.Array,
+    out_BxTxHDh: jax.Array,
+    k_cache_BxSxCxDh: jax.Array,
+    v_cache_BxSxCxDh: jax.Array,
+    cfg: ModelConfig,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The rest of `decoder_layer` from the attention output on: o projection, residual,
+    MLP (with the projection kernels where `uses_projection_kernels`)."""
+    B, T, _ = x_BxTxD.shape
+    F, N = cfg.ffn_dim, p.shards
+    if uses_projection_kernels(p, B * T):
+        from specjax.models import pallas_projection as pp
+
+        interpret = jax.default_backend() != "gpu"
+        x_MxD = x_BxTxD.reshape(B * T, -1)
+        x_MxD = pp.project_add(out_BxTxHDh.reshape(B * T, -1), p.o, x_MxD, interpret=interpret)
         h_MxF = pp.norm_project_glu(
             x_MxD, p.mlp_norm, p.gate_up, cfg.activation, cfg.norm_eps, interpret=interpret
         )
         x_MxD = pp.project_add(h_MxF, p.down, x_MxD, interpret=interpret)
         return x_MxD.reshape(B, T, -1), k_cache_BxSxCxDh, v_cache_BxSxCxDh
 
-    attn_BxTxD = project(out_BxTxHxDh.reshape(B, T, H * Dh), p.o, pad)
+    pad = pads_single_rows(cfg.d_model)
+    attn_BxTxD = project(out_BxTxHDh, p.o, pad)
     if p.post_attn_norm is not None:
         attn_BxTxD = rms_norm(attn_BxTxD, p.post_attn_norm, cfg.norm_eps)
     x_BxTxD = x_BxTxD + attn_BxTxD
