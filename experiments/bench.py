@@ -93,6 +93,7 @@ def main(argv):
         return report(Path(FLAGS.report))
     from specjax import checkpoints, tokenizers
     from specjax.bench import drafters as drafters_bench
+    from specjax.models import layers
     from specjax.models.config import KNOWN_SHAPES
 
     out = Path(FLAGS.out)
@@ -102,6 +103,7 @@ def main(argv):
         "jax": jax.__version__,
         "date": speedup.now(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "kernels": layers.kernel_policies(),
         "dtype": FLAGS.dtype,
     }
     bandwidth = bench_steps.measure_copy_bandwidth(4e9)

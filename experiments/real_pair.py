@@ -70,6 +70,7 @@ def main(argv):
     from specjax.bench import real_pair, speedup
     from specjax.eval import prompts as prompts_lib
     from specjax.eval.prompts import load_prompts
+    from specjax.models import layers
 
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,8 +97,8 @@ def main(argv):
     header = {
         "target": meta["path"], "draft": FLAGS.draft, "dtype": FLAGS.dtype,
         "device": speedup.device_description(), "jax": jax.__version__,
-        "date": speedup.now(), "matmul_precision": os.environ.get(
-            "JAX_DEFAULT_MATMUL_PRECISION", "default"),
+        "kernels": layers.kernel_policies(), "date": speedup.now(),
+        "matmul_precision": os.environ.get("JAX_DEFAULT_MATMUL_PRECISION", "default"),
         "per_set": FLAGS.per_set, "max_new_tokens": FLAGS.max_new_tokens,
         "repeats": FLAGS.repeats, "eos_ids": list(tokenizer.eos_ids),
         "step_costs_ms": {"target": costs.target_ms, "draft": costs.draft_ms,

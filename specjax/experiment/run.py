@@ -158,8 +158,11 @@ def make_workdir(path: str | os.PathLike[str]) -> Path:
 def _environment() -> dict[str, Any]:
     import jax
 
+    from specjax.models import layers
+
     devices = jax.devices()
     return {
+        "kernels": layers.kernel_policies(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,

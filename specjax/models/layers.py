@@ -49,6 +49,14 @@ Projection kernel policy, `PROJECTION`, read once at import from SPECJAX_PROJECT
     path converts its own weights without `inference`. Block configurations come from
     SPECJAX_PROJECTION_TUNING (see `pallas_projection`).
 Tests switch it by setting the module attribute (`layers.PROJECTION = "pallas"`).
+
+RMSNorm kernel policy, `NORM`, read once at import from SPECJAX_NORM:
+  * "xla" (default): `rms_norm` in jnp (two or three XLA kernels per norm on a GPU).
+  * "pallas": `pallas_norm.rms_norm_rows`, one kernel for each of a layer's two norms, the
+    residual add before the second included, with the single-row padding of `project`
+    written by the kernel. Taken where the projection kernels are not, on layers converted
+    for inference, shards N = 1, B * T <= 16 rows, no Gemma3 post-norms.
+Tests switch it by setting the module attribute (`layers.NORM = "pallas"`).
 """
 
 from __future__ import annotations
@@ -287,6 +295,64 @@ if PROJECTION not in ("xla", "pallas"):
     raise ValueError(f"SPECJAX_PROJECTION must be 'xla' or 'pallas', got {PROJECTION!r}")
 
 
+NORM = os.environ.get("SPECJAX_NORM", "xla")
+if NORM not in ("xla", "pallas"):
+    raise ValueError(f"SPECJAX_NORM must be 'xla' or 'pallas', got {NORM!r}")
+
+
+def kernel_policies() -> dict[str, Any]:
+    """The kernel policies this process decodes with (results record them beside the flags)."""
+    return {
+        "attention": ATTENTION,
+        "norm": NORM,
+        "projection": PROJECTION,
+        "single_row_dots": SINGLE_ROW_DOTS,
+        "single_row_pad_min_width": SINGLE_ROW_PAD_MIN_WIDTH,
+    }
+
+
+def uses_norm_kernel(p: LayerParams, rows: int) -> bool:
+    """Whether `decoder_layer` computes this layer's two RMSNorms (and the residual add before
+    the second) with `pallas_norm.rms_norm_rows` for `rows` = B * T (NORM = "pallas", see
+    the module docstring). Not with the projection kernels, which fuse their own norms."""
+    if NORM != "pallas":  # the default path never imports Pallas's Triton backend
+        return False
+    from specjax.models import pallas_norm
+
+    return (
+        p.inference
+        and p.shards == 1
+        and rows <= pallas_norm.MAX_ROWS
+        and p.post_attn_norm is None
+        and p.post_mlp_norm is None
+        and not uses_projection_kernels(p, rows)
+    )
+
+
+def _norm_project(
+    x_BxTxD: jax.Array,
+    scale_D: jax.Array,
+    w_DxO: jax.Array,
+    eps: float,
+    pad: bool,
+    residual_BxTxD: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """(rms_norm(x + residual) @ w [B, T, O], x + residual) with the norm kernel of
+    `pallas_norm`; a single row is normalised into two (a zero row added) when `pad`, the
+    padding `project` would add (see SINGLE_ROW_DOTS)."""
+    from specjax.models import pallas_norm
+
+    B, T, D = x_BxTxD.shape
+    M = B * T
+    h_RxD, x_MxD = pallas_norm.rms_norm_rows(
+        x_BxTxD.reshape(M, D), scale_D, eps,
+        residual_MxD=None if residual_BxTxD is None else residual_BxTxD.reshape(M, D),
+        out_rows=2 if pad and M == 1 else M, interpret=jax.default_backend() != "gpu",
+    )  # fmt: skip
+    out_MxO = jnp.einsum("rd,do->ro", h_RxD, w_DxO)[:M]
+    return out_MxO.reshape(B, T, -1), x_MxD.reshape(B, T, D)
+
+
 def uses_projection_kernels(p: LayerParams, rows: int) -> bool:
     """Whether `decoder_layer` computes this layer's projections with the Pallas kernels of
     `pallas_projection` for `rows` = B * T (see PROJECTION in the module docstring)."""
@@ -389,8 +455,11 @@ def decoder_layer(
             x_MxD, p.attn_norm, p.qkv, p.qkv_bias, cfg.norm_eps, interpret=interpret
         ).reshape(B, T, -1)
     else:
-        h_BxTxD = rms_norm(x_BxTxD, p.attn_norm, cfg.norm_eps)
-        qkv_BxTxX = project(h_BxTxD, p.qkv, pad)
+        if uses_norm_kernel(p, B * T):
+            qkv_BxTxX, _ = _norm_project(x_BxTxD, p.attn_norm, p.qkv, cfg.norm_eps, pad)
+        else:
+            h_BxTxD = rms_norm(x_BxTxD, p.attn_norm, cfg.norm_eps)
+            qkv_BxTxX = project(h_BxTxD, p.qkv, pad)
         if p.qkv_bias is not None:
             qkv_BxTxX = qkv_BxTxX + p.qkv_bias
     scale = (cfg.query_pre_attn_scalar or Dh) ** -0.5
@@ -457,10 +526,15 @@ def _after_attention(
     attn_BxTxD = project(out_BxTxHDh, p.o, pad)
     if p.post_attn_norm is not None:
         attn_BxTxD = rms_norm(attn_BxTxD, p.post_attn_norm, cfg.norm_eps)
-    x_BxTxD = x_BxTxD + attn_BxTxD
-
-    h_BxTxD = rms_norm(x_BxTxD, p.mlp_norm, cfg.norm_eps)
-    gate_up_BxTxNx2xFn = project(h_BxTxD, p.gate_up, pad).reshape(B, T, N, 2, F // N)
+    if uses_norm_kernel(p, B * T):
+        gate_up_BxTxX, x_BxTxD = _norm_project(
+            x_BxTxD, p.mlp_norm, p.gate_up, cfg.norm_eps, pad, residual_BxTxD=attn_BxTxD
+        )
+    else:
+        x_BxTxD = x_BxTxD + attn_BxTxD
+        h_BxTxD = rms_norm(x_BxTxD, p.mlp_norm, cfg.norm_eps)
+        gate_up_BxTxX = project(h_BxTxD, p.gate_up, pad)
+    gate_up_BxTxNx2xFn = gate_up_BxTxX.reshape(B, T, N, 2, F // N)
     gate_BxTxF = gate_up_BxTxNx2xFn[:, :, :, 0].reshape(B, T, F)
     up_BxTxF = gate_up_BxTxNx2xFn[:, :, :, 1].reshape(B, T, F)
     mlp_BxTxD = project(_activation(cfg.activation, gate_BxTxF) * up_BxTxF, p.down, pad)

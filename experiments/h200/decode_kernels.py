@@ -1,0 +1,151 @@
+"""GPU check of the decode kernels (fused RoPE + cache write + attention, RMSNorm) against
+the jnp paths they replace.
+
+    python experiments/h200/decode_kernels.py [--out=FILE.json]
+
+For four models' attention shapes (Qwen2.5-1.5B, Qwen2.5-0.5B, SmolLM2-135M, Llama-3-8B),
+S = 640 cache slots, T in {1, 5} new tokens, two rows at 100 and 512 valid slots, causal
+mask from `cache.attention_mask`: the kernel's output and caches against the jnp path
+(`layers.rotate`, `cache.write_layer`, `layers.attention`), in bfloat16 (max |diff| < 3e-2)
+and in float32 at `highest` matmul precision (< 1e-4). The same for `pallas_norm.rms_norm_rows`
+(residual add + RMSNorm, one row padded to two) against `layers.rms_norm` at the four widths.
+Exits non-zero when the Pallas
+lowering fails or a check does not pass, so a pipeline can skip the kernel's profiles.
+Seconds on an H200. The speed verdict is the decode-loop profile, not this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax import cache as kv_cache
+from specjax.models import layers, pallas_norm, pallas_rope_attention
+
+SHAPES = {  # name: (H, C, Dh)
+    "qwen2.5-1.5b": (12, 2, 128),
+    "qwen2.5-0.5b": (14, 2, 64),
+    "smollm2-135m": (9, 3, 64),
+    "llama-3-8b": (32, 8, 128),
+}
+WIDTHS = {"qwen2.5-1.5b": 1536, "qwen2.5-0.5b": 896, "smollm2-135m": 576, "llama-3-8b": 4096}
+TOLERANCE = {"bfloat16": 3e-2, "float32": 1e-4}
+
+
+def reference(qkv, sin, cos, k_cache, v_cache, mask, lengths, num_heads, scale, layout):
+    B, T, _ = qkv.shape
+    _, _, C, Dh = k_cache.shape
+    H = num_heads
+    rotary = layers.Rotary(sin=sin[:, :, None], cos=cos[:, :, None])
+    q = layers.rotate(qkv[..., : H * Dh].reshape(B, T, H, Dh), rotary, layout)
+    k = layers.rotate(qkv[..., H * Dh : (H + C) * Dh].reshape(B, T, C, Dh), rotary, layout)
+    v = qkv[..., (H + C) * Dh :].reshape(B, T, C, Dh)
+    k_cache = kv_cache.write_layer(k_cache, k, lengths)
+    v_cache = kv_cache.write_layer(v_cache, v, lengths)
+    return layers.attention(q, k_cache, v_cache, mask, scale).reshape(B, T, -1), k_cache, v_cache
+
+
+STATIC = ("num_heads", "scale", "layout")
+reference_jit = jax.jit(reference, static_argnames=STATIC)
+kernel_jit = jax.jit(pallas_rope_attention.rope_attention, static_argnames=(*STATIC, "interpret"))
+
+
+def check(name: str, T: int, dtype: str) -> dict:
+    H, C, Dh = SHAPES[name]
+    B, S = 2, 640
+    rng = np.random.default_rng(0)
+    qkv = jnp.asarray(rng.normal(size=(B, T, (H + 2 * C) * Dh)), dtype)
+    k_cache, v_cache = (jnp.asarray(rng.normal(size=(B, S, C, Dh)), dtype) for _ in range(2))
+    lengths = jnp.asarray([100, 512], jnp.int32)
+    positions = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+    rotary = layers.Rotary.create(positions, 1e6, Dh)
+    mask = kv_cache.attention_mask(lengths, positions, S)
+    args = (qkv, rotary.sin[:, :, 0], rotary.cos[:, :, 0], k_cache, v_cache, mask, lengths)
+    static = dict(num_heads=H, scale=Dh**-0.5, layout="half")
+    with jax.default_matmul_precision("highest" if dtype == "float32" else "default"):
+        want = reference_jit(*args, **static)
+        got = kernel_jit(*args, **static, interpret=jax.default_backend() != "gpu")
+    diffs = {
+        part: float(jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32))))
+        for part, g, w in zip(("out", "k_cache", "v_cache"), got, want)
+    }
+    return dict(shape=name, T=T, dtype=dtype, **diffs, ok=max(diffs.values()) < TOLERANCE[dtype])
+
+
+norm_jit = jax.jit(pallas_norm.rms_norm_rows, static_argnames=("eps", "out_rows", "interpret"))
+
+
+def check_norm(name: str, dtype: str) -> dict:
+    D = WIDTHS[name]
+    rng = np.random.default_rng(1)
+    x, residual = (jnp.asarray(rng.normal(size=(1, D)), dtype) for _ in range(2))
+    scale = jnp.asarray(1 + 0.2 * rng.normal(size=(D,)), dtype)
+    h, x_sum = norm_jit(
+        x, scale, eps=1e-6, residual_MxD=residual, out_rows=2,
+        interpret=jax.default_backend() != "gpu",
+    )  # fmt: skip
+    want = jax.jit(lambda a, b, s: layers.rms_norm(a + b, s, 1e-6))(x, residual, scale)
+    diffs = {
+        "out": float(jnp.max(jnp.abs(h[:1].astype(jnp.float32) - want.astype(jnp.float32)))),
+        "sum": float(jnp.max(jnp.abs(x_sum.astype(jnp.float32) - (x + residual)))),
+        "pad_row": float(jnp.max(jnp.abs(h[1:].astype(jnp.float32)))),
+    }
+    return dict(shape=name, kernel="rms_norm", dtype=dtype, **diffs,
+                ok=max(diffs.values()) < TOLERANCE[dtype])  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0]}")
+    rows, failed = [], False
+    print("| shape | T | dtype | out max diff | k cache | v cache | ok |")
+    print("|---|---|---|---|---|---|---|")
+    for name in SHAPES:
+        for T in (1, 5):
+            for dtype in ("bfloat16", "float32"):
+                try:
+                    row = check(name, T, dtype)
+                except Exception:  # noqa: BLE001 - report the lowering error and go on
+                    traceback.print_exc()
+                    row = dict(shape=name, T=T, dtype=dtype, ok=False, error=True)
+                rows.append(row)
+                failed |= not row["ok"]
+                print(
+                    f"| {name} | {T} | {dtype} | {row.get('out', float('nan')):.2e} | "
+                    f"{row.get('k_cache', float('nan')):.2e} | "
+                    f"{row.get('v_cache', float('nan')):.2e} | {row['ok']} |"
+                )
+    print("\n| width of | dtype | norm max diff | residual sum | pad row | ok |")
+    print("|---|---|---|---|---|---|")
+    for name in WIDTHS:
+        for dtype in ("bfloat16", "float32"):
+            try:
+                row = check_norm(name, dtype)
+            except Exception:  # noqa: BLE001 - report the lowering error and go on
+                traceback.print_exc()
+                row = dict(shape=name, kernel="rms_norm", dtype=dtype, ok=False, error=True)
+            rows.append(row)
+            failed |= not row["ok"]
+            nan = float("nan")
+            print(
+                f"| {name} | {dtype} | {row.get('out', nan):.2e} | {row.get('sum', nan):.2e} | "
+                f"{row.get('pad_row', nan):.2e} | {row['ok']} |"
+            )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(
+                dict(jax=jax.__version__, device=str(jax.devices()[0]), rows=rows), f, indent=1
+            )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The decode kernels of the eighth session against the jnp/XLA path, on one lent H200, in one
+# pass: SPECJAX_ATTENTION=fused (RoPE + cache write + attention in one Pallas kernel,
+# specjax/models/pallas_rope_attention.py) and SPECJAX_NORM=pallas (residual add + RMSNorm,
+# specjax/models/pallas_norm.py). Run from the repository root in the background (setsid);
+# later device calls bring the Qwen GGUFs (DEVELOPERS.md):
+#
+#   SPECJAX_CACHE=~/sc DEADLINE=$(( $(date +%s) + 1500 )) setsid nohup \
+#       bash experiments/h200/fused_attention.sh ~/w > ~/w/run.log 2>&1 &
+#
+# The lent machine goes back after 30 s without a call: queue the part calls and then polling
+# calls back to back. SKIP="name ..." leaves stages out (experiments/h200/stages.sh).
+# Stages, most wanted first, each alone on the GPU:
+#   1. kernel-check: both kernels against the jnp path at four models' shapes, bf16 and
+#      float32 (`decode_kernels.py`); the kernel stages run only if it passes;
+#   2. profiles (synthetic weights, `experiments.profile`, one process each) of the
+#      Qwen2.5-1.5B shape, step (with its 0.5B-shaped draft: c) and AR: jnp, fused attention,
+#      fused attention + norm kernel. The fastest AR of the three is BEST from here on;
+#   3. the real Qwen2.5-Coder pair under BEST (bf16, gamma 1-4 and prompt lookup), then its
+#      float32 exactness at highest precision;
+#   4. profiles of the SmolLM2-135M and Llama-3-8B shapes (step, AR) and of the Qwen2.5-0.5B
+#      shape (AR), jnp and BEST; the 1.5B shape's AR at batch 8 and 32, jnp and BEST;
+#   5. the real pair on the jnp path (the same lease's before).
+set -u
+set -a
+W=${1:?work folder}
+# shellcheck source=experiments/h200/stages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
+STAGE_MARGIN=15
+QWEN=$SPECJAX_CACHE/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+DRAFT=$SPECJAX_CACHE/models/qwen2.5-coder-0.5b-instruct.gguf
+PROFILE="--context=512 --new_tokens=128 --repeats=3 --gamma=4 --out=$W/out/profile"
+PAIR="--target=$QWEN --draft=$DRAFT --prompt_dir=$PROMPT_DIR --out=$W/out/real_pair"
+KERNEL_ENV_fused="SPECJAX_ATTENTION=fused"
+KERNEL_ENV_fused_norm="SPECJAX_ATTENTION=fused SPECJAX_NORM=pallas"
+
+profile() { $PY -m experiments.profile $PROFILE "$@"; }
+# with LABEL COMMAND...: COMMAND under the kernel environment of LABEL (jnp: none).
+with() {
+  local name="KERNEL_ENV_$1"; shift
+  # shellcheck disable=SC2163,SC2086
+  (if [ -n "${!name:-}" ]; then export ${!name}; fi; "$@")
+}
+export -f profile with
+log "start: $(left) s to the deadline"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
+
+KERNEL=0  # a Triton compile that hangs must not eat the run: a hard limit
+stage kernel-check 120 timeout 150 env PYTHONPATH="$PWD:${PYTHONPATH:-}" $PY \
+  experiments/h200/decode_kernels.py --out="$W/out/decode_kernels.json" && KERNEL=1
+LABELS="jnp"
+[ "$KERNEL" = 1 ] && LABELS="jnp fused fused_norm"
+for label in $LABELS; do
+  stage "p15-$label" 150 with $label profile --shape=qwen2.5-1.5b --what=step,ar --label=$label
+done
+BEST=$($PY -c '
+import json, sys
+best = (float("inf"), "jnp")
+for label in sys.argv[2:]:
+    try:
+        path = f"{sys.argv[1]}/out/profile/profile_{label}_qwen2.5-1.5b.json"
+        best = min(best, (json.load(open(path))["sections"]["ar"]["ms_per_token"], label))
+    except (OSError, KeyError, ValueError):
+        pass
+print(best[1])' "$W" $LABELS)
+case " $LABELS " in *" $BEST "*) ;; *) BEST=jnp ;; esac  # (a dry run's PY=echo)
+COMPARE="jnp"
+[ "$BEST" != jnp ] && COMPARE="jnp $BEST"
+log "BEST = $BEST (the fastest 1.5B AR of: $LABELS)"
+wait_for_files "$QWEN" "$DRAFT" &&
+  stage pair-$BEST 300 with $BEST $PY -m experiments.real_pair $PAIR --per_set=4 --repeats=3 \
+    --gammas=1,2,3,4 --ngram_gammas=4 --tag=_$BEST
+[ -f "$DRAFT" ] && stage pair-$BEST-f32 180 with $BEST env JAX_DEFAULT_MATMUL_PRECISION=highest \
+  $PY -m experiments.real_pair $PAIR --per_set=2 --repeats=1 --dtype=float32 --gammas=2 \
+  --ngram_gammas=4 --tag=_${BEST}_float32
+for shape in smollm2-135m llama3-8b; do
+  for label in $COMPARE; do
+    stage "p-$shape-$label" 90 with $label profile --shape=$shape --what=step,ar --label=$label
+  done
+done
+for label in $COMPARE; do
+  stage "p05-$label" 60 with $label profile --shape=qwen2.5-0.5b --what=ar --label=$label \
+    --notrace
+done
+for batch in 8 32; do
+  for label in $COMPARE; do
+    stage "p15-b$batch-$label" 60 with $label profile --shape=qwen2.5-1.5b --what=ar \
+      --batch=$batch --label=b${batch}_$label --notrace
+  done
+done
+[ "$BEST" != jnp ] && [ -f "$DRAFT" ] && stage pair-jnp 280 $PY -m experiments.real_pair $PAIR \
+  --per_set=4 --repeats=3 --gammas=1,2,3,4 --ngram_gammas=4 --tag=_jnp
+reports=$(ls "$W"/out/profile/*.json 2>/dev/null | paste -sd, -)
+[ -n "$reports" ] && $PY -m experiments.profile --report="$reports" > "$W/out/profile_table.md" 2>&1
+cd "$W" && tar czf "$W/results.tgz" --exclude='hlo' out logs status
+log "done: $(ls -la "$W/results.tgz")"
