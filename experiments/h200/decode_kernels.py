@@ -9,7 +9,10 @@ mask from `cache.attention_mask`: the kernel's output and caches against the jnp
 (`layers.rotate`, `cache.write_layer`, `layers.attention`), in bfloat16 (max |diff| < 3e-2)
 and in float32 at `highest` matmul precision (< 1e-4). The same for `pallas_norm.rms_norm_rows`
 (residual add + RMSNorm, one row padded to two) against `layers.rms_norm` at the four widths.
-Exits non-zero when the Pallas
+With --sweep=FILE it then times the attention kernel's launch configurations (block_s,
+num_warps, num_stages) against the jnp path at the Qwen2.5-1.5B and 0.5B shapes (T = 1, 512
+valid slots, one jitted call over 24 layers' caches, median of 30) and writes the fastest as
+the SPECJAX_ROPE_ATTENTION value to FILE. Exits non-zero when the Pallas
 lowering fails or a check does not pass, so a pipeline can skip the kernel's profiles.
 Seconds on an H200. The speed verdict is the decode-loop profile, not this script.
 """
@@ -17,8 +20,10 @@ Seconds on an H200. The speed verdict is the decode-loop profile, not this scrip
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+import time
 import traceback
 
 import jax
@@ -100,9 +105,78 @@ def check_norm(name: str, dtype: str) -> dict:
                 ok=max(diffs.values()) < TOLERANCE[dtype])  # fmt: skip
 
 
+SWEEP = dict(block_s=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3))
+SWEEP_SHAPES = ("qwen2.5-1.5b", "qwen2.5-0.5b")
+
+
+def layer_chain_us(name: str, launch: dict | None, layers_: int = 24, iters: int = 30) -> float:
+    """Median µs per layer of one jitted call running the kernel (launch config `launch`) or,
+    with None, the jnp path over `layers_` separate caches (B = 1, T = 1, 512 valid slots)."""
+    H, C, Dh = SHAPES[name]
+    S = 640
+    rng = np.random.default_rng(2)
+    qkv = jnp.asarray(rng.normal(size=(1, 1, (H + 2 * C) * Dh)), jnp.bfloat16)
+    caches = [jnp.asarray(rng.normal(size=(1, S, C, Dh)), jnp.bfloat16) for _ in range(2 * layers_)]
+    lengths = jnp.asarray([512], jnp.int32)
+    rotary = layers.Rotary.create(lengths[:, None], 1e6, Dh)
+    mask = kv_cache.attention_mask(lengths, lengths[:, None], S)
+    static = dict(num_heads=H, scale=Dh**-0.5, layout="half")
+    interpret = jax.default_backend() != "gpu"
+
+    @jax.jit
+    def chain(qkv, caches):
+        outs = []
+        for layer in range(layers_):
+            args = (
+                qkv,
+                rotary.sin[:, :, 0],
+                rotary.cos[:, :, 0],
+                *caches[2 * layer : 2 * layer + 2],
+            )
+            if launch is None:
+                out = reference(*args, mask, lengths, **static)
+            else:
+                out = pallas_rope_attention.rope_attention(
+                    *args, mask, lengths, **static, **launch, interpret=interpret
+                )
+            outs.append(out[0])
+        return outs
+
+    jax.block_until_ready(chain(qkv, caches))
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(chain(qkv, caches))
+        times.append(time.perf_counter() - start)
+    return 1e6 * float(np.median(times)) / layers_
+
+
+def sweep(path: str) -> None:
+    print("\n| launch | " + " | ".join(f"{n} µs/layer" for n in SWEEP_SHAPES) + " |")
+    print("|---|" + "---|" * len(SWEEP_SHAPES))
+    print(
+        "| jnp path | " + " | ".join(f"{layer_chain_us(n, None):.1f}" for n in SWEEP_SHAPES) + " |"
+    )
+    best = (float("inf"), "")
+    for values in itertools.product(*SWEEP.values()):
+        launch = dict(zip(SWEEP, values))
+        text = ",".join(f"{k}={v}" for k, v in launch.items())
+        try:
+            per_shape = [layer_chain_us(n, launch) for n in SWEEP_SHAPES]
+        except Exception as error:  # noqa: BLE001 - a configuration Triton refuses
+            print(f"| {text} | failed: {type(error).__name__} |")
+            continue
+        print(f"| {text} | " + " | ".join(f"{t:.1f}" for t in per_shape) + " |")
+        best = min(best, (sum(per_shape), text))
+    print(f"fastest: {best[1]}")
+    with open(path, "w") as f:
+        f.write(best[1] + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="")
+    parser.add_argument("--sweep", default="", help="write the fastest launch config here")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0]}")
     rows, failed = [], False
@@ -144,6 +218,8 @@ def main() -> int:
             json.dump(
                 dict(jax=jax.__version__, device=str(jax.devices()[0]), rows=rows), f, indent=1
             )
+    if args.sweep and not failed:
+        sweep(args.sweep)
     return 1 if failed else 0
 
 

@@ -12,15 +12,19 @@
 # calls back to back. SKIP="name ..." leaves stages out (experiments/h200/stages.sh).
 # Stages, most wanted first, each alone on the GPU:
 #   1. kernel-check: both kernels against the jnp path at four models' shapes, bf16 and
-#      float32 (`decode_kernels.py`); the kernel stages run only if it passes;
+#      float32, then the attention kernel's launch configurations timed (`decode_kernels.py
+#      --sweep`: the fastest is used from here on); the kernel stages run only if it passes;
 #   2. profiles (synthetic weights, `experiments.profile`, one process each) of the
 #      Qwen2.5-1.5B shape, step (with its 0.5B-shaped draft: c) and AR: jnp, fused attention,
 #      fused attention + norm kernel. The fastest AR of the three is BEST from here on;
 #   3. the real Qwen2.5-Coder pair under BEST (bf16, gamma 1-4 and prompt lookup), then its
 #      float32 exactness at highest precision;
-#   4. profiles of the SmolLM2-135M and Llama-3-8B shapes (step, AR) and of the Qwen2.5-0.5B
-#      shape (AR), jnp and BEST; the 1.5B shape's AR at batch 8 and 32, jnp and BEST;
+#   4. profiles of the SmolLM2-135M shape (step, AR), the Qwen2.5-0.5B shape (AR) and the
+#      Llama-3-8B shape (step, AR), jnp and BEST; the 1.5B shape's AR at batch 8 and 32;
 #   5. the real pair on the jnp path (the same lease's before).
+# PASS=1 runs stages 1, 2 and the SmolLM2 / 0.5B profiles (no GGUFs needed); PASS=2 the rest,
+# with BEST (a label: jnp, fused, fused_norm) and LAUNCH (SPECJAX_ROPE_ATTENTION's value)
+# taken from pass 1's results.
 set -u
 set -a
 W=${1:?work folder}
@@ -29,10 +33,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
 STAGE_MARGIN=15
 QWEN=$SPECJAX_CACHE/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 DRAFT=$SPECJAX_CACHE/models/qwen2.5-coder-0.5b-instruct.gguf
+PASS=${PASS:-all}  # 1: kernels and profiles, no GGUFs; 2: the rest, BEST and LAUNCH given
+BEST=${BEST:-jnp}
+LAUNCH=${LAUNCH:-}
+KERNEL=${KERNEL:-1}
 PROFILE="--context=512 --new_tokens=128 --repeats=3 --gamma=4 --out=$W/out/profile"
 PAIR="--target=$QWEN --draft=$DRAFT --prompt_dir=$PROMPT_DIR --out=$W/out/real_pair"
-KERNEL_ENV_fused="SPECJAX_ATTENTION=fused"
-KERNEL_ENV_fused_norm="SPECJAX_ATTENTION=fused SPECJAX_NORM=pallas"
 
 profile() { $PY -m experiments.profile $PROFILE "$@"; }
 # with LABEL COMMAND...: COMMAND under the kernel environment of LABEL (jnp: none).
@@ -45,15 +51,24 @@ export -f profile with
 log "start: $(left) s to the deadline"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
 
-KERNEL=0  # a Triton compile that hangs must not eat the run: a hard limit
-stage kernel-check 120 timeout 150 env PYTHONPATH="$PWD:${PYTHONPATH:-}" $PY \
-  experiments/h200/decode_kernels.py --out="$W/out/decode_kernels.json" && KERNEL=1
-LABELS="jnp"
-[ "$KERNEL" = 1 ] && LABELS="jnp fused fused_norm"
-for label in $LABELS; do
-  stage "p15-$label" 150 with $label profile --shape=qwen2.5-1.5b --what=step,ar --label=$label
-done
-BEST=$($PY -c '
+if [ "$PASS" != 2 ]; then
+  KERNEL=0  # a Triton compile that hangs must not eat the run: a hard limit
+  stage kernel-check 200 timeout 240 env PYTHONPATH="$PWD:${PYTHONPATH:-}" $PY \
+    experiments/h200/decode_kernels.py --out="$W/out/decode_kernels.json" \
+    --sweep="$W/out/rope_attention_launch.txt" && KERNEL=1
+  # The attention kernel's fastest launch configuration of the sweep (else its defaults).
+  LAUNCH=$(cat "$W/out/rope_attention_launch.txt" 2>/dev/null || true)
+fi
+KERNEL_ENV_fused="SPECJAX_ATTENTION=fused${LAUNCH:+ SPECJAX_ROPE_ATTENTION=$LAUNCH}"
+KERNEL_ENV_fused_norm="$KERNEL_ENV_fused SPECJAX_NORM=pallas"
+log "launch configuration: ${LAUNCH:-defaults}"
+if [ "$PASS" != 2 ]; then
+  LABELS="jnp"
+  [ "$KERNEL" = 1 ] && LABELS="jnp fused fused_norm"
+  for label in $LABELS; do
+    stage "p15-$label" 150 with $label profile --shape=qwen2.5-1.5b --what=step,ar --label=$label
+  done
+  BEST=$($PY -c '
 import json, sys
 best = (float("inf"), "jnp")
 for label in sys.argv[2:]:
@@ -63,33 +78,41 @@ for label in sys.argv[2:]:
     except (OSError, KeyError, ValueError):
         pass
 print(best[1])' "$W" $LABELS)
-case " $LABELS " in *" $BEST "*) ;; *) BEST=jnp ;; esac  # (a dry run's PY=echo)
+  case " $LABELS " in *" $BEST "*) ;; *) BEST=jnp ;; esac  # (a dry run's PY=echo)
+  log "BEST = $BEST (the fastest 1.5B AR of: $LABELS)"
+fi
 COMPARE="jnp"
 [ "$BEST" != jnp ] && COMPARE="jnp $BEST"
-log "BEST = $BEST (the fastest 1.5B AR of: $LABELS)"
-wait_for_files "$QWEN" "$DRAFT" &&
-  stage pair-$BEST 300 with $BEST $PY -m experiments.real_pair $PAIR --per_set=4 --repeats=3 \
-    --gammas=1,2,3,4 --ngram_gammas=4 --tag=_$BEST
-[ -f "$DRAFT" ] && stage pair-$BEST-f32 180 with $BEST env JAX_DEFAULT_MATMUL_PRECISION=highest \
-  $PY -m experiments.real_pair $PAIR --per_set=2 --repeats=1 --dtype=float32 --gammas=2 \
-  --ngram_gammas=4 --tag=_${BEST}_float32
-for shape in smollm2-135m llama3-8b; do
+if [ "$PASS" != 2 ]; then
   for label in $COMPARE; do
-    stage "p-$shape-$label" 90 with $label profile --shape=$shape --what=step,ar --label=$label
+    stage "p-smollm2-135m-$label" 90 with $label profile --shape=smollm2-135m --what=step,ar \
+      --label=$label
   done
-done
-for label in $COMPARE; do
-  stage "p05-$label" 60 with $label profile --shape=qwen2.5-0.5b --what=ar --label=$label \
-    --notrace
-done
-for batch in 8 32; do
   for label in $COMPARE; do
-    stage "p15-b$batch-$label" 60 with $label profile --shape=qwen2.5-1.5b --what=ar \
-      --batch=$batch --label=b${batch}_$label --notrace
+    stage "p05-$label" 60 with $label profile --shape=qwen2.5-0.5b --what=ar --label=$label \
+      --notrace
   done
-done
-[ "$BEST" != jnp ] && [ -f "$DRAFT" ] && stage pair-jnp 280 $PY -m experiments.real_pair $PAIR \
-  --per_set=4 --repeats=3 --gammas=1,2,3,4 --ngram_gammas=4 --tag=_jnp
+fi
+if [ "$PASS" != 1 ]; then
+  wait_for_files "$QWEN" "$DRAFT" &&
+    stage pair-$BEST 300 with $BEST $PY -m experiments.real_pair $PAIR --per_set=4 \
+      --repeats=3 --gammas=1,2,3,4 --ngram_gammas=4 --tag=_$BEST
+  [ -f "$DRAFT" ] && stage pair-$BEST-f32 180 with $BEST env \
+    JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair $PAIR --per_set=2 \
+    --repeats=1 --dtype=float32 --gammas=2 --ngram_gammas=4 --tag=_${BEST}_float32
+  for label in $COMPARE; do
+    stage "p-llama3-8b-$label" 90 with $label profile --shape=llama3-8b --what=step,ar \
+      --label=$label
+  done
+  for batch in 8 32; do
+    for label in $COMPARE; do
+      stage "p15-b$batch-$label" 60 with $label profile --shape=qwen2.5-1.5b --what=ar \
+        --batch=$batch --label=b${batch}_$label --notrace
+    done
+  done
+  [ "$BEST" != jnp ] && [ -f "$DRAFT" ] && stage pair-jnp 280 $PY -m experiments.real_pair \
+    $PAIR --per_set=4 --repeats=3 --gammas=1,2,3,4 --ngram_gammas=4 --tag=_jnp
+fi
 reports=$(ls "$W"/out/profile/*.json 2>/dev/null | paste -sd, -)
 [ -n "$reports" ] && $PY -m experiments.profile --report="$reports" > "$W/out/profile_table.md" 2>&1
 cd "$W" && tar czf "$W/results.tgz" --exclude='hlo' out logs status

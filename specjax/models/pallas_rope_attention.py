@@ -43,6 +43,8 @@ only: no differentiation rule (training keeps the jnp path).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -53,6 +55,27 @@ from specjax.models.pallas_attention import _SQUEEZED, _next_power_of_2
 # Most new tokens per call the kernel takes: the new keys/values of a call live in registers
 # ([Tp, Dh] each). Larger T (prefill) keeps the jnp path (`layers.decoder_layer`).
 MAX_NEW_TOKENS = 64
+
+# Launch configuration of the decode path (`layers.decoder_layer` passes none): read once, at
+# import, from SPECJAX_ROPE_ATTENTION ("block_s=128,num_warps=8,num_stages=3"; every key
+# optional), which `experiments/h200/decode_kernels.py --sweep` writes for the GPU at hand.
+LAUNCH_KEYS = ("block_s", "block_rows", "num_warps", "num_stages")
+
+
+def parse_launch(text: str) -> dict[str, int]:
+    """ "key=value,..." -> {key: int}; unknown keys and non-integers are refused by name."""
+    launch = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in LAUNCH_KEYS or not value.strip().isdigit():
+            raise ValueError(
+                f"SPECJAX_ROPE_ATTENTION: {item!r} is not one of {LAUNCH_KEYS} = a positive integer"
+            )
+        launch[key] = int(value)
+    return launch
+
+
+LAUNCH = parse_launch(os.environ.get("SPECJAX_ROPE_ATTENTION", ""))
 
 
 def _rotation_columns(Dh: int, layout: str):
@@ -201,10 +224,10 @@ def rope_attention(
     num_heads: int,
     scale: float,
     layout: str,
-    block_s: int = 64,
-    block_rows: int = 64,
-    num_warps: int = 4,
-    num_stages: int = 2,
+    block_s: int | None = None,
+    block_rows: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
     interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """RoPE + cache write + grouped-query attention for T new tokens (module docstring).
@@ -213,8 +236,16 @@ def rope_attention(
     sin_BxTxP, cos_BxTxP: the rotary angles of the new tokens (`layers.Rotary`, squeezed).
     lengths_B: int32[B], valid old slots per row; the new tokens go to [lengths, lengths + T).
       The caller guarantees lengths + T <= S.
+    block_s (cache slots per loop step, default 64), block_rows (most query rows per
+      program, default 64), num_warps (4), num_stages (2): the launch configuration; None
+      takes SPECJAX_ROPE_ATTENTION's value, else the default.
     Returns (attention output [B, T, H * Dh] in qkv's dtype, updated key cache, value cache).
     """
+    defaults = dict(block_s=64, block_rows=64, num_warps=4, num_stages=2) | LAUNCH
+    block_s = block_s or defaults["block_s"]
+    block_rows = block_rows or defaults["block_rows"]
+    num_warps = num_warps or defaults["num_warps"]
+    num_stages = num_stages or defaults["num_stages"]
     B, T, X = qkv_BxTxX.shape
     _, S, C, Dh = k_cache_BxSxCxDh.shape
     H = num_heads

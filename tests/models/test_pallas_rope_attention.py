@@ -221,3 +221,12 @@ def test_decode_step_lowers_to_one_triton_kernel_per_layer(monkeypatch):
         .as_text()
     )
     assert text.count("xla.gpu.triton") + text.count("triton_kernel_call") == config.num_layers
+
+
+def test_launch_configuration_is_parsed_and_bad_keys_are_refused():
+    assert pra.parse_launch("block_s=128, num_warps=8") == {"block_s": 128, "num_warps": 8}
+    assert pra.parse_launch("") == {}
+    with pytest.raises(ValueError, match="'block=128' is not one of"):
+        pra.parse_launch("block=128")
+    with pytest.raises(ValueError, match="'num_warps=x' is not one of"):
+        pra.parse_launch("num_warps=x")
