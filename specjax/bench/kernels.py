@@ -8,6 +8,17 @@ up in each instruction's `metadata={op_name=...}`, which attributes kernels to l
 (A trace gives the same counts dynamically, `trace.py`; this one needs no accelerator and
 runs on CPU HLO too, where fusion decisions differ.)
 
+`layer_kernels` lists one layer's kernels in schedule order with the GPU time of each, taken
+from a trace's events: XLA:GPU names a fusion's kernel after the instruction, with '.' and '-'
+made '_' (`input_reduce_fusion.54` -> `input_reduce_fusion_54`), but compiles identical
+fusions once and launches that one kernel, named after the first of them, for all (so the
+fusions of most layers never appear in a trace by their own name): an instruction absent from
+the trace takes the events of the kernels whose instructions have the same code (fused
+computation, shape, configuration; names, metadata and operand positions aside). A Pallas
+(Triton) custom call's kernel is named after the pallas_call's `name`; cuBLAS calls run
+library kernels of other names, left unmatched. (Seen in an H200 trace, jax 0.11.2: every
+kernel of a Qwen2.5-1.5B layer matched, their sum about busy time / L.)
+
 HLO text is XLA's dump (`--xla_dump_to=DIR --xla_dump_hlo_as_text`, files
 `*.<module>.*after_optimizations.txt`) or `compiled.as_text()`.
 """
@@ -17,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +39,16 @@ _LAYER = re.compile(r"(?:^|/)layer(\d+)(?:/|$)")
 _TO_APPLY = re.compile(r"\bto_apply=%?([\w.\-]+)")
 _BODY = re.compile(r"\bbody=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}|(?:true|false)_computation=%?([\w.\-]+)")
+_CALLS = re.compile(r"\bcalls=%?([\w.\-]+)")
+_FUSION_KIND = re.compile(r"\bkind=(k\w+)")
+_CUSTOM_CALL_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+# A kernel name in a custom call's backend_config: JSON ("name":"x") or MLIR ({name = "x"}).
+_BACKEND_NAME = re.compile(r'\bname"?\s*[:=]\s*"([^"]+)"')
+# What two instructions of the same code may differ in: names of values (with the tuple index
+# of `%arg#3`), metadata and frontend attributes.
+_REFERENCE = re.compile(r"%([\w.\-]+)(#\d+)?")
+_NOT_CODE = re.compile(r",?\s*(?:metadata|frontend_attributes)=\{[^}]*\}")
+_NOT_IN_KERNEL_NAMES = re.compile(r"[^A-Za-z0-9_]")
 
 # Instructions that launch nothing: plumbing, control flow (counted through what it calls),
 # and the second halves of async pairs (the "-start" half is the launch).
@@ -38,6 +60,8 @@ NO_KERNEL = frozenset(
     }
 )  # fmt: skip
 COPIES = frozenset({"copy", "copy-start"})
+# Opcodes left out of a fusion's `ops`: they move or name data, they compute nothing.
+PLUMBING_OPS = frozenset({"parameter", "constant", "bitcast", "get-tuple-element", "tuple"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +138,25 @@ def _launches(
     return found
 
 
+def main_loop(
+    entry: str, blocks: dict[str, list[Instruction]]
+) -> tuple[str, list[Instruction], list[str], list[Instruction] | None]:
+    """The main decode loop of a program: (the computation that is one iteration, its kernel
+    launches in schedule order with nested loops excluded, the loops nested in it, the
+    kernels outside any loop or None when there is no loop). The main loop is the entry's
+    `while` whose body launches the most kernels; with no loop the entry is the iteration."""
+    top_loops: list[str] = []
+    entry_kernels = _launches(entry, blocks, top_loops)
+    if not top_loops:
+        return entry, entry_kernels, [], None
+    found = {}
+    for loop in top_loops:
+        inner: list[str] = []
+        found[loop] = (_launches(loop, blocks, inner), inner)
+    body = max(found, key=lambda name: len(found[name][0]))
+    return body, *found[body], entry_kernels
+
+
 def loop_kernels(hlo_text: str, num_layers: int) -> dict[str, Any]:
     """Kernels of the main decode loop of a program (its entry's largest `while` body).
 
@@ -127,23 +170,13 @@ def loop_kernels(hlo_text: str, num_layers: int) -> dict[str, Any]:
     entry, blocks = parse(hlo_text)
     if entry is None:
         raise ValueError("no ENTRY computation in this HLO text")
-    top_loops: list[str] = []
-    entry_kernels = _launches(entry, blocks, top_loops)
-    if not top_loops:  # a single step, no loop: the entry is the iteration
-        body, kernels, nested = entry, entry_kernels, []
-    else:
-        sizes = {}
-        for loop in top_loops:
-            inner: list[str] = []
-            sizes[loop] = (_launches(loop, blocks, inner), inner)
-        body = max(sizes, key=lambda name: len(sizes[name][0]))
-        kernels, nested = sizes[body]
+    body, kernels, nested, entry_kernels = main_loop(entry, blocks)
     per_layer = collections.Counter(k.layer for k in kernels if k.layer is not None)
     nested_counts = [len(_launches(name, blocks, [])) for name in nested]
     tagged = sum(per_layer.values())
     return {
         "body": body,
-        "entry_kernels": len(entry_kernels) if top_loops else 0,
+        "entry_kernels": len(entry_kernels) if entry_kernels is not None else 0,
         "loop_kernels": len(kernels),
         "nested_loops": nested_counts,
         "per_layer": dict(sorted(per_layer.items())),
@@ -153,6 +186,186 @@ def loop_kernels(hlo_text: str, num_layers: int) -> dict[str, Any]:
         "outside_layers": len(kernels) - tagged,
         "copies": sum(k.opcode in COPIES for k in kernels),
         "opcodes": dict(collections.Counter(k.opcode for k in kernels).most_common()),
+    }
+
+
+def kernel_name(instruction_name: str) -> str:
+    """The name XLA:GPU gives an instruction's kernel, as a trace shows it: every character
+    other than a letter, digit or '_' made '_' (`input_reduce_fusion.54` ->
+    `input_reduce_fusion_54`)."""
+    return _NOT_IN_KERNEL_NAMES.sub("_", instruction_name)
+
+
+def fusion_kind(inst: Instruction) -> str:
+    """A fusion's kind (kLoop, kInput, kOutput, kCustom); the opcode of anything else."""
+    match = _FUSION_KIND.search(inst.line) if inst.opcode == "fusion" else None
+    return match.group(1) if match else inst.opcode
+
+
+def _backend_kernel_name(inst: Instruction) -> str | None:
+    """The kernel name a custom call's backend_config gives (a pallas_call's `name`)."""
+    _, found, config = inst.line.partition("backend_config=")
+    match = _BACKEND_NAME.search(config) if found else None
+    return match.group(1) if match else None
+
+
+def _called_opcodes(computation: str, blocks: dict[str, list[Instruction]]) -> set[str]:
+    """Opcodes of a fused computation, with those of the fusions nested in it in place of
+    the nested fusions."""
+    found = set()
+    for inst in blocks.get(computation, []):
+        callee = _CALLS.search(inst.line) if inst.opcode == "fusion" else None
+        if callee and callee.group(1) != computation:
+            found |= _called_opcodes(callee.group(1), blocks)
+        else:
+            found.add(inst.opcode)
+    return found
+
+
+def fused_ops(inst: Instruction, blocks: dict[str, list[Instruction]], limit: int = 80) -> str:
+    """What a kernel computes, in a few words: a fusion's sorted distinct opcodes (those of
+    PLUMBING_OPS left out; "add,multiply,reduce"), a custom call's target and kernel name
+    ("__gpu$xla.gpu.triton:specjax_decode_attention"), "" for anything else. At most `limit`
+    characters (whole opcodes, then "...")."""
+    if inst.opcode == "custom-call":
+        target = _CUSTOM_CALL_TARGET.search(inst.line)
+        parts = [target.group(1) if target else "", _backend_kernel_name(inst) or ""]
+        return ":".join(p for p in parts if p)[:limit]
+    callee = _CALLS.search(inst.line) if inst.opcode == "fusion" else None
+    if not callee:
+        return ""
+    ops = sorted(_called_opcodes(callee.group(1), blocks) - PLUMBING_OPS)
+    text = ",".join(ops)
+    if len(text) <= limit:
+        return text
+    return text[: text.rindex(",", 0, limit - 3)] + ",..."
+
+
+def _code(
+    line: str, blocks: dict[str, list[Instruction]], memo: dict[str, str], values: dict | None
+) -> str:
+    """One HLO line with what does not change the generated code taken out: metadata and
+    frontend attributes; a called computation replaced by its code; other names by their
+    order of appearance in the computation (`values`), or, with `values` None (an
+    instruction's operand list, whose tuple indices depend on its surroundings), by "%"."""
+
+    def reference(match: re.Match) -> str:
+        name = match.group(1)
+        if name in blocks:
+            return "{" + _computation_code(name, blocks, memo) + "}"
+        if values is None:
+            return "%"
+        return "%" + str(values.setdefault(name, len(values)))
+
+    return _REFERENCE.sub(reference, _NOT_CODE.sub("", line).strip())
+
+
+def _computation_code(name: str, blocks: dict[str, list[Instruction]], memo: dict[str, str]) -> str:
+    if name not in memo:
+        memo[name] = "(recursive)"
+        values: dict[str, int] = {}
+        memo[name] = ";".join(_code(i.line, blocks, memo, values) for i in blocks[name])
+    return memo[name]
+
+
+def instruction_code(
+    inst: Instruction, blocks: dict[str, list[Instruction]], memo: dict[str, str] | None = None
+) -> str:
+    """An instruction as its kernel sees it: result shape, opcode, attributes, backend config
+    and the code of what it calls, without names or metadata. XLA:GPU compiles instructions
+    of equal code to one kernel (approximately: it also compares buffer properties)."""
+    return _code(inst.line.partition(" = ")[2], blocks, {} if memo is None else memo, None)
+
+
+def trace_names(
+    inst: Instruction,
+    blocks: dict[str, list[Instruction]],
+    durations: Mapping[str, Sequence[float]],
+    code_index: dict[str, list[str]] | None = None,
+) -> list[str]:
+    """The names in a trace (keys of `durations`) whose events ran this instruction: its own
+    kernel name; for a custom call, its backend kernel name, exactly or else as the start of
+    trace names; else the kernel names of the instructions of the same code (`code_index`,
+    from `_kernels_by_code`). Empty when none is found (a cuBLAS call, a copy)."""
+    own = kernel_name(inst.name)
+    if own in durations:
+        return [own]
+    if inst.opcode == "custom-call":
+        backend = _backend_kernel_name(inst)
+        if not backend:
+            return []
+        backend = kernel_name(backend)
+        if backend in durations:
+            return [backend]
+        return sorted(n for n in durations if n.startswith(backend))
+    if code_index is None:
+        code_index = _kernels_by_code(blocks, durations)
+    return code_index.get(instruction_code(inst, blocks), [])
+
+
+def _kernels_by_code(
+    blocks: dict[str, list[Instruction]], durations: Mapping[str, Sequence[float]]
+) -> dict[str, list[str]]:
+    """instruction_code -> the trace names of the instructions with that code that appear in
+    the trace under their own kernel name."""
+    memo: dict[str, str] = {}
+    index: dict[str, list[str]] = collections.defaultdict(list)
+    for instructions in blocks.values():
+        for inst in instructions:
+            if kernel_name(inst.name) in durations and inst.opcode not in NO_KERNEL:
+                index[instruction_code(inst, blocks, memo)].append(kernel_name(inst.name))
+    return {code: sorted(set(names)) for code, names in index.items()}
+
+
+def layer_kernels(
+    hlo: str | tuple[str | None, dict[str, list[Instruction]]],
+    layer: int,
+    durations: Mapping[str, Sequence[float]],
+    *,
+    tokens: int = 1,
+) -> dict[str, Any]:
+    """One layer's kernels in the main loop (`main_loop`), in schedule order, each with the
+    GPU time a trace measured for it.
+
+    Args:
+      hlo: the program's optimized HLO text, or `parse` of it.
+      layer: N of the `layerN` scope whose kernels are listed.
+      durations: trace name -> the durations (µs) of its events (`trace.durations_by_name`).
+      tokens: tokens the trace covers (the unit of `count_per_token`).
+
+    Returns a dict: `layer_kernels_layer` (N), `layer_kernels` (one dict per kernel: `name`,
+    the HLO instruction; `opcode`; `kind`, `fusion_kind`; `ops`, `fused_ops`; `trace_name`,
+    the trace name(s) its time comes from, comma-joined, "" when unmatched; `mean_us`, mean
+    duration of those events, None when unmatched; `count_per_token`, their number / tokens:
+    a kernel shared by instructions of equal code counts all of them, e.g. about L per token
+    for one that every layer runs), `layer_kernels_us_sum` (sum of the matched means),
+    `layer_kernels_unmatched` (how many kernels have no time).
+    """
+    entry, blocks = parse(hlo) if isinstance(hlo, str) else hlo
+    if entry is None:
+        raise ValueError("no ENTRY computation in this HLO text")
+    _, kernels, _, _ = main_loop(entry, blocks)
+    code_index = _kernels_by_code(blocks, durations)
+    rows = []
+    for inst in (k for k in kernels if k.layer == layer):
+        names = trace_names(inst, blocks, durations, code_index)
+        events = [d for name in names for d in durations[name]]
+        rows.append(
+            {
+                "name": inst.name,
+                "opcode": inst.opcode,
+                "kind": fusion_kind(inst),
+                "ops": fused_ops(inst, blocks),
+                "trace_name": ",".join(names),
+                "mean_us": sum(events) / len(events) if events else None,
+                "count_per_token": len(events) / max(tokens, 1),
+            }
+        )
+    return {
+        "layer_kernels_layer": layer,
+        "layer_kernels": rows,
+        "layer_kernels_us_sum": float(sum(r["mean_us"] for r in rows if r["mean_us"] is not None)),
+        "layer_kernels_unmatched": sum(r["mean_us"] is None for r in rows),
     }
 
 

@@ -22,7 +22,11 @@ is the plain wall time / N beside it).
 
 Each traced call is parsed (`trace.summarize`) into GPU busy time vs wall time, kernels and
 copies per token, memcpy share and the top kernels; the compiled loop's HLO (dumped by XLA,
-see `experiments/profile.py`) gives kernels per layer exactly (`kernels.loop_kernels`).
+see `experiments/profile.py`) gives kernels per layer exactly (`kernels.loop_kernels`). Both
+together give `layer_kernels`: the kernels of the middle layer (L // 2) of the traced program
+in schedule order, each with its fusion kind, ops and mean GPU time (`kernels.layer_kernels`;
+the spec loop's body may also run the draft, whose layer N is tagged layerN too: then its
+kernels are listed with the target's).
 
 Floor: one step must read every weight and the cached keys/values once:
 (weight bytes + KV bytes at the context) / copy bandwidth measured in the same process.
@@ -134,18 +138,27 @@ def _traced(fn: Callable[[], Any], trace_dir: Path) -> tuple[float, Path | None]
         return wall_ms, None
 
 
-def trace_summary(fn, trace_dir: Path, *, tokens: int, num_layers: int) -> dict[str, Any]:
+def traced_events(
+    fn, trace_dir: Path, *, tokens: int, num_layers: int
+) -> tuple[dict[str, Any], list[Any]]:
+    """Runs fn once under jax.profiler.trace: (`trace.summarize` of its device events, with
+    `trace_file`, or an `error`; the device events themselves)."""
     from specjax.bench import trace
 
     wall_ms, path = _traced(fn, trace_dir)
     if path is None:
-        return {"error": "the profiler wrote no trace file", "wall_ms": wall_ms}
+        return {"error": "the profiler wrote no trace file", "wall_ms": wall_ms}, []
     events = trace.device_events(trace.load_events(path))
     summary = trace.summarize(events, tokens=tokens, num_layers=num_layers, wall_ms=wall_ms)
     summary["trace_file"] = str(path)
     if not events:
         summary["note"] = "no device kernel events in the trace (CPU backend?)"
-    return summary
+    return summary, events
+
+
+def trace_summary(fn, trace_dir: Path, *, tokens: int, num_layers: int) -> dict[str, Any]:
+    """`traced_events`' summary alone."""
+    return traced_events(fn, trace_dir, tokens=tokens, num_layers=num_layers)[0]
 
 
 def _hlo_summary(dump_dir: str | None, module: str, num_layers: int) -> dict[str, Any] | None:
@@ -160,6 +173,23 @@ def _hlo_summary(dump_dir: str | None, module: str, num_layers: int) -> dict[str
     summary = kernels.loop_kernels(path.read_text(), num_layers)
     summary["file"] = path.name
     return summary
+
+
+def _layer_kernel_fields(
+    dump_dir: str | None, module: str, layer: int, events: Sequence[Any], tokens: int
+) -> dict[str, Any]:
+    """`kernels.layer_kernels` of layer `layer` of the module's dumped HLO, timed by the
+    traced `events`; {} without a dump (or with no HLO of that module in it)."""
+    from specjax.bench import kernels, trace
+
+    if not dump_dir:
+        return {}
+    try:
+        path = kernels.find_dump(dump_dir, module)
+    except FileNotFoundError:
+        return {}  # `hlo` already says so
+    durations = trace.durations_by_name(events)
+    return kernels.layer_kernels(path.read_text(), layer, durations, tokens=tokens)
 
 
 def floor_ms(params, config, *, batch: int, context: int, bandwidth: float) -> float:
@@ -233,6 +263,7 @@ def run(
     P, N, K, B = s.context, s.new_tokens, s.gamma, s.batch
     slots = P + N + K + 1
     trace_root = Path(tempfile.mkdtemp(prefix="specjax_trace_"))
+    middle_layer = config.num_layers // 2  # the layer whose kernels are listed one by one
 
     draft = draft_params = None
     draft_shape = s.draft_shape or DEFAULT_DRAFTS.get(s.shape, "")
@@ -268,6 +299,7 @@ def run(
         }
         if draft is not None and draft_shape != EAGLE:
             steps_to_time["draft_T1"] = (draft, draft_params, 1)
+        step_events: list[Any] = []  # the target_T1 trace's, for its layer's kernels
         for name, (model, weights, T) in steps_to_time.items():
             median_ms, first_s, again = step_lib.time_step(
                 model, weights, batch=B, context=P, T=T, slots=slots, repeats=s.repeats,
@@ -280,10 +312,12 @@ def run(
                 def steps(again=again):  # ten steps in one trace: per-step figures
                     return [again() for _ in range(10)]
 
-                traced = trace_summary(
+                traced, events = traced_events(
                     steps, trace_root / f"step_{name}", tokens=10, num_layers=config.num_layers
                 )
                 section["trace" if name == "target_T1" else "draft_trace"] = traced
+                if name == "target_T1":
+                    step_events = events
             log(f"[{s.label}] {s.shape} step {name}: {median_ms:.3f} ms (first {first_s:.1f} s)")
         if "draft_T1_ms" in section:
             section["c"] = section["draft_T1_ms"] / section["target_T1_ms"]
@@ -296,6 +330,10 @@ def run(
         section["x_floor"] = section["target_T1_ms"] / floor
         step_module = f"profile_step_{s.shape}_target_T1".replace(".", "_").replace("-", "_")
         section["hlo"] = _hlo_summary(dump_dir, step_module, config.num_layers)
+        if s.trace:
+            section.update(
+                _layer_kernel_fields(dump_dir, step_module, middle_layer, step_events, tokens=10)
+            )
         result["sections"]["step"] = section
         save()
 
@@ -347,11 +385,16 @@ def run(
                 accept_length_probs=loop["accept_length_probs"],
                 projected="yes: synthetic weights with a replayed acceptance",
             )
+        events: list[Any] = []
         if s.trace:
-            section["trace"] = trace_summary(
+            section["trace"], events = traced_events(
                 call, trace_root / name, tokens=generated, num_layers=config.num_layers
             )
         section["hlo"] = _hlo_summary(dump_dir, loop["module"], config.num_layers)
+        if s.trace:
+            section.update(
+                _layer_kernel_fields(dump_dir, loop["module"], middle_layer, events, generated)
+            )
         result["sections"][name] = section
         log(
             f"[{s.label}] {s.shape} {name}: {ms_per_token:.3f} ms/token ({ms_per_token / floor:.2f}"
@@ -444,4 +487,30 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
                     ),
                 ),  # fmt: skip
             ]
+    for r in results:
+        for name, sec in r["sections"].items():
+            if sec.get("layer_kernels"):
+                lines += [
+                    "",
+                    layer_kernel_table(sec, f"{r['label']} {r['settings']['shape']} {name}"),
+                ]
     return "\n".join(lines)
+
+
+def layer_kernel_table(section: dict[str, Any], title: str) -> str:
+    """A section's `layer_kernels` as a titled table: each kernel of the layer in schedule
+    order with its fusion kind, ops and mean GPU time (µs, "–" when the trace has no event of
+    it), the trace name the time comes from, and a last row with their sum."""
+    rows = [
+        (f"`{k['name']}`", k["kind"], k["ops"], _fmt(k["mean_us"]), k["trace_name"] or "–")
+        for k in section["layer_kernels"]
+    ]
+    unmatched = section["layer_kernels_unmatched"]
+    rows.append(("sum", "", "", _fmt(section["layer_kernels_us_sum"]), f"{unmatched} unmatched"))
+    return "\n".join(
+        [
+            f"Layer {section['layer_kernels_layer']} kernels: {title}",
+            "",
+            tables.markdown(("kernel", "kind", "ops", "mean µs", "trace name"), rows),
+        ]
+    )

@@ -115,6 +115,14 @@ def busy_us(events: Sequence[DeviceEvent]) -> float:
     return total
 
 
+def durations_by_name(events: Iterable[DeviceEvent]) -> dict[str, list[float]]:
+    """Event name (kernel or copy) -> the durations of its events, in microseconds."""
+    by_name: dict[str, list[float]] = collections.defaultdict(list)
+    for event in events:
+        by_name[event.name].append(event.duration_us)
+    return dict(by_name)
+
+
 def summarize(
     events: Sequence[DeviceEvent], *, tokens: int, num_layers: int, wall_ms: float, top: int = 12
 ) -> dict[str, Any]:
@@ -132,10 +140,7 @@ def summarize(
     busy = busy_us(events)
     memcpy_us = sum(e.duration_us for e in copies)
     kernel_us = sum(e.duration_us for e in kernels)
-    by_name: dict[str, list[float]] = collections.defaultdict(list)
-    for e in events:
-        by_name[e.name].append(e.duration_us)
-    top_kernels = sorted(by_name.items(), key=lambda item: -sum(item[1]))[:top]
+    top_kernels = sorted(durations_by_name(events).items(), key=lambda item: -sum(item[1]))[:top]
     span_us = (events[-1].start_us + events[-1].duration_us - events[0].start_us) if events else 0
     return {
         "device_events": len(events),

@@ -86,6 +86,128 @@ def test_loop_kernels_attributes_layers():
         kernels.loop_kernels("garbage", 1)
 
 
+# A decode loop as XLA:GPU dumps it: layer 0's multiply-add fusion and layer 1's of the same
+# code (one kernel, named after layer 0's), a reduction, a Pallas call and a cuBLAS call.
+_FUSED_COMPUTATIONS = """HloModule jit_f, is_scheduled=true
+
+%fused_add (param_0: f32[8], param_1: f32[8]) -> f32[8] {
+  %param_0 = f32[8]{0} parameter(0)
+  %param_1 = f32[8]{0} parameter(1)
+  %multiply.1 = f32[8]{0} multiply(%param_0, %param_1)
+  ROOT %add.1 = f32[8]{0} add(%multiply.1, %param_1)
+}
+
+%fused_add.1 (param_0.1: f32[8], param_1.1: f32[8]) -> f32[8] {
+  %param_0.1 = f32[8]{0} parameter(0)
+  %param_1.1 = f32[8]{0} parameter(1)
+  %multiply.2 = f32[8]{0} multiply(%param_0.1, %param_1.1)
+  ROOT %add.2 = f32[8]{0} add(%multiply.2, %param_1.1)
+}
+
+%region_sum (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %add.3 = f32[] add(%a, %b)
+}
+
+%fused_reduce (param_0.2: f32[8]) -> f32[] {
+  %param_0.2 = f32[8]{0} parameter(0)
+  %exponential.1 = f32[8]{0} exponential(%param_0.2)
+  %constant.1 = f32[] constant(0)
+  ROOT %reduce.1 = f32[] reduce(%exponential.1, %constant.1), dimensions={0}, to_apply=%region_sum
+}
+
+"""
+_LOOP_BODY = [
+    "%arg = (s32[], f32[8]{0}) parameter(0)",
+    "%gte.0 = s32[] get-tuple-element(%arg), index=0",
+    "%gte.1 = f32[8]{0} get-tuple-element(%arg), index=1",
+    "%loop_add_fusion = f32[8]{0} fusion(%gte.1, %gte.1), kind=kLoop, calls=%fused_add, "
+    'metadata={op_name="jit(f)/while/body/layer0/add"}',
+    "%loop_add_fusion.1 = f32[8]{0} fusion(%loop_add_fusion, %arg#1), kind=kLoop, "
+    'calls=%fused_add.1, metadata={op_name="jit(f)/while/body/layer1/add"}',
+    "%input_reduce_fusion.7 = f32[] fusion(%loop_add_fusion.1), kind=kInput, "
+    'calls=%fused_reduce, metadata={op_name="jit(f)/while/body/layer1/reduce_sum"}',
+    "%custom-call.3 = f32[8]{0} custom-call(%loop_add_fusion.1), "
+    'custom_call_target="__gpu$xla.gpu.triton", '
+    'metadata={op_name="jit(f)/while/body/layer1/pallas_call"}, '
+    'backend_config={ir = "...", name = "specjax_decode_attention"}',
+    "%custom-call.4 = f32[8]{0} custom-call(%custom-call.3), "
+    'custom_call_target="__cublas$gemm", metadata={op_name="jit(f)/while/body/layer1/dot"}',
+    '%add.4 = s32[] add(%gte.0, %gte.0), metadata={op_name="jit(f)/while/body/add"}',
+    "ROOT %tuple.1 = (s32[], f32[8]{0}) tuple(%add.4, %custom-call.4)",
+]
+_CONDITION_AND_ENTRY = """%cond (arg.1: (s32[], f32[8])) -> pred[] {
+  %arg.1 = (s32[], f32[8]{0}) parameter(0)
+  %gte.2 = s32[] get-tuple-element(%arg.1), index=0
+  %constant.2 = s32[] constant(3)
+  ROOT %compare.1 = pred[] compare(%gte.2, %constant.2), direction=LT
+}
+
+ENTRY %main (x: f32[8]) -> f32[8] {
+  %x = f32[8]{0} parameter(0)
+  %constant.3 = s32[] constant(0)
+  %tuple.2 = (s32[], f32[8]{0}) tuple(%constant.3, %x)
+  %while.1 = (s32[], f32[8]{0}) while(%tuple.2), condition=%cond, body=%body
+  ROOT %gte.3 = f32[8]{0} get-tuple-element(%while.1), index=1
+}
+"""
+_LOOP_HLO = (
+    _FUSED_COMPUTATIONS
+    + "%body (arg: (s32[], f32[8])) -> (s32[], f32[8]) {\n"
+    + "".join(f"  {line}\n" for line in _LOOP_BODY)
+    + "}\n\n"
+    + _CONDITION_AND_ENTRY
+)
+
+
+def test_layer_kernels_times_one_layer_from_a_trace():
+    """Layer 1's kernels in schedule order: the fusion that shares layer 0's kernel takes its
+    events, the Pallas call its kernel's, a reduction and a cuBLAS call with no event of their
+    name stay unmatched (None, never a guess)."""
+    durations = {
+        "loop_add_fusion": [2.0, 4.0, 3.0, 3.0],  # layer 0's and layer 1's launches
+        "specjax_decode_attention": [10.0, 12.0],
+        "sm90_xmma_gemm_f32": [7.0, 7.0],  # the cuBLAS call's kernel: no HLO name to match
+    }
+    found = kernels.layer_kernels(_LOOP_HLO, 1, durations, tokens=2)
+    rows = found["layer_kernels"]
+    assert [r["name"] for r in rows] == [
+        "loop_add_fusion.1", "input_reduce_fusion.7", "custom-call.3", "custom-call.4",
+    ]  # fmt: skip
+    assert [r["kind"] for r in rows] == ["kLoop", "kInput", "custom-call", "custom-call"]
+    assert [r["ops"] for r in rows] == [
+        "add,multiply", "exponential,reduce", "__gpu$xla.gpu.triton:specjax_decode_attention",
+        "__cublas$gemm",
+    ]  # fmt: skip
+    assert [r["trace_name"] for r in rows] == [
+        "loop_add_fusion", "", "specjax_decode_attention", "",
+    ]  # fmt: skip
+    assert [r["mean_us"] for r in rows] == [3.0, None, 11.0, None]
+    assert [r["count_per_token"] for r in rows] == [2.0, 0.0, 1.0, 0.0]
+    assert found["layer_kernels_layer"] == 1
+    assert found["layer_kernels_us_sum"] == 14.0 and found["layer_kernels_unmatched"] == 2
+    # An instruction traced under its own name: itself (the sanitized name), no lookalike.
+    layer0 = kernels.layer_kernels(kernels.parse(_LOOP_HLO), 0, {"loop_add_fusion": [5.0]})
+    assert [(r["name"], r["mean_us"]) for r in layer0["layer_kernels"]] == [
+        ("loop_add_fusion", 5.0)
+    ]
+    table = profile.layer_kernel_table(found, "cpu tiny ar")
+    assert table.startswith("Layer 1 kernels: cpu tiny ar")
+    assert "| `input_reduce_fusion.7` | kInput | exponential,reduce | – | – |" in table
+    assert "| sum |  |  | 14.00 | 2 unmatched |" in table
+
+
+def test_fused_ops_caps_long_lists():
+    line = "%f = f32[8]{0} fusion(%p), kind=kLoop, calls=%c"
+    body = [kernels.Instruction(f"i{n}", f"opcode{n:02d}", "", "") for n in range(20)]
+    inst = kernels.Instruction("f", "fusion", "", line)
+    ops = kernels.fused_ops(inst, {"c": body}, limit=40)
+    assert len(ops) <= 40 and ops.endswith(",...") and ops.startswith("opcode00,opcode01")
+    assert kernels.kernel_name("input_reduce_fusion.54") == "input_reduce_fusion_54"
+    assert kernels.kernel_name("custom-call.3") == "custom_call_3"
+
+
 def test_profile_end_to_end_on_cpu(tmp_path):
     """Every section of a tiny shape runs, with the HLO kernel counts of the loops; on CPU the
     trace has no device events and says so instead of reporting zeros as measurements."""
@@ -101,6 +223,7 @@ def test_profile_end_to_end_on_cpu(tmp_path):
     assert spec["tau"] >= 1 and spec["speedup_vs_ar"] > 0
     assert "generations.jsonl" in spec["acceptance"] and len(spec["accept_length_probs"]) == 5
     assert "no device kernel events" in ar["trace"]["note"]
+    assert "layer_kernels" not in ar  # no HLO dump asked for (experiments/profile.py asks)
     assert (tmp_path / "profile_cpu_tiny.json").exists()
     assert "| cpu | tiny | ar |" in profile.markdown([result])
 
