@@ -10,7 +10,7 @@
 #
 # The lent machine goes back after 30 s without a call: queue the part calls and then polling
 # calls back to back. SKIP="name ..." leaves stages out (experiments/h200/stages.sh).
-# Stages, most wanted first, each alone on the GPU:
+# Stages, most wanted first, each alone on the GPU (in this order: 1, 2, 3, then 4, 5):
 #   1. kernel-check: both kernels against the jnp path at four models' shapes, bf16 and
 #      float32, then the attention kernel's launch configurations timed (`decode_kernels.py
 #      --sweep`: the fastest is used from here on); the kernel stages run only if it passes;
@@ -83,6 +83,14 @@ print(best[1])' "$W" $LABELS)
 fi
 COMPARE="jnp"
 [ "$BEST" != jnp ] && COMPARE="jnp $BEST"
+if [ "$PASS" != 1 ]; then
+  wait_for_files "$QWEN" "$DRAFT" &&
+    stage pair-$BEST 300 with $BEST $PY -m experiments.real_pair $PAIR --per_set=4 \
+      --repeats=3 --gammas=1,2,3,4 --ngram_gammas=4 --tag=_$BEST
+  [ -f "$DRAFT" ] && stage pair-$BEST-f32 180 with $BEST env \
+    JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair $PAIR --per_set=2 \
+    --repeats=1 --dtype=float32 --gammas=2 --ngram_gammas=4 --tag=_${BEST}_float32
+fi
 if [ "$PASS" != 2 ]; then
   for label in $COMPARE; do
     stage "p-smollm2-135m-$label" 90 with $label profile --shape=smollm2-135m --what=step,ar \
@@ -94,12 +102,6 @@ if [ "$PASS" != 2 ]; then
   done
 fi
 if [ "$PASS" != 1 ]; then
-  wait_for_files "$QWEN" "$DRAFT" &&
-    stage pair-$BEST 300 with $BEST $PY -m experiments.real_pair $PAIR --per_set=4 \
-      --repeats=3 --gammas=1,2,3,4 --ngram_gammas=4 --tag=_$BEST
-  [ -f "$DRAFT" ] && stage pair-$BEST-f32 180 with $BEST env \
-    JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair $PAIR --per_set=2 \
-    --repeats=1 --dtype=float32 --gammas=2 --ngram_gammas=4 --tag=_${BEST}_float32
   for label in $COMPARE; do
     stage "p-llama3-8b-$label" 90 with $label profile --shape=llama3-8b --what=step,ar \
       --label=$label
