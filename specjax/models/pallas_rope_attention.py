@@ -59,7 +59,7 @@ MAX_NEW_TOKENS = 64
 # Launch configuration of the decode path (`layers.decoder_layer` passes none): read once, at
 # import, from SPECJAX_ROPE_ATTENTION ("block_s=128,num_warps=8,num_stages=3"; every key
 # optional), which `experiments/h200/decode_kernels.py --sweep` writes for the GPU at hand.
-LAUNCH_KEYS = ("block_s", "block_rows", "num_warps", "num_stages")
+LAUNCH_KEYS = ("block_s", "block_rows", "num_warps", "num_stages", "splits")
 
 
 def parse_launch(text: str) -> dict[str, int]:
@@ -104,9 +104,11 @@ def _kernel(
     v_ref,  # [S, Dh]
     mask_ref,  # [T, S] int8
     lengths_ref,  # [] int32
-    o_ref,  # [T, H * Dh]
     k_out_ref,  # [S, Dh]
     v_out_ref,  # [S, Dh]
+    o_ref,  # splits == 1: [T, H * Dh]; else this program's partial output [R_blk, Dh] f32
+    m_ref,  # splits > 1: its running max [R_blk] f32 (else None)
+    l_ref,  # splits > 1: its exp-sum [R_blk] f32 (else None)
     *,
     scale: float,
     T: int,
@@ -119,10 +121,14 @@ def _kernel(
     layout: str,
     block_s: int,
     block_r: int,
+    splits: int,
     interpret: bool,
 ):
     del k_ref, v_ref  # read and written through their aliases
     c = pl.program_id(1)
+    # Program axis 2 runs over (row block, split of the cache) pairs.
+    row_block = jax.lax.div(pl.program_id(2), jnp.int32(splits))
+    split = jax.lax.rem(pl.program_id(2), jnp.int32(splits))
     f32_min = jnp.finfo(jnp.float32).min
     length = lengths_ref[...]
     cols_Dh, partner_Dh, sign_Dh, pair_Dh = _rotation_columns(Dh, layout)
@@ -138,7 +144,7 @@ def _kernel(
         return (x * cos + sign_Dh[None, :] * partner * sin).astype(qkv_ref.dtype)
 
     # Query rows of this program: r = t * Q + q reads query head c * Q + q of token t.
-    rows_R = pl.program_id(2) * block_r + jnp.arange(block_r, dtype=jnp.int32)
+    rows_R = row_block * block_r + jnp.arange(block_r, dtype=jnp.int32)
     t_R = jnp.minimum(jax.lax.div(rows_R, jnp.int32(Q)), T - 1)  # padded rows: last token
     head_R = c * Q + jax.lax.rem(rows_R, jnp.int32(Q))
     q_RxDh = rotated(t_R, head_R)
@@ -192,15 +198,26 @@ def _kernel(
         )
         return correction_R[:, None] * o_RxDh + pv_RxDh, m_next_R, l_next_R
 
-    # Blocks of the live prefix [0, length + T) only. The -inf start is safe: the first block
-    # always holds an in-range slot (score >= f32_min), so no correction is exp(-inf - -inf).
-    live = jnp.minimum(length + T, S)
+    # Blocks of the live prefix [0, length + T) only; split p takes the fixed blocks
+    # [p * K, (p + 1) * K) of the whole cache (K = ceil(blocks / splits)), so a block's split
+    # does not depend on the length either. The -inf start is safe: a split's first block
+    # always holds an in-range slot (score >= f32_min), so no correction is exp(-inf - -inf);
+    # a split past the live prefix walks nothing and reports m = -inf, l = 0.
+    live_blocks = pl.cdiv(jnp.minimum(length + T, S), block_s)
+    per_split = pl.cdiv(pl.cdiv(S, block_s), splits)
+    first = split * per_split
+    last = jnp.minimum(first + per_split, live_blocks)
     carry = (
         jnp.zeros((block_r, Dh), jnp.float32),
         jnp.full((block_r,), -jnp.inf, jnp.float32),
         jnp.zeros((block_r,), jnp.float32),
     )
-    o_RxDh, _, l_R = jax.lax.fori_loop(0, pl.cdiv(live, block_s), body, carry)
+    o_RxDh, m_R, l_R = jax.lax.fori_loop(first, jnp.maximum(first, last), body, carry)
+    if splits > 1:  # the wrapper combines the splits
+        o_ref[...] = o_RxDh
+        m_ref[...] = m_R
+        l_ref[...] = l_R
+        return
     out_RxDh = (o_RxDh / l_R[:, None]).astype(o_ref.dtype)
     # Row r goes to token t_R[r], columns of query head head_R[r].
     out_cols_RxDh = (head_R * Dh)[:, None] + cols_Dh[None, :]
@@ -228,6 +245,7 @@ def rope_attention(
     block_rows: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    splits: int | None = None,
     interpret: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """RoPE + cache write + grouped-query attention for T new tokens (module docstring).
@@ -237,15 +255,18 @@ def rope_attention(
     lengths_B: int32[B], valid old slots per row; the new tokens go to [lengths, lengths + T).
       The caller guarantees lengths + T <= S.
     block_s (cache slots per loop step, default 64), block_rows (most query rows per
-      program, default 64), num_warps (4), num_stages (2): the launch configuration; None
-      takes SPECJAX_ROPE_ATTENTION's value, else the default.
+      program, default 64), num_warps (4), num_stages (2), splits (1: programs per row
+      block, each walking its own share of the cache, combined afterwards as in
+      flash-decoding): the launch configuration; None takes SPECJAX_ROPE_ATTENTION's value,
+      else the default.
     Returns (attention output [B, T, H * Dh] in qkv's dtype, updated key cache, value cache).
     """
-    defaults = dict(block_s=64, block_rows=64, num_warps=4, num_stages=2) | LAUNCH
+    defaults = dict(block_s=64, block_rows=64, num_warps=4, num_stages=2, splits=1) | LAUNCH
     block_s = block_s or defaults["block_s"]
     block_rows = block_rows or defaults["block_rows"]
     num_warps = num_warps or defaults["num_warps"]
     num_stages = num_stages or defaults["num_stages"]
+    splits = splits or defaults["splits"]
     B, T, X = qkv_BxTxX.shape
     _, S, C, Dh = k_cache_BxSxCxDh.shape
     H = num_heads
@@ -264,22 +285,42 @@ def rope_attention(
     Q = H // C
     R = T * Q
     block_r = min(_next_power_of_2(max(R, 16)), block_rows)
+    row_blocks = pl.cdiv(R, block_r)
     Tp = _next_power_of_2(max(T, 16))
     params = dict(
         scale=scale, T=T, H=H, C=C, Q=Q, S=S, Dh=Dh, Tp=Tp, layout=layout, block_s=block_s,
-        block_r=block_r, interpret=interpret,
+        block_r=block_r, splits=splits, interpret=interpret,
     )  # fmt: skip
     sq = _SQUEEZED
     cache_spec = pl.BlockSpec((sq, S, sq, Dh), lambda b, c, r: (b, 0, c, 0))
     row_spec = pl.BlockSpec((sq, T, X), lambda b, c, r: (b, 0, 0))
     angle_spec = pl.BlockSpec((sq, T, Dh // 2), lambda b, c, r: (b, 0, 0))
 
-    def kernel(*refs):
-        _kernel(*refs, **params)
+    P = splits
+    if P == 1:
+        out_specs = [pl.BlockSpec((sq, T, H * Dh), lambda b, c, r: (b, 0, 0))]
+        out_shape = [jax.ShapeDtypeStruct((B, T, H * Dh), qkv_BxTxX.dtype)]
+    else:  # partial outputs [B, C, P, R_pad, Dh] and their max / exp-sum [B, C, P, R_pad]
+        R_pad = row_blocks * block_r
+        out_specs = [
+            pl.BlockSpec((sq, sq, sq, block_r, Dh), lambda b, c, i: (b, c, i % P, i // P, 0)),
+            pl.BlockSpec((sq, sq, sq, block_r), lambda b, c, i: (b, c, i % P, i // P)),
+            pl.BlockSpec((sq, sq, sq, block_r), lambda b, c, i: (b, c, i % P, i // P)),
+        ]
+        out_shape = [
+            jax.ShapeDtypeStruct((B, C, P, R_pad, Dh), jnp.float32),
+            jax.ShapeDtypeStruct((B, C, P, R_pad), jnp.float32),
+            jax.ShapeDtypeStruct((B, C, P, R_pad), jnp.float32),
+        ]
 
-    return pl.pallas_call(
+    def kernel(*refs):
+        *inputs, k_out_ref, v_out_ref = refs[:9]
+        outs = list(refs[9:]) + [None] * (3 - len(refs[9:]))
+        _kernel(*inputs, k_out_ref, v_out_ref, *outs, **params)
+
+    k_cache, v_cache, *outs = pl.pallas_call(
         kernel,
-        grid=(B, C, pl.cdiv(R, block_r)),
+        grid=(B, C, row_blocks * P),
         in_specs=[
             row_spec,
             angle_spec,
@@ -289,17 +330,13 @@ def rope_attention(
             pl.BlockSpec((sq, T, S), lambda b, c, r: (b, 0, 0)),
             pl.BlockSpec((sq,), lambda b, c, r: (b,)),
         ],
-        out_specs=[
-            pl.BlockSpec((sq, T, H * Dh), lambda b, c, r: (b, 0, 0)),
-            cache_spec,
-            cache_spec,
-        ],
+        out_specs=[cache_spec, cache_spec, *out_specs],
         out_shape=[
-            jax.ShapeDtypeStruct((B, T, H * Dh), qkv_BxTxX.dtype),
             jax.ShapeDtypeStruct(k_cache_BxSxCxDh.shape, k_cache_BxSxCxDh.dtype),
             jax.ShapeDtypeStruct(v_cache_BxSxCxDh.shape, v_cache_BxSxCxDh.dtype),
+            *out_shape,
         ],
-        input_output_aliases={3: 1, 4: 2},
+        input_output_aliases={3: 0, 4: 1},
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="specjax_rope_attention",
@@ -312,3 +349,15 @@ def rope_attention(
         mask_BxTxS.astype(jnp.int8),
         lengths_B.astype(jnp.int32),
     )
+    if P == 1:
+        return outs[0], k_cache, v_cache
+    # Flash-decoding's combine: each split's sums rescaled to the common max. Split 0 always
+    # holds the first live block, so the max is finite; splits that walked nothing weigh 0.
+    o_BxCxPxRxDh, m_BxCxPxR, l_BxCxPxR = outs
+    m_BxCx1xR = jnp.max(m_BxCxPxR, axis=2, keepdims=True)
+    weight_BxCxPxR = jnp.exp(m_BxCxPxR - m_BxCx1xR)
+    l_BxCxR = jnp.sum(weight_BxCxPxR * l_BxCxPxR, axis=2)
+    o_BxCxRxDh = jnp.sum(weight_BxCxPxR[..., None] * o_BxCxPxRxDh, axis=2) / l_BxCxR[..., None]
+    # Row r = t * Q + q of kv head c is query head c * Q + q of token t.
+    out_BxCxTxQxDh = o_BxCxRxDh[:, :, :R].reshape(B, C, T, Q, Dh).astype(qkv_BxTxX.dtype)
+    return out_BxCxTxQxDh.transpose(0, 2, 1, 3, 4).reshape(B, T, H * Dh), k_cache, v_cache

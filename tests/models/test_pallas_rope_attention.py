@@ -24,7 +24,15 @@ from specjax.models import pallas_rope_attention as pra
 SCALE = 0.3
 rope_attention = jax.jit(
     pra.rope_attention,
-    static_argnames=("num_heads", "scale", "layout", "block_s", "block_rows", "interpret"),
+    static_argnames=(
+        "num_heads",
+        "scale",
+        "layout",
+        "block_s",
+        "block_rows",
+        "splits",
+        "interpret",
+    ),
 )
 
 
@@ -103,6 +111,14 @@ SHAPES = [
 def test_matches_the_jnp_path_float32(shape):
     B, T, H, C, S, Dh, lengths = shape
     check(inputs(B, T, H, C, S, Dh, lengths), H, block_s=16, block_rows=16)
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+def test_cache_split_over_programs_matches_the_jnp_path(splits):
+    """Flash-decoding: each row block's cache walk split over 2 or 3 programs (blocks of 16
+    slots; with 3 splits of a 70-slot cache the last split of the short row walks nothing),
+    combined afterwards; 54 query rows in 4 row blocks."""
+    check(inputs(2, 9, 6, 1, 70, 16, [50, 2]), 6, block_s=16, block_rows=16, splits=splits)
 
 
 def test_interleaved_rotary_layout():
@@ -223,8 +239,27 @@ def test_decode_step_lowers_to_one_triton_kernel_per_layer(monkeypatch):
     assert text.count("xla.gpu.triton") + text.count("triton_kernel_call") == config.num_layers
 
 
+def test_split_kernel_lowers_to_triton():
+    """The flash-decoding variant (splits > 1) also meets Triton's lowering constraints."""
+    import jaxlib
+
+    on_gpu = jax.default_backend() == "gpu"
+    if tuple(int(v) for v in jaxlib.__version__.split(".")[:3]) > (0, 10, 2) and not on_gpu:
+        pytest.skip("jaxlib > 0.10.2 compiles Triton while lowering: that needs a GPU")
+    qkv, rotary, k_cache, v_cache, mask, lengths = inputs(1, 1, 12, 2, 640, 128, [512])
+    text = (
+        rope_attention.trace(
+            qkv, rotary.sin[:, :, 0], rotary.cos[:, :, 0], k_cache, v_cache, mask, lengths,
+            num_heads=12, scale=SCALE, layout="half", splits=8, interpret=False,
+        )
+        .lower(lowering_platforms=("cuda",))
+        .as_text()
+    )  # fmt: skip
+    assert text.count("xla.gpu.triton") + text.count("triton_kernel_call") == 1
+
+
 def test_launch_configuration_is_parsed_and_bad_keys_are_refused():
-    assert pra.parse_launch("block_s=128, num_warps=8") == {"block_s": 128, "num_warps": 8}
+    assert pra.parse_launch("block_s=128, splits=8") == {"block_s": 128, "splits": 8}
     assert pra.parse_launch("") == {}
     with pytest.raises(ValueError, match="'block=128' is not one of"):
         pra.parse_launch("block=128")
