@@ -1,14 +1,9 @@
 """Tests of specjax.tokenizers.
 
-Reference data comes from package registries at test time, cached under $SPECJAX_CACHE
-(default ~/.cache/specjax)/tokenizer-tests:
-
-* llama.cpp's tokenizer test vectors, `vendor/llama.cpp/models/ggml-vocab-*.gguf` with
-  `.gguf.inp` (inputs) and `.gguf.out` (the ids llama.cpp produces), from the source archive
-  of llama-cpp-python 0.3.36 (76 MB; the first download also builds the sdist's metadata,
-  ~30 s), plus two real chat templates from `models/templates/`.
-* real SentencePiece models (`tokenizer.model.v1`, v3 and v7 of the Mistral/Llama family)
-  from the mistral-common 1.13.1 wheel (7 MB).
+Reference data (llama.cpp's tokenizer test vectors and chat templates from the
+llama-cpp-python 0.3.36 source archive; real SentencePiece models from the mistral-common
+1.13.1 wheel) comes from the package registry once per machine: tests/reference_data.py,
+cached under $SPECJAX_CACHE (default ~/.cache/specjax)/tokenizer-tests.
 
 A test skips only when pip cannot reach the package index, and says so. The tests of the
 real model GGUFs (SmolLM2, Qwen2.5-Coder-0.5B, Gemma-3) use the files that
@@ -18,17 +13,13 @@ specjax.checkpoints.sources caches under models/ and skip when they are not ther
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import subprocess
-import sys
-import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import reference_data
 
 from specjax import tokenizers as T
 from specjax.tokenizers import (
@@ -46,8 +37,6 @@ from specjax.tokenizers.chat import _jinja_available
 from specjax.tokenizers.vocab import _VocabTokenizer
 
 DATA = Path(__file__).parent / "data" / "tokenizers"
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-MISTRAL_COMMON = "mistral-common==1.13.1"
 SEP = "\n__ggml_vocab_test__\n"
 
 # llama.cpp vocabularies with test vectors that specjax supports -> expected backend.
@@ -68,108 +57,22 @@ SUPPORTED_VOCABS = {
     "gemma-4": GGUFGemma4Tokenizer,
 }
 UNSUPPORTED_VOCABS = {"bert-bge": "bert"}  # WordPiece
-TEMPLATES = ("google-gemma-2-2b-it.jinja", "Qwen-Qwen2.5-7B-Instruct.jinja")
-
-
-# --------------------------------------------------------------------------------------
-# Fetching reference data
-# --------------------------------------------------------------------------------------
-
-# Phrases in pip's output that mean the package index could not be reached at all.
-_UNREACHABLE = (
-    "NewConnectionError",
-    "Max retries exceeded",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "Network is unreachable",
-    "Connection refused",
-    "ConnectTimeoutError",
-    "ReadTimeoutError",
-    "ProxyError",
-    "SSLError",
-    "(from versions: none)",
-)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SPECJAX_CACHE", "~/.cache/specjax")).expanduser()
-
-
-def pip_download(requirement: str, dest: Path, *extra: str) -> Path:
-    """`pip download --no-deps` one file into `dest`; skip only if the index is unreachable."""
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-d", str(dest), *extra, requirement]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        tail = "\n".join(output.strip().splitlines()[-6:])
-        if any(marker in output for marker in _UNREACHABLE):
-            pytest.skip(f"pip cannot reach the package index to fetch {requirement}: {tail}")
-        pytest.fail(f"`{' '.join(cmd)}` failed:\n{output[-3000:]}")
-    files = [p for p in dest.iterdir() if p.is_file()]
-    if len(files) != 1:
-        pytest.fail(f"expected one downloaded file in {dest}, found {files}")
-    return files[0]
-
-
-def _fetch_once(name: str, fill) -> Path:
-    """Run `fill(tmpdir)` once; the finished directory is moved into place atomically."""
-    final = cache_root() / "tokenizer-tests" / name
-    if (final / "COMPLETE").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        fill(tmp)
-        (tmp / "COMPLETE").write_text("ok\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 @pytest.fixture(scope="session")
 def llama_cpp_models() -> Path:
     """llama.cpp's models/ folder: vocabularies, test vectors, two chat templates."""
-
-    def fill(tmp: Path) -> None:
-        archive = pip_download(LLAMA_CPP_PYTHON, tmp / "download", "--no-binary", ":all:")
-        wanted = {f"ggml-vocab-{n}.gguf" for n in [*SUPPORTED_VOCABS, *UNSUPPORTED_VOCABS]}
-        wanted |= {w + ".inp" for w in wanted} | {w + ".out" for w in wanted} | set(TEMPLATES)
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                parts = member.name.split("/")
-                if member.isfile() and "vendor/llama.cpp/models" in member.name:
-                    if parts[-1] in wanted:
-                        src = tar.extractfile(member)
-                        assert src is not None
-                        (tmp / parts[-1]).write_bytes(src.read())
-        shutil.rmtree(tmp / "download")
-        missing = wanted - {p.name for p in tmp.iterdir()}
-        assert not missing, f"{LLAMA_CPP_PYTHON} lacks {sorted(missing)}"
-
-    return _fetch_once("llama-cpp-python-0.3.36", fill)
+    return reference_data.llama_cpp_models()
 
 
 @pytest.fixture(scope="session")
 def mistral_models() -> Path:
     """Real SentencePiece .model files shipped in mistral-common."""
-    names = {
-        "mistral_common/data/tokenizer.model.v1": "tokenizer.model.v1",
-        "mistral_common/data/mistral_instruct_tokenizer_240323.model.v3": "tokenizer.model.v3",
-    }
+    return reference_data.mistral_models()
 
-    def fill(tmp: Path) -> None:
-        wheel = pip_download(MISTRAL_COMMON, tmp / "download")
-        with zipfile.ZipFile(wheel) as z:
-            for member, name in names.items():
-                (tmp / name).write_bytes(z.read(member))
-        shutil.rmtree(tmp / "download")
 
-    return _fetch_once("mistral-common-1.13.1", fill)
+def test_the_fetched_vocabularies_are_the_tested_ones() -> None:
+    assert set(reference_data.LLAMA_CPP_VOCABS) == {*SUPPORTED_VOCABS, *UNSUPPORTED_VOCABS}
 
 
 def read_vectors(vocab: Path) -> list[tuple[str, list[int]]]:
@@ -549,7 +452,7 @@ SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def test_smollm2_real_gguf() -> None:
-    path = cache_root() / "models" / SMOLLM2
+    path = reference_data.cache_root() / "models" / SMOLLM2
     if not path.exists():
         pytest.skip(f"{path} is not cached (fetch it with specjax.checkpoints.sources)")
     tok = load_tokenizer(path)
@@ -583,7 +486,7 @@ GEMMA3 = "gemma-3-270m-q4_k_m.gguf"
 
 
 def _cached_model(filename: str) -> Path:
-    path = cache_root() / "models" / filename
+    path = reference_data.cache_root() / "models" / filename
     if not path.exists():
         pytest.skip(f"{path} is not cached (fetch it with specjax.checkpoints.sources)")
     return path

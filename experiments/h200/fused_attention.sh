@@ -12,8 +12,11 @@
 # calls back to back. SKIP="name ..." leaves stages out (experiments/h200/stages.sh).
 # Stages, most wanted first, each alone on the GPU (in this order: 1, 2, 3, then 4, 5):
 #   1. kernel-check: both kernels against the jnp path at four models' shapes, bf16 and
-#      float32, then the attention kernel's launch configurations timed (`decode_kernels.py
-#      --sweep`: the fastest is used from here on); the kernel stages run only if it passes;
+#      float32; the kernel stages run only if it passes. With SWEEP=1 the attention kernel's
+#      launch configurations are timed too (`decode_kernels.py --sweep`) and the fastest is
+#      used from here on. Off by default: that chained microbenchmark chose splits=1 / 3
+#      stages in the eighth session, 23% slower in the real loop than the default (splits=8,
+#      2 stages) that the loop's own profile picked (docs/benchmarks.md);
 #   2. profiles (synthetic weights, `experiments.profile`, one process each) of the
 #      Qwen2.5-1.5B shape, step (with its 0.5B-shaped draft: c) and AR: jnp, fused attention,
 #      fused attention + norm kernel. The fastest AR of the three is BEST from here on;
@@ -53,11 +56,14 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/
 
 if [ "$PASS" != 2 ]; then
   KERNEL=0  # a Triton compile that hangs must not eat the run: a hard limit
+  SWEEP_ARG=""
+  [ "${SWEEP:-0}" = 1 ] && SWEEP_ARG="--sweep=$W/out/rope_attention_launch.txt"
   stage kernel-check 200 timeout 240 env PYTHONPATH="$PWD:${PYTHONPATH:-}" $PY \
-    experiments/h200/decode_kernels.py --out="$W/out/decode_kernels.json" \
-    --sweep="$W/out/rope_attention_launch.txt" && KERNEL=1
-  # The attention kernel's fastest launch configuration of the sweep (else its defaults).
-  LAUNCH=$(cat "$W/out/rope_attention_launch.txt" 2>/dev/null || true)
+    experiments/h200/decode_kernels.py --out="$W/out/decode_kernels.json" $SWEEP_ARG && KERNEL=1
+  # With SWEEP=1, the sweep's fastest launch configuration (else LAUNCH or the defaults).
+  if [ "${SWEEP:-0}" = 1 ]; then
+    LAUNCH=$(cat "$W/out/rope_attention_launch.txt" 2>/dev/null || echo "$LAUNCH")
+  fi
 fi
 KERNEL_ENV_fused="SPECJAX_ATTENTION=fused${LAUNCH:+ SPECJAX_ROPE_ATTENTION=$LAUNCH}"
 KERNEL_ENV_fused_norm="$KERNEL_ENV_fused SPECJAX_NORM=pallas"
