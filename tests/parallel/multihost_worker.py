@@ -13,7 +13,8 @@ import sys
 # Two fake CPU devices per process; must be set before jax is imported. LLVM optimisation
 # off: the test's time is compile time, the programs are tiny.
 os.environ["XLA_FLAGS"] = (
-    "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+    "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 "
+    "--xla_cpu_use_fusion_emitters=false"
 )
 os.environ["JAX_PLATFORMS"] = "cpu"
 

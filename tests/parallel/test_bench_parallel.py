@@ -41,7 +41,7 @@ def test_bench_parallel_command(tmp_path):
         # LLVM optimisation and its expensive passes off (as `make test` sets them for the
         # suite): this test's time is compile time.
         XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-        "--xla_llvm_disable_expensive_passes=true",
+        "--xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false",
     )
     command = [
         sys.executable, "-m", "experiments.bench_parallel", "--shape=tiny", "--tp=2",
