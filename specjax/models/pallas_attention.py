@@ -51,6 +51,30 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def online_softmax_step(
+    o_RxD: jax.Array,
+    m_R: jax.Array,
+    l_R: jax.Array,
+    scores_RxSb: jax.Array,
+    v_SbxD: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One cache block of an online softmax (inside a kernel): the running unnormalised
+    output o, row maximum m and sum l, updated by a block's float32 scores and its values.
+    The earlier blocks' o and l are rescaled by exp(m - m_next); P is cast to v's dtype before
+    the PV product, accumulated in float32."""
+    m_next_R = jnp.maximum(m_R, jnp.max(scores_RxSb, axis=1))
+    correction_R = jnp.exp(m_R - m_next_R)
+    p_RxSb = jnp.exp(scores_RxSb - m_next_R[:, None])
+    l_next_R = correction_R * l_R + jnp.sum(p_RxSb, axis=1)
+    pv_RxD = jax.lax.dot_general(
+        p_RxSb.astype(v_SbxD.dtype),
+        v_SbxD,
+        (((1,), (0,)), ((), ())),
+        preferred_element_type=jnp.float32,
+    )
+    return correction_R[:, None] * o_RxD + pv_RxD, m_next_R, l_next_R
+
+
 def _kernel(
     q_ref,  # [R_blk, Dp]
     k_ref,  # [S, Dh] (block of kv head c of row b; loads index the full array's strides)
@@ -94,19 +118,8 @@ def _kernel(
         visible_RxSb = mask_ref[t_R[:, None], jnp.minimum(slots_Sb, S - 1)[None, :]]
         scores_RxSb = jnp.where(visible_RxSb != 0, scores_RxSb * scale, f32_min)
         scores_RxSb = jnp.where(in_range_Sb[None, :], scores_RxSb, -jnp.inf)
-
-        m_next_R = jnp.maximum(m_R, jnp.max(scores_RxSb, axis=1))
-        correction_R = jnp.exp(m_R - m_next_R)
-        p_RxSb = jnp.exp(scores_RxSb - m_next_R[:, None])
-        l_next_R = correction_R * l_R + jnp.sum(p_RxSb, axis=1)
         v_SbxDp = plgpu.load(v_ref.at[pl.ds(s0, block_s), pl.ds(0, Dp)], mask=kv_ok_SbxDp, other=0)
-        pv_RxDp = jax.lax.dot_general(
-            p_RxSb.astype(v_SbxDp.dtype),
-            v_SbxDp,
-            (((1,), (0,)), ((), ())),
-            preferred_element_type=jnp.float32,
-        )
-        return correction_R[:, None] * o_RxDp + pv_RxDp, m_next_R, l_next_R
+        return online_softmax_step(o_RxDp, m_R, l_R, scores_RxSb, v_SbxDp)
 
     num_blocks = pl.cdiv(S, block_s)
     if lengths_ref is not None:

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from specjax.models.pallas_attention import _SQUEEZED, _next_power_of_2
+from specjax.models.pallas_attention import _SQUEEZED, _next_power_of_2, online_softmax_step
 
 # Most new tokens per call the kernel takes: the new keys/values of a call live in registers
 # ([Tp, Dh] each). Larger T (prefill) keeps the jnp path (`layers.decoder_layer`).
@@ -190,18 +190,8 @@ def _kernel(
         visible_RxSb = mask_ref[t_R[:, None], jnp.minimum(slots_Sb, S - 1)[None, :]] != 0
         scores_RxSb = jnp.where(visible_RxSb, scores_RxSb * scale, f32_min)
         scores_RxSb = jnp.where(in_range_Sb[None, :], scores_RxSb, -jnp.inf)
-        m_next_R = jnp.maximum(m_R, jnp.max(scores_RxSb, axis=1))
-        correction_R = jnp.exp(m_R - m_next_R)
-        p_RxSb = jnp.exp(scores_RxSb - m_next_R[:, None])
-        l_next_R = correction_R * l_R + jnp.sum(p_RxSb, axis=1)
         v_SbxDh = plgpu.load(v_out_ref.at[pl.ds(s0, block_s), :], mask=load_SbxDh, other=0)
-        pv_RxDh = jax.lax.dot_general(
-            p_RxSb.astype(v_SbxDh.dtype),
-            v_SbxDh,
-            (((1,), (0,)), ((), ())),
-            preferred_element_type=jnp.float32,
-        )
-        return correction_R[:, None] * o_RxDh + pv_RxDh, m_next_R, l_next_R
+        return online_softmax_step(o_RxDh, m_R, l_R, scores_RxSb, v_SbxDh)
 
     # Blocks of the live prefix [0, length + T) only; split p takes the fixed blocks
     # [p * K, (p + 1) * K) of the whole cache (K = ceil(blocks / splits)), so a block's split

@@ -11,6 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pallas_testlib import (
+    decode_step_for_cuda,
+    greedy_single_token_steps,
+    skip_unless_triton_lowers_here,
+    triton_calls,
+)
 from support import TINY_LLAMA, random_model
 
 from specjax.models import layers
@@ -76,16 +82,7 @@ def test_model_decodes_the_same_with_the_norm_kernel(monkeypatch):
 
     def greedy(policy):
         monkeypatch.setattr(layers, "NORM", policy)
-        step = jax.jit(lambda *args: model.forward(*args))  # fresh: traced under `policy`
-        cache = model.init_cache(1, len(prompt) + new_tokens)
-        outputs, tokens = [], []
-        for t in range(len(prompt) + new_tokens):
-            if t >= len(prompt):
-                tokens.append(int(jnp.argmax(outputs[-1])))
-            token = jnp.asarray([[(prompt + tokens)[t]]], jnp.int32)
-            logits, _, cache = step(decode_params, token, jnp.asarray([[t]], jnp.int32), cache)
-            outputs.append(logits[0, -1])
-        return np.stack([np.asarray(o) for o in outputs]), tokens
+        return greedy_single_token_steps(model, decode_params, prompt, new_tokens)
 
     expected_logits, expected_tokens = greedy("xla")
     logits, tokens = greedy("pallas")
@@ -97,24 +94,11 @@ def test_decode_step_lowers_to_three_triton_kernels_per_layer(monkeypatch):
     """Lowered for CUDA (no GPU needed), a decode step with NORM = pallas and ATTENTION = fused
     holds two norm kernels and one attention kernel per layer: Triton's lowering constraints
     hold for both kernels."""
-    import jaxlib
-
-    on_gpu = jax.default_backend() == "gpu"
-    if tuple(int(v) for v in jaxlib.__version__.split(".")[:3]) > (0, 10, 2) and not on_gpu:
-        pytest.skip("jaxlib > 0.10.2 compiles Triton while lowering: that needs a GPU")
+    skip_unless_triton_lowers_here()
     config = TINY_LLAMA.replace(qkv_bias=True, head_dim=16)
     model, params = random_model(config, seed=1)
     decode_params = model.decode_params(params)
     monkeypatch.setattr(layers, "NORM", "pallas")
     monkeypatch.setattr(layers, "ATTENTION", "fused")
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the kernels, not interpret
-    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    cache = jax.eval_shape(lambda: model.init_cache(1, 16))
-    forward = jax.jit(lambda *args: model.forward(*args))
-    text = (
-        forward.trace(decode_params, tokens, tokens, cache)
-        .lower(lowering_platforms=("cuda",))
-        .as_text()
-    )
-    triton_calls = text.count("xla.gpu.triton") + text.count("triton_kernel_call")
-    assert triton_calls == 3 * config.num_layers
+    text = decode_step_for_cuda(model, decode_params, 1, monkeypatch)
+    assert triton_calls(text) == 3 * config.num_layers

@@ -17,6 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pallas_testlib import (
+    decode_step_for_cuda,
+    greedy_single_token_steps,
+    skip_unless_triton_lowers_here,
+    triton_calls,
+)
 from support import TINY_LLAMA, eagle_echo, random_model
 
 import specjax
@@ -205,18 +211,8 @@ def test_model_decodes_and_drafts_the_same_with_projection_kernels(monkeypatch):
     new_tokens = 8
 
     def greedy(policy):
-        # Single-token steps only (the prompt fed token by token): one program per policy.
         monkeypatch.setattr(layers, "PROJECTION", policy)
-        step = jax.jit(lambda *args: model.forward(*args))  # fresh: traced under `policy`
-        cache = model.init_cache(1, len(prompt) + new_tokens)
-        outputs, tokens = [], []
-        for t in range(len(prompt) + new_tokens):
-            if t >= len(prompt):
-                tokens.append(int(jnp.argmax(outputs[-1])))
-            token = jnp.asarray([[(prompt + tokens)[t]]], jnp.int32)
-            logits, _, cache = step(decode_params, token, jnp.asarray([[t]], jnp.int32), cache)
-            outputs.append(logits[0, -1])
-        return np.stack([np.asarray(o) for o in outputs]), tokens
+        return greedy_single_token_steps(model, decode_params, prompt, new_tokens)
 
     expected_logits, expected_tokens = greedy("xla")
     logits, tokens = greedy("pallas")
@@ -235,24 +231,12 @@ def test_decode_step_lowers_to_four_triton_kernels_shared_by_the_layers(monkeypa
     2-layer model calls the kernel function once per projection and layer, and holds exactly 4
     Triton kernels: every Triton lowering constraint of Pallas (power-of-two tiles, dot sizes)
     holds, and the layers share one compilation per kernel."""
-    import jaxlib
-
-    on_gpu = jax.default_backend() == "gpu"
-    if tuple(int(v) for v in jaxlib.__version__.split(".")[:3]) > (0, 10, 2) and not on_gpu:
-        pytest.skip("jaxlib > 0.10.2 compiles Triton while lowering: that needs a GPU")
+    skip_unless_triton_lowers_here()
     model, params = random_model(TINY_LLAMA.replace(qkv_bias=True), seed=1)
     decode_params = model.decode_params(params)
     monkeypatch.setattr(layers, "PROJECTION", "pallas")
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the kernels, not interpret
-    tokens = jax.ShapeDtypeStruct((1, 5), jnp.int32)
-    cache = jax.eval_shape(lambda: model.init_cache(1, 16))
-    forward = jax.jit(lambda *args: model.forward(*args))
-    text = (
-        forward.trace(decode_params, tokens, tokens, cache)
-        .lower(lowering_platforms=("cuda",))
-        .as_text()
-    )
+    text = decode_step_for_cuda(model, decode_params, 5, monkeypatch)
     # The custom call's name: jaxlib <= 0.10.2 hands XLA the Triton IR, later ones a compiled
     # kernel.
-    assert text.count("xla.gpu.triton") + text.count("triton_kernel_call") == 4
+    assert triton_calls(text) == 4
     assert text.count("call @_run") == 4 * TINY_LLAMA.num_layers

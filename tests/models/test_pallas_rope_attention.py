@@ -14,6 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pallas_testlib import (
+    decode_step_for_cuda,
+    greedy_single_token_steps,
+    skip_unless_triton_lowers_here,
+    triton_calls,
+)
 from support import TINY_LLAMA, eagle_echo, random_model
 
 import specjax
@@ -191,16 +197,7 @@ def test_model_decodes_and_drafts_the_same_with_the_fused_kernel(monkeypatch):
 
     def greedy(policy):
         monkeypatch.setattr(layers, "ATTENTION", policy)
-        step = jax.jit(lambda *args: model.forward(*args))  # fresh: traced under `policy`
-        cache = model.init_cache(1, len(prompt) + new_tokens)
-        outputs, tokens = [], []
-        for t in range(len(prompt) + new_tokens):
-            if t >= len(prompt):
-                tokens.append(int(jnp.argmax(outputs[-1])))
-            token = jnp.asarray([[(prompt + tokens)[t]]], jnp.int32)
-            logits, _, cache = step(decode_params, token, jnp.asarray([[t]], jnp.int32), cache)
-            outputs.append(logits[0, -1])
-        return np.stack([np.asarray(o) for o in outputs]), tokens
+        return greedy_single_token_steps(model, decode_params, prompt, new_tokens)
 
     expected_logits, expected_tokens = greedy("jnp")
     logits, tokens = greedy("fused")
@@ -218,34 +215,18 @@ def test_decode_step_lowers_to_one_triton_kernel_per_layer(monkeypatch):
     """Lowered for CUDA (no GPU needed: Pallas emits Triton IR at lowering), a decode step of a
     2-layer model holds one fused attention kernel per layer: every Triton lowering
     constraint of Pallas (power-of-two tiles, dot sizes, the barrier) holds."""
-    import jaxlib
-
-    on_gpu = jax.default_backend() == "gpu"
-    if tuple(int(v) for v in jaxlib.__version__.split(".")[:3]) > (0, 10, 2) and not on_gpu:
-        pytest.skip("jaxlib > 0.10.2 compiles Triton while lowering: that needs a GPU")
+    skip_unless_triton_lowers_here()
     config = TINY_LLAMA.replace(qkv_bias=True, head_dim=16)
     model, params = random_model(config, seed=1)
     decode_params = model.decode_params(params)
     monkeypatch.setattr(layers, "ATTENTION", "fused")
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the kernel, not interpret
-    tokens = jax.ShapeDtypeStruct((1, 5), jnp.int32)
-    cache = jax.eval_shape(lambda: model.init_cache(1, 16))
-    forward = jax.jit(lambda *args: model.forward(*args))
-    text = (
-        forward.trace(decode_params, tokens, tokens, cache)
-        .lower(lowering_platforms=("cuda",))
-        .as_text()
-    )
-    assert text.count("xla.gpu.triton") + text.count("triton_kernel_call") == config.num_layers
+    text = decode_step_for_cuda(model, decode_params, 5, monkeypatch)
+    assert triton_calls(text) == config.num_layers
 
 
 def test_split_kernel_lowers_to_triton():
     """The flash-decoding variant (splits > 1) also meets Triton's lowering constraints."""
-    import jaxlib
-
-    on_gpu = jax.default_backend() == "gpu"
-    if tuple(int(v) for v in jaxlib.__version__.split(".")[:3]) > (0, 10, 2) and not on_gpu:
-        pytest.skip("jaxlib > 0.10.2 compiles Triton while lowering: that needs a GPU")
+    skip_unless_triton_lowers_here()
     qkv, rotary, k_cache, v_cache, mask, lengths = inputs(1, 1, 12, 2, 640, 128, [512])
     text = (
         rope_attention.trace(
@@ -255,7 +236,7 @@ def test_split_kernel_lowers_to_triton():
         .lower(lowering_platforms=("cuda",))
         .as_text()
     )  # fmt: skip
-    assert text.count("xla.gpu.triton") + text.count("triton_kernel_call") == 1
+    assert triton_calls(text) == 1
 
 
 def test_launch_configuration_is_parsed_and_bad_keys_are_refused():
