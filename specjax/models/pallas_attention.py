@@ -51,6 +51,15 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def row_block(R: int, block_s: int, block_rows: int) -> int:
+    """Query rows per program for R rows: the next power of two >= max(R, 16), at most
+    `block_rows`. Checks the launch's tile sizes first (Triton wants powers of two >= 16)."""
+    for name, value in (("block_s", block_s), ("block_rows", block_rows)):
+        if value < 16 or value != _next_power_of_2(value):
+            raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+    return min(_next_power_of_2(max(R, 16)), block_rows)
+
+
 def online_softmax_step(
     o_RxD: jax.Array,
     m_R: jax.Array,
@@ -163,12 +172,9 @@ def decode_attention(
     _, S, C, _ = k_cache_BxSxCxDh.shape
     if H % C:
         raise ValueError(f"{H} query heads are not a multiple of {C} kv heads")
-    for name, value in (("block_s", block_s), ("block_rows", block_rows)):
-        if value < 16 or value != _next_power_of_2(value):
-            raise ValueError(f"{name} must be a power of two >= 16, got {value}")
     Q = H // C
     R = T * Q
-    block_r = min(_next_power_of_2(max(R, 16)), block_rows)
+    block_r = row_block(R, block_s, block_rows)
     num_row_blocks = pl.cdiv(R, block_r)
     R_pad = num_row_blocks * block_r
     Dp = _next_power_of_2(max(Dh, 16))

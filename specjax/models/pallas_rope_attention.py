@@ -55,7 +55,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from specjax.models.pallas_attention import _SQUEEZED, _next_power_of_2, online_softmax_step
+from specjax.models.pallas_attention import (
+    _SQUEEZED,
+    _next_power_of_2,
+    online_softmax_step,
+    row_block,
+)
 
 # Most new tokens per call the kernel takes: the new keys/values of a call live in registers
 # ([Tp, Dh] each). Larger T (prefill) keeps the jnp path (`layers.decoder_layer`).
@@ -277,12 +282,9 @@ def rope_attention(
             f"rope_attention takes T <= {MAX_NEW_TOKENS} new tokens and a head dim that is a "
             f"power of two >= 16: got T = {T}, Dh = {Dh}"
         )
-    for name, value in (("block_s", block_s), ("block_rows", block_rows)):
-        if value < 16 or value != _next_power_of_2(value):
-            raise ValueError(f"{name} must be a power of two >= 16, got {value}")
     Q = H // C
     R = T * Q
-    block_r = min(_next_power_of_2(max(R, 16)), block_rows)
+    block_r = row_block(R, block_s, block_rows)
     row_blocks = pl.cdiv(R, block_r)
     Tp = _next_power_of_2(max(T, 16))
     params = dict(

@@ -50,3 +50,39 @@ def decode_step_for_cuda(model, decode_params, rows: int, monkeypatch) -> str:
     forward = jax.jit(lambda *args: model.forward(*args))
     traced = forward.trace(decode_params, tokens, tokens, cache)
     return traced.lower(lowering_platforms=("cuda",)).as_text()
+
+
+def assert_kernels_decode_and_draft_the_same(
+    monkeypatch, config, policy: str, reference: str, kernel: str
+) -> None:
+    """With `layers.<policy>` = `reference` (the jnp/XLA path) first and `kernel` then:
+    greedy single token steps give the same tokens and logits within 1e-5; greedy EAGLE
+    speculative decoding with the kernel on (an 8-row prefill, verification blocks of
+    gamma + 1 = 4 rows, drafting steps) gives the kernel's own autoregressive tokens, with
+    drafts accepted.
+
+    `config` should be one layer with a vocabulary no other test uses, so that every program
+    here, specjax.generate's included, is traced under the policy being tested."""
+    from support import eagle_echo, random_model
+
+    import specjax
+    from specjax.models import layers
+
+    model, params = random_model(config, seed=4)
+    decode_params = model.decode_params(params)
+    prompt = [3, 17, 5, 60, 9, 2, 41, 8]
+    new_tokens = 8
+    monkeypatch.setattr(layers, policy, reference)
+    expected_logits, expected_tokens = greedy_single_token_steps(
+        model, decode_params, prompt, new_tokens
+    )
+    monkeypatch.setattr(layers, policy, kernel)
+    logits, tokens = greedy_single_token_steps(model, decode_params, prompt, new_tokens)
+    assert tokens == expected_tokens
+    np.testing.assert_allclose(logits, expected_logits, atol=1e-5, rtol=1e-5)
+
+    out = specjax.generate(
+        (model, params), eagle_echo((model, params)), [prompt], gamma=3, max_new_tokens=new_tokens
+    )
+    assert out.token_lists() == [tokens]
+    assert out.tau > 1.0  # drafts were accepted: verification blocks of several rows mattered

@@ -15,14 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from pallas_testlib import (
+    assert_kernels_decode_and_draft_the_same,
     decode_step_for_cuda,
-    greedy_single_token_steps,
     skip_unless_triton_lowers_here,
     triton_calls,
 )
-from support import TINY_LLAMA, eagle_echo, random_model
+from support import TINY_LLAMA, random_model
 
-import specjax
 from specjax import cache as kv_cache
 from specjax.models import layers
 from specjax.models import pallas_rope_attention as pra
@@ -187,28 +186,13 @@ def test_model_decodes_and_drafts_the_same_with_the_fused_kernel(monkeypatch):
     and = fused (q/k/v biases on); greedy EAGLE speculative decoding with the kernel on (an
     8-row prefill on the jnp path, verification blocks of gamma + 1 = 4 rows and drafting
     steps on the kernel) gives the kernel's own autoregressive tokens."""
-    # One layer and a vocabulary no other test uses: every program here, specjax.generate's
-    # included, is traced under this test's policy.
-    config = TINY_LLAMA.replace(num_layers=1, vocab_size=78, qkv_bias=True, head_dim=16)
-    model, params = random_model(config, seed=4)
-    decode_params = model.decode_params(params)
-    prompt = [3, 17, 5, 60, 9, 2, 41, 8]
-    new_tokens = 8
-
-    def greedy(policy):
-        monkeypatch.setattr(layers, "ATTENTION", policy)
-        return greedy_single_token_steps(model, decode_params, prompt, new_tokens)
-
-    expected_logits, expected_tokens = greedy("jnp")
-    logits, tokens = greedy("fused")
-    assert tokens == expected_tokens
-    np.testing.assert_allclose(logits, expected_logits, atol=1e-5, rtol=1e-5)
-
-    out = specjax.generate(
-        (model, params), eagle_echo((model, params)), [prompt], gamma=3, max_new_tokens=new_tokens
+    assert_kernels_decode_and_draft_the_same(
+        monkeypatch,
+        TINY_LLAMA.replace(num_layers=1, vocab_size=78, qkv_bias=True, head_dim=16),
+        "ATTENTION",
+        "jnp",
+        "fused",
     )
-    assert out.token_lists() == [tokens]
-    assert out.tau > 1.0  # drafts were accepted: verification blocks of several rows mattered
 
 
 def test_decode_step_lowers_to_one_triton_kernel_per_layer(monkeypatch):
