@@ -57,6 +57,12 @@ flags.DEFINE_string("out", "runs/profile", "output folder")
 flags.DEFINE_boolean(
     "hf", False, "also time HF transformers (eager, static cache + torch.compile) at each shape"
 )
+flags.DEFINE_float(
+    "bandwidth_GBps", 0.0,
+    "the floor's bandwidth in GB/s (e.g. 4200 on an H200); 0 measures a device copy in this "
+    "process, which moved between 3.1 and 3.8 TB/s across processes on one H200: give one "
+    "figure to compare x-floor across runs",
+)  # fmt: skip
 flags.DEFINE_list("report", None, "print the table of these profile JSON files and exit")
 
 
@@ -82,7 +88,12 @@ def main(argv):
             accept_from=FLAGS.accept_from, repeats=FLAGS.repeats, trace=FLAGS.trace,
             label=FLAGS.label,
         )  # fmt: skip
-        result = profile.run(settings, FLAGS.out, dump_dir=_hlo_dump_dir(sys.argv))
+        if FLAGS.bandwidth_GBps < 0:
+            raise app.UsageError(f"--bandwidth_GBps must be >= 0, got {FLAGS.bandwidth_GBps}")
+        result = profile.run(
+            settings, FLAGS.out, dump_dir=_hlo_dump_dir(sys.argv),
+            bandwidth=FLAGS.bandwidth_GBps * 1e9 or None,
+        )  # fmt: skip
         if FLAGS.hf:  # same process, same shape, after ours: one run
             from specjax.bench import hf
 

@@ -40,7 +40,12 @@ PASS=${PASS:-all}  # 1: kernels and profiles, no GGUFs; 2: the rest, BEST and LA
 BEST=${BEST:-jnp}
 LAUNCH=${LAUNCH:-}
 KERNEL=${KERNEL:-1}
+# One floor bandwidth for every profile (GB/s): the floors (0.73 ms at 1.5B) are
+# 4.2 TB/s, what the LM-head GEMM reaches; each process's own copy measured 3.1-3.8 TB/s.
+# FLOOR_BW=0 measures per process instead.
+FLOOR_BW=${FLOOR_BW:-4200}
 PROFILE="--context=512 --new_tokens=128 --repeats=3 --gamma=4 --out=$W/out/profile"
+PROFILE="$PROFILE --bandwidth_GBps=$FLOOR_BW"
 PAIR="--target=$QWEN --draft=$DRAFT --prompt_dir=$PROMPT_DIR --out=$W/out/real_pair"
 
 profile() { $PY -m experiments.profile $PROFILE "$@"; }

@@ -235,8 +235,10 @@ def run(
     s = settings
     config = SHAPES[s.shape]
     dtype = jnp.dtype(s.dtype)
+    bandwidth_source = "given"
     if bandwidth is None:
         bandwidth = step_lib.measure_copy_bandwidth(4e9 if jax.default_backend() != "cpu" else 1e8)
+        bandwidth_source = "measured (device copy, this process)"
     result: dict[str, Any] = {
         "label": s.label,
         "settings": dataclasses.asdict(s),
@@ -246,6 +248,7 @@ def run(
         "specjax_path": os.path.dirname(specjax.__file__),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "copy_bandwidth_GBps": bandwidth / 1e9,
+        "bandwidth_source": bandwidth_source,
         "sections": {},
     }
     path = out_dir / f"profile_{s.label or 'run'}_{s.shape}.json"

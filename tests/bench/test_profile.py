@@ -226,6 +226,13 @@ def test_profile_end_to_end_on_cpu(tmp_path):
     assert "layer_kernels" not in ar  # no HLO dump asked for (experiments/profile.py asks)
     assert (tmp_path / "profile_cpu_tiny.json").exists()
     assert "| cpu | tiny | ar |" in profile.markdown([result])
+    # The given bandwidth is the floor's: bytes / 1e10 B/s, recorded as given.
+    assert result["copy_bandwidth_GBps"] == 10 and result["bandwidth_source"] == "given"
+    from specjax.bench import steps
+    from specjax.bench.parallel import SHAPES
+
+    kv_bytes = steps.kv_bytes_read(SHAPES["tiny"], 1, 16, 4)  # batch 1, context 16, float32
+    assert result["floor_ms"] == pytest.approx(1e3 * (result["weight_bytes"] + kv_bytes) / 1e10)
 
 
 def test_find_dump_picks_the_module(tmp_path):
