@@ -19,7 +19,8 @@
 #      2 stages) that the loop's own profile picked (docs/benchmarks.md);
 #   2. profiles (synthetic weights, `experiments.profile`, one process each) of the
 #      Qwen2.5-1.5B shape, step (with its 0.5B-shaped draft: c) and AR: jnp, fused attention,
-#      fused attention + norm kernel. The fastest AR of the three is BEST from here on;
+#      fused attention + norm kernel (and that with XLA's split-K off, AR only). The fastest
+#      AR of the first three is BEST from here on;
 #   3. the real Qwen2.5-Coder pair under BEST (bf16, gamma 1-4 and prompt lookup), then its
 #      float32 exactness at highest precision;
 #   4. profiles of the SmolLM2-135M shape (step, AR), the Qwen2.5-0.5B shape (AR) and the
@@ -79,6 +80,13 @@ if [ "$PASS" != 2 ]; then
   for label in $LABELS; do
     stage "p15-$label" 150 with $label profile --shape=qwen2.5-1.5b --what=step,ar --label=$label
   done
+  # XLA splits the q/k/v and o GEMMs over their contraction and sums the partials in a kernel
+  # of their own when a Pallas call follows (docs/benchmarks.md, "decode kernels"): the same
+  # profile with split-K autotuning off (profile only; the flag may be gone in newer XLAs,
+  # then this stage fails alone).
+  [ "$KERNEL" = 1 ] && stage p15-fused_norm_nosplitk 150 with fused_norm env \
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_split_k_autotuning=false" $PY -m \
+    experiments.profile $PROFILE --shape=qwen2.5-1.5b --what=ar --label=fused_norm_nosplitk
   BEST=$($PY -c '
 import json, sys
 best = (float("inf"), "jnp")
