@@ -1,10 +1,11 @@
 """GGUF checkpoints (llama.cpp's format): read, dequantize, convert; and a small exporter.
 
-Reading uses the `gguf` package (`gguf.GGUFReader` memory-maps the file; every tensor is
-dequantized with `gguf.quants.dequantize`, one at a time, so peak host memory is the
-converted model plus one tensor). Key/value metadata has one reader for the whole package,
-`specjax.tokenizers.read_gguf_metadata`, given the open reader here (the tokenizer is its
-other user).
+Reading: `open_gguf` parses the header by hand (the key/value section with
+`specjax.tokenizers.read_gguf_header`, the package's one metadata reader, then the tensor
+table) and memory-maps the tensor data; every tensor is dequantized with
+`gguf.quants.dequantize`, one at a time, so peak host memory is the converted model plus one
+tensor. `gguf.GGUFReader` builds numpy views for every vocabulary string on open (4.2 s for
+SmolLM2's 49k tokens on the project's 2-core machine); it is used only for big-endian files.
 
 Conventions bridged here (GGUF -> specjax):
   * Matrices are stored [out, in] (numpy order of GGUF's [ne0=in, ne1=out]); specjax kernels
@@ -29,7 +30,9 @@ F MLP hidden width; "[a, b]" shapes are numpy order.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import struct
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from gguf import GGMLQuantizationType
-from gguf.quants import dequantize
+from gguf.quants import dequantize, quant_shape_to_byte_shape
 from tqdm.auto import tqdm
 
 from specjax.checkpoints.errors import (
@@ -51,7 +54,8 @@ from specjax.checkpoints.errors import (
 from specjax.checkpoints.params import build_params, to_numpy_dict
 from specjax.models.config import NO_WINDOW, ModelConfig
 from specjax.models.transformer import Model, Params
-from specjax.tokenizers import read_gguf_metadata
+from specjax.tokenizers import TokenizerError, read_gguf_metadata
+from specjax.tokenizers.gguf_metadata import read_gguf_header
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 _GGUF_MAGIC = b"GGUF"
@@ -65,8 +69,47 @@ _GEMMA3_DEFAULT_LOCAL_THETA = 10_000.0
 # Opening and metadata
 
 
-def open_gguf(path: str | os.PathLike) -> gguf_lib.GGUFReader:
-    """A GGUFReader for `path`, or a CorruptCheckpointError that says what is wrong."""
+# numpy item types of the unquantized GGML types; every other type is read as raw bytes.
+_PLAIN_TYPES = {
+    GGMLQuantizationType.F32: np.float32,
+    GGMLQuantizationType.F16: np.float16,
+    GGMLQuantizationType.F64: np.float64,
+    GGMLQuantizationType.I8: np.int8,
+    GGMLQuantizationType.I16: np.int16,
+    GGMLQuantizationType.I32: np.int32,
+    GGMLQuantizationType.I64: np.int64,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of a GGUF file, its bytes memory-mapped (the fields of
+    `gguf.ReaderTensor` that specjax reads).
+
+    shape: GGUF's dims, innermost first (numpy order reversed); data: the raw view, typed for
+    plain types, uint8 rows of blocks for quantized ones (what `gguf.quants.dequantize`
+    takes)."""
+
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: tuple[int, ...]
+    n_bytes: int
+    data_offset: int
+    data: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFFile:
+    """An opened GGUF file: its key/value metadata and its tensors (see `open_gguf`)."""
+
+    path: Path
+    metadata: dict[str, Any]
+    tensors: list[GGUFTensor]
+
+
+def open_gguf(path: str | os.PathLike) -> GGUFFile:
+    """The metadata and memory-mapped tensors of `path`, or a CorruptCheckpointError that
+    says what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
@@ -78,22 +121,95 @@ def open_gguf(path: str | os.PathLike) -> gguf_lib.GGUFReader:
             f"{path} is not a GGUF file: it starts with {magic!r}, not {_GGUF_MAGIC!r}"
         )
     try:
-        reader = gguf_lib.GGUFReader(path, "r")
-    except Exception as error:  # the reader fails in many ways on a damaged header
+        metadata, offset, n_tensors, byte_order = read_gguf_header(path)
+        if byte_order != "<":
+            return _open_with_gguf_reader(path)
+        infos, data_start = _tensor_table(path, metadata, offset, n_tensors)
+    except (TokenizerError, struct.error, ValueError, IndexError, KeyError) as error:
         raise CorruptCheckpointError(
-            f"{path} is truncated or corrupt ({size:,} bytes): the GGUF reader failed with "
+            f"{path} is truncated or corrupt ({size:,} bytes): reading its header failed with "
             f"{type(error).__name__}: {error}"
         ) from error
-    # A file cut inside the tensor data can still parse when the reader's views happen to
-    # fit; check that every tensor lies inside the file.
-    for tensor in reader.tensors:
-        end = int(tensor.data_offset) + int(tensor.n_bytes)
-        if end > size or tensor.data.nbytes != int(tensor.n_bytes):
+    file_bytes = np.memmap(path, dtype=np.uint8, mode="r") if infos else None
+    tensors = []
+    for name, dims, tensor_type, relative in infos:
+        block_size, type_size = gguf_lib.GGML_QUANT_SIZES[tensor_type]
+        n_elements = int(np.prod(dims, dtype=np.int64))
+        n_bytes = n_elements * type_size // block_size
+        start = data_start + relative
+        # A file cut inside the tensor data still parses: check every tensor lies inside it.
+        if start + n_bytes > size:
             raise CorruptCheckpointError(
-                f"{path} is truncated: tensor {tensor.name} needs bytes up to {end:,}, the "
-                f"file has {size:,}"
+                f"{path} is truncated: tensor {name} needs bytes up to {start + n_bytes:,}, "
+                f"the file has {size:,}"
             )
-    return reader
+        np_dims = tuple(reversed(dims))
+        raw = file_bytes[start : start + n_bytes]
+        if tensor_type in _PLAIN_TYPES:
+            data = raw.view(_PLAIN_TYPES[tensor_type]).reshape(np_dims)
+        else:
+            data = raw.reshape(quant_shape_to_byte_shape(np_dims, tensor_type))
+        tensors.append(GGUFTensor(name, tensor_type, dims, n_bytes, start, data))
+    return GGUFFile(path, metadata, tensors)
+
+
+def _tensor_table(
+    path: Path, metadata: dict[str, Any], offset: int, n_tensors: int
+) -> tuple[list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]], int]:
+    """The tensor infos that follow the key/value section at `offset` (little-endian): per
+    tensor its name, dims, type and offset within the data section; and where that section
+    starts (the end of the table, rounded up to `general.alignment`)."""
+    alignment = int(metadata.get("general.alignment", gguf_lib.GGUF_DEFAULT_ALIGNMENT))
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"general.alignment {alignment} is not a power of two")
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        # Names are short and dims at most 4: 64 + 8 * 4 + 32 bytes a tensor is plenty, and
+        # a table that needs more is read on (never past the end of the file).
+        table = handle.read(max(4096, 160 * n_tensors))
+    infos, seen, at = [], set(), 0
+
+    def take(fmt: str) -> tuple:
+        nonlocal at, table
+        need = struct.calcsize(fmt)
+        while at + need > len(table):
+            with open(path, "rb") as handle:
+                handle.seek(offset + len(table))
+                more = handle.read(max(4096, len(table)))
+            if not more:
+                raise ValueError("the tensor table runs past the end of the file")
+            table += more
+        values = struct.unpack_from(fmt, table, at)
+        at += need
+        return values
+
+    for _ in range(n_tensors):
+        (name_length,) = take("<Q")
+        (name_bytes,) = take(f"<{name_length}s")
+        name = name_bytes.decode("utf-8")
+        if name in seen:
+            raise ValueError(f"tensor {name} appears twice")
+        seen.add(name)
+        (n_dims,) = take("<I")
+        dims = tuple(int(d) for d in take(f"<{n_dims}Q"))
+        (raw_type,) = take("<I")
+        (relative,) = take("<Q")
+        infos.append((name, dims, GGMLQuantizationType(raw_type), int(relative)))
+    end = offset + at
+    return infos, end + (-end % alignment)
+
+
+def _open_with_gguf_reader(path: Path) -> GGUFFile:
+    """A big-endian file, through `gguf.GGUFReader` (which byte-swaps its views)."""
+    reader = gguf_lib.GGUFReader(path, "r")
+    tensors = [
+        GGUFTensor(
+            t.name, t.tensor_type, tuple(int(d) for d in t.shape), int(t.n_bytes),
+            int(t.data_offset), t.data,
+        )
+        for t in reader.tensors
+    ]  # fmt: skip
+    return GGUFFile(path, read_gguf_metadata(reader), tensors)
 
 
 def _f32(value: Any) -> float:
@@ -113,7 +229,7 @@ def _uniform(value: Any, key: str) -> Any:
     return value
 
 
-def config_from_gguf(reader: gguf_lib.GGUFReader, source: str = "GGUF") -> ModelConfig:
+def config_from_gguf(reader: GGUFFile, source: str = "GGUF") -> ModelConfig:
     """The ModelConfig described by a GGUF file's metadata and tensor shapes."""
     meta = read_gguf_metadata(reader)
     arch = meta.get("general.architecture")
@@ -295,7 +411,7 @@ def _to_specjax(array: np.ndarray, name: str, how: str, config: ModelConfig) -> 
 
 
 def params_from_gguf(
-    reader: gguf_lib.GGUFReader,
+    reader: GGUFFile,
     config: ModelConfig,
     dtype=jnp.float32,
     progress: bool = True,
@@ -350,7 +466,7 @@ def params_from_gguf(
     return build_params(config, pure, dtype, source=source)
 
 
-def gguf_metadata(reader: gguf_lib.GGUFReader, path: Path) -> dict[str, Any]:
+def gguf_metadata(reader: GGUFFile, path: Path) -> dict[str, Any]:
     """JSON-serialisable facts about the file that callers (tokenizers, reports) need."""
     meta = read_gguf_metadata(reader)
     types = Counter(t.tensor_type.name for t in reader.tensors)
@@ -503,6 +619,8 @@ def save_gguf(
 
 __all__ = [
     "GGMLQuantizationType",
+    "GGUFFile",
+    "GGUFTensor",
     "SUPPORTED_ARCHITECTURES",
     "config_from_gguf",
     "dequantize_tensor",

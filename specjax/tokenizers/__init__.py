@@ -50,7 +50,7 @@ from specjax.tokenizers.chat import (
     render_builtin_chat,
     render_jinja_chat,
 )
-from specjax.tokenizers.gguf_metadata import _metadata_from_reader, read_gguf_metadata
+from specjax.tokenizers.gguf_metadata import read_gguf_metadata
 from specjax.tokenizers.sentencepiece import GGUFSentencePieceTokenizer, SentencePieceModelTokenizer
 from specjax.tokenizers.vocab import StreamDecoder, _VocabTokenizer
 
@@ -111,7 +111,8 @@ def load_tokenizer(
     Args:
       source: a `.gguf` file (any GGUF whose metadata holds a vocabulary, including the
         first part of a split file), a SentencePiece model file, a directory holding
-        exactly one of those, or an open `gguf.GGUFReader`.
+        exactly one of those, a file opened by `specjax.checkpoints.gguf.open_gguf`, or an
+        open `gguf.GGUFReader`.
       chat_template: jinja source to use instead of the file's `tokenizer.chat_template`.
       chat_format: built-in renderer ("chatml", "gemma") when jinja2 is missing or there is
         no template; by default inferred from the template or the vocabulary.
@@ -128,7 +129,7 @@ def load_tokenizer(
         default_system_prompt=default_system_prompt,
     )
     if not isinstance(source, (str, os.PathLike)):
-        return tokenizer_from_gguf_metadata(_metadata_from_reader(source), **kwargs)
+        return tokenizer_from_gguf_metadata(read_gguf_metadata(source), **kwargs)
     path = Path(source).expanduser()
     if path.is_dir():
         found = sorted(path.glob("*.gguf")) + sorted(path.glob("*.model"))

@@ -34,9 +34,10 @@ _GGUF_DTYPES = {0: "u1", 1: "i1", 2: "u2", 3: "i2", 4: "u4", 5: "i4", 6: "f4", 7
 def read_gguf_metadata(source: str | os.PathLike[str] | Any) -> dict[str, Any]:
     """The key/value metadata of a GGUF file (tensors are not read).
 
-    `source` is a path or an open `gguf.GGUFReader`. Strings come back as `str`, string
-    arrays as `list[str]`, numeric arrays as numpy arrays, scalars as Python scalars. Only
-    the metadata section is read, so the first part of a split file is enough.
+    `source` is a path, a file opened by `specjax.checkpoints.gguf.open_gguf`, or an open
+    `gguf.GGUFReader`. Strings come back as `str`, string arrays as `list[str]`, numeric
+    arrays as numpy arrays, scalars as Python scalars. Only the metadata section is read, so
+    the first part of a split file is enough.
 
     An open reader is decoded by the `gguf` package itself. A path is parsed here, by hand,
     because `gguf.GGUFReader` cannot do this job: opening it builds two numpy views for every
@@ -51,19 +52,30 @@ def read_gguf_metadata(source: str | os.PathLike[str] | Any) -> dict[str, Any]:
       TokenizerError: not a GGUF file, an unsupported GGUF version, or truncated metadata.
     """
     if not isinstance(source, (str, os.PathLike)):
+        # An open file of specjax.checkpoints.gguf (its metadata parsed here already) or a
+        # gguf.GGUFReader.
+        if isinstance(getattr(source, "metadata", None), dict):
+            return dict(source.metadata)
         return _metadata_from_reader(source)
-    path = Path(source)
+    return read_gguf_header(source)[0]
+
+
+def read_gguf_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int, int, str]:
+    """(metadata, byte offset of the tensor table, number of tensors, byte order "<" or ">")
+    of the GGUF file at `path`: what `read_gguf_metadata` reads, plus where the tensor infos
+    that follow the key/value section start (the checkpoint reader parses those).
+
+    Raises: as `read_gguf_metadata`."""
+    path = Path(path)
     with open(path, "rb") as f:
         try:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError:  # an empty file cannot be mapped
             raise TokenizerError(f"{path} is empty, not a GGUF file") from None
-    # Errors are turned into messages first: a live traceback would keep views of the map
-    # alive and make closing it fail.
-    error: str | None = None
+    error: str | None = None  # (see read_gguf_metadata: no live traceback over the map)
     buf = memoryview(mm)
     try:
-        meta = _parse_gguf_kv(buf, path)
+        header = _parse_gguf_kv(buf, path)
     except TokenizerError as e:
         error = str(e)
     except (struct.error, IndexError, ValueError) as e:
@@ -72,10 +84,10 @@ def read_gguf_metadata(source: str | os.PathLike[str] | Any) -> dict[str, Any]:
     mm.close()
     if error is not None:
         raise TokenizerError(error)
-    return meta
+    return header
 
 
-def _parse_gguf_kv(buf: memoryview, path: Path) -> dict[str, Any]:
+def _parse_gguf_kv(buf: memoryview, path: Path) -> tuple[dict[str, Any], int, int, str]:
     if bytes(buf[:4]) != b"GGUF":
         raise TokenizerError(f"{path} is not a GGUF file (magic {bytes(buf[:4])!r})")
     # The version tells the byte order: GGUF v3 allows big-endian files.
@@ -86,7 +98,7 @@ def _parse_gguf_kv(buf: memoryview, path: Path) -> dict[str, Any]:
         (version,) = struct.unpack_from(">I", buf, 4)
     if version not in (2, 3):
         raise TokenizerError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
-    _n_tensors, n_kv = struct.unpack_from(e + "QQ", buf, 8)
+    n_tensors, n_kv = struct.unpack_from(e + "QQ", buf, 8)
     off = 24
     u64 = struct.Struct(e + "Q").unpack_from
     size = len(buf)
@@ -135,7 +147,7 @@ def _parse_gguf_kv(buf: memoryview, path: Path) -> dict[str, Any]:
         else:
             raise TokenizerError(f"{path}: unknown GGUF value type {vtype} for key {key}")
         out[key] = value
-    return out
+    return out, off, n_tensors, e
 
 
 def _metadata_from_reader(reader: Any) -> dict[str, Any]:

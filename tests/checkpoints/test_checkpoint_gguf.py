@@ -158,6 +158,47 @@ def test_gemma3_defaults_follow_llama_cpp(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
+# the hand-parsed tensor table against gguf.GGUFReader
+
+
+def test_tensor_table_matches_gguf_reader(tmp_path):
+    """Every tensor `open_gguf` maps (plain, quantized and bf16 types, a custom alignment,
+    a vocabulary in the metadata) has gguf.GGUFReader's name, type, dims, offset, byte count
+    and bytes."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mixed.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_custom_alignment(64)
+    writer.add_token_list([f"tok{i}" for i in range(300)])
+    writer.add_tensor("f32", rng.normal(size=(3, 5)).astype(np.float32))
+    writer.add_tensor("f16", rng.normal(size=(7,)).astype(np.float16))
+    writer.add_tensor("i32", np.arange(6, dtype=np.int32).reshape(2, 3))
+    for name, qtype in [("q8", "Q8_0"), ("q4_1", "Q4_1"), ("bf16", "BF16")]:
+        qtype = gguf.GGMLQuantizationType[qtype]
+        data = gguf.quants.quantize(rng.normal(size=(4, 64)).astype(np.float32), qtype)
+        writer.add_tensor(name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    ours = ckpt_gguf.open_gguf(path)
+    theirs = gguf.GGUFReader(path, "r")
+    assert ours.metadata["tokenizer.ggml.tokens"][299] == "tok299"
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for a, b in zip(ours.tensors, theirs.tensors, strict=True):
+        assert a.tensor_type == b.tensor_type, a.name
+        assert a.shape == tuple(int(d) for d in b.shape), a.name
+        assert (a.data_offset, a.n_bytes) == (int(b.data_offset), int(b.n_bytes)), a.name
+        assert a.data.dtype == b.data.dtype and a.data.shape == b.data.shape, a.name
+        np.testing.assert_array_equal(a.data, b.data)
+        if a.name != "i32":  # (gguf cannot dequantize integer tensors; weights never are)
+            np.testing.assert_array_equal(
+                ckpt_gguf.dequantize_tensor(a), ckpt_gguf.dequantize_tensor(b)
+            )
+
+
+# --------------------------------------------------------------------------------------
 # errors
 
 
