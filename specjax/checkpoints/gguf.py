@@ -125,13 +125,13 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
         metadata, offset, n_tensors, byte_order = read_gguf_header(path)
         if byte_order != "<":
             return _open_with_gguf_reader(path)
-        infos, data_start = _tensor_table(path, metadata, offset, n_tensors)
+        file_bytes = np.memmap(path, dtype=np.uint8, mode="r")
+        infos, data_start = _tensor_table(file_bytes, metadata, offset, n_tensors)
     except (TokenizerError, struct.error, ValueError, IndexError, KeyError) as error:
         raise CorruptCheckpointError(
             f"{path} is truncated or corrupt ({size:,} bytes): reading its header failed with "
             f"{type(error).__name__}: {error}"
         ) from error
-    file_bytes = np.memmap(path, dtype=np.uint8, mode="r") if infos else None
     tensors = []
     for name, dims, tensor_type, relative in infos:
         block_size, type_size = gguf_lib.GGML_QUANT_SIZES[tensor_type]
@@ -155,33 +155,21 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
 
 
 def _tensor_table(
-    path: Path, metadata: dict[str, Any], offset: int, n_tensors: int
+    file_bytes: np.ndarray, metadata: dict[str, Any], offset: int, n_tensors: int
 ) -> tuple[list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]], int]:
-    """The tensor infos that follow the key/value section at `offset` (little-endian): per
-    tensor its name, dims, type and offset within the data section; and where that section
-    starts (the end of the table, rounded up to `general.alignment`)."""
+    """The tensor infos that follow the key/value section at `offset` of the mapped file
+    (little-endian): per tensor its name, dims, type and offset within the data section; and
+    where that section starts (the end of the table, rounded up to `general.alignment`).
+    A table that runs past the end of the file raises struct.error."""
     alignment = int(metadata.get("general.alignment", gguf_lib.GGUF_DEFAULT_ALIGNMENT))
     if alignment <= 0 or alignment & (alignment - 1):
         raise ValueError(f"general.alignment {alignment} is not a power of two")
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        # Names are short and dims at most 4: 64 + 8 * 4 + 32 bytes a tensor is plenty, and
-        # a table that needs more is read on (never past the end of the file).
-        table = handle.read(max(4096, 160 * n_tensors))
-    infos, seen, at = [], set(), 0
+    infos, seen, at = [], set(), offset
 
     def take(fmt: str) -> tuple:
-        nonlocal at, table
-        need = struct.calcsize(fmt)
-        while at + need > len(table):
-            with open(path, "rb") as handle:
-                handle.seek(offset + len(table))
-                more = handle.read(max(4096, len(table)))
-            if not more:
-                raise ValueError("the tensor table runs past the end of the file")
-            table += more
-        values = struct.unpack_from(fmt, table, at)
-        at += need
+        nonlocal at
+        values = struct.unpack_from(fmt, file_bytes, at)
+        at += struct.calcsize(fmt)
         return values
 
     for _ in range(n_tensors):
@@ -196,8 +184,7 @@ def _tensor_table(
         (raw_type,) = take("<I")
         (relative,) = take("<Q")
         infos.append((name, dims, GGMLQuantizationType(raw_type), int(relative)))
-    end = offset + at
-    return infos, end + (-end % alignment)
+    return infos, at + (-at % alignment)
 
 
 def _open_with_gguf_reader(path: Path) -> GGUFFile:
