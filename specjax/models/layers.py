@@ -311,6 +311,19 @@ def kernel_policies() -> dict[str, Any]:
     }
 
 
+def _row_kernel_layer(p: LayerParams, rows: int, max_rows: int) -> bool:
+    """What the norm and projection kernels both need of a layer: converted for inference
+    (no differentiation rule), one shard, at most `max_rows` = B * T rows, no Gemma3
+    post-norms."""
+    return (
+        p.inference
+        and p.shards == 1
+        and rows <= max_rows
+        and p.post_attn_norm is None
+        and p.post_mlp_norm is None
+    )
+
+
 def uses_norm_kernel(p: LayerParams, rows: int) -> bool:
     """Whether `decoder_layer` computes this layer's two RMSNorms (and the residual add before
     the second) with `pallas_norm.rms_norm_rows` for `rows` = B * T (NORM = "pallas", see
@@ -319,14 +332,7 @@ def uses_norm_kernel(p: LayerParams, rows: int) -> bool:
         return False
     from specjax.models import pallas_norm
 
-    return (
-        p.inference
-        and p.shards == 1
-        and rows <= pallas_norm.MAX_ROWS
-        and p.post_attn_norm is None
-        and p.post_mlp_norm is None
-        and not uses_projection_kernels(p, rows)
-    )
+    return _row_kernel_layer(p, rows, pallas_norm.MAX_ROWS) and not uses_projection_kernels(p, rows)
 
 
 def _norm_project(
@@ -360,13 +366,7 @@ def uses_projection_kernels(p: LayerParams, rows: int) -> bool:
         return False
     from specjax.models import pallas_projection
 
-    return (
-        p.inference
-        and p.shards == 1
-        and rows <= pallas_projection.BLOCK_M
-        and p.post_attn_norm is None
-        and p.post_mlp_norm is None
-    )
+    return _row_kernel_layer(p, rows, pallas_projection.BLOCK_M)
 
 
 def uses_rope_attention(p: LayerParams, T: int, S: int, head_dim: int) -> bool:

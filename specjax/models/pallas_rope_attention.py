@@ -67,8 +67,9 @@ from specjax.models.pallas_attention import (
 MAX_NEW_TOKENS = 64
 
 # Launch configuration of the decode path (`layers.decoder_layer` passes none): read once, at
-# import, from SPECJAX_ROPE_ATTENTION ("block_s=128,num_warps=8,num_stages=3"; every key
-# optional), which `experiments/h200/decode_kernels.py --sweep` writes for the GPU at hand.
+# import, from SPECJAX_ROPE_ATTENTION ("splits=4,block_s=128"; every key optional). Choose it
+# by profiling the decode loop: `experiments/h200/decode_kernels.py --sweep` times kernels
+# outside the model and picked a launch 23% slower in the loop (docs/benchmarks.md).
 LAUNCH_KEYS = ("block_s", "block_rows", "num_warps", "num_stages", "splits")
 
 
