@@ -103,7 +103,7 @@ def main(argv):
         "jax": jax.__version__,
         "date": speedup.now(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "kernels": layers.kernel_policies(),
+        "kernels": layers.kernel_policies(FLAGS.dtype),
         "dtype": FLAGS.dtype,
     }
     bandwidth = bench_steps.measure_copy_bandwidth(4e9)

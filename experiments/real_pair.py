@@ -97,7 +97,7 @@ def main(argv):
     header = {
         "target": meta["path"], "draft": FLAGS.draft, "dtype": FLAGS.dtype,
         "device": speedup.device_description(), "jax": jax.__version__,
-        "kernels": layers.kernel_policies(), "date": speedup.now(),
+        "kernels": layers.kernel_policies(FLAGS.dtype), "date": speedup.now(),
         "matmul_precision": os.environ.get("JAX_DEFAULT_MATMUL_PRECISION", "default"),
         "per_set": FLAGS.per_set, "max_new_tokens": FLAGS.max_new_tokens,
         "repeats": FLAGS.repeats, "eos_ids": list(tokenizer.eos_ids),

@@ -192,6 +192,20 @@ def _layer_kernel_fields(
     return kernels.layer_kernels(path.read_text(), layer, durations, tokens=tokens)
 
 
+def _kernel_policies(dtype: Any) -> dict[str, Any] | None:
+    """`layers.kernel_policies(dtype)`; profile_before_after.sh also runs this module against
+    older packages, which have no such function (None) or one without the dtype argument."""
+    from specjax.models import layers
+
+    policies = getattr(layers, "kernel_policies", None)
+    if policies is None:
+        return None
+    try:
+        return policies(dtype)
+    except TypeError:
+        return policies()
+
+
 def floor_ms(params, config, *, batch: int, context: int, bandwidth: float) -> float:
     """Bytes one decode step must read (every weight as stored, every cached key/value) /
     bandwidth (`steps.floor_ms` counts the weights from the config instead)."""
@@ -247,6 +261,7 @@ def run(
         "jax": jax.__version__,
         "specjax_path": os.path.dirname(specjax.__file__),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "kernels": _kernel_policies(dtype),
         "copy_bandwidth_GBps": bandwidth / 1e9,
         "bandwidth_source": bandwidth_source,
         "sections": {},

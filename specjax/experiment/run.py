@@ -155,14 +155,14 @@ def make_workdir(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _environment() -> dict[str, Any]:
+def _environment(dtype: Any = "bfloat16") -> dict[str, Any]:
     import jax
 
     from specjax.models import layers
 
     devices = jax.devices()
     return {
-        "kernels": layers.kernel_policies(),
+        "kernels": layers.kernel_policies(dtype),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
@@ -562,7 +562,7 @@ def run_experiment(
     results = _decode_batches(config, pair, batches, eos, progress)
     cost = _measure_cost(config, pair, prompts)
 
-    env = _environment()
+    env = _environment(config.dtype)
     extra = {
         "target": pair.target.spec,
         "draft": pair.draft.spec if pair.draft else None,  # a draft model's spec, if any

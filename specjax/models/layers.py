@@ -18,9 +18,17 @@ Two layouts of the same weights:
     implementation of the layer's math; the NNX modules call it too, fusing on the fly.
 
 Attention kernel policy, `ATTENTION`, read once at import from the environment variable
-SPECJAX_ATTENTION:
-  * "jnp" (default): `attention`, portable einsum/softmax code that XLA compiles anywhere;
-    the reference.
+SPECJAX_ATTENTION (`attention_policy()` gives the one in effect):
+  * "auto" (default): "fused" where JAX's default backend is a GPU and the KV cache is 16-bit
+    (bfloat16, float16), else "jnp". Decided when a step is traced, not at import (importing
+    specjax initialises no backend). On the H200, in bf16, the fused kernel was faster than
+    the jnp path at every shape measured; in float32 (at `highest` precision) its
+    verification steps took 4x the jnp path's (12.5 against 3.1 ms at the 1.5B pair), so
+    float32 stays on the jnp path. Greedy float32 decoding of the real Qwen pair with the
+    kernel forced on stayed identical to AR (docs/benchmarks.md, "the fused attention kernel
+    by default").
+  * "jnp": `attention`, portable einsum/softmax code that XLA compiles anywhere; the
+    reference.
   * "pallas": `pallas_attention.decode_attention`, one Pallas (Triton) kernel per layer that
     reads the [B, S, C, Dh] cache in place and stops at each row's live prefix. On a backend
     other than GPU it runs in Pallas's interpret mode (slow; for tests of the full model).
@@ -285,9 +293,22 @@ def project(x_BxTxI: jax.Array, w_IxO: jax.Array, pad_single_row: bool = True) -
     return jnp.einsum("bti,io->bto", padded_1x2xI, w_IxO)[:, :1]
 
 
-ATTENTION = os.environ.get("SPECJAX_ATTENTION", "jnp")
-if ATTENTION not in ("jnp", "pallas", "fused"):
-    raise ValueError(f"SPECJAX_ATTENTION must be 'jnp', 'pallas' or 'fused', got {ATTENTION!r}")
+ATTENTION = os.environ.get("SPECJAX_ATTENTION", "auto")
+if ATTENTION not in ("auto", "jnp", "pallas", "fused"):
+    raise ValueError(
+        f"SPECJAX_ATTENTION must be 'auto', 'jnp', 'pallas' or 'fused', got {ATTENTION!r}"
+    )
+
+
+def attention_policy(cache_dtype: Any = jnp.bfloat16) -> str:
+    """The attention policy in effect for a KV cache of `cache_dtype`: ATTENTION, with "auto"
+    resolved to "fused" on a GPU backend for 16-bit caches and "jnp" otherwise (asked when
+    called: call it while tracing, or after JAX has chosen its backend)."""
+    if ATTENTION != "auto":
+        return ATTENTION
+    if jax.default_backend() != "gpu" or jnp.dtype(cache_dtype).itemsize > 2:
+        return "jnp"
+    return "fused"
 
 
 PROJECTION = os.environ.get("SPECJAX_PROJECTION", "xla")
@@ -300,10 +321,12 @@ if NORM not in ("xla", "pallas"):
     raise ValueError(f"SPECJAX_NORM must be 'xla' or 'pallas', got {NORM!r}")
 
 
-def kernel_policies() -> dict[str, Any]:
-    """The kernel policies this process decodes with (results record them beside the flags)."""
+def kernel_policies(dtype: Any = jnp.bfloat16) -> dict[str, Any]:
+    """The kernel policies this process decodes with, for weights and caches of `dtype`
+    (results record them beside the flags)."""
     return {
-        "attention": ATTENTION,
+        "attention": attention_policy(dtype),
+        "attention_setting": ATTENTION,
         "norm": NORM,
         "projection": PROJECTION,
         "single_row_dots": SINGLE_ROW_DOTS,
@@ -369,10 +392,13 @@ def uses_projection_kernels(p: LayerParams, rows: int) -> bool:
     return _row_kernel_layer(p, rows, pallas_projection.BLOCK_M)
 
 
-def uses_rope_attention(p: LayerParams, T: int, S: int, head_dim: int) -> bool:
+def uses_rope_attention(
+    p: LayerParams, T: int, S: int, head_dim: int, cache_dtype: Any = jnp.bfloat16
+) -> bool:
     """Whether `decoder_layer` runs this layer's RoPE, cache write and attention as the one
-    kernel of `pallas_rope_attention` (ATTENTION = "fused", see the module docstring)."""
-    if ATTENTION != "fused":  # the default path never imports Pallas's Triton backend
+    kernel of `pallas_rope_attention` (ATTENTION = "fused", or "auto" on a GPU with a 16-bit
+    cache of `cache_dtype`; see the module docstring)."""
+    if attention_policy(cache_dtype) != "fused":  # the jnp path never imports Pallas's Triton
         return False
     from specjax.models import pallas_rope_attention
 
@@ -463,7 +489,7 @@ def decoder_layer(
         if p.qkv_bias is not None:
             qkv_BxTxX = qkv_BxTxX + p.qkv_bias
     scale = (cfg.query_pre_attn_scalar or Dh) ** -0.5
-    if uses_rope_attention(p, T, k_cache_BxSxCxDh.shape[1], Dh):
+    if uses_rope_attention(p, T, k_cache_BxSxCxDh.shape[1], Dh, k_cache_BxSxCxDh.dtype):
         from specjax.models import pallas_rope_attention
 
         out_BxTxHDh, k_cache_BxSxCxDh, v_cache_BxSxCxDh = pallas_rope_attention.rope_attention(

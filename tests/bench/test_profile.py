@@ -228,6 +228,7 @@ def test_profile_end_to_end_on_cpu(tmp_path):
     assert "| cpu | tiny | ar |" in profile.markdown([result])
     # The given bandwidth is the floor's: bytes / 1e10 B/s, recorded as given.
     assert result["copy_bandwidth_GBps"] == 10 and result["bandwidth_source"] == "given"
+    assert result["kernels"]["attention"] == "jnp"  # "auto" on the CPU backend
     from specjax.bench import steps
     from specjax.bench.parallel import SHAPES
 

@@ -181,6 +181,31 @@ def test_policy_conditions(monkeypatch):
     assert not layers.uses_rope_attention(decode_layer, 1, 100, 16)
 
 
+def test_auto_policy_takes_the_kernel_on_a_gpu_backend_with_16_bit_caches(monkeypatch):
+    """ATTENTION = "auto" (the default) is "fused" where JAX's default backend is a GPU and the
+    cache is 16-bit, "jnp" elsewhere (float32 caches included), decided when asked (not at
+    import), and recorded both ways."""
+    config = TINY_LLAMA.replace(head_dim=16)
+    model, params = random_model(config, seed=0)
+    decode_layer = model.decode_params(params).layers[0]
+    monkeypatch.setattr(layers, "ATTENTION", "auto")
+    assert jax.default_backend() == "cpu"
+    assert layers.attention_policy() == "jnp"
+    assert not layers.uses_rope_attention(decode_layer, 1, 100, 16)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert layers.attention_policy() == "fused"
+    assert layers.uses_rope_attention(decode_layer, 1, 100, 16)
+    assert layers.uses_rope_attention(decode_layer, 1, 100, 16, jnp.float16)
+    assert not layers.uses_rope_attention(decode_layer, 1, 100, 16, jnp.float32)
+    policies = layers.kernel_policies()
+    assert (policies["attention"], policies["attention_setting"]) == ("fused", "auto")
+    assert layers.kernel_policies(jnp.float32)["attention"] == "jnp"
+    monkeypatch.setattr(layers, "ATTENTION", "fused")  # forced: float32 too
+    assert layers.uses_rope_attention(decode_layer, 1, 100, 16, jnp.float32)
+    monkeypatch.setattr(layers, "ATTENTION", "jnp")  # an explicit setting wins on a GPU too
+    assert layers.attention_policy() == "jnp"
+
+
 def test_model_decodes_and_drafts_the_same_with_the_fused_kernel(monkeypatch):
     """Greedy single-token steps give the same tokens and close logits with ATTENTION = jnp
     and = fused (q/k/v biases on); greedy EAGLE speculative decoding with the kernel on (an
