@@ -193,9 +193,16 @@ Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
   --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
   --drafter="eagle:heads=eagle-qwen2.5-coder-1.5b-instruct,gamma=$GAMMA" \
   --drafter="ngram:gamma=$GAMMA,name=prompt-lookup"
-# What comes back: results, logs, metrics, and the SmolLM2 heads (small); the Qwen heads
-# (~200 MB each) stay on the machine.
+# What comes back in results.tgz: results, logs, metrics, and the SmolLM2 heads (small); the
+# Qwen heads (~200 MB each) are packed in parts below.
 cd "$W" && tar czf "$W/results.tgz" --exclude='*.npz' --exclude='checkpoints' \
   --exclude='runs/qwen_*/drafter' out logs status runs/*/metrics.jsonl runs/*/config.json \
   runs/smollm2_*/drafter runs/qwen_*/drafter/heads.json 2>/dev/null
 cd "$REPO" && log "done: $(ls -la "$W/results.tgz")"
+# The Qwen heads packed in 16 MB parts, for calls to bring back four at a time (DEVELOPERS.md:
+# `parts.py emit --index=I $W/pack_<run> $OUT`), so a later lease need not train them again.
+for drafter in runs/qwen_*/drafter; do
+  [ -d "$drafter" ] || continue
+  run=$(basename "$(dirname "$drafter")")
+  $PY experiments/h200/parts.py pack "$drafter" "$W/pack_$run" && log "packed $run: $W/pack_$run"
+done
