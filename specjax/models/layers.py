@@ -19,14 +19,14 @@ Two layouts of the same weights:
 
 Attention kernel policy, `ATTENTION`, read once at import from the environment variable
 SPECJAX_ATTENTION (`attention_policy()` gives the one in effect):
-  * "auto" (default): "fused" where JAX's default backend is a GPU and the KV cache is 16-bit
-    (bfloat16, float16), else "jnp". Decided when a step is traced, not at import (importing
-    specjax initialises no backend). On the H200, in bf16, the fused kernel was faster than
-    the jnp path at every shape measured; in float32 (at `highest` precision) its
-    verification steps took 4x the jnp path's (12.5 against 3.1 ms at the 1.5B pair), so
-    float32 stays on the jnp path. Greedy float32 decoding of the real Qwen pair with the
-    kernel forced on stayed identical to AR (docs/benchmarks.md, "the fused attention kernel
-    by default").
+  * "auto" (default): "fused" where JAX's default backend is an NVIDIA GPU and the KV cache
+    is 16-bit (bfloat16, float16), else "jnp" (ROCm included: not measured there). Decided
+    when a step is traced, not at import (importing specjax initialises no backend). On the
+    H200, in bf16, the fused kernel was faster than the jnp path at every shape measured; in
+    float32 (at `highest` precision) its verification steps took 3.9x its AR steps (12.45
+    against 3.22 ms at the 1.5B pair; about equal on the jnp path), so float32 stays on the
+    jnp path. Greedy float32 decoding of the real Qwen pair with the kernel forced on stayed
+    identical to AR (docs/benchmarks.md, "the fused attention kernel by default").
   * "jnp": `attention`, portable einsum/softmax code that XLA compiles anywhere; the
     reference.
   * "pallas": `pallas_attention.decode_attention`, one Pallas (Triton) kernel per layer that
@@ -308,7 +308,9 @@ def attention_policy(cache_dtype: Any = jnp.bfloat16) -> str:
         return ATTENTION
     if jax.default_backend() != "gpu" or jnp.dtype(cache_dtype).itemsize > 2:
         return "jnp"
-    return "fused"
+    # Measured on NVIDIA GPUs only: ROCm keeps the portable path unless asked for "fused".
+    platform_version = getattr(jax.devices()[0].client, "platform_version", "")
+    return "jnp" if "rocm" in str(platform_version).lower() else "fused"
 
 
 PROJECTION = os.environ.get("SPECJAX_PROJECTION", "xla")

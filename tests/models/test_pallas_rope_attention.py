@@ -202,6 +202,22 @@ def test_auto_policy_takes_the_kernel_on_a_gpu_backend_with_16_bit_caches(monkey
     assert layers.kernel_policies(jnp.float32)["attention"] == "jnp"
     monkeypatch.setattr(layers, "ATTENTION", "fused")  # forced: float32 too
     assert layers.uses_rope_attention(decode_layer, 1, 100, 16, jnp.float32)
+
+
+def test_auto_policy_keeps_rocm_on_the_jnp_path(monkeypatch):
+    """On a GPU backend whose platform is ROCm (where the kernel was never measured) "auto"
+    stays on the jnp path; a CUDA platform takes the kernel."""
+    monkeypatch.setattr(layers, "ATTENTION", "auto")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+
+    class Device:
+        def __init__(self, version):
+            self.client = type("Client", (), {"platform_version": version})()
+
+    monkeypatch.setattr(jax, "devices", lambda: [Device("PJRT C API\nrocm 60300")])
+    assert layers.attention_policy() == "jnp"
+    monkeypatch.setattr(jax, "devices", lambda: [Device("PJRT C API\ncuda 12080")])
+    assert layers.attention_policy() == "fused"
     monkeypatch.setattr(layers, "ATTENTION", "jnp")  # an explicit setting wins on a GPU too
     assert layers.attention_policy() == "jnp"
 
