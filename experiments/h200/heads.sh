@@ -81,8 +81,14 @@ SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
 wait_for() { wait_for_files "$SPECJAX_CACHE/models/$1"; }  # a model file in the cache
 
+# DATA_OVERRIDES: config overrides for every training run of the pass (its -eagle, -hass and
+# -medusa runs share one data file), e.g. more prompts from every ShareGPT user turn:
+#   DATA_OVERRIDES=data.source=sharegpt_turns,data.num_prompts=24064,data.path=runs/data/q24k.npz
+# (TARGETS=qwen: the path names the file; SmolLM2 would share it otherwise).
+DATA_OVERRIDES=${DATA_OVERRIDES:-}
 train() {  # train MEM_FRACTION PRESET BUDGET_MINUTES [OVERRIDES] [--name=NAME]
   local mem=$1 preset=$2 budget=$3 overrides=$4; shift 4
+  overrides=$overrides${DATA_OVERRIDES:+${overrides:+,}$DATA_OVERRIDES}
   XLA_PYTHON_CLIENT_MEM_FRACTION=$mem $PY -m experiments.train_draft --noprogress \
     --stop_after_minutes="$budget" \
     --config="configs/train_heads_h200.py:$preset${overrides:+,$overrides}" \

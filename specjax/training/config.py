@@ -42,7 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "sharegpt"  # sharegpt | stdlib | random
+    # sharegpt (first user turns) | sharegpt_turns (every user turn) | stdlib | random
+    config.data.source = "sharegpt"
     config.data.num_prompts = 192
     config.data.num_eval = 16  # of num_prompts, held out for eval_* metrics
     config.data.max_prompt_tokens = 96

