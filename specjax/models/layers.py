@@ -302,8 +302,8 @@ if ATTENTION not in ("auto", "jnp", "pallas", "fused"):
 
 def attention_policy(cache_dtype: Any = jnp.bfloat16) -> str:
     """The attention policy in effect for a KV cache of `cache_dtype`: ATTENTION, with "auto"
-    resolved to "fused" on a GPU backend for 16-bit caches and "jnp" otherwise (asked when
-    called: call it while tracing, or after JAX has chosen its backend)."""
+    resolved to "fused" on an NVIDIA GPU backend for 16-bit caches and "jnp" otherwise
+    (asked when called: call it while tracing, or after JAX has chosen its backend)."""
     if ATTENTION != "auto":
         return ATTENTION
     if jax.default_backend() != "gpu" or jnp.dtype(cache_dtype).itemsize > 2:
@@ -400,7 +400,7 @@ def uses_rope_attention(
     """Whether `decoder_layer` runs this layer's RoPE, cache write and attention as the one
     kernel of `pallas_rope_attention` (ATTENTION = "fused", or "auto" on a GPU with a 16-bit
     cache of `cache_dtype`; see the module docstring)."""
-    if attention_policy(cache_dtype) != "fused":  # the jnp path never imports Pallas's Triton
+    if attention_policy(cache_dtype) != "fused":  # the jnp path never imports Pallas
         return False
     from specjax.models import pallas_rope_attention
 
