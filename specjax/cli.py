@@ -205,6 +205,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything checkable before a model is loaded: fail in a second, not after a load."""
     import specjax
     from specjax.api import as_rng
+    from specjax.models import layers
 
     if args.gamma < 1:
         console.fail(f"--gamma must be >= 1, got {args.gamma}")
@@ -221,6 +222,7 @@ def check_args(args: argparse.Namespace) -> None:
     try:
         specjax.Sampling.create(args.temperature, top_k=args.top_k, top_p=args.top_p)
         as_rng(args.seed)
+        layers.check_kernel_environment()
     except (ValueError, TypeError) as error:
         console.fail(str(error))
 

@@ -210,6 +210,34 @@ def test_cli_refuses_with_one_line(tiny_gguf, tmp_path, monkeypatch, args, messa
     assert re.search(message, text), text
 
 
+def test_bad_kernel_switches_end_the_cli_with_one_line(tmp_path):
+    """The SPECJAX_* decode switches are read when specjax is imported; a bad value is not an
+    import traceback but one `error:` line naming every bad switch, before a model loads."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SPECJAX_ATTENTION": "bogus",
+           "SPECJAX_SINGLE_ROW_PAD_MIN_WIDTH": "wide"}  # fmt: skip
+    command = [sys.executable, "-m", "specjax.cli", "generate", "--prompt", "hi",
+               "--max-new-tokens", "4", "--target", str(tmp_path / "none.gguf")]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert re.fullmatch(
+        r"error: SPECJAX_ATTENTION must be one of 'auto', 'jnp', 'pallas', 'fused', got 'bogus'; "
+        r"SPECJAX_SINGLE_ROW_PAD_MIN_WIDTH must be a whole number of features, got 'wide'",
+        lines[0],
+    ), lines[0]
+
+
+def test_a_bad_kernel_switch_stops_the_first_decode(monkeypatch):
+    """In the library the check runs where a decode layer is traced."""
+    from specjax.models import layers
+
+    model, params = random_model(TINY_LLAMA, seed=0)
+    monkeypatch.setattr(layers, "NORM", "triton")
+    message = r"SPECJAX_NORM must be one of 'xla', 'pallas', got 'triton'"
+    with pytest.raises(ValueError, match=message):
+        specjax.generate((model, params), None, [[1, 2, 3]], max_new_tokens=2)
+
+
 # --------------------------------------------------------------------------------------------
 # Configs, in this process: (id, overrides of configs/tiny.py's config, message words).
 

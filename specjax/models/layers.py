@@ -272,13 +272,14 @@ def fuse_block(
 # "Single-row dots"). Read once, at import: the profiler's before/after runs set them per
 # process.
 SINGLE_ROW_DOTS = os.environ.get("SPECJAX_SINGLE_ROW_DOTS", "pad")
-if SINGLE_ROW_DOTS not in ("pad", "plain"):
-    raise ValueError(f"SPECJAX_SINGLE_ROW_DOTS must be 'pad' or 'plain', got {SINGLE_ROW_DOTS!r}")
-SINGLE_ROW_PAD_MIN_WIDTH = int(os.environ.get("SPECJAX_SINGLE_ROW_PAD_MIN_WIDTH", "1024"))
+_PAD_MIN_WIDTH_TEXT = os.environ.get("SPECJAX_SINGLE_ROW_PAD_MIN_WIDTH", "1024")
+# None when the text is not a count: `check_kernel_environment` names it.
+SINGLE_ROW_PAD_MIN_WIDTH = int(_PAD_MIN_WIDTH_TEXT) if _PAD_MIN_WIDTH_TEXT.isdigit() else None
 
 
 def pads_single_rows(width: int) -> bool:
     """Whether a layer of this model width pads its single-row projections."""
+    check_kernel_environment()
     return SINGLE_ROW_DOTS == "pad" and width >= SINGLE_ROW_PAD_MIN_WIDTH
 
 
@@ -294,10 +295,6 @@ def project(x_BxTxI: jax.Array, w_IxO: jax.Array, pad_single_row: bool = True) -
 
 
 ATTENTION = os.environ.get("SPECJAX_ATTENTION", "auto")
-if ATTENTION not in ("auto", "jnp", "pallas", "fused"):
-    raise ValueError(
-        f"SPECJAX_ATTENTION must be 'auto', 'jnp', 'pallas' or 'fused', got {ATTENTION!r}"
-    )
 
 
 def attention_policy(cache_dtype: Any = jnp.bfloat16) -> str:
@@ -314,18 +311,39 @@ def attention_policy(cache_dtype: Any = jnp.bfloat16) -> str:
 
 
 PROJECTION = os.environ.get("SPECJAX_PROJECTION", "xla")
-if PROJECTION not in ("xla", "pallas"):
-    raise ValueError(f"SPECJAX_PROJECTION must be 'xla' or 'pallas', got {PROJECTION!r}")
-
-
 NORM = os.environ.get("SPECJAX_NORM", "xla")
-if NORM not in ("xla", "pallas"):
-    raise ValueError(f"SPECJAX_NORM must be 'xla' or 'pallas', got {NORM!r}")
+
+
+def check_kernel_environment() -> None:
+    """Raises ValueError naming each SPECJAX_* decode switch whose value it does not take.
+
+    The switches are read at import but checked here, where a decode layer is traced (and by
+    the CLI before it loads a model): a bad value then ends a command with one line, not an
+    import traceback."""
+    choices = {
+        "SPECJAX_ATTENTION": (ATTENTION, ("auto", "jnp", "pallas", "fused")),
+        "SPECJAX_PROJECTION": (PROJECTION, ("xla", "pallas")),
+        "SPECJAX_NORM": (NORM, ("xla", "pallas")),
+        "SPECJAX_SINGLE_ROW_DOTS": (SINGLE_ROW_DOTS, ("pad", "plain")),
+    }
+    problems = [
+        f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+        for name, (value, allowed) in choices.items()
+        if value not in allowed
+    ]
+    if not isinstance(SINGLE_ROW_PAD_MIN_WIDTH, int):
+        problems.append(
+            "SPECJAX_SINGLE_ROW_PAD_MIN_WIDTH must be a whole number of features, got "
+            f"{_PAD_MIN_WIDTH_TEXT!r}"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def kernel_policies(dtype: Any = jnp.bfloat16) -> dict[str, Any]:
     """The kernel policies this process decodes with, for weights and caches of `dtype`
     (results record them beside the flags)."""
+    check_kernel_environment()
     return {
         "attention": attention_policy(dtype),
         "attention_setting": ATTENTION,
@@ -464,6 +482,7 @@ def decoder_layer(
     The new keys/values go to cache slots [lengths[b], lengths[b] + T) of each row; returns
     (output [B, T, D], this layer's updated key cache, value cache).
     """
+    check_kernel_environment()  # (at trace time: a few comparisons)
     cfg = config
     B, T, _ = x_BxTxD.shape
     H, Dh, N = cfg.num_heads, cfg.head_dim, p.shards
