@@ -227,6 +227,17 @@ def test_bad_kernel_switches_end_the_cli_with_one_line(tmp_path):
     ), lines[0]
 
 
+def test_a_bad_kernel_launch_ends_the_cli_with_one_line_on_any_backend(tmp_path):
+    """SPECJAX_ROPE_ATTENTION is refused by name even where the fused kernel is not used."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SPECJAX_ROPE_ATTENTION": "splits=8,warps=4"}
+    command = [sys.executable, "-m", "specjax.cli", "generate", "--prompt", "hi",
+               "--max-new-tokens", "4", "--target", str(tmp_path / "none.gguf")]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("error: SPECJAX_ROPE_ATTENTION: 'warps=4' is not one of"), lines
+
+
 def test_a_bad_kernel_switch_stops_the_first_decode(monkeypatch):
     """In the library the check runs where a decode layer is traced."""
     from specjax.models import layers

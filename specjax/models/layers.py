@@ -338,6 +338,10 @@ def check_kernel_environment() -> None:
         )
     if problems:
         raise ValueError("; ".join(problems))
+    if os.environ.get("SPECJAX_ROPE_ATTENTION"):
+        # The fused kernel's launch is parsed (and refused by name) when its module is
+        # imported; a set value is checked here even where the kernel is not used (CPU).
+        from specjax.models import pallas_rope_attention  # noqa: F401
 
 
 def kernel_policies(dtype: Any = jnp.bfloat16) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def parse_launch(text: str) -> dict[str, int]:
     launch = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
-        if key not in LAUNCH_KEYS or not value.strip().isdigit():
+        if key not in LAUNCH_KEYS or not value.strip().isdigit() or int(value) < 1:
             raise ValueError(
                 f"SPECJAX_ROPE_ATTENTION: {item!r} is not one of {LAUNCH_KEYS} = a positive integer"
             )

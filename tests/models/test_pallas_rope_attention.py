@@ -271,3 +271,5 @@ def test_launch_configuration_is_parsed_and_bad_keys_are_refused():
         pra.parse_launch("block=128")
     with pytest.raises(ValueError, match="'num_warps=x' is not one of"):
         pra.parse_launch("num_warps=x")
+    with pytest.raises(ValueError, match="'splits=0' is not one of"):
+        pra.parse_launch("splits=0")
