@@ -154,6 +154,7 @@ def generate_command(args) -> dict[str, Any]:
 
     import specjax
     from specjax.checkpoints import load_model
+    from specjax.models import layers
 
     target = load_model(args.target, args.dtype)
     tokenizer = target.tokenizer
@@ -187,6 +188,7 @@ def generate_command(args) -> dict[str, Any]:
         "seconds": seconds,  # includes compilation: the CLI runs one generation
         "stop_reason": out.stop_reason_names()[0],
         "prompt_tokens": len(prompt_ids),
+        "kernels": layers.kernel_policies(args.dtype),  # what decoded it (auto: per backend)
     }
     return {
         "token_ids": token_ids,

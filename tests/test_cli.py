@@ -42,6 +42,7 @@ def test_generate_json_ngram_equals_autoregressive(capsys):
     assert len(plain["token_ids"]) <= 12 and plain["text"]
     assert set(drafted["stats"]) >= {"target_calls", "tau", "acceptance_per_position", "seconds"}
     assert len(drafted["stats"]["acceptance_per_position"]) == 3
+    assert drafted["stats"]["kernels"]["attention"] == "jnp"  # "auto" on the CPU backend
     assert plain["stats"]["target_calls"] == len(plain["token_ids"])
 
 
