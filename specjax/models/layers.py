@@ -19,8 +19,9 @@ Two layouts of the same weights:
 
 Attention kernel policy, `ATTENTION`, read once at import from the environment variable
 SPECJAX_ATTENTION (`attention_policy()` gives the one in effect):
-  * "auto" (default): "fused" where JAX's default backend is an NVIDIA GPU and the KV cache
-    is 16-bit (bfloat16, float16), else "jnp" (ROCm included: not measured there). Decided
+  * "auto" (default): "fused" where JAX's default device is an NVIDIA GPU of compute
+    capability >= 9.0 (Hopper or later, as the H200 it was measured on) and the KV cache is
+    16-bit (bfloat16, float16), else "jnp" (ROCm and older GPUs included). Decided
     when a step is traced, not at import (importing specjax initialises no backend). On the
     H200, in bf16, the fused kernel was faster than the jnp path at every shape measured; in
     float32 (at `highest` precision) its verification steps took 3.9x its AR steps (12.45
@@ -299,15 +300,26 @@ ATTENTION = os.environ.get("SPECJAX_ATTENTION", "auto")
 
 def attention_policy(cache_dtype: Any = jnp.bfloat16) -> str:
     """The attention policy in effect for a KV cache of `cache_dtype`: ATTENTION, with "auto"
-    resolved to "fused" on an NVIDIA GPU backend for 16-bit caches and "jnp" otherwise
+    resolved to "fused" on a Hopper-or-later NVIDIA GPU for 16-bit caches and "jnp" otherwise
     (asked when called: call it while tracing, or after JAX has chosen its backend)."""
     if ATTENTION != "auto":
         return ATTENTION
     if jax.default_backend() != "gpu" or jnp.dtype(cache_dtype).itemsize > 2:
         return "jnp"
-    # Measured on NVIDIA GPUs only: ROCm keeps the portable path unless asked for "fused".
-    platform_version = getattr(jax.devices()[0].client, "platform_version", "")
-    return "jnp" if "rocm" in str(platform_version).lower() else "fused"
+    return "fused" if _hopper_or_later() else "jnp"
+
+
+def _hopper_or_later() -> bool:
+    """Whether the default device is a CUDA GPU of compute capability >= 9.0, like the H200
+    the fused kernel was measured on. ROCm and older NVIDIA GPUs (a T4 has no bf16 tensor
+    cores for Triton's dots) keep the jnp path unless asked for "fused"."""
+    device = jax.devices()[0]
+    if "cuda" not in str(getattr(device.client, "platform_version", "")).lower():
+        return False
+    major, _, minor = str(getattr(device, "compute_capability", "")).partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        return False
+    return (int(major), int(minor)) >= (9, 0)
 
 
 PROJECTION = os.environ.get("SPECJAX_PROJECTION", "xla")

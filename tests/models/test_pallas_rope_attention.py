@@ -181,9 +181,23 @@ def test_policy_conditions(monkeypatch):
     assert not layers.uses_rope_attention(decode_layer, 1, 100, 16)
 
 
-def test_auto_policy_takes_the_kernel_on_a_gpu_backend_with_16_bit_caches(monkeypatch):
-    """ATTENTION = "auto" (the default) is "fused" where JAX's default backend is a GPU and the
-    cache is 16-bit, "jnp" elsewhere (float32 caches included), decided when asked (not at
+class _FakeGPU:
+    """What `layers` reads of a JAX device: its client's platform version and its compute
+    capability."""
+
+    def __init__(self, platform_version: str, compute_capability: str):
+        self.client = type("Client", (), {"platform_version": platform_version})()
+        self.compute_capability = compute_capability
+
+
+def _on_gpu(monkeypatch, platform_version="PJRT C API\ncuda 12080", capability="9.0"):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda: [_FakeGPU(platform_version, capability)])
+
+
+def test_auto_policy_takes_the_kernel_on_a_hopper_gpu_with_16_bit_caches(monkeypatch):
+    """ATTENTION = "auto" (the default) is "fused" on a CUDA GPU of compute capability >= 9.0
+    with a 16-bit cache, "jnp" elsewhere (the CPU, float32 caches), decided when asked (not at
     import), and recorded both ways."""
     config = TINY_LLAMA.replace(head_dim=16)
     model, params = random_model(config, seed=0)
@@ -192,7 +206,7 @@ def test_auto_policy_takes_the_kernel_on_a_gpu_backend_with_16_bit_caches(monkey
     assert jax.default_backend() == "cpu"
     assert layers.attention_policy() == "jnp"
     assert not layers.uses_rope_attention(decode_layer, 1, 100, 16)
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    _on_gpu(monkeypatch)
     assert layers.attention_policy() == "fused"
     assert layers.uses_rope_attention(decode_layer, 1, 100, 16)
     assert layers.uses_rope_attention(decode_layer, 1, 100, 16, jnp.float16)
@@ -202,23 +216,22 @@ def test_auto_policy_takes_the_kernel_on_a_gpu_backend_with_16_bit_caches(monkey
     assert layers.kernel_policies(jnp.float32)["attention"] == "jnp"
     monkeypatch.setattr(layers, "ATTENTION", "fused")  # forced: float32 too
     assert layers.uses_rope_attention(decode_layer, 1, 100, 16, jnp.float32)
-
-
-def test_auto_policy_keeps_rocm_on_the_jnp_path(monkeypatch):
-    """On a GPU backend whose platform is ROCm (where the kernel was never measured) "auto"
-    stays on the jnp path; a CUDA platform takes the kernel."""
-    monkeypatch.setattr(layers, "ATTENTION", "auto")
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-
-    class Device:
-        def __init__(self, version):
-            self.client = type("Client", (), {"platform_version": version})()
-
-    monkeypatch.setattr(jax, "devices", lambda: [Device("PJRT C API\nrocm 60300")])
-    assert layers.attention_policy() == "jnp"
-    monkeypatch.setattr(jax, "devices", lambda: [Device("PJRT C API\ncuda 12080")])
-    assert layers.attention_policy() == "fused"
     monkeypatch.setattr(layers, "ATTENTION", "jnp")  # an explicit setting wins on a GPU too
+    assert layers.attention_policy() == "jnp"
+
+
+@pytest.mark.parametrize(
+    "platform_version, capability",
+    [("PJRT C API\nrocm 60300", "9.0"), ("PJRT C API\ncuda 12080", "7.5"),
+     ("PJRT C API\ncuda 12080", "8.0"), ("PJRT C API\ncuda 12080", "")],
+    ids=["rocm", "t4", "a100", "unknown"],
+)  # fmt: skip
+def test_auto_policy_keeps_unmeasured_gpus_on_the_jnp_path(monkeypatch, platform_version,
+                                                            capability):  # fmt: skip
+    """ROCm and NVIDIA GPUs older than Hopper (where the kernel was never measured; a T4
+    lacks bf16 tensor cores) stay on the jnp path under "auto"."""
+    monkeypatch.setattr(layers, "ATTENTION", "auto")
+    _on_gpu(monkeypatch, platform_version, capability)
     assert layers.attention_policy() == "jnp"
 
 
