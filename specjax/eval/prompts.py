@@ -36,7 +36,8 @@ import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -569,7 +570,11 @@ def sharegpt_every_turn(
     first turns. For training data (a drafter's target answering them), not a benchmark:
     a later turn alone may lack its context."""
     file = fetch_prompt_file("sharegpt", path=path, cache_dir=cache_dir)
-    return _parse_sharegpt(file.read_bytes(), every_turn=True)
+    # The set's file parsed the other way, through the same cache and unique-id check.
+    every_turn = replace(
+        _spec("sharegpt"), name="sharegpt_turns", parse=partial(_parse_sharegpt, every_turn=True)
+    )
+    return list(_load_all(every_turn, file))
 
 
 def group_by_category(
