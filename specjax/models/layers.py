@@ -279,7 +279,10 @@ SINGLE_ROW_PAD_MIN_WIDTH = int(_PAD_MIN_WIDTH_TEXT) if _PAD_MIN_WIDTH_TEXT.isdig
 
 
 def pads_single_rows(width: int) -> bool:
-    """Whether a layer of this model width pads its single-row projections."""
+    """Whether a layer of this model width pads its single-row projections.
+
+    Every decode layer and EAGLE head asks this first, so the SPECJAX_* switches are checked
+    here (`check_kernel_environment`, at trace time)."""
     check_kernel_environment()
     return SINGLE_ROW_DOTS == "pad" and width >= SINGLE_ROW_PAD_MIN_WIDTH
 
@@ -329,9 +332,9 @@ NORM = os.environ.get("SPECJAX_NORM", "xla")
 def check_kernel_environment() -> None:
     """Raises ValueError naming each SPECJAX_* decode switch whose value it does not take.
 
-    The switches are read at import but checked here, where a decode layer is traced (and by
-    the CLI before it loads a model): a bad value then ends a command with one line, not an
-    import traceback."""
+    The switches are read at import but checked here, where a decode layer is traced
+    (`pads_single_rows`) and by the CLI before it loads a model: a bad value then ends a
+    command with one line, not an import traceback."""
     choices = {
         "SPECJAX_ATTENTION": (ATTENTION, ("auto", "jnp", "pallas", "fused")),
         "SPECJAX_PROJECTION": (PROJECTION, ("xla", "pallas")),
@@ -498,7 +501,6 @@ def decoder_layer(
     The new keys/values go to cache slots [lengths[b], lengths[b] + T) of each row; returns
     (output [B, T, D], this layer's updated key cache, value cache).
     """
-    check_kernel_environment()  # (at trace time: a few comparisons)
     cfg = config
     B, T, _ = x_BxTxD.shape
     H, Dh, N = cfg.num_heads, cfg.head_dim, p.shards
