@@ -210,32 +210,36 @@ def test_cli_refuses_with_one_line(tiny_gguf, tmp_path, monkeypatch, args, messa
     assert re.search(message, text), text
 
 
-def test_bad_kernel_switches_end_the_cli_with_one_line(tmp_path):
-    """The SPECJAX_* decode switches are read when specjax is imported; a bad value is not an
-    import traceback but one `error:` line naming every bad switch, before a model loads."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SPECJAX_ATTENTION": "bogus",
-           "SPECJAX_SINGLE_ROW_PAD_MIN_WIDTH": "wide"}  # fmt: skip
+def _cli_error_line(tmp_path: Path, switches: dict[str, str]) -> str:
+    """`python -m specjax.cli generate` (a fresh process: the switches are read at import)
+    with `switches` in its environment; asserts it ended with status 1 and one stderr line,
+    and returns that line."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **switches}
     command = [sys.executable, "-m", "specjax.cli", "generate", "--prompt", "hi",
                "--max-new-tokens", "4", "--target", str(tmp_path / "none.gguf")]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    return lines[0]
+
+
+def test_bad_kernel_switches_end_the_cli_with_one_line(tmp_path):
+    """The SPECJAX_* decode switches are read when specjax is imported; a bad value is not an
+    import traceback but one `error:` line naming every bad switch, before a model loads."""
+    line = _cli_error_line(
+        tmp_path, {"SPECJAX_ATTENTION": "bogus", "SPECJAX_SINGLE_ROW_PAD_MIN_WIDTH": "wide"}
+    )
     assert re.fullmatch(
         r"error: SPECJAX_ATTENTION must be one of 'auto', 'jnp', 'pallas', 'fused', got 'bogus'; "
         r"SPECJAX_SINGLE_ROW_PAD_MIN_WIDTH must be a whole number of features, got 'wide'",
-        lines[0],
-    ), lines[0]
+        line,
+    ), line
 
 
 def test_a_bad_kernel_launch_ends_the_cli_with_one_line_on_any_backend(tmp_path):
     """SPECJAX_ROPE_ATTENTION is refused by name even where the fused kernel is not used."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SPECJAX_ROPE_ATTENTION": "splits=8,warps=4"}
-    command = [sys.executable, "-m", "specjax.cli", "generate", "--prompt", "hi",
-               "--max-new-tokens", "4", "--target", str(tmp_path / "none.gguf")]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=300)
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
-    assert lines[0].startswith("error: SPECJAX_ROPE_ATTENTION: 'warps=4' is not one of"), lines
+    line = _cli_error_line(tmp_path, {"SPECJAX_ROPE_ATTENTION": "splits=8,warps=4"})
+    assert line.startswith("error: SPECJAX_ROPE_ATTENTION: 'warps=4' is not one of"), line
 
 
 def test_a_bad_kernel_switch_stops_the_first_decode(monkeypatch):
