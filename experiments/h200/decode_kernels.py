@@ -12,8 +12,10 @@ and in float32 at `highest` matmul precision (< 1e-4). The same for `pallas_norm
 With --sweep=FILE it then times the attention kernel's launch configurations (block_s,
 num_warps, num_stages) against the jnp path at the Qwen2.5-1.5B and 0.5B shapes (T = 1, 512
 valid slots, one jitted call over 24 layers' caches, median of 30) and writes the fastest as
-the SPECJAX_ROPE_ATTENTION value to FILE. Exits non-zero when the Pallas
-lowering fails or a check does not pass, so a pipeline can skip the kernel's profiles.
+the SPECJAX_ROPE_ATTENTION value to FILE; --sweep_dtype=float32 --sweep_T=3 times a float32
+verification step's shape instead (at `highest` precision), --sweep_only skips the checks.
+Exits non-zero when the Pallas lowering fails or a check does not pass, so a pipeline can
+skip the kernel's profiles.
 Seconds on an H200. The speed verdict is the decode-loop profile, not this script.
 """
 
@@ -115,17 +117,27 @@ SWEEP = dict(block_s=(32, 64, 128), num_warps=(4, 8), num_stages=(2, 3))
 SWEEP_SHAPES = ("qwen2.5-1.5b", "qwen2.5-0.5b")
 
 
-def layer_chain_us(name: str, launch: dict | None, layers_: int = 24, iters: int = 30) -> float:
+def layer_chain_us(
+    name: str,
+    launch: dict | None,
+    dtype: str = "bfloat16",
+    T: int = 1,
+    layers_: int = 24,
+    iters: int = 30,
+) -> float:
     """Median µs per layer of one jitted call running the kernel (launch config `launch`) or,
-    with None, the jnp path over `layers_` separate caches (B = 1, T = 1, 512 valid slots)."""
+    with None, the jnp path over `layers_` separate caches (B = 1, T new tokens, 512 valid
+    slots; float32 at `highest` matmul precision, as the float32 exactness runs)."""
     H, C, Dh = SHAPES[name]
     S = 640
     rng = np.random.default_rng(2)
-    qkv = jnp.asarray(rng.normal(size=(1, 1, (H + 2 * C) * Dh)), jnp.bfloat16)
-    caches = [jnp.asarray(rng.normal(size=(1, S, C, Dh)), jnp.bfloat16) for _ in range(2 * layers_)]
+    qkv = jnp.asarray(rng.normal(size=(1, T, (H + 2 * C) * Dh)), dtype)
+    caches = [jnp.asarray(rng.normal(size=(1, S, C, Dh)), dtype) for _ in range(2 * layers_)]
     lengths = jnp.asarray([512], jnp.int32)
-    rotary = layers.Rotary.create(lengths[:, None], 1e6, Dh)
-    mask = kv_cache.attention_mask(lengths, lengths[:, None], S)
+    positions = lengths[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+    rotary = layers.Rotary.create(positions, 1e6, Dh)
+    mask = kv_cache.attention_mask(lengths, positions, S)
+    precision = "highest" if dtype == "float32" else "default"
     static = dict(num_heads=H, scale=Dh**-0.5, layout="half")
     interpret = jax.default_backend() != "gpu"
 
@@ -148,7 +160,8 @@ def layer_chain_us(name: str, launch: dict | None, layers_: int = 24, iters: int
             outs.append(out[0])
         return outs
 
-    jax.block_until_ready(chain(qkv, caches))
+    with jax.default_matmul_precision(precision):  # traced (and compiled) at this precision
+        jax.block_until_ready(chain(qkv, caches))
     times = []
     for _ in range(iters):
         start = time.perf_counter()
@@ -157,18 +170,18 @@ def layer_chain_us(name: str, launch: dict | None, layers_: int = 24, iters: int
     return 1e6 * float(np.median(times)) / layers_
 
 
-def sweep(path: str) -> None:
-    print("\n| launch | " + " | ".join(f"{n} µs/layer" for n in SWEEP_SHAPES) + " |")
+def sweep(path: str, dtype: str = "bfloat16", T: int = 1) -> None:
+    print(f"\n{dtype}, T = {T}:\n")
+    print("| launch | " + " | ".join(f"{n} µs/layer" for n in SWEEP_SHAPES) + " |")
     print("|---|" + "---|" * len(SWEEP_SHAPES))
-    print(
-        "| jnp path | " + " | ".join(f"{layer_chain_us(n, None):.1f}" for n in SWEEP_SHAPES) + " |"
-    )
+    jnp_us = [layer_chain_us(n, None, dtype, T) for n in SWEEP_SHAPES]
+    print("| jnp path | " + " | ".join(f"{t:.1f}" for t in jnp_us) + " |")
     best = (float("inf"), "")
     for values in itertools.product(*SWEEP.values()):
         launch = dict(zip(SWEEP, values))
         text = ",".join(f"{k}={v}" for k, v in launch.items())
         try:
-            per_shape = [layer_chain_us(n, launch) for n in SWEEP_SHAPES]
+            per_shape = [layer_chain_us(n, launch, dtype, T) for n in SWEEP_SHAPES]
         except Exception as error:  # noqa: BLE001 - a configuration Triton refuses
             print(f"| {text} | failed: {type(error).__name__} |")
             continue
@@ -183,8 +196,16 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="")
     parser.add_argument("--sweep", default="", help="write the fastest launch config here")
+    parser.add_argument("--sweep_dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--sweep_T", type=int, default=1, help="new tokens per sweep call")
+    parser.add_argument("--sweep_only", action="store_true", help="skip the checks")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0]}")
+    if args.sweep_only:
+        if not args.sweep:
+            parser.error("--sweep_only needs --sweep=FILE")
+        sweep(args.sweep, args.sweep_dtype, args.sweep_T)
+        return 0
     rows, failed = [], False
     print("| shape | T | dtype | splits | out max diff | k cache | v cache | ok |")
     print("|---|---|---|---|---|---|---|---|")
@@ -225,7 +246,7 @@ def main() -> int:
                 dict(jax=jax.__version__, device=str(jax.devices()[0]), rows=rows), f, indent=1
             )
     if args.sweep and not failed:
-        sweep(args.sweep)
+        sweep(args.sweep, args.sweep_dtype, args.sweep_T)
     return 1 if failed else 0
 
 

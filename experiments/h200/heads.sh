@@ -68,12 +68,14 @@ if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
   BUDGET_EAGLE=1; BUDGET_SHORT=1
   COMPARE="--prompts_per_set=1 --max_new_tokens=8 --repeats=1 --prompt_bucket=128"
   TREE_STATIC="2,1"; TREE_DYNAMIC="dynamic:depth=2,top_k=2,nodes=4"; GAMMA=2
+  TREE_DYNAMIC16="dynamic:depth=2,top_k=2,nodes=3"
   BATCHES="2"; HF_SHAPES=""; PAIR_GAMMAS=1; PAIR="--per_set=1 --max_new_tokens=8 --repeats=1"
 else
-  TRAIN_EAGLE=""; TRAIN_SHORT=""
+  TRAIN_EAGLE=${TRAIN_EAGLE:-}; TRAIN_SHORT=${TRAIN_SHORT:-}  # overrides, e.g. train.num_steps=9000
   BUDGET_EAGLE=${BUDGET_EAGLE:-5}; BUDGET_SHORT=${BUDGET_SHORT:-2}
   COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512"
   TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=6,top_k=6,nodes=32"; GAMMA=4
+  TREE_DYNAMIC16="dynamic:depth=5,top_k=4,nodes=16"
   BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-llama3-8b,qwen2.5-1.5b}
   PAIR_GAMMAS=${PAIR_GAMMAS:-1,2,3,5}; PAIR="--per_set=4 --repeats=3"
 fi
@@ -106,27 +108,42 @@ target_heads() {  # target_heads PREFIX NAME: data + EAGLE, then HASS beside Med
   wait
 }
 
+DROP_DRAFTERS=${DROP_DRAFTERS:-}  # labels of comparison rows left out, e.g. "medusa eagle-hass"
+row() {  # row LABEL SPEC: one --drafter flag, unless LABEL is dropped (or KEEP lacks it)
+  case " $DROP_DRAFTERS " in *" $1 "*) return ;; esac
+  case " ${KEEP:-$1} " in *" $1 "*) echo "--drafter=$2" ;; esac
+}
 drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's comparison
   # Most wanted first: a stage cut by the deadline keeps the rows it finished.
   local n=$1 draft=${2:-}
-  echo "--drafter=ngram:gamma=$GAMMA,name=prompt-lookup --drafter=eagle:heads=eagle-$n,gamma=$GAMMA"
-  echo "--drafter=eagle:heads=eagle-$n,tree=$TREE_DYNAMIC,name=eagle-dynamic-tree"
-  echo "--drafter=eagle:heads=eagle-$n,tree=$TREE_STATIC,name=eagle-tree"
-  echo "--drafter=medusa:heads=medusa-$n,gamma=$GAMMA"
-  [ -n "$draft" ] && echo "--drafter=model:model=$SPECJAX_CACHE/models/$draft,gamma=2,name=draft-model"
-  echo "--drafter=eagle:heads=hass-$n,gamma=$GAMMA,name=eagle-hass"
+  row prompt-lookup "ngram:gamma=$GAMMA,name=prompt-lookup"
+  row eagle "eagle:heads=eagle-$n,gamma=$GAMMA"
+  row eagle-dynamic-tree "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC,name=eagle-dynamic-tree"
   # EAGLE drafting over the 32k tokens most frequent in the training answers (EAGLE-3's draft
   # vocabulary, heads.with_draft_vocab): a quarter of Qwen's LM-head read per draft token.
-  echo "--drafter=eagle:heads=eagle-$n,gamma=$GAMMA,draft_vocab=32768,name=eagle-dv32k"
-  echo "--drafter=early-exit:gamma=$GAMMA"
+  row eagle-dv32k "eagle:heads=eagle-$n,gamma=$GAMMA,draft_vocab=32768,name=eagle-dv32k"
+  row eagle-dynamic-dv32k \
+    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC,draft_vocab=32768,name=eagle-dynamic-dv32k"
+  # Half the dynamic tree (16 nodes, depth 5): fewer nodes to verify per step.
+  row eagle-dynamic16-dv32k \
+    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC16,draft_vocab=32768,name=eagle-dynamic16-dv32k"
+  row eagle-tree "eagle:heads=eagle-$n,tree=$TREE_STATIC,name=eagle-tree"
+  row medusa "medusa:heads=medusa-$n,gamma=$GAMMA"
+  [ -n "$draft" ] &&
+    row draft-model "model:model=$SPECJAX_CACHE/models/$draft,gamma=2,name=draft-model"
+  row eagle-hass "eagle:heads=hass-$n,gamma=$GAMMA,name=eagle-hass"
+  row early-exit "early-exit:gamma=$GAMMA"
 }
 
 compare() {  # compare MODEL_FILE NAME TAG DRAFT_FILE TEMPERATURES [few]: timed, bfloat16
   local file=$1 n=$2 tag=$3 draft=$4 temps=$5 which=${6:-all} flags
-  flags=$(drafters "$n" "$draft")
   # At T = 1 only the drafters the sampling rules differ for: one-hot q (prompt lookup),
   # a head's q (EAGLE chain), the multi-draft tree rule (EAGLE static tree).
-  [ "$which" = few ] && flags=$(echo "$flags" | head -n 3 | grep -v dynamic-tree)
+  if [ "$which" = few ]; then
+    flags=$(KEEP="prompt-lookup eagle eagle-tree" drafters "$n" "$draft")
+  else
+    flags=$(drafters "$n" "$draft")
+  fi
   # shellcheck disable=SC2086
   $PY -m experiments.bench --suites=real --gguf="$SPECJAX_CACHE/models/$file" $SETS $COMPARE \
     --batches=1 --temperatures="$temps" --out="$W/out" --tag="$tag" --weights_cache $flags
@@ -140,7 +157,7 @@ exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest pr
     --temperatures=0 --dtype=float32 --out="$W/out" --tag="$tag" $(drafters "$n" "$draft")
 }
 
-export -f train compare exactness drafters
+export -f train compare exactness drafters row
 log "start: $(left) s to the deadline, scale $SCALE"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
 hf_stages() {  # ours then HF's, one process per shape, alone on the GPU
@@ -186,6 +203,13 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
 # configuration and temperature).
 Q && wait_for "$DRAFT_FILE"
 Q && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE" 0
+# Batch 8 and 32: AR, the best head drafter at batch 1 (EAGLE over its 32k draft vocabulary)
+# and prompt lookup.
+Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
+  --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" $SETS $COMPARE --batches="$BATCHES" \
+  --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
+  --drafter="eagle:heads=eagle-qwen2.5-coder-1.5b-instruct,gamma=$GAMMA,draft_vocab=32768,name=eagle-dv32k" \
+  --drafter="ngram:gamma=$GAMMA,name=prompt-lookup"
 # shellcheck disable=SC2086
 Q && stage qwen-pair 240 $PY -m experiments.real_pair $PAIR_FILES $PAIR \
   --gammas="$PAIR_GAMMAS" --ngram_gammas=4
@@ -194,11 +218,6 @@ Q && stage qwen-compare-T1 150 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct 
 S && stage smollm2-compare-T1 150 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2_T1 "" 1 few
 Q && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
 [ "$HF_FIRST" = 1 ] || hf_stages
-Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
-  --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" $SETS $COMPARE --batches="$BATCHES" \
-  --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
-  --drafter="eagle:heads=eagle-qwen2.5-coder-1.5b-instruct,gamma=$GAMMA" \
-  --drafter="ngram:gamma=$GAMMA,name=prompt-lookup"
 # What comes back in results.tgz: results, logs, metrics, and the SmolLM2 heads (small); the
 # Qwen heads (~200 MB each) are packed in parts below.
 cd "$W" && tar czf "$W/results.tgz" --exclude='*.npz' --exclude='checkpoints' \

@@ -96,7 +96,14 @@ def test_draft_vocabulary_logits_live_on_its_tokens_only(target):
 
 
 @pytest.mark.parametrize(
-    "spec", ["eagle:gamma=3", "eagle:tree=2,2,1", "medusa:gamma=2"], ids=["chain", "tree", "medusa"]
+    "spec",
+    [
+        "eagle:gamma=3",
+        "eagle:tree=2,2,1",
+        "eagle:tree=dynamic:depth=3,top_k=2,nodes=5",
+        "medusa:gamma=2",
+    ],
+    ids=["chain", "tree", "dynamic-tree", "medusa"],
 )
 def test_draft_vocabulary_keeps_greedy_output_exact(tmp_path, target, spec):
     """Verification is untouched: greedy output with a 6-token draft vocabulary equals
@@ -110,7 +117,7 @@ def test_draft_vocabulary_keeps_greedy_output_exact(tmp_path, target, spec):
     counts[[5, 9, 11, 20, 41, 50]] = [9, 8, 7, 6, 5, 4]
     counts[[1, 2]] = 1  # below the top 6
     folder = heads.save_heads(tmp_path / kind, drafter, head_params, token_counts=counts)
-    built = registry.parse_spec(f"{kind}:heads={folder},draft_vocab=6,{spec.split(':')[1]}")
+    built = registry.parse_spec(f"{kind}:heads={folder},draft_vocab=6,{spec.split(':', 1)[1]}")
     loaded = registry.build(built, target)
     np.testing.assert_array_equal(loaded[1]["io"]["draft_ids"], [5, 9, 11, 20, 41, 50])
     prompts = [[1, 2, 3, 4], [5, 9, 11, 20, 41, 50, 5]]
