@@ -58,6 +58,17 @@ flags.DEFINE_string("report", "", "print the tables and plots of a bench_real JS
 flags.DEFINE_string("title", "", "plot title of --report (default: the model file name)")
 flags.DEFINE_integer("prompt_bucket", 512, "prompts are padded to a multiple of this")
 flags.DEFINE_string("tag", "", "suffix of the output file names")
+flags.DEFINE_list(
+    "full_grid_batches",
+    ["1"],
+    "batches at which every --drafter runs (real suite); at the other batches only the first",
+)
+flags.DEFINE_string(
+    "trace_dir",
+    "",
+    "trace one call of every real-suite row with jax.profiler into this folder; the row's "
+    "'trace' holds the device time (busy ms and kernels per verification call, top kernels)",
+)
 flags.DEFINE_string(
     "accept_json",
     None,
@@ -66,6 +77,24 @@ flags.DEFINE_string(
 flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance when no --accept_json is given")
 flags.DEFINE_list("synthetic_targets", ["qwen2.5-1.5b", "qwen2.5-7b", "llama3-8b"], "shapes")
 flags.DEFINE_list("synthetic_batches", ["1", "8"], "batch sizes of the synthetic suite")
+
+
+TRACE_COLUMNS = ("name", "set", "batch", "iterations", "busy_ms_per_iteration",
+                 "kernels_per_iteration", "busy_share_of_wall", "top_kernel")  # fmt: skip
+
+
+def trace_rows(rows: list[dict]) -> list[dict]:
+    """The rows' trace figures, flat: the columns of TRACE_COLUMNS."""
+    out = []
+    for row in rows:
+        t = row["trace"]
+        top = t["top_kernels"][0] if t.get("top_kernels") else {}
+        out.append({
+            "name": row["name"], "set": row.get("set", "all"), "batch": row["batch"],
+            **{k: t.get(k) for k in TRACE_COLUMNS[3:-1]},
+            "top_kernel": f"{top.get('name', '')[:40]} {100 * top.get('share', 0):.0f}%",
+        })  # fmt: skip
+    return out
 
 
 def report(path: Path) -> None:
@@ -82,6 +111,10 @@ def report(path: Path) -> None:
         columns = ["name", "batch", "temperature", "gamma", "ms_per_token", "tokens_per_s",
                    "tau", "speedup", "exact"]  # fmt: skip
         print("\nbatches > 1 (all sets' prompts):\n" + speedup.markdown_table(big, columns))
+    traced = [r for r in rows if r.get("trace", {}).get("device_events")]
+    if traced:
+        print("\ndevice time of one traced call per row (trace: jax.profiler):\n")
+        print(speedup.markdown_table(trace_rows(traced), TRACE_COLUMNS))
     title = FLAGS.title or f"{Path(result['model']).stem}, {result['dtype']}"
     for plot_path in drafters.plot(rows, path.with_suffix(".png"), title):
         print(f"plot: {plot_path}")
@@ -142,7 +175,7 @@ def main(argv):
         common = dict(
             temperatures=[float(t) for t in FLAGS.temperatures],
             max_new_tokens=FLAGS.max_new_tokens, repeats=FLAGS.repeats, eos_ids=eos_ids,
-            prompt_bucket=FLAGS.prompt_bucket,
+            prompt_bucket=FLAGS.prompt_bucket, trace_dir=FLAGS.trace_dir or None,
         )  # fmt: skip
         rows: list[dict] = []
         if 1 in batches:
@@ -158,7 +191,8 @@ def main(argv):
 
             speedup.real_model_suite(
                 target, prompt_ids, drafters, batches=[b for b in batches if b > 1],
-                on_row=save_batched, **common,
+                on_row=save_batched, full_grid_batches=[int(b) for b in FLAGS.full_grid_batches],
+                **common,
             )  # fmt: skip
         save(rows, complete=True)
         report(real_path)

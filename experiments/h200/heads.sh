@@ -204,12 +204,22 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
 Q && wait_for "$DRAFT_FILE"
 Q && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE" 0
 # Batch 8 and 32: AR, the best head drafter at batch 1 (EAGLE over its 32k draft vocabulary)
-# and prompt lookup.
+# and prompt lookup (--full_grid_batches: both drafters at both batches).
 Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
   --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" $SETS $COMPARE --batches="$BATCHES" \
+  --full_grid_batches="$BATCHES" \
   --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
   --drafter="eagle:heads=eagle-qwen2.5-coder-1.5b-instruct,gamma=$GAMMA,draft_vocab=32768,name=eagle-dv32k" \
   --drafter="ngram:gamma=$GAMMA,name=prompt-lookup"
+# Where a head drafter's iteration goes: one traced call per row (one MT-Bench prompt), its
+# device time and kernels per verification call and top kernels in the rows' "trace" (the
+# traces themselves stay in $W/traces).
+Q && stage qwen-trace 150 $PY -m experiments.bench --suites=real \
+  --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" --sets=mt_bench --prompt_dir="$PROMPT_DIR" \
+  $COMPARE --prompts_per_set=1 --batches=1 --temperatures=0 --out="$W/out" --tag=_qwen_trace \
+  --weights_cache --trace_dir="$W/traces" \
+  $(KEEP="eagle-dv32k eagle-dynamic-dv32k eagle-dynamic16-dv32k eagle-tree" \
+    drafters qwen2.5-coder-1.5b-instruct)
 # shellcheck disable=SC2086
 Q && stage qwen-pair 240 $PY -m experiments.real_pair $PAIR_FILES $PAIR \
   --gammas="$PAIR_GAMMAS" --ngram_gammas=4

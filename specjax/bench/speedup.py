@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -83,6 +84,9 @@ class DecodeResult:
     accepted_per_position: list[int] = dataclasses.field(default_factory=list)
     token_lists: list[list[int]] = dataclasses.field(repr=False, default_factory=list)
     from_draft: list[list[bool]] = dataclasses.field(repr=False, default_factory=list)
+    # With a trace_dir: the device-time summary of one traced call (`trace.summarize`, plus
+    # per-verification-call figures); None otherwise.
+    trace: dict[str, Any] | None = dataclasses.field(repr=False, default=None)
 
     @property
     def ms_per_token(self) -> float:
@@ -97,6 +101,8 @@ class DecodeResult:
         d = dataclasses.asdict(self)
         d.pop("token_lists")
         d.pop("from_draft")
+        if d["trace"] is None:
+            d.pop("trace")
         d.update(ms_per_token=self.ms_per_token, tokens_per_s=self.tokens_per_s)
         return d
 
@@ -114,11 +120,14 @@ def time_generate(
     eos_ids: Sequence[int] = (),
     verify_fn=rejection.verify_sampling,
     return_output: bool = False,
+    trace_dir: str | os.PathLike | None = None,
     **generate_kwargs: Any,
 ) -> DecodeResult | tuple[DecodeResult, Any]:
     """Times `specjax.generate` (compile separate, median of repeats); `generate_kwargs`
     (tree=, adaptive_gamma=, prompt_bucket=, ...) go to `specjax.generate` unchanged.
-    With `return_output`, also returns the last call's GenerateOutput."""
+    With `return_output`, also returns the last call's GenerateOutput. With `trace_dir`, one
+    more call runs under `jax.profiler` (after the timed ones, so it changes no timing) and
+    `result.trace` holds its device-time summary (`trace_call`)."""
     sampling = Sampling.create(temperature)
 
     def run(seed=0):
@@ -132,7 +141,38 @@ def time_generate(
     result = _result(
         name, drafter, gamma, temperature, timing.compile_s, timing.median_s, out, len(prompts)
     )
+    if trace_dir is not None:
+        folder = f"{name}_b{len(prompts)}_T{temperature:g}"
+        result.trace = trace_call(run, os.path.join(trace_dir, _slug(folder)), target[0], out)
     return (result, out) if return_output else result
+
+
+def _slug(text: str) -> str:
+    """`text` as one folder name: every run of characters other than [A-Za-z0-9._-] -> "_"."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def trace_call(run: Callable[[], Any], trace_dir: str, target: Model, out) -> dict[str, Any]:
+    """One call of `run` (compiled already) under `jax.profiler`: `trace.summarize` of its
+    device events (busy vs wall ms, kernels and memcpy per token, the top kernels), plus the
+    same per verification call (`iterations`: the loop's iterations; the autoregressive loop
+    counts one per token), which is what a drafter's fixed cost is paid per. Per-token
+    figures are per generated token of one row, as `ms_per_token`. On a CPU the trace has no
+    device events and the summary says so (`note`)."""
+    from pathlib import Path
+
+    from specjax.bench.profile import traced_events
+
+    tokens = int(np.max(np.asarray(out.num_generated)))
+    summary, _ = traced_events(
+        run, Path(trace_dir), tokens=tokens, num_layers=target.config.num_layers
+    )
+    iterations = int(np.asarray(out.steps))
+    summary["iterations"] = iterations
+    if summary.get("device_events"):
+        summary["kernels_per_iteration"] = summary["kernels"] / max(iterations, 1)
+        summary["busy_ms_per_iteration"] = summary["busy_ms"] / max(iterations, 1)
+    return summary
 
 
 def _result(name, drafter, gamma, temperature, compile_s, median_s, out, batch) -> DecodeResult:
@@ -193,6 +233,7 @@ def time_prompts_one_by_one(
     pools every token of the set; tau and alpha pool every verification call. Prompts are
     padded to one `prompt_bucket`, so the set costs one compilation (`compile_s`: the first
     prompt's first call beyond its steady time)."""
+    trace_dir = time_kwargs.pop("trace_dir", None)  # the first prompt's call is traced
     timed_prompts = [
         time_generate(
             name,
@@ -201,16 +242,20 @@ def time_prompts_one_by_one(
             [ids],
             prompt_bucket=prompt_bucket,
             return_output=True,
+            trace_dir=trace_dir if i == 0 else None,
             **time_kwargs,
         )  # fmt: skip
-        for ids in prompts
+        for i, ids in enumerate(prompts)
     ]
     first = timed_prompts[0][0]
     median_s = float(sum(result.median_s for result, _ in timed_prompts))
     pooled = _concat_outputs([out for _, out in timed_prompts])
-    return _result(
+    result = _result(
         name, drafter, first.gamma, first.temperature, first.compile_s, median_s, pooled, 1
     )
+    if first.trace is not None:
+        result.trace = {**first.trace, "of": "the first prompt's call"}
+    return result
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -321,9 +366,11 @@ def real_model_suite(
     prompt_bucket: int = 512,
     log: Callable[[str], None] = print,
     on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+    trace_dir: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """AR and every drafter on the same prompts; speedup = AR ms/token / spec ms/token.
     `on_row(rows)` runs after every new row (e.g. to save partial results of a long run).
+    With `trace_dir`, every row also traces one call (`time_generate`): its row's "trace".
 
     Batch 1 decodes every prompt alone (`time_prompts_one_by_one`: the latency of serving the
     set one request at a time); batch B > 1 decodes the first B prompts (cycled) together. At
@@ -335,7 +382,7 @@ def real_model_suite(
     for batch in batches:
         for temperature in temperatures:
             common = dict(max_new_tokens=max_new_tokens, temperature=temperature,
-                          repeats=repeats, eos_ids=eos_ids)  # fmt: skip
+                          repeats=repeats, eos_ids=eos_ids, trace_dir=trace_dir)  # fmt: skip
             timed_set = functools.partial(
                 _time_set, batch, target, prompt_ids, common=common, prompt_bucket=prompt_bucket
             )

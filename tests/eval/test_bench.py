@@ -126,3 +126,36 @@ def test_agreement_counts_rows_and_first_divergence():
     assert speedup.agreement(ar, ar) == {"rows_identical": 3, "min_common_prefix": 2}
     spec = [[1, 2, 9, 9], [5, 6, 7], [8]]  # diverges at 2; identical; stops one token early
     assert speedup.agreement(spec, ar) == {"rows_identical": 1, "min_common_prefix": 1}
+
+
+def test_real_model_suite_full_grid_and_traces(target, tmp_path, monkeypatch):
+    """`full_grid_batches` runs every drafter at a batch > 1; `trace_dir` traces one call of
+    every row after its timed calls: one trace folder per row, the loop's iteration count,
+    and (with device events) the per-iteration figures from the summary."""
+    from specjax.bench import profile
+
+    drafters = [
+        speedup.parse_drafter_spec(text, target) for text in ("ngram:gamma=2", "ngram:gamma=3")
+    ]
+    common = dict(max_new_tokens=6, repeats=1, prompt_bucket=32, log=lambda _: None)
+    rows = speedup.real_model_suite(
+        target, PROMPTS, drafters, batches=[2], temperatures=[0.0], full_grid_batches=[2],
+        trace_dir=tmp_path, **common,
+    )  # fmt: skip
+    assert [r["name"] for r in rows] == ["autoregressive", "ngram:gamma=2", "ngram:gamma=3"]
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["autoregressive_b2_T0", "ngram_gamma_2_b2_T0", "ngram_gamma_3_b2_T0"]
+    for row in rows:
+        trace = row["trace"]
+        # Every row advances at least once per verification call of its busiest row.
+        assert row["verify_calls"] / 2 <= trace["iterations"] <= row["verify_calls"]
+        assert trace["device_events"] == 0 and "note" in trace  # a CPU trace has no device
+    # With device events (as on a GPU), the per-iteration figures divide the summary's totals.
+    fake = {"device_events": 12, "kernels": 40, "busy_ms": 2.0, "top_kernels": []}
+    monkeypatch.setattr(profile, "traced_events", lambda *a, **k: (dict(fake), []))
+    (ar,) = speedup.real_model_suite(
+        target, PROMPTS, [], batches=[2], temperatures=[0.0], trace_dir=tmp_path, **common
+    )
+    iterations = ar["trace"]["iterations"]
+    assert ar["trace"]["kernels_per_iteration"] == pytest.approx(40 / iterations)
+    assert ar["trace"]["busy_ms_per_iteration"] == pytest.approx(2.0 / iterations)
