@@ -28,8 +28,12 @@
 #   2. alone on the GPU (timed): every drafter on MT-Bench, HumanEval and GSM8K, greedy,
 #      bfloat16, batch 1, Qwen then SmolLM2; at temperature 1 the drafters whose sampling
 #      rules differ (prompt lookup, EAGLE chain, EAGLE static tree); Qwen's float32 exactness;
-#   3. while DEADLINE allows: the real Qwen pair's gamma sweep (`experiments.real_pair`), the
-#      Qwen batch 8 / 32 rows, HF transformers beside our AR loop.
+#   3. while DEADLINE allows: the Qwen batch 8 / 32 rows, one traced call of the head
+#      drafters (`qwen-trace`), the real Qwen pair's gamma sweep (`experiments.real_pair`),
+#      HF transformers beside our AR loop.
+# DROP_DRAFTERS="medusa eagle-hass ..." leaves comparison rows out by label (see `drafters`);
+# TRAIN_EAGLE / TRAIN_SHORT add config overrides to the EAGLE / HASS + Medusa runs (e.g.
+# train.num_steps=9000, head.init_from=runs/prev_eagle/drafter).
 # A stage that would start after DEADLINE (epoch seconds) is skipped; training stages stop
 # at their --stop_after_minutes budget. SCALE=dry runs the same stages at toy sizes (CPU);
 # TARGETS=smollm2 leaves the Qwen stages out, TARGETS=qwen the SmolLM2 ones. HF_FIRST=1 runs
