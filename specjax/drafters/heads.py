@@ -116,6 +116,16 @@ def _project(hidden_xD: jax.Array, head_DxN: jax.Array, config: ModelConfig) -> 
     return logits_xN
 
 
+def vocab_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) -> jax.Array:
+    """The LM head as training scores it: `lm_logits` [..., V], or, when `io` carries a draft
+    vocabulary (`with_draft_vocab`), the logits of those Vd tokens only, [..., Vd] (column i
+    is token io["draft_ids"][i]): a softmax over them is the target's distribution restricted
+    to the draft vocabulary and renormalised."""
+    if io.get("draft_ids") is None:
+        return lm_logits(io, hidden_xD, config)
+    return _project(hidden_xD, io["draft_head"], config)
+
+
 def draft_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) -> jax.Array:
     """The LM head as drafting uses it: `lm_logits`, or, when `io` carries a draft vocabulary
     (`with_draft_vocab`), logits over those Vd tokens only, read from a [D, Vd] slice of the
@@ -651,11 +661,14 @@ def save_heads(
     params: HeadParams,
     metadata: dict[str, Any] | None = None,
     token_counts: Any | None = None,
+    train_vocab: int = 0,
 ) -> Path:
     """Saves the trained head only (not the target's embedding it shares) with a heads.json
     naming its kind, its hyperparameters and the target architecture it was trained for, and
     `token_counts` [V] (how often each token occurs in the training answers) when given: the
-    ranking `load_heads(draft_vocab=N)` takes its N tokens from.
+    ranking `load_heads(draft_vocab=N)` takes its N tokens from. `train_vocab` > 0: the heads
+    were trained over the `train_vocab` most frequent of those tokens only (needs the
+    counts); `load_heads` then drafts over them unless told otherwise.
     Atomic: written to a temporary sibling, then renamed over `directory`."""
     from specjax.checkpoints.orbax import orbax_save  # late: keeps orbax off the import path
     from specjax.fileio import atomic_directory
@@ -669,8 +682,11 @@ def save_heads(
             "head_config": drafter.head_config(),
             "param_dtype": str(jax.tree.leaves(params["head"])[0].dtype),
             "target_config": dataclasses.asdict(drafter.target_config),
+            "train_vocab": int(train_vocab),
             "metadata": metadata or {},
         }
+        if train_vocab and token_counts is None:
+            raise ValueError("train_vocab needs the token_counts it was ranked from")
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=1, default=str))
         if token_counts is not None:
             counts_V = np.asarray(token_counts, np.int64)
@@ -759,7 +775,9 @@ def load_heads(
     the one recorded at training): such heads load and run, but draft from features they
     never saw, so acceptance would be silently low. `draft_vocab` > 0 drafts over the
     `draft_vocab` tokens most frequent in the training answers (`with_draft_vocab`; needs the
-    heads' saved token counts).
+    heads' saved token counts). `draft_vocab` = 0 drafts over every token, or, for heads
+    trained over a draft vocabulary (heads.json's `train_vocab`), over that vocabulary: the
+    logits of the other tokens were never trained (ask for them with draft_vocab = V).
     """
     from specjax.checkpoints.orbax import orbax_restore
 
@@ -799,9 +817,17 @@ def load_heads(
     )
     head = orbax_restore(directory / _PARAMS_DIR, abstract["head"])
     params = {"head": head, "io": abstract["io"]}
+    draft_vocab = draft_vocab or int(spec.get("train_vocab", 0))
     if draft_vocab:
         params = with_draft_vocab(params, top_tokens(directory, draft_vocab))
     return drafter, params
+
+
+def trained_vocab(directory: str | os.PathLike) -> int:
+    """The draft vocabulary size saved heads were trained over (heads.json's `train_vocab`;
+    0: the full vocabulary)."""
+    spec = json.loads((resolve_heads(directory) / SPEC_FILE).read_text())
+    return int(spec.get("train_vocab", 0))
 
 
 def top_tokens(directory: str | os.PathLike, count: int) -> np.ndarray:
@@ -813,7 +839,13 @@ def top_tokens(directory: str | os.PathLike, count: int) -> np.ndarray:
             f"{directory}: no {COUNTS_FILE} (heads saved without token counts), so no draft "
             "vocabulary can be chosen; retrain, or pass token ids to heads.with_draft_vocab"
         )
-    counts_V = np.load(path)
+    return most_frequent(np.load(path), count)
+
+
+def most_frequent(counts_V: Any, count: int) -> np.ndarray:
+    """The ids of the `count` largest counts, increasing (ties: the lower id first): the one
+    ranking of a draft vocabulary, for training (`head.train_vocab`) and drafting alike."""
+    counts_V = np.asarray(counts_V)
     if not 1 <= count <= counts_V.size:
         raise ValueError(f"draft_vocab must be in [1, {counts_V.size}], got {count}")
     order = np.lexsort((np.arange(counts_V.size), -counts_V))  # by count, then by id

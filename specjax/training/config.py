@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.head.unroll_steps = 1  # EAGLE: drafting steps replayed in training (1 = EAGLE-1)
     config.head.seed = 0
     config.head.init_from = ""  # start from exported heads (a drafter/ folder) instead of init
+    # EAGLE / Medusa: score the LM head over the N tokens most frequent in the training answers
+    # only (EAGLE-3's draft vocabulary; 0: every token). The heads then draft over them.
+    config.head.train_vocab = 0
 
     config.draft = ml_collections.ConfigDict()
     config.draft.init = "early-exit"  # early-exit (the target's first layers) | random
@@ -102,6 +105,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         (config.data.max_prompt_tokens >= 2, "data.max_prompt_tokens", "must be >= 2"),
         (config.head.num_heads >= 1, "head.num_heads", "must be >= 1"),
         (config.head.unroll_steps >= 1, "head.unroll_steps", "must be >= 1"),
+        (config.head.train_vocab >= 0, "head.train_vocab", "must be >= 0 (0: every token)"),
+        (
+            config.kind != "distill" or config.head.train_vocab == 0,
+            "head.train_vocab",
+            "applies to eagle and medusa heads, not to a distilled draft model",
+        ),
         (_init(config) in DRAFT_INITS, "draft.init", f"must be one of {DRAFT_INITS}"),
         (
             config.draft.trainable in DRAFT_TRAINABLE,

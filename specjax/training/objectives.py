@@ -19,6 +19,15 @@ A prediction is scored when its token exists (g + m < length) and its input does
 
 Metrics: `top1` is the fraction of scored positions where the drafter's argmax equals the
 target's argmax: the greedy acceptance rate of the first draft position, teacher forced.
+
+Draft vocabulary (`io` from `heads.with_draft_vocab`, config `head.train_vocab`): EAGLE and
+Medusa are then scored over the Vd tokens most frequent in the training answers only, as
+EAGLE-3 trains: teacher and drafter logits are [.., Vd] (`heads.vocab_logits`), the KL is
+between the target's distribution restricted to those tokens (renormalised) and the
+drafter's, and the LM head costs 2 Vd D FLOPs per position instead of 2 V D. `top1` then
+counts a position only when the answer token lies in the draft vocabulary too (a drafter
+over Vd tokens cannot propose any other): with greedy answers (data.temperature = 0, the
+default) that is exactly the first position's greedy acceptance rate.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from specjax.drafters.heads import EagleDrafter, MedusaDrafter, lm_logits, target_io
+from specjax.drafters.heads import EagleDrafter, MedusaDrafter, lm_logits, target_io, vocab_logits
 from specjax.models.config import ModelConfig
 from specjax.models.transformer import Model
 
@@ -57,24 +66,37 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def kl_and_agreement(
-    teacher_logits_xV: jax.Array, student_logits_xV: jax.Array
+    teacher_logits_xV: jax.Array,
+    student_logits_xV: jax.Array,
+    answer_tokens_x: jax.Array | None = None,
+    draft_ids_Vd: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """KL(teacher || student) per position, and whether the two argmaxes agree."""
+    """KL(teacher || student) per position, and whether the two argmaxes agree. Over a draft
+    vocabulary (`draft_ids_Vd`: the token of each logit column), agreement also needs the
+    answer token among those ids (see the module docstring)."""
     teacher_logp = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits_xV), axis=-1)
     student_logp = jax.nn.log_softmax(student_logits_xV, axis=-1)
     kl = jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1)
     agree = jnp.argmax(teacher_logits_xV, -1) == jnp.argmax(student_logits_xV, -1)
+    if draft_ids_Vd is not None:
+        agree = agree & jnp.isin(answer_tokens_x, draft_ids_Vd)
     return kl, agree
+
+
+def answer_tokens(batch: dict[str, jax.Array], num_new: int) -> jax.Array:
+    """The generated tokens [B, M] (what the teacher's logits at each position predict)."""
+    positions_BxM, _ = generated_positions(batch, num_new)
+    return gather_positions(batch["tokens"], positions_BxM)
 
 
 def teacher_logits(
     frozen: dict[str, Any], batch: dict[str, jax.Array], config: ModelConfig, num_new: int
 ) -> tuple[jax.Array, jax.Array]:
     """The target's logits for every generated token [B, M, V] (from the feature one position
-    earlier) and the mask of existing tokens [B, M]."""
+    earlier; [B, M, Vd] over a draft vocabulary) and the mask of existing tokens [B, M]."""
     positions_BxM, exists_BxM = generated_positions(batch, num_new)
     hidden_BxMxD = gather_positions(batch["hidden"], positions_BxM - 1)
-    return lm_logits(frozen["io"], hidden_BxMxD, config), exists_BxM & (positions_BxM >= 1)
+    return vocab_logits(frozen["io"], hidden_BxMxD, config), exists_BxM & (positions_BxM >= 1)
 
 
 def medusa_loss(drafter: MedusaDrafter, num_new: int, head_decay: float = 0.8) -> LossFn:
@@ -88,6 +110,7 @@ def medusa_loss(drafter: MedusaDrafter, num_new: int, head_decay: float = 0.8) -
         params = {"head": trainable, "io": frozen["io"]}
         teacher_BxMxV, exists_BxM = teacher_logits(frozen, batch, config, num_new)
         positions_BxM, _ = generated_positions(batch, num_new)
+        answers_BxM, draft_ids = answer_tokens(batch, num_new), frozen["io"].get("draft_ids")
         total, metrics = 0.0, {}
         for i in range(1, H + 1):
             source_BxM = positions_BxM - 1 - i
@@ -95,8 +118,10 @@ def medusa_loss(drafter: MedusaDrafter, num_new: int, head_decay: float = 0.8) -
             # Every head runs on the gathered features (D^2 each, cheap); only head i goes
             # through the LM head (2 V D per position: the cost that matters).
             features_BxMxD = drafter.head_features(params, hidden_BxMxD)[:, :, i - 1]
-            logits_BxMxV = lm_logits(frozen["io"], features_BxMxD, config)
-            kl_BxM, agree_BxM = kl_and_agreement(teacher_BxMxV, logits_BxMxV)
+            logits_BxMxV = vocab_logits(frozen["io"], features_BxMxD, config)
+            kl_BxM, agree_BxM = kl_and_agreement(
+                teacher_BxMxV, logits_BxMxV, answers_BxM, draft_ids
+            )
             mask_BxM = exists_BxM & (source_BxM >= 0)
             kl = masked_mean(kl_BxM, mask_BxM)
             total = total + head_decay ** (i - 1) * kl
@@ -193,7 +218,8 @@ def eagle_loss(
         positions_BxM, exists_BxM = generated_positions(batch, num_new)
         entries_BxM = positions_BxM - 2
         true_BxMxD = gather_positions(hidden_BxTxD, entries_BxM + 1)
-        teacher_BxMxV = lm_logits(frozen["io"], true_BxMxD, config)
+        teacher_BxMxV = vocab_logits(frozen["io"], true_BxMxD, config)
+        answers_BxM, draft_ids = answer_tokens(batch, num_new), frozen["io"].get("draft_ids")
         loss, metrics = 0.0, {}
         for step, predicted_BxJxD in enumerate(passes, start=1):
             # Step `step` exists from entry step - 1 on (its chain starts at a true entry).
@@ -201,7 +227,10 @@ def eagle_loss(
             predicted_BxMxD = gather_positions(predicted_BxJxD, entries_BxM)
             reg = masked_mean(jnp.mean(smooth_l1(predicted_BxMxD - true_BxMxD), axis=-1), mask_BxM)
             kl_BxM, agree_BxM = kl_and_agreement(
-                teacher_BxMxV, lm_logits(frozen["io"], predicted_BxMxD, config)
+                teacher_BxMxV,
+                vocab_logits(frozen["io"], predicted_BxMxD, config),
+                answers_BxM,
+                draft_ids,
             )
             kl = masked_mean(kl_BxM, mask_BxM)
             loss = loss + reg_weight * reg + cls_weight * kl

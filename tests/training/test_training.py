@@ -280,6 +280,10 @@ def test_config_errors():
         tiny_config("medusa", **{"head.num_heads": 2, "eval.gamma": 3})
     with pytest.raises(training_config.ConfigError, match="unknown config key"):
         tiny_config("eagle", **{"train.num_stepz": 3})
+    with pytest.raises(training_config.ConfigError, match="head.train_vocab must be >= 0"):
+        tiny_config("eagle", **{"head.train_vocab": -1})
+    with pytest.raises(training_config.ConfigError, match="not to a distilled draft model"):
+        tiny_config("distill", **{"head.train_vocab": 16})
 
 
 def test_time_budget_stop_and_device_data_resume_exactly(tmp_path, objectives_by_kind, data):
@@ -350,3 +354,68 @@ def test_sharegpt_turns_source_draws_from_every_user_turn(monkeypatch):
     assert experiment._prompts(config, Tokenizer()) == [[5]] * 3  # len("first")
     with pytest.raises(training_config.ConfigError, match="data.source"):
         tiny_config("medusa", **{"data.source": "sharegpt_all"})
+
+
+@pytest.mark.parametrize("kind", ["eagle", "medusa"])
+def test_training_over_every_token_as_a_draft_vocabulary_is_full_training(target, data, kind):
+    """A draft vocabulary of all V tokens scores exactly as the full LM head: same loss, same
+    KL, same top-1 (every answer token is in it)."""
+    loss_fn, trainable, frozen = objective(kind, target)
+    every = {"io": heads.with_draft_vocab(frozen, range(TINY_LLAMA.vocab_size))["io"]}
+    batch = data.batch(np.arange(8))
+    rng = jax.random.key(3)
+    _, full = loss_fn(trainable, frozen, batch, rng)
+    _, restricted = loss_fn(trainable, every, batch, rng)
+    assert full.keys() == restricted.keys()
+    for name in full:
+        np.testing.assert_allclose(restricted[name], full[name], rtol=1e-5, atol=1e-6)
+
+
+def test_kl_and_agreement_over_a_draft_vocabulary():
+    """Against numpy: the KL over a draft vocabulary is between the teacher's distribution
+    restricted to it and renormalised and the student's; agreement needs the answer token
+    in the vocabulary as well as equal argmaxes."""
+    rng = np.random.default_rng(0)
+    V, ids = 12, np.array([1, 4, 5, 9])
+    teacher_V = rng.normal(size=(6, V)).astype(np.float32)
+    student_Vd = rng.normal(size=(6, ids.size)).astype(np.float32)
+    student_Vd[:3] = teacher_V[:3][:, ids]  # rows 0-2: the same argmax over the vocabulary
+    answers = np.array([4, 4, 2, 1, 9, 5])  # row 2's answer lies outside it
+    kl, agree = objectives.kl_and_agreement(
+        jnp.asarray(teacher_V[:, ids]), jnp.asarray(student_Vd), jnp.asarray(answers),
+        jnp.asarray(ids),
+    )  # fmt: skip
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    p = softmax(teacher_V)[:, ids]
+    p = p / p.sum(-1, keepdims=True)  # restricted, renormalised
+    q = softmax(student_Vd)
+    np.testing.assert_allclose(kl, np.sum(p * np.log(p / q), -1), rtol=1e-5, atol=1e-6)
+    same_argmax = np.argmax(p, -1) == np.argmax(q, -1)
+    np.testing.assert_array_equal(agree, same_argmax & np.isin(answers, ids))
+    assert agree[:2].all() and not agree[2]
+
+
+def test_heads_trained_over_a_draft_vocabulary_draft_over_it(tmp_path):
+    """head.train_vocab: the export records the vocabulary (the answers' most frequent tokens),
+    loading drafts over it by default, and greedy decoding stays exact."""
+    config = tiny_config("medusa", **{"head.train_vocab": 16})
+    run = experiment.run_training(config, tmp_path, progress=False)
+    assert heads.trained_vocab(run.drafter_path) == 16
+    counts = np.load(run.drafter_path / heads.COUNTS_FILE)
+    ids = heads.most_frequent(counts, 16)
+    loaded = experiment.load_trained(run.drafter_path, run.target)
+    np.testing.assert_array_equal(loaded[1]["io"]["draft_ids"], ids)
+    np.testing.assert_array_equal(run.drafter[1]["io"]["draft_ids"], ids)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    reference = specjax.generate(run.target.pair, None, prompts, max_new_tokens=10)
+    out = specjax.generate(run.target.pair, loaded, prompts, gamma=2, max_new_tokens=10)
+    assert out.token_lists() == reference.token_lists()
+    drafted = np.asarray(out.tokens)[np.asarray(out.from_draft, bool)]
+    assert set(drafted.tolist()) <= set(ids.tolist())
+    # An explicit draft_vocab still wins.
+    wider = heads.load_heads(run.drafter_path, *run.target.pair, draft_vocab=32)
+    assert wider[1]["io"]["draft_ids"].shape == (32,)
