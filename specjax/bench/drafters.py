@@ -135,13 +135,27 @@ def _pool(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return row
 
 
-COLUMNS = ("name", "temperature", "gamma", "prompts", "ms_per_token", "speedup", "tau",
-           "alpha", "exact")  # fmt: skip
+COLUMNS = ("name", "temperature", "gamma", "prompts", "ms_per_token", "ms_per_call", "speedup",
+           "tau", "alpha", "exact")  # fmt: skip
+
+
+def ms_per_call(row: Mapping[str, Any]) -> float:
+    """Wall ms per verification call, drafting included (the autoregressive loop: per token):
+    what a drafter's τ has to pay for, speedup = AR ms/token x τ / this (up to the last
+    call's cut tokens)."""
+    calls = int(row.get("verify_calls") or 0)
+    if row["name"] == "autoregressive" or not calls:
+        return float(row["ms_per_token"])
+    return 1e3 * float(row["median_s"]) / calls
 
 
 def markdown(rows: Sequence[Mapping[str, Any]], sets: Sequence[str] = ("all",)) -> str:
     """The batch-1 rows of the given sets as one table (a "set" column when several)."""
-    chosen = [r for r in rows if r.get("set", "all") in sets and r["batch"] == 1]
+    chosen = [
+        {**r, "ms_per_call": ms_per_call(r)}
+        for r in rows
+        if r.get("set", "all") in sets and r["batch"] == 1
+    ]
     columns = ("set", *COLUMNS) if len(sets) > 1 else COLUMNS
     return speedup.markdown_table(chosen, columns)
 

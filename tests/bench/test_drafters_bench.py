@@ -42,3 +42,9 @@ def test_pooled_rows_equal_one_run_over_every_prompt():
     )
     table = drafters_bench.markdown(rows, sets=("a", "b"))
     assert table.count("\n") == 2 + 4 - 1 and "| set |" in table
+    # ms per verification call: ms/token x tokens per call, i.e. x (τ + the first token each
+    # prompt's prefill emits, per call); one call per token for autoregressive decoding.
+    per_call = spec["ms_per_token"] * (spec["tau"] + spec["prompts"] / spec["verify_calls"])
+    np.testing.assert_allclose(drafters_bench.ms_per_call(spec), per_call, rtol=1e-9)
+    ar_row = pooled["autoregressive"]
+    assert drafters_bench.ms_per_call(ar_row) == ar_row["ms_per_token"]
