@@ -91,10 +91,15 @@ wait_for() { wait_for_files "$SPECJAX_CACHE/models/$1"; }  # a model file in the
 # -medusa runs share one data file), e.g. more prompts from every ShareGPT user turn:
 #   DATA_OVERRIDES=data.source=sharegpt_turns,data.num_prompts=24064,data.path=runs/data/q24k.npz
 # (TARGETS=qwen: the path names the file; SmolLM2 would share it otherwise).
+# SMOL_DATA_OVERRIDES / QWEN_DATA_OVERRIDES: the same for one target's runs only (each with
+# its own data.path when both targets train), in place of DATA_OVERRIDES.
 DATA_OVERRIDES=${DATA_OVERRIDES:-}
+SMOL_DATA_OVERRIDES=${SMOL_DATA_OVERRIDES:-$DATA_OVERRIDES}
+QWEN_DATA_OVERRIDES=${QWEN_DATA_OVERRIDES:-$DATA_OVERRIDES}
 train() {  # train MEM_FRACTION PRESET BUDGET_MINUTES [OVERRIDES] [--name=NAME]
-  local mem=$1 preset=$2 budget=$3 overrides=$4; shift 4
-  overrides=$overrides${DATA_OVERRIDES:+${overrides:+,}$DATA_OVERRIDES}
+  local mem=$1 preset=$2 budget=$3 overrides=$4 data; shift 4
+  case $preset in smollm2-*) data=$SMOL_DATA_OVERRIDES ;; *) data=$QWEN_DATA_OVERRIDES ;; esac
+  overrides=$overrides${data:+${overrides:+,}$data}
   XLA_PYTHON_CLIENT_MEM_FRACTION=$mem $PY -m experiments.train_draft --noprogress \
     --stop_after_minutes="$budget" \
     --config="configs/train_heads_h200.py:$preset${overrides:+,$overrides}" \
