@@ -41,7 +41,6 @@ import dataclasses
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax import tables
+from specjax.bench.trace import traced_events
 
 SECTIONS = ("step", "ar", "spec")
 EAGLE = "eagle"  # draft_shape value: an EAGLE head of the target's width
@@ -121,44 +121,6 @@ def _median_s(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
 
     out, timing = timed(fn, repeats=repeats)
     return timing.first_s, timing.median_s, out
-
-
-def _traced(fn: Callable[[], Any], trace_dir: Path) -> tuple[float, Path | None]:
-    """Runs fn once under jax.profiler.trace; (wall ms, the trace file or None)."""
-    from specjax.bench import trace
-
-    trace_dir.mkdir(parents=True, exist_ok=True)
-    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        wall_ms = 1e3 * (time.perf_counter() - start)
-    try:
-        return wall_ms, trace.find_trace_file(trace_dir)
-    except FileNotFoundError:
-        return wall_ms, None
-
-
-def traced_events(
-    fn, trace_dir: Path, *, tokens: int, num_layers: int
-) -> tuple[dict[str, Any], list[Any]]:
-    """Runs fn once under jax.profiler.trace: (`trace.summarize` of its device events, with
-    `trace_file`, or an `error`; the device events themselves)."""
-    from specjax.bench import trace
-
-    wall_ms, path = _traced(fn, trace_dir)
-    if path is None:
-        return {"error": "the profiler wrote no trace file", "wall_ms": wall_ms}, []
-    events = trace.device_events(trace.load_events(path))
-    summary = trace.summarize(events, tokens=tokens, num_layers=num_layers, wall_ms=wall_ms)
-    summary["trace_file"] = str(path)
-    if not events:
-        summary["note"] = "no device kernel events in the trace (CPU backend?)"
-    return summary, events
-
-
-def trace_summary(fn, trace_dir: Path, *, tokens: int, num_layers: int) -> dict[str, Any]:
-    """`traced_events`' summary alone."""
-    return traced_events(fn, trace_dir, tokens=tokens, num_layers=num_layers)[0]
 
 
 def _hlo_summary(dump_dir: str | None, module: str, num_layers: int) -> dict[str, Any] | None:

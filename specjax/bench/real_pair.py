@@ -53,12 +53,12 @@ class StepCosts:
 def device_ms_per_step(model, params, *, context: int, T: int, trace_dir: Path) -> float:
     """GPU busy ms of one T-token forward (ten traced steps); wall ms where no device trace
     exists (CPU)."""
-    from specjax.bench import profile, steps
+    from specjax.bench import steps, trace
 
     median_ms, _, again = steps.time_step(
         model, params, batch=1, context=context, T=T, slots=context + T + 1, repeats=3
     )
-    summary = profile.trace_summary(
+    summary = trace.trace_summary(
         lambda: [again() for _ in range(10)], trace_dir, tokens=10, num_layers=1
     )
     if summary.get("device_events"):

@@ -159,13 +159,11 @@ def trace_call(run: Callable[[], Any], trace_dir: str, target: Model, out) -> di
     counts one per token), which is what a drafter's fixed cost is paid per. Per-token
     figures are per generated token of one row, as `ms_per_token`. On a CPU the trace has no
     device events and the summary says so (`note`)."""
-    from pathlib import Path
-
-    from specjax.bench.profile import traced_events
+    from specjax.bench import trace
 
     tokens = int(np.max(np.asarray(out.num_generated)))
-    summary, _ = traced_events(
-        run, Path(trace_dir), tokens=tokens, num_layers=target.config.num_layers
+    summary, _ = trace.traced_events(
+        run, trace_dir, tokens=tokens, num_layers=target.config.num_layers
     )
     iterations = int(np.asarray(out.steps))
     summary["iterations"] = iterations

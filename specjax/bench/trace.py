@@ -18,7 +18,8 @@ import dataclasses
 import gzip
 import json
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,41 @@ def summarize(
             for name, durations in top_kernels
         ],
     }
+
+
+def _traced(fn: Callable[[], Any], trace_dir: Path) -> tuple[float, Path | None]:
+    """Runs fn once under jax.profiler.trace; (wall ms, the trace file or None)."""
+    import jax
+
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        wall_ms = 1e3 * (time.perf_counter() - start)
+    try:
+        return wall_ms, find_trace_file(trace_dir)
+    except FileNotFoundError:
+        return wall_ms, None
+
+
+def traced_events(
+    fn: Callable[[], Any], trace_dir: Path, *, tokens: int, num_layers: int
+) -> tuple[dict[str, Any], list[DeviceEvent]]:
+    """Runs fn once under jax.profiler.trace: (`summarize` of its device events, with
+    `trace_file`, or an `error`; the device events themselves)."""
+    wall_ms, path = _traced(fn, Path(trace_dir))
+    if path is None:
+        return {"error": "the profiler wrote no trace file", "wall_ms": wall_ms}, []
+    events = device_events(load_events(path))
+    summary = summarize(events, tokens=tokens, num_layers=num_layers, wall_ms=wall_ms)
+    summary["trace_file"] = str(path)
+    if not events:
+        summary["note"] = "no device kernel events in the trace (CPU backend?)"
+    return summary, events
+
+
+def trace_summary(
+    fn: Callable[[], Any], trace_dir: Path, *, tokens: int, num_layers: int
+) -> dict[str, Any]:
+    """`traced_events`' summary alone."""
+    return traced_events(fn, trace_dir, tokens=tokens, num_layers=num_layers)[0]

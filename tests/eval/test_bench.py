@@ -132,7 +132,7 @@ def test_real_model_suite_full_grid_and_traces(target, tmp_path, monkeypatch):
     """`full_grid_batches` runs every drafter at a batch > 1; `trace_dir` traces one call of
     every row after its timed calls: one trace folder per row, the loop's iteration count,
     and (with device events) the per-iteration figures from the summary."""
-    from specjax.bench import profile
+    from specjax.bench import trace
 
     drafters = [
         speedup.parse_drafter_spec(text, target) for text in ("ngram:gamma=2", "ngram:gamma=3")
@@ -146,13 +146,13 @@ def test_real_model_suite_full_grid_and_traces(target, tmp_path, monkeypatch):
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert folders == ["autoregressive_b2_T0", "ngram_gamma_2_b2_T0", "ngram_gamma_3_b2_T0"]
     for row in rows:
-        trace = row["trace"]
+        summary = row["trace"]
         # Every row advances at least once per verification call of its busiest row.
-        assert row["verify_calls"] / 2 <= trace["iterations"] <= row["verify_calls"]
-        assert trace["device_events"] == 0 and "note" in trace  # a CPU trace has no device
+        assert row["verify_calls"] / 2 <= summary["iterations"] <= row["verify_calls"]
+        assert summary["device_events"] == 0 and "note" in summary  # a CPU trace: no device
     # With device events (as on a GPU), the per-iteration figures divide the summary's totals.
     fake = {"device_events": 12, "kernels": 40, "busy_ms": 2.0, "top_kernels": []}
-    monkeypatch.setattr(profile, "traced_events", lambda *a, **k: (dict(fake), []))
+    monkeypatch.setattr(trace, "traced_events", lambda *a, **k: (dict(fake), []))
     (ar,) = speedup.real_model_suite(
         target, PROMPTS, [], batches=[2], temperatures=[0.0], trace_dir=tmp_path, **common
     )
