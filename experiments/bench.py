@@ -72,7 +72,8 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "accept_json",
     None,
-    "acceptance to replay: a JSON with accept_length_probs, or a runner generations.jsonl",
+    "acceptance to replay: a JSON with accept_length_probs, a runner generations.jsonl, or "
+    "BENCH.json#NAME (a bench row's pooled greedy acceptance)",
 )
 flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance when no --accept_json is given")
 flags.DEFINE_list("synthetic_targets", ["qwen2.5-1.5b", "qwen2.5-7b", "llama3-8b"], "shapes")

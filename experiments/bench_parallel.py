@@ -77,7 +77,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_float("alpha", _D.alpha, "i.i.d. acceptance assumed without --accept_from")
 flags.DEFINE_string(
-    "accept_from", _D.accept_from, "acceptance histogram JSON or a runner's generations.jsonl"
+    "accept_from",
+    _D.accept_from,
+    "acceptance histogram JSON, a runner's generations.jsonl, or BENCH.json#NAME (a bench row)",
 )
 flags.DEFINE_integer("repeats", _D.repeats, "timed calls after the first")
 flags.DEFINE_string("dtype", _D.dtype, "weight / cache dtype")

@@ -49,7 +49,12 @@ flags.DEFINE_integer("context", 512, "prompt tokens")
 flags.DEFINE_integer("new_tokens", 128, "tokens generated per row")
 flags.DEFINE_integer("gamma", 4, "draft length")
 flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance replayed when no --accept_from")
-flags.DEFINE_string("accept_from", "", "acceptance histogram JSON or generations.jsonl")
+flags.DEFINE_string(
+    "accept_from",
+    "",
+    "acceptance histogram JSON, generations.jsonl, or BENCH.json#NAME (a bench row's greedy "
+    "acceptance, pooled over its sets)",
+)
 flags.DEFINE_integer("repeats", 5, "timed calls after the compile call")
 flags.DEFINE_boolean("trace", True, "trace one call of each section with jax.profiler")
 flags.DEFINE_string("label", "run", "name of this run in the tables (e.g. before, after)")

@@ -226,14 +226,56 @@ class Acceptance:
         return float(sum((n + 1) * p for n, p in enumerate(self.probs)))
 
 
+def accept_histogram_from_bench_row(path: Path, name: str, gamma: int = 0) -> Acceptance:
+    """The accepted-length histogram of row `name` (greedy, batch 1, pooled over the sets:
+    set "all") of an `experiments.bench` JSON. A call accepts at least i drafts exactly when
+    its draft position i was accepted (a chain's, or a tree path's depth i), so
+    P(n >= i) = accepted_per_position[i - 1] / verify_calls."""
+    if not path.is_file():
+        raise ValueError(f"accept_from: no file {path}")
+    rows = json.loads(path.read_text(encoding="utf-8")).get("rows", [])
+    matches = [
+        r for r in rows
+        if r.get("name") == name and r.get("set", "all") == "all" and r.get("batch") == 1
+        and r.get("temperature") == 0
+    ]  # fmt: skip
+    if not matches:
+        names = sorted({str(r.get("name")) for r in rows if r.get("name") != "autoregressive"})
+        raise ValueError(f"{path}: no greedy batch-1 row {name!r}; rows: {', '.join(names)}")
+    row = matches[0]
+    calls, accepted = int(row["verify_calls"]), [int(a) for a in row["accepted_per_position"]]
+    if not calls or not accepted:
+        raise ValueError(f"{path}#{name}: no verify calls or acceptance counts recorded")
+    if gamma and len(accepted) != gamma:
+        raise ValueError(
+            f"gamma={gamma} given, but row {name!r} of {path} drafted {len(accepted)} "
+            f"positions: drop --gamma or pass --gamma={len(accepted)}"
+        )
+    at_least = np.array([calls, *accepted], np.float64) / calls  # P(n >= i), i = 0..K
+    probs = np.append(at_least[:-1] - at_least[1:], at_least[-1])  # P(n = i)
+    if probs.min() < -1e-12:
+        raise ValueError(f"{path}#{name}: acceptance counts grow with the position")
+    return Acceptance(
+        tuple(float(p) for p in np.maximum(probs, 0.0)),
+        f"{path}#{name}: {calls} verify calls (tau {row.get('acceptance_tau', float('nan')):.2f})"
+        ", replayed",
+        verify_calls=calls,
+    )
+
+
 def load_acceptance(path: str | Path, gamma: int = 0) -> Acceptance:
     """The accepted-length histogram in `path`, checked against `gamma` (0 = unchecked).
 
-    `path` is either a JSON file {"accept_length_probs": [P(0), ..., P(K)], "source": "..."}
-    or a `generations.jsonl` of `specjax.experiment.run` (its rows' "from_draft" strings; see
+    `path` is either a JSON file {"accept_length_probs": [P(0), ..., P(K)], "source": "..."},
+    a `generations.jsonl` of `specjax.experiment.run` (its rows' "from_draft" strings; see
     `specjax.bench.speedup.accept_histogram_from_generations`), whose gamma comes from the
-    workdir's config.json beside it, else from `gamma`.
+    workdir's config.json beside it, else from `gamma`, or ``BENCH.json#NAME``: the greedy
+    batch-1 row NAME of an `experiments.bench` result, pooled over its sets
+    (`accept_histogram_from_bench_row`).
     """
+    if "#" in str(path):
+        file, _, name = str(path).partition("#")
+        return accept_histogram_from_bench_row(Path(file), name, gamma)
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"accept_from: no file {path}")

@@ -48,3 +48,34 @@ def test_pooled_rows_equal_one_run_over_every_prompt():
     np.testing.assert_allclose(drafters_bench.ms_per_call(spec), per_call, rtol=1e-9)
     ar_row = pooled["autoregressive"]
     assert drafters_bench.ms_per_call(ar_row) == ar_row["ms_per_token"]
+
+
+def test_acceptance_replayed_from_a_bench_row(tmp_path):
+    """`load_acceptance("BENCH.json#NAME")`: the pooled greedy row's accepted-length histogram,
+    whose mean + 1 is the row's acceptance τ (counted by the decode loop itself)."""
+    import json
+
+    import pytest
+
+    from specjax.bench.parallel import load_acceptance
+
+    target = random_model(TINY_LLAMA, seed=11)
+    rng = np.random.default_rng(1)
+    sets = {"a": [rng.integers(1, 64, n).tolist() for n in (6, 11, 4)]}
+    drafter = speedup.parse_drafter_spec("early-exit:exit_layer=1,gamma=3,name=ee", target)
+    rows = drafters_bench.suite_per_set(
+        target, sets, [drafter], temperatures=[0.0], log=lambda _: None,
+        max_new_tokens=12, repeats=0, prompt_bucket=16,
+    )  # fmt: skip
+    path = tmp_path / "bench_real.json"
+    path.write_text(json.dumps({"rows": rows}))
+    row = next(r for r in rows if r["name"] == "ee" and r["set"] == "all")
+    accept = load_acceptance(f"{path}#ee", gamma=3)
+    assert accept.gamma == 3 and accept.verify_calls == row["verify_calls"]
+    assert sum(accept.probs) == pytest.approx(1.0)
+    assert 0 < accept.probs[0] < 1  # a drafter that is sometimes right and sometimes wrong
+    assert accept.expected_tau == pytest.approx(row["acceptance_tau"], rel=1e-9)
+    with pytest.raises(ValueError, match="no greedy batch-1 row 'nope'; rows: ee"):
+        load_acceptance(f"{path}#nope")
+    with pytest.raises(ValueError, match="drafted 3 positions"):
+        load_acceptance(f"{path}#ee", gamma=4)
