@@ -67,8 +67,9 @@ cp -n .carry/prompt_ids/*.prompts.json "$W/runs/data/" 2>/dev/null  # tokenized 
 if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
   DATA="data.num_prompts=24,data.num_eval=8,data.max_new_tokens=8,data.batch_size=8"
   TRAIN="train.batch_size=4,train.eval_batch_size=4,train.log_every=2,train.checkpoint_every=2"
-  TRAIN_EAGLE="$DATA,$TRAIN,train.num_steps=4"
-  TRAIN_SHORT="$DATA,$TRAIN,train.num_steps=2"
+  # toy sizes, then the caller's TRAIN_EAGLE / TRAIN_SHORT (e.g. head.train_vocab=...)
+  TRAIN_EAGLE="$DATA,$TRAIN,train.num_steps=4${TRAIN_EAGLE:+,$TRAIN_EAGLE}"
+  TRAIN_SHORT="$DATA,$TRAIN,train.num_steps=2${TRAIN_SHORT:+,$TRAIN_SHORT}"
   BUDGET_EAGLE=1; BUDGET_SHORT=1
   COMPARE="--prompts_per_set=1 --max_new_tokens=8 --repeats=1 --prompt_bucket=128"
   TREE_STATIC="2,1"; TREE_DYNAMIC="dynamic:depth=2,top_k=2,nodes=4"; GAMMA=2
