@@ -196,15 +196,15 @@ def run_training(
         else:
             loss_fn = objectives.medusa_loss(drafter, M, h.head_decay)
         counts = answer_counts(train_data, target.config.vocab_size)
+        vocab_ids = None
         if h.train_vocab:  # scored over the train_vocab most frequent answer tokens
             if h.train_vocab > target.config.vocab_size:
                 raise ValueError(
                     f"head.train_vocab={h.train_vocab} exceeds the target's vocabulary "
                     f"({target.config.vocab_size})"
                 )
-            io32 = heads.with_draft_vocab({"io": io32}, heads.most_frequent(counts, h.train_vocab))[
-                "io"
-            ]
+            vocab_ids = heads.most_frequent(counts, h.train_vocab)
+            io32 = heads.with_draft_vocab({"io": io32}, vocab_ids)["io"]
         if h.init_from:  # warm start, e.g. fine-tuning EAGLE-1 heads with unroll_steps > 1
             sha = target.metadata.get("sha256")
             loaded, loaded_params = heads.load_heads(
@@ -257,11 +257,8 @@ def run_training(
         heads.save_heads(
             path, drafter, ready[1], metadata, token_counts=counts, train_vocab=h.train_vocab
         )
-        if h.train_vocab:  # drafting as trained: over the same tokens
-            ready = (
-                drafter,
-                heads.with_draft_vocab(ready[1], heads.most_frequent(counts, h.train_vocab)),
-            )
+        if vocab_ids is not None:  # drafting as trained: over the same tokens
+            ready = (drafter, heads.with_draft_vocab(ready[1], vocab_ids))
     return TrainingRun(target, ready, path, result, data.info)
 
 

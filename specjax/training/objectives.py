@@ -68,25 +68,32 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
 def kl_and_agreement(
     teacher_logits_xV: jax.Array,
     student_logits_xV: jax.Array,
-    answer_tokens_x: jax.Array | None = None,
-    draft_ids_Vd: jax.Array | None = None,
+    answer_in_vocab_x: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """KL(teacher || student) per position, and whether the two argmaxes agree. Over a draft
-    vocabulary (`draft_ids_Vd`: the token of each logit column), agreement also needs the
-    answer token among those ids (see the module docstring)."""
+    vocabulary, agreement also needs the answer token in it (`answer_in_vocab_x`, from
+    `answers_in_vocab`; see the module docstring)."""
     teacher_logp = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits_xV), axis=-1)
     student_logp = jax.nn.log_softmax(student_logits_xV, axis=-1)
     kl = jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1)
     agree = jnp.argmax(teacher_logits_xV, -1) == jnp.argmax(student_logits_xV, -1)
-    if draft_ids_Vd is not None:
-        agree = agree & jnp.isin(answer_tokens_x, draft_ids_Vd)
+    if answer_in_vocab_x is not None:
+        agree = agree & answer_in_vocab_x
     return kl, agree
 
 
-def answer_tokens(batch: dict[str, jax.Array], num_new: int) -> jax.Array:
-    """The generated tokens [B, M] (what the teacher's logits at each position predict)."""
+def answers_in_vocab(
+    io: dict[str, Any], batch: dict[str, jax.Array], num_new: int, config: ModelConfig
+) -> jax.Array | None:
+    """Whether each generated token [B, M] (what the teacher's logits at its position predict)
+    lies in `io`'s draft vocabulary; None without one. A [V] membership table gathered per
+    token (not a [B, M, Vd] comparison)."""
+    if io.get("draft_ids") is None:
+        return None
     positions_BxM, _ = generated_positions(batch, num_new)
-    return gather_positions(batch["tokens"], positions_BxM)
+    answers_BxM = gather_positions(batch["tokens"], positions_BxM)
+    member_V = jnp.zeros((config.vocab_size,), bool).at[io["draft_ids"]].set(True)
+    return member_V[answers_BxM]
 
 
 def teacher_logits(
@@ -110,7 +117,7 @@ def medusa_loss(drafter: MedusaDrafter, num_new: int, head_decay: float = 0.8) -
         params = {"head": trainable, "io": frozen["io"]}
         teacher_BxMxV, exists_BxM = teacher_logits(frozen, batch, config, num_new)
         positions_BxM, _ = generated_positions(batch, num_new)
-        answers_BxM, draft_ids = answer_tokens(batch, num_new), frozen["io"].get("draft_ids")
+        in_vocab_BxM = answers_in_vocab(frozen["io"], batch, num_new, config)
         total, metrics = 0.0, {}
         for i in range(1, H + 1):
             source_BxM = positions_BxM - 1 - i
@@ -119,9 +126,7 @@ def medusa_loss(drafter: MedusaDrafter, num_new: int, head_decay: float = 0.8) -
             # through the LM head (2 V D per position: the cost that matters).
             features_BxMxD = drafter.head_features(params, hidden_BxMxD)[:, :, i - 1]
             logits_BxMxV = vocab_logits(frozen["io"], features_BxMxD, config)
-            kl_BxM, agree_BxM = kl_and_agreement(
-                teacher_BxMxV, logits_BxMxV, answers_BxM, draft_ids
-            )
+            kl_BxM, agree_BxM = kl_and_agreement(teacher_BxMxV, logits_BxMxV, in_vocab_BxM)
             mask_BxM = exists_BxM & (source_BxM >= 0)
             kl = masked_mean(kl_BxM, mask_BxM)
             total = total + head_decay ** (i - 1) * kl
@@ -219,7 +224,7 @@ def eagle_loss(
         entries_BxM = positions_BxM - 2
         true_BxMxD = gather_positions(hidden_BxTxD, entries_BxM + 1)
         teacher_BxMxV = vocab_logits(frozen["io"], true_BxMxD, config)
-        answers_BxM, draft_ids = answer_tokens(batch, num_new), frozen["io"].get("draft_ids")
+        in_vocab_BxM = answers_in_vocab(frozen["io"], batch, num_new, config)
         loss, metrics = 0.0, {}
         for step, predicted_BxJxD in enumerate(passes, start=1):
             # Step `step` exists from entry step - 1 on (its chain starts at a true entry).
@@ -229,8 +234,7 @@ def eagle_loss(
             kl_BxM, agree_BxM = kl_and_agreement(
                 teacher_BxMxV,
                 vocab_logits(frozen["io"], predicted_BxMxD, config),
-                answers_BxM,
-                draft_ids,
+                in_vocab_BxM,
             )
             kl = masked_mean(kl_BxM, mask_BxM)
             loss = loss + reg_weight * reg + cls_weight * kl

@@ -381,10 +381,15 @@ def test_kl_and_agreement_over_a_draft_vocabulary():
     student_Vd = rng.normal(size=(6, ids.size)).astype(np.float32)
     student_Vd[:3] = teacher_V[:3][:, ids]  # rows 0-2: the same argmax over the vocabulary
     answers = np.array([4, 4, 2, 1, 9, 5])  # row 2's answer lies outside it
+    io = {"draft_ids": jnp.asarray(ids)}
+    batch = {"tokens": jnp.asarray(answers)[None], "gen_start": jnp.zeros(1, jnp.int32),
+             "lengths": jnp.full(1, answers.size, jnp.int32)}  # fmt: skip
+    in_vocab = objectives.answers_in_vocab(
+        io, batch, answers.size, TINY_LLAMA.replace(vocab_size=V)
+    )
     kl, agree = objectives.kl_and_agreement(
-        jnp.asarray(teacher_V[:, ids]), jnp.asarray(student_Vd), jnp.asarray(answers),
-        jnp.asarray(ids),
-    )  # fmt: skip
+        jnp.asarray(teacher_V[:, ids]), jnp.asarray(student_Vd), in_vocab[0]
+    )
 
     def softmax(x):
         e = np.exp(x - x.max(-1, keepdims=True))
