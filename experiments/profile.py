@@ -48,6 +48,11 @@ flags.DEFINE_integer("batch", 1, "rows decoded together")
 flags.DEFINE_integer("context", 512, "prompt tokens")
 flags.DEFINE_integer("new_tokens", 128, "tokens generated per row")
 flags.DEFINE_integer("gamma", 4, "draft length")
+flags.DEFINE_list(
+    "verify_tokens",
+    [],
+    "step section: also time verification of these many tokens (e.g. a tree's nodes + 1)",
+)
 flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance replayed when no --accept_from")
 flags.DEFINE_string(
     "accept_from",
@@ -90,6 +95,7 @@ def main(argv):
             what=tuple(FLAGS.what),
             dtype=FLAGS.dtype, batch=FLAGS.batch, context=FLAGS.context,
             new_tokens=FLAGS.new_tokens, gamma=FLAGS.gamma, alpha=FLAGS.alpha,
+            verify_tokens=tuple(int(T) for T in FLAGS.verify_tokens),
             accept_from=FLAGS.accept_from, repeats=FLAGS.repeats, trace=FLAGS.trace,
             label=FLAGS.label,
         )  # fmt: skip

@@ -74,6 +74,8 @@ class ProfileSettings:
       context: prompt tokens P (the cache holds these before the first decode step).
       new_tokens: N, tokens generated per row by the loops.
       gamma: K of the spec section and of the verification step.
+      verify_tokens: further verification widths T timed by the step section (`target_T<T>_ms`),
+        e.g. a token tree's N + 1: the verification cost curve a tree size pays.
       alpha: i.i.d. acceptance replayed by the spec section when `accept_from` is empty.
       accept_from: acceptance histogram to replay (JSON or a runner's generations.jsonl).
       repeats: timed calls after the compile call (median reported).
@@ -90,6 +92,7 @@ class ProfileSettings:
     context: int = 512
     new_tokens: int = 128
     gamma: int = 4
+    verify_tokens: Sequence[int] = ()
     alpha: float = 0.8
     accept_from: str = ""
     repeats: int = 5
@@ -113,6 +116,8 @@ class ProfileSettings:
         for name in ("batch", "context", "new_tokens", "gamma", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(int(T) < 1 for T in self.verify_tokens):
+            raise ValueError(f"verify_tokens must be >= 1, got {list(self.verify_tokens)}")
 
 
 def _median_s(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
@@ -279,11 +284,13 @@ def run(
         }
         if draft is not None and draft_shape != EAGLE:
             steps_to_time["draft_T1"] = (draft, draft_params, 1)
+        for T in sorted({int(T) for T in s.verify_tokens}):
+            steps_to_time[f"target_T{T}"] = (target, params, T)
         step_events: list[Any] = []  # the target_T1 trace's, for its layer's kernels
         for name, (model, weights, T) in steps_to_time.items():
             median_ms, first_s, again = step_lib.time_step(
-                model, weights, batch=B, context=P, T=T, slots=slots, repeats=s.repeats,
-                tag=f"{s.shape}_{name}".replace(".", "_").replace("-", "_"),
+                model, weights, batch=B, context=P, T=T, slots=max(slots, P + T + 1),
+                repeats=s.repeats, tag=f"{s.shape}_{name}".replace(".", "_").replace("-", "_"),
             )  # fmt: skip
             section[f"{name}_ms"] = median_ms
             section[f"{name}_first_s"] = first_s

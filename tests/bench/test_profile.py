@@ -257,6 +257,20 @@ def test_bad_settings():
     profile.ProfileSettings(shape="smollm2-135m", what=("step", "ar"))  # no draft needed
     with pytest.raises(ValueError, match="new_tokens must be >= 1"):
         profile.ProfileSettings(shape="tiny", new_tokens=0)
+    with pytest.raises(ValueError, match="verify_tokens must be >= 1"):
+        profile.ProfileSettings(shape="tiny", verify_tokens=(5, 0))
+
+
+def test_profile_times_further_verification_widths(tmp_path):
+    """verify_tokens: the step section also times verification of T tokens (a tree's N + 1),
+    in a cache that holds the context plus those T (here beyond the loops' P + N + K + 1)."""
+    settings = profile.ProfileSettings(
+        shape="tiny", what=("step",), dtype="float32", context=16, new_tokens=4, gamma=2,
+        verify_tokens=(33, 9), repeats=1, trace=False, label="w",
+    )  # fmt: skip
+    step = profile.run(settings, tmp_path, bandwidth=1e10, log=lambda _: None)["sections"]["step"]
+    assert {"target_T1_ms", "target_verify_ms", "target_T9_ms", "target_T33_ms"} <= set(step)
+    assert all(step[k] > 0 for k in ("target_T9_ms", "target_T33_ms"))
 
 
 def test_real_pair_sweep_rows():
