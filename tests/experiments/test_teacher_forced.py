@@ -1,0 +1,35 @@
+"""experiments/teacher_forced.py: drafting reproduces training's step 1. In float32 the first
+draft position's acceptance α₁ equals the head's teacher-forced step-1 agreement at exactly
+the positions where drafts started (the identity the real-model diagnosis rests on)."""
+
+from support import TINY_LLAMA, random_model
+
+from experiments import teacher_forced
+from specjax.drafters import heads
+from specjax.training import data as data_lib
+from specjax.training import objectives
+from specjax.training.trainer import TrainSettings, train
+
+
+def test_alpha_1_equals_step_1_at_the_draft_starts(tmp_path):
+    target = random_model(TINY_LLAMA, seed=50)
+    model, params = target
+    prompts = data_lib.random_prompts(TINY_LLAMA.vocab_size, 16, 10, seed=0)
+    data = data_lib.build_data(target, prompts, max_new_tokens=12, batch_size=16, progress=False)
+    drafter, head_params = heads.init_eagle(model, params, seed=1)
+    io = heads.target_io(params)
+    settings = TrainSettings(num_steps=30, batch_size=8, learning_rate=1e-2, warmup_steps=3,
+                             log_every=10, checkpoint_every=30)  # fmt: skip
+    loss_fn = objectives.eagle_loss(drafter, 12, cls_weight=1.0)
+    trained = train(loss_fn, head_params["head"], {"io": io}, data, settings, tmp_path,
+                    progress=False).params  # fmt: skip
+    params_ = {"head": trained, "io": io}
+    check = teacher_forced.drafting_check(
+        target, drafter, params_, data, prompts, gamma=3, max_new_tokens=12
+    )
+    assert check["rows_checked"] == 16  # float32 greedy drafting reproduces the answers
+    assert check["drafts"] > 16 and 0 < check["alpha_1 drafting"] < 1
+    assert check["alpha_1 drafting"] == check["step 1 at draft starts"]
+    # No position before the second can be drafted (entry p - 2 does not exist).
+    agree = teacher_forced.step1_agreement(drafter, params_, data)
+    assert agree.shape == data.tokens.shape and not agree[:, :2].any()
