@@ -1,13 +1,13 @@
-"""experiments/teacher_forced.py: drafting reproduces training's step 1. In float32 the first
-draft position's acceptance α₁ equals the head's teacher-forced step-1 agreement at exactly
-the positions where drafts started (the identity the real-model diagnosis rests on)."""
+"""training.diagnostics (experiments/teacher_forced.py): drafting reproduces training's step
+1. In float32 the first draft position's acceptance α₁ equals the head's teacher-forced
+step-1 agreement at exactly the positions where drafts started (the identity the real-model
+diagnosis rests on)."""
 
 from support import TINY_LLAMA, random_model
 
-from experiments import teacher_forced
 from specjax.drafters import heads
 from specjax.training import data as data_lib
-from specjax.training import objectives
+from specjax.training import diagnostics, objectives
 from specjax.training.trainer import TrainSettings, train
 
 
@@ -24,12 +24,19 @@ def test_alpha_1_equals_step_1_at_the_draft_starts(tmp_path):
     trained = train(loss_fn, head_params["head"], {"io": io}, data, settings, tmp_path,
                     progress=False).params  # fmt: skip
     params_ = {"head": trained, "io": io}
-    check = teacher_forced.drafting_check(
+    check = diagnostics.drafting_check(
         target, drafter, params_, data, prompts, gamma=3, max_new_tokens=12
     )
     assert check["rows_checked"] == 16  # float32 greedy drafting reproduces the answers
     assert check["drafts"] > 16 and 0 < check["alpha_1 drafting"] < 1
     assert check["alpha_1 drafting"] == check["step 1 at draft starts"]
     # No position before the second can be drafted (entry p - 2 does not exist).
-    agree = teacher_forced.step1_agreement(drafter, params_, data)
+    agree = diagnostics.step1_agreement(drafter, params_, data)
     assert agree.shape == data.tokens.shape and not agree[:, :2].any()
+    # The whole per-set report: teacher-forced steps, then the same drafting check.
+    report = diagnostics.set_agreement(
+        target, drafter, params_, prompts, max_new_tokens=12, steps=3, gamma=3
+    )
+    assert report["prompts"] == 16 and 0 < report["step 1"] < 1
+    assert report["alpha_1 drafting"] == check["alpha_1 drafting"]
+    assert set(report) >= {"step 2", "step 3", "step 1 at draft starts"}

@@ -1,15 +1,15 @@
-"""experiments/train_flops.py: XLA's cost analysis of a head-training step. Training over a
-draft vocabulary must take the LM head's FLOPs down with it (the compiled step scores the
-Vd columns only, not all V then a slice)."""
+"""training.diagnostics.step_cost (experiments/train_flops.py): XLA's cost analysis of a
+head-training step. Training over a draft vocabulary must take the LM head's FLOPs down with
+it (the compiled step scores the Vd columns only, not all V then a slice)."""
 
-from experiments import train_flops
+from specjax.training import diagnostics
 
 
 def test_a_draft_vocabulary_cuts_the_lm_head_flops():
     common = dict(kind="eagle", shape="smollm2-135m", batch=2, positions=32, new_tokens=16,
                   unroll_steps=1)  # fmt: skip
-    full = train_flops.step_cost(train_vocab=0, **common)
-    small = train_flops.step_cost(train_vocab=4096, **common)
+    full = diagnostics.step_cost(train_vocab=0, **common)
+    small = diagnostics.step_cost(train_vocab=4096, **common)
     # SmolLM2: V = 49,152, D = 576. Scoring 2 x 16 positions over V costs (teacher, drafter
     # forward, drafter backward) ~3 x 2 V D FLOPs each; over 4,096 tokens 12x fewer. The
     # head's own layer is the same in both.
