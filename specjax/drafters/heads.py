@@ -133,11 +133,11 @@ def draft_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) 
     them probability 0; argmax and top-k never pick them). Verification is untouched, so
     greedy output stays the target's; under sampling the drafted q is zero outside the draft
     vocabulary, which the rejection rule handles like any other q."""
+    logits_xN = vocab_logits(io, hidden_xD, config)
     if io.get("draft_ids") is None:
-        return lm_logits(io, hidden_xD, config)
-    sub_xVd = _project(hidden_xD, io["draft_head"], config)
-    full_xV = jnp.full(sub_xVd.shape[:-1] + (config.vocab_size,), jnp.finfo(jnp.float32).min)
-    return full_xV.at[..., io["draft_ids"]].set(sub_xVd)
+        return logits_xN
+    full_xV = jnp.full(logits_xN.shape[:-1] + (config.vocab_size,), jnp.finfo(jnp.float32).min)
+    return full_xV.at[..., io["draft_ids"]].set(logits_xN)
 
 
 def with_draft_vocab(params: HeadParams, token_ids: Any) -> HeadParams:
@@ -177,7 +177,7 @@ def draft_tokens(
     a token id, never building [..., V] logits: the same token as the argmax of
     `draft_logits` (ids are sorted, so ties resolve to the same lowest id)."""
     if sampling.greedy and io.get("draft_ids") is not None:
-        sub_xVd = _project(hidden_xD, io["draft_head"], config)
+        sub_xVd = vocab_logits(io, hidden_xD, config)
         return jnp.take(io["draft_ids"], jnp.argmax(sub_xVd, axis=-1)), None
     return _draw(rng, draft_logits(io, hidden_xD, config), sampling)
 

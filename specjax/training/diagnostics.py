@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax.decoding.sampling import Sampling
 from specjax.drafters import heads
 from specjax.models.config import KNOWN_SHAPES
 from specjax.models.transformer import abstract_model
@@ -33,7 +34,9 @@ from specjax.training.trainer import TrainSettings, make_eval_step, make_train_s
 
 def step1_agreement(drafter, params, data: data_lib.DraftData) -> np.ndarray:
     """bool[N, T]: at position p, whether the head's step-1 token (entry p - 2, true features,
-    teacher forced) is the target's argmax from f_{p-1} (False where p < 2)."""
+    teacher forced; drawn as drafting draws it, over `params`' draft vocabulary if any) is the
+    target's argmax from f_{p-1} (False where p < 2)."""
+    greedy = Sampling.create(0.0)
     out = np.zeros(data.tokens.shape, bool)
     for n in range(data.num_sequences):  # a row at a time: [T, V] float32 logits each
         hidden_1xTxD = jnp.asarray(data.hidden[n : n + 1], jnp.float32)
@@ -42,7 +45,9 @@ def step1_agreement(drafter, params, data: data_lib.DraftData) -> np.ndarray:
             drafter, params, hidden_1xTxD[:, :-1], tokens_1xT[:, 1:], 1
         )
         config = drafter.target_config
-        drafted_J = jnp.argmax(heads.lm_logits(params["io"], predicted_1xJxD[0], config), -1)
+        drafted_J, _ = heads.draft_tokens(
+            jax.random.key(0), params["io"], predicted_1xJxD[0], config, greedy
+        )
         target_J = jnp.argmax(heads.lm_logits(params["io"], hidden_1xTxD[0, 1:], config), -1)
         out[n, 2:] = np.asarray(drafted_J == target_J)[:-1]  # entry j predicts position j + 2
     return out
@@ -101,9 +106,12 @@ def set_agreement(
     )  # fmt: skip
     loss_fn = objectives.eagle_loss(drafter, data.max_new_tokens, feature_noise=0.0,
                                     unroll_steps=steps)  # fmt: skip
+    # Floating leaves to float32 (the eval as training runs it); draft ids stay integers.
     as32 = functools.partial(
-        jax.tree.map, lambda x: None if x is None else jnp.asarray(x, jnp.float32)
-    )
+        jax.tree.map,
+        lambda x: x if x is None or not jnp.issubdtype(x.dtype, jnp.floating)
+        else jnp.asarray(x, jnp.float32),
+    )  # fmt: skip
     metrics = make_eval_step(loss_fn)(
         as32(params["head"]), {"io": as32(params["io"])}, data.batch(np.arange(data.num_sequences))
     )

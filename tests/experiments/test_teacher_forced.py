@@ -40,3 +40,11 @@ def test_alpha_1_equals_step_1_at_the_draft_starts(tmp_path):
     assert report["prompts"] == 16 and 0 < report["step 1"] < 1
     assert report["alpha_1 drafting"] == check["alpha_1 drafting"]
     assert set(report) >= {"step 2", "step 3", "step 1 at draft starts"}
+    # Over a draft vocabulary (as heads trained with head.train_vocab draft) the identity
+    # holds too: step 1 draws its token as drafting does, from the vocabulary's logits.
+    restricted = heads.with_draft_vocab(params_, range(24))
+    report = diagnostics.set_agreement(
+        target, drafter, restricted, prompts, max_new_tokens=12, steps=2, gamma=3
+    )
+    assert report["rows_checked"] == 16 and 0 < report["alpha_1 drafting"] < 1
+    assert report["alpha_1 drafting"] == report["step 1 at draft starts"]
