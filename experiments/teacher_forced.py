@@ -27,6 +27,7 @@ Logic: specjax/training/diagnostics.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax.numpy as jnp
 from absl import app, flags
@@ -58,7 +59,7 @@ def main(argv):
     drafter, loaded = heads.load_heads(FLAGS.heads, model, params, target_sha256=meta.get("sha256"))
     sets = drafters_bench.load_prompt_sets(tokenizer, FLAGS.sets, FLAGS.per_set, FLAGS.prompt_dir)
     if FLAGS.heldout:
-        prompts = json.loads(open(FLAGS.heldout).read())["prompts"]
+        prompts = json.loads(Path(FLAGS.heldout).read_text())["prompts"]
         sets["held-out training prompts"] = prompts[-FLAGS.heldout_count :]
     rows = []
     for name, prompts in sets.items():

@@ -27,6 +27,7 @@ import numpy as np
 
 import specjax
 from specjax import tables
+from specjax.bench import trace
 from specjax.bench.steps import floor_ms, step_costs, synthetic_model
 from specjax.decoding import rejection
 from specjax.decoding.sampling import Sampling
@@ -159,8 +160,6 @@ def trace_call(run: Callable[[], Any], trace_dir: str, target: Model, out) -> di
     counts one per token), which is what a drafter's fixed cost is paid per. Per-token
     figures are per generated token of one row, as `ms_per_token`. On a CPU the trace has no
     device events and the summary says so (`note`)."""
-    from specjax.bench import trace
-
     tokens = int(np.max(np.asarray(out.num_generated)))
     summary, _ = trace.traced_events(
         run, trace_dir, tokens=tokens, num_layers=target.config.num_layers
