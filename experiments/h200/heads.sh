@@ -217,12 +217,12 @@ Q && wait_for "$DRAFT_FILE"
 Q && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE" 0
 # Batch 8 and 32: AR, the best head drafter at batch 1 (EAGLE over its 32k draft vocabulary)
 # and prompt lookup (--full_grid_batches: both drafters at both batches).
+# shellcheck disable=SC2046
 Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
   --gguf="$SPECJAX_CACHE/models/$QWEN_FILE" $SETS $COMPARE --batches="$BATCHES" \
   --full_grid_batches="$BATCHES" \
   --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
-  --drafter="eagle:heads=eagle-qwen2.5-coder-1.5b-instruct,gamma=$GAMMA,draft_vocab=32768,name=eagle-dv32k" \
-  --drafter="ngram:gamma=$GAMMA,name=prompt-lookup"
+  $(KEEP="prompt-lookup eagle-dv32k" drafters qwen2.5-coder-1.5b-instruct)
 # Where a head drafter's iteration goes: one traced call per row (one MT-Bench prompt), its
 # device time and kernels per verification call and top kernels in the rows' "trace" (the
 # traces themselves stay in $W/traces).
