@@ -28,7 +28,7 @@ if __name__ == "__main__":
             os.environ.get("XLA_FLAGS", ""),
             f"--xla_dump_to={_DUMP}",
             "--xla_dump_hlo_as_text",
-            "--xla_dump_hlo_module_re=.*(profile_step|_autoregressive|_speculative).*",
+            "--xla_dump_hlo_module_re=.*(profile_step|_autoregressive|_speculative|_tree).*",
         ]
     ).strip()
 
@@ -53,6 +53,13 @@ flags.DEFINE_list(
     [],
     "step section: also time verification of these many tokens (e.g. a tree's nodes + 1)",
 )
+flags.DEFINE_string(
+    "tree",
+    "",
+    "spec and call sections: draft this token tree (e.g. 4,2,1,1 or "
+    "dynamic:depth=5,top_k=4,nodes=16) instead of a chain of --gamma",
+)
+flags.DEFINE_integer("calls", 32, "call section: iterations per timed device loop")
 flags.DEFINE_float("alpha", 0.8, "i.i.d. acceptance replayed when no --accept_from")
 flags.DEFINE_string(
     "accept_from",
@@ -96,6 +103,7 @@ def main(argv):
             dtype=FLAGS.dtype, batch=FLAGS.batch, context=FLAGS.context,
             new_tokens=FLAGS.new_tokens, gamma=FLAGS.gamma, alpha=FLAGS.alpha,
             verify_tokens=tuple(int(T) for T in FLAGS.verify_tokens),
+            tree=FLAGS.tree, calls=FLAGS.calls,
             accept_from=FLAGS.accept_from, repeats=FLAGS.repeats, trace=FLAGS.trace,
             label=FLAGS.label,
         )  # fmt: skip

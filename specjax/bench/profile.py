@@ -14,7 +14,11 @@ For each section of `ProfileSettings.what`:
     "eagle", an untrained EAGLE head of the target's width), gamma K, at temperature 1
     with a verify rule that replays an acceptance histogram (`speedup.forced_acceptance`):
     synthetic weights accept nothing on their own, so speculative figures are projections at
-    that acceptance and are labelled so.
+    that acceptance and are labelled so. With `tree`, the loop drafts that token tree and
+    verifies greedily: it accepts about nothing, so only its ms per call is a figure.
+  * call: one iteration of the spec loop split into drafting, the verification call and
+    acceptance + commit (`call_cost.iteration_parts`: C calls of each part in one device
+    loop), beside the spec loop's own ms per call when both sections run.
 Weights are synthetic (hash-initialised on the device, real shapes). ms/token of a loop is
 (median wall of the call − the prefill steps' median) / N: compile time and prefill stay out
 (on a loaded CPU the difference of two noisy timings can mislead; `ms_per_token_incl_prefill`
@@ -52,7 +56,7 @@ import numpy as np
 from specjax import tables
 from specjax.bench.trace import traced_events
 
-SECTIONS = ("step", "ar", "spec")
+SECTIONS = ("step", "ar", "spec", "call")
 EAGLE = "eagle"  # draft_shape value: an EAGLE head of the target's width
 
 
@@ -76,6 +80,9 @@ class ProfileSettings:
       gamma: K of the spec section and of the verification step.
       verify_tokens: further verification widths T timed by the step section (`target_T<T>_ms`),
         e.g. a token tree's N + 1: the verification cost curve a tree size pays.
+      tree: "" (a chain of gamma drafts) or a token tree for the spec and call sections
+        (`tree.parse_tree_spec`: "4,2,1,1", "dynamic:depth=5,top_k=4,nodes=16").
+      calls: iterations per timed program of the call section.
       alpha: i.i.d. acceptance replayed by the spec section when `accept_from` is empty.
       accept_from: acceptance histogram to replay (JSON or a runner's generations.jsonl).
       repeats: timed calls after the compile call (median reported).
@@ -93,6 +100,8 @@ class ProfileSettings:
     new_tokens: int = 128
     gamma: int = 4
     verify_tokens: Sequence[int] = ()
+    tree: str = ""
+    calls: int = 32
     alpha: float = 0.8
     accept_from: str = ""
     repeats: int = 5
@@ -113,7 +122,13 @@ class ProfileSettings:
                 raise ValueError(f"unknown shape {name!r}; known: {', '.join(sorted(SHAPES))}")
         if not draft and "spec" in self.what:
             raise ValueError(f"no default draft shape for {self.shape}: give draft_shape")
-        for name in ("batch", "context", "new_tokens", "gamma", "repeats"):
+        if self.tree:
+            from specjax.decoding.tree import parse_tree_spec
+
+            parse_tree_spec(self.tree)  # raises on a malformed tree
+        if not draft and "call" in self.what:
+            raise ValueError(f"no default draft shape for {self.shape}: give draft_shape")
+        for name in ("batch", "context", "new_tokens", "gamma", "repeats", "calls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if any(int(T) < 1 for T in self.verify_tokens):
@@ -252,14 +267,15 @@ def run(
 
     draft = draft_params = None
     draft_shape = s.draft_shape or DEFAULT_DRAFTS.get(s.shape, "")
-    if draft_shape == EAGLE and "spec" in s.what:
+    drafts = "spec" in s.what or "call" in s.what
+    if draft_shape == EAGLE and drafts:
         from specjax.drafters import heads
 
         draft, draft_params = heads.init_eagle(target, params, param_dtype=dtype)
         if s.draft_vocab:
             draft_params = heads.with_draft_vocab(draft_params, range(s.draft_vocab))
         result["draft_shape"] = EAGLE + (f" (draft vocab {s.draft_vocab})" if s.draft_vocab else "")
-    elif draft_shape and draft_shape != EAGLE and ("spec" in s.what or "step" in s.what):
+    elif draft_shape and draft_shape != EAGLE and (drafts or "step" in s.what):
         draft_config = SHAPES[draft_shape].replace(vocab_size=config.vocab_size)
         draft, draft_params = step_lib.synthetic_model(draft_config, dtype)
         result["draft_shape"] = draft_shape
@@ -328,7 +344,16 @@ def run(
     loops: dict[str, dict[str, Any]] = {}
     if "ar" in s.what:
         loops["ar"] = dict(drafter=None, kwargs={}, prefill_ms=prefill_ms, module="_autoregressive")
-    if "spec" in s.what:
+    if "spec" in s.what and s.tree:
+        loops["spec"] = dict(
+            drafter=(draft, draft_params),
+            kwargs=dict(tree=s.tree),
+            prefill_ms=prefill_ms + draft_prefill_ms,
+            module="_tree",
+            acceptance="none replayed: greedy on synthetic weights, so ms per call is the figure",
+            accept_length_probs=None,
+        )
+    elif "spec" in s.what:
         probs, source = _accept_probs(s)
         loops["spec"] = dict(
             drafter=(draft, draft_params),
@@ -365,6 +390,10 @@ def run(
             "x_floor": ms_per_token / floor,
             "iterations": int(np.asarray(out.steps)),
         }
+        # One verification call with its drafting and commit (what a tree is judged by).
+        section["ms_per_call"] = (1e3 * median_s - loop["prefill_ms"]) / max(
+            section["iterations"], 1
+        )
         if name == "spec":
             section.update(
                 tau=float(out.tau),
@@ -388,7 +417,26 @@ def run(
             f"x floor {floor:.3f} ms), compile {section['compile_s']:.1f} s"
         )
         save()
-    if "ar" in loops and "spec" in loops:
+    if "call" in s.what:
+        from specjax.bench import call_cost
+        from specjax.decoding.tree import parse_tree_spec
+
+        shape = call_cost.CallShape(gamma=K, tree=parse_tree_spec(s.tree) if s.tree else None)
+        drafter, drafter_params = specjax.api.as_drafter((draft, draft_params))
+        section = call_cost.iteration_parts(
+            target, params, drafter, drafter_params, batch=B, context=P, shape=shape,
+            calls=s.calls, repeats=s.repeats,
+        )  # fmt: skip
+        if "spec" in result["sections"]:
+            section["loop_ms_per_call"] = result["sections"]["spec"]["ms_per_call"]
+        result["sections"]["call"] = section
+        log(
+            f"[{s.label}] {s.shape} call ({section['verified_tokens']} verified tokens): draft "
+            f"{section['draft_ms']:.3f} + verify {section['verify_ms']:.3f} + accept/commit "
+            f"{section['accept_commit_ms']:.3f} = {section['iteration_ms']:.3f} ms"
+        )
+        save()
+    if "ar" in loops and "spec" in loops and not s.tree:
         ar, spec = result["sections"]["ar"], result["sections"]["spec"]
         spec["speedup_vs_ar"] = ar["ms_per_token"] / spec["ms_per_token"]
     save()
@@ -413,6 +461,8 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
         for name, sec in r["sections"].items():
+            if name == "call":  # per call, not per token: its own table (`call_table`)
+                continue
             tr = sec.get("trace") or {}
             hlo = sec.get("hlo") or {}
             per_token = sec.get("ms_per_token", sec.get("target_T1_ms"))
@@ -451,6 +501,8 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
     time per token / per step from the trace."""
     rows = summary_rows(results)
     lines = [tables.markdown(COLUMNS, ([row[c] for c in COLUMNS] for row in rows), _fmt3)]
+    if any("call" in r["sections"] for r in results):
+        lines += ["", call_table(results)]
     for r in results:
         for name, sec in r["sections"].items():
             top = (sec.get("trace") or {}).get("top_kernels")
@@ -500,4 +552,30 @@ def layer_kernel_table(section: dict[str, Any], title: str) -> str:
             "",
             tables.markdown(("kernel", "kind", "ops", "mean µs", "trace name"), rows),
         ]
+    )
+
+
+CALL_COLUMNS = (
+    "run", "shape", "drafts", "verified tokens", "draft ms", "verify ms", "accept+commit ms",
+    "iteration ms", "loop ms per call",
+)  # fmt: skip
+
+
+def call_table(results: Sequence[dict[str, Any]]) -> str:
+    """ms per speculative call split into its parts (the call sections of `results`)."""
+    body = []
+    for r in results:
+        sec = r["sections"].get("call")
+        if not sec:
+            continue
+        st = r["settings"]
+        body.append(
+            (
+                r["label"], st["shape"], st.get("tree") or f"chain, gamma {st['gamma']}",
+                sec["verified_tokens"], sec["draft_ms"], sec["verify_ms"],
+                sec["accept_commit_ms"], sec["iteration_ms"], sec.get("loop_ms_per_call"),
+            )
+        )  # fmt: skip
+    return "\n".join(
+        ["ms per call (device loops of C calls)", "", tables.markdown(CALL_COLUMNS, body, _fmt3)]
     )

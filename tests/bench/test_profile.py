@@ -318,3 +318,31 @@ def test_real_pair_step_costs(tmp_path):
     costs = real_pair.step_costs(target, draft, [2], context=8, trace_root=tmp_path)
     assert costs.target_ms > 0 and costs.draft_ms > 0 and set(costs.verify_ms) == {2}
     assert costs.c == pytest.approx(costs.draft_ms / costs.target_ms)
+
+
+@pytest.mark.parametrize(
+    "draft_shape, tree",
+    [("eagle", "2,2"), ("eagle", "dynamic:depth=3,top_k=2,nodes=4"), ("", "")],
+)
+def test_profile_call_section_splits_an_iteration(tmp_path, draft_shape, tree):
+    """call: drafting, verification and accept + commit of one iteration, each from a device
+    loop of C calls (verify and accept + commit are differences of the programs' times); the
+    spec loop of a tree reports its ms per call (greedy on synthetic weights) and no
+    speedup, since it replays no acceptance."""
+    settings = profile.ProfileSettings(
+        shape="tiny", draft_shape=draft_shape, what=("spec", "call"), dtype="float32",
+        context=16, new_tokens=6, gamma=3, tree=tree, calls=3, repeats=1, trace=False,
+        label="c",
+    )  # fmt: skip
+    result = profile.run(settings, tmp_path, bandwidth=1e10, log=lambda _: None)
+    call, spec = result["sections"]["call"], result["sections"]["spec"]
+    assert call["verified_tokens"] == {"2,2": 7, "": 4}.get(tree, 5)
+    assert call["verify_ms"] == pytest.approx(call["draft_verify_ms"] - call["draft_ms"])
+    assert call["accept_commit_ms"] == pytest.approx(call["iteration_ms"] - call["draft_verify_ms"])
+    assert call["draft_ms"] > 0 and call["iteration_ms"] > 0
+    # (The prefill step is timed apart, dispatch included: on a CPU the difference can be < 0.)
+    per_call = (spec["wall_ms"] - spec["prefill_ms"]) / spec["iterations"]
+    assert call["loop_ms_per_call"] == spec["ms_per_call"] == pytest.approx(per_call)
+    assert set(call["compile_s"]) == {"draft", "draft_verify", "iteration"}
+    assert ("speedup_vs_ar" in spec) is False  # no AR section here; with a tree never
+    assert "ms per call" in profile.markdown([result])

@@ -1,0 +1,229 @@
+"""Where one speculative iteration's time goes: drafting, the verification call, the rest.
+
+Dimension legend: B batch, P prompt tokens, K draft length (a tree's depth), N tree nodes,
+C timed calls.
+
+`iteration_parts` builds a loop's first state (the target's prefill, the drafter's init, as
+`speculative.start` does) and times three jitted programs, each running C iterations in one
+`lax.fori_loop` on the device, so no per-call dispatch is in the figures:
+
+  * draft: the drafter's `propose` (chain: K tokens) or `propose_tree` (a tree of N nodes),
+    its state threaded from call to call;
+  * draft + verify: the same, then the target's verification call over the newest token and
+    the K drafts (N nodes under the tree's ancestor mask), its cache rolled back after each
+    call, as `commit` does;
+  * iteration: the loop's own body (`speculative.speculative_step` / `tree.tree_step`),
+    which adds acceptance and `commit` (compaction, statistics, append, rollback).
+
+Each part's cost is a difference: verify = (draft + verify) - draft, accept + commit =
+iteration - (draft + verify). All calls see the same context length P (the draft and verify
+programs do not advance the state; the iteration program advances it by what it accepts,
+about one token a call with synthetic weights), so the figures are per call at context P.
+
+The iteration program advances the state greedily: with synthetic weights it accepts about
+nothing, so its rows grow one token a call and never stop within C calls (the budget is set
+past C). What a call costs does not depend on what it accepts: shapes are fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from specjax import cache as kv_cache
+from specjax.decoding import speculative
+from specjax.decoding import tree as tree_lib
+from specjax.decoding.drafter import Drafter
+from specjax.decoding.sampling import GREEDY
+from specjax.decoding.state import DecodeState
+from specjax.models.transformer import Model, Params
+
+
+@dataclasses.dataclass(frozen=True)
+class CallShape:
+    """What one iteration drafts: a chain of `gamma` tokens, or `tree` (then gamma is unused).
+
+    Fields:
+      gamma: K, draft tokens of a chain.
+      tree: a `TreeSpec` / `DynamicTreeSpec`, or None for a chain.
+    """
+
+    gamma: int = 4
+    tree: tree_lib.TreeSpec | tree_lib.DynamicTreeSpec | None = None
+
+    @property
+    def depth(self) -> int:
+        return self.tree.depth if self.tree is not None else self.gamma
+
+    @property
+    def verified_tokens(self) -> int:
+        """Tokens of one verification call: the newest committed token and the drafts."""
+        return (self.tree.num_nodes if self.tree is not None else self.gamma) + 1
+
+    @property
+    def draft_scratch(self) -> int:
+        return self.tree.draft_scratch if self.tree is not None else 0
+
+
+def start_state(
+    target: Model,
+    params: Params,
+    drafter: Drafter,
+    drafter_params: Any,
+    *,
+    batch: int,
+    context: int,
+    shape: CallShape,
+    max_new_tokens: int,
+) -> tuple[DecodeState, int]:
+    """(the first state of a loop over a P-token prompt of ones, its cache size)."""
+    cache_size = context + max_new_tokens + shape.verified_tokens + 1
+    prompt_BxP = jnp.ones((batch, context), jnp.int32)
+    start = jax.jit(
+        functools.partial(
+            speculative.start, target, gamma=shape.depth, max_new_tokens=max_new_tokens,
+            cache_size=cache_size, drafter_max_len=cache_size + shape.draft_scratch,
+            slots_needed=shape.verified_tokens,
+        ),
+        static_argnums=1,
+    )  # fmt: skip
+    state = start(
+        params, drafter, drafter_params, prompt_BxP, jnp.full((batch,), context, jnp.int32),
+        GREEDY, jnp.zeros((0,), jnp.int32), jax.random.key(0),
+    )  # fmt: skip
+    return state, cache_size
+
+
+def _draft(drafter: Drafter, drafter_params, state: DecodeState, shape: CallShape):
+    """(draft tokens [B, K] or a DraftTree, the drafter's new state)."""
+    rng = jax.random.fold_in(state.rng, jnp.sum(state.seq_lengths))
+    if shape.tree is not None:
+        return drafter.propose_tree(
+            drafter_params, state.drafter_state, state.context, shape.tree, GREEDY, rng
+        )
+    tokens_BxK, _, drafter_state = drafter.propose(
+        drafter_params, state.drafter_state, state.context, shape.gamma, GREEDY, rng
+    )
+    return tokens_BxK, drafter_state
+
+
+def _verify(target: Model, params: Params, state: DecodeState, drafted, shape: CallShape):
+    """The verification call's logits [B, M, V] and cache (M = K + 1 or N + 1)."""
+    if shape.tree is not None:
+        logits, _, cache = tree_lib._target_pass(target, params, state, drafted)
+        return logits, cache
+    newest_position_B = state.seq_lengths - 1
+    newest_B = jnp.take_along_axis(state.sequence, newest_position_B[:, None], axis=1)[:, 0]
+    tokens_BxM = jnp.concatenate([newest_B[:, None], drafted], axis=1)
+    positions_BxM = newest_position_B[:, None] + jnp.arange(shape.verified_tokens)
+    logits, _, cache = target.forward(params, tokens_BxM, positions_BxM, state.target_cache)
+    return logits, cache
+
+
+def _token_sum(drafted) -> jax.Array:
+    """A scalar that depends on every drafted token (keeps the draft from being dead code)."""
+    tokens = drafted.tokens if isinstance(drafted, tree_lib.DraftTree) else drafted
+    return jnp.sum(tokens)
+
+
+def part_programs(
+    target: Model, params: Params, drafter: Drafter, drafter_params: Any, shape: CallShape,
+    max_new_tokens: int,
+) -> dict[str, Callable[[DecodeState, int], Any]]:  # fmt: skip
+    """name -> jitted (state, calls) -> a scalar, running `calls` iterations of that part."""
+
+    def draft_only(state: DecodeState, calls: int):
+        def body(_, carry):
+            drafter_state, total = carry
+            drafted, drafter_state = _draft(
+                drafter, drafter_params, dataclasses.replace(state, drafter_state=drafter_state),
+                shape,
+            )  # fmt: skip
+            return drafter_state, total + _token_sum(drafted)
+
+        return jax.lax.fori_loop(0, calls, body, (state.drafter_state, jnp.int32(0)))[1]
+
+    def draft_verify(state: DecodeState, calls: int):
+        def body(_, carry):
+            drafter_state, target_cache, total = carry
+            now = dataclasses.replace(state, drafter_state=drafter_state, target_cache=target_cache)
+            drafted, drafter_state = _draft(drafter, drafter_params, now, shape)
+            logits, target_cache = _verify(target, params, now, drafted, shape)
+            target_cache = kv_cache.rollback(target_cache, state.target_cache.lengths)
+            total = total + _token_sum(drafted) + jnp.argmax(logits[:, -1], axis=-1).sum()
+            return drafter_state, target_cache, total
+
+        carry = (state.drafter_state, state.target_cache, jnp.int32(0))
+        return jax.lax.fori_loop(0, calls, body, carry)[2]
+
+    def iteration(state: DecodeState, calls: int):
+        eos_ids_E = jnp.zeros((0,), jnp.int32)
+        if shape.tree is not None:
+            step = functools.partial(
+                tree_lib.tree_step, target, params, drafter, drafter_params, sampling=GREEDY,
+                eos_ids_E=eos_ids_E, tree=shape.tree, max_new_tokens=max_new_tokens,
+            )  # fmt: skip
+        else:
+            step = functools.partial(
+                speculative.speculative_step, target, params, drafter, drafter_params,
+                sampling=GREEDY, eos_ids_E=eos_ids_E, gamma=shape.gamma,
+                max_new_tokens=max_new_tokens, verify_fn=None,
+            )  # fmt: skip
+        final = jax.lax.fori_loop(0, calls, lambda _, s: step(state=s), state)
+        return jnp.sum(final.seq_lengths)
+
+    return {
+        name: jax.jit(fn, static_argnums=1)
+        for name, fn in (("draft", draft_only), ("draft_verify", draft_verify),
+                         ("iteration", iteration))
+    }  # fmt: skip
+
+
+def iteration_parts(
+    target: Model,
+    params: Params,
+    drafter: Drafter,
+    drafter_params: Any,
+    *,
+    batch: int,
+    context: int,
+    shape: CallShape,
+    calls: int = 32,
+    repeats: int = 5,
+) -> dict[str, Any]:
+    """ms per call of each part (see the module docstring), medians over `repeats` timed runs
+    of `calls` calls after a compiling one. Returns a dict: `draft_ms`, `draft_verify_ms`,
+    `iteration_ms`, `verify_ms`, `accept_commit_ms`, `verified_tokens`, `calls`,
+    `compile_s` (per program)."""
+    if calls < 1 or repeats < 1:
+        raise ValueError(f"calls and repeats must be >= 1, got {calls}, {repeats}")
+    max_new_tokens = calls * (shape.depth + 1) + 1  # no row stops within the timed calls
+    state, _ = start_state(
+        target, params, drafter, drafter_params, batch=batch, context=context, shape=shape,
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    result: dict[str, Any] = {
+        "verified_tokens": shape.verified_tokens, "calls": calls, "compile_s": {},
+    }  # fmt: skip
+    for name, program in part_programs(
+        target, params, drafter, drafter_params, shape, max_new_tokens
+    ).items():
+        begin = time.perf_counter()
+        jax.block_until_ready(program(state, calls))
+        result["compile_s"][name] = time.perf_counter() - begin
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            jax.block_until_ready(program(state, calls))
+            times.append(time.perf_counter() - begin)
+        result[f"{name}_ms"] = 1e3 * float(np.median(times)) / calls
+    result["verify_ms"] = result["draft_verify_ms"] - result["draft_ms"]
+    result["accept_commit_ms"] = result["iteration_ms"] - result["draft_verify_ms"]
+    return result
