@@ -180,12 +180,12 @@ class DraftModelDrafter(Drafter):
         root_logits_BxV, cache = self._catch_up(params, state.cache, context, tree.depth + 2)
         newest_position_B = context.seq_lengths - 1
 
-        def node_logits(nodes: tree_expansion.FedNodes, carry: None):
+        def node_logits(nodes: tree_expansion.FedNodes, carry: None, newest: int):
             positions_BxF = newest_position_B[:, None] + nodes.depths
             logits_BxFxV, _, _ = self.model.forward(
                 params, nodes.tokens, positions_BxF, cache, nodes.mask
             )
-            return logits_BxFxV, carry
+            return logits_BxFxV[:, -newest:], carry
 
         drafted = tree_expansion.expand(root_logits_BxV, node_logits, tree, sampling, rng)
         return drafted, DraftModelState(cache=cache)

@@ -557,8 +557,13 @@ class EagleDrafter(Drafter):
         # At most D + 1 entries became verifiable since the last call.
         root_feature_BxD, cache = self._catch_up_newest(params, state, context, tree.depth + 1)
         io = params["io"]
+        # Over a draft vocabulary, expansion ranks the Vd columns themselves (no [.., V] array)
+        # unless a sampled static tree needs the distribution over V for the rejection rule.
+        columns = sampling.greedy or isinstance(tree, DynamicTreeSpec)
+        column_ids = io.get("draft_ids") if columns else None
+        logits_fn = vocab_logits if column_ids is not None else draft_logits
 
-        def node_logits(nodes: tree_expansion.FedNodes, parent_features_BxPxD):
+        def node_logits(nodes: tree_expansion.FedNodes, parent_features_BxPxD, newest: int):
             # Level-1 nodes read the root's feature; deeper ones their parent's prediction
             # from the previous call (parents precede children, so the index is < P).
             features_BxFxD = jnp.broadcast_to(
@@ -576,10 +581,13 @@ class EagleDrafter(Drafter):
             out_BxFxD, _ = self.apply(
                 params, features_BxFxD, nodes.tokens, positions_BxF, cache, mask_BxFxS
             )
-            return draft_logits(io, out_BxFxD, self.target_config), out_BxFxD
+            # Only the newest level's logits are used: the others are not projected.
+            return logits_fn(io, out_BxFxD[:, -newest:], self.target_config), out_BxFxD
 
-        root_logits_BxV = draft_logits(io, root_feature_BxD, self.target_config)
-        drafted = tree_expansion.expand(root_logits_BxV, node_logits, tree, sampling, rng)
+        root_logits_BxC = logits_fn(io, root_feature_BxD, self.target_config)
+        drafted = tree_expansion.expand(
+            root_logits_BxC, node_logits, tree, sampling, rng, column_ids=column_ids
+        )
         return drafted, EagleState(cache=cache, true_lengths=L_B - 1)
 
     def update(self, params, state, context, num_kept):

@@ -5,9 +5,18 @@ Dimension legend: B batch, N tree nodes, D tree depth, K dynamic top-k, M drafte
 dynamic tree (D * K), F nodes fed to one drafter call, P parents expanded at once, V vocab.
 
 A drafter supplies the logits at the root (after catching up on the committed tokens) and a
-`NodeLogitsFn`: the next-token logits at each of F tree nodes, fed at once under the tree's
-ancestor mask (node i sees the committed tokens and its own path). Expansion calls it D - 1
-times: call d feeds levels 1..d and takes the children of level d. Feeding the earlier
+`NodeLogitsFn`: fed F tree nodes at once under the tree's ancestor mask (node i sees the
+committed tokens and its own path), it returns the next-token logits of the newest of them
+(the last level fed; the earlier levels' rows would be thrown away, so they are not
+projected). Expansion calls it D - 1 times: call d feeds levels 1..d and takes the children
+of level d.
+
+Logits may be over a drafter's own columns instead of the vocabulary: `column_ids` [C] maps
+column c to token id column_ids[c] (EAGLE heads over a draft vocabulary of C tokens, sorted
+ids). Top-k then runs over C columns, never over a [.., V] array that is mostly the float32
+minimum; the tokens, and ties (the lowest column is the lowest id), are those of top-k over
+that array. Trees drawn by sampling need the drafter's distribution over V for the
+rejection rule: there the logits must be over the vocabulary (column_ids None). Feeding the earlier
 levels again costs little at these sizes and keeps the drafter's cache free of tree entries
 (a cached level would be visible to every later node, not only to its descendants).
 
@@ -64,10 +73,11 @@ class FedNodes:
     mask: jax.Array
 
 
-# (nodes, carry) -> (logits [B, F, V] at every fed node, carry). `carry` is the drafter's own
-# memory between the calls of one expansion (None at the first call): EAGLE keeps the nodes'
-# predicted features there, the draft model nothing.
-NodeLogitsFn = Callable[[FedNodes, Any], tuple[jax.Array, Any]]
+# (nodes, carry, newest) -> (logits [B, newest, C] at the last `newest` fed nodes, carry).
+# `carry` is the drafter's own memory between the calls of one expansion (None at the first
+# call): EAGLE keeps the nodes' predicted features there, the draft model nothing. C is V, or
+# the drafter's columns (see `column_ids` in the module docstring).
+NodeLogitsFn = Callable[[FedNodes, Any, int], tuple[jax.Array, Any]]
 
 
 def expand(
@@ -76,11 +86,23 @@ def expand(
     tree: TreeSpec | DynamicTreeSpec,
     sampling: sampling_lib.Sampling,
     rng: jax.Array,
+    column_ids: jax.Array | None = None,
 ) -> DraftTree:
-    """The tree `tree` grown from `root_logits` (see the module docstring)."""
+    """The tree `tree` grown from `root_logits` [B, C] (see the module docstring)."""
+    if column_ids is not None and not sampling.greedy and isinstance(tree, TreeSpec):
+        raise ValueError(
+            "a sampled static tree needs the drafter's logits over the vocabulary (its "
+            "distribution goes to the rejection rule): give column_ids=None"
+        )
     if isinstance(tree, DynamicTreeSpec):
-        return expand_dynamic(root_logits_BxV, node_logits, tree)
-    return expand_static(root_logits_BxV, node_logits, tree, sampling, rng)
+        return expand_dynamic(root_logits_BxV, node_logits, tree, column_ids)
+    return expand_static(root_logits_BxV, node_logits, tree, sampling, rng, column_ids)
+
+
+def _token_ids(columns: jax.Array, column_ids: jax.Array | None) -> jax.Array:
+    """int32 token ids of logit columns (`column_ids` None: the columns are the ids)."""
+    columns = columns.astype(jnp.int32)
+    return columns if column_ids is None else jnp.take(column_ids, columns)
 
 
 def draw_children(
@@ -117,6 +139,7 @@ def expand_static(
     tree: TreeSpec,
     sampling: sampling_lib.Sampling,
     rng: jax.Array,
+    column_ids: jax.Array | None = None,
 ) -> DraftTree:
     """A static tree, level by level (greedy top-b, or b draws per node when sampling)."""
     B, V = root_logits_BxV.shape
@@ -125,18 +148,18 @@ def expand_static(
     parent_logits_BxPxV = root_logits_BxV[:, None]
     tokens, probs, carry = [], [], None
     for d in range(tree.depth):
-        children_BxPxb = draw_children(
-            level_rngs[d], parent_logits_BxPxV, tree.branching[d], sampling
+        children_BxPxb = _token_ids(
+            draw_children(level_rngs[d], parent_logits_BxPxV, tree.branching[d], sampling),
+            column_ids,
         )
         tokens.append(children_BxPxb.reshape(B, -1))  # a parent's children are contiguous
         if not sampling.greedy:
             probs.append(sampling_lib.probs(parent_logits_BxPxV, sampling))
         if d + 1 < tree.depth:
-            fed = tree.level_starts[d + 1]  # levels 1..d+1
-            logits_BxFxV, carry = node_logits(
-                _static_nodes(tree, jnp.concatenate(tokens, axis=1)), carry
+            # Feed levels 1..d+1; the newest, level d+1, are the next level's parents.
+            parent_logits_BxPxV, carry = node_logits(
+                _static_nodes(tree, jnp.concatenate(tokens, axis=1)), carry, tree.level_sizes[d]
             )
-            parent_logits_BxPxV = logits_BxFxV[:, tree.level_starts[d] : fed]
     if probs:  # the deepest level has no children: its rows are unused
         probs.append(jnp.zeros((B, tree.level_sizes[-1], V), jnp.float32))
     paths_NxD = jnp.asarray(tree.ancestors_at_depth())
@@ -186,7 +209,10 @@ def rerank(
 
 
 def expand_dynamic(
-    root_logits_BxV: jax.Array, node_logits: NodeLogitsFn, tree: DynamicTreeSpec
+    root_logits_BxV: jax.Array,
+    node_logits: NodeLogitsFn,
+    tree: DynamicTreeSpec,
+    column_ids: jax.Array | None = None,
 ) -> DraftTree:
     """The EAGLE-2 tree: expand D levels of K frontier nodes, then rerank to N nodes.
 
@@ -199,7 +225,7 @@ def expand_dynamic(
     index_K = jnp.arange(K, dtype=jnp.int32)
 
     score_BxK, token_BxK = jax.lax.top_k(_log_probs(root_logits_BxV), K)
-    tokens, scores, carry = [token_BxK.astype(jnp.int32)], [score_BxK], None
+    tokens, scores, carry = [_token_ids(token_BxK, column_ids)], [score_BxK], None
     # Level 1 nodes are the root's children: their paths are themselves.
     paths_BxMxD = jnp.full((B, M, D), -1, jnp.int32).at[:, :K, 0].set(index_K)
     for d in range(1, D):
@@ -210,8 +236,9 @@ def expand_dynamic(
             depths=jnp.broadcast_to(depths_M[:fed], (B, fed)),
             mask=ancestor_mask(paths_BxMxD[:, :fed]),
         )
-        logits_BxFxV, carry = node_logits(nodes, carry)
-        child_logp_BxKxK, child_token_BxKxK = jax.lax.top_k(_log_probs(logits_BxFxV[:, -K:]), K)
+        frontier_logits_BxKxV, carry = node_logits(nodes, carry, K)  # the frontier: last K fed
+        child_logp_BxKxK, child_column_BxKxK = jax.lax.top_k(_log_probs(frontier_logits_BxKxV), K)
+        child_token_BxKxK = _token_ids(child_column_BxKxK, column_ids)
         # Candidate c = K * p + r is the r-th best child of frontier node p.
         candidate_score_BxKK = (scores[-1][:, :, None] + child_logp_BxKxK).reshape(B, K * K)
         score_BxK, candidate_BxK = jax.lax.top_k(candidate_score_BxKK, K)
@@ -220,7 +247,7 @@ def expand_dynamic(
         # A new node's path: its parent's path, plus itself (drafted index fed + j) at depth d+1.
         new_paths_BxKxD = per_row(paths_BxMxD, parent_BxK).at[:, :, d].set(fed + index_K)
         paths_BxMxD = paths_BxMxD.at[:, fed : fed + K].set(new_paths_BxKxD)
-        tokens.append(token_BxK.astype(jnp.int32))
+        tokens.append(token_BxK)
         scores.append(score_BxK)
 
     selected_BxN, paths_BxNxD = rerank(jnp.concatenate(scores, axis=1), paths_BxMxD, tree.num_nodes)

@@ -397,3 +397,47 @@ def test_tree_nodes_continue_their_paths(head_target, kind):
                     np.testing.assert_allclose(
                         drafted.probs[b, node + 1], jax.nn.softmax(logits), atol=2e-5
                     )
+
+
+@pytest.mark.parametrize(
+    "tree", [TreeSpec((3, 2, 1)), DynamicTreeSpec(depth=3, top_k=3, num_nodes=7)], ids=str
+)
+def test_expansion_over_draft_columns_equals_expansion_over_the_vocabulary(tree):
+    """A drafter over a draft vocabulary may hand expansion its C columns with `column_ids`:
+    the tree (tokens, paths) is the one grown from [.., V] logits that hold those columns
+    at their ids and the float32 minimum elsewhere, ties included (ids sorted: the lowest
+    column is the lowest id). Node logits are a fixed function of the node's token and
+    depth, with ties planted in the table."""
+    V, B = 64, 2
+    ids = jnp.asarray([2, 5, 9, 13, 17, 30, 31, 40, 52, 63], jnp.int32)
+    table_VxV = jax.random.normal(jax.random.key(7), (V, V)).round(1)  # rounding makes ties
+    root_BxV = jax.random.normal(jax.random.key(8), (B, V)).round(1)
+
+    def full(logits_xC):
+        out = jnp.full(logits_xC.shape[:-1] + (V,), jnp.finfo(jnp.float32).min)
+        return out.at[..., ids].set(logits_xC)
+
+    def node_logits_fn(columns: bool):
+        def node_logits(nodes, carry, newest):
+            rows_BxFxV = table_VxV[nodes.tokens] + nodes.depths[..., None]
+            rows_BxFxC = rows_BxFxV[..., ids][:, -newest:]
+            return (rows_BxFxC if columns else full(rows_BxFxC)), carry
+
+        return node_logits
+
+    greedy, rng = Sampling.create(0.0), jax.random.key(0)
+    by_columns = tree_expansion.expand(
+        root_BxV[:, ids], node_logits_fn(True), tree, greedy, rng, column_ids=ids
+    )
+    by_vocab = tree_expansion.expand(
+        full(root_BxV[:, ids]), node_logits_fn(False), tree, greedy, rng
+    )
+    np.testing.assert_array_equal(by_columns.tokens, by_vocab.tokens)
+    np.testing.assert_array_equal(by_columns.paths, by_vocab.paths)
+    assert set(np.asarray(by_columns.tokens).ravel().tolist()) <= set(np.asarray(ids).tolist())
+    if isinstance(tree, TreeSpec):
+        with pytest.raises(ValueError, match="sampled static tree needs"):
+            tree_expansion.expand(
+                root_BxV[:, ids], node_logits_fn(True), tree, Sampling.create(1.0), rng,
+                column_ids=ids,
+            )  # fmt: skip
