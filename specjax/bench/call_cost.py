@@ -5,7 +5,8 @@ C timed calls.
 
 `iteration_parts` builds a loop's first state (the target's prefill, the drafter's init, as
 `speculative.start` does) and times three jitted programs, each running C iterations in one
-`lax.fori_loop` on the device, so no per-call dispatch is in the figures:
+`lax.fori_loop` on the device, so no per-call dispatch is in the figures (C is a traced
+argument: a static trip count lets XLA unroll the loop, which took minutes to compile):
 
   * draft: the drafter's `propose` (chain: K tokens) or `propose_tree` (a tree of N nodes),
     its state threaded from call to call;
@@ -136,10 +137,11 @@ def _token_sum(drafted) -> jax.Array:
 def part_programs(
     target: Model, params: Params, drafter: Drafter, drafter_params: Any, shape: CallShape,
     max_new_tokens: int,
-) -> dict[str, Callable[[DecodeState, int], Any]]:  # fmt: skip
-    """name -> jitted (state, calls) -> a scalar, running `calls` iterations of that part."""
+) -> dict[str, Callable[[DecodeState, jax.Array], Any]]:  # fmt: skip
+    """name -> jitted (state, calls: int32 scalar) -> a scalar, running `calls` iterations of
+    that part."""
 
-    def draft_only(state: DecodeState, calls: int):
+    def draft_only(state: DecodeState, calls: jax.Array):
         def body(_, carry):
             drafter_state, total = carry
             drafted, drafter_state = _draft(
@@ -150,7 +152,7 @@ def part_programs(
 
         return jax.lax.fori_loop(0, calls, body, (state.drafter_state, jnp.int32(0)))[1]
 
-    def draft_verify(state: DecodeState, calls: int):
+    def draft_verify(state: DecodeState, calls: jax.Array):
         def body(_, carry):
             drafter_state, target_cache, total = carry
             now = dataclasses.replace(state, drafter_state=drafter_state, target_cache=target_cache)
@@ -163,7 +165,7 @@ def part_programs(
         carry = (state.drafter_state, state.target_cache, jnp.int32(0))
         return jax.lax.fori_loop(0, calls, body, carry)[2]
 
-    def iteration(state: DecodeState, calls: int):
+    def iteration(state: DecodeState, calls: jax.Array):
         eos_ids_E = jnp.zeros((0,), jnp.int32)
         if shape.tree is not None:
             step = functools.partial(
@@ -180,7 +182,7 @@ def part_programs(
         return jnp.sum(final.seq_lengths)
 
     return {
-        name: jax.jit(fn, static_argnums=1)
+        name: jax.jit(fn)
         for name, fn in (("draft", draft_only), ("draft_verify", draft_verify),
                          ("iteration", iteration))
     }  # fmt: skip
@@ -216,14 +218,65 @@ def iteration_parts(
         target, params, drafter, drafter_params, shape, max_new_tokens
     ).items():
         begin = time.perf_counter()
-        jax.block_until_ready(program(state, calls))
+        jax.block_until_ready(program(state, jnp.int32(calls)))
         result["compile_s"][name] = time.perf_counter() - begin
         times = []
         for _ in range(repeats):
             begin = time.perf_counter()
-            jax.block_until_ready(program(state, calls))
+            jax.block_until_ready(program(state, jnp.int32(calls)))
             times.append(time.perf_counter() - begin)
         result[f"{name}_ms"] = 1e3 * float(np.median(times)) / calls
     result["verify_ms"] = result["draft_verify_ms"] - result["draft_ms"]
     result["accept_commit_ms"] = result["iteration_ms"] - result["draft_verify_ms"]
     return result
+
+
+def parse_shapes(texts: list[str], gamma: int) -> list[CallShape]:
+    """'chain' (gamma drafts) or a tree string per entry (`tree.parse_tree_spec`)."""
+    return [
+        CallShape(gamma=gamma) if t.strip() == "chain" else
+        CallShape(gamma=gamma, tree=tree_lib.parse_tree_spec(t))
+        for t in texts
+    ]  # fmt: skip
+
+
+def shape_name(shape: CallShape) -> str:
+    tree = shape.tree
+    if tree is None:
+        return f"chain, gamma {shape.gamma}"
+    if isinstance(tree, tree_lib.TreeSpec):
+        return "static " + ",".join(map(str, tree.branching))
+    return f"dynamic depth {tree.depth}, top-k {tree.top_k}, {tree.num_nodes} nodes"
+
+
+def rows(
+    target: Model, params: Params, drafter: Drafter, drafter_params: Any,
+    shapes: list[CallShape], *, batch: int, context: int, calls: int, repeats: int,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """`iteration_parts` of each shape, one row each (`name` added)."""
+    out = []
+    for shape in shapes:
+        row = {"name": shape_name(shape)} | iteration_parts(
+            target, params, drafter, drafter_params, batch=batch, context=context, shape=shape,
+            calls=calls, repeats=repeats,
+        )  # fmt: skip
+        log(
+            f"{row['name']}: draft {row['draft_ms']:.3f} + verify {row['verify_ms']:.3f} + "
+            f"accept/commit {row['accept_commit_ms']:.3f} = {row['iteration_ms']:.3f} ms per call"
+        )
+        out.append(row)
+    return out
+
+
+def markdown(table_rows: list[dict[str, Any]]) -> str:
+    from specjax import tables
+
+    columns = ("drafts", "verified tokens", "draft ms", "verify ms", "accept + commit ms",
+               "iteration ms")  # fmt: skip
+    body = (
+        (r["name"], r["verified_tokens"], r["draft_ms"], r["verify_ms"], r["accept_commit_ms"],
+         r["iteration_ms"])
+        for r in table_rows
+    )  # fmt: skip
+    return tables.markdown(columns, body, lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
