@@ -141,7 +141,7 @@ def part_programs(
     """name -> jitted (state, calls: int32 scalar) -> a scalar, running `calls` iterations of
     that part."""
 
-    def draft_only(state: DecodeState, calls: jax.Array):
+    def draft_only(params, drafter_params, state: DecodeState, calls: jax.Array):
         def body(_, carry):
             drafter_state, total = carry
             drafted, drafter_state = _draft(
@@ -152,7 +152,7 @@ def part_programs(
 
         return jax.lax.fori_loop(0, calls, body, (state.drafter_state, jnp.int32(0)))[1]
 
-    def draft_verify(state: DecodeState, calls: jax.Array):
+    def draft_verify(params, drafter_params, state: DecodeState, calls: jax.Array):
         def body(_, carry):
             drafter_state, target_cache, total = carry
             now = dataclasses.replace(state, drafter_state=drafter_state, target_cache=target_cache)
@@ -165,7 +165,7 @@ def part_programs(
         carry = (state.drafter_state, state.target_cache, jnp.int32(0))
         return jax.lax.fori_loop(0, calls, body, carry)[2]
 
-    def iteration(state: DecodeState, calls: jax.Array):
+    def iteration(params, drafter_params, state: DecodeState, calls: jax.Array):
         eos_ids_E = jnp.zeros((0,), jnp.int32)
         if shape.tree is not None:
             step = functools.partial(
@@ -218,12 +218,12 @@ def iteration_parts(
         target, params, drafter, drafter_params, shape, max_new_tokens
     ).items():
         begin = time.perf_counter()
-        jax.block_until_ready(program(state, jnp.int32(calls)))
+        jax.block_until_ready(program(params, drafter_params, state, jnp.int32(calls)))
         result["compile_s"][name] = time.perf_counter() - begin
         times = []
         for _ in range(repeats):
             begin = time.perf_counter()
-            jax.block_until_ready(program(state, jnp.int32(calls)))
+            jax.block_until_ready(program(params, drafter_params, state, jnp.int32(calls)))
             times.append(time.perf_counter() - begin)
         result[f"{name}_ms"] = 1e3 * float(np.median(times)) / calls
     result["verify_ms"] = result["draft_verify_ms"] - result["draft_ms"]

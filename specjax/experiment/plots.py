@@ -29,6 +29,7 @@ __all__ = [
     "plot_predicted_vs_measured",
     "plot_speedup_by_run",
     "plot_speedup_vs_gamma",
+    "plot_tau_vs_call_cost",
 ]
 
 
@@ -267,4 +268,46 @@ def plot_accept_histogram(
     ax.xaxis.get_major_locator().set_params(integer=True)
     if series:
         ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_tau_vs_call_cost(
+    points: Mapping[str, tuple[float, float]],
+    step_ms: float,
+    path: PathLike | None = None,
+    *,
+    speedups: Sequence[float] = (1.5, 2.0, 2.5, 3.0),
+    title: str = "Accepted tokens per call vs what a call costs",
+) -> Figure:
+    """Each drafter as a point (ms per verification call with its drafting, τ tokens per
+    call), with the lines of equal speedup over an autoregressive step of `step_ms`:
+    speedup = τ · step_ms / ms_per_call, so the line of speedup s is τ = s · ms / step_ms.
+    A drafter gains by moving up (more tokens a call) or left (cheaper calls); a bigger tree
+    moves up and right, and pays only if it crosses a line.
+
+    `points`: label -> (ms per call, τ), e.g. a bench row's ms/token × τ and τ.
+    """
+    fig = _new_figure(6.4, 4.6)
+    ax = fig.add_subplot()
+    costs = [c for c, _ in points.values()] + [step_ms]
+    x_max = 1.1 * max(costs)
+    taus = [t for _, t in points.values()] or [1.0]
+    y_max = 1.15 * max(max(taus), 1.0)
+    xs = np.linspace(0.0, x_max, 50)
+    for s in speedups:
+        ax.plot(xs, s * xs / step_ms, color="grey", linestyle=":", linewidth=1)
+        # The label sits where the line leaves the axes: the right edge or the top.
+        x_label = min(x_max, y_max * step_ms / s)
+        ax.annotate(f"{s:g}×", (x_label, s * x_label / step_ms), fontsize=7, color="grey",
+                    xytext=(2, -8), textcoords="offset points")  # fmt: skip
+    for i, (name, (cost, tau)) in enumerate(points.items()):
+        ax.scatter([cost], [tau], color=f"C{i % 10}", zorder=3, label=name)
+    ax.axvline(step_ms, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlim(0.0, x_max * 1.08)
+    ax.set_ylim(0.0, y_max)
+    ax.set_xlabel(f"ms per verification call (autoregressive step: {step_ms:.2f} ms, dashed)")
+    ax.set_ylabel("τ, tokens per call")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small", loc="lower right")
     return save_figure(fig, path)

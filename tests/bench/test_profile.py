@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from specjax.bench import kernels, profile, trace
@@ -346,3 +347,32 @@ def test_profile_call_section_splits_an_iteration(tmp_path, draft_shape, tree):
     assert set(call["compile_s"]) == {"draft", "draft_verify", "iteration"}
     assert ("speedup_vs_ar" in spec) is False  # no AR section here; with a tree never
     assert "ms per call" in profile.markdown([result])
+
+
+def test_call_programs_take_the_weights_as_arguments():
+    """The call section's programs read the weights as arguments, not as constants captured
+    in the program: captured, XLA compiled the 1.5B shape's 3.3 GB of weights into each
+    program (minutes per compile, and a warning). No weight-sized constant in the HLO."""
+    import re
+
+    from specjax.bench import call_cost, steps
+    from specjax.bench.parallel import SHAPES
+    from specjax.decoding.tree import TreeSpec
+    from specjax.drafters import heads
+
+    target, params = steps.synthetic_model(SHAPES["tiny"], jnp.float32)
+    drafter, drafter_params = heads.init_eagle(target, params, param_dtype=jnp.float32)
+    shape = call_cost.CallShape(tree=TreeSpec((2, 1)))
+    state, _ = call_cost.start_state(
+        target, params, drafter, drafter_params, batch=1, context=8, shape=shape,
+        max_new_tokens=16,
+    )  # fmt: skip
+    programs = call_cost.part_programs(target, params, drafter, drafter_params, shape, 16)
+    smallest_weight = min(x.size for x in jax.tree.leaves(params) if x.ndim == 2)
+    for name, program in programs.items():
+        text = program.lower(params, drafter_params, state, jnp.int32(2)).as_text()
+        sizes = [
+            int(np.prod([int(d) for d in dims.split("x")[:-1]] or [1]))
+            for dims in re.findall(r"dense<\"0x[0-9A-F]+\"> : tensor<([0-9x]+\w+)>", text)
+        ]
+        assert max(sizes, default=0) < smallest_weight, name

@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 from specjax.eval import cost_model
 from specjax.eval.metrics import RunSummary
 from specjax.experiment import plots
@@ -54,3 +56,17 @@ def test_accept_histogram_plot(tmp_path):
     check_png(tmp_path / "h.png")
     plots.plot_accept_histogram({"a": [1, 2, 3], "b": [0, 0, 0]}, tmp_path / "h2.png")
     check_png(tmp_path / "h2.png")
+
+
+def test_tau_vs_call_cost_plot(tmp_path):
+    """Lines of equal speedup pass through the points that have that speedup: a drafter
+    with τ = 3 at 2 ms a call over a 1 ms step is 1.5x, on the 1.5x line."""
+    fig = plots.plot_tau_vs_call_cost(
+        {"chain": (2.0, 3.0), "tree": (3.0, 3.5)}, 1.0, tmp_path / "t.png", speedups=(1.5, 2.0)
+    )
+    check_png(tmp_path / "t.png")
+    lines = fig.axes[0].get_lines()
+    one_and_half = lines[0]
+    xs, ys = one_and_half.get_data()
+    assert math.isclose(float(np.interp(2.0, xs, ys)), 3.0, rel_tol=1e-9)
+    assert math.isclose(float(np.interp(2.0, *lines[1].get_data())), 4.0, rel_tol=1e-9)
