@@ -10,11 +10,13 @@ Dimension legend: B batch, T tokens per call, L layers, G kv heads, Dh head dim.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from specjax import cache as kv_cache
 from specjax.eval.timing import timed
@@ -173,6 +175,53 @@ def time_step(
     tokens = jnp.ones((batch, T), jnp.int32)
     positions = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (batch, T))
     return time_forward(step, params, tokens, positions, cache, repeats=repeats)
+
+
+def step_loop(model, tokens_BxT: jax.Array, positions_BxT: jax.Array) -> Callable[..., Any]:
+    """jitted (params, cache, count) -> (cache, checksum): `count` forwards of the tokens in one
+    `fori_loop`, the cache rolled back after each to the lengths it came with."""
+
+    @jax.jit
+    def loop(params, cache, count):
+        def body(_, carry):
+            cache, total = carry
+            logits_BxTxV, _, new_cache = model.forward(params, tokens_BxT, positions_BxT, cache)
+            # The argmax keeps the LM head live, as verification reads it.
+            total = total + jnp.argmax(logits_BxTxV[:, -1], axis=-1).sum()
+            return kv_cache.rollback(new_cache, cache.lengths), total
+
+        return jax.lax.fori_loop(0, count, body, (cache, jnp.int32(0)))
+
+    return loop
+
+
+def time_step_in_loop(
+    model, params, *, batch: int, context: int, T: int, slots: int, calls: int = 32,
+    repeats: int = 5,
+) -> float:  # fmt: skip
+    """Median ms of one T-token forward run `calls` times in one device loop (`fori_loop`, the
+    trip count traced so that XLA does not unroll it; the weights are arguments, not captured
+    constants), each call writing its keys/values and rolled back. Unlike `time_step`, no host
+    dispatch is in the figure: on an H200 a 1.5B step dispatched alone measured 4.1 ms
+    against 1.5 ms of GPU time."""
+    if calls < 1 or repeats < 1:
+        raise ValueError(f"calls and repeats must be >= 1, got {calls}, {repeats}")
+    dtype = jax.tree.leaves(params)[0].dtype
+    cache = kv_cache.rollback(
+        model.init_cache(batch, slots, dtype), jnp.full((batch,), context, jnp.int32)
+    )
+    tokens = jnp.ones((batch, T), jnp.int32)
+    positions = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (batch, T))
+
+    loop = step_loop(model, tokens, positions)
+    count = jnp.int32(calls)
+    jax.block_until_ready(loop(params, cache, count))  # compile
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        jax.block_until_ready(loop(params, cache, count))
+        times.append(time.perf_counter() - begin)
+    return 1e3 * float(np.median(times)) / calls
 
 
 def step_costs(

@@ -272,6 +272,8 @@ def test_profile_times_further_verification_widths(tmp_path):
     step = profile.run(settings, tmp_path, bandwidth=1e10, log=lambda _: None)["sections"]["step"]
     assert {"target_T1_ms", "target_verify_ms", "target_T9_ms", "target_T33_ms"} <= set(step)
     assert all(step[k] > 0 for k in ("target_T9_ms", "target_T33_ms"))
+    # Every step is also timed in a device loop (no dispatch in that figure).
+    assert all(step[f"target_{w}_loop_ms"] > 0 for w in ("T1", "verify", "T9", "T33"))
 
 
 def test_real_pair_sweep_rows():
@@ -353,8 +355,6 @@ def test_call_programs_take_the_weights_as_arguments():
     """The call section's programs read the weights as arguments, not as constants captured
     in the program: captured, XLA compiled the 1.5B shape's 3.3 GB of weights into each
     program (minutes per compile, and a warning). No weight-sized constant in the HLO."""
-    import re
-
     from specjax.bench import call_cost, steps
     from specjax.bench.parallel import SHAPES
     from specjax.decoding.tree import TreeSpec
@@ -371,8 +371,38 @@ def test_call_programs_take_the_weights_as_arguments():
     smallest_weight = min(x.size for x in jax.tree.leaves(params) if x.ndim == 2)
     for name, program in programs.items():
         text = program.lower(params, drafter_params, state, jnp.int32(2)).as_text()
-        sizes = [
-            int(np.prod([int(d) for d in dims.split("x")[:-1]] or [1]))
-            for dims in re.findall(r"dense<\"0x[0-9A-F]+\"> : tensor<([0-9x]+\w+)>", text)
-        ]
-        assert max(sizes, default=0) < smallest_weight, name
+        assert max(_constant_sizes(text), default=0) < smallest_weight, name
+
+
+def _constant_sizes(hlo_text):
+    """Element counts of the dense constants in a lowered program's text."""
+    import re
+
+    pattern = r"dense<\"0x[0-9A-F]+\"> : tensor<([0-9x]+\w+)>"
+    return [
+        int(np.prod([int(d) for d in dims.split("x")[:-1]] or [1]))
+        for dims in re.findall(pattern, hlo_text)
+    ]
+
+
+def test_step_in_a_device_loop_rolls_back_and_keeps_its_weights_as_arguments():
+    """`time_step_in_loop`'s program: `count` forwards that leave the cache at the lengths it
+    came with (each rolled back), the weights read as arguments (no weight-sized constant in
+    the HLO); bad counts are refused."""
+    from specjax import cache as kv_cache
+    from specjax.bench import steps
+    from specjax.bench.parallel import SHAPES
+
+    target, params = steps.synthetic_model(SHAPES["tiny"], jnp.float32)
+    cache = kv_cache.rollback(target.init_cache(1, 16, jnp.float32), jnp.full((1,), 8, jnp.int32))
+    tokens, positions = jnp.ones((1, 3), jnp.int32), 8 + jnp.arange(3)[None]
+    loop = steps.step_loop(target, tokens, positions)
+    out_cache, _ = loop(params, cache, jnp.int32(3))
+    np.testing.assert_array_equal(out_cache.lengths, [8])
+    smallest_weight = min(x.size for x in jax.tree.leaves(params) if x.ndim == 2)
+    text = loop.lower(params, cache, jnp.int32(3)).as_text()
+    assert max(_constant_sizes(text), default=0) < smallest_weight
+    assert steps.time_step_in_loop(target, params, batch=1, context=8, T=3, slots=16, calls=2,
+                                   repeats=1) > 0  # fmt: skip
+    with pytest.raises(ValueError, match="calls and repeats must be >= 1"):
+        steps.time_step_in_loop(target, params, batch=1, context=8, T=3, slots=16, calls=0)
