@@ -79,6 +79,8 @@ def main(argv: list[str]) -> None:
     last = run.train.history[-1] if run.train.history else {}
     print(f"trained {config.kind} to step {run.train.step}: {json.dumps(last)}")
     print(f"drafter saved to {run.drafter_path}")
+    if run.heldout_drafting is not None:  # EAGLE: α₁ drafting the held-out prompts
+        print(f"held-out drafting: {json.dumps(run.heldout_drafting)}")
     if _NAME.value is not None:
         from specjax.drafters.heads import publish_heads
 

@@ -45,13 +45,17 @@ DRAFTER_DIR = "drafter"
 @dataclasses.dataclass
 class TrainingRun:
     """Fields: target: the LoadedModel; drafter: (Drafter, params) ready for
-    specjax.generate; drafter_path: where it was exported; train: TrainResult; data_info."""
+    specjax.generate; drafter_path: where it was exported; train: TrainResult; data_info;
+    heldout_drafting: EAGLE heads only (else None), `diagnostics.drafting_check` on the
+    held-out prompts: α₁ when the head drafts (γ = eval.gamma) beside step 1 at the draft
+    starts. It predicts τ where the held-out top-1 (every position) overstates it."""
 
     target: LoadedModel
     drafter: tuple[Any, Any]
     drafter_path: Path
     train: TrainResult
     data_info: dict[str, Any]
+    heldout_drafting: dict[str, Any] | None = None
 
 
 def _prompts(config: ml_collections.ConfigDict, target: LoadedModel | Any) -> list[list[int]]:
@@ -253,13 +257,40 @@ def run_training(
         save_model(path, drafter.config, params, {**metadata, "dtype": "float32"})
         ready = (drafter, params)
     else:
-        ready = (drafter, {"head": result.params, "io": io})
-        heads.save_heads(
-            path, drafter, ready[1], metadata, token_counts=counts, train_vocab=h.train_vocab
-        )
+        saved = {"head": result.params, "io": io}
+        ready = (drafter, saved)
         if vocab_ids is not None:  # drafting as trained: over the same tokens
-            ready = (drafter, heads.with_draft_vocab(ready[1], vocab_ids))
-    return TrainingRun(target, ready, path, result, data.info)
+            ready = (drafter, heads.with_draft_vocab(saved, vocab_ids))
+        if config.kind == "eagle" and eval_data.num_sequences and config.eval.gamma:
+            heldout_drafting = heldout_drafting_check(config, target, ready, eval_data)
+            metadata["heldout_drafting"] = heldout_drafting
+        heads.save_heads(
+            path, drafter, saved, metadata, token_counts=counts, train_vocab=h.train_vocab
+        )
+    return TrainingRun(target, ready, path, result, data.info, metadata.get("heldout_drafting"))
+
+
+def heldout_drafting_check(
+    config: ml_collections.ConfigDict,
+    target: LoadedModel,
+    drafter: tuple[Any, Any],
+    eval_data: data_lib.DraftData,
+) -> dict[str, Any]:
+    """`diagnostics.drafting_check` of trained EAGLE heads on the held-out prompts, whose
+    answers `eval_data` holds: the head drafts them (greedy, γ = eval.gamma) and its α₁ is set
+    beside its teacher-forced step 1 at the positions where the drafts started."""
+    from specjax.training import diagnostics
+
+    prompts = [
+        eval_data.tokens[n, : eval_data.gen_start[n]].tolist()
+        for n in range(eval_data.num_sequences)
+    ]
+    eos = () if target.tokenizer is None else target.tokenizer.eos_ids
+    check = diagnostics.drafting_check(
+        target.pair, *drafter, eval_data, prompts, eos, gamma=config.eval.gamma,
+        max_new_tokens=eval_data.max_new_tokens,
+    )  # fmt: skip
+    return {"gamma": config.eval.gamma, "prompts": len(prompts), **check}
 
 
 def answer_counts(data: data_lib.DraftData, vocab_size: int) -> np.ndarray:

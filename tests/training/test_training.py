@@ -424,3 +424,19 @@ def test_heads_trained_over_a_draft_vocabulary_draft_over_it(tmp_path):
     # An explicit draft_vocab still wins.
     wider = heads.load_heads(run.drafter_path, *run.target.pair, draft_vocab=32)
     assert wider[1]["io"]["draft_ids"].shape == (32,)
+
+
+def test_eagle_run_checks_drafting_on_the_heldout_prompts(tmp_path):
+    """An EAGLE run drafts its held-out prompts after training: α₁ drafting equals step 1
+    teacher forced at the draft starts (float32, rows whose output equals the held-out
+    answers), and the figures are saved beside the heads."""
+    config = tiny_config("eagle", **{"eval.gamma": 2, "head.train_vocab": 24})
+    run = experiment.run_training(config, tmp_path, progress=False)
+    check = run.heldout_drafting
+    assert check["gamma"] == 2 and check["prompts"] == 8
+    assert check["rows_checked"] == 8 and check["drafts"] > 0  # float32: every row matches
+    assert check["alpha_1 drafting"] == check["step 1 at draft starts"]
+    saved = json.loads((run.drafter_path / "heads.json").read_text())
+    assert saved["metadata"]["heldout_drafting"] == check
+    medusa = experiment.run_training(tiny_config("medusa"), tmp_path / "m", progress=False)
+    assert medusa.heldout_drafting is None
