@@ -73,14 +73,14 @@ if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
   BUDGET_EAGLE=1; BUDGET_SHORT=1
   COMPARE="--prompts_per_set=1 --max_new_tokens=8 --repeats=1 --prompt_bucket=128"
   TREE_STATIC="2,1"; TREE_DYNAMIC="dynamic:depth=2,top_k=2,nodes=4"; GAMMA=2
-  TREE_DYNAMIC16="dynamic:depth=2,top_k=2,nodes=3"
+  TREE_DYNAMIC16="dynamic:depth=2,top_k=2,nodes=3"; TREE_DYNAMIC12="dynamic:depth=2,top_k=2,nodes=2"
   BATCHES="2"; HF_SHAPES=""; PAIR_GAMMAS=1; PAIR="--per_set=1 --max_new_tokens=8 --repeats=1"
 else
   TRAIN_EAGLE=${TRAIN_EAGLE:-}; TRAIN_SHORT=${TRAIN_SHORT:-}  # overrides, e.g. train.num_steps=9000
   BUDGET_EAGLE=${BUDGET_EAGLE:-5}; BUDGET_SHORT=${BUDGET_SHORT:-2}
   COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512"
   TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=6,top_k=6,nodes=32"; GAMMA=4
-  TREE_DYNAMIC16="dynamic:depth=5,top_k=4,nodes=16"
+  TREE_DYNAMIC16="dynamic:depth=5,top_k=4,nodes=16"; TREE_DYNAMIC12="dynamic:depth=4,top_k=4,nodes=12"
   BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-llama3-8b,qwen2.5-1.5b}
   PAIR_GAMMAS=${PAIR_GAMMAS:-1,2,3,5}; PAIR="--per_set=4 --repeats=3"
 fi
@@ -139,6 +139,9 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
   # Half the dynamic tree (16 nodes, depth 5): fewer nodes to verify per step.
   row eagle-dynamic16-dv32k \
     "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC16,draft_vocab=32768,name=eagle-dynamic16-dv32k"
+  # The fastest Qwen drafter of the twelfth session (1.75x): a 12-node dynamic tree over 32k.
+  row eagle-dynamic12-dv32k \
+    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=eagle-dynamic12-dv32k"
   row eagle-tree "eagle:heads=eagle-$n,tree=$TREE_STATIC,name=eagle-tree"
   row medusa "medusa:heads=medusa-$n,gamma=$GAMMA"
   [ -n "$draft" ] &&
