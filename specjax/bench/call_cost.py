@@ -273,10 +273,36 @@ def markdown(table_rows: list[dict[str, Any]]) -> str:
     from specjax import tables
 
     columns = ("drafts", "verified tokens", "draft ms", "verify ms", "accept + commit ms",
-               "iteration ms")  # fmt: skip
+               "iteration ms", "replayed τ", "projected ms/token", "projected speedup")  # fmt: skip
     body = (
         (r["name"], r["verified_tokens"], r["draft_ms"], r["verify_ms"], r["accept_commit_ms"],
-         r["iteration_ms"])
+         r["iteration_ms"], r.get("replayed_tau", "–"), r.get("projected_ms_per_token", "–"),
+         r.get("projected_speedup", "–"))
         for r in table_rows
     )  # fmt: skip
     return tables.markdown(columns, body, lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def replayed_tau(spec: str) -> tuple[float, str]:
+    """(τ, source) of 'BENCH.json#NAME': acceptance τ (accepted drafts + 1 per call) of a bench
+    row's pooled greedy batch-1 histogram (`parallel.accept_histogram_from_bench_row`)."""
+    from pathlib import Path
+
+    from specjax.bench.parallel import accept_histogram_from_bench_row
+
+    path, sep, name = spec.rpartition("#")
+    if not sep or not path or not name:
+        raise ValueError(f"expected BENCH.json#ROW_NAME, got {spec!r}")
+    acceptance = accept_histogram_from_bench_row(Path(path), name)
+    probs = np.asarray(acceptance.probs)
+    return 1.0 + float(np.sum(np.arange(len(probs)) * probs)), acceptance.source
+
+
+def project(row: dict[str, Any], tau: float, source: str, step_ms: float) -> dict[str, Any]:
+    """A row's projection at a replayed τ: ms/token = ms per call / τ, and its speedup over
+    an autoregressive step of `step_ms` (both device loops; labelled a projection)."""
+    per_token = row["iteration_ms"] / tau
+    return row | {
+        "replayed_tau": tau, "tau_source": source, "projected_ms_per_token": per_token,
+        "ar_step_ms": step_ms, "projected_speedup": step_ms / per_token,
+    }  # fmt: skip

@@ -406,3 +406,21 @@ def test_step_in_a_device_loop_rolls_back_and_keeps_its_weights_as_arguments():
                                    repeats=1) > 0  # fmt: skip
     with pytest.raises(ValueError, match="calls and repeats must be >= 1"):
         steps.time_step_in_loop(target, params, batch=1, context=8, T=3, slots=16, calls=0)
+
+
+def test_call_cost_projection_replays_a_bench_rows_tau():
+    """`call_cost.replayed_tau` of a bench row is that row's acceptance τ (tokens per call,
+    pooled over its sets), for a chain and for a tree; a projection divides the call's cost
+    by it."""
+    from specjax.bench import call_cost
+
+    bench = Path(__file__).parents[2] / "docs/benchmarks/h200_trees_s12/bench_realtrees.json"
+    rows = {r["name"]: r for r in json.loads(bench.read_text())["rows"] if r["set"] == "all"}
+    for name in ("eagle-dv32k", "eagle-dynamic12-dv32k"):
+        tau, source = call_cost.replayed_tau(f"{bench}#{name}")
+        assert tau == pytest.approx(rows[name]["acceptance_tau"], rel=1e-9)
+        assert name in source
+    row = call_cost.project({"iteration_ms": 3.0}, 2.0, "x", step_ms=1.2)
+    assert row["projected_ms_per_token"] == 1.5 and row["projected_speedup"] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="BENCH.json#ROW_NAME"):
+        call_cost.replayed_tau(str(bench))
