@@ -9,16 +9,16 @@ A drafter supplies the logits at the root (after catching up on the committed to
 committed tokens and its own path), it returns the next-token logits of the newest of them
 (the last level fed; the earlier levels' rows would be thrown away, so they are not
 projected). Expansion calls it D - 1 times: call d feeds levels 1..d and takes the children
-of level d.
+of level d. Feeding the earlier levels again costs little at these sizes and keeps the
+drafter's cache free of tree entries (a cached level would be visible to every later node,
+not only to its descendants).
 
 Logits may be over a drafter's own columns instead of the vocabulary: `column_ids` [C] maps
 column c to token id column_ids[c] (EAGLE heads over a draft vocabulary of C tokens, sorted
 ids). Top-k then runs over C columns, never over a [.., V] array that is mostly the float32
 minimum; the tokens, and ties (the lowest column is the lowest id), are those of top-k over
 that array. Trees drawn by sampling need the drafter's distribution over V for the
-rejection rule: there the logits must be over the vocabulary (column_ids None). Feeding the earlier
-levels again costs little at these sizes and keeps the drafter's cache free of tree entries
-(a cached level would be visible to every later node, not only to its descendants).
+rejection rule: there the logits must be over the vocabulary (column_ids None).
 
   * Static tree (`TreeSpec`): each level-d node gets b_{d+1} children. Greedy: its b most
     likely tokens. Sampling: b independent draws (with replacement) from the drafter's
