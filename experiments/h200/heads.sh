@@ -28,7 +28,9 @@
 #   2. alone on the GPU (timed): every drafter on MT-Bench, HumanEval and GSM8K, greedy,
 #      bfloat16, batch 1, Qwen then SmolLM2; at temperature 1 the drafters whose sampling
 #      rules differ (prompt lookup, EAGLE chain, EAGLE static tree); Qwen's float32 exactness;
-#   3. while DEADLINE allows: the Qwen batch 8 / 32 rows, one traced call of the head
+#   3. while DEADLINE allows: the Qwen batch 8 / 32 rows, the call split of the chain and
+#      the 12-node tree at the Qwen and Llama-3-8B shapes with the 8B projection
+#      (`qwen-calls`), one traced call of the head
 #      drafters (`qwen-trace`), the real Qwen pair's gamma sweep (`experiments.real_pair`),
 #      HF transformers beside our AR loop.
 # DROP_DRAFTERS="medusa eagle-hass ..." leaves comparison rows out by label (see `drafters`);
@@ -74,6 +76,7 @@ if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
   COMPARE="--prompts_per_set=1 --max_new_tokens=8 --repeats=1 --prompt_bucket=128"
   TREE_STATIC="2,1"; TREE_DYNAMIC="dynamic:depth=2,top_k=2,nodes=4"; GAMMA=2
   TREE_DYNAMIC16="dynamic:depth=2,top_k=2,nodes=3"; TREE_DYNAMIC12="dynamic:depth=2,top_k=2,nodes=2"
+  CALL_SHAPES="tiny"; CALL_VOCAB=0; CALL_FLAGS="--dtype=float32 --context=16 --calls=2 --repeats=1"
   BATCHES="2"; HF_SHAPES=""; PAIR_GAMMAS=1; PAIR="--per_set=1 --max_new_tokens=8 --repeats=1"
 else
   TRAIN_EAGLE=${TRAIN_EAGLE:-}; TRAIN_SHORT=${TRAIN_SHORT:-}  # overrides, e.g. train.num_steps=9000
@@ -81,6 +84,7 @@ else
   COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512"
   TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=6,top_k=6,nodes=32"; GAMMA=4
   TREE_DYNAMIC16="dynamic:depth=5,top_k=4,nodes=16"; TREE_DYNAMIC12="dynamic:depth=4,top_k=4,nodes=12"
+  CALL_SHAPES="qwen2.5-1.5b llama3-8b"; CALL_VOCAB=32768; CALL_FLAGS="--repeats=3 --calls=16"
   BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-llama3-8b,qwen2.5-1.5b}
   PAIR_GAMMAS=${PAIR_GAMMAS:-1,2,3,5}; PAIR="--per_set=4 --repeats=3"
 fi
@@ -226,6 +230,20 @@ Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
   --full_grid_batches="$BATCHES" \
   --temperatures=0 --out="$W/out" --tag=_qwen_batched --weights_cache \
   $(KEEP="prompt-lookup eagle-dv32k" drafters qwen2.5-coder-1.5b-instruct)
+# A call's split (drafting / verification / commit, synthetic weights) of the chain and the
+# 12-node tree at the Qwen shape and the Llama-3-8B shape, each projected at the acceptance
+# this run's head measured above (the #13 8B projection: ms/token = ms per call / tau).
+qwen_calls() {
+  local bench="$W/out/bench_real_qwen.json" shape
+  for shape in $CALL_SHAPES; do
+    $PY -m experiments.call_cost --shape="$shape" --draft_vocab="$CALL_VOCAB" \
+      --drafts=chain --drafts="$TREE_DYNAMIC12" --gamma="$GAMMA" --label=heads \
+      --tau_from="$bench#eagle-dv32k" --tau_from="$bench#eagle-dynamic12-dv32k" \
+      --out="$W/out/calls" $CALL_FLAGS || return 1
+  done
+}
+export -f qwen_calls
+Q && stage qwen-calls 150 qwen_calls
 # Where a head drafter's iteration goes: one traced call per row (one MT-Bench prompt), its
 # device time and kernels per verification call and top kernels in the rows' "trace" (the
 # traces themselves stay in $W/traces).
