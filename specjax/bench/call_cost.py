@@ -74,16 +74,9 @@ class CallShape:
 
 
 def start_state(
-    target: Model,
-    params: Params,
-    drafter: Drafter,
-    drafter_params: Any,
-    *,
-    batch: int,
-    context: int,
-    shape: CallShape,
-    max_new_tokens: int,
-) -> tuple[DecodeState, int]:
+    target: Model, params: Params, drafter: Drafter, drafter_params: Any, shape: CallShape,
+    *, batch: int, context: int, max_new_tokens: int,
+) -> tuple[DecodeState, int]:  # fmt: skip
     """(the first state of a loop over a P-token prompt of ones, its cache size)."""
     cache_size = context + max_new_tokens + shape.verified_tokens + 1
     prompt_BxP = jnp.ones((batch, context), jnp.int32)
@@ -209,7 +202,7 @@ def iteration_parts(
         raise ValueError(f"calls and repeats must be >= 1, got {calls}, {repeats}")
     max_new_tokens = calls * (shape.depth + 1) + 1  # no row stops within the timed calls
     state, _ = start_state(
-        target, params, drafter, drafter_params, batch=batch, context=context, shape=shape,
+        target, params, drafter, drafter_params, shape, batch=batch, context=context,
         max_new_tokens=max_new_tokens,
     )  # fmt: skip
     result: dict[str, Any] = {

@@ -364,9 +364,8 @@ def test_call_programs_take_the_weights_as_arguments():
     drafter, drafter_params = heads.init_eagle(target, params, param_dtype=jnp.float32)
     shape = call_cost.CallShape(tree=TreeSpec((2, 1)))
     state, _ = call_cost.start_state(
-        target, params, drafter, drafter_params, batch=1, context=8, shape=shape,
-        max_new_tokens=16,
-    )  # fmt: skip
+        target, params, drafter, drafter_params, shape, batch=1, context=8, max_new_tokens=16
+    )
     programs = call_cost.part_programs(target, params, drafter, drafter_params, shape, 16)
     smallest_weight = min(x.size for x in jax.tree.leaves(params) if x.ndim == 2)
     for name, program in programs.items():
