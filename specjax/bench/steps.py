@@ -10,13 +10,11 @@ Dimension legend: B batch, T tokens per call, L layers, G kv heads, Dh head dim.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from specjax import cache as kv_cache
 from specjax.eval.timing import timed
@@ -167,14 +165,21 @@ def time_step(
 ):
     """(median ms, first-call s, a zero-arg function running one more step) of a T-token
     forward with `context` valid cache slots out of `slots`."""
-    dtype = jax.tree.leaves(params)[0].dtype
     step = _make_step(model, tag or f"T{T}")
+    cache, tokens, positions = _step_inputs(model, params, batch, context, T, slots)
+    return time_forward(step, params, tokens, positions, cache, repeats=repeats)
+
+
+def _step_inputs(model, params, batch: int, context: int, T: int, slots: int):
+    """(a cache of `slots` slots holding `context` valid ones, T tokens [B, T] of ones, their
+    positions context .. context + T - 1) for timing one T-token forward."""
+    dtype = jax.tree.leaves(params)[0].dtype
     cache = kv_cache.rollback(
         model.init_cache(batch, slots, dtype), jnp.full((batch,), context, jnp.int32)
     )
     tokens = jnp.ones((batch, T), jnp.int32)
     positions = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (batch, T))
-    return time_forward(step, params, tokens, positions, cache, repeats=repeats)
+    return cache, tokens, positions
 
 
 def step_loop(model, tokens_BxT: jax.Array, positions_BxT: jax.Array) -> Callable[..., Any]:
@@ -206,22 +211,10 @@ def time_step_in_loop(
     against 1.5 ms of GPU time."""
     if calls < 1 or repeats < 1:
         raise ValueError(f"calls and repeats must be >= 1, got {calls}, {repeats}")
-    dtype = jax.tree.leaves(params)[0].dtype
-    cache = kv_cache.rollback(
-        model.init_cache(batch, slots, dtype), jnp.full((batch,), context, jnp.int32)
-    )
-    tokens = jnp.ones((batch, T), jnp.int32)
-    positions = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (batch, T))
-
+    cache, tokens, positions = _step_inputs(model, params, batch, context, T, slots)
     loop = step_loop(model, tokens, positions)
-    count = jnp.int32(calls)
-    jax.block_until_ready(loop(params, cache, count))  # compile
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        jax.block_until_ready(loop(params, cache, count))
-        times.append(time.perf_counter() - begin)
-    return 1e3 * float(np.median(times)) / calls
+    _, timing = timed(loop, params, cache, jnp.int32(calls), repeats=repeats)
+    return 1e3 * timing.median_s / calls
 
 
 def step_costs(

@@ -36,6 +36,20 @@ from specjax.models.transformer import Model, Params, params_dtype
 VerifyFn = Callable[..., tuple[jax.Array, jax.Array]]
 
 
+def target_pass(
+    target: Model, params: Params, state: DecodeState, draft_tokens_BxK: jax.Array
+) -> tuple[jax.Array, jax.Array, Any]:
+    """The verification call of a chain: the newest committed token (verify index 0, position
+    seq_len - 1) and the K drafts after it, causally. Returns (logits [B, K + 1, V], hidden
+    [B, K + 1, D], the target cache with the K + 1 entries written)."""
+    K = draft_tokens_BxK.shape[1]
+    newest_position_B = state.seq_lengths - 1
+    newest_token_B = jnp.take_along_axis(state.sequence, newest_position_B[:, None], axis=1)[:, 0]
+    verify_tokens_BxK1 = jnp.concatenate([newest_token_B[:, None], draft_tokens_BxK], axis=1)
+    verify_positions_BxK1 = newest_position_B[:, None] + jnp.arange(K + 1, dtype=jnp.int32)
+    return target.forward(params, verify_tokens_BxK1, verify_positions_BxK1, state.target_cache)
+
+
 def speculative_step(
     target: Model,
     params: Params,
@@ -62,12 +76,8 @@ def speculative_step(
         drafter_params, state.drafter_state, state.context, K, sampling, draft_rng, **extra
     )
 
-    newest_position_B = state.seq_lengths - 1
-    newest_token_B = jnp.take_along_axis(state.sequence, newest_position_B[:, None], axis=1)[:, 0]
-    verify_tokens_BxK1 = jnp.concatenate([newest_token_B[:, None], draft_tokens_BxK], axis=1)
-    verify_positions_BxK1 = newest_position_B[:, None] + jnp.arange(K + 1, dtype=jnp.int32)
-    logits_BxK1xV, hidden_BxK1xD, target_cache = target.forward(
-        params, verify_tokens_BxK1, verify_positions_BxK1, state.target_cache
+    logits_BxK1xV, hidden_BxK1xD, target_cache = target_pass(
+        target, params, state, draft_tokens_BxK
     )
 
     if sampling.greedy:

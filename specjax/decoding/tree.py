@@ -250,7 +250,7 @@ def ancestor_mask(paths_BxNxD: jax.Array) -> jax.Array:
     return jnp.any(paths_BxNxD[..., None] == jnp.arange(N, dtype=jnp.int32), axis=2)
 
 
-def _target_pass(
+def target_pass(
     target: Model, params: Params, state: DecodeState, drafted: DraftTree
 ) -> tuple[jax.Array, jax.Array, kv_cache.KVCache]:
     """The verification call: (logits [B, N + 1, V], hidden [B, N + 1, D], target cache).
@@ -305,7 +305,7 @@ def tree_step(
     drafted, drafter_state = drafter.propose_tree(
         drafter_params, state.drafter_state, state.context, tree, sampling, draft_rng
     )
-    logits_BxN1xV, hidden_BxN1xD, target_cache = _target_pass(target, params, state, drafted)
+    logits_BxN1xV, hidden_BxN1xD, target_cache = target_pass(target, params, state, drafted)
     if sampling.greedy:
         accepted_node_B, next_token_B = rejection.verify_tree_greedy(
             drafted.tokens, drafted.paths, drafted.parents, logits_BxN1xV
