@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ class TrainingRun:
     train: TrainResult
     data_info: dict[str, Any]
     heldout_drafting: dict[str, Any] | None = None
+
+
+def eos_ids(target: LoadedModel) -> Sequence[int]:
+    """The target's end-of-sequence ids (none without a tokenizer): every generation of a run
+    (its training answers, the held-out check, the comparison) stops at them alike."""
+    return () if target.tokenizer is None else target.tokenizer.eos_ids
 
 
 def _prompts(config: ml_collections.ConfigDict, target: LoadedModel | Any) -> list[list[int]]:
@@ -123,13 +130,12 @@ def load_data(
     settings.pop("batch_size")  # does not change the data
 
     def build() -> data_lib.DraftData:
-        eos = () if target.tokenizer is None else target.tokenizer.eos_ids
         return data_lib.build_data(
             target.pair,
             load_prompts(config, target, workdir),
             max_new_tokens=config.data.max_new_tokens,
             temperature=config.data.temperature,
-            eos_ids=eos,
+            eos_ids=eos_ids(target),
             batch_size=config.data.batch_size,
             seed=config.data.seed,
             info={"source": config.data.source, "target": config.target},
@@ -285,9 +291,8 @@ def heldout_drafting_check(
         eval_data.tokens[n, : eval_data.gen_start[n]].tolist()
         for n in range(eval_data.num_sequences)
     ]
-    eos = () if target.tokenizer is None else target.tokenizer.eos_ids
     check = diagnostics.drafting_check(
-        target.pair, *drafter, eval_data, prompts, eos, gamma=config.eval.gamma,
+        target.pair, *drafter, eval_data, prompts, eos_ids(target), gamma=config.eval.gamma,
         max_new_tokens=eval_data.max_new_tokens,
     )  # fmt: skip
     return {"gamma": config.eval.gamma, "prompts": len(prompts), **check}
@@ -380,8 +385,7 @@ def compare(
 
     target = run.target
     prompts = eval_prompts(config, target)
-    eos = () if target.tokenizer is None else target.tokenizer.eos_ids
-    common = dict(max_new_tokens=config.eval.max_new_tokens, eos_ids=eos)
+    common = dict(max_new_tokens=config.eval.max_new_tokens, eos_ids=eos_ids(target))
     reference, ar_timing = timed(
         specjax.generate, target.pair, None, prompts, **common, repeats=repeats
     )
