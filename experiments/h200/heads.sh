@@ -123,6 +123,10 @@ target_heads() {  # target_heads PREFIX NAME: data + EAGLE, then HASS beside Med
 }
 
 DROP_DRAFTERS=${DROP_DRAFTERS:-}  # labels of comparison rows left out, e.g. "medusa eagle-hass"
+listed() { case " $2 " in *" $1 "*) return 0 ;; esac; return 1; }  # listed WORD "LIST"
+# The Qwen 0.5B draft is waited for only where a stage uses it: a lease that does not bring
+# it (DROP_DRAFTERS has draft-model, SKIP has qwen-pair-f32) must not wait for it until the
+# deadline.
 row() {  # row LABEL SPEC: one --drafter flag, unless LABEL is dropped (or KEEP lacks it)
   case " $DROP_DRAFTERS " in *" $1 "*) return ;; esac
   case " ${KEEP:-$1} " in *" $1 "*) echo "--drafter=$2" ;; esac
@@ -207,7 +211,7 @@ Q && (wait_for "$QWEN_FILE" && target_heads qwen qwen2.5-coder-1.5b-instruct) &
 # With Qwen alone, the real pair's float32 exactness (untimed: only its tokens count) runs
 # beside the Qwen training, in the memory SmolLM2's runs would have taken.
 # shellcheck disable=SC2086
-[ "$TARGETS" = qwen ] && (
+[ "$TARGETS" = qwen ] && ! listed qwen-pair-f32 "${SKIP:-}" && (
   wait_for "$QWEN_FILE" && wait_for "$DRAFT_FILE" &&
     stage qwen-pair-f32 200 env JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.real_pair \
       $PAIR_FILES $PAIR --per_set=2 --repeats=1 --dtype=float32 --gammas=2,4 --ngram_gammas=4 \
@@ -220,7 +224,7 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
 # configurations x 3 sets, 290 s; Qwen T = 1, 4 configurations, 130 s; the real pair, AR +
 # gamma 1, 2, 4 + prompt lookup, 2 repeats, 265 s; compilation is most of it, ~15-45 s per
 # configuration and temperature).
-Q && wait_for "$DRAFT_FILE"
+Q && ! listed draft-model "$DROP_DRAFTERS" && wait_for "$DRAFT_FILE"
 Q && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE" 0
 # Batch 8 and 32: AR, the best head drafter at batch 1 (EAGLE over its 32k draft vocabulary)
 # and prompt lookup (--full_grid_batches: both drafters at both batches).
