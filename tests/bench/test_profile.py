@@ -373,6 +373,59 @@ def test_call_programs_take_the_weights_as_arguments():
         assert max(_constant_sizes(text), default=0) < smallest_weight, name
 
 
+def test_call_programs_draft_with_the_decode_layout_weights(monkeypatch):
+    """The split times drafting as `specjax.generate` drafts: with the head's weights in the
+    decode layout, converted once (`call_cost.decode_layout`, as `iteration_parts` does). In
+    the storage layout every head call concatenated its q/k/v and gate/up weights again: the
+    draft program then holds a concatenation as large as a head weight, which the converted
+    program must not."""
+    from specjax.bench import call_cost, steps
+    from specjax.bench.parallel import SHAPES
+    from specjax.drafters import heads
+
+    target, params = steps.synthetic_model(SHAPES["tiny"], jnp.float32)
+    drafter, stored = heads.init_eagle(target, params, param_dtype=jnp.float32)
+    decoded = call_cost.decode_layout(drafter, stored, params)
+    assert "layer" in decoded["head"] and "layer" not in stored["head"]
+    shape = call_cost.CallShape(gamma=3)
+    # The fused q/k/v and gate/up kernels: what a storage-layout program rebuilds per call.
+    fused_sizes = {x.size for x in jax.tree.leaves(decoded["head"]["layer"]) if x.ndim == 2}
+
+    def weight_concatenations(drafter_params):
+        state, _ = call_cost.start_state(
+            target, params, drafter, drafter_params, shape, batch=1, context=8, max_new_tokens=16
+        )
+        program = call_cost.part_programs(target, params, drafter, drafter_params, shape, 16)
+        text = program["draft"].lower(params, drafter_params, state, jnp.int32(2)).as_text()
+        return fused_sizes & set(_concatenation_sizes(text))
+
+    assert weight_concatenations(stored)  # the bias the conversion removes
+    assert not weight_concatenations(decoded)
+
+    # iteration_parts converts what it is handed before it builds the programs.
+    seen = []
+    real_part_programs = call_cost.part_programs
+
+    def spy(target, params, drafter, drafter_params, *rest):
+        seen.append(drafter_params)
+        return real_part_programs(target, params, drafter, drafter_params, *rest)
+
+    monkeypatch.setattr(call_cost, "part_programs", spy)
+    call_cost.iteration_parts(
+        target, params, drafter, stored, batch=1, context=8, shape=shape, calls=1, repeats=1
+    )
+    assert "layer" in seen[0]["head"]
+
+
+def _concatenation_sizes(hlo_text):
+    """Element counts of the results of the concatenations in a lowered program's text."""
+    import re
+
+    pattern = r"stablehlo\.concatenate .*?-> tensor<([0-9x]+)\w+>"
+    return [int(np.prod([int(d) for d in dims.split("x")[:-1]] or [1]))
+            for dims in re.findall(pattern, hlo_text)]  # fmt: skip
+
+
 def _constant_sizes(hlo_text):
     """Element counts of the dense constants in a lowered program's text."""
     import re
