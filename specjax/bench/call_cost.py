@@ -99,9 +99,10 @@ def decode_layout(drafter: Drafter, drafter_params: Any, params: Params) -> Any:
     """The drafter's weights as `specjax.generate` drafts with them: in the decode layout
     (fused projections, `EagleDrafter.decode_params` / `DraftModelDrafter.decode_params`), in
     the target's dtype, converted once. Timed in the storage layout, every head call of the
-    programs below would concatenate its q/k/v and gate/up weights again (the twelfth and
-    thirteenth sessions' H200 splits did: the chain's drafting read 0.82 ms a call at the
-    Qwen shape while the loop's whole call took 2.18 ms with a 1.60 ms verification)."""
+    programs below would concatenate its q/k/v and gate/up weights again. The twelfth and
+    thirteenth sessions' H200 splits were timed so (the chain's drafting read 0.82 ms a call
+    at the Qwen shape, while the loop's whole call took 2.18 ms with a 1.60 ms verification);
+    they are not re-measured with the conversion yet."""
     if not hasattr(drafter, "decode_params"):
         return drafter_params
     return drafter.decode_params(drafter_params, params_dtype(params))
