@@ -373,6 +373,25 @@ def test_call_programs_take_the_weights_as_arguments():
         assert max(_constant_sizes(text), default=0) < smallest_weight, name
 
 
+@pytest.mark.parametrize("tree", [None, "dynamic:depth=2,top_k=2,nodes=3"])
+def test_call_split_starts_with_the_drafter_caught_up(tree):
+    """Every timed call is a later call of the loop: the start state has had its first
+    drafting, so the head holds true entries up to the newest token and no timed call takes
+    the prompt-wide catch-up branch (which the loop takes once per generation)."""
+    from specjax.bench import call_cost, steps
+    from specjax.bench.parallel import SHAPES
+    from specjax.decoding.tree import parse_tree_spec
+    from specjax.drafters import heads
+
+    target, params = steps.synthetic_model(SHAPES["tiny"], jnp.float32)
+    drafter, drafter_params = heads.init_eagle(target, params, param_dtype=jnp.float32)
+    shape = call_cost.CallShape(gamma=3, tree=parse_tree_spec(tree) if tree else None)
+    state, _ = call_cost.start_state(
+        target, params, drafter, drafter_params, shape, batch=2, context=8, max_new_tokens=16
+    )
+    np.testing.assert_array_equal(state.drafter_state.true_lengths, state.seq_lengths - 1)
+
+
 def test_call_programs_draft_with_the_decode_layout_weights(monkeypatch):
     """The split times drafting as `specjax.generate` drafts: with the head's weights in the
     decode layout, converted once (`call_cost.decode_layout`, as `iteration_parts` does). In
