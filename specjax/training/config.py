@@ -27,6 +27,7 @@ from specjax.training.data import PROMPT_SOURCES
 from specjax.training.trainer import TrainSettings
 
 KINDS = ("eagle", "medusa", "distill")
+DATA_FEATURES = ("stored", "online")
 DRAFT_INITS = ("early-exit", "random")  # early_exit: the registry's alias, accepted
 DRAFT_TRAINABLE = ("blocks", "all")
 
@@ -52,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.batch_size = 16  # generation / feature batch
     config.data.seed = 0
     config.data.path = ""  # data .npz (default <workdir>/data.npz); share it between runs
+    # stored: the target's features saved with the tokens ([N, T, D]: 28 GB for 24k Qwen
+    # prompts) | online: only the tokens are saved and each training step runs the frozen
+    # target over its batch (no feature file; a target forward added to every step)
+    config.data.features = "stored"
 
     config.head = ml_collections.ConfigDict()
     config.head.num_heads = 4  # Medusa: heads (>= the gamma it will draft for)
@@ -103,6 +108,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         ),
         (config.data.max_new_tokens >= 2, "data.max_new_tokens", "must be >= 2"),
         (config.data.max_prompt_tokens >= 2, "data.max_prompt_tokens", "must be >= 2"),
+        (config.data.features in DATA_FEATURES, "data.features", f"must be one of {DATA_FEATURES}"),
         (config.head.num_heads >= 1, "head.num_heads", "must be >= 1"),
         (config.head.unroll_steps >= 1, "head.unroll_steps", "must be >= 1"),
         (config.head.train_vocab >= 0, "head.train_vocab", "must be >= 0 (0: every token)"),

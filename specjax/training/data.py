@@ -17,6 +17,7 @@ batches the uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -43,14 +44,16 @@ class DraftData:
       hidden: [N, T, D] in the target's dtype (bfloat16 for a bf16 target: its hidden states
         are bf16 values, so storing them as float32 would double the file and the device
         copy for no information), the target's last hidden state (after its final norm) at
-        each position; garbage after `lengths`. `batch` hands them out as float32.
+        each position; garbage after `lengths`. `batch` hands them out as float32. None for
+        data built without features (`data.features="online"`: the training step computes
+        them, `objectives.with_target_features`; `with_features` adds them).
       info: JSON-serialisable description (source, target, sizes).
     """
 
     tokens: np.ndarray
     lengths: np.ndarray
     gen_start: np.ndarray
-    hidden: np.ndarray
+    hidden: np.ndarray | None
     info: dict[str, Any]
 
     @property
@@ -70,18 +73,19 @@ class DraftData:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        hidden = np.asarray(self.hidden)
-        # .npz has no bfloat16: its bits are stored as uint16 and the dtype in `info`.
-        info = {**self.info, "hidden_dtype": str(hidden.dtype)}
-        if hidden.dtype == jnp.bfloat16:
-            hidden = hidden.view(np.uint16)
+        arrays, info = {}, dict(self.info)
+        if self.hidden is not None:
+            hidden = np.asarray(self.hidden)
+            # .npz has no bfloat16: its bits are stored as uint16 and the dtype in `info`.
+            info["hidden_dtype"] = str(hidden.dtype)
+            arrays["hidden"] = hidden.view(np.uint16) if hidden.dtype == jnp.bfloat16 else hidden
         np.savez(
             tmp,
             tokens=self.tokens,
             lengths=self.lengths,
             gen_start=self.gen_start,
-            hidden=hidden,
             info=np.asarray(json.dumps(info)),
+            **arrays,
         )
         os.replace(tmp, path)
         return path
@@ -90,8 +94,8 @@ class DraftData:
     def load(path: str | os.PathLike) -> DraftData:
         with np.load(path) as f:
             info = json.loads(str(f["info"]))
-            hidden = f["hidden"]
-            if info.get("hidden_dtype") == "bfloat16":
+            hidden = f["hidden"] if "hidden" in f.files else None
+            if hidden is not None and info.get("hidden_dtype") == "bfloat16":
                 hidden = hidden.view(jnp.bfloat16)
             return DraftData(
                 tokens=f["tokens"],
@@ -112,7 +116,7 @@ class DraftData:
                 self.tokens[rows],
                 self.lengths[rows],
                 self.gen_start[rows],
-                self.hidden[rows],
+                None if self.hidden is None else self.hidden[rows],
                 {**self.info, "rows": f"{rows.start}:{rows.stop}"},
             )
 
@@ -124,13 +128,22 @@ class DraftData:
         return DraftData(*arrays, info=self.info)
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        return {
+        batch = {
             "tokens": self.tokens[indices],
             "lengths": self.lengths[indices],
             "gen_start": self.gen_start[indices],
-            # The objectives compute in float32 (bf16 storage is exact, see the class).
-            "hidden": self.hidden[indices].astype(np.float32),
         }
+        if self.hidden is not None:
+            # The objectives compute in float32 (bf16 storage is exact, see the class).
+            batch["hidden"] = self.hidden[indices].astype(np.float32)
+        return batch
+
+    def with_features(self, target: tuple[Any, Any], batch_size: int = 16) -> DraftData:
+        """This data with the target's features (`target_features`), computed if it has none."""
+        if self.hidden is not None:
+            return self
+        hidden = target_features(target, np.asarray(self.tokens), batch_size)
+        return dataclasses.replace(self, hidden=hidden)
 
 
 def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -263,15 +276,7 @@ def target_features(
     dtype the target computes them in."""
     model, params = target
     N, T = tokens_NxT.shape
-
-    @jax.jit
-    def features(params, tokens_BxT):
-        B = tokens_BxT.shape[0]
-        positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        cache = model.init_cache(B, T, dtype=jax.tree.leaves(params)[0].dtype)
-        _, hidden_BxTxD, _ = model.forward(params, tokens_BxT, positions_BxT, cache)
-        return hidden_BxTxD
-
+    features = jax.jit(functools.partial(forward_hidden, model))
     pad = (-N) % batch_size
     padded = np.concatenate([tokens_NxT, np.zeros((pad, T), tokens_NxT.dtype)])
     chunks = []
@@ -280,6 +285,18 @@ def target_features(
         if progress:
             progress(min(batch_size, N - start))
     return np.concatenate(chunks)[:N]
+
+
+def forward_hidden(model: Any, params: Any, tokens_BxT: jax.Array) -> jax.Array:
+    """The target's last hidden state [B, T, D] at every position of whole sequences (one
+    forward from an empty cache), in its compute dtype: what `DraftData.hidden` stores, and
+    what `objectives.with_target_features` computes inside a training step. Only the hidden
+    states are returned, so under jit XLA drops the unused [B, T, V] logits."""
+    B, T = tokens_BxT.shape
+    positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    cache = model.init_cache(B, T, dtype=jax.tree.leaves(params)[0].dtype)
+    _, hidden_BxTxD, _ = model.forward(params, tokens_BxT, positions_BxT, cache)
+    return hidden_BxTxD
 
 
 def build_data(
@@ -293,8 +310,10 @@ def build_data(
     seed: int = 0,
     info: dict[str, Any] | None = None,
     progress: bool = True,
+    features: bool = True,
 ) -> DraftData:
-    """Generates the target's answers to `prompts` and records its features (see module)."""
+    """Generates the target's answers to `prompts` and records its features (see module);
+    `features=False` records only the tokens (the training step computes the features)."""
     from tqdm.auto import tqdm
 
     P = max(len(p) for p in prompts)
@@ -318,8 +337,10 @@ def build_data(
         row = list(prompt) + list(answer)
         tokens_NxT[i, : len(row)] = row
         lengths_N[i], gen_start_N[i] = len(row), len(prompt)
-    with tqdm(total=N, desc="target features", disable=not progress) as bar:
-        hidden_NxTxD = target_features(target, tokens_NxT, batch_size, bar.update)
+    hidden_NxTxD = None
+    if features:
+        with tqdm(total=N, desc="target features", disable=not progress) as bar:
+            hidden_NxTxD = target_features(target, tokens_NxT, batch_size, bar.update)
     info = {
         **(info or {}),
         "num_sequences": N,
@@ -339,15 +360,21 @@ def data_key(settings: dict[str, Any]) -> str:
 
 
 def load_or_build(
-    path: str | os.PathLike, settings: dict[str, Any], build: Callable[[], DraftData]
+    path: str | os.PathLike,
+    settings: dict[str, Any],
+    build: Callable[[], DraftData],
+    needs_features: bool = True,
 ) -> DraftData:
-    """The data at `path` if it was built with the same `settings`, else builds and saves it."""
+    """The data at `path` if it was built with the same `settings` (and holds features where
+    `needs_features`), else builds and saves it. Data with features serves a run without."""
     path = Path(path)
     if path.is_file():
         data = DraftData.load(path)
-        if data.info.get("settings_key") == data_key(settings):
+        same = data.info.get("settings_key") == data_key(settings)
+        if same and (data.hidden is not None or not needs_features):
             return data
-        print(f"specjax: {path} was built with other settings; rebuilding", file=sys.stderr)
+        why = "other settings" if not same else "no features (data.features=online)"
+        print(f"specjax: {path} was built with {why}; rebuilding", file=sys.stderr)
     data = build()
     data.info.update(settings=settings, settings_key=data_key(settings))
     data.save(path)

@@ -128,6 +128,8 @@ def load_data(
     settings = {"target": config.target, "dtype": config.dtype, **config.data.to_dict()}
     settings.pop("path")
     settings.pop("batch_size")  # does not change the data
+    # Online runs read only the tokens: a file with features serves them too.
+    online = settings.pop("features") == "online"
 
     def build() -> data_lib.DraftData:
         return data_lib.build_data(
@@ -140,9 +142,14 @@ def load_data(
             seed=config.data.seed,
             info={"source": config.data.source, "target": config.target},
             progress=progress,
+            features=not online,
         )
 
-    return data_lib.load_or_build(data_path(config, workdir), settings, build)
+    data = data_lib.load_or_build(
+        data_path(config, workdir), settings, build, needs_features=not online
+    )
+    # An online run leaves a stored file's features on the host (its steps compute their own).
+    return dataclasses.replace(data, hidden=None) if online else data
 
 
 def draft_model_init(
@@ -236,6 +243,9 @@ def run_training(
         frozen = {"draft": frozen_draft, "io": io32}
         loss_fn = objectives.distill_loss(drafter, target.config, M)
 
+    if config.data.features == "online":  # the step runs the target over its batch
+        loss_fn = objectives.with_target_features(loss_fn, target.model)
+        frozen = {**frozen, "target": target.model.decode_params(target.params)}
     result = train(
         loss_fn,
         trainable,
@@ -291,6 +301,8 @@ def heldout_drafting_check(
         eval_data.tokens[n, : eval_data.gen_start[n]].tolist()
         for n in range(eval_data.num_sequences)
     ]
+    # Step 1 at the draft starts reads the target's features (computed here for online data).
+    eval_data = eval_data.with_features(target.pair, config.data.batch_size)
     check = diagnostics.drafting_check(
         target.pair, *drafter, eval_data, prompts, eos_ids(target), gamma=config.eval.gamma,
         max_new_tokens=eval_data.max_new_tokens,

@@ -5,9 +5,10 @@ V vocab, D target width.
 
 Every objective distils the target: its next-token distribution at position t is
 p_t = softmax(lm_head(hidden_t)), computed on the fly from the stored features (see
-`data.py`). Losses are averaged over the generated tokens only: the drafter is scored where it
-will draft, on the target's own answers. Logits are computed for those M positions per row
-and not for the prompt (the LM head costs 2 V D FLOPs per position, most of the step).
+`data.py`), or from features the step computes itself (`with_target_features`). Losses are
+averaged over the generated tokens only: the drafter is scored where it will draft, on the
+target's own answers. Logits are computed for those M positions per row and not for the
+prompt (the LM head costs 2 V D FLOPs per position, most of the step).
 
 Index bookkeeping: the m-th generated token of a row sits at position g + m (g = gen_start)
 and is predicted by
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 from specjax.drafters.heads import EagleDrafter, MedusaDrafter, lm_logits, target_io, vocab_logits
 from specjax.models.config import ModelConfig
 from specjax.models.transformer import Model
+from specjax.training.data import forward_hidden
 
 # (trainable, frozen, batch, rng) -> (loss, metrics)
 LossFn = Callable[[Any, Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
@@ -52,6 +54,20 @@ def gather_positions(x_BxTx: jax.Array, positions_BxM: jax.Array) -> jax.Array:
     index = jnp.clip(positions_BxM, 0, T - 1)
     index = index.reshape(index.shape + (1,) * (x_BxTx.ndim - 2))
     return jnp.take_along_axis(x_BxTx, index, axis=1)
+
+
+def with_target_features(loss_fn: LossFn, target: Model) -> LossFn:
+    """`loss_fn` on data without stored features (`data.features="online"`): the step runs the
+    frozen target over its batch (`frozen["target"]`, decode-layout weights) and hands
+    `loss_fn` the hidden states `DraftData.hidden` would have stored, in float32 as
+    `DraftData.batch` gives them. No gradient flows into the target."""
+
+    def loss_with_features(trainable, frozen, batch, rng):
+        hidden_BxTxD = forward_hidden(target, frozen["target"], batch["tokens"])
+        hidden_BxTxD = jax.lax.stop_gradient(hidden_BxTxD).astype(jnp.float32)
+        return loss_fn(trainable, frozen, {**batch, "hidden": hidden_BxTxD}, rng)
+
+    return loss_with_features
 
 
 def generated_positions(batch: dict[str, jax.Array], num_new: int) -> tuple[jax.Array, jax.Array]:

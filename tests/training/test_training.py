@@ -440,3 +440,65 @@ def test_eagle_run_checks_drafting_on_the_heldout_prompts(tmp_path):
     assert saved["metadata"]["heldout_drafting"] == check
     medusa = experiment.run_training(tiny_config("medusa"), tmp_path / "m", progress=False)
     assert medusa.heldout_drafting is None
+
+
+@pytest.mark.parametrize("kind", ["eagle", "medusa", "distill"])
+def test_online_features_give_the_stored_loss_and_gradients(target, data, kind):
+    """`data.features=online`: the step computes the target's features over its batch
+    (`objectives.with_target_features`); in float32 its loss and gradients equal those over
+    the stored features."""
+    model, params = target
+    loss_fn, trainable, frozen = objective(kind, target)
+    online_fn = objectives.with_target_features(loss_fn, model)
+    online_frozen = {**frozen, "target": model.decode_params(params)}
+    batch = data.batch(np.arange(8))
+    without = {k: v for k, v in batch.items() if k != "hidden"}
+    rng = jax.random.key(3)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, frozen, batch, rng)
+    (online_loss, _), online_grads = jax.value_and_grad(online_fn, has_aux=True)(
+        trainable, online_frozen, without, rng
+    )
+    np.testing.assert_allclose(online_loss, loss, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(online_grads), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_online_feature_runs_store_tokens_only_and_train_as_stored_runs(tmp_path):
+    """An online EAGLE run saves its data without features, trains to the stored run's
+    losses (float32), and still runs its held-out drafting check (features computed for the
+    held-out rows). A stored run does not take the online run's file: it rebuilds it with
+    features; an online run takes a file with features."""
+    shared = {"data.path": str(tmp_path / "data.npz"), "eval.gamma": 2}
+    online = experiment.run_training(
+        tiny_config("eagle", **shared, **{"data.features": "online"}), tmp_path / "online",
+        progress=False,
+    )  # fmt: skip
+    assert data_lib.DraftData.load(tmp_path / "data.npz").hidden is None
+    check = online.heldout_drafting
+    assert (
+        check["rows_checked"] == 8 and check["alpha_1 drafting"] == check["step 1 at draft starts"]
+    )
+    stored = experiment.run_training(
+        tiny_config("eagle", **shared), tmp_path / "stored", progress=False
+    )
+    assert data_lib.DraftData.load(tmp_path / "data.npz").hidden is not None
+    losses = [[r["loss"] for r in run.train.history] for run in (online, stored)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+    again = experiment.run_training(
+        tiny_config("eagle", **shared, **{"data.features": "online"}), tmp_path / "again",
+        progress=False,
+    )  # fmt: skip
+    assert data_lib.DraftData.load(tmp_path / "data.npz").hidden is not None  # not rebuilt
+    np.testing.assert_allclose([r["loss"] for r in again.train.history], losses[0], rtol=1e-4)
+
+
+def test_data_without_features_round_trips(tmp_path, target, data):
+    """Data saved without features loads without them; `with_features` computes what
+    `build_data` would have stored."""
+    bare = data_lib.DraftData(data.tokens, data.lengths, data.gen_start, None, dict(data.info))
+    loaded = data_lib.DraftData.load(bare.save(tmp_path / "bare.npz"))
+    assert loaded.hidden is None and "hidden" not in loaded.batch(np.arange(2))
+    np.testing.assert_array_equal(loaded.tokens, data.tokens)
+    np.testing.assert_allclose(
+        loaded.with_features(target, 8).hidden, data.hidden, rtol=1e-5, atol=1e-6
+    )
