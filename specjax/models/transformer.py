@@ -145,6 +145,7 @@ def forward(
     positions_BxT: jax.Array,
     cache: kv_cache.KVCache,
     extra_mask_BxTxT: jax.Array | None = None,
+    feature_layers: tuple[int, ...] = (),
 ) -> tuple[jax.Array, jax.Array, kv_cache.KVCache]:
     """One forward pass over T new tokens per row (see `Model.forward`)."""
     cfg = config
@@ -153,6 +154,7 @@ def forward(
             f"model has {cfg.num_layers} layers but got {len(params.layers)} layers of weights "
             f"and {len(cache.k)} of KV cache"
         )
+    check_feature_layers(feature_layers, cfg.num_layers)
     x_BxTxD = jnp.take(params.embedding, tokens_BxT, axis=0)
     if cfg.embed_scale:
         # Gemma multiplies by sqrt(D) rounded to the activation dtype.
@@ -171,7 +173,7 @@ def forward(
     rotaries = {
         theta: layers.Rotary.create(positions_BxT, theta, cfg.head_dim) for theta in set(thetas)
     }
-    new_k, new_v = [], []
+    new_k, new_v, features = [], [], []
     for l, layer in enumerate(params.layers):
         with jax.named_scope(f"layer{l}"):
             x_BxTxD, k_BxSxCxDh, v_BxSxCxDh = layers.decoder_layer(
@@ -180,6 +182,11 @@ def forward(
             )  # fmt: skip
         new_k.append(k_BxSxCxDh)
         new_v.append(v_BxSxCxDh)
+        if l in feature_layers:
+            # Unit-RMS without a scale: the residual stream's magnitude grows with depth, and
+            # a drafter's input layer should see every layer at one scale.
+            ones_D = jnp.ones((cfg.d_model,), x_BxTxD.dtype)
+            features.append(layers.rms_norm(x_BxTxD, ones_D, cfg.norm_eps))
 
     hidden_BxTxD = layers.rms_norm(x_BxTxD, params.final_norm, cfg.norm_eps)
     if params.lm_head is None:  # tied: contract with the embedding's D axis, no transpose copy
@@ -201,7 +208,21 @@ def forward(
         logits_BxTxV = jnp.tanh(logits_BxTxV / cap) * cap
     T = tokens_BxT.shape[1]
     new_cache = kv_cache.KVCache(k=tuple(new_k), v=tuple(new_v), lengths=lengths_B + T)
+    if features:  # [B, T, (n + 1) D]: the listed layers in order, then the last hidden state
+        hidden_BxTxD = jnp.concatenate([*features, hidden_BxTxD], axis=-1)
     return logits_BxTxV, hidden_BxTxD, new_cache
+
+
+def check_feature_layers(feature_layers: tuple[int, ...], num_layers: int) -> None:
+    """Feature layers are distinct, increasing and inside [0, num_layers)."""
+    ok = all(0 <= l < num_layers for l in feature_layers) and list(feature_layers) == sorted(
+        set(feature_layers)
+    )
+    if not ok:
+        raise ValueError(
+            f"feature layers {feature_layers} must be distinct, increasing and in "
+            f"[0, {num_layers}) for a {num_layers}-layer model"
+        )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -241,10 +262,14 @@ class Model:
     """A transformer as a pure function: static structure here, weights passed separately.
 
     Hashable, so it is a static argument of jit; equal models share compiled programs.
+
+    `feature_layers`: layers whose outputs `forward` also returns (EAGLE-3's multi-layer
+    features, `with_feature_layers`); empty: the last hidden state alone.
     """
 
     graphdef: Any
     config: ModelConfig
+    feature_layers: tuple[int, ...] = dataclasses.field(default=(), kw_only=True)
 
     @staticmethod
     def split(module: Transformer) -> tuple[Model, Params]:
@@ -258,6 +283,11 @@ class Model:
     def shards(self) -> int:
         """Tensor-parallel degree of this model's decode layout (1: one device)."""
         return 1
+
+    def with_feature_layers(self, feature_layers: tuple[int, ...]) -> Model:
+        """This model, its `forward` returning the outputs of `feature_layers` too."""
+        check_feature_layers(tuple(feature_layers), self.config.num_layers)
+        return dataclasses.replace(self, feature_layers=tuple(feature_layers))
 
     def decode_params(self, params: Params) -> DecodeParams:
         """The decode layout of `params`.
@@ -296,10 +326,15 @@ class Model:
 
         Returns:
           (logits [B,T,V] float32, hidden [B,T,D] after the final norm, cache with
-          lengths += T). Rejecting tokens afterwards is `cache.rollback`.
+          lengths += T). Rejecting tokens afterwards is `cache.rollback`. With
+          `feature_layers` (n of them) hidden is [B,T,(n+1)D]: each listed layer's output
+          scaled to unit RMS, in order, then the last hidden state.
         """
         params = to_decode_params(self.config, params, self.shards)
-        return forward(self.config, params, tokens_BxT, positions_BxT, cache, extra_mask_BxTxT)
+        return forward(
+            self.config, params, tokens_BxT, positions_BxT, cache, extra_mask_BxTxT,
+            self.feature_layers,
+        )  # fmt: skip
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> kv_cache.KVCache:
         kv_heads, _ = layers.cached_kv_heads(self.config, self.shards)

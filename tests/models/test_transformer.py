@@ -133,3 +133,40 @@ def test_known_shapes_parameter_counts():
 def test_config_errors(changes, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**changes)
+
+
+def test_feature_layers_return_each_listed_layers_output_then_the_last_hidden():
+    """`Model.with_feature_layers((l, ...))`: hidden is [B, T, (n + 1) D], layer l's output
+    at unit RMS (what a model cut after layer l returns with a final norm of ones), in order,
+    then the last hidden state; logits and cache are unchanged. Bad layer lists are refused."""
+    from specjax.models import transformer
+
+    config = TINY_LLAMA.replace(num_layers=3)
+    model, params = random_model(config, seed=7)
+    decode = model.decode_params(params)
+    B, T = 2, 5
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (B, T)))
+    positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+
+    def run(m, p):
+        return m.forward(p, tokens, positions, m.init_cache(B, 8))
+
+    logits, hidden, cache = run(model, decode)
+    wide_logits, wide, wide_cache = run(model.with_feature_layers((0, 1)), decode)
+    D = config.d_model
+    assert wide.shape == (B, T, 3 * D)
+    np.testing.assert_array_equal(wide[..., 2 * D :], hidden)
+    np.testing.assert_array_equal(wide_logits, logits)
+    np.testing.assert_array_equal(wide_cache.k[2], cache.k[2])
+    for i, l in enumerate((0, 1)):
+        cut_config = config.replace(num_layers=l + 1)
+        cut = transformer.DecodeParams(
+            embedding=decode.embedding, layers=decode.layers[: l + 1],
+            final_norm=jnp.ones_like(decode.final_norm), lm_head=decode.lm_head,
+        )  # fmt: skip
+        cut_cache = kv_cache.init_cache(cut_config, B, 8, jnp.float32)
+        _, cut_hidden, _ = transformer.forward(cut_config, cut, tokens, positions, cut_cache)
+        np.testing.assert_allclose(wide[..., i * D : (i + 1) * D], cut_hidden, rtol=1e-6)
+    for bad in ((3,), (1, 0), (1, 1), (-1,)):
+        with pytest.raises(ValueError, match="feature layers"):
+            model.with_feature_layers(bad)
