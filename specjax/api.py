@@ -336,6 +336,14 @@ def generate(
                 f"draft vocabulary size {draft.vocab_size} differs from the target's "
                 f"{vocab_size}: speculative decoding needs one shared vocabulary"
             )
+        feature_layers = getattr(draft, "target_feature_layers", ())
+        if feature_layers:  # EAGLE-3 heads read these layers' outputs too
+            if mesh is not None:
+                raise ValueError(
+                    f"heads that read the target's layers {feature_layers} (multi-layer "
+                    "features) do not support mesh= yet"
+                )
+            target_model = target_model.with_feature_layers(feature_layers)
     if tree is not None:
         tree = tree_decoding.as_tree_spec(tree)
         if isinstance(tree, DynamicTreeSpec) and tree.top_k > vocab_size:

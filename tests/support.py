@@ -94,16 +94,17 @@ def random_model(config: ModelConfig, seed: int = 0, dtype=None):
     return model, params
 
 
-def eagle_echo(target, seed=2, noise=0.3):
+def eagle_echo(target, seed=2, noise=0.3, feature_layers=()):
     """An EAGLE head that mostly predicts 'the input token again', perturbed so that features
     and attention still change its drafts. Random tiny targets loop on a few tokens, so it is
-    often right: full acceptances, partial ones and rejections all happen."""
+    often right: full acceptances, partial ones and rejections all happen. `feature_layers`:
+    an EAGLE-3 head (its random `fuse` layer feeds the perturbing half of fc)."""
     import jax.numpy as jnp
     import numpy as np
 
     from specjax.drafters import heads
 
-    drafter, params = heads.init_eagle(*target, seed=seed)
+    drafter, params = heads.init_eagle(*target, seed=seed, feature_layers=feature_layers)
     head = params["head"]
     D = target[0].config.d_model
     rng = np.random.default_rng(seed)

@@ -42,6 +42,7 @@ import dataclasses
 import functools
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,7 +60,13 @@ from specjax.drafters import tree_expansion
 from specjax.models import layers
 from specjax.models.config import NO_WINDOW, ModelConfig
 from specjax.models.layers import Block
-from specjax.models.transformer import DecodeParams, Model, Params, converted_once
+from specjax.models.transformer import (
+    DecodeParams,
+    Model,
+    Params,
+    check_feature_layers,
+    converted_once,
+)
 
 HEAD_KINDS = ("eagle", "medusa")
 FORMAT_VERSION = 1
@@ -283,11 +290,31 @@ def eagle_block_config(target_config: ModelConfig, ffn_dim: int | None = None) -
 
 
 class EagleHead(nnx.Module):
-    """fc([feature ; token embedding]) -> one decoder layer -> predicted next feature."""
+    """fc([feature ; token embedding]) -> one decoder layer -> predicted next feature.
 
-    def __init__(self, block_config: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    With `feature_width` F > 0 (EAGLE-3's multi-layer features, `EagleDrafter.feature_layers`)
+    the head also has `fuse`, [F] -> [D], applied to the target's own features only
+    (`fuse_target_features`); the features it predicts are D wide and enter fc directly."""
+
+    def __init__(
+        self,
+        block_config: ModelConfig,
+        *,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+        feature_width: int = 0,
+    ):
         D = block_config.d_model
         self.block_config = block_config
+        if feature_width:
+            self.fuse = nnx.Linear(
+                feature_width,
+                D,
+                use_bias=True,
+                param_dtype=param_dtype,
+                kernel_init=nnx.initializers.normal(stddev=feature_width**-0.5),
+                rngs=rngs,
+            )
         self.fc = nnx.Linear(
             2 * D,
             D,
@@ -327,13 +354,36 @@ def eagle_decode_head(
     read the fused weights in place instead of concatenating them at every step, and marks
     the layer `inference` (`layers.LayerParams.inference`: Pallas projection kernels allowed)."""
     cast = (lambda x: x) if dtype is None else (lambda x: jnp.asarray(x, dtype))
-    return {
+    decoded = {
         "fc_kernel": cast(head["fc"]["kernel"]),
         "fc_bias": cast(head["fc"]["bias"]),
         "layer": jax.tree.map(
             cast, layers.fuse_block(head["block"], block_config, inference=inference)
         ),
     }
+    if "fuse" in head:
+        decoded["fuse_kernel"] = cast(head["fuse"]["kernel"])
+        decoded["fuse_bias"] = cast(head["fuse"]["bias"])
+    return decoded
+
+
+def last_hidden(features_xF: jax.Array, config: ModelConfig) -> jax.Array:
+    """The target's last hidden state (after its final norm) [..., D] from its features: all
+    of them, or the last D of multi-layer features (`Model.with_feature_layers`)."""
+    return features_xF[..., -config.d_model :]
+
+
+def fuse_target_features(head: dict[str, Any], features_xF: jax.Array) -> jax.Array:
+    """The target's features as the head's fc reads them: [..., F] -> [..., D] through the
+    head's `fuse` layer (either layout), or unchanged for a head without one (F = D)."""
+    if "fuse" in head:
+        kernel_FxD, bias_D = head["fuse"]["kernel"], head["fuse"]["bias"]
+    elif "fuse_kernel" in head:
+        kernel_FxD, bias_D = head["fuse_kernel"], head["fuse_bias"]
+    else:
+        return features_xF
+    x_xF = features_xF.astype(kernel_FxD.dtype)
+    return jnp.einsum("...f,fd->...d", x_xF, kernel_FxD) + bias_D
 
 
 def eagle_forward(
@@ -383,11 +433,17 @@ class EagleState:
 
 @dataclasses.dataclass(frozen=True)
 class EagleDrafter(Drafter):
-    """The EAGLE head as a Drafter (see module docstring)."""
+    """The EAGLE head as a Drafter (see module docstring).
+
+    `feature_layers` (EAGLE-3): target layers whose outputs the head reads beside the last
+    hidden state. `specjax.generate` then runs the target with them
+    (`Model.with_feature_layers`), so `context.target_hidden` is [B, S, (n + 1) D], which
+    the head's `fuse` layer maps to D where it reads true features (the catch-up)."""
 
     graphdef: Any
     target_config: ModelConfig
     block_config: ModelConfig
+    feature_layers: tuple[int, ...] = ()
 
     needs_target_hidden: ClassVar[bool] = True
     supports_trees: ClassVar[bool] = True
@@ -397,8 +453,16 @@ class EagleDrafter(Drafter):
     def vocab_size(self) -> int:
         return self.target_config.vocab_size
 
+    @property
+    def target_feature_layers(self) -> tuple[int, ...]:
+        """The target layers the loop must return features of (read by `specjax.generate`)."""
+        return self.feature_layers
+
     def head_config(self) -> dict[str, Any]:
-        return {"ffn_dim": self.block_config.ffn_dim}
+        config: dict[str, Any] = {"ffn_dim": self.block_config.ffn_dim}
+        if self.feature_layers:  # absent from EAGLE-1 heads.json files
+            config["feature_layers"] = list(self.feature_layers)
+        return config
 
     def apply(
         self,
@@ -408,11 +472,17 @@ class EagleDrafter(Drafter):
         positions_BxT: jax.Array,
         cache: kv_cache.KVCache,
         mask_BxTxS: jax.Array | None = None,
+        *,
+        target_features: bool = False,
     ) -> tuple[jax.Array, kv_cache.KVCache]:
         """Entries (f_j, t_{j+1}) at positions j -> (predicted f_{j+1} [B, T, D], cache).
 
         `params["head"]` is the storage layout (training: fused inside the program) or the
-        decode layout of `decode_params` (drafting)."""
+        decode layout of `decode_params` (drafting). `target_features`: the features are the
+        target's own ([B, T, F], through the head's `fuse` layer when it has one), not ones
+        the head predicted ([B, T, D])."""
+        if target_features:
+            features_BxTxD = fuse_target_features(params["head"], features_BxTxD)
         embeddings_BxTxD = embed_tokens(params["io"], tokens_BxT, self.target_config)
         if "layer" in params["head"]:
             return eagle_forward(
@@ -475,7 +545,9 @@ class EagleDrafter(Drafter):
         )
         tokens_BxW = jnp.take_along_axis(context.sequence, token_index_BxW, axis=1)
         cache = kv_cache.rollback(state.cache, start_B)
-        out_BxWxD, cache = self.apply(params, features_BxWxD, tokens_BxW, entries_BxW, cache)
+        out_BxWxD, cache = self.apply(
+            params, features_BxWxD, tokens_BxW, entries_BxW, cache, target_features=True
+        )
         last_BxD = jnp.take_along_axis(out_BxWxD, (L_B - 2 - start_B)[:, None, None], axis=1)[:, 0]
         return last_BxD, kv_cache.rollback(cache, L_B - 1)
 
@@ -629,14 +701,22 @@ def init_eagle(
     ffn_dim: int | None = None,
     seed: int = 0,
     param_dtype=jnp.float32,
+    feature_layers: Sequence[int] = (),
 ) -> tuple[EagleDrafter, HeadParams]:
-    """An untrained EAGLE head for `target` (random fc and layer)."""
+    """An untrained EAGLE head for `target` (random fc and layer); with `feature_layers`, an
+    EAGLE-3 head reading those target layers' outputs beside the last hidden state."""
+    feature_layers = tuple(int(l) for l in feature_layers)
+    check_feature_layers(feature_layers, target.config.num_layers)
     block_config = eagle_block_config(target.config, ffn_dim)
-    module = EagleHead(block_config, rngs=nnx.Rngs(seed), param_dtype=param_dtype)
+    width = (len(feature_layers) + 1) * target.config.d_model if feature_layers else 0
+    module = EagleHead(
+        block_config, rngs=nnx.Rngs(seed), param_dtype=param_dtype, feature_width=width
+    )
     graphdef, state = nnx.split(module)
     drafter = EagleDrafter(
-        graphdef=graphdef, target_config=target.config, block_config=block_config
-    )
+        graphdef=graphdef, target_config=target.config, block_config=block_config,
+        feature_layers=feature_layers,
+    )  # fmt: skip
     return drafter, {"head": nnx.to_pure_dict(state), "io": target_io(target_params)}
 
 

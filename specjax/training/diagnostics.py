@@ -48,7 +48,8 @@ def step1_agreement(drafter, params, data: data_lib.DraftData) -> np.ndarray:
         drafted_J, _ = heads.draft_tokens(
             jax.random.key(0), params["io"], predicted_1xJxD[0], config, greedy
         )
-        target_J = jnp.argmax(heads.lm_logits(params["io"], hidden_1xTxD[0, 1:], config), -1)
+        last_TxD = heads.last_hidden(hidden_1xTxD[0, 1:], config)
+        target_J = jnp.argmax(heads.lm_logits(params["io"], last_TxD, config), -1)
         out[n, 2:] = np.asarray(drafted_J == target_J)[:-1]  # entry j predicts position j + 2
     return out
 

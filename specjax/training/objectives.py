@@ -39,7 +39,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from specjax.drafters.heads import EagleDrafter, MedusaDrafter, lm_logits, target_io, vocab_logits
+from specjax.drafters.heads import (
+    EagleDrafter,
+    MedusaDrafter,
+    last_hidden,
+    lm_logits,
+    target_io,
+    vocab_logits,
+)
 from specjax.models.config import ModelConfig
 from specjax.models.transformer import Model
 from specjax.training.data import forward_hidden
@@ -185,12 +192,13 @@ def eagle_passes(
 ) -> list[jax.Array]:
     """Predicted features [B, J, D] of drafting steps 1..num_steps at every entry j, teacher
     forced: entry j of pass 1 reads (f_j, t_{j+1}); of pass k >= 2, the feature pass k - 1
-    predicted at entry j - 1 (garbage for j < k - 1), attending as `unrolled_step_mask`."""
+    predicted at entry j - 1 (garbage for j < k - 1), attending as `unrolled_step_mask`.
+    `features_BxJxD` are the target's ([B, J, F] for multi-layer features)."""
     B, J, _ = features_BxJxD.shape
     positions_BxJ = jnp.broadcast_to(jnp.arange(J, dtype=jnp.int32), (B, J))
     cache = drafter.init_cache(B, num_steps * J, params["io"]["embedding"].dtype)
     predicted_BxJxD, cache = drafter.apply(
-        params, features_BxJxD, next_tokens_BxJ, positions_BxJ, cache
+        params, features_BxJxD, next_tokens_BxJ, positions_BxJ, cache, target_features=True
     )
     passes = [predicted_BxJxD]
     for step in range(2, num_steps + 1):
@@ -238,7 +246,9 @@ def eagle_loss(
 
         positions_BxM, exists_BxM = generated_positions(batch, num_new)
         entries_BxM = positions_BxM - 2
-        true_BxMxD = gather_positions(hidden_BxTxD, entries_BxM + 1)
+        # The regression target and the teacher: the last hidden state f_{j+1} (the last D of
+        # multi-layer features, which the head reads as input only).
+        true_BxMxD = gather_positions(last_hidden(hidden_BxTxD, config), entries_BxM + 1)
         teacher_BxMxV = vocab_logits(frozen["io"], true_BxMxD, config)
         in_vocab_BxM = answers_in_vocab(frozen["io"], batch, num_new, config)
         loss, metrics = 0.0, {}

@@ -208,3 +208,63 @@ def test_wrong_draft_probs_are_detected(small_vocab_target):
     distance = l1_distance(small_vocab_target, (broken, params), sampling, gamma=2, seed=7)
     print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
     assert distance >= EPSILON
+
+
+# --------------------------------------------------------------------------------------------
+# EAGLE-3 multi-layer features: the loop runs the target with the head's feature layers, the
+# head fuses them where it reads true features; verification is unchanged, so greedy output
+# stays the target's.
+
+
+@pytest.mark.parametrize("tree", [None, "2,1", "dynamic:depth=3,top_k=2,nodes=4"])
+def test_multi_layer_feature_heads_greedy_equal_autoregressive(target, tree):
+    drafter, params = eagle_echo(target, feature_layers=(0,))
+    assert drafter.target_feature_layers == (0,) and "fuse" in params["head"]
+    reference = specjax.generate(target, None, PROMPTS_UNEVEN, max_new_tokens=24)
+    out = specjax.generate(
+        target, (drafter, params), PROMPTS_UNEVEN, gamma=3, max_new_tokens=24, tree=tree
+    )
+    assert out.token_lists() == reference.token_lists()
+    assert out.tau > 1.2  # drafts are accepted: the acceptance paths ran
+
+
+def test_multi_layer_feature_heads_read_the_fused_layers(target):
+    """The catch-up reads the target's [S, 2D] features through `fuse`, the last hidden state
+    in the last D: with the fuse rows of layer 0 zeroed, the head drafts exactly what the same
+    head drafts from D-wide features (the last hidden state alone) through the other rows."""
+    model, target_params = target
+    drafter, params = heads.init_eagle(model, target_params, seed=4, feature_layers=(0,))
+    D, L, S = model.config.d_model, len(PROMPTS_UNEVEN[2]), 16
+    prompt = jnp.asarray([PROMPTS_UNEVEN[2]])
+    wide_model = model.with_feature_layers((0,))
+    _, hidden, _ = wide_model.forward(
+        target_params, prompt, jnp.arange(L)[None], wide_model.init_cache(1, S)
+    )
+    sequence = jnp.pad(prompt, ((0, 0), (0, S - L)))
+    fuse = params["head"]["fuse"]
+
+    def draft(fuse_kernel, features):
+        p = {**params, "head": {**params["head"], "fuse": {**fuse, "kernel": fuse_kernel}}}
+        padded = jnp.pad(features, ((0, 0), (0, S - L), (0, 0)))
+        context = DraftContext(sequence, jnp.array([L]), target_hidden=padded)
+        state = drafter.init(p, prompt, jnp.array([L]), S)
+        return drafter.propose(p, state, context, 3, Sampling.create(), jax.random.key(0))[0]
+
+    wide = draft(fuse["kernel"].at[:D].set(0.0), hidden)
+    narrow = draft(fuse["kernel"][D:], hidden[..., D:])
+    np.testing.assert_array_equal(wide, narrow)
+
+
+def test_multi_layer_feature_heads_save_load_and_refuse_meshes(tmp_path, target):
+    from specjax.parallel import make_mesh
+
+    drafter, params = eagle_echo(target, feature_layers=(0,))
+    path = heads.save_heads(tmp_path / "eagle3", drafter, params, {})
+    loaded, loaded_params = heads.load_heads(path, *target)
+    assert loaded == drafter and loaded.feature_layers == (0,)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="multi-layer"):
+        specjax.generate(target, (drafter, params), [[1, 2, 3]], mesh=make_mesh(data=1, model=2))
+    with pytest.raises(ValueError, match="feature layers"):
+        heads.init_eagle(*target, feature_layers=(5,))
