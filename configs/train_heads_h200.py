@@ -101,6 +101,19 @@ PRESETS = {
         "train.num_steps": 500,
     },
     "qwen-medusa": {**_QWEN, **_MEDUSA, "train.num_steps": 900},
+    # EAGLE-3's inputs (not run on a GPU yet): a low, a middle and a high layer's outputs
+    # beside the last hidden state, fused by the head. Stored, those features would take
+    # ~113 GB for the 24k-turn data, past a lent machine's 64 GB disk: the step computes them
+    # (data.features=online). Over the 32k draft vocabulary, as the EAGLE-1 head now trains.
+    "qwen-eagle3": {
+        **_QWEN,
+        **_EAGLE,
+        "train.learning_rate": 5e-4,
+        "train.num_steps": 7000,
+        "head.feature_layers": "eagle3",
+        "head.train_vocab": 32768,
+        "data.features": "online",
+    },
 }
 
 

@@ -71,6 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
     # EAGLE / Medusa: score the LM head over the N tokens most frequent in the training answers
     # only (EAGLE-3's draft vocabulary; 0: every token). The heads then draft over them.
     config.head.train_vocab = 0
+    # EAGLE: target layers whose outputs the head reads beside the last hidden state
+    # (EAGLE-3's multi-layer features, through a fuse layer): "" none (EAGLE-1), "eagle3"
+    # (a low, a middle and a high layer: outputs of layers 1, L // 2 - 1 and L - 4), or
+    # 0-based layer indices "i,j,...".
+    config.head.feature_layers = ""
 
     config.draft = ml_collections.ConfigDict()
     config.draft.init = "early-exit"  # early-exit (the target's first layers) | random
@@ -113,6 +118,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         (config.head.unroll_steps >= 1, "head.unroll_steps", "must be >= 1"),
         (config.head.train_vocab >= 0, "head.train_vocab", "must be >= 0 (0: every token)"),
         (
+            _feature_layers_parse(config.head.feature_layers) is not None,
+            "head.feature_layers",
+            'must be "", "eagle3" or comma-separated layer indices',
+        ),
+        (
+            config.kind == "eagle" or not config.head.feature_layers,
+            "head.feature_layers",
+            "applies to eagle heads only",
+        ),
+        (
             config.kind != "distill" or config.head.train_vocab == 0,
             "head.train_vocab",
             "applies to eagle and medusa heads, not to a distilled draft model",
@@ -143,6 +158,25 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if not ok:
             raise ConfigError(f"{key} {message} (got {_get(config, key)!r})")
     return config
+
+
+def _feature_layers_parse(text: str) -> str | tuple[int, ...] | None:
+    """ "eagle3", a tuple of ints, or None when `text` is neither."""
+    text = str(text).strip()
+    if text == "eagle3":
+        return text
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        return None
+
+
+def feature_layers(config: ml_collections.ConfigDict, num_layers: int) -> tuple[int, ...]:
+    """head.feature_layers for a target of `num_layers` layers ("eagle3" resolved)."""
+    parsed = _feature_layers_parse(config.head.feature_layers)
+    if parsed == "eagle3":
+        return (1, num_layers // 2 - 1, num_layers - 4)
+    return parsed
 
 
 def _init(config: ml_collections.ConfigDict) -> str:

@@ -101,8 +101,11 @@ def set_agreement(
     """Per-step teacher-forced agreement of EAGLE heads (`params`: head and io, as
     `heads.load_heads` returns them) on the target's greedy answers to `prompts`, and, with
     `gamma` > 0, `drafting_check` on the same prompts."""
+    model, target_params = target
+    if drafter.feature_layers:  # the features an EAGLE-3 head reads
+        model = model.with_feature_layers(drafter.feature_layers)
     data = data_lib.build_data(
-        target, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+        (model, target_params), prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
         batch_size=len(prompts), progress=False,
     )  # fmt: skip
     loss_fn = objectives.eagle_loss(drafter, data.max_new_tokens, feature_noise=0.0,

@@ -37,7 +37,7 @@ from specjax.fileio import atomic_write
 from specjax.models.transformer import Model, abstract_model
 from specjax.training import data as data_lib
 from specjax.training import objectives
-from specjax.training.config import train_settings
+from specjax.training.config import feature_layers, train_settings
 from specjax.training.trainer import TrainResult, train
 
 DRAFTER_DIR = "drafter"
@@ -121,6 +121,13 @@ def load_prompts(
     return prompts
 
 
+def feature_target(config: ml_collections.ConfigDict, target: LoadedModel) -> tuple[Model, Any]:
+    """(the target Model whose hidden states are this config's features, its params): with
+    head.feature_layers, the target returning those layers' outputs too."""
+    layers = feature_layers(config, target.config.num_layers)
+    return (target.model.with_feature_layers(layers) if layers else target.model), target.params
+
+
 def load_data(
     config: ml_collections.ConfigDict, target: LoadedModel, workdir: Path, progress: bool = True
 ) -> data_lib.DraftData:
@@ -128,12 +135,15 @@ def load_data(
     settings = {"target": config.target, "dtype": config.dtype, **config.data.to_dict()}
     settings.pop("path")
     settings.pop("batch_size")  # does not change the data
+    layers = feature_layers(config, target.config.num_layers)
+    if layers:  # stored features are (n + 1) D wide (absent from EAGLE-1 settings: keys kept)
+        settings["feature_layers"] = list(layers)
     # Online runs read only the tokens: a file with features serves them too.
     online = settings.pop("features") == "online"
 
     def build() -> data_lib.DraftData:
         return data_lib.build_data(
-            target.pair,
+            feature_target(config, target),
             load_prompts(config, target, workdir),
             max_new_tokens=config.data.max_new_tokens,
             temperature=config.data.temperature,
@@ -192,6 +202,7 @@ def run_training(
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write(workdir / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
     target = load_model(config.target, config.dtype)
+    layers = feature_layers(config, target.config.num_layers)
     data = load_data(config, target, workdir, progress)
     train_data, eval_data = data.split(config.data.num_eval)
     M = data.max_new_tokens
@@ -201,7 +212,9 @@ def run_training(
     h = config.head
     if config.kind in ("eagle", "medusa"):
         head_config = (
-            {"ffn_dim": h.ffn_dim or None} if config.kind == "eagle" else {"num_heads": h.num_heads}
+            {"ffn_dim": h.ffn_dim or None, "feature_layers": layers}
+            if config.kind == "eagle"
+            else {"num_heads": h.num_heads}
         )
         drafter, params = heads.init_heads(
             config.kind, target.model, target.params, seed=h.seed, **head_config
@@ -244,7 +257,7 @@ def run_training(
         loss_fn = objectives.distill_loss(drafter, target.config, M)
 
     if config.data.features == "online":  # the step runs the target over its batch
-        loss_fn = objectives.with_target_features(loss_fn, target.model)
+        loss_fn = objectives.with_target_features(loss_fn, feature_target(config, target)[0])
         frozen = {**frozen, "target": target.model.decode_params(target.params)}
     result = train(
         loss_fn,
@@ -302,7 +315,7 @@ def heldout_drafting_check(
         for n in range(eval_data.num_sequences)
     ]
     # Step 1 at the draft starts reads the target's features (computed here for online data).
-    eval_data = eval_data.with_features(target.pair, config.data.batch_size)
+    eval_data = eval_data.with_features(feature_target(config, target), config.data.batch_size)
     check = diagnostics.drafting_check(
         target.pair, *drafter, eval_data, prompts, eos_ids(target), gamma=config.eval.gamma,
         max_new_tokens=eval_data.max_new_tokens,

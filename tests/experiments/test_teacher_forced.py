@@ -3,6 +3,7 @@
 step-1 agreement at exactly the positions where drafts started (the identity the real-model
 diagnosis rests on)."""
 
+import pytest
 from support import TINY_LLAMA, random_model
 
 from specjax.drafters import heads
@@ -11,12 +12,16 @@ from specjax.training import diagnostics, objectives
 from specjax.training.trainer import TrainSettings, train
 
 
-def test_alpha_1_equals_step_1_at_the_draft_starts(tmp_path):
+@pytest.mark.parametrize("feature_layers", [(), (0,)])
+def test_alpha_1_equals_step_1_at_the_draft_starts(tmp_path, feature_layers):
+    """Also for an EAGLE-3 head (`feature_layers`: its data and checks read the target's
+    multi-layer features)."""
     target = random_model(TINY_LLAMA, seed=50)
     model, params = target
     prompts = data_lib.random_prompts(TINY_LLAMA.vocab_size, 16, 10, seed=0)
-    data = data_lib.build_data(target, prompts, max_new_tokens=12, batch_size=16, progress=False)
-    drafter, head_params = heads.init_eagle(model, params, seed=1)
+    features = (model.with_feature_layers(feature_layers), params) if feature_layers else target
+    data = data_lib.build_data(features, prompts, max_new_tokens=12, batch_size=16, progress=False)
+    drafter, head_params = heads.init_eagle(model, params, seed=1, feature_layers=feature_layers)
     io = heads.target_io(params)
     settings = TrainSettings(num_steps=30, batch_size=8, learning_rate=1e-2, warmup_steps=3,
                              log_every=10, checkpoint_every=30)  # fmt: skip

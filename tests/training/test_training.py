@@ -502,3 +502,40 @@ def test_data_without_features_round_trips(tmp_path, target, data):
     np.testing.assert_allclose(
         loaded.with_features(target, 8).hidden, data.hidden, rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("features", ["stored", "online"])
+def test_multi_layer_feature_heads_train_and_draft_exactly(tmp_path, features):
+    """head.feature_layers (EAGLE-3): the data holds [(n + 1) D] features (or the step
+    computes them), the head's fuse layer trains, the export reloads with its layers, drafts
+    the target's own greedy output, and the held-out drafting check holds its identity."""
+    config = tiny_config(
+        "eagle", **{"head.feature_layers": "0", "data.features": features, "eval.gamma": 2}
+    )
+    run = experiment.run_training(config, tmp_path, progress=False)
+    stored = data_lib.DraftData.load(tmp_path / "data.npz")
+    D = TINY_LLAMA.d_model
+    assert (stored.hidden is None) == (features == "online")
+    if stored.hidden is not None:
+        assert stored.hidden.shape[-1] == 2 * D
+    losses = [r["loss"] for r in run.train.history]
+    assert losses[-1] < losses[0]
+    drafter, params = experiment.load_trained(run.drafter_path, run.target)
+    assert drafter.feature_layers == (0,) and params["head"]["fuse"]["kernel"].shape == (2 * D, D)
+    _, initial = heads.init_eagle(*run.target.pair, seed=config.head.seed, feature_layers=(0,))
+    assert not np.allclose(params["head"]["fuse"]["kernel"], initial["head"]["fuse"]["kernel"])
+    check = run.heldout_drafting
+    assert (
+        check["rows_checked"] == 8 and check["alpha_1 drafting"] == check["step 1 at draft starts"]
+    )
+    rows = experiment.compare(config, run, log=lambda _: None)
+    assert [row["exact"] for row in rows] == [True] * len(rows)
+
+
+def test_feature_layer_config_errors():
+    with pytest.raises(training_config.ConfigError, match="head.feature_layers"):
+        tiny_config("eagle", **{"head.feature_layers": "low"})
+    with pytest.raises(training_config.ConfigError, match="eagle heads only"):
+        tiny_config("medusa", **{"head.feature_layers": "0"})
+    config = tiny_config("eagle", **{"head.feature_layers": "eagle3"})
+    assert training_config.feature_layers(config, 28) == (1, 13, 24)
