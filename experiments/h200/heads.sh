@@ -33,6 +33,11 @@
 #      (`qwen-calls`), one traced call of the head
 #      drafters (`qwen-trace`), the real Qwen pair's gamma sweep (`experiments.real_pair`),
 #      HF transformers beside our AR loop.
+# An EAGLE-3-input head on twice the prompts (planned after the thirteenth session; the
+# features are computed in the training step, since stored they would not fit the disk):
+#   TARGETS=qwen QWEN_DATA_OVERRIDES=data.source=sharegpt_turns,data.num_prompts=45056,\
+#     data.path=runs/data/q45k.npz,data.features=online \
+#   TRAIN_EAGLE=head.feature_layers=eagle3,head.train_vocab=32768,train.num_steps=<sized> ...
 # DROP_DRAFTERS="medusa eagle-hass ..." leaves comparison rows out by label (see `drafters`);
 # TRAIN_EAGLE / TRAIN_SHORT add config overrides to the EAGLE / HASS + Medusa runs (e.g.
 # train.num_steps=9000, head.init_from=runs/prev_eagle/drafter).

@@ -27,6 +27,12 @@ through the target yet.
   right after the prompt), recomputes every entry in one S-wide pass (a `lax.cond`, so the
   wide pass runs once per generation).
 
+EAGLE-3 inputs (`EagleDrafter.feature_layers`): the head also reads chosen target layers'
+outputs. The loop then runs the target with those layers (`Model.with_feature_layers`), so
+f_j is [(n + 1) D]: each layer's output at unit RMS, then the last hidden state. A `fuse`
+layer maps it to D wherever the head reads true features (the catch-up); its own predicted
+features stay D wide, and the LM head reads the last D only.
+
 Token trees: EAGLE drafts static and dynamic (EAGLE-2) trees (`EagleDrafter.propose_tree`,
 through `drafters/tree_expansion.py`): each tree node is an entry fed its parent's predicted
 feature. Medusa does not draft trees here.
