@@ -161,7 +161,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _feature_layers_parse(text: str) -> str | tuple[int, ...] | None:
-    """ "eagle3", a tuple of ints, or None when `text` is neither."""
+    """head.feature_layers parsed: "eagle3", a tuple of ints, or None when it is neither."""
     text = str(text).strip()
     if text == "eagle3":
         return text

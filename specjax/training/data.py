@@ -289,7 +289,8 @@ def target_features(
 
 def forward_hidden(model: Any, params: Any, tokens_BxT: jax.Array) -> jax.Array:
     """The target's last hidden state [B, T, D] at every position of whole sequences (one
-    forward from an empty cache), in its compute dtype: what `DraftData.hidden` stores, and
+    forward from an empty cache; [B, T, (n + 1) D] for a model with feature layers,
+    `Model.with_feature_layers`), in its compute dtype: what `DraftData.hidden` stores, and
     what `objectives.with_target_features` computes inside a training step. Only the hidden
     states are returned, so under jit XLA drops the unused [B, T, V] logits."""
     B, T = tokens_BxT.shape
