@@ -173,7 +173,14 @@ def _feature_layers_parse(text: str) -> str | tuple[int, ...] | None:
 
 def feature_layers(config: ml_collections.ConfigDict, num_layers: int) -> tuple[int, ...]:
     """head.feature_layers for a target of `num_layers` layers ("eagle3" resolved)."""
-    parsed = _feature_layers_parse(config.head.feature_layers)
+    return resolve_feature_layers(config.head.feature_layers, num_layers)
+
+
+def resolve_feature_layers(text: str, num_layers: int) -> tuple[int, ...]:
+    """ "" -> (), "eagle3" -> (1, L // 2 - 1, L - 4), "i,j" -> (i, j)."""
+    parsed = _feature_layers_parse(text)
+    if parsed is None:
+        raise ValueError(f'feature layers must be "", "eagle3" or layer indices, got {text!r}')
     if parsed == "eagle3":
         return (1, num_layers // 2 - 1, num_layers - 4)
     return parsed

@@ -26,7 +26,7 @@ import numpy as np
 from specjax.decoding.sampling import Sampling
 from specjax.drafters import heads
 from specjax.models.config import KNOWN_SHAPES
-from specjax.models.transformer import abstract_model
+from specjax.models.transformer import abstract_decode_params, abstract_model
 from specjax.training import data as data_lib
 from specjax.training import objectives
 from specjax.training.trainer import TrainSettings, make_eval_step, make_train_step
@@ -132,11 +132,17 @@ def set_agreement(
 
 
 def step_cost(kind: str, shape: str, batch: int, positions: int, new_tokens: int,
-              train_vocab: int, unroll_steps: int) -> dict[str, float]:  # fmt: skip
-    """XLA's cost analysis of the compiled train step (flops, bytes accessed)."""
+              train_vocab: int, unroll_steps: int, features: str = "stored",
+              feature_layers: tuple[int, ...] = ()) -> dict[str, float]:  # fmt: skip
+    """XLA's cost analysis of the compiled train step (flops, bytes accessed). `features`:
+    "stored" (the batch carries them) or "online" (the step runs the bfloat16 target over
+    its batch, `objectives.with_target_features`); `feature_layers`: an EAGLE-3 head's."""
     config = KNOWN_SHAPES[shape]
     model, abstract = abstract_model(config, jnp.float32)
-    drafter, params = heads.init_heads(kind, model, abstract)
+    if feature_layers:
+        model = model.with_feature_layers(feature_layers)
+    head_config = {"feature_layers": feature_layers} if feature_layers else {}
+    drafter, params = heads.init_heads(kind, model, abstract, **head_config)
     io = jax.tree.map(
         lambda x: None if x is None else jax.ShapeDtypeStruct(x.shape, jnp.float32), params["io"]
     )
@@ -155,11 +161,17 @@ def step_cost(kind: str, shape: str, batch: int, positions: int, new_tokens: int
         "tokens": jax.ShapeDtypeStruct((batch, positions), jnp.int32),
         "lengths": jax.ShapeDtypeStruct((batch,), jnp.int32),
         "gen_start": jax.ShapeDtypeStruct((batch,), jnp.int32),
-        "hidden": jax.ShapeDtypeStruct((batch, positions, config.d_model), jnp.float32),
     }
+    frozen = {"io": io}
+    width = (len(feature_layers) + 1) * config.d_model
+    if features == "online":
+        loss_fn = objectives.with_target_features(loss_fn, model)
+        frozen["target"] = abstract_decode_params(config, jnp.bfloat16)
+    else:
+        batch_spec["hidden"] = jax.ShapeDtypeStruct((batch, positions, width), jnp.float32)
     step = make_train_step(loss_fn, settings)
     compiled = step.lower(
-        trainable, opt_state, {"io": io}, batch_spec, jax.ShapeDtypeStruct((), jnp.int32)
+        trainable, opt_state, frozen, batch_spec, jax.ShapeDtypeStruct((), jnp.int32)
     ).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
