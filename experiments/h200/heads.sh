@@ -38,6 +38,8 @@
 #   TARGETS=qwen QWEN_DATA_OVERRIDES=data.source=sharegpt_turns,data.num_prompts=45056,\
 #     data.path=runs/data/q45k.npz,data.features=online \
 #   TRAIN_EAGLE=head.feature_layers=eagle3,head.train_vocab=32768,train.num_steps=<sized> ...
+# PREV_HEADS=<a drafter folder brought to the lease> adds its chain and 12-node tree rows
+# (prev-eagle-dv32k, prev-eagle-dynamic12-dv32k) beside this run's head, in the same process.
 # DROP_DRAFTERS="medusa eagle-hass ..." leaves comparison rows out by label (see `drafters`);
 # TRAIN_EAGLE / TRAIN_SHORT add config overrides to the EAGLE / HASS + Medusa runs (e.g.
 # train.num_steps=9000, head.init_from=runs/prev_eagle/drafter).
@@ -155,6 +157,15 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
   # The fastest Qwen drafter of the twelfth session (1.75x): a 12-node dynamic tree over 32k.
   row eagle-dynamic12-dv32k \
     "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=eagle-dynamic12-dv32k"
+  # A head brought to the lease (PREV_HEADS=<its drafter folder>, e.g. the thirteenth
+  # session's), compared beside this run's in the same process: a training change's
+  # before / after.
+  if [ -n "${PREV_HEADS:-}" ]; then
+    row prev-eagle-dv32k \
+      "eagle:heads=$PREV_HEADS,gamma=$GAMMA,draft_vocab=32768,name=prev-eagle-dv32k"
+    row prev-eagle-dynamic12-dv32k \
+      "eagle:heads=$PREV_HEADS,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=prev-eagle-dynamic12-dv32k"
+  fi
   row eagle-tree "eagle:heads=eagle-$n,tree=$TREE_STATIC,name=eagle-tree"
   row medusa "medusa:heads=medusa-$n,gamma=$GAMMA"
   [ -n "$draft" ] &&
