@@ -11,6 +11,7 @@ SmolLM2, 11,840 x 256 for Qwen.
 The argument is a preset name, then optional overrides ("key=value,..."). Presets:
 
     smollm2-eagle   smollm2-hass   smollm2-medusa   qwen-eagle   qwen-hass   qwen-medusa
+    qwen-eagle3 (EAGLE-3's multi-layer inputs, online features; not run on a GPU yet)
 
 The presets of one target share one data file (data.path): the answers are generated once.
 `-hass` presets fine-tune the EAGLE run's exported heads (head.init_from) with the drafting
