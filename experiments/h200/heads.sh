@@ -51,6 +51,12 @@
 set -u
 set -a  # every variable below reaches the stage commands (run by `timeout bash -c`)
 W=${1:?work folder}
+if [ "${SCALE:-full}" = dry ] && [ -z "${SPECJAX_CACHE:-}" ]; then
+  # A dry run publishes its toy heads under the real names: in the default cache they would
+  # replace trained ones (it happened to the Qwen head on the project machine).
+  echo "SCALE=dry needs SPECJAX_CACHE set to a scratch folder (with links to the GGUFs)" >&2
+  exit 2
+fi
 # The run's folders and defaults (SPECJAX_CACHE, DEADLINE, PROMPT_DIR, PY), log, left, stage,
 # wait_for_files:
 # shellcheck source=experiments/h200/stages.sh
