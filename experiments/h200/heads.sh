@@ -57,8 +57,8 @@ if [ "${SCALE:-full}" = dry ] && [ -z "${SPECJAX_CACHE:-}" ]; then
   echo "SCALE=dry needs SPECJAX_CACHE set to a scratch folder (with links to the GGUFs)" >&2
   exit 2
 fi
-# The run's folders and defaults (SPECJAX_CACHE, DEADLINE, PROMPT_DIR, PY), log, left, stage,
-# wait_for_files:
+# The run's folders and defaults (SPECJAX_CACHE, DEADLINE, PROMPT_DIR, PY), log, left, listed,
+# stage, wait_for_files:
 # shellcheck source=experiments/h200/stages.sh
 source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
 mkdir -p "$W/runs/data"
@@ -136,13 +136,10 @@ target_heads() {  # target_heads PREFIX NAME: data + EAGLE, then HASS beside Med
 }
 
 DROP_DRAFTERS=${DROP_DRAFTERS:-}  # labels of comparison rows left out, e.g. "medusa eagle-hass"
-listed() { case " $2 " in *" $1 "*) return 0 ;; esac; return 1; }  # listed WORD "LIST"
-# The Qwen 0.5B draft is waited for only where a stage uses it: a lease that does not bring
-# it (DROP_DRAFTERS has draft-model, SKIP has qwen-pair-f32) must not wait for it until the
-# deadline.
 row() {  # row LABEL SPEC: one --drafter flag, unless LABEL is dropped (or KEEP lacks it)
-  case " $DROP_DRAFTERS " in *" $1 "*) return ;; esac
-  case " ${KEEP:-$1} " in *" $1 "*) echo "--drafter=$2" ;; esac
+  listed "$1" "$DROP_DRAFTERS" && return
+  listed "$1" "${KEEP:-$1}" && echo "--drafter=$2"
+  return 0
 }
 drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's comparison
   # Most wanted first: a stage cut by the deadline keeps the rows it finished.
@@ -202,7 +199,7 @@ exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest pr
     --temperatures=0 --dtype=float32 --out="$W/out" --tag="$tag" $(drafters "$n" "$draft")
 }
 
-export -f train compare exactness drafters row
+export -f train compare exactness drafters row listed
 log "start: $(left) s to the deadline, scale $SCALE"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv > "$W/out/gpu.txt" 2>&1
 hf_stages() {  # ours then HF's, one process per shape, alone on the GPU
@@ -246,6 +243,9 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
 # configurations x 3 sets, 290 s; Qwen T = 1, 4 configurations, 130 s; the real pair, AR +
 # gamma 1, 2, 4 + prompt lookup, 2 repeats, 265 s; compilation is most of it, ~15-45 s per
 # configuration and temperature).
+# The Qwen 0.5B draft is waited for only where a stage uses it (here the draft-model row; the
+# real pair's float32 stage above): a lease that does not bring it must not wait until the
+# deadline.
 Q && ! listed draft-model "$DROP_DRAFTERS" && wait_for "$DRAFT_FILE"
 Q && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE" 0
 # Batch 8 and 32: AR, the best head drafter at batch 1 (EAGLE over its 32k draft vocabulary)

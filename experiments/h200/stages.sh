@@ -14,12 +14,13 @@ PROMPT_DIR=${PROMPT_DIR:-$PWD/.carry/prompts}
 PY=${PY:-python}
 
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$W/status"; }
+listed() { case " $2 " in *" $1 "*) return 0 ;; esac; return 1; }  # listed WORD "WORD ..."
 left() { echo $((DEADLINE - $(date +%s))); }
 
 # stage NAME MIN_SECONDS_LEFT COMMAND...: runs COMMAND unless fewer seconds are left.
 stage() {
   local name=$1 need=$2; shift 2
-  case " ${SKIP:-} " in *" $name "*) log "$name skipped (SKIP)"; return 1 ;; esac
+  if listed "$name" "${SKIP:-}"; then log "$name skipped (SKIP)"; return 1; fi
   if [ "$(left)" -lt "$need" ]; then log "$name skipped ($(left) s left, needs $need)"; return 1; fi
   local start=$SECONDS
   log "$name started"
