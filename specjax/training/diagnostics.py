@@ -102,10 +102,10 @@ def set_agreement(
     `heads.load_heads` returns them) on the target's greedy answers to `prompts`, and, with
     `gamma` > 0, `drafting_check` on the same prompts."""
     model, target_params = target
-    if drafter.feature_layers:  # the features an EAGLE-3 head reads
-        model = model.with_feature_layers(drafter.feature_layers)
+    # The features the head reads: with an EAGLE-3 head's layers, if it has any.
+    features = (model.with_feature_layers(drafter.feature_layers), target_params)
     data = data_lib.build_data(
-        (model, target_params), prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+        features, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
         batch_size=len(prompts), progress=False,
     )  # fmt: skip
     loss_fn = objectives.eagle_loss(drafter, data.max_new_tokens, feature_noise=0.0,
@@ -139,8 +139,7 @@ def step_cost(kind: str, shape: str, batch: int, positions: int, new_tokens: int
     its batch, `objectives.with_target_features`); `feature_layers`: an EAGLE-3 head's."""
     config = KNOWN_SHAPES[shape]
     model, abstract = abstract_model(config, jnp.float32)
-    if feature_layers:
-        model = model.with_feature_layers(feature_layers)
+    model = model.with_feature_layers(feature_layers)
     head_config = {"feature_layers": feature_layers} if feature_layers else {}
     drafter, params = heads.init_heads(kind, model, abstract, **head_config)
     io = jax.tree.map(
@@ -163,11 +162,11 @@ def step_cost(kind: str, shape: str, batch: int, positions: int, new_tokens: int
         "gen_start": jax.ShapeDtypeStruct((batch,), jnp.int32),
     }
     frozen = {"io": io}
-    width = (len(feature_layers) + 1) * config.d_model
     if features == "online":
         loss_fn = objectives.with_target_features(loss_fn, model)
         frozen["target"] = abstract_decode_params(config, jnp.bfloat16)
     else:
+        width = (len(feature_layers) + 1) * config.d_model
         batch_spec["hidden"] = jax.ShapeDtypeStruct((batch, positions, width), jnp.float32)
     step = make_train_step(loss_fn, settings)
     compiled = step.lower(

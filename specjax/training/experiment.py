@@ -125,7 +125,7 @@ def feature_target(config: ml_collections.ConfigDict, target: LoadedModel) -> tu
     """(the target Model whose hidden states are this config's features, its params): with
     head.feature_layers, the target returning those layers' outputs too."""
     layers = feature_layers(config, target.config.num_layers)
-    return (target.model.with_feature_layers(layers) if layers else target.model), target.params
+    return target.model.with_feature_layers(layers), target.params
 
 
 def load_data(
