@@ -21,7 +21,7 @@ import numpy as np
 
 from specjax.decoding import rejection
 from specjax.decoding import tree as tree_decoding
-from specjax.decoding.drafter import Drafter
+from specjax.decoding.drafter import Drafter, decode_layout
 from specjax.decoding.loops import (  # noqa: F401  (TRACE_COUNTS: re-exported for tests)
     TRACE_COUNTS,
     autoregressive_jit,
@@ -393,10 +393,8 @@ def generate(
     if mesh is None:
         # Decode layout: one tree per layer, fused projections (converted once per weights).
         target_params = target_model.decode_params(target_params)
-        if speculative_run and hasattr(draft, "decode_params"):
-            # Draft models and EAGLE heads read their weights in the decode layout too,
-            # converted once (`DraftModelDrafter.decode_params`, `EagleDrafter.decode_params`).
-            draft_params = draft.decode_params(draft_params, params_dtype(target_params))
+        if speculative_run:  # draft models and EAGLE heads too (`decode_layout`)
+            draft_params = decode_layout(draft, draft_params, target_params)
     if mesh is not None:
         from specjax.parallel import sharded  # late: only sharded runs need it
 

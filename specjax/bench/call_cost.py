@@ -40,11 +40,11 @@ import numpy as np
 from specjax import cache as kv_cache
 from specjax.decoding import speculative
 from specjax.decoding import tree as tree_lib
-from specjax.decoding.drafter import Drafter
+from specjax.decoding.drafter import Drafter, decode_layout
 from specjax.decoding.sampling import GREEDY
 from specjax.decoding.state import DecodeState
 from specjax.eval.timing import timed
-from specjax.models.transformer import Model, Params, params_dtype
+from specjax.models.transformer import Model, Params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +100,6 @@ def start_state(
     first_drafting = jax.jit(lambda weights, state: _draft(drafter, weights, state, shape)[1])
     drafter_state = first_drafting(drafter_params, state)
     return dataclasses.replace(state, drafter_state=drafter_state), cache_size
-
-
-def decode_layout(drafter: Drafter, drafter_params: Any, params: Params) -> Any:
-    """The drafter's weights as `specjax.generate` drafts with them: in the decode layout
-    (fused projections, `EagleDrafter.decode_params` / `DraftModelDrafter.decode_params`), in
-    the target's dtype, converted once. Timed in the storage layout, every head call of the
-    programs below would concatenate its q/k/v and gate/up weights again. The twelfth and
-    thirteenth sessions' H200 splits were timed so (the chain's drafting read 0.82 ms a call
-    at the Qwen shape, while the loop's whole call took 2.18 ms with a 1.60 ms verification);
-    they are not re-measured with the conversion yet."""
-    if not hasattr(drafter, "decode_params"):
-        return drafter_params
-    return drafter.decode_params(drafter_params, params_dtype(params))
 
 
 def _draft(drafter: Drafter, drafter_params, state: DecodeState, shape: CallShape):
@@ -216,6 +203,10 @@ def iteration_parts(
     `compile_s` (per program)."""
     if calls < 1 or repeats < 1:
         raise ValueError(f"calls and repeats must be >= 1, got {calls}, {repeats}")
+    # Timed as `specjax.generate` drafts: in the decode layout. In the storage layout every
+    # head call of the programs re-concatenated its q/k/v and gate/up weights; the twelfth and
+    # thirteenth sessions' H200 splits were timed so (the chain's drafting read 0.82 ms a call
+    # at the Qwen shape against a whole loop call of 2.18 ms) and are not re-measured yet.
     drafter_params = decode_layout(drafter, drafter_params, params)
     max_new_tokens = calls * (shape.depth + 1) + 1  # no row stops within the timed calls
     state, _ = start_state(

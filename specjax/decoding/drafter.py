@@ -40,6 +40,7 @@ import jax
 
 from specjax.decoding.sampling import Sampling
 from specjax.decoding.state import DraftContext
+from specjax.models.transformer import params_dtype
 
 if TYPE_CHECKING:  # decoding.tree imports this module
     from specjax.decoding.tree import DraftTree, DynamicTreeSpec, TreeSpec
@@ -89,3 +90,13 @@ class Drafter(Protocol):
         `rejection.verify_tree_sampling` for how its children must be drawn), new state.
         Only drafters with `supports_trees`."""
         raise NotImplementedError(f"{type(self).__name__} does not draft token trees")
+
+
+def decode_layout(drafter: Any, drafter_params: Any, target_params: Any) -> Any:
+    """The drafter's weights as `specjax.generate` drafts with them: draft models and EAGLE
+    heads read theirs in the decode layout (fused projections; `DraftModelDrafter.
+    decode_params`, `EagleDrafter.decode_params`), in the target's dtype, converted once per
+    weights. Drafters without a decode layout get their params back unchanged."""
+    if not hasattr(drafter, "decode_params"):
+        return drafter_params
+    return drafter.decode_params(drafter_params, params_dtype(target_params))

@@ -394,17 +394,18 @@ def test_call_split_starts_with_the_drafter_caught_up(tree):
 
 def test_call_programs_draft_with_the_decode_layout_weights(monkeypatch):
     """The split times drafting as `specjax.generate` drafts: with the head's weights in the
-    decode layout, converted once (`call_cost.decode_layout`, as `iteration_parts` does). In
+    decode layout, converted once (`drafter.decode_layout`, as `iteration_parts` does). In
     the storage layout every head call concatenated its q/k/v and gate/up weights again: the
     draft program then holds a concatenation as large as a head weight, which the converted
     program must not."""
     from specjax.bench import call_cost, steps
     from specjax.bench.parallel import SHAPES
+    from specjax.decoding.drafter import decode_layout
     from specjax.drafters import heads
 
     target, params = steps.synthetic_model(SHAPES["tiny"], jnp.float32)
     drafter, stored = heads.init_eagle(target, params, param_dtype=jnp.float32)
-    decoded = call_cost.decode_layout(drafter, stored, params)
+    decoded = decode_layout(drafter, stored, params)
     assert "layer" in decoded["head"] and "layer" not in stored["head"]
     shape = call_cost.CallShape(gamma=3)
     # The fused q/k/v and gate/up kernels: what a storage-layout program rebuilds per call.
