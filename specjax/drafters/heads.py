@@ -726,6 +726,37 @@ def init_eagle(
     return drafter, {"head": nnx.to_pure_dict(state), "io": target_io(target_params)}
 
 
+def widen_to_feature_layers(
+    drafter: EagleDrafter, params: HeadParams, feature_layers: Sequence[int]
+) -> tuple[EagleDrafter, HeadParams]:
+    """An EAGLE-1 head (D-wide features) as an EAGLE-3-input head reading `feature_layers`
+    beside the last hidden state, drafting exactly as before: its new `fuse` layer passes the
+    last D of the [(n + 1) D] features (the last hidden state, `last_hidden`) through
+    unchanged and reads nothing of the layers' outputs (zero rows there, zero bias). Training
+    then starts from the EAGLE-1 head (`head.init_from` of an EAGLE-1 export) and learns what
+    the other layers add; the fc and decoder layer are the EAGLE-1 head's own."""
+    if drafter.feature_layers:
+        raise ValueError(
+            f"the head already reads feature layers {list(drafter.feature_layers)}; only an "
+            "EAGLE-1 head (the last hidden state alone) is widened"
+        )
+    feature_layers = tuple(int(l) for l in feature_layers)
+    target_config = drafter.target_config
+    check_feature_layers(feature_layers, target_config.num_layers)
+    D = target_config.d_model
+    F = (len(feature_layers) + 1) * D
+    module = EagleHead(
+        drafter.block_config, rngs=nnx.Rngs(0), param_dtype=jnp.float32, feature_width=F
+    )
+    graphdef, _ = nnx.split(module)
+    dtype = params["head"]["fc"]["kernel"].dtype
+    # Rows [nD, (n + 1) D) of the kernel read the last hidden state: the identity there.
+    kernel_FxD = jnp.zeros((F, D), dtype).at[F - D :].set(jnp.eye(D, dtype=dtype))
+    fuse = {"kernel": kernel_FxD, "bias": jnp.zeros((D,), dtype)}
+    widened = dataclasses.replace(drafter, graphdef=graphdef, feature_layers=feature_layers)
+    return widened, {**params, "head": {**params["head"], "fuse": fuse}}
+
+
 def init_heads(
     kind: str, target: Model, target_params: Params, *, seed: int = 0, **head_config
 ) -> tuple[HeadDrafter, HeadParams]:

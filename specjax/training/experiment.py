@@ -187,6 +187,19 @@ def draft_model_init(
     return model, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
+def _widens(loaded: Any, drafter: Any) -> bool:
+    """Whether `head.init_from`'s heads are an EAGLE-1 head of the configured EAGLE-3-input
+    head (`heads.widen_to_feature_layers`): same decoder layer, no feature layers of its own."""
+    eagle = heads.EagleDrafter
+    return (
+        isinstance(loaded, eagle)
+        and isinstance(drafter, eagle)
+        and not loaded.feature_layers
+        and bool(drafter.feature_layers)
+        and loaded.block_config == drafter.block_config
+    )
+
+
 def run_training(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -240,6 +253,10 @@ def run_training(
             loaded, loaded_params = heads.load_heads(
                 h.init_from, target.model, target.params, target_sha256=sha
             )
+            if _widens(loaded, drafter):  # an EAGLE-1 head starts an EAGLE-3-input run
+                loaded, loaded_params = heads.widen_to_feature_layers(
+                    loaded, loaded_params, drafter.feature_layers
+                )
             if loaded != drafter:
                 raise ValueError(
                     f"head.init_from={h.init_from!r} holds {loaded.kind} heads "

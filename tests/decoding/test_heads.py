@@ -255,6 +255,26 @@ def test_multi_layer_feature_heads_read_the_fused_layers(target):
     np.testing.assert_array_equal(wide, narrow)
 
 
+@pytest.mark.parametrize("tree", [None, "dynamic:depth=3,top_k=2,nodes=4"])
+def test_an_eagle1_head_widened_to_feature_layers_drafts_as_before(target, tree):
+    """`widen_to_feature_layers`: the EAGLE-1 head given a fuse layer that reads the last
+    hidden state alone drafts exactly its drafts (same accepted tokens, call by call) from
+    the target's [S, 2D] features, and is the head `init_eagle` builds for those layers."""
+    drafter, params = eagle_echo(target)
+    wide, wide_params = heads.widen_to_feature_layers(drafter, params, (0,))
+    assert wide == heads.init_eagle(*target, feature_layers=(0,))[0]
+    D = target[0].config.d_model
+    assert wide_params["head"]["fuse"]["kernel"].shape == (2 * D, D)
+    kwargs = dict(gamma=3, max_new_tokens=24, tree=tree)
+    narrow_out = specjax.generate(target, (drafter, params), PROMPTS_UNEVEN, **kwargs)
+    wide_out = specjax.generate(target, (wide, wide_params), PROMPTS_UNEVEN, **kwargs)
+    assert wide_out.token_lists() == narrow_out.token_lists()
+    np.testing.assert_array_equal(wide_out.from_draft, narrow_out.from_draft)
+    assert np.asarray(narrow_out.from_draft).any()  # drafts were accepted: they were compared
+    with pytest.raises(ValueError, match="already reads feature layers"):
+        heads.widen_to_feature_layers(wide, wide_params, (0,))
+
+
 def test_multi_layer_feature_heads_save_load_and_refuse_meshes(tmp_path, target):
     from specjax.parallel import make_mesh
 

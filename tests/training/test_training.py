@@ -532,6 +532,34 @@ def test_multi_layer_feature_heads_train_and_draft_exactly(tmp_path, features):
     assert [row["exact"] for row in rows] == [True] * len(rows)
 
 
+def test_an_eagle1_export_starts_a_multi_layer_feature_run(tmp_path):
+    """head.init_from of an EAGLE-1 export with head.feature_layers set: the run starts from
+    the widened head (`heads.widen_to_feature_layers`). At learning rate 0 it stays there, so
+    its held-out metrics are the EAGLE-1 head's (without feature noise: the same data, no
+    random draws); an export of another decoder layer is still refused."""
+    quiet = {"head.feature_noise": 0.0}
+    eagle1 = experiment.run_training(
+        tiny_config("eagle", **quiet), tmp_path / "eagle1", progress=False
+    )
+    warm_settings = {
+        **quiet,
+        "head.feature_layers": "0",
+        "head.init_from": str(eagle1.drafter_path),
+        "train.learning_rate": 0.0,
+    }
+    warm = experiment.run_training(
+        tiny_config("eagle", **warm_settings), tmp_path / "warm", progress=False
+    )
+    before, after = eagle1.train.history[-1], warm.train.history[-1]
+    for key in ("eval_loss", "eval_top1"):
+        np.testing.assert_allclose(after[key], before[key], rtol=1e-6)
+    drafter, params = experiment.load_trained(warm.drafter_path, warm.target)
+    assert drafter.feature_layers == (0,) and "fuse" in params["head"]
+    other = tiny_config("eagle", **warm_settings, **{"head.ffn_dim": 8})
+    with pytest.raises(ValueError, match="not the eagle heads configured here"):
+        experiment.run_training(other, tmp_path / "other", progress=False)
+
+
 def test_feature_layer_config_errors():
     with pytest.raises(training_config.ConfigError, match="head.feature_layers"):
         tiny_config("eagle", **{"head.feature_layers": "low"})
