@@ -191,12 +191,15 @@ compare() {  # compare MODEL_FILE NAME TAG DRAFT_FILE TEMPERATURES [few]: timed,
     --batches=1 --temperatures="$temps" --out="$W/out" --tag="$tag" --weights_cache $flags
 }
 
+# EXACT_ROWS="eagle-dv32k ...": the rows the float32 stage checks (default: every compared
+# row), e.g. a new head's rows only, where the others' exactness was taken by an earlier lease.
 exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest precision, greedy
   local file=$1 n=$2 tag=$3 draft=${4:-}
   # shellcheck disable=SC2046
   JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.bench --suites=real \
     --gguf="$SPECJAX_CACHE/models/$file" $SETS $COMPARE --repeats=0 --batches=1 \
-    --temperatures=0 --dtype=float32 --out="$W/out" --tag="$tag" $(drafters "$n" "$draft")
+    --temperatures=0 --dtype=float32 --out="$W/out" --tag="$tag" \
+    $(KEEP="${EXACT_ROWS:-${KEEP:-}}" drafters "$n" "$draft")
 }
 
 export -f train compare exactness drafters row listed
