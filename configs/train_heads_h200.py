@@ -11,7 +11,7 @@ SmolLM2, 11,840 x 256 for Qwen.
 The argument is a preset name, then optional overrides ("key=value,..."). Presets:
 
     smollm2-eagle   smollm2-hass   smollm2-medusa   qwen-eagle   qwen-hass   qwen-medusa
-    qwen-eagle3 (EAGLE-3's multi-layer inputs, online features; not run on a GPU yet)
+    qwen-eagle3 (EAGLE-3's multi-layer inputs, online features)
 
 The presets of one target share one data file (data.path): the answers are generated once.
 `-hass` presets fine-tune the EAGLE run's exported heads (head.init_from) with the drafting
@@ -30,6 +30,13 @@ held-out losses fell together (docs/benchmarks/h200_qwen_heads_24k/training_qwen
 steps is the lever now. `head.train_vocab=32768` scores the LM head over the 32k most frequent
 answer tokens only (EAGLE-3's draft vocabulary), 0.41x the FLOPs of an EAGLE step at this shape
 (`python -m experiments.train_flops`); the heads then draft over those tokens.
+
+EAGLE-3's inputs from an EAGLE-1 head (fourteenth session: the best Qwen head, 1.90x with the
+12-node tree; 65 ms a step on the H200, docs/benchmarks.md):
+`qwen-eagle,head.feature_layers=eagle3,head.train_vocab=32768,head.init_from=<an EAGLE-1
+drafter folder>,head.unroll_steps=2,train.learning_rate=3e-4,train.num_steps=5000` with
+`data.source=sharegpt_turns,data.num_prompts=45056,data.features=online`: the head starts as the
+EAGLE-1 head exactly (its fuse layer passes the last hidden state) and learns the other layers.
 """
 
 from specjax.training import config as training_config
@@ -102,7 +109,8 @@ PRESETS = {
         "train.num_steps": 500,
     },
     "qwen-medusa": {**_QWEN, **_MEDUSA, "train.num_steps": 900},
-    # EAGLE-3's inputs (not run on a GPU yet): a low, a middle and a high layer's outputs
+    # EAGLE-3's inputs from scratch (the fourteenth session warm-started them from an EAGLE-1
+    # head instead, see the module docstring): a low, a middle and a high layer's outputs
     # beside the last hidden state, fused by the head. Stored, those features would take
     # ~113 GB for the 24k-turn data, past a lent machine's 64 GB disk: the step computes them
     # (data.features=online). Over the 32k draft vocabulary, as the EAGLE-1 head now trains.

@@ -6,7 +6,7 @@
 #   SPECJAX_CACHE=~/sc DEADLINE=$(( $(date +%s) + 1500 )) setsid nohup \
 #       bash experiments/h200/heads.sh ~/w > ~/w/heads.log 2>&1 &
 #
-# Before it (and while it runs), the files travel as in DEVELOPERS.md: the GGUFs in <= 62 MB
+# Before it (and while it runs), the files travel as in DEVELOPERS.md: the GGUFs in <= 50 MB
 # parts appended to one file each, checked and moved into $SPECJAX_CACHE/models/ under their
 # registry names (smollm2-135m-instruct first: its training starts at once; then the Qwen
 # 1.5B target, whose training waits for its file; the Qwen 0.5B draft by the comparison).

@@ -5,7 +5,7 @@ call ends, so big files travel as parts over back-to-back calls (DEVELOPERS.md).
 
 To the GPU machine (weights; here, then one call per part there):
 
-    python experiments/h200/parts.py split --out=/tmp/parts --size=60000000 a.gguf b.gguf
+    python experiments/h200/parts.py split --out=/tmp/parts --size=50000000 a.gguf b.gguf
     # each call carries .xfer/ = the manifest + one part (cp /tmp/parts/partNNN .xfer/part):
     python3 experiments/h200/parts.py append --manifest=.xfer/manifest.json --index=N \\
         .xfer/part ~/sc/incoming
