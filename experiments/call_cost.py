@@ -30,6 +30,12 @@ flags.DEFINE_multi_string(
     "autoregressive step (a projection: synthetic weights, acceptance of a real head)",
 )  # fmt: skip
 flags.DEFINE_integer("draft_vocab", 0, "the EAGLE head drafts over this many tokens (0: all)")
+flags.DEFINE_string(
+    "feature_layers", "",
+    "the EAGLE head reads these target layers' outputs too (EAGLE-3's inputs, as "
+    "head.feature_layers: '' none, 'eagle3', or 0-based indices 'i,j'); the target then "
+    "returns them and the head fuses them at each call's catch-up",
+)  # fmt: skip
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "weights and KV cache")
 flags.DEFINE_integer("gamma", 4, "draft length of 'chain'")
 flags.DEFINE_integer("batch", 1, "rows")
@@ -52,6 +58,7 @@ def main(argv):
     from specjax.bench.parallel import SHAPES
     from specjax.drafters import heads
     from specjax.fileio import atomic_write
+    from specjax.training.config import resolve_feature_layers
 
     if FLAGS.shape not in SHAPES:
         raise app.UsageError(f"unknown shape {FLAGS.shape!r}; known: {', '.join(sorted(SHAPES))}")
@@ -64,7 +71,13 @@ def main(argv):
     taus = [call_cost.replayed_tau(spec) if spec else None for spec in FLAGS.tau_from]
     dtype = jnp.dtype(FLAGS.dtype)
     target, params = steps.synthetic_model(SHAPES[FLAGS.shape], dtype)
-    drafter, drafter_params = heads.init_eagle(target, params, param_dtype=dtype)
+    try:
+        layers = resolve_feature_layers(FLAGS.feature_layers, target.config.num_layers)
+        drafter, drafter_params = heads.init_eagle(
+            target, params, param_dtype=dtype, feature_layers=layers
+        )
+    except ValueError as error:  # a bad spelling, or a layer the shape does not have
+        raise app.UsageError(f"--feature_layers: {error}") from None
     if FLAGS.draft_vocab:
         drafter_params = heads.with_draft_vocab(drafter_params, range(FLAGS.draft_vocab))
     rows = call_cost.rows(
@@ -82,7 +95,8 @@ def main(argv):
         ]
     result = {
         "label": FLAGS.label, "shape": FLAGS.shape, "dtype": FLAGS.dtype,
-        "draft": f"EAGLE head, synthetic weights, draft vocab {FLAGS.draft_vocab or 'all'}",
+        "draft": f"EAGLE head, synthetic weights, draft vocab {FLAGS.draft_vocab or 'all'}"
+        + (f", feature layers {list(layers)}" if layers else ""),
         "batch": FLAGS.batch, "context": FLAGS.context, "device": jax.devices()[0].device_kind,
         "jax": jax.__version__, "rows": rows,
     }  # fmt: skip

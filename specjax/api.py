@@ -21,7 +21,7 @@ import numpy as np
 
 from specjax.decoding import rejection
 from specjax.decoding import tree as tree_decoding
-from specjax.decoding.drafter import Drafter, decode_layout
+from specjax.decoding.drafter import Drafter, decode_layout, target_for
 from specjax.decoding.loops import (  # noqa: F401  (TRACE_COUNTS: re-exported for tests)
     TRACE_COUNTS,
     autoregressive_jit,
@@ -343,7 +343,7 @@ def generate(
                     f"heads that read the target's layers {feature_layers} (multi-layer "
                     "features) do not support mesh= yet"
                 )
-            target_model = target_model.with_feature_layers(feature_layers)
+            target_model = target_for(draft, target_model)
     if tree is not None:
         tree = tree_decoding.as_tree_spec(tree)
         if isinstance(tree, DynamicTreeSpec) and tree.top_k > vocab_size:

@@ -262,10 +262,13 @@ Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
 # A call's split (drafting / verification / commit, synthetic weights) of the chain and the
 # 12-node tree at the Qwen shape and the Llama-3-8B shape, each projected at the acceptance
 # this run's head measured above (the #13 8B projection: ms/token = ms per call / tau).
+# CALL_FEATURE_LAYERS=eagle3: the split's head reads EAGLE-3's layers as this run's head does
+# (the target returns them, the head fuses them at each call's catch-up).
 qwen_calls() {
   local bench="$W/out/bench_real_qwen.json" shape
   for shape in $CALL_SHAPES; do
     $PY -m experiments.call_cost --shape="$shape" --draft_vocab="$CALL_VOCAB" \
+      --feature_layers="${CALL_FEATURE_LAYERS:-}" \
       --drafts=chain --drafts="$TREE_DYNAMIC12" --gamma="$GAMMA" --label=heads \
       --tau_from="$bench#eagle-dv32k" --tau_from="$bench#eagle-dynamic12-dv32k" \
       --out="$W/out/calls" $CALL_FLAGS || return 1

@@ -40,7 +40,7 @@ import numpy as np
 from specjax import cache as kv_cache
 from specjax.decoding import speculative
 from specjax.decoding import tree as tree_lib
-from specjax.decoding.drafter import Drafter, decode_layout
+from specjax.decoding.drafter import Drafter, decode_layout, target_for
 from specjax.decoding.sampling import GREEDY
 from specjax.decoding.state import DecodeState
 from specjax.eval.timing import timed
@@ -78,7 +78,9 @@ def start_state(
     *, batch: int, context: int, max_new_tokens: int,
 ) -> tuple[DecodeState, int]:  # fmt: skip
     """(the state of a loop over a P-token prompt of ones after its first call's drafting,
-    its cache size)."""
+    its cache size). The target runs as the loop runs it for `drafter` (`target_for`: with an
+    EAGLE-3 head's feature layers)."""
+    target = target_for(drafter, target)
     cache_size = context + max_new_tokens + shape.verified_tokens + 1
     prompt_BxP = jnp.ones((batch, context), jnp.int32)
     start = jax.jit(
@@ -136,7 +138,9 @@ def part_programs(
 ) -> dict[str, Callable[..., Any]]:  # fmt: skip
     """name -> jitted (params, drafter_params, state, calls: int32 scalar) -> a scalar, running
     `calls` iterations of that part. The weights are arguments: closed over, they would be
-    compiled in as constants (3.3 GB at the 1.5B shape, minutes per compile)."""
+    compiled in as constants (3.3 GB at the 1.5B shape, minutes per compile). The target runs
+    as `specjax.generate` runs it for `drafter` (`target_for`)."""
+    target = target_for(drafter, target)
 
     def draft_only(params, drafter_params, state: DecodeState, calls: jax.Array):
         def body(_, carry):

@@ -92,6 +92,15 @@ class Drafter(Protocol):
         raise NotImplementedError(f"{type(self).__name__} does not draft token trees")
 
 
+def target_for(drafter: Any, target: Any) -> Any:
+    """The target model as the loop runs it for `drafter`: with the layers whose outputs an
+    EAGLE-3 head reads beside the last hidden state (`target_feature_layers`,
+    `Model.with_feature_layers`), else the target itself. One rule for `specjax.generate`
+    and the call split (`bench.call_cost`)."""
+    layers = getattr(drafter, "target_feature_layers", ())
+    return target.with_feature_layers(layers) if layers else target
+
+
 def decode_layout(drafter: Any, drafter_params: Any, target_params: Any) -> Any:
     """The drafter's weights as `specjax.generate` drafts with them: draft models and EAGLE
     heads read theirs in the decode layout (fused projections; `DraftModelDrafter.

@@ -437,6 +437,32 @@ def test_call_programs_draft_with_the_decode_layout_weights(monkeypatch):
     assert "layer" in seen[0]["head"]
 
 
+def test_call_split_runs_eagle3_heads_with_the_targets_feature_layers():
+    """An EAGLE-3 head's split runs the target as `specjax.generate` does for it
+    (`drafter.target_for`): the loop state holds the [(n + 1) D] features the head's fuse
+    layer reads (the plain target's D-wide hidden state would not fit the fuse), and every
+    part is timed."""
+    from specjax.bench import call_cost, steps
+    from specjax.bench.parallel import SHAPES
+    from specjax.drafters import heads
+
+    target, params = steps.synthetic_model(SHAPES["tiny"], jnp.float32)
+    drafter, drafter_params = heads.init_eagle(
+        target, params, param_dtype=jnp.float32, feature_layers=(0,)
+    )
+    D = target.config.d_model
+    shape = call_cost.CallShape(gamma=2)
+    state, _ = call_cost.start_state(
+        target, params, drafter, drafter_params, shape, batch=1, context=8, max_new_tokens=8
+    )
+    assert state.target_hidden.shape[-1] == 2 * D
+    parts = call_cost.iteration_parts(
+        target, params, drafter, drafter_params, batch=1, context=8, shape=shape, calls=1,
+        repeats=1,
+    )  # fmt: skip
+    assert parts["draft_ms"] > 0 and parts["iteration_ms"] > 0
+
+
 def _concatenation_sizes(hlo_text):
     """Element counts of the results of the concatenations in a lowered program's text."""
     import re
