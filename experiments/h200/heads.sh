@@ -262,8 +262,12 @@ Q && stage qwen-batched 200 $PY -m experiments.bench --suites=real \
 # A call's split (drafting / verification / commit, synthetic weights) of the chain and the
 # 12-node tree at the Qwen shape and the Llama-3-8B shape, each projected at the acceptance
 # this run's head measured above (the #13 8B projection: ms/token = ms per call / tau).
-# CALL_FEATURE_LAYERS=eagle3: the split's head reads EAGLE-3's layers as this run's head does
-# (the target returns them, the head fuses them at each call's catch-up).
+# CALL_FEATURE_LAYERS (default: TRAIN_EAGLE's head.feature_layers, e.g. eagle3): the split's
+# head reads those layers as this run's head does (the target returns them, the head fuses
+# them at each call's catch-up).
+CALL_FEATURE_LAYERS=${CALL_FEATURE_LAYERS-$(sed -n 's/.*head\.feature_layers=\([^,]*\).*/\1/p' <<< "${TRAIN_EAGLE:-}")}
+# (SCALE=dry times the 2-layer "tiny" shape, which has no EAGLE-3 layers: its layer 0 then.)
+[ "$SCALE" = dry ] && [ -n "$CALL_FEATURE_LAYERS" ] && CALL_FEATURE_LAYERS=0
 qwen_calls() {
   local bench="$W/out/bench_real_qwen.json" shape
   for shape in $CALL_SHAPES; do
