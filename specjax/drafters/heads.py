@@ -745,11 +745,9 @@ def widen_to_feature_layers(
     check_feature_layers(feature_layers, target_config.num_layers)
     D = target_config.d_model
     F = (len(feature_layers) + 1) * D
-    module = EagleHead(
-        drafter.block_config, rngs=nnx.Rngs(0), param_dtype=jnp.float32, feature_width=F
-    )
-    graphdef, _ = nnx.split(module)
     dtype = params["head"]["fc"]["kernel"].dtype
+    module = EagleHead(drafter.block_config, rngs=nnx.Rngs(0), param_dtype=dtype, feature_width=F)
+    graphdef, _ = nnx.split(module)
     # Rows [nD, (n + 1) D) of the kernel read the last hidden state: the identity there.
     kernel_FxD = jnp.zeros((F, D), dtype).at[F - D :].set(jnp.eye(D, dtype=dtype))
     fuse = {"kernel": kernel_FxD, "bias": jnp.zeros((D,), dtype)}
