@@ -72,6 +72,7 @@ from specjax.models.transformer import (
     Params,
     check_feature_layers,
     converted_once,
+    hidden_width,
 )
 
 HEAD_KINDS = ("eagle", "medusa")
@@ -714,7 +715,7 @@ def init_eagle(
     feature_layers = tuple(int(l) for l in feature_layers)
     check_feature_layers(feature_layers, target.config.num_layers)
     block_config = eagle_block_config(target.config, ffn_dim)
-    width = (len(feature_layers) + 1) * target.config.d_model if feature_layers else 0
+    width = hidden_width(target.config, feature_layers) if feature_layers else 0
     module = EagleHead(
         block_config, rngs=nnx.Rngs(seed), param_dtype=param_dtype, feature_width=width
     )
@@ -743,8 +744,7 @@ def widen_to_feature_layers(
     feature_layers = tuple(int(l) for l in feature_layers)
     target_config = drafter.target_config
     check_feature_layers(feature_layers, target_config.num_layers)
-    D = target_config.d_model
-    F = (len(feature_layers) + 1) * D
+    D, F = target_config.d_model, hidden_width(target_config, feature_layers)
     dtype = params["head"]["fc"]["kernel"].dtype
     module = EagleHead(drafter.block_config, rngs=nnx.Rngs(0), param_dtype=dtype, feature_width=F)
     graphdef, _ = nnx.split(module)

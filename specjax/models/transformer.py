@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -211,6 +212,11 @@ def forward(
     if features:  # [B, T, (n + 1) D]: the listed layers in order, then the last hidden state
         hidden_BxTxD = jnp.concatenate([*features, hidden_BxTxD], axis=-1)
     return logits_BxTxV, hidden_BxTxD, new_cache
+
+
+def hidden_width(config: ModelConfig, feature_layers: Sequence[int] = ()) -> int:
+    """Width of `forward`'s hidden output: D, or (n + 1) D with n feature layers."""
+    return (len(feature_layers) + 1) * config.d_model
 
 
 def check_feature_layers(feature_layers: tuple[int, ...], num_layers: int) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from specjax.decoding.sampling import Sampling
 from specjax.drafters import heads
 from specjax.models.config import KNOWN_SHAPES
-from specjax.models.transformer import abstract_decode_params, abstract_model
+from specjax.models.transformer import abstract_decode_params, abstract_model, hidden_width
 from specjax.training import data as data_lib
 from specjax.training import objectives
 from specjax.training.trainer import TrainSettings, make_eval_step, make_train_step
@@ -166,7 +166,7 @@ def step_cost(kind: str, shape: str, batch: int, positions: int, new_tokens: int
         loss_fn = objectives.with_target_features(loss_fn, model)
         frozen["target"] = abstract_decode_params(config, jnp.bfloat16)
     else:
-        width = (len(feature_layers) + 1) * config.d_model
+        width = hidden_width(config, feature_layers)
         batch_spec["hidden"] = jax.ShapeDtypeStruct((batch, positions, width), jnp.float32)
     step = make_train_step(loss_fn, settings)
     compiled = step.lower(
