@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from specjax.decoding.drafter import target_for
 from specjax.decoding.sampling import Sampling
 from specjax.drafters import heads
 from specjax.models.config import KNOWN_SHAPES
@@ -102,8 +103,8 @@ def set_agreement(
     `heads.load_heads` returns them) on the target's greedy answers to `prompts`, and, with
     `gamma` > 0, `drafting_check` on the same prompts."""
     model, target_params = target
-    # The features the head reads: with an EAGLE-3 head's layers, if it has any.
-    features = (model.with_feature_layers(drafter.feature_layers), target_params)
+    # The features the head reads: the target as the loop runs it for this head.
+    features = (target_for(drafter, model), target_params)
     data = data_lib.build_data(
         features, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids,
         batch_size=len(prompts), progress=False,
