@@ -24,7 +24,7 @@ from absl import app, flags
 
 from specjax import tables
 from specjax.models.config import KNOWN_SHAPES
-from specjax.training.config import resolve_feature_layers
+from specjax.training.config import DATA_FEATURES, resolve_feature_layers
 from specjax.training.diagnostics import step_cost
 
 FLAGS = flags.FLAGS
@@ -41,14 +41,19 @@ flags.DEFINE_string("feature_layers", "", 'EAGLE: "", "eagle3" or layer indices 
 
 def main(argv):
     del argv
-    layers = resolve_feature_layers(FLAGS.feature_layers, KNOWN_SHAPES[FLAGS.shape].num_layers)
+    try:
+        num_layers = KNOWN_SHAPES[FLAGS.shape].num_layers
+        layers = resolve_feature_layers(FLAGS.feature_layers, num_layers)
+    except ValueError as error:
+        raise app.UsageError(f"--feature_layers: {error}") from None
     if layers and FLAGS.kind != "eagle":
         raise app.UsageError("--feature_layers applies to --kind=eagle only")
+    unknown = [f for f in FLAGS.features if f not in DATA_FEATURES]
+    if unknown:  # before any step is compiled
+        raise app.UsageError(f"--features takes {' and/or '.join(DATA_FEATURES)}, got {unknown}")
     rows = []
     for vocab in [int(v) for v in FLAGS.train_vocab]:
         for features in FLAGS.features:
-            if features not in ("stored", "online"):
-                raise app.UsageError(f"--features takes stored and/or online, got {features!r}")
             cost = step_cost(FLAGS.kind, FLAGS.shape, FLAGS.batch, FLAGS.positions,
                              FLAGS.new_tokens, vocab, FLAGS.unroll_steps, features,
                              layers)  # fmt: skip
