@@ -369,6 +369,92 @@ def layer_kernels(
     }
 
 
+def _loop_launches(body: str, blocks: dict[str, list[Instruction]]) -> list[Instruction]:
+    """Kernel launches of one loop body and, once each, of every loop nested in it."""
+    nested: list[str] = []
+    found = _launches(body, blocks, nested)
+    for name in nested:
+        found += _loop_launches(name, blocks)
+    return found
+
+
+def scope_of(op_name: str, scopes: Sequence[str]) -> str | None:
+    """The first component of an op_name path ("jit(f)/while/body/draft/dot") that is one of
+    `scopes`, or None."""
+    return next((part for part in op_name.split("/") if part in scopes), None)
+
+
+def phase_of(inst: Instruction, blocks: dict[str, list[Instruction]], phases: Sequence[str]) -> str:
+    """The phase (one of `phases`, else "unscoped") of a kernel launch: the scope in its own
+    op_name, or for a fusion whose metadata names none, the most common one among the ops of
+    its fused computation (XLA does not always give a fusion its root's metadata)."""
+    found = scope_of(inst.op_name, phases)
+    callee = _CALLS.search(inst.line) if found is None and inst.opcode == "fusion" else None
+    if callee:
+        inner = collections.Counter(
+            scope_of(op.op_name, phases) for op in blocks.get(callee.group(1), [])
+        )
+        inner.pop(None, None)
+        found = inner.most_common(1)[0][0] if inner else None
+    return found or "unscoped"
+
+
+def phase_times(
+    hlo: str | tuple[str | None, dict[str, list[Instruction]]],
+    durations: Mapping[str, Sequence[float]],
+    phases: Sequence[str],
+    *,
+    calls: int = 1,
+) -> dict[str, Any]:
+    """GPU time of a traced loop split by the named scopes `phases` (e.g. a speculative
+    iteration's draft / verify / accept / commit, `speculative.PHASES`).
+
+    Every kernel launch of the main loop (`main_loop`, nested loops included) takes its
+    `phase_of`. Each trace name's
+    events go to the launches that ran them (`trace_names`); a kernel that XLA compiled once
+    for launches of several phases (identical fusions, one Pallas kernel called in two
+    places) is split between those phases in proportion to their launches (an estimate:
+    `shared_ms` says how much time that concerns). Trace names of no loop launch (prefill, the
+    loop's condition, library kernels such as cuBLAS's, copies) are `other_ms`.
+
+    Returns {"per_call_ms": {phase: ms / calls}, "kernels_per_call": {phase: events / calls},
+    "other_ms_per_call", "shared_ms_per_call", "calls"}.
+    """
+    entry, blocks = parse(hlo) if isinstance(hlo, str) else hlo
+    if entry is None:
+        raise ValueError("no ENTRY computation in this HLO text")
+    body, _, _, _ = main_loop(entry, blocks)
+    code_index = _kernels_by_code(blocks, durations)
+    names_to_phases: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for inst in _loop_launches(body, blocks):
+        phase = phase_of(inst, blocks, phases)
+        for name in trace_names(inst, blocks, durations, code_index):
+            names_to_phases[name][phase] += 1
+    labels = [*phases, "unscoped"]
+    time_us = dict.fromkeys(labels, 0.0)
+    events = dict.fromkeys(labels, 0.0)
+    other_us = shared_us = 0.0
+    for name, durations_us in durations.items():
+        owners = names_to_phases.get(name)
+        if not owners:
+            other_us += sum(durations_us)
+            continue
+        if len(owners) > 1:
+            shared_us += sum(durations_us)
+        total = sum(owners.values())
+        for phase, launches in owners.items():
+            time_us[phase] += sum(durations_us) * launches / total
+            events[phase] += len(durations_us) * launches / total
+    calls = max(calls, 1)
+    return {
+        "calls": calls,
+        "per_call_ms": {phase: time_us[phase] / 1e3 / calls for phase in labels},
+        "kernels_per_call": {phase: events[phase] / calls for phase in labels},
+        "other_ms_per_call": other_us / 1e3 / calls,
+        "shared_ms_per_call": shared_us / 1e3 / calls,
+    }
+
+
 def find_dump(dump_dir: str | Path, module_substring: str) -> Path:
     """The newest after-optimizations HLO text of the module whose name contains the
     substring (e.g. "_autoregressive"), in an `--xla_dump_to` folder."""

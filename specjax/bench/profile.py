@@ -177,6 +177,24 @@ def _layer_kernel_fields(
     return kernels.layer_kernels(path.read_text(), layer, durations, tokens=tokens)
 
 
+def _phase_fields(
+    dump_dir: str | None, module: str, events: Sequence[Any], calls: int
+) -> dict[str, Any]:
+    """{"phases": `kernels.phase_times`} of a speculative loop's trace: its GPU time per call
+    split into draft / verify / accept / commit; {} without a dump or events."""
+    from specjax.bench import kernels, trace
+    from specjax.decoding.speculative import PHASES
+
+    if not dump_dir or not events:
+        return {}
+    try:
+        path = kernels.find_dump(dump_dir, module)
+    except FileNotFoundError:
+        return {}
+    durations = trace.durations_by_name(events)
+    return {"phases": kernels.phase_times(path.read_text(), durations, PHASES, calls=calls)}
+
+
 def _kernel_policies(dtype: Any) -> dict[str, Any] | None:
     """`layers.kernel_policies(dtype)`; profile_before_after.sh also runs this module against
     older packages, which have no such function (None) or one without the dtype argument."""
@@ -422,6 +440,10 @@ def run(
             section.update(
                 _layer_kernel_fields(dump_dir, loop["module"], middle_layer, events, generated)
             )
+            if name == "spec":
+                section.update(
+                    _phase_fields(dump_dir, loop["module"], events, section["iterations"])
+                )
         result["sections"][name] = section
         log(
             f"[{s.label}] {s.shape} {name}: {ms_per_token:.3f} ms/token ({ms_per_token / floor:.2f}"
@@ -537,6 +559,8 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
                     ),
                 ),  # fmt: skip
             ]
+    if any(sec.get("phases") for r in results for sec in r["sections"].values()):
+        lines += ["", phase_table(results)]
     for r in results:
         for name, sec in r["sections"].items():
             if sec.get("layer_kernels"):
@@ -562,6 +586,37 @@ def layer_kernel_table(section: dict[str, Any], title: str) -> str:
             f"Layer {section['layer_kernels_layer']} kernels: {title}",
             "",
             tables.markdown(("kernel", "kind", "ops", "mean µs", "trace name"), rows),
+        ]
+    )
+
+
+def phase_table(results: Sequence[dict[str, Any]]) -> str:
+    """GPU ms (and kernels) per call of each traced speculative loop, by part of the
+    iteration (`kernels.phase_times`)."""
+    from specjax.decoding.speculative import PHASES
+
+    labels = [*PHASES, "unscoped"]
+    body = []
+    for r in results:
+        for sec in r["sections"].values():
+            found = sec.get("phases")
+            if not found:
+                continue
+            ms, count = found["per_call_ms"], found["kernels_per_call"]
+            body.append(
+                (r["label"], r["settings"]["shape"], r["settings"].get("tree") or "chain")
+                + tuple(f"{ms[p]:.3f} ({count[p]:.0f})" for p in labels)
+                + (f"{sum(ms.values()):.3f}", f"{found['shared_ms_per_call']:.3f}",
+                   f"{found['other_ms_per_call']:.3f}", sec.get("ms_per_call"))
+            )  # fmt: skip
+    columns = ("run", "shape", "drafts", *labels, "sum", "of it shared", "outside", "wall ms")
+    return "\n".join(
+        [
+            "GPU ms per call by part of the iteration (kernels per call); 'of it shared': time "
+            "of kernels that several parts launch, split by launch count; 'outside': prefill, "
+            "library kernels, copies (per call)",
+            "",
+            tables.markdown(columns, body, _fmt3),
         ]
     )
 

@@ -302,23 +302,27 @@ def tree_step(
     """One draft tree -> verify -> accept a path iteration, then the shared `commit.commit`
     (compaction, statistics, append, rollback, drafter update, stop)."""
     rng, draft_rng, verify_rng = jax.random.split(state.rng, 3)
-    drafted, drafter_state = drafter.propose_tree(
-        drafter_params, state.drafter_state, state.context, tree, sampling, draft_rng
-    )
-    logits_BxN1xV, hidden_BxN1xD, target_cache = target_pass(target, params, state, drafted)
-    if sampling.greedy:
-        accepted_node_B, next_token_B = rejection.verify_tree_greedy(
-            drafted.tokens, drafted.paths, drafted.parents, logits_BxN1xV
+    # The scopes name the iteration's parts for profiles (`speculative.PHASES`).
+    with jax.named_scope("draft"):
+        drafted, drafter_state = drafter.propose_tree(
+            drafter_params, state.drafter_state, state.context, tree, sampling, draft_rng
         )
-    else:
-        accepted_node_B, next_token_B = verify_fn(
-            verify_rng,
-            drafted.tokens,
-            drafted.parents,
-            drafted.probs,
-            sampling_lib.probs(logits_BxN1xV, sampling),
-        )
-    path_tokens_BxD, num_accepted_B, path_nodes_BxD = _accepted_path(drafted, accepted_node_B)
+    with jax.named_scope("verify"):
+        logits_BxN1xV, hidden_BxN1xD, target_cache = target_pass(target, params, state, drafted)
+    with jax.named_scope("accept"):
+        if sampling.greedy:
+            accepted_node_B, next_token_B = rejection.verify_tree_greedy(
+                drafted.tokens, drafted.paths, drafted.parents, logits_BxN1xV
+            )
+        else:
+            accepted_node_B, next_token_B = verify_fn(
+                verify_rng,
+                drafted.tokens,
+                drafted.parents,
+                drafted.probs,
+                sampling_lib.probs(logits_BxN1xV, sampling),
+            )
+        path_tokens_BxD, num_accepted_B, path_nodes_BxD = _accepted_path(drafted, accepted_node_B)
     # Node i was verified in slot newest + 1 + i: the commit step moves the path's keys/values
     # (and features) to the slots after the root (compaction), then rolls back.
     verified = commit.Verified(
@@ -331,10 +335,11 @@ def tree_step(
         path_index=path_nodes_BxD,
     )
     state = dataclasses.replace(state, rng=rng, drafter_state=drafter_state)
-    return commit.commit(
-        state, verified, drafter=drafter, drafter_params=drafter_params, eos_ids_E=eos_ids_E,
-        max_new_tokens=max_new_tokens, slots_needed=tree.num_nodes + 1,
-    )  # fmt: skip
+    with jax.named_scope("commit"):
+        return commit.commit(
+            state, verified, drafter=drafter, drafter_params=drafter_params,
+            eos_ids_E=eos_ids_E, max_new_tokens=max_new_tokens, slots_needed=tree.num_nodes + 1,
+        )  # fmt: skip
 
 
 def generate(

@@ -199,6 +199,76 @@ def test_layer_kernels_times_one_layer_from_a_trace():
     assert "| sum |  |  | 14.00 | 2 unmatched |" in table
 
 
+def test_phase_times_split_a_loops_gpu_time_by_scope():
+    """Each trace name's time goes to the phase of the launches that ran it: a kernel shared
+    by two phases' launches is split by launch count (and reported as shared), names of no
+    loop launch (a cuBLAS kernel, prefill) are outside, a launch of no phase is unscoped."""
+    phased = _LOOP_HLO.replace("body/layer0/", "body/draft/layer0/").replace(
+        "body/layer1/", "body/verify/layer1/"
+    )
+    durations = {
+        "loop_add_fusion": [2.0, 4.0, 3.0, 3.0],  # draft's launch and verify's, same kernel
+        "specjax_decode_attention": [10.0, 12.0],  # verify
+        "sm90_xmma_gemm_f32": [7.0, 7.0],  # no HLO name: outside
+        "prefill_fusion": [100.0],  # no launch of the loop: outside
+    }
+    found = kernels.phase_times(phased, durations, ("draft", "verify", "commit"), calls=2)
+    ms, count = found["per_call_ms"], found["kernels_per_call"]
+    assert ms["draft"] == pytest.approx(6.0 / 1e3 / 2)
+    assert ms["verify"] == pytest.approx((6.0 + 22.0) / 1e3 / 2)
+    assert ms["commit"] == 0 and ms["unscoped"] == 0
+    assert count["draft"] == 1 and count["verify"] == 2
+    assert found["shared_ms_per_call"] == pytest.approx(12.0 / 1e3 / 2)
+    assert found["other_ms_per_call"] == pytest.approx(114.0 / 1e3 / 2)
+    unphased = kernels.phase_times(_LOOP_HLO, durations, ("draft",))
+    assert unphased["per_call_ms"]["unscoped"] == pytest.approx(34.0 / 1e3)
+    assert unphased["per_call_ms"]["draft"] == 0
+
+
+@pytest.mark.parametrize("tree", [None, "dynamic:depth=2,top_k=2,nodes=3"])
+def test_phase_scopes_reach_the_compiled_loops(tree):
+    """Every part of a speculative iteration (chain and tree) names its kernels in the
+    compiled HLO, so a trace splits by part: with one 1 µs event per launch, each phase's
+    time is its launch count, and the parts together are every launch of the loop."""
+    import functools
+
+    from specjax.decoding import speculative
+    from specjax.decoding import tree as tree_lib
+    from specjax.decoding.sampling import GREEDY
+    from tests.support import TINY_LLAMA, eagle_echo, random_model
+
+    target = random_model(TINY_LLAMA, seed=3)
+    drafter, drafter_params = eagle_echo(target)
+    if tree is None:
+        generate = functools.partial(
+            speculative.generate, gamma=2, verify_fn=None, max_new_tokens=8, cache_size=32
+        )
+    else:
+        generate = functools.partial(
+            tree_lib.generate, tree=tree_lib.as_tree_spec(tree), max_new_tokens=8,
+            cache_size=32,
+        )  # fmt: skip
+
+    def run(params, drafter_params, prompt, lengths, eos, rng):
+        return generate(target[0], params, drafter, drafter_params, prompt, lengths, GREEDY,
+                        eos, rng)  # fmt: skip
+
+    args = (target[1], drafter_params, jnp.ones((1, 4), jnp.int32), jnp.array([4]),
+            jnp.array([-1]), jax.random.key(0))  # fmt: skip
+    text = jax.jit(run).lower(*args).compile().as_text()
+    entry, blocks = kernels.parse(text)
+    body, *_ = kernels.main_loop(entry, blocks)
+    launches = kernels._loop_launches(body, blocks)
+    scopes = [kernels.phase_of(inst, blocks, speculative.PHASES) for inst in launches]
+    assert set(speculative.PHASES) <= set(scopes)
+    durations = {kernels.kernel_name(inst.name): [1.0] for inst in launches}
+    found = kernels.phase_times(text, durations, speculative.PHASES)
+    for phase in speculative.PHASES:
+        assert found["per_call_ms"][phase] * 1e3 == pytest.approx(scopes.count(phase))
+    assert found["per_call_ms"]["unscoped"] * 1e3 == pytest.approx(scopes.count("unscoped"))
+    assert sum(found["kernels_per_call"].values()) == pytest.approx(len(launches))
+
+
 def test_fused_ops_caps_long_lists():
     line = "%f = f32[8]{0} fusion(%p), kind=kLoop, calls=%c"
     body = [kernels.Instruction(f"i{n}", f"opcode{n:02d}", "", "") for n in range(20)]
