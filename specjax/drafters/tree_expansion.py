@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax.decoding import sampling as sampling_lib
+from specjax.decoding.top_k import top_k
 from specjax.decoding.tree import (
     DraftTree,
     DynamicTreeSpec,
@@ -111,7 +112,7 @@ def draw_children(
     """int32[B, P, count] children of P nodes: greedy, the `count` most likely tokens (distinct,
     best first); sampling, `count` independent draws from `sampling_lib.probs(logits)`."""
     if sampling.greedy:
-        return jax.lax.top_k(logits_BxPxV, count)[1].astype(jnp.int32)
+        return top_k(logits_BxPxV, count)[1]
     filtered_BxPx1xV = sampling_lib.filter_logits(logits_BxPxV, sampling)[:, :, None, :]
     shape = logits_BxPxV.shape[:2] + (count,)
     return jax.random.categorical(rng, filtered_BxPx1xV, axis=-1, shape=shape).astype(jnp.int32)
@@ -224,7 +225,7 @@ def expand_dynamic(
     depths_M = jnp.asarray(np.repeat(np.arange(1, D + 1), K), jnp.int32)
     index_K = jnp.arange(K, dtype=jnp.int32)
 
-    score_BxK, token_BxK = jax.lax.top_k(_log_probs(root_logits_BxV), K)
+    score_BxK, token_BxK = top_k(_log_probs(root_logits_BxV), K)
     tokens, scores, carry = [_token_ids(token_BxK, column_ids)], [score_BxK], None
     # Level 1 nodes are the root's children: their paths are themselves.
     paths_BxMxD = jnp.full((B, M, D), -1, jnp.int32).at[:, :K, 0].set(index_K)
@@ -237,7 +238,7 @@ def expand_dynamic(
             mask=ancestor_mask(paths_BxMxD[:, :fed]),
         )
         frontier_logits_BxKxV, carry = node_logits(nodes, carry, K)  # the frontier: last K fed
-        child_logp_BxKxK, child_column_BxKxK = jax.lax.top_k(_log_probs(frontier_logits_BxKxV), K)
+        child_logp_BxKxK, child_column_BxKxK = top_k(_log_probs(frontier_logits_BxKxV), K)
         child_token_BxKxK = _token_ids(child_column_BxKxK, column_ids)
         # Candidate c = K * p + r is the r-th best child of frontier node p.
         candidate_score_BxKK = (scores[-1][:, :, None] + child_logp_BxKxK).reshape(B, K * K)

@@ -66,6 +66,9 @@ RMSNorm kernel policy, `NORM`, read once at import from SPECJAX_NORM:
     written by the kernel. Taken where the projection kernels are not, on layers converted
     for inference, shards N = 1, B * T <= 16 rows, no Gemma3 post-norms.
 Tests switch it by setting the module attribute (`layers.NORM = "pallas"`).
+
+SPECJAX_TOP_K (tree drafting's top-k over the draft vocabulary) is `decoding/top_k.py`'s; it
+is checked here with the others and recorded by `kernel_policies`.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specjax import cache as kv_cache
+from specjax.decoding import top_k as top_k_lib
 from specjax.models.config import ModelConfig
 
 
@@ -340,6 +344,7 @@ def check_kernel_environment() -> None:
         "SPECJAX_PROJECTION": (PROJECTION, ("xla", "pallas")),
         "SPECJAX_NORM": (NORM, ("xla", "pallas")),
         "SPECJAX_SINGLE_ROW_DOTS": (SINGLE_ROW_DOTS, ("pad", "plain")),
+        "SPECJAX_TOP_K": (top_k_lib.TOP_K, top_k_lib.METHODS),
     }
     problems = [
         f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
@@ -370,6 +375,8 @@ def kernel_policies(dtype: Any = jnp.bfloat16) -> dict[str, Any]:
         "projection": PROJECTION,
         "single_row_dots": SINGLE_ROW_DOTS,
         "single_row_pad_min_width": SINGLE_ROW_PAD_MIN_WIDTH,
+        "top_k": top_k_lib.method_in_effect(),
+        "top_k_setting": top_k_lib.TOP_K,
     }
 
 

@@ -1,0 +1,84 @@
+"""The two-stage top-k equals `lax.top_k`: values, indices and the order of ties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from specjax.decoding import top_k as top_k_lib
+
+
+def _rows(seed, shape, dtype, distinct_values):
+    """Random rows over few distinct values (many ties, across groups too) in `dtype`."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, distinct_values, size=shape).astype(np.float32)
+    return jnp.asarray(values, dtype)
+
+
+@pytest.mark.parametrize(
+    "shape, k, groups",
+    [
+        ((2, 32768), 4, 128),  # a draft vocabulary, G divides V
+        ((1, 3, 5000), 8, 64),  # padded: 5000 = 64 * 79 - 56
+        ((4, 4096), 1, 128),
+        ((1, 151936), 10, 128),  # Qwen's vocabulary: padded to 128 * 1187
+    ],
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_split_top_k_equals_lax_top_k_ties_included(shape, k, groups, dtype):
+    for distinct in (3, 50, 100_000):  # heavy ties, some, almost none
+        x = _rows(len(shape) * k + distinct, shape, dtype, distinct)
+        want_values, want_indices = jax.lax.top_k(x, k)
+        values, indices = top_k_lib.top_k(x, k, method="split", groups=groups)
+        assert indices.dtype == jnp.int32 and values.dtype == x.dtype
+        np.testing.assert_array_equal(np.asarray(indices), np.asarray(want_indices))
+        np.testing.assert_array_equal(
+            np.asarray(values, np.float32), np.asarray(want_values, np.float32)
+        )
+
+
+def test_split_top_k_never_picks_padding_over_real_lowest_entries():
+    """A row of -inf but k finite entries: padding (also -inf, at indices >= V) must lose every
+    tie against real -inf entries."""
+    x = jnp.full((1, 4100), -jnp.inf).at[0, 7].set(1.0)
+    values, indices = top_k_lib.top_k(x, 3, method="split", groups=64)
+    want_values, want_indices = jax.lax.top_k(x, 3)
+    np.testing.assert_array_equal(np.asarray(indices), np.asarray(want_indices))
+    assert np.asarray(indices).max() < 4100 and float(values[0, 0]) == 1.0
+
+
+def test_short_rows_and_bad_methods():
+    x = _rows(0, (2, 300), jnp.float32, 7)
+    np.testing.assert_array_equal(  # below the split length: one stage, same answer
+        np.asarray(top_k_lib.top_k(x, 3, method="split")[1]), np.asarray(jax.lax.top_k(x, 3)[1])
+    )
+    assert top_k_lib.method_in_effect("auto") == (
+        "split" if jax.default_backend() == "gpu" else "xla"
+    )
+    with pytest.raises(ValueError, match="SPECJAX_TOP_K must be one of"):
+        top_k_lib.method_in_effect("fast")
+
+
+@pytest.mark.parametrize("tree", ["3,2", "dynamic:depth=3,top_k=3,nodes=6"])
+def test_trees_drafted_with_the_split_top_k_are_the_same_trees(monkeypatch, tree):
+    """Tree drafting through the two-stage top-k (forced on, with groups small enough for a
+    64-token vocabulary) drafts the same trees: the same tokens and the same acceptance."""
+    import specjax
+    from tests.support import TINY_LLAMA, eagle_echo, random_model
+
+    target = random_model(TINY_LLAMA, seed=5)
+    head = eagle_echo(target)
+    prompts = [[5, 17, 3, 42, 8], [9, 1]]
+    kwargs = dict(gamma=3, max_new_tokens=16, tree=tree)
+    one_stage = specjax.generate(target, head, prompts, **kwargs)
+    monkeypatch.setattr(top_k_lib, "TOP_K", "split")
+    monkeypatch.setattr(top_k_lib, "GROUPS", 8)
+    monkeypatch.setattr(top_k_lib, "MIN_SPLIT_LENGTH", 16)
+    calls = []
+    original = jax.lax.top_k
+    monkeypatch.setattr(jax.lax, "top_k", lambda x, k: calls.append(x.shape) or original(x, k))
+    jax.clear_caches()  # trace the loop again, through the patched functions
+    two_stage = specjax.generate(target, head, prompts, **kwargs)
+    assert any(shape[-2:] == (8, 8) for shape in calls)  # stage 1 ran: 64 = 8 groups of 8
+    assert two_stage.token_lists() == one_stage.token_lists()
+    assert float(two_stage.tau) == float(one_stage.tau) > 1.0
