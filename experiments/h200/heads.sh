@@ -47,7 +47,8 @@
 # at their --stop_after_minutes budget. SCALE=dry runs the same stages at toy sizes (CPU);
 # TARGETS=smollm2 leaves the Qwen stages out, TARGETS=qwen the SmolLM2 ones. HF_FIRST=1 runs
 # the HF stages first, while the GPU waits for the weights anyway; the real pair's float32
-# exactness (untimed) then runs beside the Qwen EAGLE training.
+# exactness (untimed) then runs beside the Qwen EAGLE training. PROFILE_FIRST=1 does the same
+# with the tree call's profiles (`profile_stages`), which otherwise run last.
 set -u
 set -a  # every variable below reaches the stage commands (run by `timeout bash -c`)
 W=${1:?work folder}
@@ -91,6 +92,8 @@ if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
   TREE_DYNAMIC16="dynamic:depth=2,top_k=2,nodes=3"; TREE_DYNAMIC12="dynamic:depth=2,top_k=2,nodes=2"
   CALL_SHAPES="tiny"; CALL_VOCAB=0; CALL_FLAGS="--dtype=float32 --context=16 --calls=2 --repeats=1"
   BATCHES="2"; HF_SHAPES=""; PAIR_GAMMAS=1; PAIR="--per_set=1 --max_new_tokens=8 --repeats=1"
+  PROFILE_FLAGS="--shape=tiny --dtype=float32 --context=16 --new_tokens=8 --calls=2 --repeats=1"
+  TOPK_FLAGS="--iterations=2 --repeats=1"; MOVE_FLAGS="--iterations=1 --repeats=1 --slots=256"
 else
   TRAIN_EAGLE=${TRAIN_EAGLE:-}; TRAIN_SHORT=${TRAIN_SHORT:-}  # overrides, e.g. train.num_steps=9000
   BUDGET_EAGLE=${BUDGET_EAGLE:-5}; BUDGET_SHORT=${BUDGET_SHORT:-2}
@@ -100,6 +103,8 @@ else
   CALL_SHAPES="qwen2.5-1.5b llama3-8b"; CALL_VOCAB=32768; CALL_FLAGS="--repeats=3 --calls=16"
   BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-llama3-8b,qwen2.5-1.5b}
   PAIR_GAMMAS=${PAIR_GAMMAS:-1,2,3,5}; PAIR="--per_set=4 --repeats=3"
+  PROFILE_FLAGS="--shape=qwen2.5-1.5b --context=512 --new_tokens=128 --calls=16 --repeats=3"
+  PROFILE_FLAGS="$PROFILE_FLAGS --bandwidth_GBps=4200"; TOPK_FLAGS=""; MOVE_FLAGS=""
 fi
 SETS="--sets=mt_bench,humaneval,gsm8k --prompt_dir=$PROMPT_DIR"
 
@@ -193,10 +198,13 @@ compare() {  # compare MODEL_FILE NAME TAG DRAFT_FILE TEMPERATURES [few]: timed,
 
 # EXACT_ROWS="eagle-dv32k ...": the rows the float32 stage checks (default: every compared
 # row), e.g. a new head's rows only, where the others' exactness was taken by an earlier lease.
+# EXACT_ENV="SPECJAX_CACHE_MOVE=pallas ...": settings of that stage's process (a kernel whose
+# exactness on the real model is to be checked).
 exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest precision, greedy
   local file=$1 n=$2 tag=$3 draft=${4:-}
   # shellcheck disable=SC2046
-  JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.bench --suites=real \
+  # shellcheck disable=SC2086
+  env ${EXACT_ENV:-} JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.bench --suites=real \
     --gguf="$SPECJAX_CACHE/models/$file" $SETS $COMPARE --repeats=0 --batches=1 \
     --temperatures=0 --dtype=float32 --out="$W/out" --tag="$tag" \
     $(KEEP="${EXACT_ROWS:-${KEEP:-}}" drafters "$n" "$draft")
@@ -212,6 +220,26 @@ hf_stages() {  # ours then HF's, one process per shape, alone on the GPU
   done
 }
 [ "$HF_FIRST" = 1 ] && hf_stages
+# Where the 12-node tree's call goes (synthetic weights at the Qwen shape, an EAGLE head over
+# a 32k draft vocabulary): one traced loop per (top-k method, cache move method), its GPU time
+# split into draft / verify / accept / commit (`kernels.phase_times`): the sixteenth session's
+# before / after. Before them, the top-k methods alone at tree drafting's shapes and the
+# one-kernel cache move against the jnp path's (bit-equal, timed). PROFILE_FIRST=1 runs these
+# first, while the GPU waits for the weights anyway (they need no files).
+profile_stages() {
+  stage top-k-bench 60 $PY experiments/h200/top_k_bench.py --out="$W/out/top_k.json" $TOPK_FLAGS
+  stage cache-move-check 60 $PY experiments/h200/cache_move_check.py \
+    --out="$W/out/cache_move.json" $MOVE_FLAGS
+  local variant top_k move
+  for variant in xla:xla split:xla split:pallas; do
+    top_k=${variant%:*}; move=${variant#*:}
+    stage "tree-profile-$top_k-$move" 120 env SPECJAX_TOP_K="$top_k" SPECJAX_CACHE_MOVE="$move" \
+      $PY -m experiments.profile --draft_shape=eagle --draft_vocab="$CALL_VOCAB" \
+      --tree="$TREE_DYNAMIC12" --what=spec --label="topk_${top_k}_move_$move" \
+      --out="$W/out/profile" $PROFILE_FLAGS
+  done
+}
+[ "${PROFILE_FIRST:-0}" = 1 ] && profile_stages
 PAIR_FILES="--target=$SPECJAX_CACHE/models/$QWEN_FILE --draft=$SPECJAX_CACHE/models/$DRAFT_FILE"
 PAIR_FILES="$PAIR_FILES --prompt_dir=$PROMPT_DIR --out=$W/out/real_pair"
 # Processes that share the GPU while training take at most 30% of its memory each (the
@@ -251,6 +279,19 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
 # deadline.
 Q && ! listed draft-model "$DROP_DRAFTERS" && wait_for "$DRAFT_FILE"
 Q && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE" 0
+# The head rows again in processes of their own, AR beside them in each: with tree drafting's
+# top-k in one stage (SPECJAX_TOP_K=xla, the method before the sixteenth session; the rows
+# above take "auto", two stages on a GPU), and with the one-kernel cache move
+# (SPECJAX_CACHE_MOVE=pallas): each change's before / after on the real model.
+compare_variant() {  # compare_variant TAG "ROW ..." ENV...
+  local tag=$1 rows=$2; shift 2
+  env "$@" KEEP="$rows" bash -c 'compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct "$0" "" 0' "$tag"
+}
+export -f compare_variant
+Q && stage qwen-compare-xla-topk 120 compare_variant _qwen_xla_topk \
+  "eagle-dv32k eagle-dynamic12-dv32k" SPECJAX_TOP_K=xla
+Q && stage qwen-compare-pallas-move 120 compare_variant _qwen_pallas_move \
+  "eagle-dynamic12-dv32k eagle-dynamic-dv32k" SPECJAX_CACHE_MOVE=pallas
 # Batch 8 and 32: AR, the best head drafter at batch 1 (EAGLE over its 32k draft vocabulary)
 # and prompt lookup (--full_grid_batches: both drafters at both batches).
 # shellcheck disable=SC2046
@@ -297,6 +338,7 @@ Q && stage qwen-compare-T1 150 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct 
 S && stage smollm2-compare-T1 150 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2_T1 "" 1 few
 Q && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
 [ "$HF_FIRST" = 1 ] || hf_stages
+[ "${PROFILE_FIRST:-0}" = 1 ] || profile_stages
 # What comes back in results.tgz: results, logs, metrics, and the SmolLM2 heads (small); the
 # Qwen heads (~200 MB each) are packed in parts below.
 cd "$W" && tar czf "$W/results.tgz" --exclude='*.npz' --exclude='checkpoints' \

@@ -67,8 +67,9 @@ RMSNorm kernel policy, `NORM`, read once at import from SPECJAX_NORM:
     for inference, shards N = 1, B * T <= 16 rows, no Gemma3 post-norms.
 Tests switch it by setting the module attribute (`layers.NORM = "pallas"`).
 
-SPECJAX_TOP_K (tree drafting's top-k over the draft vocabulary) is `decoding/top_k.py`'s; it
-is checked here with the others and recorded by `kernel_policies`.
+SPECJAX_TOP_K (tree drafting's top-k over the draft vocabulary, `decoding/top_k.py`) and
+SPECJAX_CACHE_MOVE (tree compaction's cache move, `cache.py`) are checked here with the others
+and recorded by `kernel_policies`.
 """
 
 from __future__ import annotations
@@ -345,6 +346,7 @@ def check_kernel_environment() -> None:
         "SPECJAX_NORM": (NORM, ("xla", "pallas")),
         "SPECJAX_SINGLE_ROW_DOTS": (SINGLE_ROW_DOTS, ("pad", "plain")),
         "SPECJAX_TOP_K": (top_k_lib.TOP_K, top_k_lib.METHODS),
+        "SPECJAX_CACHE_MOVE": (kv_cache.MOVE, kv_cache.MOVE_METHODS),
     }
     problems = [
         f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
@@ -377,6 +379,7 @@ def kernel_policies(dtype: Any = jnp.bfloat16) -> dict[str, Any]:
         "single_row_pad_min_width": SINGLE_ROW_PAD_MIN_WIDTH,
         "top_k": top_k_lib.method_in_effect(),
         "top_k_setting": top_k_lib.TOP_K,
+        "cache_move": kv_cache.move_method(),
     }
 
 

@@ -1,0 +1,88 @@
+"""The one-kernel cache move (interpret mode on CPU) equals `cache.move_slots`' jnp path, bit
+for bit: overlapping moves, identity moves, per-row starts, widths that are not powers of two,
+float32 and bfloat16; tree decoding through it drafts, verifies and emits exactly what it does
+through the jnp path; a bad SPECJAX_CACHE_MOVE is refused by name."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from support import TINY_LLAMA, eagle_echo, random_model
+
+from specjax import cache as kv_cache
+from specjax.models import pallas_cache_move
+
+
+def _cache(B, S, L, C, Dh, seed=0):
+    rng = np.random.default_rng(seed)
+    k = tuple(jnp.asarray(rng.normal(size=(B, S, C, Dh)), jnp.float32) for _ in range(L))
+    v = tuple(jnp.asarray(rng.normal(size=(B, S, C, Dh)), jnp.bfloat16) for _ in range(L))
+    return kv_cache.KVCache(k=k, v=v, lengths=jnp.full((B,), S // 2, jnp.int32))
+
+
+@pytest.mark.parametrize(
+    "C, Dh, start, source",
+    [
+        (3, 4, [10, 5], [[2, 0, 3, 1], [0, 1, 2, 3]]),  # overlap (row 0), identity (row 1)
+        (2, 8, [0, 20], [[5, 6, 7, 8], [3, 0, 1, 2]]),  # W = 16, a power of two
+        (1, 6, [7, 1], [[1, 1, 4], [2, 2, 2]]),  # repeated sources
+    ],
+)
+def test_kernel_moves_what_the_jnp_path_moves(C, Dh, start, source):
+    cache = _cache(2, 32, 3, C, Dh, seed=C * Dh)
+    start_B, source_BxM = jnp.asarray(start), jnp.asarray(source)
+    want = kv_cache.move_slots(cache, start_B, source_BxM)  # SPECJAX_CACHE_MOVE unset: jnp
+    moved = pallas_cache_move.move_slots(cache.k + cache.v, start_B, source_BxM, interpret=True)
+    for expected, got in zip(want.k + want.v, moved, strict=True):
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
+    # The moves did something: a slot that received another's entries changed.
+    assert not np.array_equal(np.asarray(moved[0]), np.asarray(cache.k[0]))
+
+
+@pytest.mark.parametrize("tree", ["3,2", "dynamic:depth=3,top_k=3,nodes=6"])
+def test_tree_decoding_through_the_kernel_is_unchanged(monkeypatch, tree):
+    import specjax
+
+    target = random_model(TINY_LLAMA, seed=5)
+    head = eagle_echo(target)
+    prompts = [[5, 17, 3, 42, 8], [9, 1]]
+    kwargs = dict(gamma=3, max_new_tokens=16, tree=tree)
+    jnp_path = specjax.generate(target, head, prompts, **kwargs)
+    monkeypatch.setattr(kv_cache, "MOVE", "interpret")
+    calls = []
+    original = pallas_cache_move.move_slots
+    monkeypatch.setattr(
+        pallas_cache_move, "move_slots", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    jax.clear_caches()  # trace the loop again, through the kernel
+    kernel_path = specjax.generate(target, head, prompts, **kwargs)
+    assert calls  # the loop moved through the kernel
+    assert kernel_path.token_lists() == jnp_path.token_lists()
+    assert float(kernel_path.tau) == float(jnp_path.tau) > 1.0
+
+
+def test_bad_move_method_is_refused(monkeypatch):
+    from specjax.models import layers
+
+    monkeypatch.setattr(kv_cache, "MOVE", "cuda")
+    with pytest.raises(ValueError, match="SPECJAX_CACHE_MOVE must be one of"):
+        kv_cache.move_method()
+    with pytest.raises(ValueError, match="SPECJAX_CACHE_MOVE must be one of"):
+        layers.check_kernel_environment()
+    monkeypatch.setattr(kv_cache, "MOVE", "pallas")  # off a one-device GPU: the jnp path
+    assert kv_cache.move_method() == ("pallas" if jax.default_backend() == "gpu"
+                                      and jax.device_count() == 1 else "xla")  # fmt: skip
+
+
+def test_kernel_lowers_to_one_triton_call_for_cuda():
+    """Lowered for CUDA (Triton IR, where jaxlib emits it without a GPU), a move of every
+    layer is one Triton kernel: the launch count the kernel exists for."""
+    from pallas_testlib import skip_unless_triton_lowers_here, triton_calls
+
+    skip_unless_triton_lowers_here()
+    cache = _cache(1, 64, 4, 3, 64)  # SmolLM2-like: W = 192, not a power of two
+    start, source = jnp.asarray([9]), jnp.asarray([[4, 0, 7, 2]])
+    move = jax.jit(lambda arrays, s, m: pallas_cache_move.move_slots(arrays, s, m))
+    text = move.trace(cache.k + cache.v, start, source).lower(lowering_platforms=("cuda",))
+    assert triton_calls(text.as_text()) == 1
