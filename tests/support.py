@@ -149,3 +149,23 @@ def notebook_text(cell) -> str:
         for mime in ("text/html", "text/markdown", "text/plain"):
             parts.append(str(out.get("data", {}).get(mime, "")))
     return "\n".join(parts)
+
+
+def tree_decoding_before_and_after(tree, patch):
+    """Greedy EAGLE tree decoding (`eagle_echo` on a tiny target, two prompts, 16 tokens)
+    once as is and once after `patch()` (which swaps an implementation, e.g. through
+    monkeypatch) with JAX's caches cleared, so that the loop is traced again through what
+    `patch` installed: (the first GenerateOutput, the second). Both accept drafts (tau > 1)
+    when the patch changes nothing they compute."""
+    import jax
+
+    import specjax
+
+    target = random_model(TINY_LLAMA, seed=5)
+    head = eagle_echo(target)
+    prompts = [[5, 17, 3, 42, 8], [9, 1]]
+    kwargs = dict(gamma=3, max_new_tokens=16, tree=tree)
+    before = specjax.generate(target, head, prompts, **kwargs)
+    patch()
+    jax.clear_caches()
+    return before, specjax.generate(target, head, prompts, **kwargs)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from specjax import cache as kv_cache
+from specjax.eval.timing import timed
 from specjax.models import pallas_cache_move
 
 SHAPES = {"qwen2.5-1.5b": (28, 2, 128), "smollm2-135m": (30, 3, 64), "llama3-8b": (32, 8, 128)}
@@ -56,13 +55,8 @@ def time_moves(move, cache, start_B, iterations, repeats):
 
         return jax.lax.fori_loop(0, iterations, body, cache)
 
-    jax.block_until_ready(loop(cache))
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        jax.block_until_ready(loop(cache))
-        times.append(time.perf_counter() - begin)
-    return 1e6 * float(np.median(times)) / iterations
+    _, timing = timed(loop, cache, repeats=repeats)
+    return 1e6 * timing.median_s / iterations
 
 
 def main() -> None:
@@ -71,10 +65,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slots", type=int, default=1024)
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated SHAPES keys")
+    parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     args = parser.parse_args()
     rows = []
-    for name, (L, C, Dh) in SHAPES.items():
-        for B in (1, 4):
+    for name in args.shapes.split(","):
+        L, C, Dh = SHAPES[name]
+        for B in (int(b) for b in args.batches.split(",")):
             cache = random_cache(L, C, Dh, B, args.slots, seed=B)
             start_B = jnp.asarray([100 + 37 * b for b in range(B)], jnp.int32)
             equal = True

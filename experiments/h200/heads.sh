@@ -72,6 +72,8 @@ Q() { [ "$TARGETS" != smollm2 ]; }
 # alone gives its EAGLE run (data on the device, [16, 384, V] float32 logits) more.
 if [ "$TARGETS" = all ]; then MEM_EAGLE=0.3; MEM_SHORT=0.3; else MEM_EAGLE=0.55; MEM_SHORT=0.42; fi
 REPO=$PWD
+# Scripts run by path (experiments/h200/*.py) import specjax from this checkout.
+PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$REPO
 SMOL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 QWEN_FILE=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 DRAFT_FILE=qwen2.5-coder-0.5b-instruct.gguf
@@ -93,7 +95,7 @@ if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
   CALL_SHAPES="tiny"; CALL_VOCAB=0; CALL_FLAGS="--dtype=float32 --context=16 --calls=2 --repeats=1"
   BATCHES="2"; HF_SHAPES=""; PAIR_GAMMAS=1; PAIR="--per_set=1 --max_new_tokens=8 --repeats=1"
   PROFILE_FLAGS="--shape=tiny --dtype=float32 --context=16 --new_tokens=8 --calls=2 --repeats=1"
-  TOPK_FLAGS="--iterations=2 --repeats=1"; MOVE_FLAGS="--iterations=1 --repeats=1 --slots=256"
+  TOPK_FLAGS="--iterations=2 --repeats=1"; MOVE_FLAGS="--iterations=1 --repeats=1 --slots=256 --shapes=smollm2-135m --batches=2"
 else
   TRAIN_EAGLE=${TRAIN_EAGLE:-}; TRAIN_SHORT=${TRAIN_SHORT:-}  # overrides, e.g. train.num_steps=9000
   BUDGET_EAGLE=${BUDGET_EAGLE:-5}; BUDGET_SHORT=${BUDGET_SHORT:-2}
@@ -165,6 +167,9 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
   # The fastest Qwen drafter of the twelfth session (1.75x): a 12-node dynamic tree over 32k.
   row eagle-dynamic12-dv32k \
     "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=eagle-dynamic12-dv32k"
+  # The same tree over the 16k most frequent tokens: half the LM-head read per head step.
+  row eagle-dynamic12-dv16k \
+    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC12,draft_vocab=16384,name=eagle-dynamic12-dv16k"
   # A head brought to the lease (PREV_HEADS=<its drafter folder>, e.g. the thirteenth
   # session's), compared beside this run's in the same process: a training change's
   # before / after.

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from specjax.decoding import top_k as top_k_lib
+from specjax.eval.timing import timed
 
 # (rows, row length, k): the dynamic tree's root and frontier (K = 4, 6, 8 rows of a 32k
 # draft vocabulary), a static tree's first level, rows over Qwen's whole vocabulary.
@@ -40,14 +40,9 @@ def time_one(method: str, rows: int, length: int, k: int, iterations: int, repea
 
         return jax.lax.fori_loop(0, iterations, body, jnp.int32(0))
 
-    jax.block_until_ready(loop(xs))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(loop(xs))
-        times.append(time.perf_counter() - start)
+    _, timing = timed(loop, xs, repeats=repeats)
     indices = top_k_lib.top_k(xs[0], k, method=method)[1]
-    return 1e6 * float(np.median(times)) / iterations, np.asarray(indices)
+    return 1e6 * timing.median_s / iterations, np.asarray(indices)
 
 
 def main() -> None:

@@ -63,22 +63,18 @@ def test_short_rows_and_bad_methods():
 def test_trees_drafted_with_the_split_top_k_are_the_same_trees(monkeypatch, tree):
     """Tree drafting through the two-stage top-k (forced on, with groups small enough for a
     64-token vocabulary) drafts the same trees: the same tokens and the same acceptance."""
-    import specjax
-    from tests.support import TINY_LLAMA, eagle_echo, random_model
+    from support import tree_decoding_before_and_after
 
-    target = random_model(TINY_LLAMA, seed=5)
-    head = eagle_echo(target)
-    prompts = [[5, 17, 3, 42, 8], [9, 1]]
-    kwargs = dict(gamma=3, max_new_tokens=16, tree=tree)
-    one_stage = specjax.generate(target, head, prompts, **kwargs)
-    monkeypatch.setattr(top_k_lib, "TOP_K", "split")
-    monkeypatch.setattr(top_k_lib, "GROUPS", 8)
-    monkeypatch.setattr(top_k_lib, "MIN_SPLIT_LENGTH", 16)
     calls = []
     original = jax.lax.top_k
-    monkeypatch.setattr(jax.lax, "top_k", lambda x, k: calls.append(x.shape) or original(x, k))
-    jax.clear_caches()  # trace the loop again, through the patched functions
-    two_stage = specjax.generate(target, head, prompts, **kwargs)
+
+    def patch():
+        monkeypatch.setattr(top_k_lib, "TOP_K", "split")
+        monkeypatch.setattr(top_k_lib, "GROUPS", 8)
+        monkeypatch.setattr(top_k_lib, "MIN_SPLIT_LENGTH", 16)
+        monkeypatch.setattr(jax.lax, "top_k", lambda x, k: calls.append(x.shape) or original(x, k))
+
+    one_stage, two_stage = tree_decoding_before_and_after(tree, patch)
     assert any(shape[-2:] == (8, 8) for shape in calls)  # stage 1 ran: 64 = 8 groups of 8
     assert two_stage.token_lists() == one_stage.token_lists()
     assert float(two_stage.tau) == float(one_stage.tau) > 1.0

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import TINY_LLAMA, eagle_echo, random_model
+from support import tree_decoding_before_and_after
 
 from specjax import cache as kv_cache
 from specjax.models import pallas_cache_move
@@ -42,21 +42,16 @@ def test_kernel_moves_what_the_jnp_path_moves(C, Dh, start, source):
 
 @pytest.mark.parametrize("tree", ["3,2", "dynamic:depth=3,top_k=3,nodes=6"])
 def test_tree_decoding_through_the_kernel_is_unchanged(monkeypatch, tree):
-    import specjax
-
-    target = random_model(TINY_LLAMA, seed=5)
-    head = eagle_echo(target)
-    prompts = [[5, 17, 3, 42, 8], [9, 1]]
-    kwargs = dict(gamma=3, max_new_tokens=16, tree=tree)
-    jnp_path = specjax.generate(target, head, prompts, **kwargs)
-    monkeypatch.setattr(kv_cache, "MOVE", "interpret")
     calls = []
     original = pallas_cache_move.move_slots
-    monkeypatch.setattr(
-        pallas_cache_move, "move_slots", lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
-    jax.clear_caches()  # trace the loop again, through the kernel
-    kernel_path = specjax.generate(target, head, prompts, **kwargs)
+
+    def patch():
+        monkeypatch.setattr(kv_cache, "MOVE", "interpret")
+        monkeypatch.setattr(
+            pallas_cache_move, "move_slots", lambda *a, **k: calls.append(1) or original(*a, **k)
+        )
+
+    jnp_path, kernel_path = tree_decoding_before_and_after(tree, patch)
     assert calls  # the loop moved through the kernel
     assert kernel_path.token_lists() == jnp_path.token_lists()
     assert float(kernel_path.tau) == float(jnp_path.tau) > 1.0
