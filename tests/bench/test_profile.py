@@ -232,10 +232,11 @@ def test_phase_scopes_reach_the_compiled_loops(tree):
     time is its launch count, and the parts together are every launch of the loop."""
     import functools
 
+    from support import TINY_LLAMA, eagle_echo, random_model
+
     from specjax.decoding import speculative
     from specjax.decoding import tree as tree_lib
     from specjax.decoding.sampling import GREEDY
-    from support import TINY_LLAMA, eagle_echo, random_model
 
     target = random_model(TINY_LLAMA, seed=3)
     drafter, drafter_params = eagle_echo(target)
