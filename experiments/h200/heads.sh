@@ -77,9 +77,20 @@ PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$REPO
 SMOL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 QWEN_FILE=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 DRAFT_FILE=qwen2.5-coder-0.5b-instruct.gguf
-# Training runs and data live in $W/runs (configs name runs/...): link it into the repo.
-[ -e runs ] && [ ! -L runs ] && cp -rn runs/data/. "$W/runs/data/" 2>/dev/null
-[ -L runs ] || { rm -rf runs; ln -s "$W/runs" runs; }
+# Training runs and data live in $W/runs (configs name runs/...): link it into the repo. A
+# link elsewhere is replaced (a dry run's link, carried to the GPU machine, once broke a
+# lease's training); a real folder (the project machine keeps its heads there) is moved
+# aside, never deleted: a sixteenth-session dry run deleted the project's trained heads.
+if [ -L runs ]; then
+  [ "$(readlink runs)" = "$W/runs" ] || { rm runs; ln -s "$W/runs" runs; }
+elif [ -e runs ]; then
+  cp -rn runs/data/. "$W/runs/data/" 2>/dev/null
+  aside="runs.before_heads_$(date +%s)"
+  mv runs "$aside" && echo "heads.sh: moved the existing runs/ to $aside" >&2
+  ln -s "$W/runs" runs
+else
+  ln -s "$W/runs" runs
+fi
 cp -n .carry/prompt_ids/*.prompts.json "$W/runs/data/" 2>/dev/null  # tokenized ahead
 
 if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
