@@ -399,6 +399,79 @@ def phase_of(inst: Instruction, blocks: dict[str, list[Instruction]], phases: Se
     return found or "unscoped"
 
 
+def _names_to_phases(
+    hlo: str | tuple[str | None, dict[str, list[Instruction]]],
+    durations: Mapping[str, Sequence[float]],
+    phases: Sequence[str],
+) -> dict[str, collections.Counter]:
+    """Trace name -> Counter(phase: launches of the main loop, nested loops included, whose
+    events carry that name)."""
+    entry, blocks = parse(hlo) if isinstance(hlo, str) else hlo
+    if entry is None:
+        raise ValueError("no ENTRY computation in this HLO text")
+    body, _, _, _ = main_loop(entry, blocks)
+    code_index = _kernels_by_code(blocks, durations)
+    found: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for inst in _loop_launches(body, blocks):
+        phase = phase_of(inst, blocks, phases)
+        for name in trace_names(inst, blocks, durations, code_index):
+            found[name][phase] += 1
+    return found
+
+
+def phase_timeline(
+    hlo: str | tuple[str | None, dict[str, list[Instruction]]],
+    events: Sequence[Any],
+    phases: Sequence[str],
+    *,
+    calls: int = 1,
+) -> dict[str, Any]:
+    """`phase_times` from the events in the order they ran, which also places the kernels
+    no HLO instruction names (XLA's top-k kernel, cuBLAS's GEMMs, copies).
+
+    Walking the events (objects with `name`, `start_us`, `duration_us`, e.g.
+    `trace.DeviceEvent`) by start time, an event whose name belongs to one phase's launches
+    sets the current phase; a name several phases launch stays in the current phase when it
+    is one of them (else takes the phase with most launches); an event of no loop launch takes
+    the current phase (`inferred_ms_per_call` totals those), or is `outside_ms_per_call`
+    before the loop's first launch (the prefill). XLA runs a loop's kernels one after the other
+    on one stream, so a library kernel sits among the kernels of the part that called it.
+
+    Returns {"per_call_ms", "kernels_per_call", "inferred_ms_per_call",
+    "outside_ms_per_call", "calls"}.
+    """
+    ordered = sorted(events, key=lambda e: e.start_us)
+    durations: dict[str, list[float]] = collections.defaultdict(list)
+    for event in ordered:
+        durations[event.name].append(event.duration_us)
+    names_to_phases = _names_to_phases(hlo, durations, phases)
+    labels = [*phases, "unscoped"]
+    time_us = dict.fromkeys(labels, 0.0)
+    count = dict.fromkeys(labels, 0)
+    inferred_us = outside_us = 0.0
+    current = None
+    for event in ordered:
+        owners = names_to_phases.get(event.name)
+        if owners:
+            if len(owners) == 1 or current not in owners:
+                current = owners.most_common(1)[0][0]
+        elif current is None:
+            outside_us += event.duration_us
+            continue
+        else:
+            inferred_us += event.duration_us
+        time_us[current] += event.duration_us
+        count[current] += 1
+    calls = max(calls, 1)
+    return {
+        "calls": calls,
+        "per_call_ms": {phase: time_us[phase] / 1e3 / calls for phase in labels},
+        "kernels_per_call": {phase: count[phase] / calls for phase in labels},
+        "inferred_ms_per_call": inferred_us / 1e3 / calls,
+        "outside_ms_per_call": outside_us / 1e3 / calls,
+    }
+
+
 def phase_times(
     hlo: str | tuple[str | None, dict[str, list[Instruction]]],
     durations: Mapping[str, Sequence[float]],
@@ -410,26 +483,18 @@ def phase_times(
     iteration's draft / verify / accept / commit, `speculative.PHASES`).
 
     Every kernel launch of the main loop (`main_loop`, nested loops included) takes its
-    `phase_of`. Each trace name's
-    events go to the launches that ran them (`trace_names`); a kernel that XLA compiled once
+    `phase_of`. Each trace name's events go to the launches that ran them (`trace_names`);
+    a kernel that XLA compiled once
     for launches of several phases (identical fusions, one Pallas kernel called in two
     places) is split between those phases in proportion to their launches (an estimate:
     `shared_ms` says how much time that concerns). Trace names of no loop launch (prefill, the
-    loop's condition, library kernels such as cuBLAS's, copies) are `other_ms`.
+    loop's condition, library kernels such as cuBLAS's, copies) are `other_ms`;
+    `phase_timeline` places those too, from the events' order.
 
     Returns {"per_call_ms": {phase: ms / calls}, "kernels_per_call": {phase: events / calls},
     "other_ms_per_call", "shared_ms_per_call", "calls"}.
     """
-    entry, blocks = parse(hlo) if isinstance(hlo, str) else hlo
-    if entry is None:
-        raise ValueError("no ENTRY computation in this HLO text")
-    body, _, _, _ = main_loop(entry, blocks)
-    code_index = _kernels_by_code(blocks, durations)
-    names_to_phases: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for inst in _loop_launches(body, blocks):
-        phase = phase_of(inst, blocks, phases)
-        for name in trace_names(inst, blocks, durations, code_index):
-            names_to_phases[name][phase] += 1
+    names_to_phases = _names_to_phases(hlo, durations, phases)
     labels = [*phases, "unscoped"]
     time_us = dict.fromkeys(labels, 0.0)
     events = dict.fromkeys(labels, 0.0)

@@ -180,8 +180,9 @@ def _layer_kernel_fields(
 def _phase_fields(
     dump_dir: str | None, module: str, events: Sequence[Any], calls: int
 ) -> dict[str, Any]:
-    """{"phases": `kernels.phase_times`} of a speculative loop's trace: its GPU time per call
-    split into draft / verify / accept / commit; {} without a dump or events."""
+    """{"phases": `kernels.phase_times`, "phase_timeline": `kernels.phase_timeline`} of a
+    speculative loop's trace: its GPU time per call split into draft / verify / accept /
+    commit, by kernel name and by the events' order; {} without a dump or events."""
     from specjax.bench import kernels, trace
     from specjax.decoding.speculative import PHASES
 
@@ -191,8 +192,12 @@ def _phase_fields(
         path = kernels.find_dump(dump_dir, module)
     except FileNotFoundError:
         return {}
+    hlo = kernels.parse(path.read_text())
     durations = trace.durations_by_name(events)
-    return {"phases": kernels.phase_times(path.read_text(), durations, PHASES, calls=calls)}
+    return {
+        "phases": kernels.phase_times(hlo, durations, PHASES, calls=calls),
+        "phase_timeline": kernels.phase_timeline(hlo, events, PHASES, calls=calls),
+    }
 
 
 def _kernel_policies(dtype: Any) -> dict[str, Any] | None:
@@ -604,17 +609,33 @@ def phase_table(results: Sequence[dict[str, Any]]) -> str:
                 continue
             ms, count = found["per_call_ms"], found["kernels_per_call"]
             body.append(
-                (r["label"], r["settings"]["shape"], r["settings"].get("tree") or "chain")
+                (r["label"], r["settings"]["shape"], r["settings"].get("tree") or "chain",
+                 "by name")
                 + tuple(f"{ms[p]:.3f} ({count[p]:.0f})" for p in labels)
                 + (f"{sum(ms.values()):.3f}", f"{found['shared_ms_per_call']:.3f}",
                    f"{found['other_ms_per_call']:.3f}", sec.get("ms_per_call"))
             )  # fmt: skip
-    columns = ("run", "shape", "drafts", *labels, "sum", "of it shared", "outside", "wall ms")
+            timeline = sec.get("phase_timeline")
+            if timeline:
+                ms, count = timeline["per_call_ms"], timeline["kernels_per_call"]
+                body.append(
+                    ("", "", "", "by order")
+                    + tuple(f"{ms[p]:.3f} ({count[p]:.0f})" for p in labels)
+                    + (f"{sum(ms.values()):.3f}",
+                       f"{timeline['inferred_ms_per_call']:.3f} placed",
+                       f"{timeline['outside_ms_per_call']:.3f}", "")
+                )  # fmt: skip
+    columns = (
+        "run", "shape", "drafts", "split", *labels, "sum", "shared / placed", "outside",
+        "wall ms",
+    )  # fmt: skip
     return "\n".join(
         [
-            "GPU ms per call by part of the iteration (kernels per call); 'of it shared': time "
-            "of kernels that several parts launch, split by launch count; 'outside': prefill, "
-            "library kernels, copies (per call)",
+            "GPU ms per call by part of the iteration (kernels per call). By name: each "
+            "kernel by the HLO launches named like it; 'shared': kernels several parts "
+            "launch, split by launch count; 'outside': prefill, library kernels (XLA's top-k, "
+            "cuBLAS), copies. By order: those placed in the part running around them "
+            "('placed'), prefill alone outside.",
             "",
             tables.markdown(columns, body, _fmt3),
         ]

@@ -158,6 +158,13 @@ def summarize(
         "memcpy_per_token": len(copies) / max(tokens, 1),
         "kernels_per_token_per_layer": len(kernels) / max(tokens, 1) / max(num_layers, 1),
         "busy_ms_per_token": busy / 1e3 / max(tokens, 1),
+        # Every kernel and copy: [name, count, total ms], by total (the top_kernels' source).
+        "all_kernels": [
+            [name[:160], len(durations), round(sum(durations) / 1e3, 6)]
+            for name, durations in sorted(
+                durations_by_name(events).items(), key=lambda item: -sum(item[1])
+            )
+        ],
         "top_kernels": [
             {
                 "name": name[:120],

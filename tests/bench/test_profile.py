@@ -225,6 +225,40 @@ def test_phase_times_split_a_loops_gpu_time_by_scope():
     assert unphased["per_call_ms"]["draft"] == 0
 
 
+def test_phase_timeline_places_unnamed_kernels_by_order():
+    """By order: prefill before the loop's first launch is outside; a cuBLAS kernel (no HLO
+    name) belongs to the part running around it; a shared kernel stays in the current part
+    when that part launches it, else goes to the part with most launches."""
+    phased = _LOOP_HLO.replace("body/layer0/", "body/draft/layer0/").replace(
+        "body/layer1/", "body/verify/layer1/"
+    )
+
+    def events(*spec):
+        return [trace.DeviceEvent(name, t, dur, "/device:GPU:0", "Stream #1")
+                for t, (name, dur) in enumerate(spec)]  # fmt: skip
+
+    timeline = events(
+        ("prefill_fusion", 100.0),  # before the loop: outside
+        ("loop_add_fusion", 2.0),  # shared (draft, verify); no current part: most launches
+        ("sm90_xmma_gemm_f32", 7.0),  # unnamed: the current part's
+        ("specjax_decode_attention", 10.0),  # verify
+        ("loop_add_fusion", 3.0),  # shared, current part verify launches it: verify
+        ("sm90_xmma_gemm_f32", 7.0),  # unnamed: verify
+    )
+    found = kernels.phase_timeline(phased, timeline, ("draft", "verify", "commit"), calls=2)
+    ms, count = found["per_call_ms"], found["kernels_per_call"]
+    # The shared kernel's first event: draft and verify launch it once each (a tie): the
+    # first counted, draft (schedule order), takes it, and the cuBLAS kernel after it.
+    assert ms["draft"] == pytest.approx((2.0 + 7.0) / 1e3 / 2)
+    assert ms["verify"] == pytest.approx((10.0 + 3.0 + 7.0) / 1e3 / 2)
+    assert count["draft"] == 1 and count["verify"] == 1.5
+    assert found["outside_ms_per_call"] == pytest.approx(100.0 / 1e3 / 2)
+    assert found["inferred_ms_per_call"] == pytest.approx(14.0 / 1e3 / 2)
+    # Every event is somewhere: parts + outside = all.
+    total = sum(ms.values()) + found["outside_ms_per_call"]
+    assert total == pytest.approx(sum(e.duration_us for e in timeline) / 1e3 / 2)
+
+
 @pytest.mark.parametrize("tree", [None, "dynamic:depth=2,top_k=2,nodes=3"])
 def test_phase_scopes_reach_the_compiled_loops(tree):
     """Every part of a speculative iteration (chain and tree) names its kernels in the
@@ -264,6 +298,12 @@ def test_phase_scopes_reach_the_compiled_loops(tree):
     assert set(speculative.PHASES) <= set(scopes)
     durations = {kernels.kernel_name(inst.name): [1.0] for inst in launches}
     found = kernels.phase_times(text, durations, speculative.PHASES)
+    # The same launches as a timeline in schedule order: every event names its own part.
+    ordered = [trace.DeviceEvent(kernels.kernel_name(inst.name), t, 1.0, "gpu", "s")
+               for t, inst in enumerate(launches)]  # fmt: skip
+    timeline = kernels.phase_timeline(text, ordered, speculative.PHASES)
+    assert timeline["per_call_ms"] == pytest.approx(found["per_call_ms"])
+    assert timeline["inferred_ms_per_call"] == 0 == timeline["outside_ms_per_call"]
     for phase in speculative.PHASES:
         assert found["per_call_ms"][phase] * 1e3 == pytest.approx(scopes.count(phase))
     assert found["per_call_ms"]["unscoped"] * 1e3 == pytest.approx(scopes.count("unscoped"))
