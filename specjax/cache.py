@@ -87,13 +87,15 @@ def write_layer(
     return jax.vmap(write_row)(cache_BxSxCxDh, new_BxTxCxDh, start_B)
 
 
-# How `move_slots` copies, read at import from SPECJAX_CACHE_MOVE: "xla" (default), one
-# gather-and-update kernel per layer's keys and per layer's values; "pallas", every layer in
-# one Pallas kernel (`models/pallas_cache_move.py`) on a GPU in a one-device process (a
-# pallas_call is not partitioned over a mesh), else as "xla"; "interpret", that kernel in
-# Pallas's interpreter anywhere (tests).
-MOVE = os.environ.get("SPECJAX_CACHE_MOVE", "xla")
-MOVE_METHODS = ("xla", "pallas", "interpret")
+# How `move_slots` copies, read at import from SPECJAX_CACHE_MOVE: "xla", one gather-and-update
+# kernel per layer's keys and per layer's values (2L kernels); "pallas", every layer in one
+# Pallas kernel (`models/pallas_cache_move.py`) on a GPU in a one-device process (a
+# pallas_call is not partitioned over a mesh), else as "xla"; "auto" (default), "pallas" on
+# an NVIDIA GPU of compute capability >= 9.0 (where it was measured: an H200, sixteenth
+# session, docs/benchmarks.md) and "xla" elsewhere; "interpret", the kernel in Pallas's
+# interpreter anywhere (tests).
+MOVE = os.environ.get("SPECJAX_CACHE_MOVE", "auto")
+MOVE_METHODS = ("auto", "xla", "pallas", "interpret")
 
 
 def move_method() -> str:
@@ -102,8 +104,13 @@ def move_method() -> str:
         raise ValueError(
             f"SPECJAX_CACHE_MOVE must be one of {', '.join(MOVE_METHODS)}, got {MOVE!r}"
         )
-    if MOVE == "pallas" and (jax.default_backend() != "gpu" or jax.device_count() != 1):
-        return "xla"
+    if MOVE in ("auto", "pallas"):
+        if jax.default_backend() != "gpu" or jax.device_count() != 1:
+            return "xla"
+        if MOVE == "auto":
+            from specjax.models.layers import hopper_or_later
+
+            return "pallas" if hopper_or_later() else "xla"
     return MOVE
 
 

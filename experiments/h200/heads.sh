@@ -214,8 +214,8 @@ compare() {  # compare MODEL_FILE NAME TAG DRAFT_FILE TEMPERATURES [few]: timed,
 
 # EXACT_ROWS="eagle-dv32k ...": the rows the float32 stage checks (default: every compared
 # row), e.g. a new head's rows only, where the others' exactness was taken by an earlier lease.
-# EXACT_ENV="SPECJAX_CACHE_MOVE=pallas ...": settings of that stage's process (a kernel whose
-# exactness on the real model is to be checked).
+# EXACT_ENV="SPECJAX_CACHE_MOVE=xla ...": settings of that stage's process (e.g. a path other
+# than the default whose exactness on the real model is to be checked).
 exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest precision, greedy
   local file=$1 n=$2 tag=$3 draft=${4:-}
   # shellcheck disable=SC2046
@@ -296,9 +296,11 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
 Q && ! listed draft-model "$DROP_DRAFTERS" && wait_for "$DRAFT_FILE"
 Q && stage qwen-compare 300 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen "$DRAFT_FILE" 0
 # The head rows again in processes of their own, AR beside them in each: with tree drafting's
-# top-k in one stage (SPECJAX_TOP_K=xla, the method before the sixteenth session; the rows
-# above take "auto", two stages on a GPU), and with the one-kernel cache move
-# (SPECJAX_CACHE_MOVE=pallas): each change's before / after on the real model.
+# top-k in one stage (SPECJAX_TOP_K=xla) and with the per-layer cache move
+# (SPECJAX_CACHE_MOVE=xla), the methods before the sixteenth session; the rows above take
+# "auto" (on an H200: two stages, one kernel). Each change's before / after on the real model
+# (the sixteenth session ran the second as the kernel's after, SPECJAX_CACHE_MOVE=pallas,
+# when "xla" was the default).
 compare_variant() {  # compare_variant TAG "ROW ..." ENV...
   local tag=$1 rows=$2; shift 2
   env "$@" KEEP="$rows" bash -c 'compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct "$0" "" 0' "$tag"
@@ -306,8 +308,8 @@ compare_variant() {  # compare_variant TAG "ROW ..." ENV...
 export -f compare_variant
 Q && stage qwen-compare-xla-topk 120 compare_variant _qwen_xla_topk \
   "eagle-dv32k eagle-dynamic12-dv32k" SPECJAX_TOP_K=xla
-Q && stage qwen-compare-pallas-move 120 compare_variant _qwen_pallas_move \
-  "eagle-dynamic12-dv32k eagle-dynamic-dv32k" SPECJAX_CACHE_MOVE=pallas
+Q && stage qwen-compare-xla-move 120 compare_variant _qwen_xla_move \
+  "eagle-dynamic12-dv32k eagle-dynamic-dv32k" SPECJAX_CACHE_MOVE=xla
 # Batch 8 and 32: AR, the best head drafter at batch 1 (EAGLE over its 32k draft vocabulary)
 # and prompt lookup (--full_grid_batches: both drafters at both batches).
 # shellcheck disable=SC2046

@@ -314,10 +314,10 @@ def attention_policy(cache_dtype: Any = jnp.bfloat16) -> str:
         return ATTENTION
     if jax.default_backend() != "gpu" or jnp.dtype(cache_dtype).itemsize > 2:
         return "jnp"
-    return "fused" if _hopper_or_later() else "jnp"
+    return "fused" if hopper_or_later() else "jnp"
 
 
-def _hopper_or_later() -> bool:
+def hopper_or_later() -> bool:
     """Whether the default device is a CUDA GPU of compute capability >= 9.0, like the H200
     the fused kernel was measured on. ROCm and older NVIDIA GPUs (a T4 has no bf16 tensor
     cores for Triton's dots) keep the jnp path unless asked for "fused"."""

@@ -65,9 +65,12 @@ def test_bad_move_method_is_refused(monkeypatch):
         kv_cache.move_method()
     with pytest.raises(ValueError, match="SPECJAX_CACHE_MOVE must be one of"):
         layers.check_kernel_environment()
+    one_gpu = jax.default_backend() == "gpu" and jax.device_count() == 1
     monkeypatch.setattr(kv_cache, "MOVE", "pallas")  # off a one-device GPU: the jnp path
-    assert kv_cache.move_method() == ("pallas" if jax.default_backend() == "gpu"
-                                      and jax.device_count() == 1 else "xla")  # fmt: skip
+    assert kv_cache.move_method() == ("pallas" if one_gpu else "xla")
+    monkeypatch.setattr(kv_cache, "MOVE", "auto")  # the default: the jnp path here (CPU)
+    if not one_gpu:
+        assert kv_cache.move_method() == "xla"
 
 
 def test_kernel_lowers_to_one_triton_call_for_cuda():
