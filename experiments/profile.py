@@ -81,6 +81,9 @@ flags.DEFINE_float(
     "figure to compare x-floor across runs",
 )  # fmt: skip
 flags.DEFINE_list("report", None, "print the table of these profile JSON files and exit")
+flags.DEFINE_string(
+    "plot_parts", "", "with --report: save a bar chart of each run's call parts here (PNG)"
+)
 
 
 def main(argv):
@@ -94,6 +97,11 @@ def main(argv):
             raise app.UsageError("--report needs at least one profile JSON file")
         results = [json.loads(open(path).read()) for path in FLAGS.report]
         print(profile.markdown(results))
+        if FLAGS.plot_parts:
+            from specjax.experiment.plots import plot_call_parts
+
+            plot_call_parts(profile.call_parts(results), FLAGS.plot_parts)
+            print(f"plot: {FLAGS.plot_parts}")
         return
     results = []
     for shape in FLAGS.shape:

@@ -595,6 +595,27 @@ def layer_kernel_table(section: dict[str, Any], title: str) -> str:
     )
 
 
+def call_parts(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Run label -> {part: GPU ms per call} of each traced speculative loop: the split by
+    order (`phase_timeline`) where the profile has it, else by name with the unnamed
+    kernels (and prefill) as "outside"."""
+    from specjax.decoding.speculative import PHASES
+
+    runs = {}
+    for r in results:
+        for sec in r["sections"].values():
+            timeline, by_name = sec.get("phase_timeline"), sec.get("phases")
+            found = timeline or by_name
+            if not found:
+                continue
+            parts = {p: found["per_call_ms"][p] for p in (*PHASES, "unscoped")}
+            parts["outside"] = (
+                timeline["outside_ms_per_call"] if timeline else by_name["other_ms_per_call"]
+            )
+            runs[r["label"]] = parts
+    return runs
+
+
 def phase_table(results: Sequence[dict[str, Any]]) -> str:
     """GPU ms (and kernels) per call of each traced speculative loop, by part of the
     iteration (`kernels.phase_times`)."""

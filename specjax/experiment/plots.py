@@ -26,6 +26,7 @@ from specjax.fileio import PathLike, save_figure
 __all__ = [
     "plot_accept_histogram",
     "plot_alpha_per_position",
+    "plot_call_parts",
     "plot_predicted_vs_measured",
     "plot_speedup_by_run",
     "plot_speedup_vs_gamma",
@@ -310,4 +311,39 @@ def plot_tau_vs_call_cost(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="x-small", loc="lower right")
+    return save_figure(fig, path)
+
+
+def plot_call_parts(
+    runs: Mapping[str, Mapping[str, float]],
+    path: PathLike | None = None,
+    *,
+    title: str = "GPU time of one speculative call, by part",
+) -> Figure:
+    """One horizontal stacked bar per run: the ms of each part of a call (e.g. draft, verify,
+    accept, commit, outside, from a profile's `phases`), parts in the order of the first
+    run's mapping, each segment labelled with its ms when wide enough to read.
+
+    `runs`: run label -> {part: ms per call}.
+    """
+    fig = _new_figure(7.0, 1.4 + 0.55 * len(runs))
+    ax = fig.add_subplot()
+    parts = list(next(iter(runs.values()), {}))
+    labels = list(runs)
+    widest = max((sum(r.values()) for r in runs.values()), default=1.0)
+    left = np.zeros(len(labels))
+    for j, part in enumerate(parts):
+        widths = np.array([runs[label].get(part, 0.0) for label in labels])
+        ax.barh(labels, widths, left=left, color=f"C{j % 10}", label=part)
+        for i, (x0, w) in enumerate(zip(left, widths, strict=True)):
+            if w > 0.06 * widest:
+                ax.text(x0 + w / 2, i, f"{w:.3f}", ha="center", va="center", fontsize=7,
+                        color="white")  # fmt: skip
+        left += widths
+    ax.invert_yaxis()  # the first run on top
+    ax.set_xlabel("ms per call")
+    ax.set_title(title)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize="x-small", ncols=len(parts),
+               loc="outside lower center")  # fmt: skip
+    ax.grid(True, axis="x", alpha=0.3)
     return save_figure(fig, path)

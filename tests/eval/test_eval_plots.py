@@ -70,3 +70,32 @@ def test_tau_vs_call_cost_plot(tmp_path):
     xs, ys = one_and_half.get_data()
     assert math.isclose(float(np.interp(2.0, xs, ys)), 3.0, rel_tol=1e-9)
     assert math.isclose(float(np.interp(2.0, *lines[1].get_data())), 4.0, rel_tol=1e-9)
+
+
+def test_call_parts_plot_stacks_each_runs_parts(tmp_path):
+    """Each run's bar is its parts end to end in the given order: the segments' widths are
+    the ms given and the bar ends at their sum. Profile results give the parts by order when
+    they have them, else by name with unnamed kernels as outside."""
+    from specjax.bench import profile
+
+    def result(label, split):
+        return {"label": label, "sections": {"spec": split}}
+
+    by_name = {"per_call_ms": {"draft": 0.4, "verify": 1.4, "accept": 0.01, "commit": 0.09,
+                               "unscoped": 0.0}, "other_ms_per_call": 0.6}  # fmt: skip
+    timeline = {"per_call_ms": {**by_name["per_call_ms"], "draft": 0.5},
+                "outside_ms_per_call": 0.07}  # fmt: skip
+    runs = profile.call_parts(
+        [result("a", {"phases": by_name}), result("b", {"phases": by_name,
+                                                         "phase_timeline": timeline})]
+    )  # fmt: skip
+    assert runs["a"]["outside"] == 0.6 and runs["a"]["draft"] == 0.4
+    assert runs["b"]["outside"] == 0.07 and runs["b"]["draft"] == 0.5
+    fig = plots.plot_call_parts(runs, tmp_path / "parts.png")
+    check_png(tmp_path / "parts.png")
+    bars = fig.axes[0].patches
+    assert len(bars) == 2 * 6  # two runs, six parts each
+    for run, index in (("a", 0), ("b", 1)):
+        mine = bars[index::2]  # one container per part, runs in order within it
+        assert [round(b.get_width(), 9) for b in mine] == [round(v, 9) for v in runs[run].values()]
+        assert math.isclose(mine[-1].get_x() + mine[-1].get_width(), sum(runs[run].values()))
