@@ -4,10 +4,11 @@ Dimension legend: V row length (the last axis; any leading axes are rows), G gro
 (after padding V up to a multiple of G), k.
 
 Tree drafting takes the top K of one to K draft-vocabulary rows several times an iteration
-(`drafters/tree_expansion.py`). On a GPU a row that long is one program of XLA's top-k
-kernel: at batch 1 a single thread block walks all V entries. Splitting each row into G groups
-of W runs stage 1 (the top k of every group) over G rows at once, and stage 2 (the top k of
-the G * k survivors) over a short row.
+(`drafters/tree_expansion.py`). On a GPU, XLA's top-k over so few long rows is slow: on an
+H200 a top-4 of one 32,768-entry row took 27.6 µs and of one 151,936-entry row 71.2 µs, against
+18.8 and 19.2 µs in two stages (`experiments/h200/top_k_bench.py`, docs/benchmarks.md).
+Splitting each row into G groups of W runs stage 1 (the top k of every group) over G rows at
+once, and stage 2 (the top k of the G * k survivors) over a short row.
 
 Exactly `lax.top_k`'s values and indices, ties included (the lower index first):
   * an entry of the global top k has fewer than k entries before it in the order (value

@@ -11,6 +11,8 @@ about a microsecond each (56 at the Qwen2.5-1.5B shape; an H200 trace of the twe
 showed 3,528 such kernels in 63 calls). `move_slots` here does the same copies in one launch:
 one program per row walks every array, reading the M source slots before writing any (so
 overlapping moves are safe, as in the jnp version), in place through input/output aliases.
+On an H200 (sixteenth session) it was bit-equal to the jnp path, overlapping moves included,
+and took a 12-node tree call's commit part from 0.093 to 0.046 ms (73 kernels to 14).
 
 Inference only; `interpret=True` runs it through Pallas's interpreter (tests, non-GPU
 backends).
