@@ -16,7 +16,6 @@ its own buffer in place, and attention reads it where it lies.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -87,48 +86,12 @@ def write_layer(
     return jax.vmap(write_row)(cache_BxSxCxDh, new_BxTxCxDh, start_B)
 
 
-# How `move_slots` copies, read at import from SPECJAX_CACHE_MOVE: "xla", one gather-and-update
-# kernel per layer's keys and per layer's values (2L kernels); "pallas", every layer in one
-# Pallas kernel (`models/pallas_cache_move.py`) on a GPU in a one-device process (a
-# pallas_call is not partitioned over a mesh), else as "xla"; "auto" (default), "pallas" on
-# an NVIDIA GPU of compute capability >= 9.0 (where it was measured: an H200, sixteenth
-# session, docs/benchmarks.md) and "xla" elsewhere; "interpret", the kernel in Pallas's
-# interpreter anywhere (tests).
-MOVE = os.environ.get("SPECJAX_CACHE_MOVE", "auto")
-MOVE_METHODS = ("auto", "xla", "pallas", "interpret")
-
-
-def move_method() -> str:
-    """The method `move_slots` uses in this process ("xla", "pallas" or "interpret")."""
-    if MOVE not in MOVE_METHODS:
-        raise ValueError(
-            f"SPECJAX_CACHE_MOVE must be one of {', '.join(MOVE_METHODS)}, got {MOVE!r}"
-        )
-    if MOVE in ("auto", "pallas"):
-        if jax.default_backend() != "gpu" or jax.device_count() != 1:
-            return "xla"
-        if MOVE == "auto":
-            from specjax.models.layers import hopper_or_later
-
-            return "pallas" if hopper_or_later() else "xla"
-    return MOVE
-
-
 def move_slots(cache: KVCache, start_B: jax.Array, source_BxM: jax.Array) -> KVCache:
     """Copies slots start + source[m] to start + m, m < M, in every layer (per row).
 
     Tree decoding uses it to make an accepted root-to-leaf path contiguous. Sources are read
-    before anything is written, so overlapping moves are safe. `move_method()` picks how.
+    before anything is written, so overlapping moves are safe.
     """
-    method = move_method()
-    if method != "xla":
-        from specjax.models import pallas_cache_move
-
-        moved = pallas_cache_move.move_slots(
-            cache.k + cache.v, start_B, source_BxM, interpret=method == "interpret"
-        )
-        L = cache.num_layers
-        return dataclasses.replace(cache, k=moved[:L], v=moved[L:])
 
     def move_row(layer_SxCxDh, start, source_M):
         moved_MxCxDh = jnp.take(layer_SxCxDh, start + source_M, axis=0)

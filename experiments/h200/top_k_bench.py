@@ -1,4 +1,4 @@
-"""Time `lax.top_k` against the two-stage `decoding.top_k` at tree drafting's shapes, on the
+"""Time `lax.top_k` against the two-stage `models.top_k` at tree drafting's shapes, on the
 device at hand, and check that both give the same indices.
 
     python experiments/h200/top_k_bench.py --out=top_k.json
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.decoding import top_k as top_k_lib
 from specjax.eval.timing import timed
+from specjax.models import top_k as top_k_lib
 
 # (rows, row length, k): the dynamic tree's root and frontier (K = 4, 6, 8 rows of a 32k
 # draft vocabulary), a static tree's first level, rows over Qwen's whole vocabulary.

@@ -29,6 +29,7 @@ from specjax import cache as kv_cache
 from specjax.decoding import sequence
 from specjax.decoding.drafter import Drafter
 from specjax.decoding.state import DecodeState, DecodeStats
+from specjax.models import layers, pallas_cache_move
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,21 @@ class Verified:
     path_index: jax.Array | None = None
 
 
+def move_slots(
+    cache: kv_cache.KVCache, start_B: jax.Array, source_BxM: jax.Array
+) -> kv_cache.KVCache:
+    """`cache.move_slots` (slots start + source[m] to start + m in every layer) by the method
+    `layers.cache_move_policy()` picks: XLA's per-layer kernels or one Pallas kernel."""
+    method = layers.cache_move_policy()
+    if method == "xla":
+        return kv_cache.move_slots(cache, start_B, source_BxM)
+    moved = pallas_cache_move.move_slots(
+        cache.k + cache.v, start_B, source_BxM, interpret=method == "interpret"
+    )
+    L = cache.num_layers
+    return dataclasses.replace(cache, k=moved[:L], v=moved[L:])
+
+
 def commit(
     state: DecodeState,
     verified: Verified,
@@ -84,7 +100,7 @@ def commit(
     if verified.path_index is not None:
         # Path token k was verified in slot newest + 1 + path_index[k]; it belongs in slot
         # newest + 1 + k (compaction; sources are read before any write, so overlaps are safe).
-        target_cache = kv_cache.move_slots(target_cache, newest_position_B + 1, verified.path_index)
+        target_cache = move_slots(target_cache, newest_position_B + 1, verified.path_index)
         if hidden_BxMxD is not None:
             # Verify index 0 (t), then path_index + 1 for the path tokens: K + 1 rows.
             path_verify_index_BxK1 = jnp.pad(verified.path_index + 1, ((0, 0), (1, 0)))

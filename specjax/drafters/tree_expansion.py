@@ -44,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from specjax.decoding import sampling as sampling_lib
-from specjax.decoding.top_k import top_k
 from specjax.decoding.tree import (
     DraftTree,
     DynamicTreeSpec,
@@ -53,6 +52,7 @@ from specjax.decoding.tree import (
     path_parents,
     per_row,
 )
+from specjax.models.top_k import top_k
 
 
 @dataclasses.dataclass(frozen=True)

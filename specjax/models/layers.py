@@ -67,9 +67,14 @@ RMSNorm kernel policy, `NORM`, read once at import from SPECJAX_NORM:
     for inference, shards N = 1, B * T <= 16 rows, no Gemma3 post-norms.
 Tests switch it by setting the module attribute (`layers.NORM = "pallas"`).
 
-SPECJAX_TOP_K (tree drafting's top-k over the draft vocabulary, `decoding/top_k.py`) and
-SPECJAX_CACHE_MOVE (tree compaction's cache move, `cache.py`) are checked here with the others
-and recorded by `kernel_policies`.
+Tree compaction's cache move, `CACHE_MOVE`, read once at import from SPECJAX_CACHE_MOVE
+(`cache_move_policy()` gives the one in effect): "auto" (default: the kernel on a Hopper or
+later NVIDIA GPU in a one-device process, else "xla"), "xla" (`cache.move_slots`), "pallas"
+(`pallas_cache_move.move_slots`, one kernel for every layer, on any one-device GPU),
+"interpret" (that kernel interpreted: tests). `decoding/commit.py` dispatches on it.
+
+SPECJAX_TOP_K (tree drafting's top-k over the draft vocabulary, `models/top_k.py`) is checked
+here with the others; both are recorded by `kernel_policies`.
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from specjax import cache as kv_cache
-from specjax.decoding import top_k as top_k_lib
+from specjax.models import top_k as top_k_lib
 from specjax.models.config import ModelConfig
 
 
@@ -332,6 +337,30 @@ def hopper_or_later() -> bool:
 
 PROJECTION = os.environ.get("SPECJAX_PROJECTION", "xla")
 NORM = os.environ.get("SPECJAX_NORM", "xla")
+# Tree compaction's cache move (see the module docstring and `cache_move_policy`).
+CACHE_MOVE = os.environ.get("SPECJAX_CACHE_MOVE", "auto")
+CACHE_MOVE_METHODS = ("auto", "xla", "pallas", "interpret")
+
+
+def cache_move_policy() -> str:
+    """How tree compaction moves cache slots in this process: "xla" (`cache.move_slots`, one
+    gather-and-update kernel per layer's keys and per layer's values), "pallas"
+    (`pallas_cache_move.move_slots`, every layer in one kernel) or "interpret" (that kernel
+    in Pallas's interpreter: tests). CACHE_MOVE "pallas" and "auto" take the kernel only on a
+    GPU in a one-device process (a pallas_call is not partitioned over a mesh), "auto" only
+    on an NVIDIA GPU of compute capability >= 9.0, where it was measured (an H200, sixteenth
+    session, docs/benchmarks.md)."""
+    if CACHE_MOVE not in CACHE_MOVE_METHODS:
+        raise ValueError(
+            f"SPECJAX_CACHE_MOVE must be one of {', '.join(CACHE_MOVE_METHODS)}, got {CACHE_MOVE!r}"
+        )
+    if CACHE_MOVE in ("auto", "pallas"):
+        if jax.default_backend() != "gpu" or jax.device_count() != 1:
+            return "xla"
+        if CACHE_MOVE == "auto" and not hopper_or_later():
+            return "xla"
+        return "pallas"
+    return CACHE_MOVE
 
 
 def check_kernel_environment() -> None:
@@ -346,7 +375,7 @@ def check_kernel_environment() -> None:
         "SPECJAX_NORM": (NORM, ("xla", "pallas")),
         "SPECJAX_SINGLE_ROW_DOTS": (SINGLE_ROW_DOTS, ("pad", "plain")),
         "SPECJAX_TOP_K": (top_k_lib.TOP_K, top_k_lib.METHODS),
-        "SPECJAX_CACHE_MOVE": (kv_cache.MOVE, kv_cache.MOVE_METHODS),
+        "SPECJAX_CACHE_MOVE": (CACHE_MOVE, CACHE_MOVE_METHODS),
     }
     problems = [
         f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
@@ -379,7 +408,7 @@ def kernel_policies(dtype: Any = jnp.bfloat16) -> dict[str, Any]:
         "single_row_pad_min_width": SINGLE_ROW_PAD_MIN_WIDTH,
         "top_k": top_k_lib.method_in_effect(),
         "top_k_setting": top_k_lib.TOP_K,
-        "cache_move": kv_cache.move_method(),
+        "cache_move": cache_move_policy(),
     }
 
 

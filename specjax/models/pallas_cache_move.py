@@ -4,11 +4,12 @@ Dimension legend: L layers, B batch, S cache slots, C cached kv heads, Dh head d
 (a slot's entries of one layer), Wp = W padded to a power of two (Triton's tiles), M slots
 moved.
 
-After a tree iteration accepts a path, `cache.move_slots` copies the path's keys and values
+After a tree iteration accepts a path, `commit.move_slots` copies the path's keys and values
 from the slots where they were verified to the slots after the newest committed token, in
 every layer: in XLA that is one gather-and-update kernel per key or value array, 2L kernels of
 about a microsecond each (56 at the Qwen2.5-1.5B shape; an H200 trace of the twelfth session
-showed 3,528 such kernels in 63 calls). `move_slots` here does the same copies in one launch:
+showed 3,528 such kernels in 63 calls; that is `cache.move_slots`). `move_slots` here does the
+same copies in one launch (`layers.cache_move_policy` picks which runs):
 one program per row walks every array, reading the M source slots before writing any (so
 overlapping moves are safe, as in the jnp version), in place through input/output aliases.
 On an H200 (sixteenth session) it was bit-equal to the jnp path, overlapping moves included,

@@ -10,7 +10,7 @@ import pytest
 from support import tree_decoding_before_and_after
 
 from specjax import cache as kv_cache
-from specjax.models import pallas_cache_move
+from specjax.models import layers, pallas_cache_move
 
 
 def _cache(B, S, L, C, Dh, seed=0):
@@ -31,7 +31,7 @@ def _cache(B, S, L, C, Dh, seed=0):
 def test_kernel_moves_what_the_jnp_path_moves(C, Dh, start, source):
     cache = _cache(2, 32, 3, C, Dh, seed=C * Dh)
     start_B, source_BxM = jnp.asarray(start), jnp.asarray(source)
-    want = kv_cache.move_slots(cache, start_B, source_BxM)  # SPECJAX_CACHE_MOVE unset: jnp
+    want = kv_cache.move_slots(cache, start_B, source_BxM)  # the jnp path
     moved = pallas_cache_move.move_slots(cache.k + cache.v, start_B, source_BxM, interpret=True)
     for expected, got in zip(want.k + want.v, moved, strict=True):
         assert got.dtype == expected.dtype and got.shape == expected.shape
@@ -46,7 +46,7 @@ def test_tree_decoding_through_the_kernel_is_unchanged(monkeypatch, tree):
     original = pallas_cache_move.move_slots
 
     def patch():
-        monkeypatch.setattr(kv_cache, "MOVE", "interpret")
+        monkeypatch.setattr(layers, "CACHE_MOVE", "interpret")
         monkeypatch.setattr(
             pallas_cache_move, "move_slots", lambda *a, **k: calls.append(1) or original(*a, **k)
         )
@@ -58,19 +58,17 @@ def test_tree_decoding_through_the_kernel_is_unchanged(monkeypatch, tree):
 
 
 def test_bad_move_method_is_refused(monkeypatch):
-    from specjax.models import layers
-
-    monkeypatch.setattr(kv_cache, "MOVE", "cuda")
+    monkeypatch.setattr(layers, "CACHE_MOVE", "cuda")
     with pytest.raises(ValueError, match="SPECJAX_CACHE_MOVE must be one of"):
-        kv_cache.move_method()
+        layers.cache_move_policy()
     with pytest.raises(ValueError, match="SPECJAX_CACHE_MOVE must be one of"):
         layers.check_kernel_environment()
     one_gpu = jax.default_backend() == "gpu" and jax.device_count() == 1
-    monkeypatch.setattr(kv_cache, "MOVE", "pallas")  # off a one-device GPU: the jnp path
-    assert kv_cache.move_method() == ("pallas" if one_gpu else "xla")
-    monkeypatch.setattr(kv_cache, "MOVE", "auto")  # the default: the jnp path here (CPU)
+    monkeypatch.setattr(layers, "CACHE_MOVE", "pallas")  # off a one-device GPU: the jnp path
+    assert layers.cache_move_policy() == ("pallas" if one_gpu else "xla")
+    monkeypatch.setattr(layers, "CACHE_MOVE", "auto")  # the default: the jnp path here (CPU)
     if not one_gpu:
-        assert kv_cache.move_method() == "xla"
+        assert layers.cache_move_policy() == "xla"
 
 
 def test_kernel_lowers_to_one_triton_call_for_cuda():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from specjax.decoding import top_k as top_k_lib
+from specjax.models import top_k as top_k_lib
 
 
 def _rows(seed, shape, dtype, distinct_values):
