@@ -419,6 +419,20 @@ def _names_to_phases(
     return found
 
 
+def _per_call(
+    time_us: Mapping[str, float], count: Mapping[str, float], calls: int, **extra_us: float
+) -> dict[str, Any]:
+    """A phase split per call: ms and kernels of each phase, and each `extra_us` total as
+    "<name>_ms_per_call"."""
+    calls = max(calls, 1)
+    return {
+        "calls": calls,
+        "per_call_ms": {phase: us / 1e3 / calls for phase, us in time_us.items()},
+        "kernels_per_call": {phase: n / calls for phase, n in count.items()},
+        **{f"{name}_ms_per_call": us / 1e3 / calls for name, us in extra_us.items()},
+    }
+
+
 def phase_timeline(
     hlo: str | tuple[str | None, dict[str, list[Instruction]]],
     events: Sequence[Any],
@@ -462,14 +476,7 @@ def phase_timeline(
             inferred_us += event.duration_us
         time_us[current] += event.duration_us
         count[current] += 1
-    calls = max(calls, 1)
-    return {
-        "calls": calls,
-        "per_call_ms": {phase: time_us[phase] / 1e3 / calls for phase in labels},
-        "kernels_per_call": {phase: count[phase] / calls for phase in labels},
-        "inferred_ms_per_call": inferred_us / 1e3 / calls,
-        "outside_ms_per_call": outside_us / 1e3 / calls,
-    }
+    return _per_call(time_us, count, calls, inferred=inferred_us, outside=outside_us)
 
 
 def phase_times(
@@ -510,14 +517,7 @@ def phase_times(
         for phase, launches in owners.items():
             time_us[phase] += sum(durations_us) * launches / total
             events[phase] += len(durations_us) * launches / total
-    calls = max(calls, 1)
-    return {
-        "calls": calls,
-        "per_call_ms": {phase: time_us[phase] / 1e3 / calls for phase in labels},
-        "kernels_per_call": {phase: events[phase] / calls for phase in labels},
-        "other_ms_per_call": other_us / 1e3 / calls,
-        "shared_ms_per_call": shared_us / 1e3 / calls,
-    }
+    return _per_call(time_us, events, calls, other=other_us, shared=shared_us)
 
 
 def find_dump(dump_dir: str | Path, module_substring: str) -> Path:
