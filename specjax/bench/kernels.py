@@ -439,6 +439,7 @@ def phase_timeline(
     phases: Sequence[str],
     *,
     calls: int = 1,
+    top: int = 30,
 ) -> dict[str, Any]:
     """`phase_times` from the events in the order they ran, which also places the kernels
     no HLO instruction names (XLA's top-k kernel, cuBLAS's GEMMs, copies).
@@ -452,7 +453,9 @@ def phase_timeline(
     on one stream, so a library kernel sits among the kernels of the part that called it.
 
     Returns {"per_call_ms", "kernels_per_call", "inferred_ms_per_call",
-    "outside_ms_per_call", "calls"}.
+    "outside_ms_per_call", "calls", "kernels"}; "kernels" lists each part's `top` kernels by
+    GPU time: trace name, events and µs per call, mean µs, and whether the name was placed
+    by order.
     """
     ordered = sorted(events, key=lambda e: e.start_us)
     durations: dict[str, list[float]] = collections.defaultdict(list)
@@ -463,6 +466,8 @@ def phase_timeline(
     time_us = dict.fromkeys(labels, 0.0)
     count = dict.fromkeys(labels, 0)
     inferred_us = outside_us = 0.0
+    # (phase, name) -> [events, µs, placed by order]: each part's own kernel list.
+    by_kernel: dict[tuple[str, str], list] = collections.defaultdict(lambda: [0, 0.0, False])
     current = None
     for event in ordered:
         owners = names_to_phases.get(event.name)
@@ -476,7 +481,24 @@ def phase_timeline(
             inferred_us += event.duration_us
         time_us[current] += event.duration_us
         count[current] += 1
-    return _per_call(time_us, count, calls, inferred=inferred_us, outside=outside_us)
+        entry = by_kernel[(current, event.name)]
+        entry[0] += 1
+        entry[1] += event.duration_us
+        entry[2] = not owners
+    found = _per_call(time_us, count, calls, inferred=inferred_us, outside=outside_us)
+    per_call = max(calls, 1)
+    found["kernels"] = {
+        phase: [
+            {"name": name[:120], "per_call": n / per_call, "mean_us": us / n,
+             "us_per_call": us / per_call, "placed": placed}
+            for (p, name), (n, us, placed) in sorted(
+                by_kernel.items(), key=lambda item: -item[1][1]
+            )
+            if p == phase
+        ][:top]
+        for phase in labels
+    }  # fmt: skip
+    return found
 
 
 def phase_times(

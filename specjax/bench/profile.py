@@ -567,6 +567,10 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
     if any(sec.get("phases") for r in results for sec in r["sections"].values()):
         lines += ["", phase_table(results)]
     for r in results:
+        for sec in r["sections"].values():
+            if (sec.get("phase_timeline") or {}).get("kernels"):
+                lines += ["", part_kernel_table(sec["phase_timeline"], r["label"])]
+    for r in results:
         for name, sec in r["sections"].items():
             if sec.get("layer_kernels"):
                 lines += [
@@ -614,6 +618,21 @@ def call_parts(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
             )
             runs[r["label"]] = parts
     return runs
+
+
+def part_kernel_table(timeline: dict[str, Any], label: str, per_part: int = 12) -> str:
+    """Each part's heaviest kernels of a `kernels.phase_timeline` split: µs per call, events
+    per call, mean µs, and "placed" for a name no HLO instruction carries."""
+    rows = [
+        (part, f"`{k['name'][:70]}`", f"{k['us_per_call']:.1f}", f"{k['per_call']:.2f}",
+         f"{k['mean_us']:.1f}", "placed" if k["placed"] else "")
+        for part, found in timeline["kernels"].items()
+        for k in found[:per_part]
+    ]  # fmt: skip
+    columns = ("part", "kernel", "µs per call", "per call", "mean µs", "by order")
+    return "\n".join(
+        [f"Kernels of each part, by order: {label}", "", tables.markdown(columns, rows)]
+    )
 
 
 def phase_table(results: Sequence[dict[str, Any]]) -> str:

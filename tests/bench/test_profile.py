@@ -254,6 +254,12 @@ def test_phase_timeline_places_unnamed_kernels_by_order():
     assert count["draft"] == 1 and count["verify"] == 1.5
     assert found["outside_ms_per_call"] == pytest.approx(100.0 / 1e3 / 2)
     assert found["inferred_ms_per_call"] == pytest.approx(14.0 / 1e3 / 2)
+    # Each part's kernel list: verify's cuBLAS kernel, placed by order, 7 µs in one call of 2.
+    gemm = next(k for k in found["kernels"]["verify"] if k["name"] == "sm90_xmma_gemm_f32")
+    assert gemm["placed"] and gemm["mean_us"] == 7.0 and gemm["per_call"] == 0.5
+    assert [k["name"] for k in found["kernels"]["verify"]][0] == "specjax_decode_attention"
+    table = profile.part_kernel_table(found, "hand-made")
+    assert "| verify | `sm90_xmma_gemm_f32` | 3.5 | 0.50 | 7.0 | placed |" in table
     # Every event is somewhere: parts + outside = all.
     total = sum(ms.values()) + found["outside_ms_per_call"]
     assert total == pytest.approx(sum(e.duration_us for e in timeline) / 1e3 / 2)
