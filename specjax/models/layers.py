@@ -319,10 +319,10 @@ def attention_policy(cache_dtype: Any = jnp.bfloat16) -> str:
         return ATTENTION
     if jax.default_backend() != "gpu" or jnp.dtype(cache_dtype).itemsize > 2:
         return "jnp"
-    return "fused" if hopper_or_later() else "jnp"
+    return "fused" if _hopper_or_later() else "jnp"
 
 
-def hopper_or_later() -> bool:
+def _hopper_or_later() -> bool:
     """Whether the default device is a CUDA GPU of compute capability >= 9.0, like the H200
     the fused kernel was measured on. ROCm and older NVIDIA GPUs (a T4 has no bf16 tensor
     cores for Triton's dots) keep the jnp path unless asked for "fused"."""
@@ -357,7 +357,7 @@ def cache_move_policy() -> str:
     if CACHE_MOVE in ("auto", "pallas"):
         if jax.default_backend() != "gpu" or jax.device_count() != 1:
             return "xla"
-        if CACHE_MOVE == "auto" and not hopper_or_later():
+        if CACHE_MOVE == "auto" and not _hopper_or_later():
             return "xla"
         return "pallas"
     return CACHE_MOVE
