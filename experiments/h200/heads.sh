@@ -48,7 +48,8 @@
 # TARGETS=smollm2 leaves the Qwen stages out, TARGETS=qwen the SmolLM2 ones. HF_FIRST=1 runs
 # the HF stages first, while the GPU waits for the weights anyway; the real pair's float32
 # exactness (untimed) then runs beside the Qwen EAGLE training. PROFILE_FIRST=1 does the same
-# with the tree call's profiles (`profile_stages`), which otherwise run last.
+# with the tree call's profiles (`profile_stages`), which otherwise run last; PROFILE_ONLY=1
+# runs only them (a lease of a few minutes: no weights to bring).
 set -u
 set -a  # every variable below reaches the stage commands (run by `timeout bash -c`)
 W=${1:?work folder}
@@ -79,10 +80,15 @@ QWEN_FILE=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 DRAFT_FILE=qwen2.5-coder-0.5b-instruct.gguf
 # Training runs and data live in $W/runs (configs name runs/...): link it into the repo. A
 # link elsewhere is replaced (a dry run's link, carried to the GPU machine, once broke a
-# lease's training); a real folder (the project machine keeps its heads there) is moved
-# aside, never deleted: a sixteenth-session dry run deleted the project's trained heads.
+# lease's training); a real folder is moved aside on the GPU machine, never deleted, and a
+# dry run refuses to start beside one (the project machine keeps its heads there: a
+# sixteenth-session dry run deleted them).
 if [ -L runs ]; then
   [ "$(readlink runs)" = "$W/runs" ] || { rm runs; ln -s "$W/runs" runs; }
+elif [ -e runs ] && [ "$SCALE" = dry ]; then
+  echo "heads.sh links runs/ to $W/runs, and ./runs is a real folder here: run dry passes" \
+    "from a clone (git clone -q . /tmp/clone && cd /tmp/clone)" >&2
+  exit 2
 elif [ -e runs ]; then
   cp -rn runs/data/. "$W/runs/data/" 2>/dev/null
   aside="runs.before_heads_$(date +%s)"
@@ -256,6 +262,11 @@ profile_stages() {
   done
 }
 [ "${PROFILE_FIRST:-0}" = 1 ] && profile_stages
+if [ "${PROFILE_ONLY:-0}" = 1 ]; then  # a short lease: the profiles alone, no files needed
+  [ "${PROFILE_FIRST:-0}" = 1 ] || profile_stages
+  cd "$W" && tar czf "$W/results.tgz" --exclude=hlo out logs status && log "done: $W/results.tgz"
+  exit 0
+fi
 PAIR_FILES="--target=$SPECJAX_CACHE/models/$QWEN_FILE --draft=$SPECJAX_CACHE/models/$DRAFT_FILE"
 PAIR_FILES="$PAIR_FILES --prompt_dir=$PROMPT_DIR --out=$W/out/real_pair"
 # Processes that share the GPU while training take at most 30% of its memory each (the
