@@ -457,11 +457,10 @@ def phase_timeline(
     GPU time: trace name, events and µs per call, mean µs, and whether the name was placed
     by order.
     """
+    from specjax.bench.trace import durations_by_name
+
     ordered = sorted(events, key=lambda e: e.start_us)
-    durations: dict[str, list[float]] = collections.defaultdict(list)
-    for event in ordered:
-        durations[event.name].append(event.duration_us)
-    names_to_phases = _names_to_phases(hlo, durations, phases)
+    names_to_phases = _names_to_phases(hlo, durations_by_name(ordered), phases)
     labels = [*phases, "unscoped"]
     time_us = dict.fromkeys(labels, 0.0)
     count = dict.fromkeys(labels, 0)
@@ -486,7 +485,7 @@ def phase_timeline(
         entry[1] += event.duration_us
         entry[2] = not owners
     found = _per_call(time_us, count, calls, inferred=inferred_us, outside=outside_us)
-    per_call = max(calls, 1)
+    per_call = found["calls"]
     found["kernels"] = {
         phase: [
             {"name": name[:120], "per_call": n / per_call, "mean_us": us / n,

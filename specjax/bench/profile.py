@@ -641,30 +641,31 @@ def phase_table(results: Sequence[dict[str, Any]]) -> str:
     from specjax.decoding.speculative import PHASES
 
     labels = [*PHASES, "unscoped"]
+
+    def row(lead, split, aside, outside, wall):
+        """One split's cells: ms (kernels) per part, their sum, then the given columns."""
+        ms, count = split["per_call_ms"], split["kernels_per_call"]
+        return (
+            lead + tuple(f"{ms[p]:.3f} ({count[p]:.0f})" for p in labels)
+            + (f"{sum(ms.values()):.3f}", aside, f"{outside:.3f}", wall)
+        )  # fmt: skip
+
     body = []
     for r in results:
         for sec in r["sections"].values():
             found = sec.get("phases")
             if not found:
                 continue
-            ms, count = found["per_call_ms"], found["kernels_per_call"]
-            body.append(
-                (r["label"], r["settings"]["shape"], r["settings"].get("tree") or "chain",
-                 "by name")
-                + tuple(f"{ms[p]:.3f} ({count[p]:.0f})" for p in labels)
-                + (f"{sum(ms.values()):.3f}", f"{found['shared_ms_per_call']:.3f}",
-                   f"{found['other_ms_per_call']:.3f}", sec.get("ms_per_call"))
-            )  # fmt: skip
+
+            settings = r["settings"]
+            lead = (r["label"], settings["shape"], settings.get("tree") or "chain", "by name")
+            body.append(row(lead, found, f"{found['shared_ms_per_call']:.3f}",
+                            found["other_ms_per_call"], sec.get("ms_per_call")))  # fmt: skip
             timeline = sec.get("phase_timeline")
             if timeline:
-                ms, count = timeline["per_call_ms"], timeline["kernels_per_call"]
-                body.append(
-                    ("", "", "", "by order")
-                    + tuple(f"{ms[p]:.3f} ({count[p]:.0f})" for p in labels)
-                    + (f"{sum(ms.values()):.3f}",
-                       f"{timeline['inferred_ms_per_call']:.3f} placed",
-                       f"{timeline['outside_ms_per_call']:.3f}", "")
-                )  # fmt: skip
+                placed = f"{timeline['inferred_ms_per_call']:.3f} placed"
+                body.append(row(("", "", "", "by order"), timeline, placed,
+                                timeline["outside_ms_per_call"], ""))  # fmt: skip
     columns = (
         "run", "shape", "drafts", "split", *labels, "sum", "shared / placed", "outside",
         "wall ms",

@@ -141,7 +141,9 @@ def summarize(
     busy = busy_us(events)
     memcpy_us = sum(e.duration_us for e in copies)
     kernel_us = sum(e.duration_us for e in kernels)
-    top_kernels = sorted(durations_by_name(events).items(), key=lambda item: -sum(item[1]))[:top]
+    # Every kernel and copy by total time: all of them as `all_kernels`, the first `top` in
+    # detail as `top_kernels`.
+    by_total = sorted(durations_by_name(events).items(), key=lambda item: -sum(item[1]))
     span_us = (events[-1].start_us + events[-1].duration_us - events[0].start_us) if events else 0
     return {
         "device_events": len(events),
@@ -158,12 +160,9 @@ def summarize(
         "memcpy_per_token": len(copies) / max(tokens, 1),
         "kernels_per_token_per_layer": len(kernels) / max(tokens, 1) / max(num_layers, 1),
         "busy_ms_per_token": busy / 1e3 / max(tokens, 1),
-        # Every kernel and copy: [name, count, total ms], by total (the top_kernels' source).
-        "all_kernels": [
+        "all_kernels": [  # [name, count, total ms]
             [name[:160], len(durations), round(sum(durations) / 1e3, 6)]
-            for name, durations in sorted(
-                durations_by_name(events).items(), key=lambda item: -sum(item[1])
-            )
+            for name, durations in by_total
         ],
         "top_kernels": [
             {
@@ -173,7 +172,7 @@ def summarize(
                 "share": sum(durations) / max(kernel_us + memcpy_us, 1e-9),
                 "mean_us": sum(durations) / len(durations),
             }
-            for name, durations in top_kernels
+            for name, durations in by_total[:top]
         ],
     }
 
