@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from specjax import cache as kv_cache
-from specjax.eval.timing import timed
+from specjax.bench.steps import save_device_rows, us_per_iteration
 from specjax.models import pallas_cache_move
 
 SHAPES = {"qwen2.5-1.5b": (28, 2, 128), "smollm2-135m": (30, 3, 64), "llama3-8b": (32, 8, 128)}
@@ -55,8 +55,7 @@ def time_moves(move, cache, start_B, iterations, repeats):
 
         return jax.lax.fori_loop(0, iterations, body, cache)
 
-    _, timing = timed(loop, cache, repeats=repeats)
-    return 1e6 * timing.median_s / iterations
+    return us_per_iteration(loop, cache, iterations, repeats)
 
 
 def main() -> None:
@@ -90,9 +89,7 @@ def main() -> None:
             )  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, rows=rows)
-    with open(args.out, "w") as file:
-        json.dump(result, file, indent=1)
+    save_device_rows(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from specjax.eval.timing import timed
+from specjax.bench.steps import save_device_rows, us_per_iteration
 from specjax.models import top_k as top_k_lib
 
 # (rows, row length, k): the dynamic tree's root and frontier (K = 4, 6, 8 rows of a 32k
@@ -40,9 +40,8 @@ def time_one(method: str, rows: int, length: int, k: int, iterations: int, repea
 
         return jax.lax.fori_loop(0, iterations, body, jnp.int32(0))
 
-    _, timing = timed(loop, xs, repeats=repeats)
     indices = top_k_lib.top_k(xs[0], k, method=method)[1]
-    return 1e6 * timing.median_s / iterations, np.asarray(indices)
+    return us_per_iteration(loop, xs, iterations, repeats), np.asarray(indices)
 
 
 def main() -> None:
@@ -62,9 +61,7 @@ def main() -> None:
         )  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, rows=rows)
-    with open(args.out, "w") as file:
-        json.dump(result, file, indent=1)
+    save_device_rows(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,24 @@ def measure_copy_bandwidth(num_bytes: float = 2e9, repeats: int = 10) -> float:
     return 2 * n * 4 / timing.median_s
 
 
+def us_per_iteration(loop: Callable[[Any], Any], arg: Any, iterations: int, repeats: int) -> float:
+    """µs per iteration of `loop(arg)`, a jitted device loop of `iterations` iterations: the
+    median of `repeats` calls after a compile call, divided by the iterations."""
+    _, timing = timed(loop, arg, repeats=repeats)
+    return 1e6 * timing.median_s / iterations
+
+
+def save_device_rows(path: str, rows: list[dict[str, Any]]) -> None:
+    """Writes {"device", "jax", "rows"} as JSON to `path` (a kernel check's or micro
+    benchmark's results, with the device they were measured on)."""
+    import json
+
+    from specjax.fileio import atomic_write
+
+    report = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__, rows=rows)
+    atomic_write(path, json.dumps(report, indent=1))
+
+
 def weight_bytes(config: ModelConfig, bytes_per_param: int) -> int:
     return config.num_params() * bytes_per_param
 
