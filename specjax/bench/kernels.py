@@ -433,6 +433,11 @@ def _per_call(
     }
 
 
+# A gap between kernels at least this long (µs) is listed by `phase_timeline`: longer than a
+# graph's launch of the next kernel (~1-2 µs on a Hopper GPU), about a host round trip.
+LARGE_GAP_US = 8.0
+
+
 def phase_timeline(
     hlo: str | tuple[str | None, dict[str, list[Instruction]]],
     events: Sequence[Any],
@@ -452,10 +457,19 @@ def phase_timeline(
     before the loop's first launch (the prefill). XLA runs a loop's kernels one after the other
     on one stream, so a library kernel sits among the kernels of the part that called it.
 
+    The GPU's idle time is split the same way: the gap between the end of everything that
+    ran before an event and that event's start belongs to the event's part ("idle_ms_per_call";
+    "outside" holds the prefill's gaps and the one before the loop). A part whose kernels are
+    short and many shows idle time of the same order as its GPU time: the host (or the
+    graph) cannot launch them as fast as they run.
+
     Returns {"per_call_ms", "kernels_per_call", "inferred_ms_per_call",
-    "outside_ms_per_call", "calls", "kernels"}; "kernels" lists each part's `top` kernels by
-    GPU time: trace name, events and µs per call, mean µs, and whether the name was placed
-    by order.
+    "outside_ms_per_call", "idle_ms_per_call", "calls", "kernels", "largest_gaps"};
+    "kernels" lists each part's `top` kernels by GPU time: trace name, events and µs per
+    call, mean µs, and whether the name was placed by order. "largest_gaps" lists the `top`
+    (kernel before, kernel after) pairs by their total gap, for gaps of at least
+    `LARGE_GAP_US`: the places a host round trip (a while loop's or a conditional's
+    predicate) or a graph boundary stalls the GPU.
     """
     from specjax.bench.trace import durations_by_name
 
@@ -464,20 +478,33 @@ def phase_timeline(
     labels = [*phases, "unscoped"]
     time_us = dict.fromkeys(labels, 0.0)
     count = dict.fromkeys(labels, 0)
+    idle_us = dict.fromkeys([*labels, "outside"], 0.0)
     inferred_us = outside_us = 0.0
     # (phase, name) -> [events, µs, placed by order]: each part's own kernel list.
     by_kernel: dict[tuple[str, str], list] = collections.defaultdict(lambda: [0, 0.0, False])
+    # (name before, name after) -> [gaps, µs] of the gaps of at least LARGE_GAP_US.
+    large_gaps: dict[tuple[str, str], list] = collections.defaultdict(lambda: [0, 0.0])
     current = None
+    busy_until, previous = None, None  # end of all events so far (streams may overlap)
     for event in ordered:
+        gap = 0.0 if busy_until is None else max(0.0, event.start_us - busy_until)
+        busy_until = max(busy_until or event.start_us, event.start_us + event.duration_us)
+        if gap >= LARGE_GAP_US:
+            entry = large_gaps[(previous, event.name)]
+            entry[0] += 1
+            entry[1] += gap
+        previous = event.name
         owners = names_to_phases.get(event.name)
         if owners:
             if len(owners) == 1 or current not in owners:
                 current = owners.most_common(1)[0][0]
         elif current is None:
             outside_us += event.duration_us
+            idle_us["outside"] += gap
             continue
         else:
             inferred_us += event.duration_us
+        idle_us[current] += gap
         time_us[current] += event.duration_us
         count[current] += 1
         entry = by_kernel[(current, event.name)]
@@ -497,6 +524,12 @@ def phase_timeline(
         ][:top]
         for phase in labels
     }  # fmt: skip
+    found["idle_ms_per_call"] = {part: us / 1e3 / per_call for part, us in idle_us.items()}
+    found["largest_gaps"] = [
+        {"before": before[:120], "after": after[:120], "per_call": n / per_call,
+         "mean_us": us / n, "us_per_call": us / per_call}
+        for (before, after), (n, us) in sorted(large_gaps.items(), key=lambda item: -item[1][1])
+    ][:top]  # fmt: skip
     return found
 
 

@@ -566,10 +566,15 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
             ]
     if any(sec.get("phases") for r in results for sec in r["sections"].values()):
         lines += ["", phase_table(results)]
+    if any("idle_ms_per_call" in (sec.get("phase_timeline") or {})
+           for r in results for sec in r["sections"].values()):  # fmt: skip
+        lines += ["", idle_table(results)]
     for r in results:
         for sec in r["sections"].values():
             if (sec.get("phase_timeline") or {}).get("kernels"):
                 lines += ["", part_kernel_table(sec["phase_timeline"], r["label"])]
+            if (sec.get("phase_timeline") or {}).get("largest_gaps"):
+                lines += ["", gap_table(sec["phase_timeline"], r["label"])]
     for r in results:
         for name, sec in r["sections"].items():
             if sec.get("layer_kernels"):
@@ -633,6 +638,53 @@ def part_kernel_table(timeline: dict[str, Any], label: str, per_part: int = 12) 
     return "\n".join(
         [f"Kernels of each part, by order: {label}", "", tables.markdown(columns, rows)]
     )
+
+
+def idle_table(results: Sequence[dict[str, Any]]) -> str:
+    """The GPU's idle ms per call by part (`kernels.phase_timeline`'s gap before each
+    kernel), beside each part's busy ms."""
+    from specjax.decoding.speculative import PHASES
+
+    labels = [*PHASES, "unscoped"]
+    body = []
+    for r in results:
+        for sec in r["sections"].values():
+            timeline = sec.get("phase_timeline") or {}
+            idle = timeline.get("idle_ms_per_call")
+            if not idle:
+                continue
+            busy = timeline["per_call_ms"]
+            body.append(
+                (r["label"], r["settings"].get("tree") or "chain")
+                + tuple(f"{busy[p]:.3f} / {idle[p]:.3f}" for p in labels)
+                + (f"{idle['outside']:.3f}", f"{sum(busy.values()):.3f}",
+                   f"{sum(idle[p] for p in labels):.3f}", sec.get("ms_per_call"))
+            )  # fmt: skip
+    columns = ("run", "drafts", *labels, "outside idle", "busy", "idle", "wall ms")
+    return "\n".join(
+        [
+            "GPU busy / idle ms per call by part (by order; idle: the gap before each of the "
+            "part's kernels, nothing of any stream running)",
+            "",
+            tables.markdown(columns, body, _fmt3),
+        ]
+    )
+
+
+def gap_table(timeline: dict[str, Any], label: str) -> str:
+    """The largest idle gaps of a `kernels.phase_timeline` split, by the kernels around them."""
+    rows = [
+        (f"`{g['before'][:60]}`", f"`{g['after'][:60]}`", f"{g['per_call']:.2f}",
+         f"{g['mean_us']:.1f}", f"{g['us_per_call']:.1f}")
+        for g in timeline["largest_gaps"]
+    ]  # fmt: skip
+    from specjax.bench.kernels import LARGE_GAP_US
+
+    columns = ("kernel before", "kernel after", "per call", "mean µs", "µs per call")
+    return "\n".join(
+        [f"Idle gaps of at least {LARGE_GAP_US:g} µs: {label}", "",
+         tables.markdown(columns, rows)]
+    )  # fmt: skip
 
 
 def phase_table(results: Sequence[dict[str, Any]]) -> str:

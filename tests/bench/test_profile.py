@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from specjax.bench import kernels, profile, trace
+from specjax.decoding import speculative
 
 # A real pair's recorded acceptance (Qwen2.5-Coder 1.5B drafted by 0.5B, gamma 4).
 QWEN_PAIR_TRACE = Path(__file__).parents[2] / "docs/benchmarks/qwen_pair_gamma4/generations.jsonl"
@@ -265,6 +266,46 @@ def test_phase_timeline_places_unnamed_kernels_by_order():
     assert total == pytest.approx(sum(e.duration_us for e in timeline) / 1e3 / 2)
 
 
+def test_phase_timeline_splits_idle_time_by_part():
+    """The GPU's idle time before each event goes to that event's part (the prefill's and
+    the gap before the loop's first launch outside); overlapping events leave no gap; gaps
+    of at least LARGE_GAP_US are listed by (kernel before, kernel after)."""
+    phased = _LOOP_HLO.replace("body/layer0/", "body/draft/layer0/").replace(
+        "body/layer1/", "body/verify/layer1/"
+    )
+    big = kernels.LARGE_GAP_US
+
+    def event(name, start, duration, stream="Stream #1"):
+        return trace.DeviceEvent(name, start, duration, "/device:GPU:0", stream)
+
+    timeline = [
+        event("prefill_fusion", 0.0, 10.0),
+        event("prefill_fusion", 13.0, 10.0),  # gap 3: outside
+        event("specjax_decode_attention", 23.0 + big, 5.0),  # verify; gap `big`: verify's
+        event("sm90_xmma_gemm_f32", 30.0 + big, 4.0),  # gap 2: verify (placed by order)
+        event("copy_on_other_stream", 31.0 + big, 1.0, "Stream #2"),  # inside: no gap
+        event("loop_add_fusion", 35.0 + big, 1.0),  # shared, current verify: gap 1, verify
+    ]
+    found = kernels.phase_timeline(phased, timeline, speculative.PHASES, calls=1)
+    idle = found["idle_ms_per_call"]
+    assert idle["outside"] == pytest.approx(3.0 / 1e3)
+    assert idle["verify"] == pytest.approx((big + 2.0 + 1.0) / 1e3)
+    assert idle["draft"] == 0.0 and idle["commit"] == 0.0
+    (gap,) = found["largest_gaps"]  # only the one of at least LARGE_GAP_US
+    assert (gap["before"], gap["after"]) == ("prefill_fusion", "specjax_decode_attention")
+    assert gap["mean_us"] == pytest.approx(big) and gap["per_call"] == 1.0
+    # Busy time and idle time together span the trace from the first event to the last.
+    busy = trace.busy_us(timeline) / 1e3
+    span = (timeline[-1].start_us + timeline[-1].duration_us - timeline[0].start_us) / 1e3
+    assert busy + sum(idle.values()) == pytest.approx(span)
+    rows = profile.gap_table(found, "hand-made")
+    assert f"| `prefill_fusion` | `specjax_decode_attention` | 1.00 | {big:.1f} |" in rows
+    result = {"label": "hand-made", "settings": {"tree": None},
+              "sections": {"spec": {"phase_timeline": found, "ms_per_call": 0.05}}}  # fmt: skip
+    verify = f"{found['per_call_ms']['verify']:.3f} / {idle['verify']:.3f}"
+    assert f"| hand-made | chain | 0.000 / 0.000 | {verify} |" in profile.idle_table([result])
+
+
 @pytest.mark.parametrize("tree", [None, "dynamic:depth=2,top_k=2,nodes=3"])
 def test_phase_scopes_reach_the_compiled_loops(tree):
     """Every part of a speculative iteration (chain and tree) names its kernels in the
@@ -274,7 +315,6 @@ def test_phase_scopes_reach_the_compiled_loops(tree):
 
     from support import TINY_LLAMA, eagle_echo, random_model
 
-    from specjax.decoding import speculative
     from specjax.decoding import tree as tree_lib
     from specjax.decoding.sampling import GREEDY
 
