@@ -12,7 +12,8 @@ and in float32 at `highest` matmul precision (< 1e-4). The same for `pallas_norm
 With --sweep=FILE it then times the attention kernel's launch configurations (block_s,
 num_warps, num_stages) against the jnp path at the Qwen2.5-1.5B and 0.5B shapes (T = 1, 512
 valid slots, one jitted call over 24 layers' caches, median of 30) and writes the fastest as
-the SPECJAX_ROPE_ATTENTION value to FILE; --sweep_dtype=float32 --sweep_T=3 times a float32
+the SPECJAX_ROPE_ATTENTION value to FILE (--sweep_space="block_rows=16,32;splits=8" and
+--sweep_shapes=qwen2.5-1.5b choose what it tries); --sweep_dtype=float32 --sweep_T=3 times a float32
 verification step's shape instead (at `highest` precision), --sweep_only skips the checks.
 Exits non-zero when the Pallas lowering fails or a check does not pass, so a pipeline can
 skip the kernel's profiles.
@@ -170,18 +171,37 @@ def layer_chain_us(
     return 1e6 * float(np.median(times)) / layers_
 
 
-def sweep(path: str, dtype: str = "bfloat16", T: int = 1) -> None:
+def parse_space(text: str) -> dict[str, tuple[int, ...]]:
+    """ "key=v1,v2;key=v3" -> {key: (v1, v2), ...}: the launch values a sweep tries (keys of
+    `pallas_rope_attention.LAUNCH_KEYS`)."""
+    space = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        key, _, values = item.partition("=")
+        if key not in pallas_rope_attention.LAUNCH_KEYS:
+            raise ValueError(f"unknown launch key {key!r} in --sweep_space")
+        space[key] = tuple(int(v) for v in values.split(","))
+    return space
+
+
+def sweep(
+    path: str,
+    dtype: str = "bfloat16",
+    T: int = 1,
+    space: dict[str, tuple[int, ...]] | None = None,
+    shapes: tuple[str, ...] = SWEEP_SHAPES,
+) -> None:
+    space = space or SWEEP
     print(f"\n{dtype}, T = {T}:\n")
-    print("| launch | " + " | ".join(f"{n} µs/layer" for n in SWEEP_SHAPES) + " |")
-    print("|---|" + "---|" * len(SWEEP_SHAPES))
-    jnp_us = [layer_chain_us(n, None, dtype, T) for n in SWEEP_SHAPES]
+    print("| launch | " + " | ".join(f"{n} µs/layer" for n in shapes) + " |")
+    print("|---|" + "---|" * len(shapes))
+    jnp_us = [layer_chain_us(n, None, dtype, T) for n in shapes]
     print("| jnp path | " + " | ".join(f"{t:.1f}" for t in jnp_us) + " |")
     best = (float("inf"), "")
-    for values in itertools.product(*SWEEP.values()):
-        launch = dict(zip(SWEEP, values))
+    for values in itertools.product(*space.values()):
+        launch = dict(zip(space, values))
         text = ",".join(f"{k}={v}" for k, v in launch.items())
         try:
-            per_shape = [layer_chain_us(n, launch, dtype, T) for n in SWEEP_SHAPES]
+            per_shape = [layer_chain_us(n, launch, dtype, T) for n in shapes]
         except Exception as error:  # noqa: BLE001 - a configuration Triton refuses
             print(f"| {text} | failed: {type(error).__name__} |")
             continue
@@ -199,12 +219,23 @@ def main() -> int:
     parser.add_argument("--sweep_dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--sweep_T", type=int, default=1, help="new tokens per sweep call")
     parser.add_argument("--sweep_only", action="store_true", help="skip the checks")
+    parser.add_argument(
+        "--sweep_space", default="", help='launch values to try, e.g. "block_rows=16,32;splits=8"'
+    )
+    parser.add_argument(
+        "--sweep_shapes", default=",".join(SWEEP_SHAPES), help="comma-separated SHAPES keys"
+    )
     args = parser.parse_args()
+    space = parse_space(args.sweep_space)
+    shapes = tuple(args.sweep_shapes.split(","))
+    unknown = [name for name in shapes if name not in SHAPES]
+    if unknown:
+        parser.error(f"unknown --sweep_shapes {unknown}; known: {', '.join(SHAPES)}")
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0]}")
     if args.sweep_only:
         if not args.sweep:
             parser.error("--sweep_only needs --sweep=FILE")
-        sweep(args.sweep, args.sweep_dtype, args.sweep_T)
+        sweep(args.sweep, args.sweep_dtype, args.sweep_T, space, shapes)
         return 0
     rows, failed = [], False
     print("| shape | T | dtype | splits | out max diff | k cache | v cache | ok |")
@@ -246,7 +277,7 @@ def main() -> int:
                 dict(jax=jax.__version__, device=str(jax.devices()[0]), rows=rows), f, indent=1
             )
     if args.sweep and not failed:
-        sweep(args.sweep, args.sweep_dtype, args.sweep_T)
+        sweep(args.sweep, args.sweep_dtype, args.sweep_T, space, shapes)
     return 1 if failed else 0
 
 

@@ -464,12 +464,14 @@ def phase_timeline(
     graph) cannot launch them as fast as they run.
 
     Returns {"per_call_ms", "kernels_per_call", "inferred_ms_per_call",
-    "outside_ms_per_call", "idle_ms_per_call", "calls", "kernels", "largest_gaps"};
+    "outside_ms_per_call", "idle_ms_per_call", "calls", "kernels", "largest_gaps",
+    "one_call"};
     "kernels" lists each part's `top` kernels by GPU time: trace name, events and µs per
     call, mean µs, and whether the name was placed by order. "largest_gaps" lists the `top`
     (kernel before, kernel after) pairs by their total gap, for gaps of at least
     `LARGE_GAP_US`: the places a host round trip (a while loop's or a conditional's
-    predicate) or a graph boundary stalls the GPU.
+    predicate) or a graph boundary stalls the GPU. "one_call" is a middle iteration's events
+    in order, each [part, trace name, gap before it µs, µs].
     """
     from specjax.bench.trace import durations_by_name
 
@@ -486,6 +488,11 @@ def phase_timeline(
     large_gaps: dict[tuple[str, str], list] = collections.defaultdict(lambda: [0, 0.0])
     current = None
     busy_until, previous = None, None  # end of all events so far (streams may overlap)
+    # [part, name, gap µs, µs] of every loop event, and where each iteration's drafting
+    # begins (the part turns to phases[0]): one middle iteration is kept as "one_call".
+    sequence: list[tuple[str, str, float, float]] = []
+    call_starts: list[int] = []
+    last_phase = None
     for event in ordered:
         gap = 0.0 if busy_until is None else max(0.0, event.start_us - busy_until)
         busy_until = max(busy_until or event.start_us, event.start_us + event.duration_us)
@@ -504,6 +511,13 @@ def phase_timeline(
             continue
         else:
             inferred_us += event.duration_us
+        # An iteration begins where drafting follows the last part (shared kernels may hand
+        # the current part back and forth inside one iteration: those are no new iteration).
+        if current == phases[0] and last_phase in (None, phases[-1]):
+            call_starts.append(len(sequence))
+        if current in phases:
+            last_phase = current
+        sequence.append((current, event.name, gap, event.duration_us))
         idle_us[current] += gap
         time_us[current] += event.duration_us
         count[current] += 1
@@ -530,6 +544,15 @@ def phase_timeline(
          "mean_us": us / n, "us_per_call": us / per_call}
         for (before, after), (n, us) in sorted(large_gaps.items(), key=lambda item: -item[1][1])
     ][:top]  # fmt: skip
+    # A middle iteration (not the first, which may catch up; not the last, which may stop
+    # early), from its drafting's first event to the next iteration's.
+    middle = len(call_starts) // 2
+    stop = call_starts[middle + 1] if middle + 1 < len(call_starts) else len(sequence)
+    start = call_starts[middle] if call_starts else stop
+    found["one_call"] = [
+        [part, name[:120], round(gap, 3), round(us, 3)]
+        for part, name, gap, us in sequence[start:stop]
+    ]
     return found
 
 

@@ -256,7 +256,7 @@ def rope_attention(
     lengths_B: int32[B], valid old slots per row; the new tokens go to [lengths, lengths + T).
       The caller guarantees lengths + T <= S.
     block_s (cache slots per loop step, default 64), block_rows (most query rows per
-      program, default 64), num_warps (4), num_stages (2), splits (8: programs per row
+      program, default 16), num_warps (4), num_stages (2), splits (8: programs per row
       block, each walking its own share of the cache, combined afterwards as in
       flash-decoding; 1: one program walks it all): the launch configuration; None takes
       SPECJAX_ROPE_ATTENTION's value, else the default.
@@ -265,7 +265,12 @@ def rope_attention(
     # Measured on an H200 (docs/benchmarks.md, "decode kernels"): at batch 1 one program per
     # (row, kv head) walks the cache serially (19 µs a layer at the 1.5B shape); split 8 ways
     # it takes 6.9 µs, against 13 µs for the jnp path's kernels.
-    defaults = dict(block_s=64, block_rows=64, num_warps=4, num_stages=2, splits=8) | LAUNCH
+    # Rows: at most 16 per program. A 12-node tree's verification has R = 13 * 6 = 78 rows per
+    # kv head: 5 programs of 16 rows per split, not 2 of 64 (the second mostly padding), took
+    # the traced tree call from 2.334 to 2.124 ms (docs/benchmarks.md, "attention rows"); at
+    # T = 1 (R <= 16) nothing changes. The rows of a program do not interact, so the split
+    # and the block walk (block_s, splits), which fix the rounding, stay the same.
+    defaults = dict(block_s=64, block_rows=16, num_warps=4, num_stages=2, splits=8) | LAUNCH
     block_s = block_s or defaults["block_s"]
     block_rows = block_rows or defaults["block_rows"]
     num_warps = num_warps or defaults["num_warps"]

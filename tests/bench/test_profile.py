@@ -306,6 +306,36 @@ def test_phase_timeline_splits_idle_time_by_part():
     assert f"| hand-made | chain | 0.000 / 0.000 | {verify} |" in profile.idle_table([result])
 
 
+def test_phase_timeline_keeps_a_middle_call_in_order():
+    """`one_call` is the middle iteration, from its drafting's first event to the next
+    iteration's, each event with its part, gap and duration."""
+    # Both launches of loop_add_fusion's kernel draft; the attention kernel verifies; the
+    # reduction commits.
+    phased = (
+        _LOOP_HLO.replace("body/layer0/", "body/draft/layer0/")
+        .replace("body/layer1/add", "body/draft/layer1/add")
+        .replace("body/layer1/reduce_sum", "body/commit/layer1/reduce_sum")
+        .replace("body/layer1/", "body/verify/layer1/")
+    )
+    names = {"draft": "loop_add_fusion", "verify": "specjax_decode_attention",
+             "commit": "input_reduce_fusion_7"}  # fmt: skip
+    events, t = [], 0.0
+    # 3 iterations; drafting hands over to verification and back inside each, which does
+    # not start a new one.
+    for call in range(3):
+        parts = (("draft", 2.0), ("verify", 5.0 + call), ("draft", 2.0), ("commit", 1.0))
+        for part, duration in parts:
+            events.append(trace.DeviceEvent(names[part], t, duration, "/device:GPU:0", "S"))
+            t += duration + 1.0  # a 1 µs gap before the next event
+    found = kernels.phase_timeline(phased, events, speculative.PHASES, calls=3)
+    assert found["one_call"] == [
+        ["draft", "loop_add_fusion", 1.0, 2.0],
+        ["verify", "specjax_decode_attention", 1.0, 6.0],  # the second call's verify: 5 + 1
+        ["draft", "loop_add_fusion", 1.0, 2.0],
+        ["commit", "input_reduce_fusion_7", 1.0, 1.0],
+    ]
+
+
 @pytest.mark.parametrize("tree", [None, "dynamic:depth=2,top_k=2,nodes=3"])
 def test_phase_scopes_reach_the_compiled_loops(tree):
     """Every part of a speculative iteration (chain and tree) names its kernels in the

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Settings of the decode loop (XLA's command-buffer / CUDA-graph flags, the attention kernel's
+# launch) against the 12-node tree call and the autoregressive step at the Qwen2.5-1.5B shape
+# (synthetic weights): one process per setting (XLA and specjax read them once), the AR loop
+# and the tree loop timed in the same process.
+#
+#   bash experiments/h200/loop_variants.sh OUT [VARIANT ...]
+#
+# Variants (default: all): default, graphs_traced (graphs kept on under the profiler, so the
+# trace shows the graph replay rather than XLA's op-by-op fallback), skip_temp,
+# concurrent_regions, while_unrolled, min_graph_1 (XLA flags); rows16 (the attention kernel's
+# programs take at most 16 query rows: SPECJAX_ROPE_ATTENTION=block_rows=16), rows64 (64).
+# Each writes OUT/profile_<variant>_*.json and OUT/<variant>.log; `python -m experiments.profile
+# --report=OUT/profile_*.json` prints them side by side.
+set -u
+OUT=${1:?output folder}
+shift
+mkdir -p "$OUT"
+PY=${PY:-python}
+TREE=${TREE:-dynamic:depth=4,top_k=4,nodes=12}
+COMMON="--draft_shape=eagle --draft_vocab=32768 --tree=$TREE --what=ar,spec
+  --shape=qwen2.5-1.5b --context=512 --new_tokens=128 --repeats=5 --bandwidth_GBps=4200"
+flags_of() {  # the variant's XLA flags
+  case $1 in
+    default) echo "" ;;
+    graphs_traced) echo "--xla_enable_command_buffers_during_profiling=true" ;;
+    skip_temp) echo "--xla_gpu_command_buffer_update_mode=SKIP_TEMP" ;;
+    concurrent_regions) echo "--xla_gpu_command_buffer_scheduling_mode=CONCURRENT_REGIONS" ;;
+    while_unrolled)
+      echo "--xla_gpu_enable_command_buffer=+WHILE --xla_gpu_command_buffer_unroll_loops=true" ;;
+    min_graph_1) echo "--xla_gpu_graph_min_graph_size=1" ;;
+    rows16 | rows64) echo "" ;;
+    *) echo "unknown variant $1" >&2; return 2 ;;
+  esac
+}
+launch_of() {  # the variant's SPECJAX_ROPE_ATTENTION
+  case $1 in
+    rows16) echo "block_rows=16" ;;
+    rows64) echo "block_rows=64" ;;
+    *) echo "${SPECJAX_ROPE_ATTENTION:-}" ;;
+  esac
+}
+VARIANTS=${*:-default graphs_traced skip_temp concurrent_regions while_unrolled min_graph_1}
+for variant in $VARIANTS; do
+  flags=$(flags_of "$variant") || exit 2
+  trace=--notrace
+  [ "$variant" = graphs_traced ] && trace=--trace
+  launch=$(launch_of "$variant")
+  echo "[$(date +%H:%M:%S)] $variant: XLA_FLAGS=$flags SPECJAX_ROPE_ATTENTION=$launch"
+  # shellcheck disable=SC2086
+  XLA_FLAGS="$flags" SPECJAX_ROPE_ATTENTION="$launch" timeout 300 $PY -m experiments.profile $COMMON $trace --label="$variant" \
+    --out="$OUT/$variant" > "$OUT/$variant.log" 2>&1 || echo "$variant failed: $(tail -n 3 "$OUT/$variant.log")"
+  cp "$OUT/$variant"/profile_*.json "$OUT/" 2>/dev/null
+  if [ "$trace" = --trace ]; then  # the trace itself, for a look at the graph replay
+    newest=$(ls -t /tmp/specjax_trace_*/spec/*/*/*/*.trace.json.gz 2>/dev/null | head -n 1)
+    [ -n "$newest" ] && cp "$newest" "$OUT/$variant.trace.json.gz"
+  fi
+  rm -rf "$OUT/$variant/hlo"
+  grep -E "ms/token" "$OUT/$variant.log"
+done
