@@ -409,7 +409,15 @@ def kernel_policies(dtype: Any = jnp.bfloat16) -> dict[str, Any]:
         "top_k": top_k_lib.method_in_effect(),
         "top_k_setting": top_k_lib.TOP_K,
         "cache_move": cache_move_policy(),
+        "rope_attention_launch": _rope_attention_launch(),
     }
+
+
+def _rope_attention_launch() -> str:
+    """The fused attention kernel's launch in effect, "key=value,...", for the record."""
+    from specjax.models import pallas_rope_attention
+
+    return ",".join(f"{k}={v}" for k, v in pallas_rope_attention.launch_in_effect().items())
 
 
 def _row_kernel_layer(p: LayerParams, rows: int, max_rows: int) -> bool:

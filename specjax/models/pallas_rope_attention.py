@@ -88,6 +88,19 @@ def parse_launch(text: str) -> dict[str, int]:
 
 LAUNCH = parse_launch(os.environ.get("SPECJAX_ROPE_ATTENTION", ""))
 
+# Rows: at most 16 per program. A 12-node tree's verification has R = 13 * 6 = 78 rows per
+# kv head at the 1.5B shape: 5 programs of 16 rows per split, not 2 of 64 (the second mostly
+# padding), took the traced tree call from 2.352 to 2.140 ms (docs/benchmarks.md, seventeenth
+# session); at T = 1 (R <= 16) nothing changes. The rows of a program do not interact, so
+# the block walk (block_s, splits), which fixes the rounding, stays the same.
+DEFAULT_LAUNCH = dict(block_s=64, block_rows=16, num_warps=4, num_stages=2, splits=8)
+
+
+def launch_in_effect() -> dict[str, int]:
+    """The launch configuration a call without explicit arguments takes: the defaults with
+    SPECJAX_ROPE_ATTENTION's keys over them (results record it)."""
+    return DEFAULT_LAUNCH | LAUNCH
+
 
 def _rotation_columns(Dh: int, layout: str):
     """For each of the Dh columns: the column itself, its rotary partner, the partner's sign
@@ -265,12 +278,7 @@ def rope_attention(
     # Measured on an H200 (docs/benchmarks.md, "decode kernels"): at batch 1 one program per
     # (row, kv head) walks the cache serially (19 µs a layer at the 1.5B shape); split 8 ways
     # it takes 6.9 µs, against 13 µs for the jnp path's kernels.
-    # Rows: at most 16 per program. A 12-node tree's verification has R = 13 * 6 = 78 rows per
-    # kv head: 5 programs of 16 rows per split, not 2 of 64 (the second mostly padding), took
-    # the traced tree call from 2.334 to 2.124 ms (docs/benchmarks.md, "attention rows"); at
-    # T = 1 (R <= 16) nothing changes. The rows of a program do not interact, so the split
-    # and the block walk (block_s, splits), which fix the rounding, stay the same.
-    defaults = dict(block_s=64, block_rows=16, num_warps=4, num_stages=2, splits=8) | LAUNCH
+    defaults = launch_in_effect()
     block_s = block_s or defaults["block_s"]
     block_rows = block_rows or defaults["block_rows"]
     num_warps = num_warps or defaults["num_warps"]

@@ -126,6 +126,19 @@ def test_cache_split_over_programs_matches_the_jnp_path(splits):
     check(inputs(2, 9, 6, 1, 70, 16, [50, 2]), 6, block_s=16, block_rows=16, splits=splits)
 
 
+def test_rows_per_program_leave_every_number_unchanged():
+    """A program's query rows do not interact: a 13-node tree's 78 rows per kv head in
+    programs of 16, 32 or 64 rows (the default went 64 -> 16) give bit-identical outputs and
+    caches, so the launch changes speed, not greedy tokens; and they match the jnp path."""
+    parents = [-1, 0, 0, 0, 1, 1, 2, 3, 4, 4, 5, 6, 7]
+    args = inputs(1, 13, 6, 1, 70, 16, [41], extra_mask=tree_mask(1, parents), seed=3)
+    check(args, 6, block_s=16, block_rows=16)
+    by_rows = [run_kernel(*args, 6, "half", block_s=16, block_rows=rows) for rows in (16, 32, 64)]
+    for other in by_rows[1:]:
+        for got, want in zip(other, by_rows[0]):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_interleaved_rotary_layout():
     check(inputs(3, 5, 6, 2, 37, 16, [0, 7, 32]), 6, "interleaved", block_s=16)
 
@@ -286,3 +299,13 @@ def test_launch_configuration_is_parsed_and_bad_keys_are_refused():
         pra.parse_launch("num_warps=x")
     with pytest.raises(ValueError, match="'splits=0' is not one of"):
         pra.parse_launch("splits=0")
+
+
+def test_launch_in_effect_is_recorded(monkeypatch):
+    """Results record the launch a call without arguments takes: the defaults (16 query rows
+    per program) with SPECJAX_ROPE_ATTENTION's keys over them."""
+    assert pra.launch_in_effect()["block_rows"] == 16
+    monkeypatch.setattr(pra, "LAUNCH", {"block_rows": 64})
+    assert pra.launch_in_effect() == pra.DEFAULT_LAUNCH | {"block_rows": 64}
+    recorded = layers.kernel_policies()["rope_attention_launch"]
+    assert "block_rows=64" in recorded.split(",") and "splits=8" in recorded.split(",")
