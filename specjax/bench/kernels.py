@@ -461,7 +461,8 @@ def phase_timeline(
     ran before an event and that event's start belongs to the event's part ("idle_ms_per_call";
     "outside" holds the prefill's gaps and the one before the loop). A part whose kernels are
     short and many shows idle time of the same order as its GPU time: the host (or the
-    graph) cannot launch them as fast as they run.
+    graph) cannot launch them as fast as they run. A trace's gaps are the traced run's:
+    XLA runs command buffers op by op under a profiler (`profile`'s module docstring).
 
     Returns {"per_call_ms", "kernels_per_call", "inferred_ms_per_call",
     "outside_ms_per_call", "idle_ms_per_call", "calls", "kernels", "largest_gaps",
