@@ -9,7 +9,9 @@
 # Variants (default: all): default, graphs_traced (graphs kept on under the profiler, so the
 # trace shows the graph replay rather than XLA's op-by-op fallback), skip_temp,
 # concurrent_regions, while_unrolled, min_graph_1 (XLA flags); rows16 (the attention kernel's
-# programs take at most 16 query rows: SPECJAX_ROPE_ATTENTION=block_rows=16), rows64 (64).
+# programs take at most 16 query rows: SPECJAX_ROPE_ATTENTION=block_rows=16), rows64 (64), and
+# launch:KEY=V,KEY=V (any launch of the kernel, e.g. launch:block_s=128,splits=4: the same
+# for the AR step and the verification, as exactness needs).
 # Each writes OUT/profile_<variant>_*.json and OUT/<variant>.log; `python -m experiments.profile
 # --report=OUT/profile_*.json` prints them side by side.
 set -u
@@ -29,7 +31,7 @@ flags_of() {  # the variant's XLA flags
     while_unrolled)
       echo "--xla_gpu_enable_command_buffer=+WHILE --xla_gpu_command_buffer_unroll_loops=true" ;;
     min_graph_1) echo "--xla_gpu_graph_min_graph_size=1" ;;
-    rows16 | rows64) echo "" ;;
+    rows16 | rows64 | launch:*) echo "" ;;
     *) echo "unknown variant $1" >&2; return 2 ;;
   esac
 }
@@ -37,6 +39,7 @@ launch_of() {  # the variant's SPECJAX_ROPE_ATTENTION
   case $1 in
     rows16) echo "block_rows=16" ;;
     rows64) echo "block_rows=64" ;;
+    launch:*) echo "${1#launch:}" ;;
     *) echo "${SPECJAX_ROPE_ATTENTION:-}" ;;
   esac
 }
@@ -46,15 +49,17 @@ for variant in $VARIANTS; do
   trace=--notrace
   [ "$variant" = graphs_traced ] && trace=--trace
   launch=$(launch_of "$variant")
+  label=$(tr ':=,' '___' <<< "$variant")  # a file name
   echo "[$(date +%H:%M:%S)] $variant: XLA_FLAGS=$flags SPECJAX_ROPE_ATTENTION=$launch"
   # shellcheck disable=SC2086
-  XLA_FLAGS="$flags" SPECJAX_ROPE_ATTENTION="$launch" timeout 300 $PY -m experiments.profile $COMMON $trace --label="$variant" \
-    --out="$OUT/$variant" > "$OUT/$variant.log" 2>&1 || echo "$variant failed: $(tail -n 3 "$OUT/$variant.log")"
-  cp "$OUT/$variant"/profile_*.json "$OUT/" 2>/dev/null
+  XLA_FLAGS="$flags" SPECJAX_ROPE_ATTENTION="$launch" timeout 300 $PY -m experiments.profile \
+    $COMMON $trace --label="$label" --out="$OUT/$label" > "$OUT/$label.log" 2>&1 ||
+    echo "$variant failed: $(tail -n 3 "$OUT/$label.log")"
+  cp "$OUT/$label"/profile_*.json "$OUT/" 2>/dev/null
   if [ "$trace" = --trace ]; then  # the trace itself, for a look at the graph replay
     newest=$(ls -t /tmp/specjax_trace_*/spec/*/*/*/*.trace.json.gz 2>/dev/null | head -n 1)
-    [ -n "$newest" ] && cp "$newest" "$OUT/$variant.trace.json.gz"
+    [ -n "$newest" ] && cp "$newest" "$OUT/$label.trace.json.gz"
   fi
-  rm -rf "$OUT/$variant/hlo"
-  grep -E "ms/token" "$OUT/$variant.log"
+  rm -rf "$OUT/$label/hlo"
+  grep -E "ms/token" "$OUT/$label.log"
 done
