@@ -84,6 +84,11 @@ flags.DEFINE_list("report", None, "print the table of these profile JSON files a
 flags.DEFINE_string(
     "plot_parts", "", "with --report: save a bar chart of each run's call parts here (PNG)"
 )
+flags.DEFINE_boolean(
+    "one_call", False,
+    "with --report: also list a middle call's kernels in the order they ran, by part, with "
+    "the GPU's idle time before each",
+)  # fmt: skip
 
 
 def main(argv):
@@ -97,6 +102,9 @@ def main(argv):
             raise app.UsageError("--report needs at least one profile JSON file")
         results = [json.loads(open(path).read()) for path in FLAGS.report]
         print(profile.markdown(results))
+        if FLAGS.one_call:
+            for result in results:
+                print("\n" + profile.one_call_tables(result))
         if FLAGS.plot_parts:
             from specjax.experiment.plots import plot_call_parts
 

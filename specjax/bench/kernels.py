@@ -493,7 +493,8 @@ def phase_timeline(
     # begins (the part turns to phases[0]): one middle iteration is kept as "one_call".
     sequence: list[tuple[str, str, float, float]] = []
     call_starts: list[int] = []
-    last_phase = None
+    verified = False  # a verification event since the last iteration's start
+    previous_part = None
     for event in ordered:
         gap = 0.0 if busy_until is None else max(0.0, event.start_us - busy_until)
         busy_until = max(busy_until or event.start_us, event.start_us + event.duration_us)
@@ -512,12 +513,16 @@ def phase_timeline(
             continue
         else:
             inferred_us += event.duration_us
-        # An iteration begins where drafting follows the last part (shared kernels may hand
-        # the current part back and forth inside one iteration: those are no new iteration).
-        if current == phases[0] and last_phase in (None, phases[-1]):
+        # An iteration begins where drafting follows the last part (commit) with a
+        # verification since the previous start. Kernels shared between parts hand the
+        # current part back and forth inside an iteration (on an H200 trace: one event of
+        # verification inside drafting, two of drafting inside the commit's tail); those
+        # start no iteration, except that the commit's blip starts it two events early.
+        if current == phases[0] and (not call_starts or (verified and previous_part == phases[-1])):
             call_starts.append(len(sequence))
-        if current in phases:
-            last_phase = current
+            verified = False
+        verified = verified or current == phases[1]
+        previous_part = current
         sequence.append((current, event.name, gap, event.duration_us))
         idle_us[current] += gap
         time_us[current] += event.duration_us

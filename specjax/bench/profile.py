@@ -678,6 +678,30 @@ def idle_table(results: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def one_call_tables(result: dict[str, Any]) -> str:
+    """Each traced speculative loop's middle call (`phase_timeline`'s "one_call"), its events
+    in the order they ran: part, kernel, idle µs before it, µs. Empty when none was kept."""
+    found = []
+    for name, sec in result["sections"].items():
+        events = (sec.get("phase_timeline") or {}).get("one_call")
+        if not events:
+            continue
+        rows = [
+            (i, part, f"`{kernel[:70]}`", f"{gap:.2f}", f"{us:.2f}")
+            for i, (part, kernel, gap, us) in enumerate(events)
+        ]
+        busy, idle = sum(e[3] for e in events), sum(e[2] for e in events)
+        found.append(
+            "\n".join([
+                f"One call in order: {result['label']} {name} ({len(events)} events, "
+                f"{busy:.1f} µs of kernels, {idle:.1f} µs idle before them)",
+                "",
+                tables.markdown(("#", "part", "kernel", "idle µs before", "µs"), rows),
+            ])
+        )  # fmt: skip
+    return "\n\n".join(found)
+
+
 def gap_table(timeline: dict[str, Any], label: str) -> str:
     """The largest idle gaps of a `kernels.phase_timeline` split, by the kernels around them."""
     rows = [

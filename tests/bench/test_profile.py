@@ -307,8 +307,10 @@ def test_phase_timeline_splits_idle_time_by_part():
 
 
 def test_phase_timeline_keeps_a_middle_call_in_order():
-    """`one_call` is the middle iteration, from its drafting's first event to the next
-    iteration's, each event with its part, gap and duration."""
+    """`one_call` is a middle iteration, each event with its part, gap and duration. An
+    iteration starts where drafting follows the commit with a verification since the last
+    start: a verification blip inside drafting starts nothing, and a drafting blip in the
+    commit's tail (a kernel both launch, as on an H200) starts it there, two events early."""
     # Both launches of loop_add_fusion's kernel draft; the attention kernel verifies; the
     # reduction commits.
     phased = (
@@ -320,20 +322,31 @@ def test_phase_timeline_keeps_a_middle_call_in_order():
     names = {"draft": "loop_add_fusion", "verify": "specjax_decode_attention",
              "commit": "input_reduce_fusion_7"}  # fmt: skip
     events, t = [], 0.0
-    # 3 iterations; drafting hands over to verification and back inside each, which does
-    # not start a new one.
     for call in range(3):
-        parts = (("draft", 2.0), ("verify", 5.0 + call), ("draft", 2.0), ("commit", 1.0))
+        parts = (
+            ("draft", 2.0), ("verify", 0.5), ("draft", 2.0), ("verify", 5.0 + call),
+            ("commit", 1.0), ("draft", 0.5), ("commit", 1.0),
+        )  # fmt: skip
         for part, duration in parts:
             events.append(trace.DeviceEvent(names[part], t, duration, "/device:GPU:0", "S"))
             t += duration + 1.0  # a 1 µs gap before the next event
     found = kernels.phase_timeline(phased, events, speculative.PHASES, calls=3)
+    # Starts: the first event, then each commit's drafting blip: the middle one is the second
+    # call's, so the kept call ends with the third call's verification and commit.
     assert found["one_call"] == [
+        ["draft", "loop_add_fusion", 1.0, 0.5],
+        ["commit", "input_reduce_fusion_7", 1.0, 1.0],
         ["draft", "loop_add_fusion", 1.0, 2.0],
-        ["verify", "specjax_decode_attention", 1.0, 6.0],  # the second call's verify: 5 + 1
+        ["verify", "specjax_decode_attention", 1.0, 0.5],
         ["draft", "loop_add_fusion", 1.0, 2.0],
+        ["verify", "specjax_decode_attention", 1.0, 7.0],
         ["commit", "input_reduce_fusion_7", 1.0, 1.0],
     ]
+    result = {"label": "hand-made", "sections": {"spec": {"phase_timeline": found}}}
+    table = profile.one_call_tables(result)
+    assert "(7 events, 14.0 µs of kernels, 7.0 µs idle before them)" in table
+    assert "| 5 | verify | `specjax_decode_attention` | 1.00 | 7.00 |" in table
+    assert profile.one_call_tables({"label": "x", "sections": {"ar": {}}}) == ""
 
 
 @pytest.mark.parametrize("tree", [None, "dynamic:depth=2,top_k=2,nodes=3"])
