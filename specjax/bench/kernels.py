@@ -489,8 +489,8 @@ def phase_timeline(
     large_gaps: dict[tuple[str, str], list] = collections.defaultdict(lambda: [0, 0.0])
     current = None
     busy_until, previous = None, None  # end of all events so far (streams may overlap)
-    # [part, name, gap µs, µs] of every loop event, and where each iteration's drafting
-    # begins (the part turns to phases[0]): one middle iteration is kept as "one_call".
+    # [part, name, gap µs, µs] of every loop event, and where each iteration begins (the
+    # rule below): one middle iteration is kept as "one_call".
     sequence: list[tuple[str, str, float, float]] = []
     call_starts: list[int] = []
     verified = False  # a verification event since the last iteration's start

@@ -704,13 +704,13 @@ def one_call_tables(result: dict[str, Any]) -> str:
 
 def gap_table(timeline: dict[str, Any], label: str) -> str:
     """The largest idle gaps of a `kernels.phase_timeline` split, by the kernels around them."""
+    from specjax.bench.kernels import LARGE_GAP_US
+
     rows = [
         (f"`{g['before'][:60]}`", f"`{g['after'][:60]}`", f"{g['per_call']:.2f}",
          f"{g['mean_us']:.1f}", f"{g['us_per_call']:.1f}")
         for g in timeline["largest_gaps"]
     ]  # fmt: skip
-    from specjax.bench.kernels import LARGE_GAP_US
-
     columns = ("kernel before", "kernel after", "per call", "mean µs", "µs per call")
     return "\n".join(
         [f"Idle gaps of at least {LARGE_GAP_US:g} µs: {label}", "",
