@@ -702,6 +702,37 @@ def one_call_tables(result: dict[str, Any]) -> str:
     return "\n\n".join(found)
 
 
+# A matmul kernel longer than this (µs) in a decode call reads an LM head (at the 1.5B
+# shape: 25 µs for a 32k-token draft head, 110 µs for the target's; a layer's largest matmul
+# takes 16 µs). A heuristic for `call_breakdown`'s table, named so.
+LM_HEAD_US = 20.0
+
+
+def kernel_kind(name: str, us: float) -> str:
+    """A kernel's kind by its trace name: "LM head" (a matmul over LM_HEAD_US), "matmul",
+    "attention", "sort", "copy" or "other"."""
+    if name.startswith(("gemm", "nvjet", "sm90_xmma", "cutlass")):
+        return "LM head" if us > LM_HEAD_US else "matmul"
+    if "attention" in name:
+        return "attention"
+    if name.startswith("sort"):
+        return "sort"
+    if "memcpy" in name.lower():
+        return "copy"
+    return "other"
+
+
+def call_breakdown(one_call: Sequence[Sequence[Any]]) -> list[tuple[str, str, int, float]]:
+    """(part, kernel kind, kernels, µs) of one call's events ([part, name, gap, µs], as
+    `kernels.phase_timeline` keeps them), by part then kind."""
+    found: dict[tuple[str, str], list] = {}
+    for part, name, _, us in one_call:
+        entry = found.setdefault((part, kernel_kind(name, us)), [0, 0.0])
+        entry[0] += 1
+        entry[1] += us
+    return [(part, kind, n, us) for (part, kind), (n, us) in sorted(found.items())]
+
+
 def gap_table(timeline: dict[str, Any], label: str) -> str:
     """The largest idle gaps of a `kernels.phase_timeline` split, by the kernels around them."""
     from specjax.bench.kernels import LARGE_GAP_US

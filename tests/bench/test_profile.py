@@ -722,3 +722,27 @@ def test_call_cost_projection_replays_a_bench_rows_tau():
     assert row["projected_ms_per_token"] == 1.5 and row["projected_speedup"] == pytest.approx(0.8)
     with pytest.raises(ValueError, match="BENCH.json#ROW_NAME"):
         call_cost.replayed_tau(str(bench))
+
+
+def test_call_breakdown_sums_a_call_by_part_and_kind():
+    """Kinds by trace name (a matmul over LM_HEAD_US is an LM head), sums by (part, kind)."""
+    long = profile.LM_HEAD_US + 5.0
+    call = [
+        ["draft", "gemm_fusion_dot_3", 0.0, 16.0],
+        ["draft", "gemm_fusion_dot_377", 0.1, long],
+        ["draft", "sort_38_1", 0.0, 4.0],
+        ["draft", "memcpy32_post", 0.0, 1.0],
+        ["draft", "loop_add_fusion", 0.0, 1.5],
+        ["draft", "loop_add_fusion", 0.0, 1.5],
+        ["verify", "specjax_rope_attention__4", 0.0, 15.0],
+        ["verify", "nvjet_sm90_tst_192x128", 0.0, 40.0],
+    ]
+    assert profile.call_breakdown(call) == [
+        ("draft", "LM head", 1, long),
+        ("draft", "copy", 1, 1.0),
+        ("draft", "matmul", 1, 16.0),
+        ("draft", "other", 2, 3.0),
+        ("draft", "sort", 1, 4.0),
+        ("verify", "LM head", 1, 40.0),
+        ("verify", "attention", 1, 15.0),
+    ]
