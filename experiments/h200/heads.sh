@@ -109,6 +109,7 @@ if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
   COMPARE="--prompts_per_set=1 --max_new_tokens=8 --repeats=1 --prompt_bucket=128"
   TREE_STATIC="2,1"; TREE_DYNAMIC="dynamic:depth=2,top_k=2,nodes=4"; GAMMA=2
   TREE_DYNAMIC16="dynamic:depth=2,top_k=2,nodes=3"; TREE_DYNAMIC12="dynamic:depth=2,top_k=2,nodes=2"
+  TREE_DYNAMIC20="dynamic:depth=3,top_k=2,nodes=5"
   CALL_SHAPES="tiny"; CALL_VOCAB=0; CALL_FLAGS="--dtype=float32 --context=16 --calls=2 --repeats=1"
   BATCHES="2"; HF_SHAPES=""; PAIR_GAMMAS=1; PAIR="--per_set=1 --max_new_tokens=8 --repeats=1"
   PROFILE_FLAGS="--shape=tiny --dtype=float32 --context=16 --new_tokens=8 --calls=2 --repeats=1"
@@ -119,6 +120,7 @@ else
   COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512"
   TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=6,top_k=6,nodes=32"; GAMMA=4
   TREE_DYNAMIC16="dynamic:depth=5,top_k=4,nodes=16"; TREE_DYNAMIC12="dynamic:depth=4,top_k=4,nodes=12"
+  TREE_DYNAMIC20="dynamic:depth=5,top_k=4,nodes=20"
   CALL_SHAPES="qwen2.5-1.5b llama3-8b"; CALL_VOCAB=32768; CALL_FLAGS="--repeats=3 --calls=16"
   BATCHES="8,32"; HF_SHAPES=${HF_SHAPES:-llama3-8b,qwen2.5-1.5b}
   PAIR_GAMMAS=${PAIR_GAMMAS:-1,2,3,5}; PAIR="--per_set=4 --repeats=3"
@@ -184,6 +186,10 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
   # The fastest Qwen drafter of the twelfth session (1.75x): a 12-node dynamic tree over 32k.
   row eagle-dynamic12-dv32k \
     "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=eagle-dynamic12-dv32k"
+  # Every node a 5-level, top-4 tree drafts verified (20): the attention kernel's 16-row
+  # programs (seventeenth session) made wide verification cheaper; not yet compared.
+  row eagle-dynamic20-dv32k \
+    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC20,draft_vocab=32768,name=eagle-dynamic20-dv32k"
   # The same tree over the 16k most frequent tokens: half the LM-head read per head step.
   row eagle-dynamic12-dv16k \
     "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC12,draft_vocab=16384,name=eagle-dynamic12-dv16k"
