@@ -11,7 +11,7 @@ SmolLM2, 11,840 x 256 for Qwen.
 The argument is a preset name, then optional overrides ("key=value,..."). Presets:
 
     smollm2-eagle   smollm2-hass   smollm2-medusa   qwen-eagle   qwen-hass   qwen-medusa
-    qwen-eagle3 (EAGLE-3's multi-layer inputs, online features)
+    qwen-eagle3, smollm2-eagle3 (EAGLE-3's multi-layer inputs, online features)
 
 The presets of one target share one data file (data.path): the answers are generated once.
 `-hass` presets fine-tune the EAGLE run's exported heads (head.init_from) with the drafting
@@ -121,6 +121,20 @@ PRESETS = {
         "train.num_steps": 7000,
         "head.feature_layers": "eagle3",
         "head.train_vocab": 32768,
+        "data.features": "online",
+    },
+    # The same recipe for SmolLM2 (not yet run; the project keeps no SmolLM2 head since the
+    # fifth session's): EAGLE-3's inputs over the 32k most frequent answer tokens, on every
+    # ShareGPT user turn that fits (the Qwen heads' data source), features computed in the
+    # step ([43k, 224, 4 x 576] bf16 would take 44 GB stored).
+    "smollm2-eagle3": {
+        **_SMOLLM2,
+        **_EAGLE,
+        "head.feature_layers": "eagle3",
+        "head.train_vocab": 32768,
+        "data.source": "sharegpt_turns",
+        "data.num_prompts": 43008,  # 43,865 of the 54,111 turns fit its 96 prompt tokens
+        "data.path": "runs/data/s43k.npz",
         "data.features": "online",
     },
 }

@@ -567,3 +567,26 @@ def test_feature_layer_config_errors():
         tiny_config("medusa", **{"head.feature_layers": "0"})
     config = tiny_config("eagle", **{"head.feature_layers": "eagle3"})
     assert training_config.feature_layers(config, 28) == (1, 13, 24)
+
+
+def test_h200_head_presets_parse():
+    """Every preset of configs/train_heads_h200.py (the GPU recipe heads.sh runs) gives a
+    locked, validated config; overrides apply on top; an unknown preset or key is refused by
+    name."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "configs" / "train_heads_h200.py"
+    spec = importlib.util.spec_from_file_location("train_heads_h200", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for preset in module.PRESETS:
+        config = module.get_config(preset)
+        assert config.is_locked and config.kind in ("eagle", "medusa"), preset
+    eagle3 = module.get_config("smollm2-eagle3,train.num_steps=9")
+    assert eagle3.train.num_steps == 9 and eagle3.head.feature_layers == "eagle3"
+    assert eagle3.target == "smollm2-135m-instruct" and eagle3.data.features == "online"
+    with pytest.raises(training_config.ConfigError, match="needs a preset"):
+        module.get_config("smollm2-eagle4")
+    with pytest.raises(training_config.ConfigError, match="unknown config key"):
+        module.get_config("qwen-eagle,train.num_stepz=3")
