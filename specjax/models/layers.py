@@ -350,10 +350,7 @@ def cache_move_policy() -> str:
     GPU in a one-device process (a pallas_call is not partitioned over a mesh), "auto" only
     on an NVIDIA GPU of compute capability >= 9.0, where it was measured (an H200, sixteenth
     session, docs/benchmarks.md)."""
-    if CACHE_MOVE not in CACHE_MOVE_METHODS:
-        raise ValueError(
-            f"SPECJAX_CACHE_MOVE must be one of {', '.join(CACHE_MOVE_METHODS)}, got {CACHE_MOVE!r}"
-        )
+    check_kernel_environment()  # a bad SPECJAX_CACHE_MOVE (or other switch) is refused by name
     if CACHE_MOVE in ("auto", "pallas"):
         if jax.default_backend() != "gpu" or jax.device_count() != 1:
             return "xla"
