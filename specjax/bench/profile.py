@@ -38,7 +38,7 @@ kernels are listed with the target's).
 Idle time in a trace is not an untraced run's: while a profiler is active XLA runs its
 command buffers (CUDA graphs) op by op, unless XLA_FLAGS has
 --xla_enable_command_buffers_during_profiling=true, and even then the profiler makes the host's
-graph launches slower (an H200 trace of the 12-node tree call showed one 670 µs gap a call
+graph launches slower (an H200 trace of the 12-node tree call showed one 754 µs gap a call
 that the untraced wall per call does not have). Judge launch gaps by the untraced ms per call
 against the trace's busy time, not by the trace's gaps.
 
