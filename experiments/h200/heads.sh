@@ -300,6 +300,13 @@ Q && (wait_for "$QWEN_FILE" && target_heads qwen qwen2.5-coder-1.5b-instruct) &
       $PAIR_FILES $PAIR --per_set=2 --repeats=1 --dtype=float32 --gammas=2,4 --ngram_gammas=4 \
       --tag=_float32
 ) &
+# EXACT_EARLY=1: Qwen's float32 exactness (untimed) runs here, beside the training stages, as
+# soon as its weights are in, rather than after the timed stages (a lease that trains only
+# SmolLM2 and compares a brought Qwen head: the exactness then costs no time of its own).
+[ "${EXACT_EARLY:-0}" = 1 ] && Q && (
+  wait_for "$QWEN_FILE" &&
+    stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
+) &
 wait
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.75
@@ -371,7 +378,7 @@ Q && stage qwen-pair 240 $PY -m experiments.real_pair $PAIR_FILES $PAIR \
 S && stage smollm2-compare 240 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2 "" 0
 Q && stage qwen-compare-T1 150 compare "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_T1 "" 1 few
 S && stage smollm2-compare-T1 150 compare "$SMOL_FILE" smollm2-135m-instruct _smollm2_T1 "" 1 few
-Q && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
+[ "${EXACT_EARLY:-0}" != 1 ] && Q && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
 [ "$HF_FIRST" = 1 ] || hf_stages
 [ "${PROFILE_FIRST:-0}" = 1 ] || profile_stages
 # What comes back in results.tgz: results, logs, metrics, and the SmolLM2 heads (small); the
