@@ -2,6 +2,8 @@
 
     python -m experiments.profile --shape=llama3-8b --what=step,ar,spec --out=runs/profile
     python -m experiments.profile --report=runs/profile/profile_before_llama3-8b.json,...
+    python -m experiments.profile --shape=qwen2.5-1.5b --draft_shape=eagle --draft_vocab=32768 \
+        --tree=dynamic:depth=4,top_k=4,nodes=12 --what=ar,spec,call --draft_weights=float,int8
 
 Each run writes <out>/profile_<label>_<shape>.json (times, trace summary, HLO kernel counts,
 floor) and prints the table; --report prints the before/after table of several such files.
@@ -42,7 +44,14 @@ flags.DEFINE_string(
     "draft_shape", "", "draft of the spec section (default per target; 'eagle': an EAGLE head)"
 )
 flags.DEFINE_integer("draft_vocab", 0, "with --draft_shape=eagle: draft over this many tokens")
-flags.DEFINE_list("what", ["step", "ar", "spec"], "sections: step, ar, spec")
+flags.DEFINE_list(
+    "draft_weights",
+    ["float"],
+    "with --draft_shape=eagle: time the spec (and call) sections once per setting of the head's "
+    "weights, in this process beside one AR loop: float (the --dtype) and/or int8 (weight-only "
+    "int8); sections spec, spec_int8, ...",
+)
+flags.DEFINE_list("what", ["step", "ar", "spec"], "sections: step, ar, spec, call")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "weights and KV cache")
 flags.DEFINE_integer("batch", 1, "rows decoded together")
 flags.DEFINE_integer("context", 512, "prompt tokens")
@@ -115,7 +124,7 @@ def main(argv):
     for shape in FLAGS.shape:
         settings = profile.ProfileSettings(
             shape=shape, draft_shape=FLAGS.draft_shape, draft_vocab=FLAGS.draft_vocab,
-            what=tuple(FLAGS.what),
+            draft_weights=tuple(FLAGS.draft_weights), what=tuple(FLAGS.what),
             dtype=FLAGS.dtype, batch=FLAGS.batch, context=FLAGS.context,
             new_tokens=FLAGS.new_tokens, gamma=FLAGS.gamma, alpha=FLAGS.alpha,
             verify_tokens=tuple(int(T) for T in FLAGS.verify_tokens),

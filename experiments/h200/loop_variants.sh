@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Settings of the decode loop (XLA's command-buffer / CUDA-graph flags, the attention kernel's
-# launch) against the 12-node tree call and the autoregressive step at the Qwen2.5-1.5B shape
-# (synthetic weights): one process per setting (XLA and specjax read them once), the AR loop
-# and the tree loop timed in the same process.
+# launch, the EAGLE head's weights) against the 12-node tree call and the autoregressive step
+# at the Qwen2.5-1.5B shape (synthetic weights): one process per setting (XLA and specjax read
+# them once), the AR loop and the tree loop timed in the same process.
 #
 #   bash experiments/h200/loop_variants.sh OUT [VARIANT ...]
 #
@@ -11,7 +11,9 @@
 # concurrent_regions, while_unrolled, min_graph_1 (XLA flags); rows16 (the attention kernel's
 # programs take at most 16 query rows: SPECJAX_ROPE_ATTENTION=block_rows=16), rows64 (64), and
 # launch:KEY=V,KEY=V (any launch of the kernel, e.g. launch:block_s=128,splits=4: the same
-# for the AR step and the verification, as exactness needs).
+# for the AR step and the verification, as exactness needs); draft_int8 (the tree loop twice in
+# one process, the head's weights as bfloat16 and as weight-only int8, `--draft_weights`:
+# sections spec and spec_int8 beside one AR loop; not in the default list).
 # Each writes OUT/profile_<variant>_*.json and OUT/<variant>.log; `python -m experiments.profile
 # --report=OUT/profile_*.json` prints them side by side.
 set -u
@@ -31,7 +33,7 @@ flags_of() {  # the variant's XLA flags
     while_unrolled)
       echo "--xla_gpu_enable_command_buffer=+WHILE --xla_gpu_command_buffer_unroll_loops=true" ;;
     min_graph_1) echo "--xla_gpu_graph_min_graph_size=1" ;;
-    rows16 | rows64 | launch:*) echo "" ;;
+    rows16 | rows64 | launch:* | draft_int8) echo "" ;;
     *) echo "unknown variant $1" >&2; return 2 ;;
   esac
 }
@@ -43,17 +45,24 @@ launch_of() {  # the variant's SPECJAX_ROPE_ATTENTION
     *) echo "${SPECJAX_ROPE_ATTENTION:-}" ;;
   esac
 }
+args_of() {  # the variant's further flags of experiments.profile
+  case $1 in
+    draft_int8) echo "--draft_weights=float,int8" ;;
+    *) echo "" ;;
+  esac
+}
 VARIANTS=${*:-default graphs_traced skip_temp concurrent_regions while_unrolled min_graph_1}
 for variant in $VARIANTS; do
   flags=$(flags_of "$variant") || exit 2
   trace=--notrace
   [ "$variant" = graphs_traced ] && trace=--trace
   launch=$(launch_of "$variant")
+  args=$(args_of "$variant")
   label=$(tr ':=,' '___' <<< "$variant")  # a file name
-  echo "[$(date +%H:%M:%S)] $variant: XLA_FLAGS=$flags SPECJAX_ROPE_ATTENTION=$launch"
+  echo "[$(date +%H:%M:%S)] $variant: XLA_FLAGS=$flags SPECJAX_ROPE_ATTENTION=$launch $args"
   # shellcheck disable=SC2086
   XLA_FLAGS="$flags" SPECJAX_ROPE_ATTENTION="$launch" timeout 300 $PY -m experiments.profile \
-    $COMMON $trace --label="$label" --out="$OUT/$label" > "$OUT/$label.log" 2>&1 ||
+    $COMMON $args $trace --label="$label" --out="$OUT/$label" > "$OUT/$label.log" 2>&1 ||
     echo "$variant failed: $(tail -n 3 "$OUT/$label.log")"
   cp "$OUT/$label"/profile_*.json "$OUT/" 2>/dev/null
   if [ "$trace" = --trace ]; then  # the trace itself, for a look at the graph replay

@@ -22,6 +22,10 @@ For each section of `ProfileSettings.what`:
   * call: one iteration of the spec loop split into drafting, the verification call and
     acceptance + commit (`call_cost.iteration_parts`: C calls of each part in one device
     loop), beside the spec loop's own ms per call when both sections run.
+With draft_shape "eagle", `draft_weights` lists settings of the head's weights
+(`EagleDrafter.weights`: "float", as the target's dtype; "int8", weight-only int8): the spec
+and call sections run once per setting, in this one process beside the one AR loop, as
+sections "spec" and "call" for "float" and "spec_<setting>", "call_<setting>" for the others.
 Weights are synthetic (hash-initialised on the device, real shapes). ms/token of a loop is
 (median wall of the call − the prefill steps' median) / N: compile time and prefill stay out
 (on a loaded CPU the difference of two noisy timings can mislead; `ms_per_token_incl_prefill`
@@ -82,6 +86,8 @@ class ProfileSettings:
         draft step (the loop's time says what the head costs).
       draft_vocab: with draft_shape "eagle", draft over this many tokens (0: all; the
         reduced draft vocabulary of `heads.with_draft_vocab`, here the first ids).
+      draft_weights: with draft_shape "eagle", the head's weights to time the spec and call
+        sections with, each in turn (values of `quantize.DRAFT_WEIGHTS`: "float", "int8").
       what: subset of SECTIONS.
       dtype: weights and KV cache.
       batch: rows decoded together.
@@ -103,6 +109,7 @@ class ProfileSettings:
     shape: str = "llama3-8b"
     draft_shape: str = ""
     draft_vocab: int = 0
+    draft_weights: Sequence[str] = ("float",)
     what: Sequence[str] = SECTIONS
     dtype: str = "bfloat16"
     batch: int = 1
@@ -127,6 +134,20 @@ class ProfileSettings:
         draft = self.draft_shape or DEFAULT_DRAFTS.get(self.shape, "")
         if self.draft_vocab and draft != EAGLE:
             raise ValueError("draft_vocab needs draft_shape='eagle'")
+        weights = list(self.draft_weights)
+        if not weights or len(set(weights)) != len(weights):
+            raise ValueError(f"draft_weights must name settings once each, got {weights}")
+        if weights != ["float"]:  # older packages (before/after runs) know no other setting
+            from specjax.models.quantize import DRAFT_WEIGHTS
+
+            if draft != EAGLE:
+                raise ValueError("draft_weights other than float need draft_shape='eagle'")
+            unknown = [w for w in weights if w not in DRAFT_WEIGHTS]
+            if unknown:
+                raise ValueError(
+                    f"draft_weights must be among {', '.join(map(repr, DRAFT_WEIGHTS))}, got "
+                    + ", ".join(map(repr, unknown))
+                )
         for name in (self.shape, draft) if draft and draft != EAGLE else (self.shape,):
             if name not in SHAPES:
                 raise ValueError(f"unknown shape {name!r}; known: {', '.join(sorted(SHAPES))}")
@@ -230,6 +251,24 @@ def floor_ms(params, config, *, batch: int, context: int, bandwidth: float) -> f
     itemsize = jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize
     kv_bytes = step_lib.kv_bytes_read(config, batch, context, itemsize)
     return 1e3 * (weight_bytes + kv_bytes) / bandwidth
+
+
+def _draft_fields(drafter: tuple[Any, Any], weights: str, dtype: Any) -> dict[str, Any]:
+    """For an EAGLE head: {"draft_weights": its setting, "draft_weight_bytes": the bytes of
+    its weights as it drafts with them (`decode_params`: decode layout, `weights` applied),
+    the head and its draft vocabulary's LM head slice, not the target's arrays it shares};
+    {} for other drafters."""
+    head_drafter, head_params = drafter
+    if getattr(head_drafter, "kind", "") != "eagle" or not hasattr(head_drafter, "decode_params"):
+        return {}
+    decoded = head_drafter.decode_params(head_params, dtype)
+    own = [decoded["head"]]
+    if decoded["io"].get("draft_ids") is not None:
+        own.append(decoded["io"]["draft_head"])
+    return {
+        "draft_weights": weights,
+        "draft_weight_bytes": int(sum(leaf.nbytes for leaf in jax.tree.leaves(own))),
+    }
 
 
 def _accept_probs(settings: ProfileSettings) -> tuple[list[float], str]:
@@ -382,22 +421,35 @@ def run(
         save()
 
     prompt = np.random.default_rng(0).integers(0, config.vocab_size, size=(B, P)).tolist()
+    # The draft once per setting of its weights (`draft_weights`; "float" alone, the draft
+    # as built, unless asked): section "spec" / "call" for "float", "spec_int8" ... otherwise.
+    weight_settings = {
+        weights: (draft if weights == "float" else dataclasses.replace(draft, weights=weights))
+        for weights in s.draft_weights
+    }
+
+    def suffix(weights: str) -> str:
+        return "" if weights == "float" else f"_{weights}"
+
     loops: dict[str, dict[str, Any]] = {}
     if "ar" in s.what:
         loops["ar"] = dict(drafter=None, kwargs={}, prefill_ms=prefill_ms, module="_autoregressive")
-    if "spec" in s.what and s.tree:
-        loops["spec"] = dict(
-            drafter=(draft, draft_params),
-            kwargs=dict(tree=s.tree),
-            prefill_ms=prefill_ms + draft_prefill_ms,
-            module="_tree",
-            acceptance="none replayed: greedy on synthetic weights, so ms per call is the figure",
-            accept_length_probs=None,
-        )
-    elif "spec" in s.what:
+    for weights, drafter in weight_settings.items() if "spec" in s.what else ():
+        if s.tree:
+            loops["spec" + suffix(weights)] = dict(
+                drafter=(drafter, draft_params),
+                kwargs=dict(tree=s.tree),
+                prefill_ms=prefill_ms + draft_prefill_ms,
+                module="_tree",
+                acceptance="none replayed: greedy on synthetic weights, so ms per call is the "
+                "figure",
+                accept_length_probs=None,
+                draft_weights=weights,
+            )
+            continue
         probs, source = _accept_probs(s)
-        loops["spec"] = dict(
-            drafter=(draft, draft_params),
+        loops["spec" + suffix(weights)] = dict(
+            drafter=(drafter, draft_params),
             kwargs=dict(
                 sampling=Sampling.create(1.0),
                 gamma=K,
@@ -407,6 +459,7 @@ def run(
             module="_speculative",
             acceptance=source,
             accept_length_probs=probs,
+            draft_weights=weights,
         )
     for name, loop in loops.items():
 
@@ -435,13 +488,15 @@ def run(
         section["ms_per_call"] = (1e3 * median_s - loop["prefill_ms"]) / max(
             section["iterations"], 1
         )
-        if name == "spec":
+        speculative = name != "ar"
+        if speculative:
             section.update(
                 tau=float(out.tau),
                 acceptance=loop["acceptance"],
                 accept_length_probs=loop["accept_length_probs"],
                 projected="yes: synthetic weights with a replayed acceptance",
             )
+            section.update(_draft_fields(loop["drafter"], loop["draft_weights"], dtype))
         events: list[Any] = []
         if s.trace:
             section["trace"], events = traced_events(
@@ -452,7 +507,7 @@ def run(
             section.update(
                 _layer_kernel_fields(dump_dir, loop["module"], middle_layer, events, generated)
             )
-            if name == "spec":
+            if speculative:
                 section.update(
                     _phase_fields(dump_dir, loop["module"], events, section["iterations"])
                 )
@@ -462,28 +517,33 @@ def run(
             f"x floor {floor:.3f} ms), compile {section['compile_s']:.1f} s"
         )
         save()
-    if "call" in s.what:
+    for weights, drafter in weight_settings.items() if "call" in s.what else ():
         from specjax.bench import call_cost
         from specjax.decoding.tree import parse_tree_spec
 
+        name = "call" + suffix(weights)
         shape = call_cost.CallShape(gamma=K, tree=parse_tree_spec(s.tree) if s.tree else None)
-        drafter, drafter_params = specjax.api.as_drafter((draft, draft_params))
+        drafter, drafter_params = specjax.api.as_drafter((drafter, draft_params))
         section = call_cost.iteration_parts(
             target, params, drafter, drafter_params, batch=B, context=P, shape=shape,
             calls=s.calls, repeats=s.repeats,
         )  # fmt: skip
-        if "spec" in result["sections"]:
-            section["loop_ms_per_call"] = result["sections"]["spec"]["ms_per_call"]
-        result["sections"]["call"] = section
+        section.update(_draft_fields((drafter, drafter_params), weights, dtype))
+        spec_section = result["sections"].get("spec" + suffix(weights))
+        if spec_section:
+            section["loop_ms_per_call"] = spec_section["ms_per_call"]
+        result["sections"][name] = section
         log(
-            f"[{s.label}] {s.shape} call ({section['verified_tokens']} verified tokens): draft "
+            f"[{s.label}] {s.shape} {name} ({section['verified_tokens']} verified tokens): draft "
             f"{section['draft_ms']:.3f} + verify {section['verify_ms']:.3f} + accept/commit "
             f"{section['accept_commit_ms']:.3f} = {section['iteration_ms']:.3f} ms"
         )
         save()
-    if "ar" in loops and "spec" in loops and not s.tree:
-        ar, spec = result["sections"]["ar"], result["sections"]["spec"]
-        spec["speedup_vs_ar"] = ar["ms_per_token"] / spec["ms_per_token"]
+    if "ar" in loops and not s.tree:
+        ar = result["sections"]["ar"]
+        for weights in weight_settings if "spec" in s.what else ():
+            spec = result["sections"]["spec" + suffix(weights)]
+            spec["speedup_vs_ar"] = ar["ms_per_token"] / spec["ms_per_token"]
     save()
     result["json"] = str(path)
     return result
@@ -501,12 +561,20 @@ def _fmt3(value: Any) -> str:
     return _fmt(value, 3)
 
 
+def run_label(result: dict[str, Any], section: str) -> str:
+    """A run's name in the tables of its spec and call sections: its label, and the draft's
+    weights for a section of another setting than float ("spec_int8": "<label> (int8
+    draft)"), so that one run's settings stand side by side."""
+    _, _, weights = section.partition("_")
+    return f"{result['label']} ({weights} draft)" if weights else result["label"]
+
+
 def summary_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (run, section): the figures of the before/after tables."""
     rows = []
     for r in results:
         for name, sec in r["sections"].items():
-            if name == "call":  # per call, not per token: its own table (`call_table`)
+            if name == "call" or name.startswith("call_"):  # per call: `call_table`
                 continue
             tr = sec.get("trace") or {}
             hlo = sec.get("hlo") or {}
@@ -546,8 +614,10 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
     time per token / per step from the trace."""
     rows = summary_rows(results)
     lines = [tables.markdown(COLUMNS, ([row[c] for c in COLUMNS] for row in rows), _fmt3)]
-    if any("call" in r["sections"] for r in results):
+    if any(name.startswith("call") for r in results for name in r["sections"]):
         lines += ["", call_table(results)]
+    if any("draft_weights" in sec for r in results for sec in r["sections"].values()):
+        lines += ["", draft_weights_table(results)]
     for r in results:
         for name, sec in r["sections"].items():
             top = (sec.get("trace") or {}).get("top_kernels")
@@ -577,11 +647,11 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
            for r in results for sec in r["sections"].values()):  # fmt: skip
         lines += ["", idle_table(results)]
     for r in results:
-        for sec in r["sections"].values():
+        for name, sec in r["sections"].items():
             if (sec.get("phase_timeline") or {}).get("kernels"):
-                lines += ["", part_kernel_table(sec["phase_timeline"], r["label"])]
+                lines += ["", part_kernel_table(sec["phase_timeline"], run_label(r, name))]
             if (sec.get("phase_timeline") or {}).get("largest_gaps"):
-                lines += ["", gap_table(sec["phase_timeline"], r["label"])]
+                lines += ["", gap_table(sec["phase_timeline"], run_label(r, name))]
     for r in results:
         for name, sec in r["sections"].items():
             if sec.get("layer_kernels"):
@@ -590,6 +660,27 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
                     layer_kernel_table(sec, f"{r['label']} {r['settings']['shape']} {name}"),
                 ]
     return "\n".join(lines)
+
+
+def draft_weights_table(results: Sequence[dict[str, Any]]) -> str:
+    """The EAGLE head's weights per spec and call section: setting, MB read per draft step
+    (`_draft_fields`), ms per call of the loop, and drafting ms of the call split."""
+    rows = [
+        (r["label"], name, sec["draft_weights"], sec["draft_weight_bytes"] / 1e6,
+         sec.get("ms_per_call"), sec.get("draft_ms"))
+        for r in results
+        for name, sec in r["sections"].items()
+        if "draft_weights" in sec
+    ]  # fmt: skip
+    columns = ("run", "section", "draft weights", "draft MB", "ms per call", "draft ms")
+    return "\n".join(
+        [
+            "The EAGLE head's weights as it drafts with them (head + draft vocabulary's LM "
+            "head slice; MB each draft step reads)",
+            "",
+            tables.markdown(columns, rows, _fmt3),
+        ]
+    )
 
 
 def layer_kernel_table(section: dict[str, Any], title: str) -> str:
@@ -619,7 +710,7 @@ def call_parts(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
 
     runs = {}
     for r in results:
-        for sec in r["sections"].values():
+        for name, sec in r["sections"].items():
             timeline, by_name = sec.get("phase_timeline"), sec.get("phases")
             found = timeline or by_name
             if not found:
@@ -628,7 +719,7 @@ def call_parts(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
             parts["outside"] = (
                 timeline["outside_ms_per_call"] if timeline else by_name["other_ms_per_call"]
             )
-            runs[r["label"]] = parts
+            runs[run_label(r, name)] = parts
     return runs
 
 
@@ -655,14 +746,14 @@ def idle_table(results: Sequence[dict[str, Any]]) -> str:
     labels = [*PHASES, "unscoped"]
     body = []
     for r in results:
-        for sec in r["sections"].values():
+        for name, sec in r["sections"].items():
             timeline = sec.get("phase_timeline") or {}
             idle = timeline.get("idle_ms_per_call")
             if not idle:
                 continue
             busy = timeline["per_call_ms"]
             body.append(
-                (r["label"], r["settings"].get("tree") or "chain")
+                (run_label(r, name), r["settings"].get("tree") or "chain")
                 + tuple(f"{busy[p]:.3f} / {idle[p]:.3f}" for p in labels)
                 + (f"{idle['outside']:.3f}", f"{sum(busy.values()):.3f}",
                    f"{sum(idle[p] for p in labels):.3f}", sec.get("ms_per_call"))
@@ -766,13 +857,14 @@ def phase_table(results: Sequence[dict[str, Any]]) -> str:
 
     body = []
     for r in results:
-        for sec in r["sections"].values():
+        for name, sec in r["sections"].items():
             found = sec.get("phases")
             if not found:
                 continue
 
             settings = r["settings"]
-            lead = (r["label"], settings["shape"], settings.get("tree") or "chain", "by name")
+            drafts = settings.get("tree") or "chain"
+            lead = (run_label(r, name), settings["shape"], drafts, "by name")
             body.append(row(lead, found, f"{found['shared_ms_per_call']:.3f}",
                             found["other_ms_per_call"], sec.get("ms_per_call")))  # fmt: skip
             timeline = sec.get("phase_timeline")
@@ -807,17 +899,19 @@ def call_table(results: Sequence[dict[str, Any]]) -> str:
     """ms per speculative call split into its parts (the call sections of `results`)."""
     body = []
     for r in results:
-        sec = r["sections"].get("call")
-        if not sec:
-            continue
-        st = r["settings"]
-        body.append(
-            (
-                r["label"], st["shape"], st.get("tree") or f"chain, gamma {st['gamma']}",
-                sec["verified_tokens"], sec["draft_ms"], sec["verify_ms"],
-                sec["accept_commit_ms"], sec["iteration_ms"], sec.get("loop_ms_per_call"),
-            )
-        )  # fmt: skip
+        for name, sec in r["sections"].items():
+            if name == "call" or name.startswith("call_"):
+                body.append(_call_row(r, name, sec))
     return "\n".join(
         ["ms per call (device loops of C calls)", "", tables.markdown(CALL_COLUMNS, body, _fmt3)]
     )
+
+
+def _call_row(r: dict[str, Any], name: str, sec: dict[str, Any]) -> tuple:
+    """One row of `call_table`: a call section's parts."""
+    st = r["settings"]
+    return (
+        run_label(r, name), st["shape"], st.get("tree") or f"chain, gamma {st['gamma']}",
+        sec["verified_tokens"], sec["draft_ms"], sec["verify_ms"], sec["accept_commit_ms"],
+        sec["iteration_ms"], sec.get("loop_ms_per_call"),
+    )  # fmt: skip

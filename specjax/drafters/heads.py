@@ -37,6 +37,12 @@ Token trees: EAGLE drafts static and dynamic (EAGLE-2) trees (`EagleDrafter.prop
 through `drafters/tree_expansion.py`): each tree node is an entry fed its parent's predicted
 feature. Medusa does not draft trees here.
 
+Int8 drafting (`EagleDrafter.weights = "int8"`, spec key ``weights=int8``): the EAGLE head
+drafts with its matrices, and its draft vocabulary's LM head slice, as weight-only int8 with
+per-column scales (`models/quantize.py`, `int8_decode_params`), made once per weights beside
+the decode layout. At batch 1 a draft step reads those weights and little else, so this
+about halves its bytes in bfloat16; the target still verifies every token.
+
 Sampling: the drafted tokens are drawn from the heads' softmax after the same temperature /
 top-k / top-p as the target (`sampling.probs`), and those distributions are returned, so
 rejection sampling stays lossless. Greedy drafting takes the argmax.
@@ -66,6 +72,7 @@ from specjax.drafters import tree_expansion
 from specjax.models import layers
 from specjax.models.config import NO_WINDOW, ModelConfig
 from specjax.models.layers import Block
+from specjax.models.quantize import DRAFT_WEIGHTS, Int8Weight, matmul, quantize_int8
 from specjax.models.transformer import (
     DecodeParams,
     Model,
@@ -115,15 +122,15 @@ def lm_logits(io: dict[str, Any], hidden_xD: jax.Array, config: ModelConfig) -> 
     return _project(hidden_xD, head_DxV, config)
 
 
-def _project(hidden_xD: jax.Array, head_DxN: jax.Array, config: ModelConfig) -> jax.Array:
+def _project(
+    hidden_xD: jax.Array, head_DxN: jax.Array | Int8Weight, config: ModelConfig
+) -> jax.Array:
     """Features through N columns of an LM head (with the target's logit softcap): float32
-    logits [..., N]."""
-    logits_xN = jnp.einsum(
-        "...d,dn->...n",
-        hidden_xD,
-        head_DxN.astype(hidden_xD.dtype),
-        preferred_element_type=jnp.float32,
-    )
+    logits [..., N]. `head_DxN` may be an `Int8Weight` (a draft vocabulary's slice drafting
+    with int8 weights, `int8_decode_params`)."""
+    if not isinstance(head_DxN, Int8Weight):
+        head_DxN = head_DxN.astype(hidden_xD.dtype)
+    logits_xN = matmul(hidden_xD, head_DxN, preferred_element_type=jnp.float32)
     if config.final_logit_softcap:
         cap = config.final_logit_softcap
         logits_xN = jnp.tanh(logits_xN / cap) * cap
@@ -389,8 +396,8 @@ def fuse_target_features(head: dict[str, Any], features_xF: jax.Array) -> jax.Ar
         kernel_FxD, bias_D = head["fuse_kernel"], head["fuse_bias"]
     else:
         return features_xF
-    x_xF = features_xF.astype(kernel_FxD.dtype)
-    return jnp.einsum("...f,fd->...d", x_xF, kernel_FxD) + bias_D
+    x_xF = features_xF.astype(bias_D.dtype)  # the head's dtype (the kernel may be int8)
+    return matmul(x_xF, kernel_FxD) + bias_D
 
 
 def eagle_forward(
@@ -402,9 +409,9 @@ def eagle_forward(
     cache: kv_cache.KVCache,
     mask_BxTxS: jax.Array | None = None,
 ) -> tuple[jax.Array, kv_cache.KVCache]:
-    """`EagleHead.__call__` on decode-layout weights (`eagle_decode_head`): the one
-    implementation of the head's math."""
-    dtype = head["fc_kernel"].dtype
+    """`EagleHead.__call__` on decode-layout weights (`eagle_decode_head`, or with int8
+    matrices, `int8_decode_params`): the one implementation of the head's math."""
+    dtype = head["fc_bias"].dtype  # the head's dtype (fc_kernel may be an Int8Weight)
     x_BxTx2D = jnp.concatenate(
         [features_BxTxD.astype(dtype), token_embeddings_BxTxD.astype(dtype)], axis=-1
     )
@@ -428,6 +435,48 @@ def _eagle_decode_head_jit(head: dict[str, Any], block_config: ModelConfig, dtyp
     return eagle_decode_head(head, block_config, dtype, inference=True)
 
 
+# The decode layer's matrices an int8 head stores as `Int8Weight` (its norms and biases stay).
+_INT8_LAYER_MATRICES = ("qkv", "o", "gate_up", "down")
+
+
+def int8_decode_params(params: HeadParams) -> HeadParams:
+    """Decode-layout EAGLE head params (`EagleDrafter.decode_params`) with its matrices as
+    `quantize.Int8Weight`: the fuse and fc layers, the decoder layer's q/k/v, o, gate/up and
+    down, and the LM head's draft-vocabulary slice (`with_draft_vocab`, a copy made for the
+    head). Without a draft vocabulary the LM head is the target's own array, shared rather
+    than copied, and stays as it is. Norms, biases and the embedding stay too.
+
+    Each call for the same matrices returns the same quantized arrays (`converted_once`), so
+    `specjax.generate` quantizes once per weights and passes them to its program as
+    arguments. Matrices that are Int8Weights already are kept."""
+    head, io = params["head"], params["io"]
+    if "layer" not in head:
+        raise ValueError("int8_decode_params takes the decode layout (decode_params' head)")
+    layer = head["layer"]
+    matrices = {"fc_kernel": head["fc_kernel"]}
+    matrices |= {name: getattr(layer, name) for name in _INT8_LAYER_MATRICES}
+    if "fuse_kernel" in head:
+        matrices["fuse_kernel"] = head["fuse_kernel"]
+    if io.get("draft_ids") is not None:
+        matrices["draft_head"] = io["draft_head"]
+    plain = {name: w for name, w in matrices.items() if not isinstance(w, Int8Weight)}
+    if not plain:
+        return params
+    matrices |= converted_once(("eagle-int8",), plain, _quantize_int8_jit)
+    layer = dataclasses.replace(layer, **{name: matrices[name] for name in _INT8_LAYER_MATRICES})
+    head = {**head, "fc_kernel": matrices["fc_kernel"], "layer": layer}
+    if "fuse_kernel" in matrices:
+        head["fuse_kernel"] = matrices["fuse_kernel"]
+    if "draft_head" in matrices:
+        io = {**io, "draft_head": matrices["draft_head"]}
+    return {**params, "head": head, "io": io}
+
+
+@jax.jit
+def _quantize_int8_jit(matrices: dict[str, jax.Array]) -> dict[str, Int8Weight]:
+    return {name: quantize_int8(w_DxN) for name, w_DxN in matrices.items()}
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class EagleState:
@@ -445,16 +494,30 @@ class EagleDrafter(Drafter):
     `feature_layers` (EAGLE-3): target layers whose outputs the head reads beside the last
     hidden state. `specjax.generate` then runs the target with them
     (`Model.with_feature_layers`), so `context.target_hidden` is [B, S, (n + 1) D], which
-    the head's `fuse` layer maps to D where it reads true features (the catch-up)."""
+    the head's `fuse` layer maps to D where it reads true features (the catch-up).
+
+    `weights`: how drafting stores the head's matrices (a value of `quantize.DRAFT_WEIGHTS`):
+    "float", as loaded (cast to the target's dtype by `decode_params`), or "int8", weight-only
+    int8 with per-column scales (`int8_decode_params`), about half the bytes each draft step
+    reads in bfloat16. Drafts may differ; the output does not (the target verifies every
+    token). Not a property of the trained head: not saved with it."""
 
     graphdef: Any
     target_config: ModelConfig
     block_config: ModelConfig
     feature_layers: tuple[int, ...] = ()
+    weights: str = "float"
 
     needs_target_hidden: ClassVar[bool] = True
     supports_trees: ClassVar[bool] = True
     kind: ClassVar[str] = "eagle"
+
+    def __post_init__(self):
+        if self.weights not in DRAFT_WEIGHTS:
+            raise ValueError(
+                f"EAGLE drafter weights must be one of {', '.join(map(repr, DRAFT_WEIGHTS))}, "
+                f"got {self.weights!r}"
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -496,24 +559,34 @@ class EagleDrafter(Drafter):
                 params["head"], self.block_config, features_BxTxD, embeddings_BxTxD,
                 positions_BxT, cache, mask_BxTxS,
             )  # fmt: skip
+        if self.weights != "float":
+            # The storage layout (training, the mesh path) is fused on the fly, in float.
+            raise ValueError(
+                f"an EAGLE drafter with weights={self.weights} drafts from the decode layout "
+                "(EagleDrafter.decode_params, which specjax.generate applies without mesh=); "
+                "these params are the storage layout"
+            )
         head = nnx.merge(self.graphdef, params["head"])
         return head(features_BxTxD, embeddings_BxTxD, positions_BxT, cache, mask_BxTxS)
 
     def decode_params(self, params: HeadParams, dtype=None) -> HeadParams:
         """`params` with the head in the decode layout (`eagle_decode_head`), cast to `dtype`
         (`specjax.generate` passes the target's: heads trained in float32 then draft in
-        bfloat16 beside a bfloat16 target, reading half the bytes). Converted once per
-        weights, like `Model.decode_params`."""
+        bfloat16 beside a bfloat16 target, reading half the bytes), then, with `weights`
+        "int8", its matrices quantized (`int8_decode_params`). Converted once per weights,
+        like `Model.decode_params`."""
         head = params["head"]
-        if "layer" in head:
-            return params
-        dtype = None if dtype is None else jnp.dtype(dtype)
-        decoded = converted_once(
-            ("eagle-decode", self.block_config, dtype),
-            head,
-            lambda h: _eagle_decode_head_jit(h, self.block_config, dtype),
-        )
-        return {**params, "head": decoded}
+        if "layer" not in head:
+            dtype = None if dtype is None else jnp.dtype(dtype)
+            decoded = converted_once(
+                ("eagle-decode", self.block_config, dtype),
+                head,
+                lambda h: _eagle_decode_head_jit(h, self.block_config, dtype),
+            )
+            params = {**params, "head": decoded}
+        if self.weights == "int8":
+            params = int8_decode_params(params)
+        return params
 
     def init_cache(self, batch_size: int, max_len: int, dtype) -> kv_cache.KVCache:
         return kv_cache.init_cache(self.block_config, batch_size, max_len, dtype)
@@ -526,7 +599,8 @@ class EagleDrafter(Drafter):
         del prompt_lengths_B
         B = prompt_BxP.shape[0]
         head = params["head"]
-        dtype = (head["fc_kernel"] if "layer" in head else head["fc"]["kernel"]).dtype
+        # The head's dtype, from a bias: with int8 weights the kernels are Int8Weights.
+        dtype = (head["fc_bias"] if "layer" in head else head["fc"]["bias"]).dtype
         return EagleState(
             cache=self.init_cache(B, max_len, dtype), true_lengths=jnp.zeros((B,), jnp.int32)
         )

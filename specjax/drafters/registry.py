@@ -11,7 +11,8 @@ Kinds and their knobs (a knob's name is its spec key and its config key ``drafte
     ngram       prompt lookup, no weights        ngram_n=3 (longest n-gram), ngram_min=1
     early-exit  the target's first layers        exit_layer=0 (0 = a third of the target's)
     eagle       trained EAGLE heads              heads=<folder or name (heads.resolve_heads)>,
-                                                 draft_vocab=0 (N: the N most frequent tokens)
+                                                 draft_vocab=0 (N: the N most frequent tokens),
+                                                 weights=float (int8: weight-only int8 drafting)
     medusa      trained Medusa heads             heads=..., draft_vocab=0
 
 ``early-exit`` is the canonical spelling; ``early_exit`` is accepted as an alias (older
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from specjax.decoding.tree import DynamicTreeSpec, TreeSpec, parse_tree_spec
+from specjax.models.quantize import DRAFT_WEIGHTS
 
 __all__ = [
     "ALIASES",
@@ -64,11 +66,13 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Knob:
-    """One setting of a drafter kind: its name (spec key and config key), default and type."""
+    """One setting of a drafter kind: its name (spec key and config key), default and type,
+    and for a knob that takes one of a few words, those words (`choices`)."""
 
     name: str
     default: int | str
     help: str
+    choices: tuple[str, ...] = ()
 
     @property
     def type(self) -> type:
@@ -94,6 +98,13 @@ _HEADS = Knob(
 )
 _DRAFT_VOCAB = Knob(
     "draft_vocab", 0, "draft over the N tokens most frequent in the training answers (0: all)"
+)
+_WEIGHTS = Knob(
+    "weights",
+    "float",
+    "the head's matrices as drafting reads them: float (in the target's dtype) or int8 "
+    "(weight-only, per-column scales: about half the bytes per draft step in bfloat16)",
+    choices=DRAFT_WEIGHTS,
 )
 
 KINDS: dict[str, DrafterKind] = {
@@ -122,7 +133,7 @@ KINDS: dict[str, DrafterKind] = {
         DrafterKind(
             "eagle",
             "trained EAGLE heads on the target's features",
-            (_HEADS, _DRAFT_VOCAB),
+            (_HEADS, _DRAFT_VOCAB, _WEIGHTS),
             drafts_trees=True,
         ),
         DrafterKind(
@@ -292,6 +303,8 @@ class DrafterSpec:
             text = f"{self.kind}({_heads_name(str(k['heads']))})"
             if int(k["draft_vocab"]):
                 text += f", draft vocab {k['draft_vocab']}"
+            if k.get("weights", "float") != "float":
+                text += f", {k['weights']} weights"
         if self.tree is not None:
             text += f", tree {tree_text(self.tree)}"
         if self.adaptive:
@@ -378,7 +391,9 @@ def build(
       model: ``draft``; ngram: an NgramDrafter; early-exit: (DraftModelDrafter, params) over
       the target's first exit_layer layers (0 = `default_exit_layer`); eagle / medusa:
       (heads drafter, params) loaded from the ``heads`` folder or name
-      (`heads.resolve_heads`: named heads live under `heads.heads_home()`).
+      (`heads.resolve_heads`: named heads live under `heads.heads_home()`); eagle drafts
+      with its ``weights`` (`EagleDrafter.weights`: int8 quantizes them where
+      `specjax.generate` converts the head, once per weights).
     """
     if isinstance(spec, str):
         spec = parse_spec(spec)
@@ -412,6 +427,8 @@ def build(
     )
     if drafter[0].kind != spec.kind:
         raise ValueError(f"{k['heads']} holds {drafter[0].kind} heads, not {spec.kind}")
+    if spec.kind == "eagle" and k["weights"] != "float":
+        drafter = (dataclasses.replace(drafter[0], weights=k["weights"]), drafter[1])
     return drafter
 
 
@@ -450,7 +467,12 @@ def _int(key: str, value: Any) -> int:
 def _coerce(knob: Knob, value: Any) -> int | str:
     if knob.type is int:
         return _int(knob.name, value)
-    return str(value)
+    text = str(value)
+    if knob.choices and text not in knob.choices:
+        raise ValueError(
+            f"{knob.name} must be one of {', '.join(map(repr, knob.choices))}, got {text!r}"
+        )
+    return text
 
 
 def _check_values(kind: str, k: Mapping[str, Any]) -> None:

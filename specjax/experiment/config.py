@@ -53,7 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer = ""  # "" = the target's own; give a model name for a random target
     # The drafter: a kind of specjax.drafters.registry (model, ngram, early-exit, eagle,
     # medusa; early_exit is accepted) and every kind's knobs with the registry's defaults
-    # (model; ngram_n, ngram_min; exit_layer, 0 = a third of the target's layers; heads).
+    # (model; ngram_n, ngram_min; exit_layer, 0 = a third of the target's layers; heads,
+    # draft_vocab; weights, float or int8, eagle only).
     # Only the kind's own knobs are read. The default pair drafts with Qwen2.5-Coder 0.5B.
     c.drafter = ml_collections.ConfigDict(
         dict(kind="model", **{**registry.knob_defaults(), "model": "qwen2.5-coder-0.5b-instruct"})

@@ -90,6 +90,7 @@ from flax import nnx
 from specjax import cache as kv_cache
 from specjax.models import top_k as top_k_lib
 from specjax.models.config import ModelConfig
+from specjax.models.quantize import Int8Weight, matmul
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -178,6 +179,10 @@ class LayerParams:
       inference: static; True when converted for decoding only (`Model.decode_params`,
         drafters' `decode_params`): such layers may take the Pallas projection kernels
         (`PROJECTION`), which have no differentiation rule. False on the training path.
+
+    qkv, o, gate_up and down may each be a `quantize.Int8Weight` instead of an array (an
+    EAGLE head drafting with int8 weights, `EagleDrafter.decode_params`): `project` reads
+    them as such, and the Pallas projection kernels are not taken.
     """
 
     attn_norm: jax.Array
@@ -297,15 +302,18 @@ def pads_single_rows(width: int) -> bool:
     return SINGLE_ROW_DOTS == "pad" and width >= SINGLE_ROW_PAD_MIN_WIDTH
 
 
-def project(x_BxTxI: jax.Array, w_IxO: jax.Array, pad_single_row: bool = True) -> jax.Array:
-    """x @ w over the last axis: [B, T, I] x [I, O] -> [B, T, O]. With `pad_single_row` (see
-    SINGLE_ROW_DOTS / `pads_single_rows`), one row is computed as two."""
+def project(
+    x_BxTxI: jax.Array, w_IxO: jax.Array | Int8Weight, pad_single_row: bool = True
+) -> jax.Array:
+    """x @ w over the last axis: [B, T, I] x [I, O] -> [B, T, O]; `w` may be an `Int8Weight`
+    (`quantize.matmul`). With `pad_single_row` (see SINGLE_ROW_DOTS / `pads_single_rows`),
+    one row is computed as two."""
     B, T, _ = x_BxTxI.shape
     if B * T != 1 or not pad_single_row:
-        return jnp.einsum("bti,io->bto", x_BxTxI, w_IxO)
+        return matmul(x_BxTxI, w_IxO)
     # [1, 1, I] -> [1, 2, I] with a zero second row; its output row is dropped.
     padded_1x2xI = jnp.pad(x_BxTxI, ((0, 0), (0, 1), (0, 0)))
-    return jnp.einsum("bti,io->bto", padded_1x2xI, w_IxO)[:, :1]
+    return matmul(padded_1x2xI, w_IxO)[:, :1]
 
 
 ATTENTION = os.environ.get("SPECJAX_ATTENTION", "auto")
@@ -444,7 +452,7 @@ def uses_norm_kernel(p: LayerParams, rows: int) -> bool:
 def _norm_project(
     x_BxTxD: jax.Array,
     scale_D: jax.Array,
-    w_DxO: jax.Array,
+    w_DxO: jax.Array | Int8Weight,
     eps: float,
     pad: bool,
     residual_BxTxD: jax.Array | None = None,
@@ -461,18 +469,21 @@ def _norm_project(
         residual_MxD=None if residual_BxTxD is None else residual_BxTxD.reshape(M, D),
         out_rows=2 if pad and M == 1 else M, interpret=jax.default_backend() != "gpu",
     )  # fmt: skip
-    out_MxO = jnp.einsum("rd,do->ro", h_RxD, w_DxO)[:M]
+    out_MxO = matmul(h_RxD, w_DxO)[:M]
     return out_MxO.reshape(B, T, -1), x_MxD.reshape(B, T, D)
 
 
 def uses_projection_kernels(p: LayerParams, rows: int) -> bool:
     """Whether `decoder_layer` computes this layer's projections with the Pallas kernels of
-    `pallas_projection` for `rows` = B * T (see PROJECTION in the module docstring)."""
+    `pallas_projection` for `rows` = B * T (see PROJECTION in the module docstring). Not for
+    int8 weights (`quantize.Int8Weight`): the kernels read float matrices."""
     if PROJECTION != "pallas":  # the default path never imports Pallas's Triton backend
         return False
     from specjax.models import pallas_projection
 
-    return _row_kernel_layer(p, rows, pallas_projection.BLOCK_M)
+    return _row_kernel_layer(p, rows, pallas_projection.BLOCK_M) and not isinstance(
+        p.qkv, Int8Weight
+    )
 
 
 def uses_rope_attention(

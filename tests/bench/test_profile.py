@@ -551,6 +551,43 @@ def test_profile_call_section_splits_an_iteration(tmp_path, draft_shape, tree):
     assert "ms per call" in profile.markdown([result])
 
 
+def test_profile_times_each_draft_weight_setting(tmp_path):
+    """draft_weights: the EAGLE head's spec loop and call split once per setting in one
+    process beside one AR loop, as sections spec / spec_int8 and call / call_int8, each
+    recording the head's bytes (int8: a quarter of float32's, plus the scales), and the
+    report showing them side by side."""
+    settings = profile.ProfileSettings(
+        shape="tiny", draft_shape="eagle", draft_vocab=200, draft_weights=("float", "int8"),
+        what=("ar", "spec", "call"), dtype="float32", context=16, new_tokens=6, gamma=3,
+        tree="dynamic:depth=3,top_k=2,nodes=4", calls=3, repeats=1, trace=False, label="w",
+    )  # fmt: skip
+    result = profile.run(settings, tmp_path, bandwidth=1e10, log=lambda _: None)
+    sections = result["sections"]
+    assert list(sections) == ["ar", "spec", "spec_int8", "call", "call_int8"]
+    for weights, suffix in (("float", ""), ("int8", "_int8")):
+        spec, call = sections["spec" + suffix], sections["call" + suffix]
+        assert spec["draft_weights"] == call["draft_weights"] == weights
+        assert call["loop_ms_per_call"] == spec["ms_per_call"] and call["draft_ms"] > 0
+    float_bytes = sections["spec"]["draft_weight_bytes"]
+    int8_bytes = sections["spec_int8"]["draft_weight_bytes"]
+    assert 0.25 < int8_bytes / float_bytes < 0.3  # int8 matrices; float32 norms, biases, scales
+    report = profile.markdown([result])
+    assert "| w | tiny | spec |" in report and "| w | tiny | spec_int8 |" in report
+    assert "| w (int8 draft) | tiny |" in report  # the call table
+    assert "| w | spec_int8 | int8 |" in report  # the draft weights table
+
+
+def test_bad_draft_weights():
+    with pytest.raises(ValueError, match="need draft_shape='eagle'"):
+        profile.ProfileSettings(shape="tiny", draft_weights=("float", "int8"))
+    with pytest.raises(ValueError, match="among 'float', 'int8', got 'bfloat16'"):
+        profile.ProfileSettings(shape="tiny", draft_shape="eagle", draft_weights=("bfloat16",))
+    with pytest.raises(ValueError, match="once each"):
+        profile.ProfileSettings(shape="tiny", draft_shape="eagle", draft_weights=("int8", "int8"))
+    with pytest.raises(ValueError, match="once each"):
+        profile.ProfileSettings(shape="tiny", draft_shape="eagle", draft_weights=())
+
+
 def test_call_programs_take_the_weights_as_arguments():
     """The call section's programs read the weights as arguments, not as constants captured
     in the program: captured, XLA compiled the 1.5B shape's 3.3 GB of weights into each

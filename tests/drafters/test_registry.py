@@ -4,6 +4,8 @@ building the same drafter from the same name."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -40,7 +42,13 @@ from specjax.training import experiment as training_experiment
         ),
         (
             "eagle:heads=runs/e/drafter,gamma=3",
-            "eagle", {"heads": "runs/e/drafter", "draft_vocab": 0}, 3, None,
+            "eagle", {"heads": "runs/e/drafter", "draft_vocab": 0, "weights": "float"}, 3, None,
+        ),
+        # A key after a tree ends it: weights is a key, not more of the tree.
+        (
+            "eagle:heads=h,tree=dynamic:depth=4,top_k=4,nodes=12,weights=int8",
+            "eagle", {"heads": "h", "draft_vocab": 0, "weights": "int8"}, 4,
+            DynamicTreeSpec(4, 4, 12),
         ),
         ("medusa:heads=m,draft_vocab=64", "medusa", {"heads": "m", "draft_vocab": 64}, None, None),
     ],
@@ -82,6 +90,9 @@ def test_adaptive_name_and_canonical_text():
         ("ngram:max_n=4", "max_n=4 is the old spelling: write ngram_n=N"),
         ("early-exit:tree=4-2-1", "write the branching with commas, e.g. 4,2,1"),
         ("early-exit:dyntree=4-4-16", "write tree=dynamic:depth=D,top_k=K,nodes=N"),
+        ("eagle:heads=h,weights=int4", "weights must be one of 'float', 'int8', got 'int4'"),
+        ("eagle:heads=h,weights=", "weights must be one of 'float', 'int8', got ''"),
+        ("medusa:heads=h,weights=int8", "weights is a knob of drafter eagle, not of medusa"),
     ],
 )
 def test_bad_specs_name_the_problem(text, message):
@@ -98,6 +109,9 @@ def test_labels():
     assert spec.label(num_layers=30) == "early-exit(layer 10), tree 4,2,1"
     assert registry.parse_spec("eagle:heads=runs/e_1024/drafter,adaptive=1").label() == (
         "eagle(e_1024), adaptive γ"
+    )
+    assert registry.parse_spec("eagle:heads=e,draft_vocab=8,weights=int8").label() == (
+        "eagle(e), draft vocab 8, int8 weights"
     )
     assert registry.parse_spec("model:model=qwen2.5-coder-0.5b-instruct").label() == (
         "qwen2.5-coder-0.5b-instruct"
@@ -211,6 +225,26 @@ def test_heads_by_name_everywhere(six_layers, tmp_path):
     ).drafter
     via_bench = speedup.parse_drafter_spec(f"eagle:heads={folder}", six_layers.pair).drafter
     assert _same(via_cli, via_config) and _same(via_cli, via_bench)
+
+
+def test_eagle_weights_everywhere(six_layers, tmp_path):
+    """weights=int8 builds the same heads drafting with int8 weights from a spec, a config and
+    a benchmark spec; the default (and weights=float) builds the drafter the key did not
+    exist for."""
+    folder = save_heads(tmp_path / "eagle", *init_heads("eagle", *six_layers.pair))
+    plain, _ = registry.build(f"eagle:heads={folder}", six_layers.pair)
+    same, _ = registry.build(f"eagle:heads={folder},weights=float", six_layers.pair)
+    int8, int8_params = registry.build(f"eagle:heads={folder},weights=int8", six_layers.pair)
+    assert plain.weights == "float" and same == plain
+    assert int8.weights == "int8" and dataclasses.replace(int8, weights="float") == plain
+    via_config = pairs.load_pair(
+        _config(
+            **{"drafter.kind": "eagle", "drafter.heads": str(folder), "drafter.weights": "int8"}
+        )
+    ).drafter
+    via_bench = speedup.parse_drafter_spec(f"eagle:heads={folder},weights=int8", six_layers.pair)
+    for built in (via_config, via_bench.drafter):
+        assert built[0] == int8 and _same(built, (int8, int8_params))
 
 
 def test_build_errors(six_layers):
