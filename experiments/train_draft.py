@@ -57,6 +57,8 @@ def main(argv: list[str]) -> None:
     # --config.* flags are applied after get_config: check them before any work.
     training_config.validate(_CONFIG.value)
     config, workdir = _CONFIG.value, Path(_WORKDIR.value)
+    for note in training_config.advice(config):
+        print(f"note: {note}")
     if _NAME.value is not None and config.kind == "distill":
         raise app.UsageError("--name publishes heads (kind eagle or medusa), not a draft model")
     if _PROMPTS_ONLY.value:

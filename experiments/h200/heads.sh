@@ -169,30 +169,34 @@ row() {  # row LABEL SPEC: one --drafter flag, unless LABEL is dropped (or KEEP 
 }
 drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's comparison
   # Most wanted first: a stage cut by the deadline keeps the rows it finished.
-  local n=$1 draft=${2:-}
+  local n=$1 draft=${2:-} head
+  # The EAGLE rows draft with this run's EAGLE head, or its HASS fine-tune (SMOL_ROW_HEAD=hass,
+  # QWEN_ROW_HEAD=hass: e.g. an EAGLE-3-input head, which drafts past its first token only
+  # after the fine-tune, eighteenth session); the row labels stay.
+  case $n in smollm2*) head=${SMOL_ROW_HEAD:-eagle} ;; *) head=${QWEN_ROW_HEAD:-eagle} ;; esac
   row prompt-lookup "ngram:gamma=$GAMMA,name=prompt-lookup"
-  row eagle "eagle:heads=eagle-$n,gamma=$GAMMA"
-  row eagle-dynamic-tree "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC,name=eagle-dynamic-tree"
+  row eagle "eagle:heads=$head-$n,gamma=$GAMMA"
+  row eagle-dynamic-tree "eagle:heads=$head-$n,tree=$TREE_DYNAMIC,name=eagle-dynamic-tree"
   # EAGLE drafting over the 32k tokens most frequent in the training answers (EAGLE-3's draft
   # vocabulary, heads.with_draft_vocab): a quarter of Qwen's LM-head read per draft token.
   # Heads trained with head.train_vocab=32768 draft over it by default: the eagle row then
   # equals this one (DROP_DRAFTERS="eagle eagle-dynamic-tree" saves their compile time).
-  row eagle-dv32k "eagle:heads=eagle-$n,gamma=$GAMMA,draft_vocab=32768,name=eagle-dv32k"
+  row eagle-dv32k "eagle:heads=$head-$n,gamma=$GAMMA,draft_vocab=32768,name=eagle-dv32k"
   row eagle-dynamic-dv32k \
-    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC,draft_vocab=32768,name=eagle-dynamic-dv32k"
+    "eagle:heads=$head-$n,tree=$TREE_DYNAMIC,draft_vocab=32768,name=eagle-dynamic-dv32k"
   # Half the dynamic tree (16 nodes, depth 5): fewer nodes to verify per step.
   row eagle-dynamic16-dv32k \
-    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC16,draft_vocab=32768,name=eagle-dynamic16-dv32k"
+    "eagle:heads=$head-$n,tree=$TREE_DYNAMIC16,draft_vocab=32768,name=eagle-dynamic16-dv32k"
   # The fastest Qwen drafter of the twelfth session (1.75x): a 12-node dynamic tree over 32k.
   row eagle-dynamic12-dv32k \
-    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=eagle-dynamic12-dv32k"
+    "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=eagle-dynamic12-dv32k"
   # Every node a 5-level, top-4 tree drafts verified (20): the attention kernel's 16-row
   # programs (seventeenth session) made wide verification cheaper; not yet compared.
   row eagle-dynamic20-dv32k \
-    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC20,draft_vocab=32768,name=eagle-dynamic20-dv32k"
+    "eagle:heads=$head-$n,tree=$TREE_DYNAMIC20,draft_vocab=32768,name=eagle-dynamic20-dv32k"
   # The same tree over the 16k most frequent tokens: half the LM-head read per head step.
   row eagle-dynamic12-dv16k \
-    "eagle:heads=eagle-$n,tree=$TREE_DYNAMIC12,draft_vocab=16384,name=eagle-dynamic12-dv16k"
+    "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,draft_vocab=16384,name=eagle-dynamic12-dv16k"
   # A head brought to the lease (PREV_HEADS=<its drafter folder>, e.g. the thirteenth
   # session's), compared beside this run's in the same process: a training change's
   # before / after.
@@ -202,7 +206,7 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
     row prev-eagle-dynamic12-dv32k \
       "eagle:heads=$PREV_HEADS,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=prev-eagle-dynamic12-dv32k"
   fi
-  row eagle-tree "eagle:heads=eagle-$n,tree=$TREE_STATIC,name=eagle-tree"
+  row eagle-tree "eagle:heads=$head-$n,tree=$TREE_STATIC,name=eagle-tree"
   row medusa "medusa:heads=medusa-$n,gamma=$GAMMA"
   [ -n "$draft" ] &&
     row draft-model "model:model=$SPECJAX_CACHE/models/$draft,gamma=2,name=draft-model"
@@ -381,15 +385,15 @@ S && stage smollm2-compare-T1 150 compare "$SMOL_FILE" smollm2-135m-instruct _sm
 [ "${EXACT_EARLY:-0}" != 1 ] && Q && stage qwen-exact-f32 150 exactness "$QWEN_FILE" qwen2.5-coder-1.5b-instruct _qwen_f32 "$DRAFT_FILE"
 [ "$HF_FIRST" = 1 ] || hf_stages
 [ "${PROFILE_FIRST:-0}" = 1 ] || profile_stages
-# What comes back in results.tgz: results, logs, metrics, and the SmolLM2 heads (small); the
-# Qwen heads (~200 MB each) are packed in parts below.
+# What comes back in results.tgz: results, logs, metrics and each head's heads.json. The heads
+# themselves are packed in parts below: a SmolLM2 EAGLE-3 head is 22 MB, over the 16 MiB a
+# returned file may be (eighteenth session: the tar with it was refused), a Qwen head ~200 MB.
 cd "$W" && tar czf "$W/results.tgz" --exclude='*.npz' --exclude='checkpoints' \
-  --exclude='runs/qwen_*/drafter' out logs status runs/*/metrics.jsonl runs/*/config.json \
-  runs/smollm2_*/drafter runs/qwen_*/drafter/heads.json 2>/dev/null
+  out logs status runs/*/metrics.jsonl runs/*/config.json runs/*/drafter/heads.json 2>/dev/null
 cd "$REPO" && log "done: $(ls -la "$W/results.tgz")"
-# The Qwen heads packed in 16 MB parts, for calls to bring back four at a time (DEVELOPERS.md:
+# The heads packed in 16 MB parts, for calls to bring back four at a time (DEVELOPERS.md:
 # `parts.py emit --index=I $W/pack_<run> $OUT`), so a later lease need not train them again.
-for drafter in runs/qwen_*/drafter; do
+for drafter in runs/*/drafter; do
   [ -d "$drafter" ] || continue
   run=$(basename "$(dirname "$drafter")")
   $PY experiments/h200/parts.py pack "$drafter" "$W/pack_$run" && log "packed $run: $W/pack_$run"

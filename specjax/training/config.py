@@ -160,6 +160,25 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def advice(config: ml_collections.ConfigDict) -> list[str]:
+    """Settings that train without error but are known to give a head that drafts poorly, each
+    as one sentence saying what to do instead (`experiments/train_draft.py` prints them)."""
+    notes = []
+    multi_layer = config.kind == "eagle" and bool(config.head.feature_layers)
+    if multi_layer and config.head.unroll_steps == 1:
+        # An EAGLE-3-input head is fed the fused target layers at its first draft step and its
+        # own output from the second on; with unroll_steps = 1 training never shows it the
+        # latter. Measured on SmolLM2-135M (H200, eighteenth session, 8,000 steps; chain of 4,
+        # 12 prompts): alpha at draft steps 1 / 2 = 0.64 / 0.09 (float32 run), and 0.59 / 0.60
+        # after 1,500 more steps with unroll_steps = 3 (bfloat16 run).
+        notes.append(
+            f"head.feature_layers={config.head.feature_layers!r} with head.unroll_steps=1: the "
+            "head never trains on its own features, so its drafts fail past the first token; "
+            "fine-tune it with head.unroll_steps >= 2 (a -hass preset) before drafting with it"
+        )
+    return notes
+
+
 def _feature_layers_parse(text: str) -> str | tuple[int, ...] | None:
     """head.feature_layers parsed: "eagle3", a tuple of ints, or None when it is neither."""
     text = str(text).strip()

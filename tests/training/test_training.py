@@ -569,6 +569,18 @@ def test_feature_layer_config_errors():
     assert training_config.feature_layers(config, 28) == (1, 13, 24)
 
 
+def test_advice_on_eagle3_inputs_without_replayed_steps():
+    """An EAGLE-3-input head trained with unroll_steps = 1 gets a note (it drafts only its first
+    token well); the replayed-step fine-tune, EAGLE-1 heads and Medusa get none."""
+    eagle3 = tiny_config("eagle", **{"head.feature_layers": "eagle3"})
+    (note,) = training_config.advice(eagle3)
+    assert "head.unroll_steps=1" in note and "'eagle3'" in note
+    fine_tune = tiny_config("eagle", **{"head.feature_layers": "0,1", "head.unroll_steps": 3})
+    assert training_config.advice(fine_tune) == []
+    assert training_config.advice(tiny_config("eagle")) == []
+    assert training_config.advice(tiny_config("medusa")) == []
+
+
 def test_h200_head_presets_parse():
     """Every preset of configs/train_heads_h200.py (the GPU recipe heads.sh runs) gives a
     locked, validated config; overrides apply on top; an unknown preset or key is refused by
