@@ -137,7 +137,38 @@ def test_the_scale_multiplies_the_product_not_the_matrix():
     weight = dot.invars[1]
     convert = next(e for e in jaxpr.eqns if weight in e.outvars)
     assert convert.primitive.name == "convert_element_type"
-    assert convert.invars[0] is jaxpr.invars[1]  # q, the int8 input, straight into the dot
+    # q, the int8 input, straight into the dot, through the barrier that keeps it in its loop
+    barrier = next(e for e in jaxpr.eqns if convert.invars[0] in e.outvars)
+    assert barrier.primitive.name == "optimization_barrier"
+    assert barrier.invars[barrier.outvars.index(convert.invars[0])] is jaxpr.invars[1]
     assert jaxpr.invars[1].aval.dtype == jnp.int8
     multiplies = [e for e in jaxpr.eqns if e.primitive.name == "mul"]
     assert [e.outvars[0].aval.shape for e in multiplies] == [(1, 2, 40)]
+
+
+def test_the_conversion_stays_inside_a_decode_loop():
+    """In a loop, the int8 matrix is loop-invariant: XLA's while-loop invariant code motion
+    would hoist its conversion out of the loop and carry a float copy into it (the loop then
+    reads as many bytes as without int8: the H200 measured no gain before `matmul`'s barrier).
+    The compiled loop must carry the int8 matrix, not a float [D, N] copy of it."""
+    D, N = 48, 80  # a shape no other array of the program has
+    weight = quantize.quantize_int8(jax.random.normal(jax.random.key(0), (D, N)))
+    readout_NxD = jnp.ones((N, D)) / N
+
+    @jax.jit
+    def decode_loop(weight, x_1xD, steps):
+        def step(_, x_1xD):
+            return jnp.tanh(quantize.matmul(x_1xD, weight)) @ readout_NxD
+
+        return jax.lax.fori_loop(0, steps, step, x_1xD)  # a traced trip count: a while loop
+
+    x_1xD = jnp.ones((1, D))
+    hlo = decode_loop.lower(weight, x_1xD, jnp.int32(3)).compile().as_text()
+    (loop,) = [line for line in hlo.splitlines() if " while(" in line]
+    carried = loop.split(" while(")[0]
+    assert f"s8[{D},{N}]" in carried
+    assert f"f32[{D},{N}]" not in carried, "the int8 matrix's conversion was hoisted"
+    expected_1xD = x_1xD
+    for _ in range(3):
+        expected_1xD = jnp.tanh(expected_1xD @ (weight.q * weight.scale)) @ readout_NxD
+    np.testing.assert_allclose(decode_loop(weight, x_1xD, jnp.int32(3)), expected_1xD, rtol=1e-5)
