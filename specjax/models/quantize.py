@@ -68,8 +68,9 @@ def matmul(
         # The barrier ties the int8 matrix to this matmul's activations. Without it, inside a
         # decode loop the matrix and so its conversion are loop-invariant, and XLA's while-loop
         # invariant code motion hoists the conversion out of the loop: the loop then reads a
-        # float copy, as many bytes as without int8 (seen in the compiled HLO; on the H200 the
-        # 12-node tree call took 2.118 ms with int8 and 2.115 without, eighteenth session).
+        # float copy, as many bytes as without int8 (seen in the CPU-compiled HLO; on the H200,
+        # whose HLO was not kept, the 12-node tree call took 2.118 ms with int8 and 2.115
+        # without, eighteenth session).
         q_DxN, x_xD = jax.lax.optimization_barrier((w_DxN.q, x_xD))
         y_xN = jnp.einsum(
             "...d,dn->...n",
