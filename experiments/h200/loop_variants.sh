@@ -69,6 +69,11 @@ for variant in $VARIANTS; do
     newest=$(ls -t /tmp/specjax_trace_*/spec/*/*/*/*.trace.json.gz 2>/dev/null | head -n 1)
     [ -n "$newest" ] && cp "$newest" "$OUT/$label.trace.json.gz"
   fi
+  # The tree loops' optimized HLO (newest last: with draft_int8, the int8 loop's) is kept,
+  # gzipped, before the dump goes: where its conversions sit says whether the GEMMs read int8.
+  for hlo in "$OUT/$label"/hlo/*jit__tree*after_optimizations.txt; do
+    [ -f "$hlo" ] && gzip -c "$hlo" > "$OUT/$label.$(basename "$hlo" | cut -d. -f1).tree_hlo.txt.gz"
+  done
   rm -rf "$OUT/$label/hlo"
   grep -E "ms/token" "$OUT/$label.log"
 done
