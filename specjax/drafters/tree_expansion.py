@@ -171,10 +171,19 @@ def expand_static(
     )
 
 
-def _log_probs(logits):
-    """Draft log-probabilities, clamped to <= 0 so that a path's score never grows along it
-    (log_softmax is <= 0 up to rounding; the clamp makes it exact)."""
-    return jnp.minimum(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), 0.0)
+def _top_log_probs(logits_xV: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """The `count` most likely columns of each row of draft logits: (their log-probabilities
+    [..., count], their columns [..., count]), best first.
+
+    Top-k of the logits, then minus the row's logsumexp: log-softmax is a per-row shift, so
+    the same columns rank first, and the shift is applied to `count` values rather than to a
+    materialised [..., V] log-softmax (one [rows, V] write and read less per tree level).
+    Clamped to <= 0 so that a path's score never grows along it (v - logsumexp is <= 0 up
+    to rounding; the clamp makes it exact)."""
+    logits_xV = logits_xV.astype(jnp.float32)
+    top_xK, columns_xK = top_k(logits_xV, count)
+    log_normalizer_x1 = jax.nn.logsumexp(logits_xV, axis=-1, keepdims=True)
+    return jnp.minimum(top_xK - log_normalizer_x1, 0.0), columns_xK
 
 
 def rerank(
@@ -225,7 +234,7 @@ def expand_dynamic(
     depths_M = jnp.asarray(np.repeat(np.arange(1, D + 1), K), jnp.int32)
     index_K = jnp.arange(K, dtype=jnp.int32)
 
-    score_BxK, token_BxK = top_k(_log_probs(root_logits_BxV), K)
+    score_BxK, token_BxK = _top_log_probs(root_logits_BxV, K)
     tokens, scores, carry = [_token_ids(token_BxK, column_ids)], [score_BxK], None
     # Level 1 nodes are the root's children: their paths are themselves.
     paths_BxMxD = jnp.full((B, M, D), -1, jnp.int32).at[:, :K, 0].set(index_K)
@@ -238,7 +247,7 @@ def expand_dynamic(
             mask=ancestor_mask(paths_BxMxD[:, :fed]),
         )
         frontier_logits_BxKxV, carry = node_logits(nodes, carry, K)  # the frontier: last K fed
-        child_logp_BxKxK, child_column_BxKxK = top_k(_log_probs(frontier_logits_BxKxV), K)
+        child_logp_BxKxK, child_column_BxKxK = _top_log_probs(frontier_logits_BxKxV, K)
         child_token_BxKxK = _token_ids(child_column_BxKxK, column_ids)
         # Candidate c = K * p + r is the r-th best child of frontier node p.
         candidate_score_BxKK = (scores[-1][:, :, None] + child_logp_BxKxK).reshape(B, K * K)

@@ -267,6 +267,27 @@ def test_dynamic_tree_selection_is_ancestor_closed(zero_fraction):
             assert (verify_paths[b, i][len(drafted_path) :] == -1).all()
 
 
+def test_top_log_probs_are_the_top_of_the_log_softmax():
+    """The dynamic tree's scores: the top-k of the logits minus the row's logsumexp equal the
+    top-k of the float64 log-softmax (columns exactly, values to float32 rounding), are <= 0
+    even for a near one-hot row, and ignore -inf columns (a row's masked tokens)."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 2, 500)) * 4
+    logits[0, 0] -= 100.0
+    logits[0, 0, 7] = 30.0  # all but one-hot: its log-probability must be 0, not above
+    logits[1, 1, ::3] = -np.inf
+    logp, columns = jax.jit(tree_expansion._top_log_probs, static_argnums=1)(
+        jnp.asarray(logits, jnp.float32), 5
+    )
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    reference = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    expected_columns = np.argsort(-reference, axis=-1, kind="stable")[..., :5]
+    np.testing.assert_array_equal(np.asarray(columns), expected_columns)
+    expected = np.take_along_axis(reference, expected_columns, axis=-1)
+    np.testing.assert_allclose(np.asarray(logp), expected, atol=1e-5)
+    assert np.asarray(logp).max() <= 0.0 and np.asarray(logp)[0, 0, 0] == 0.0
+
+
 def test_dynamic_tree_errors(target, draft):
     assert tree_lib.parse_tree_spec("dynamic:depth=4,top_k=4,nodes=16") == DynamicTreeSpec(4, 4, 16)
     assert tree_lib.parse_tree_spec("3,2,1") == TreeSpec((3, 2, 1))
