@@ -197,7 +197,8 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
   row eagle-dynamic12-dv32k-int8 \
     "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,weights=int8,name=eagle-dynamic12-dv32k-int8"
   # Every node a 5-level, top-4 tree drafts verified (20): the attention kernel's 16-row
-  # programs (seventeenth session) made wide verification cheaper; not yet compared.
+  # programs (seventeenth session) made wide verification cheaper, but not enough (Qwen,
+  # eighteenth session: 2.10x at tau 3.73 against the 12-node tree's 2.19x at 3.43).
   row eagle-dynamic20-dv32k \
     "eagle:heads=$head-$n,tree=$TREE_DYNAMIC20,draft_vocab=32768,name=eagle-dynamic20-dv32k"
   # The same tree over the 16k most frequent tokens: half the LM-head read per head step.
