@@ -439,12 +439,15 @@ def _eagle_decode_head_jit(head: dict[str, Any], block_config: ModelConfig, dtyp
 _INT8_LAYER_MATRICES = ("qkv", "o", "gate_up", "down")
 
 
-def int8_decode_params(params: HeadParams) -> HeadParams:
-    """Decode-layout EAGLE head params (`EagleDrafter.decode_params`) with its matrices as
-    `quantize.Int8Weight`: the fuse and fc layers, the decoder layer's q/k/v, o, gate/up and
-    down, and the LM head's draft-vocabulary slice (`with_draft_vocab`, a copy made for the
-    head). Without a draft vocabulary the LM head is the target's own array, shared rather
-    than copied, and stays as it is. Norms, biases and the embedding stay too.
+def int8_decode_params(params: HeadParams, parts: str = "int8") -> HeadParams:
+    """Decode-layout EAGLE head params (`EagleDrafter.decode_params`) with matrices as
+    `quantize.Int8Weight`. `parts` (an int8 value of `quantize.DRAFT_WEIGHTS`):
+      * "int8_layer": the fuse and fc layers and the decoder layer's q/k/v, o, gate/up and
+        down (norms, biases and the embedding stay);
+      * "int8_lm_head": the LM head's draft-vocabulary slice (`with_draft_vocab`, a copy made
+        for the head); without a draft vocabulary the LM head is the target's own array,
+        shared rather than copied, and this setting is refused;
+      * "int8": both (without a draft vocabulary, the layers only).
 
     Each call for the same matrices returns the same quantized arrays (`converted_once`), so
     `specjax.generate` quantizes once per weights and passes them to its program as
@@ -452,19 +455,33 @@ def int8_decode_params(params: HeadParams) -> HeadParams:
     head, io = params["head"], params["io"]
     if "layer" not in head:
         raise ValueError("int8_decode_params takes the decode layout (decode_params' head)")
+    if parts not in DRAFT_WEIGHTS or parts == "float":
+        raise ValueError(f"parts must be an int8 setting of {DRAFT_WEIGHTS}, got {parts!r}")
+    has_draft_vocab = io.get("draft_ids") is not None
+    if parts == "int8_lm_head" and not has_draft_vocab:
+        raise ValueError(
+            "weights=int8_lm_head quantizes the draft vocabulary's LM head slice: give the "
+            "drafter a draft_vocab (the full LM head is the target's own array, not copied)"
+        )
     layer = head["layer"]
-    matrices = {"fc_kernel": head["fc_kernel"]}
-    matrices |= {name: getattr(layer, name) for name in _INT8_LAYER_MATRICES}
-    if "fuse_kernel" in head:
-        matrices["fuse_kernel"] = head["fuse_kernel"]
-    if io.get("draft_ids") is not None:
+    matrices = {}
+    if parts in ("int8", "int8_layer"):
+        matrices["fc_kernel"] = head["fc_kernel"]
+        matrices |= {name: getattr(layer, name) for name in _INT8_LAYER_MATRICES}
+        if "fuse_kernel" in head:
+            matrices["fuse_kernel"] = head["fuse_kernel"]
+    if parts in ("int8", "int8_lm_head") and has_draft_vocab:
         matrices["draft_head"] = io["draft_head"]
     plain = {name: w for name, w in matrices.items() if not isinstance(w, Int8Weight)}
     if not plain:
         return params
-    matrices |= converted_once(("eagle-int8",), plain, _quantize_int8_jit)
-    layer = dataclasses.replace(layer, **{name: matrices[name] for name in _INT8_LAYER_MATRICES})
-    head = {**head, "fc_kernel": matrices["fc_kernel"], "layer": layer}
+    matrices |= converted_once(("eagle-int8", tuple(sorted(plain))), plain, _quantize_int8_jit)
+    head = dict(head)
+    if "fc_kernel" in matrices:
+        head["fc_kernel"] = matrices["fc_kernel"]
+        head["layer"] = dataclasses.replace(
+            layer, **{name: matrices[name] for name in _INT8_LAYER_MATRICES}
+        )
     if "fuse_kernel" in matrices:
         head["fuse_kernel"] = matrices["fuse_kernel"]
     if "draft_head" in matrices:
@@ -499,8 +516,10 @@ class EagleDrafter(Drafter):
     `weights`: how drafting stores the head's matrices (a value of `quantize.DRAFT_WEIGHTS`):
     "float", as loaded (cast to the target's dtype by `decode_params`), or "int8", weight-only
     int8 with per-column scales (`int8_decode_params`), about half the bytes each draft step
-    reads in bfloat16. Drafts may differ; the output does not (the target verifies every
-    token). Not a property of the trained head: not saved with it."""
+    reads in bfloat16; "int8_layer" / "int8_lm_head" quantize only the head's layer / only
+    its draft-vocabulary LM head slice (which part costs acceptance). Drafts may differ; the
+    output does not (the target verifies every token). Not a property of the trained head:
+    not saved with it."""
 
     graphdef: Any
     target_config: ModelConfig
@@ -584,8 +603,8 @@ class EagleDrafter(Drafter):
                 lambda h: _eagle_decode_head_jit(h, self.block_config, dtype),
             )
             params = {**params, "head": decoded}
-        if self.weights == "int8":
-            params = int8_decode_params(params)
+        if self.weights != "float":
+            params = int8_decode_params(params, self.weights)
         return params
 
     def init_cache(self, batch_size: int, max_len: int, dtype) -> kv_cache.KVCache:

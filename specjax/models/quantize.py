@@ -26,8 +26,9 @@ import jax.numpy as jnp
 
 INT8_MAX = 127
 # How a drafter may store its matrices (`EagleDrafter.weights`, the drafter spec key
-# `weights`): "float", as loaded (cast to the target's dtype), or "int8" (`Int8Weight`).
-DRAFT_WEIGHTS = ("float", "int8")
+# `weights`): "float", as loaded (cast to the target's dtype), or as `Int8Weight`s: "int8"
+# every matrix, "int8_layer" the head's layer only, "int8_lm_head" its LM head slice only.
+DRAFT_WEIGHTS = ("float", "int8", "int8_layer", "int8_lm_head")
 
 
 @jax.tree_util.register_dataclass

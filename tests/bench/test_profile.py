@@ -580,7 +580,9 @@ def test_profile_times_each_draft_weight_setting(tmp_path):
 def test_bad_draft_weights():
     with pytest.raises(ValueError, match="need draft_shape='eagle'"):
         profile.ProfileSettings(shape="tiny", draft_weights=("float", "int8"))
-    with pytest.raises(ValueError, match="among 'float', 'int8', got 'bfloat16'"):
+    with pytest.raises(
+        ValueError, match="among 'float', 'int8', 'int8_layer', 'int8_lm_head', got 'bfloat16'"
+    ):
         profile.ProfileSettings(shape="tiny", draft_shape="eagle", draft_weights=("bfloat16",))
     with pytest.raises(ValueError, match="once each"):
         profile.ProfileSettings(shape="tiny", draft_shape="eagle", draft_weights=("int8", "int8"))

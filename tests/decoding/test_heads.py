@@ -331,6 +331,32 @@ def test_int8_eagle_heads_greedy_equal_autoregressive(target, tree, draft_vocab,
     assert out.tau > 1.2  # int8 drafts are accepted: the quantized head drafts sensibly
 
 
+@pytest.mark.parametrize(
+    "weights, quantized",
+    [
+        ("int8", INT8_MATRICES),
+        ("int8_layer", ("fc_kernel", "fuse_kernel", "qkv", "o", "gate_up", "down")),
+        ("int8_lm_head", ("draft_head",)),
+    ],
+)
+def test_int8_settings_quantize_their_part_only(target, weights, quantized):
+    """Which part of the head each int8 setting quantizes (the settings exist to find which
+    part costs acceptance); the LM head alone is refused without a draft vocabulary, whose
+    slice is the only copy of it the head owns."""
+    drafter, params = eagle_echo(target, feature_layers=(0,))
+    setting = dataclasses.replace(drafter, weights=weights)
+    decoded = setting.decode_params(heads.with_draft_vocab(params, range(64)))
+    found = {name for name, w in _int8_matrices(decoded).items() if isinstance(w, Int8Weight)}
+    assert found == set(quantized)
+    if weights == "int8_lm_head":
+        with pytest.raises(ValueError, match="weights=int8_lm_head .* give the drafter a draft_v"):
+            setting.decode_params(params)
+    else:  # without a draft vocabulary the LM head is the target's and stays float
+        assert not isinstance(
+            _int8_matrices(setting.decode_params(params))["draft_head"], Int8Weight
+        )
+
+
 def test_int8_eagle_head_computes_what_the_float_head_does(target):
     """The quantized head's predicted features, cache and draft logits equal the float head's
     run on the dequantized weights q * scale (every matmul reads its own scales), and stay
@@ -393,7 +419,10 @@ def test_int8_eagle_refuses_what_it_cannot_do(target):
     from specjax.parallel import make_mesh
 
     drafter, params = eagle_echo(target)
-    with pytest.raises(ValueError, match="weights must be one of 'float', 'int8', got 'int4'"):
+    with pytest.raises(
+        ValueError,
+        match="weights must be one of 'float', 'int8', 'int8_layer', 'int8_lm_head', got 'int4'",
+    ):
         dataclasses.replace(drafter, weights="int4")
     # The storage layout (training, and the mesh path, which converts no drafter weights) is
     # never quantized: refused rather than silently drafting in float.

@@ -20,6 +20,8 @@ from specjax.experiment import pairs
 from specjax.training import config as training_config
 from specjax.training import experiment as training_experiment
 
+_WEIGHT_CHOICES = "'float', 'int8', 'int8_layer', 'int8_lm_head'"  # quantize.DRAFT_WEIGHTS
+
 # --------------------------------------------------------------------------------------
 # Parsing
 
@@ -90,8 +92,8 @@ def test_adaptive_name_and_canonical_text():
         ("ngram:max_n=4", "max_n=4 is the old spelling: write ngram_n=N"),
         ("early-exit:tree=4-2-1", "write the branching with commas, e.g. 4,2,1"),
         ("early-exit:dyntree=4-4-16", "write tree=dynamic:depth=D,top_k=K,nodes=N"),
-        ("eagle:heads=h,weights=int4", "weights must be one of 'float', 'int8', got 'int4'"),
-        ("eagle:heads=h,weights=", "weights must be one of 'float', 'int8', got ''"),
+        ("eagle:heads=h,weights=int4", f"weights must be one of {_WEIGHT_CHOICES}, got 'int4'"),
+        ("eagle:heads=h,weights=", f"weights must be one of {_WEIGHT_CHOICES}, got ''"),
         ("medusa:heads=h,weights=int8", "weights is a knob of drafter eagle, not of medusa"),
     ],
 )
