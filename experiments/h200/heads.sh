@@ -190,10 +190,13 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
   # The fastest Qwen drafter of the twelfth session (1.75x): a 12-node dynamic tree over 32k.
   row eagle-dynamic12-dv32k \
     "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=eagle-dynamic12-dv32k"
-  # The same with the head's matrices and LM head slice as weight-only int8 (`weights=int8`):
-  # half the bytes a draft step reads, if XLA's GEMMs read int8 inside the loop (eighteenth
-  # session, synthetic weights: no gain while XLA hoisted the conversion out of the loop;
-  # `quantize.matmul`'s barrier since). The output stays exact; τ may move a little.
+  # The same with the head's LM head slice as weight-only int8 (`weights=int8_lm_head`): half
+  # its 4 reads a call (~50 us at the Qwen shape), if XLA's GEMM reads int8 inside the loop
+  # (eighteenth session, synthetic weights: no gain while XLA hoisted the conversion out of
+  # the loop; `quantize.matmul`'s barrier since). On the CPU in float32 this kept tau (3.42,
+  # as float); int8 in the head's layer too (`weights=int8`, the -int8 row) cost 4.7%.
+  row eagle-dynamic12-dv32k-int8-lm-head \
+    "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,weights=int8_lm_head,name=eagle-dynamic12-dv32k-int8-lm-head"
   row eagle-dynamic12-dv32k-int8 \
     "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,weights=int8,name=eagle-dynamic12-dv32k-int8"
   # Every node a 5-level, top-4 tree drafts verified (20): the attention kernel's 16-row

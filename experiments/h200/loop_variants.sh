@@ -11,9 +11,10 @@
 # concurrent_regions, while_unrolled, min_graph_1 (XLA flags); rows16 (the attention kernel's
 # programs take at most 16 query rows: SPECJAX_ROPE_ATTENTION=block_rows=16), rows64 (64), and
 # launch:KEY=V,KEY=V (any launch of the kernel, e.g. launch:block_s=128,splits=4: the same
-# for the AR step and the verification, as exactness needs); draft_int8 (the tree loop twice in
-# one process, the head's weights as bfloat16 and as weight-only int8, `--draft_weights`:
-# sections spec and spec_int8 beside one AR loop; not in the default list).
+# for the AR step and the verification, as exactness needs); draft_int8 (the tree loop three
+# times in one process, the head's weights as bfloat16, as weight-only int8 and with only its
+# LM head slice int8, `--draft_weights`: sections spec, spec_int8 and spec_int8_lm_head beside
+# one AR loop; not in the default list).
 # Each writes OUT/profile_<variant>_*.json and OUT/<variant>.log; `python -m experiments.profile
 # --report=OUT/profile_*.json` prints them side by side.
 set -u
@@ -47,7 +48,7 @@ launch_of() {  # the variant's SPECJAX_ROPE_ATTENTION
 }
 args_of() {  # the variant's further flags of experiments.profile
   case $1 in
-    draft_int8) echo "--draft_weights=float,int8" ;;
+    draft_int8) echo "--draft_weights=float,int8,int8_lm_head" ;;
     *) echo "" ;;
   esac
 }
