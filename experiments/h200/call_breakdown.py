@@ -5,6 +5,9 @@ dumped HLO (both kept in docs/benchmarks/h200_qwen_s17/trace/ for the 12-node tr
 
 --calls: the traced loop's iterations (the profile JSON's `iterations`). Prints the middle
 call's (part, kind, kernels, µs) table (`profile.call_breakdown`; kinds by `kernel_kind`).
+--events also lists that call's kernels in order: part, µs, trace name, and the HLO
+instruction's shape and op_name where the trace name matches one (custom kernels and copies
+have none).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ def main() -> None:
     parser.add_argument("--trace", required=True, help="a *.trace.json.gz of the loop")
     parser.add_argument("--hlo", required=True, help="the loop's after-optimizations HLO")
     parser.add_argument("--calls", type=int, required=True, help="iterations of the loop")
+    parser.add_argument("--events", action="store_true", help="also list the call's kernels")
     args = parser.parse_args()
     opener = gzip.open if args.hlo.endswith(".gz") else open
     with opener(args.hlo, "rt") as file:
@@ -30,6 +34,25 @@ def main() -> None:
     print("| part | kind | kernels | µs |\n|---|---|---|---|")
     for part, kind, n, us in profile.call_breakdown(call):
         print(f"| {part} | {kind} | {n} | {us:.1f} |")
+    if args.events:
+        print("\n| part | µs | kernel | HLO shape | op_name |\n|---|---|---|---|---|")
+        for part, name, _, us in call:
+            shape, op = instructions(hlo).get(name, ("", ""))
+            print(f"| {part} | {us:.1f} | {name} | {shape} | {op} |")
+
+
+def instructions(hlo: str) -> dict[str, tuple[str, str]]:
+    """HLO instructions by their kernel's trace name (`kernels.kernel_name`): (result shape,
+    op_name within the loop body)."""
+    _, blocks = kernels.parse(hlo)
+    return {
+        kernels.kernel_name(inst.name): (
+            inst.line.split(" = ", 1)[1].split(" ", 1)[0],
+            inst.op_name.rpartition("/body/")[2],
+        )
+        for block in blocks.values()
+        for inst in block
+    }
 
 
 if __name__ == "__main__":
