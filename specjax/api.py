@@ -346,8 +346,12 @@ def generate(
             target_model = target_for(draft, target_model)
     if tree is not None:
         tree = tree_decoding.as_tree_spec(tree)
-        if isinstance(tree, DynamicTreeSpec) and tree.top_k > vocab_size:
-            raise ValueError(f"dynamic tree top_k={tree.top_k} exceeds the vocabulary {vocab_size}")
+        drafters_tree = tree_decoding.drafters_tree(tree)
+        if isinstance(drafters_tree, DynamicTreeSpec) and drafters_tree.top_k > vocab_size:
+            raise ValueError(
+                f"dynamic tree top_k={drafters_tree.top_k} exceeds the vocabulary {vocab_size}"
+            )
+        tree_decoding.check_sampling(tree, sampling)
         if not speculative_run:
             raise ValueError("tree= needs a drafter (a draft model, early exit or EAGLE heads)")
         if not draft.supports_trees:

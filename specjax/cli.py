@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tree",
         help="token tree (--drafter model, early-exit or eagle; greedy or sampled): static "
         "branching per level, e.g. 3,2,1, or an EAGLE-2 dynamic tree, e.g. "
-        "dynamic:depth=4,top_k=4,nodes=16",
+        "dynamic:depth=4,top_k=4,nodes=16; either with ,lookup=L for a branch of L tokens "
+        "copied by prompt lookup",
     )
     gen.add_argument(
         "--adaptive-gamma",

@@ -53,11 +53,11 @@ class CallShape:
 
     Fields:
       gamma: K, draft tokens of a chain.
-      tree: a `TreeSpec` / `DynamicTreeSpec`, or None for a chain.
+      tree: a `TreeSpec` / `DynamicTreeSpec` / `LookupTreeSpec`, or None for a chain.
     """
 
     gamma: int = 4
-    tree: tree_lib.TreeSpec | tree_lib.DynamicTreeSpec | None = None
+    tree: tree_lib.AnyTreeSpec | None = None
 
     @property
     def depth(self) -> int:
@@ -244,6 +244,8 @@ def shape_name(shape: CallShape) -> str:
     tree = shape.tree
     if tree is None:
         return f"chain, gamma {shape.gamma}"
+    if isinstance(tree, tree_lib.LookupTreeSpec):
+        return f"{shape_name(CallShape(gamma=shape.gamma, tree=tree.tree))} + lookup {tree.lookup}"
     if isinstance(tree, tree_lib.TreeSpec):
         return "static " + ",".join(map(str, tree.branching))
     return f"dynamic depth {tree.depth}, top-k {tree.top_k}, {tree.num_nodes} nodes"

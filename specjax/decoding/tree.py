@@ -47,6 +47,7 @@ from specjax import cache as kv_cache
 from specjax.decoding import commit, rejection, sequence, speculative
 from specjax.decoding import sampling as sampling_lib
 from specjax.decoding.drafter import Drafter
+from specjax.decoding.lookup import lookup_continuation
 from specjax.decoding.state import DecodeState, GenerateOutput
 from specjax.models.transformer import Model, Params
 
@@ -166,9 +167,93 @@ class DynamicTreeSpec:
         return self.depth + 2 + (self.depth - 1) * self.top_k
 
 
-def parse_tree_spec(text: str) -> TreeSpec | DynamicTreeSpec:
-    """'3,2,1' -> TreeSpec((3, 2, 1)); 'dynamic:depth=4,top_k=4,nodes=16' -> DynamicTreeSpec."""
+@dataclasses.dataclass(frozen=True)
+class LookupTreeSpec:
+    """A drafter's tree (`tree`) plus a lookup branch: a chain of `lookup` tokens copied from
+    the context by prompt lookup (`decoding/lookup.py`, the n-gram drafter's matching), added
+    to the tree the drafter expands (`add_lookup_branch`). The drafter's tree ranks what its
+    model finds likely; the branch adds what the text already said, which a small drafter
+    rarely predicts many tokens deep (code, quoted input, repeated phrases) and which costs no
+    drafter call.
+
+    The branch may be longer than the tree is deep: the tree then accepts up to
+    max(depth, lookup) tokens a call, and the drafter catches up on as many (`depth`).
+
+    Fields:
+      tree: the drafter's own tree (static or dynamic).
+      lookup: L >= 1, the branch's length.
+      max_ngram, min_ngram: the n-gram lengths tried, longest first (as the n-gram drafter's).
+    """
+
+    tree: TreeSpec | DynamicTreeSpec
+    lookup: int
+    max_ngram: int = 3
+    min_ngram: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.tree, LookupTreeSpec) or not isinstance(
+            self.tree, TreeSpec | DynamicTreeSpec
+        ):
+            raise ValueError(f"a lookup branch extends a static or dynamic tree, got {self.tree!r}")
+        for name in ("lookup", "max_ngram", "min_ngram"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"tree lookup {name} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.min_ngram > self.max_ngram:
+            raise ValueError(
+                f"tree lookup needs min_ngram <= max_ngram, got {self.min_ngram} > {self.max_ngram}"
+            )
+
+    @property
+    def depth(self) -> int:
+        return max(self.tree.depth, self.lookup)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.tree.num_nodes + self.lookup
+
+    @property
+    def draft_scratch(self) -> int:
+        """The drafter's tree's scratch, with the catch-up window widened to `depth`."""
+        return self.tree.draft_scratch + self.depth - self.tree.depth
+
+
+AnyTreeSpec = TreeSpec | DynamicTreeSpec | LookupTreeSpec
+
+
+def drafters_tree(tree: AnyTreeSpec) -> TreeSpec | DynamicTreeSpec:
+    """The part of `tree` its drafter expands (a lookup branch is added by the loop)."""
+    return tree.tree if isinstance(tree, LookupTreeSpec) else tree
+
+
+def parse_tree_spec(text: str) -> AnyTreeSpec:
+    """'3,2,1' -> TreeSpec((3, 2, 1)); 'dynamic:depth=4,top_k=4,nodes=16' -> DynamicTreeSpec;
+    either with ',lookup=L' (and optionally ',lookup_ngram=N') -> LookupTreeSpec."""
     text = text.strip()
+    items = [item.strip() for item in text.split(",")]
+    lookup = {}
+    for item in [i for i in items if i.startswith(("lookup=", "lookup_ngram="))]:
+        key, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise ValueError(f"bad tree {text!r}: {key} must be a positive integer, got {value!r}")
+        lookup[key] = int(value)
+        items.remove(item)
+    if "lookup_ngram" in lookup and "lookup" not in lookup:
+        raise ValueError(f"bad tree {text!r}: lookup_ngram without lookup=L")
+    if lookup and not items:
+        raise ValueError(
+            f"bad tree {text!r}: a lookup branch extends a drafter's tree, e.g. "
+            "dynamic:depth=4,top_k=4,nodes=12,lookup=6"
+        )
+    tree = _parse_drafters_tree(",".join(items))
+    if not lookup:
+        return tree
+    return LookupTreeSpec(tree, lookup["lookup"], max_ngram=lookup.get("lookup_ngram", 3))
+
+
+def _parse_drafters_tree(text: str) -> TreeSpec | DynamicTreeSpec:
+    """A static or dynamic tree's text (no lookup items)."""
     if not text.startswith("dynamic:"):
         try:
             return TreeSpec(tuple(int(b) for b in text.split(",")))
@@ -188,9 +273,9 @@ def parse_tree_spec(text: str) -> TreeSpec | DynamicTreeSpec:
     return DynamicTreeSpec(**fields)
 
 
-def as_tree_spec(tree) -> TreeSpec | DynamicTreeSpec:
+def as_tree_spec(tree) -> AnyTreeSpec:
     """A spec, a branching sequence (static tree) or a string for `parse_tree_spec`."""
-    if isinstance(tree, TreeSpec | DynamicTreeSpec):
+    if isinstance(tree, TreeSpec | DynamicTreeSpec | LookupTreeSpec):
         return tree
     if isinstance(tree, str):
         return parse_tree_spec(tree)
@@ -286,6 +371,71 @@ def _accepted_path(
     return path_tokens_BxD, num_accepted_B, path_nodes_BxD
 
 
+def check_sampling(tree: AnyTreeSpec, sampling: sampling_lib.Sampling) -> None:
+    """Refuses a lookup branch beside a sampled static tree: the multi-draft rule takes each
+    node's children as independent draws from the drafter's distribution, and a copied token
+    is not one. (Greedy trees, and dynamic trees under sampling, are point masses throughout:
+    any added node keeps the rule exact.)"""
+    if isinstance(tree, LookupTreeSpec) and not sampling.greedy and isinstance(tree.tree, TreeSpec):
+        raise ValueError(
+            "a lookup branch under sampling needs a deterministic tree: a sampled static tree's "
+            "children are draws from the drafter, and copied tokens are not; use a dynamic tree "
+            "(dynamic:depth=D,top_k=K,nodes=N,lookup=L) or greedy decoding"
+        )
+
+
+def add_lookup_branch(
+    drafted: DraftTree, sequence_BxS: jax.Array, seq_lengths_B: jax.Array, spec: LookupTreeSpec
+) -> DraftTree:
+    """`drafted` (N nodes, depth <= D) with the lookup branch's L nodes appended (N + L nodes,
+    paths over max(D, L) depths).
+
+    The branch c_1..c_L (prompt lookup's continuation of each row) is grafted onto the
+    drafted tree where it agrees with it: if c_1..c_j is a path m_1..m_j of the tree (j as
+    long as the tree has one), node N + k - 1 (branch token c_k) hangs under m_j for k = j + 1
+    and under the branch's previous node for k > j + 1. So under sampling the branch's
+    continuation is reachable from the tree node the rule accepts, and no sibling repeats a
+    token there. The first j branch nodes then repeat the tree's path as a separate chain from
+    the root: they still get slots (shapes are fixed), but they come after the tree's nodes
+    among the root's children, so greedy acceptance picks the tree's equal-depth node (ties
+    go to the lowest index) and the sampling rule, having rejected the tree's copy of a token,
+    rejects its repeat too (a point mass on a token the residual no longer holds). Branch nodes
+    carry point-mass proposals: `drafted.probs` must be None (checked by `generate`).
+    """
+    B, N, D = drafted.paths.shape
+    L = spec.lookup
+    D_out = max(D, L)
+    branch_BxL = lookup_continuation(sequence_BxS, seq_lengths_B, L, spec.max_ngram, spec.min_ngram)
+    depths_BxN, parents_BxN = drafted.depths, drafted.parents
+    # matched[b, k]: tree node m_{k+1} for c_1..c_{k+1} (-1 once the tree has no such path).
+    matched, parent_B = [], jnp.full((B,), -1, jnp.int32)
+    for k in range(min(D, L)):
+        hit_BxN = (depths_BxN == k + 1) & (drafted.tokens == branch_BxL[:, k : k + 1])
+        hit_BxN &= parents_BxN == parent_B[:, None]
+        node_B = jnp.where(jnp.any(hit_BxN, axis=1), jnp.argmax(hit_BxN, axis=1), -1)
+        matched.append(node_B.astype(jnp.int32))
+        # A missing node ends the match: -2 matches no parent at the next depth.
+        parent_B = jnp.where(node_B >= 0, node_B, -2)
+    matched_BxJ = jnp.stack(matched, axis=1)  # J = min(D, L)
+    graft_depth_B = jnp.sum(matched_BxJ >= 0, axis=1, dtype=jnp.int32)  # j: found ones lead
+    # Branch node k (0-based, depth k + 1), path entry i < k + 1: the tree's m_{i+1} where
+    # i < j <= k (the graft), else branch node i itself (index N + i).
+    k_L1, i_1D = jnp.arange(L)[:, None], jnp.arange(D_out)[None, :]
+    own_BxLxD = jnp.broadcast_to(N + i_1D, (B, L, D_out)).astype(jnp.int32)
+    tree_BxLxD = jnp.pad(matched_BxJ, ((0, 0), (0, D_out - matched_BxJ.shape[1])))
+    tree_BxLxD = jnp.broadcast_to(tree_BxLxD[:, None, :], (B, L, D_out))
+    j_B11 = graft_depth_B[:, None, None]
+    grafted_BxLxD = (i_1D < j_B11) & (k_L1 >= j_B11)
+    branch_paths_BxLxD = jnp.where(grafted_BxLxD, tree_BxLxD, own_BxLxD)
+    branch_paths_BxLxD = jnp.where(i_1D <= k_L1, branch_paths_BxLxD, -1)
+    tree_paths_BxNxD = jnp.pad(drafted.paths, ((0, 0), (0, 0), (0, D_out - D)), constant_values=-1)
+    return DraftTree(
+        tokens=jnp.concatenate([drafted.tokens, branch_BxL], axis=1),
+        paths=jnp.concatenate([tree_paths_BxNxD, branch_paths_BxLxD], axis=1),
+        probs=drafted.probs,
+    )
+
+
 def tree_step(
     target: Model,
     params: Params,
@@ -295,7 +445,7 @@ def tree_step(
     sampling: sampling_lib.Sampling,
     eos_ids_E: jax.Array,
     *,
-    tree: TreeSpec | DynamicTreeSpec,
+    tree: AnyTreeSpec,
     max_new_tokens: int,
     verify_fn: TreeVerifyFn = rejection.verify_tree_sampling,
 ) -> DecodeState:
@@ -307,6 +457,8 @@ def tree_step(
         drafted, drafter_state = drafter.propose_tree(
             drafter_params, state.drafter_state, state.context, tree, sampling, draft_rng
         )
+        if isinstance(tree, LookupTreeSpec):
+            drafted = add_lookup_branch(drafted, state.sequence, state.seq_lengths, tree)
     with jax.named_scope("verify"):
         logits_BxN1xV, hidden_BxN1xD, target_cache = target_pass(target, params, state, drafted)
     with jax.named_scope("accept"):
@@ -353,7 +505,7 @@ def generate(
     eos_ids_E: jax.Array,
     rng: jax.Array,
     *,
-    tree: TreeSpec | DynamicTreeSpec,
+    tree: AnyTreeSpec,
     max_new_tokens: int,
     cache_size: int,
     pad_id: int = 0,
@@ -365,6 +517,7 @@ def generate(
     """
     if not drafter.supports_trees:
         raise ValueError(f"{type(drafter).__name__} does not draft token trees")
+    check_sampling(tree, sampling)
     state = speculative.start(
         target, params, drafter, drafter_params, prompt_BxP, prompt_lengths_B, sampling,
         eos_ids_E, rng, gamma=tree.depth, max_new_tokens=max_new_tokens,

@@ -30,7 +30,7 @@ from specjax import cache as kv_cache
 from specjax.decoding import sampling as sampling_lib
 from specjax.decoding.drafter import Drafter
 from specjax.decoding.state import DraftContext
-from specjax.decoding.tree import DraftTree, DynamicTreeSpec, TreeSpec
+from specjax.decoding.tree import AnyTreeSpec, DraftTree
 from specjax.drafters import tree_expansion
 from specjax.models.transformer import Model, Params, params_dtype
 
@@ -172,7 +172,7 @@ class DraftModelDrafter(Drafter):
         params: Params,
         state: DraftModelState,
         context: DraftContext,
-        tree: TreeSpec | DynamicTreeSpec,
+        tree: AnyTreeSpec,
         sampling: sampling_lib.Sampling,
         rng: jax.Array,
     ) -> tuple[DraftTree, DraftModelState]:

@@ -67,7 +67,7 @@ from specjax import cache as kv_cache
 from specjax.decoding import sampling as sampling_lib
 from specjax.decoding.drafter import Drafter
 from specjax.decoding.state import DraftContext
-from specjax.decoding.tree import DraftTree, DynamicTreeSpec, TreeSpec, per_row
+from specjax.decoding.tree import AnyTreeSpec, DraftTree, DynamicTreeSpec, drafters_tree, per_row
 from specjax.drafters import tree_expansion
 from specjax.models import layers
 from specjax.models.config import NO_WINDOW, ModelConfig
@@ -713,7 +713,7 @@ class EagleDrafter(Drafter):
         params: HeadParams,
         state: EagleState,
         context: DraftContext,
-        tree: TreeSpec | DynamicTreeSpec,
+        tree: AnyTreeSpec,
         sampling: sampling_lib.Sampling,
         rng: jax.Array,
     ) -> tuple[DraftTree, EagleState]:
@@ -731,7 +731,7 @@ class EagleDrafter(Drafter):
         io = params["io"]
         # Over a draft vocabulary, expansion ranks the Vd columns themselves (no [.., V] array)
         # unless a sampled static tree needs the distribution over V for the rejection rule.
-        columns = sampling.greedy or isinstance(tree, DynamicTreeSpec)
+        columns = sampling.greedy or isinstance(drafters_tree(tree), DynamicTreeSpec)
         column_ids = io.get("draft_ids") if columns else None
         logits_fn = vocab_logits if column_ids is not None else draft_logits
 

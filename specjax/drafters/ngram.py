@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from specjax.decoding.drafter import Drafter
+from specjax.decoding.lookup import lookup_continuation
 from specjax.decoding.sampling import Sampling
 from specjax.decoding.state import DraftContext
 
@@ -62,37 +62,7 @@ class NgramDrafter(Drafter):
         rng: jax.Array,
     ) -> tuple[jax.Array, None, None]:
         del params, sampling, rng
-        sequence_BxS, seq_lengths_B = context.sequence, context.seq_lengths
-        B, S = sequence_BxS.shape
-        start_S = jnp.arange(S, dtype=jnp.int32)
-
-        # For each n (longest first) find the latest start s of an earlier copy of the last
-        # n tokens: sequence[s : s + n] == sequence[len - n : len] with s + n < len, so that
-        # at least one continuation token sequence[s + n] exists.
-        best_start_B = jnp.full((B,), -1, jnp.int32)
-        best_n_B = jnp.zeros((B,), jnp.int32)
-        for n in range(self.max_ngram, self.min_ngram - 1, -1):
-            suffix_positions_BxN = seq_lengths_B[:, None] - n + jnp.arange(n, dtype=jnp.int32)
-            suffix_BxN = jnp.take_along_axis(
-                sequence_BxS, jnp.clip(suffix_positions_BxN, 0, S - 1), axis=1
-            )
-            matches_BxS = jnp.ones((B, S), bool)
-            for j in range(n):
-                # Token s + j of each candidate start (past the end -> no match).
-                shifted_BxS = jnp.pad(sequence_BxS[:, j:], ((0, 0), (0, j)), constant_values=-1)
-                matches_BxS &= shifted_BxS == suffix_BxN[:, j : j + 1]
-            valid_BxS = start_S[None, :] + n < seq_lengths_B[:, None]
-            valid_BxS &= (seq_lengths_B >= n + 1)[:, None]
-            matches_BxS &= valid_BxS
-            latest_B = jnp.max(jnp.where(matches_BxS, start_S[None, :], -1), axis=1)
-            take_B = (best_start_B < 0) & (latest_B >= 0)
-            best_start_B = jnp.where(take_B, latest_B, best_start_B)
-            best_n_B = jnp.where(take_B, n, best_n_B)
-
-        # Continuation positions s + n + k, clipped to the last valid token.
-        found_B = best_start_B >= 0
-        first_B = jnp.where(found_B, best_start_B + best_n_B, seq_lengths_B - 1)
-        positions_BxK = first_B[:, None] + jnp.arange(gamma, dtype=jnp.int32)
-        positions_BxK = jnp.minimum(positions_BxK, seq_lengths_B[:, None] - 1)
-        tokens_BxK = jnp.take_along_axis(sequence_BxS, positions_BxK, axis=1)
+        tokens_BxK = lookup_continuation(
+            context.sequence, context.seq_lengths, gamma, self.max_ngram, self.min_ngram
+        )
         return tokens_BxK, None, state

@@ -29,8 +29,12 @@ and ``name`` (a label for tables)::
 
 Tree syntax (one, shared with ``specjax.generate(tree=...)``, the CLI's ``--tree`` and the
 configs' ``tree``): static branching per level ``4,2,1``, or EAGLE-2's dynamic tree
-``dynamic:depth=4,top_k=4,nodes=16``. Inside a spec a tree is written the same way: its
-value holds commas, so the items after ``tree=`` that are not keys of the spec continue it.
+``dynamic:depth=4,top_k=4,nodes=16``; either may end in ``,lookup=L`` (and
+``,lookup_ngram=N``): a prompt-lookup branch of L copied tokens grafted onto the drafter's
+tree (`tree.LookupTreeSpec`). Inside a spec a tree is written the same way: its value holds
+commas, so the items after ``tree=`` that are not keys of the spec continue it::
+
+    eagle:heads=<dir>,tree=dynamic:depth=4,top_k=4,nodes=12,lookup=6,draft_vocab=32768
 The older benchmark forms ``tree=4-2-1`` and ``dyntree=4-4-16`` are refused with the new
 spelling in the message (no stored result re-reads them: they only named table rows).
 """
@@ -43,7 +47,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from specjax.decoding.tree import DynamicTreeSpec, TreeSpec, parse_tree_spec
+from specjax.decoding.tree import AnyTreeSpec, DynamicTreeSpec, LookupTreeSpec, parse_tree_spec
 from specjax.models.quantize import DRAFT_WEIGHTS
 
 __all__ = [
@@ -176,16 +180,20 @@ def knob_defaults() -> dict[str, int | str]:
     return {knob.name: knob.default for kind in KINDS.values() for knob in kind.knobs}
 
 
-def parse_tree(text: str) -> TreeSpec | DynamicTreeSpec:
-    """The one tree syntax: ``4,2,1`` or ``dynamic:depth=4,top_k=4,nodes=16``."""
+def parse_tree(text: str) -> AnyTreeSpec:
+    """The one tree syntax: ``4,2,1`` or ``dynamic:depth=4,top_k=4,nodes=16``, either
+    optionally with a prompt-lookup branch, ``...,lookup=6`` (`tree.LookupTreeSpec`)."""
     text = str(text).strip()
     if "-" in text and not text.startswith("dynamic:") and "," not in text:
         raise ValueError(f"bad tree {text!r}: write the branching with commas, e.g. 4,2,1")
     return parse_tree_spec(text)
 
 
-def tree_text(tree: TreeSpec | DynamicTreeSpec) -> str:
+def tree_text(tree: AnyTreeSpec) -> str:
     """The text `parse_tree` reads back as ``tree``."""
+    if isinstance(tree, LookupTreeSpec):
+        ngram = f",lookup_ngram={tree.max_ngram}" if tree.max_ngram != 3 else ""
+        return f"{tree_text(tree.tree)},lookup={tree.lookup}{ngram}"
     if isinstance(tree, DynamicTreeSpec):
         return f"dynamic:depth={tree.depth},top_k={tree.top_k},nodes={tree.num_nodes}"
     return ",".join(str(b) for b in tree.branching)
@@ -209,7 +217,7 @@ class DrafterSpec:
     knobs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     gamma: int | None = None
     adaptive: bool = False
-    tree: TreeSpec | DynamicTreeSpec | None = None
+    tree: AnyTreeSpec | None = None
     name: str = ""
 
     @classmethod
@@ -219,7 +227,7 @@ class DrafterSpec:
         *,
         gamma: int | None = None,
         adaptive: bool = False,
-        tree: str | TreeSpec | DynamicTreeSpec | None = None,
+        tree: str | AnyTreeSpec | None = None,
         name: str = "",
         **knobs: Any,
     ) -> DrafterSpec:

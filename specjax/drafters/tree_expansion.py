@@ -45,10 +45,12 @@ import numpy as np
 
 from specjax.decoding import sampling as sampling_lib
 from specjax.decoding.tree import (
+    AnyTreeSpec,
     DraftTree,
     DynamicTreeSpec,
     TreeSpec,
     ancestor_mask,
+    drafters_tree,
     path_parents,
     per_row,
 )
@@ -84,12 +86,14 @@ NodeLogitsFn = Callable[[FedNodes, Any, int], tuple[jax.Array, Any]]
 def expand(
     root_logits_BxV: jax.Array,
     node_logits: NodeLogitsFn,
-    tree: TreeSpec | DynamicTreeSpec,
+    tree: AnyTreeSpec,
     sampling: sampling_lib.Sampling,
     rng: jax.Array,
     column_ids: jax.Array | None = None,
 ) -> DraftTree:
-    """The tree `tree` grown from `root_logits` [B, C] (see the module docstring)."""
+    """The tree `tree` grown from `root_logits` [B, C] (see the module docstring); of a
+    `LookupTreeSpec` the drafter's part (the loop adds the lookup branch)."""
+    tree = drafters_tree(tree)
     if column_ids is not None and not sampling.greedy and isinstance(tree, TreeSpec):
         raise ValueError(
             "a sampled static tree needs the drafter's logits over the vocabulary (its "

@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.adaptive_gamma = False  # per-row draft length in 1..gamma, set by recent acceptance
     # Token tree (a drafter.kind that drafts trees: model, early-exit, eagle), "" = a linear
     # draft. Static branching per level "4,2,1", or EAGLE-2's "dynamic:depth=4,top_k=4,
-    # nodes=16". The tree's depth replaces gamma.
+    # nodes=16"; either may end in ",lookup=6" (a prompt-lookup branch of 6 copied tokens).
+    # The tree's depth replaces gamma.
     c.tree = ""
     c.sampling = ml_collections.ConfigDict(
         dict(temperature=0.0, top_k=0, top_p=1.0)  # 0.0 = greedy; top_k 0 / top_p 1.0 = off

@@ -12,9 +12,9 @@ k = 64 cells. By the Bretagnolle-Huber-Carol inequality, for n i.i.d. draws
     P(||p_hat - p||_1 >= eps) <= 2^k * exp(-n eps^2 / 2),
 so with eps = sqrt(2 (k ln 2 + ln(1/delta)) / n) a correct sampler fails an assertion with
 probability at most delta = 1e-7. The tree rule is also tested on its own (k = 64 cells of
-three tokens over a vocabulary of 4, n = 200k, the same delta). This file makes 16 such
-assertions (7 linear, 3 tree rule, 6 trees end to end): its false-failure probability is below
-1.6e-6, with no asymptotic approximation (small expected counts are fine). Seeds are fixed, so
+three tokens over a vocabulary of 4, n = 200k, the same delta). This file makes 19 such
+assertions (7 linear, 4 tree rule, 8 trees end to end): its false-failure probability is below
+1.9e-6, with no asymptotic approximation (small expected counts are fine). Seeds are fixed, so
 a given JAX version gives the same verdict on every run.
 
 The broken rules below must be *detected*: that shows the test has power.
@@ -33,7 +33,8 @@ import specjax
 from specjax import Sampling
 from specjax.decoding import rejection
 from specjax.decoding import sampling as sampling_lib
-from specjax.decoding.tree import DynamicTreeSpec
+from specjax.decoding import tree as tree_lib
+from specjax.decoding.tree import DynamicTreeSpec, LookupTreeSpec, TreeSpec
 from specjax.models.config import ModelConfig
 
 VOCAB = 8
@@ -222,7 +223,12 @@ def _sample_rows(rng, probs_BxV):
 
 def _children(rng, q_BxV, count, how):
     """[B, count] children of B nodes drawn from q: i.i.d., distinct draws (without
-    replacement, via Gumbel top-k), or the deterministic top-`count` tokens of q."""
+    replacement, via Gumbel top-k), the deterministic top-`count` tokens of q, or those with
+    the last one replaced by a repeat of the first (a lookup branch's copy of a tree node)."""
+    if how == "repeated":
+        children = np.argsort(-q_BxV, axis=-1, kind="stable")[:, :count]
+        children[:, -1] = children[:, 0]
+        return children
     if how == "iid":
         return np.stack([_sample_rows(rng, q_BxV) for _ in range(count)], axis=1)
     if how == "without_replacement":
@@ -283,14 +289,26 @@ def rule_l1_distance(p, q, how, verify_fn=rejection.verify_tree_sampling, with_p
 
 @pytest.mark.parametrize(
     "how, with_probs",
-    [("iid", True), ("deterministic", False), ("without_replacement", False)],
-    ids=["sampled_children", "deterministic_children", "distinct_children_as_point_masses"],
+    [
+        ("iid", True),
+        ("deterministic", False),
+        ("without_replacement", False),
+        ("repeated", False),
+    ],
+    ids=[
+        "sampled_children",
+        "deterministic_children",
+        "distinct_children_as_point_masses",
+        "repeated_sibling_as_point_masses",
+    ],
 )
 def test_tree_rule_matches_target_distribution(rule_tables, how, with_probs):
     """Children drawn i.i.d. from q and verified against q; deterministic children (top-k of
     q) verified as point masses; and children drawn without replacement, verified as point
     masses too (the point-mass rule is exact for any choice of children that does not look
-    at the target: see `verify_tree_sampling`)."""
+    at the target: see `verify_tree_sampling`), even a sibling that repeats an earlier one (a
+    lookup branch's node beside the tree's: after the first is rejected, the residual holds
+    no mass on it)."""
     distance = rule_l1_distance(*rule_tables, how, with_probs=with_probs)
     print(f"L1 = {distance:.4f} (threshold {RULE_EPSILON:.4f})")
     assert distance < RULE_EPSILON, f"L1 {distance:.4f} >= {RULE_EPSILON:.4f}"
@@ -351,6 +369,12 @@ def eagle_head(pair):
         ("close_pair", Sampling.create(temperature=1.3, top_p=0.8), DynamicTreeSpec(3, 2, 4)),
         ("eagle", Sampling.create(temperature=1.0), (2, 2)),
         ("eagle", Sampling.create(temperature=1.0), DynamicTreeSpec(2, 2, 3)),
+        ("pair", Sampling.create(temperature=1.0), LookupTreeSpec(DynamicTreeSpec(2, 3, 5), 3)),
+        (
+            "eagle",
+            Sampling.create(temperature=0.7, top_k=3),
+            "dynamic:depth=2,top_k=2,nodes=3,lookup=2",
+        ),
     ],
     ids=[
         "model-temperature1-tree2,2",
@@ -359,11 +383,15 @@ def eagle_head(pair):
         "model-temperature1.3-topp0.8-dynamic3,2,4",
         "eagle-temperature1-tree2,2",
         "eagle-temperature1-dynamic2,2,3",
+        "model-temperature1-dynamic2,3,5-lookup3",
+        "eagle-temperature0.7-topk3-dynamic2,2,3-lookup2",
     ],
 )
 def test_tree_sampling_matches_target_distribution(request, drafts, sampling, tree):
     """Static trees sample their children (verified against the drafter's q), dynamic trees
-    are deterministic (verified as point masses): both keep the target's distribution."""
+    are deterministic (verified as point masses): both keep the target's distribution. So do
+    dynamic trees with a lookup branch (copied tokens, point masses too; the prompt's tokens
+    recur among the 8, so the branch is often grafted and often repeats a tree node)."""
     if drafts == "eagle":
         target, draft = request.getfixturevalue("pair")[0], request.getfixturevalue("eagle_head")
     else:
@@ -381,3 +409,17 @@ def test_broken_tree_rule_is_detected_end_to_end(pair):
                            tree_verify_fn=verify_tree_residual_not_updated)  # fmt: skip
     print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
     assert distance >= EPSILON, f"broken rule not detected: L1 {distance:.4f} < {EPSILON:.4f}"
+
+
+def test_lookup_branch_beside_sampled_children_is_detected(pair, monkeypatch):
+    """Why `generate` refuses a lookup branch beside a sampled static tree: the rule takes a
+    node's children as draws from the drafter's q, and the copied token is not one (its
+    acceptance min(1, r(c) / q(c)) favours it). With the refusal switched off, the bias shows."""
+    monkeypatch.setattr(tree_lib, "check_sampling", lambda tree, sampling: None)
+    target, draft = pair
+    sampling = Sampling.create(temperature=1.0)
+    distance = l1_distance(
+        target, draft, sampling, seed=3, tree=LookupTreeSpec(TreeSpec((2, 1)), 2)
+    )
+    print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
+    assert distance >= EPSILON, f"biased branch not detected: L1 {distance:.4f} < {EPSILON:.4f}"

@@ -462,3 +462,130 @@ def test_expansion_over_draft_columns_equals_expansion_over_the_vocabulary(tree)
                 root_BxV[:, ids], node_logits_fn(True), tree, Sampling.create(1.0), rng,
                 column_ids=ids,
             )  # fmt: skip
+
+
+# A prompt-lookup branch grafted onto a drafter's tree (`tree.LookupTreeSpec`). These random
+# targets fall into loops (one token repeated, or a short cycle), which prompt lookup copies.
+LOOKUP_TREES = [
+    tree_lib.LookupTreeSpec(DYNAMIC_SPECS[0], lookup=5),  # the branch is deeper than the tree
+    tree_lib.LookupTreeSpec(TreeSpec((2, 2, 1)), lookup=2),  # and shallower
+    tree_lib.LookupTreeSpec(DynamicTreeSpec(2, 2, 3), lookup=4, max_ngram=1),
+]
+
+
+@pytest.mark.parametrize("drafter", ["draft", "random_draft"])
+@pytest.mark.parametrize("tree", LOOKUP_TREES, ids=str)
+def test_lookup_branch_greedy_equals_autoregressive(target, request, drafter, tree):
+    reference = specjax.generate(target, None, PROMPTS, max_new_tokens=30)
+    out = specjax.generate(
+        target, request.getfixturevalue(drafter), PROMPTS, max_new_tokens=30, tree=tree
+    )
+    assert out.token_lists() == reference.token_lists()
+    # tau counts a call's accepted tokens + 1, up to max(depth, lookup) + 1.
+    assert 1.0 <= out.tau <= tree.depth + 1
+
+
+def test_lookup_branch_accepts_copied_tokens(target, random_draft):
+    """A drafter that rarely agrees gains what the text repeats: on these looping outputs the
+    branch is accepted whole most calls, so tau rises from ~1 far past the drafter's depth."""
+    spec = DYNAMIC_SPECS[0]
+    alone = specjax.generate(target, random_draft, PROMPTS, max_new_tokens=30, tree=spec)
+    lookup = tree_lib.LookupTreeSpec(spec, lookup=5)
+    with_branch = specjax.generate(target, random_draft, PROMPTS, max_new_tokens=30, tree=lookup)
+    assert alone.tau < 1.2
+    assert with_branch.tau > spec.depth + 0.5
+    # Depths 4 and 5 exist only on the branch (the drafter's tree is 3 deep).
+    assert np.asarray(with_branch.stats.accepted_per_position)[:, 3:].sum() > 0
+
+
+def test_eagle_lookup_branch_greedy_equals_autoregressive(head_target):
+    drafter = eagle_echo(head_target)
+    tree = tree_lib.LookupTreeSpec(DynamicTreeSpec(3, 2, 4), lookup=4)
+    reference = specjax.generate(head_target, None, PROMPTS_UNEVEN, max_new_tokens=24)
+    out = specjax.generate(head_target, drafter, PROMPTS_UNEVEN, max_new_tokens=24, tree=tree)
+    assert out.token_lists() == reference.token_lists()
+    assert out.tau > 1.2
+
+
+def _lookup_reference(sequence, length, count):
+    """Prompt lookup by hand: the latest earlier occurrence of the longest suffix (n = 3..1)
+    that has one, its next `count` tokens clipped to the sequence; else the newest token."""
+    seq = list(sequence[:length])
+    for n in (3, 2, 1):
+        if length < n + 1:
+            continue
+        suffix = seq[length - n :]
+        starts = [s for s in range(length - n) if seq[s : s + n] == suffix]
+        if starts:
+            first = starts[-1] + n
+            return [seq[min(first + k, length - 1)] for k in range(count)]
+    return [seq[-1]] * count
+
+
+@pytest.mark.parametrize("lookup", [2, 4, 6])
+def test_lookup_branch_is_grafted_where_it_agrees(lookup):
+    """Random dynamic trees and contexts over a small vocabulary (so the branch often runs
+    along a tree path), against a reference written node by node: the branch holds prompt
+    lookup's tokens; its node k hangs under the tree's path for c_1..c_j when k = j (0-based),
+    j as long as that path exists, and under the branch's previous node otherwise."""
+    rng = np.random.default_rng(lookup)
+    B, D, K, N, S, vocab = 64, 4, 3, 8, 24, 3
+    paths_M, _ = _random_drafted_tree(rng, B, D, K, 0.5)
+    # The tree: the first N drafted nodes (level order, so ancestor-closed), random tokens.
+    paths = paths_M[:, :N]
+    tokens = rng.integers(vocab, size=(B, N)).astype(np.int32)
+    sequence = rng.integers(vocab, size=(B, S)).astype(np.int32)
+    lengths = rng.integers(1, S + 1, size=B).astype(np.int32)
+    spec = tree_lib.LookupTreeSpec(DynamicTreeSpec(D, K, N), lookup)
+    out = jax.jit(tree_lib.add_lookup_branch, static_argnums=3)(
+        tree_lib.DraftTree(jnp.asarray(tokens), jnp.asarray(paths)),
+        jnp.asarray(sequence), jnp.asarray(lengths), spec,
+    )  # fmt: skip
+    out_tokens, out_paths = np.asarray(out.tokens), np.asarray(out.paths)
+    D_out = max(D, lookup)
+    assert out_paths.shape == (B, N + lookup, D_out)
+    for b in range(B):
+        branch = _lookup_reference(sequence[b], lengths[b], lookup)
+        np.testing.assert_array_equal(out_tokens[b], list(tokens[b]) + branch)
+        np.testing.assert_array_equal(out_paths[b, :N, :D], paths[b])
+        assert (out_paths[b, :N, D:] == -1).all()
+        # The tree's path for the branch's longest prefix it holds.
+        graft, parent = [], -1
+        for k in range(min(D, lookup)):
+            depth = (paths[b] >= 0).sum(-1)
+            parents = np.array([p[d - 2] if d > 1 else -1 for p, d in zip(paths[b], depth)])
+            hits = np.flatnonzero((depth == k + 1) & (tokens[b] == branch[k]) & (parents == parent))
+            if not len(hits):
+                break
+            graft.append(int(hits[0]))
+            parent = int(hits[0])
+        j = len(graft)
+        for k in range(lookup):
+            expected = [graft[i] if i < j <= k else N + i for i in range(k + 1)]
+            expected += [-1] * (D_out - k - 1)
+            np.testing.assert_array_equal(out_paths[b, N + k], expected)
+
+
+def test_lookup_branch_errors(target, draft):
+    spec = tree_lib.parse_tree_spec("dynamic:depth=4,top_k=4,nodes=12,lookup=6")
+    assert spec == tree_lib.LookupTreeSpec(DynamicTreeSpec(4, 4, 12), 6)
+    assert (spec.depth, spec.num_nodes) == (6, 18)
+    assert spec.draft_scratch == DynamicTreeSpec(4, 4, 12).draft_scratch + 2
+    assert tree_lib.parse_tree_spec("2,2,lookup=3,lookup_ngram=2") == tree_lib.LookupTreeSpec(
+        TreeSpec((2, 2)), 3, max_ngram=2
+    )
+    with pytest.raises(ValueError, match="lookup must be an integer >= 1"):
+        tree_lib.parse_tree_spec("2,2,lookup=0")
+    with pytest.raises(ValueError, match="lookup must be a positive integer"):
+        tree_lib.parse_tree_spec("2,2,lookup=x")
+    with pytest.raises(ValueError, match="a lookup branch extends a drafter's tree"):
+        tree_lib.parse_tree_spec("lookup=4")
+    with pytest.raises(ValueError, match="lookup_ngram without lookup"):
+        tree_lib.parse_tree_spec("2,2,lookup_ngram=2")
+    with pytest.raises(ValueError, match="min_ngram <= max_ngram"):
+        tree_lib.LookupTreeSpec(TreeSpec((2,)), 2, max_ngram=1, min_ngram=2)
+    with pytest.raises(ValueError, match="extends a static or dynamic tree"):
+        tree_lib.LookupTreeSpec(spec, 2)
+    with pytest.raises(ValueError, match="lookup branch under sampling needs a deterministic"):
+        specjax.generate(target, draft, PROMPTS, tree="2,2,lookup=3",
+                         sampling=Sampling.create(temperature=1.0))  # fmt: skip
