@@ -190,6 +190,13 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
   # The fastest Qwen drafter of the twelfth session (1.75x): a 12-node dynamic tree over 32k.
   row eagle-dynamic12-dv32k \
     "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,draft_vocab=32768,name=eagle-dynamic12-dv32k"
+  # The same tree with a prompt-lookup branch of 4 or 8 copied tokens grafted on
+  # (`tree.LookupTreeSpec`, nineteenth session): what the text already said, which the head
+  # rarely drafts many tokens deep; no head call, only verified rows.
+  row eagle-dynamic12-dv32k-lookup4 \
+    "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,lookup=4,draft_vocab=32768,name=eagle-dynamic12-dv32k-lookup4"
+  row eagle-dynamic12-dv32k-lookup8 \
+    "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,lookup=8,draft_vocab=32768,name=eagle-dynamic12-dv32k-lookup8"
   # The same with the head's LM head slice as weight-only int8 (`weights=int8_lm_head`): half
   # its 4 reads a call (~50 us at the Qwen shape), if XLA's GEMM reads int8 inside the loop
   # (eighteenth session, synthetic weights: no gain while XLA hoisted the conversion out of
@@ -242,14 +249,16 @@ compare() {  # compare MODEL_FILE NAME TAG DRAFT_FILE TEMPERATURES [few]: timed,
 # row), e.g. a new head's rows only, where the others' exactness was taken by an earlier lease.
 # EXACT_ENV="SPECJAX_CACHE_MOVE=xla ...": settings of that stage's process (e.g. a path other
 # than the default whose exactness on the real model is to be checked).
+# SMOL_EXACT_ROWS / QWEN_EXACT_ROWS: the same for one target only, in place of EXACT_ROWS.
 exactness() {  # exactness MODEL_FILE NAME TAG [DRAFT_FILE]: float32, highest precision, greedy
-  local file=$1 n=$2 tag=$3 draft=${4:-}
+  local file=$1 n=$2 tag=$3 draft=${4:-} rows
+  case $n in smollm2*) rows=${SMOL_EXACT_ROWS:-${EXACT_ROWS:-}} ;; *) rows=${QWEN_EXACT_ROWS:-${EXACT_ROWS:-}} ;; esac
   # shellcheck disable=SC2046
   # shellcheck disable=SC2086
   env ${EXACT_ENV:-} JAX_DEFAULT_MATMUL_PRECISION=highest $PY -m experiments.bench --suites=real \
     --gguf="$SPECJAX_CACHE/models/$file" $SETS $COMPARE --repeats=0 --batches=1 \
     --temperatures=0 --dtype=float32 --out="$W/out" --tag="$tag" \
-    $(KEEP="${EXACT_ROWS:-${KEEP:-}}" drafters "$n" "$draft")
+    $(KEEP="${rows:-${KEEP:-}}" drafters "$n" "$draft")
 }
 
 export -f train compare exactness drafters row listed
