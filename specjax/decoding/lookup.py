@@ -3,7 +3,8 @@ occurrence of a sequence's last n tokens. One function, shared by the linear pro
 drafter (`drafters/ngram.py`, whose docstring gives the matching order) and the lookup branch
 of token trees (`decoding/tree.py`, `LookupTreeSpec`).
 
-Dimension legend: B batch, S sequence slots, K tokens copied, N n-gram length.
+Dimension legend: B batch, S sequence slots, K tokens copied, N n-gram length, G n-gram
+lengths tried.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ def lookup_continuation(
     B, S = sequence_BxS.shape
     start_S = jnp.arange(S, dtype=jnp.int32)
 
-    # For each n (longest first) find the latest start s of an earlier copy of the last
-    # n tokens: sequence[s : s + n] == sequence[len - n : len] with s + n < len, so that
-    # at least one continuation token sequence[s + n] exists.
-    best_start_B = jnp.full((B,), -1, jnp.int32)
-    best_n_B = jnp.zeros((B,), jnp.int32)
-    for n in range(max_ngram, min_ngram - 1, -1):
+    # For each n find the latest start s of an earlier copy of the last n tokens:
+    # sequence[s : s + n] == sequence[len - n : len] with s + n < len, so that at least one
+    # continuation token sequence[s + n] exists. One reduction over S for every n at once.
+    ngrams = range(max_ngram, min_ngram - 1, -1)  # longest first
+    matches = []
+    for n in ngrams:
         suffix_positions_BxN = seq_lengths_B[:, None] - n + jnp.arange(n, dtype=jnp.int32)
         suffix_BxN = jnp.take_along_axis(
             sequence_BxS, jnp.clip(suffix_positions_BxN, 0, S - 1), axis=1
@@ -36,12 +37,17 @@ def lookup_continuation(
             # Token s + j of each candidate start (past the end -> no match).
             shifted_BxS = jnp.pad(sequence_BxS[:, j:], ((0, 0), (0, j)), constant_values=-1)
             matches_BxS &= shifted_BxS == suffix_BxN[:, j : j + 1]
-        valid_BxS = start_S[None, :] + n < seq_lengths_B[:, None]
-        valid_BxS &= (seq_lengths_B >= n + 1)[:, None]
-        matches_BxS &= valid_BxS
-        latest_B = jnp.max(jnp.where(matches_BxS, start_S[None, :], -1), axis=1)
-        take_B = (best_start_B < 0) & (latest_B >= 0)
-        best_start_B = jnp.where(take_B, latest_B, best_start_B)
+        matches_BxS &= start_S[None, :] + n < seq_lengths_B[:, None]
+        matches_BxS &= (seq_lengths_B >= n + 1)[:, None]
+        matches.append(matches_BxS)
+    latest_GxB = jnp.max(jnp.where(jnp.stack(matches), start_S, -1), axis=-1)  # G n-gram lengths
+
+    # The longest n that has a match wins.
+    best_start_B = jnp.full((B,), -1, jnp.int32)
+    best_n_B = jnp.zeros((B,), jnp.int32)
+    for g, n in enumerate(ngrams):
+        take_B = (best_start_B < 0) & (latest_GxB[g] >= 0)
+        best_start_B = jnp.where(take_B, latest_GxB[g], best_start_B)
         best_n_B = jnp.where(take_B, n, best_n_B)
 
     # Continuation positions s + n + k, clipped to the last valid token.

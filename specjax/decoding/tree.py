@@ -392,8 +392,9 @@ def add_lookup_branch(
 
     The branch c_1..c_L (prompt lookup's continuation of each row) is grafted onto the
     drafted tree where it agrees with it: if c_1..c_j is a path m_1..m_j of the tree (j as
-    long as the tree has one), node N + k - 1 (branch token c_k) hangs under m_j for k = j + 1
-    and under the branch's previous node for k > j + 1. So under sampling the branch's
+    long as the tree has one; of equally long ones, the one whose last node has the lowest
+    index), node N + k - 1 (branch token c_k) hangs under m_j for k = j + 1 and under the
+    branch's previous node for k > j + 1. So under sampling the branch's
     continuation is reachable from the tree node the rule accepts, and no sibling repeats a
     token there. The first j branch nodes then repeat the tree's path as a separate chain from
     the root: they still get slots (shapes are fixed), but they come after the tree's nodes
@@ -406,23 +407,23 @@ def add_lookup_branch(
     L = spec.lookup
     D_out = max(D, L)
     branch_BxL = lookup_continuation(sequence_BxS, seq_lengths_B, L, spec.max_ngram, spec.min_ngram)
-    depths_BxN, parents_BxN = drafted.depths, drafted.parents
-    # matched[b, k]: tree node m_{k+1} for c_1..c_{k+1} (-1 once the tree has no such path).
-    matched, parent_B = [], jnp.full((B,), -1, jnp.int32)
-    for k in range(min(D, L)):
-        hit_BxN = (depths_BxN == k + 1) & (drafted.tokens == branch_BxL[:, k : k + 1])
-        hit_BxN &= parents_BxN == parent_B[:, None]
-        node_B = jnp.where(jnp.any(hit_BxN, axis=1), jnp.argmax(hit_BxN, axis=1), -1)
-        matched.append(node_B.astype(jnp.int32))
-        # A missing node ends the match: -2 matches no parent at the next depth.
-        parent_B = jnp.where(node_B >= 0, node_B, -2)
-    matched_BxJ = jnp.stack(matched, axis=1)  # J = min(D, L)
-    graft_depth_B = jnp.sum(matched_BxJ >= 0, axis=1, dtype=jnp.int32)  # j: found ones lead
+    # A tree node is on the branch if its path's tokens are c_1..c_depth: one gather and one
+    # compare for all nodes (no walk down the tree level by level). The graft is the deepest
+    # such node's path (the lowest index among equally deep ones); on-branch nodes are closed
+    # under ancestors, so its depth j is how long a prefix of the branch the tree holds.
+    path_tokens_BxNxD = per_row(drafted.tokens, jnp.maximum(drafted.paths, 0))
+    # c_{i+1} at path entry i; -1 (no token) past the branch's end.
+    branch_BxD = jnp.pad(branch_BxL[:, :D], ((0, 0), (0, max(D - L, 0))), constant_values=-1)
+    agrees_BxNxD = (drafted.paths < 0) | (path_tokens_BxNxD == branch_BxD[:, None, :])
+    on_branch_depth_BxN = jnp.where(jnp.all(agrees_BxNxD, axis=-1), drafted.depths, 0)
+    graft_node_B = jnp.argmax(on_branch_depth_BxN, axis=1)
+    graft_depth_B = jnp.max(on_branch_depth_BxN, axis=1)  # j
+    graft_path_BxD = per_row(drafted.paths, graft_node_B)  # m_1..m_j, then -1
     # Branch node k (0-based, depth k + 1), path entry i < k + 1: the tree's m_{i+1} where
     # i < j <= k (the graft), else branch node i itself (index N + i).
     k_L1, i_1D = jnp.arange(L)[:, None], jnp.arange(D_out)[None, :]
     own_BxLxD = jnp.broadcast_to(N + i_1D, (B, L, D_out)).astype(jnp.int32)
-    tree_BxLxD = jnp.pad(matched_BxJ, ((0, 0), (0, D_out - matched_BxJ.shape[1])))
+    tree_BxLxD = jnp.pad(graft_path_BxD, ((0, 0), (0, D_out - D)), constant_values=-1)
     tree_BxLxD = jnp.broadcast_to(tree_BxLxD[:, None, :], (B, L, D_out))
     j_B11 = graft_depth_B[:, None, None]
     grafted_BxLxD = (i_1D < j_B11) & (k_L1 >= j_B11)

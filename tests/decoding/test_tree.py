@@ -549,17 +549,14 @@ def test_lookup_branch_is_grafted_where_it_agrees(lookup):
         np.testing.assert_array_equal(out_tokens[b], list(tokens[b]) + branch)
         np.testing.assert_array_equal(out_paths[b, :N, :D], paths[b])
         assert (out_paths[b, :N, D:] == -1).all()
-        # The tree's path for the branch's longest prefix it holds.
-        graft, parent = [], -1
-        for k in range(min(D, lookup)):
-            depth = (paths[b] >= 0).sum(-1)
-            parents = np.array([p[d - 2] if d > 1 else -1 for p, d in zip(paths[b], depth)])
-            hits = np.flatnonzero((depth == k + 1) & (tokens[b] == branch[k]) & (parents == parent))
-            if not len(hits):
-                break
-            graft.append(int(hits[0]))
-            parent = int(hits[0])
-        j = len(graft)
+        # The tree's longest path spelling a prefix of the branch (of equally long ones, the
+        # one ending at the lowest index), found node by node.
+        j, graft = 0, []
+        for node in range(N):
+            path = [int(x) for x in paths[b, node] if x >= 0]
+            spelled = [int(tokens[b, x]) for x in path]
+            if len(path) > j and spelled == branch[: len(path)]:
+                j, graft = len(path), path
         for k in range(lookup):
             expected = [graft[i] if i < j <= k else N + i for i in range(k + 1)]
             expected += [-1] * (D_out - k - 1)
