@@ -14,7 +14,11 @@
 # for the AR step and the verification, as exactness needs); draft_int8 (the tree loop three
 # times in one process, the head's weights as bfloat16, as weight-only int8 and with only its
 # LM head slice int8, `--draft_weights`: sections spec, spec_int8 and spec_int8_lm_head beside
-# one AR loop; not in the default list).
+# one AR loop; not in the default list); lookup:L (the tree with a prompt-lookup branch of L
+# tokens, `tree=...,lookup=L`: on synthetic weights nothing is accepted, so the call's time
+# beside the default's is what the branch costs; not in the default list).
+# SHAPE=smollm2-135m (default qwen2.5-1.5b) picks the target shape; TRACE=1 traces every
+# variant (kernels by name in its profile JSON; graphs_traced is traced either way).
 # Each writes OUT/profile_<variant>_*.json and OUT/<variant>.log; `python -m experiments.profile
 # --report=OUT/profile_*.json` prints them side by side.
 set -u
@@ -23,8 +27,8 @@ shift
 mkdir -p "$OUT"
 PY=${PY:-python}
 TREE=${TREE:-dynamic:depth=4,top_k=4,nodes=12}
-COMMON="--draft_shape=eagle --draft_vocab=32768 --tree=$TREE --what=ar,spec
-  --shape=qwen2.5-1.5b --context=512 --new_tokens=128 --repeats=5 --bandwidth_GBps=4200"
+COMMON="--draft_shape=eagle --draft_vocab=32768 --what=ar,spec
+  --shape=${SHAPE:-qwen2.5-1.5b} --context=512 --new_tokens=128 --repeats=5 --bandwidth_GBps=4200"
 flags_of() {  # the variant's XLA flags
   case $1 in
     default) echo "" ;;
@@ -34,7 +38,7 @@ flags_of() {  # the variant's XLA flags
     while_unrolled)
       echo "--xla_gpu_enable_command_buffer=+WHILE --xla_gpu_command_buffer_unroll_loops=true" ;;
     min_graph_1) echo "--xla_gpu_graph_min_graph_size=1" ;;
-    rows16 | rows64 | launch:* | draft_int8) echo "" ;;
+    rows16 | rows64 | launch:* | draft_int8 | lookup:*) echo "" ;;
     *) echo "unknown variant $1" >&2; return 2 ;;
   esac
 }
@@ -48,15 +52,16 @@ launch_of() {  # the variant's SPECJAX_ROPE_ATTENTION
 }
 args_of() {  # the variant's further flags of experiments.profile
   case $1 in
-    draft_int8) echo "--draft_weights=float,int8,int8_lm_head" ;;
-    *) echo "" ;;
+    draft_int8) echo "--draft_weights=float,int8,int8_lm_head --tree=$TREE" ;;
+    lookup:*) echo "--tree=$TREE,lookup=${1#lookup:}" ;;
+    *) echo "--tree=$TREE" ;;
   esac
 }
 VARIANTS=${*:-default graphs_traced skip_temp concurrent_regions while_unrolled min_graph_1}
 for variant in $VARIANTS; do
   flags=$(flags_of "$variant") || exit 2
   trace=--notrace
-  [ "$variant" = graphs_traced ] && trace=--trace
+  [ "$variant" = graphs_traced ] || [ "${TRACE:-0}" = 1 ] && trace=--trace
   launch=$(launch_of "$variant")
   args=$(args_of "$variant")
   label=$(tr ':=,' '___' <<< "$variant")  # a file name
