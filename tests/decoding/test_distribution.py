@@ -33,8 +33,7 @@ import specjax
 from specjax import Sampling
 from specjax.decoding import rejection
 from specjax.decoding import sampling as sampling_lib
-from specjax.decoding import tree as tree_lib
-from specjax.decoding.tree import DynamicTreeSpec, LookupTreeSpec, TreeSpec
+from specjax.decoding.tree import DynamicTreeSpec, LookupTreeSpec
 from specjax.models.config import ModelConfig
 
 VOCAB = 8
@@ -225,6 +224,12 @@ def _children(rng, q_BxV, count, how):
     """[B, count] children of B nodes drawn from q: i.i.d., distinct draws (without
     replacement, via Gumbel top-k), the deterministic top-`count` tokens of q, or those with
     the last one replaced by a repeat of the first (a lookup branch's copy of a tree node)."""
+    if how == "iid_with_copy":
+        # A lookup branch's token beside sampled children: here q's least likely token,
+        # chosen without looking at the target, but not a draw from q.
+        children = np.stack([_sample_rows(rng, q_BxV) for _ in range(count)], axis=1)
+        children[:, -1] = np.argmin(q_BxV, axis=-1)
+        return children
     if how == "repeated":
         children = np.argsort(-q_BxV, axis=-1, kind="stable")[:, :count]
         children[:, -1] = children[:, 0]
@@ -336,12 +341,20 @@ def verify_tree_final_from_target(rng, tokens, parents, draft_probs, target_prob
         ("without_replacement", rejection.verify_tree_sampling),
         ("iid", verify_tree_residual_not_updated),
         ("iid", verify_tree_final_from_target),
+        ("iid_with_copy", rejection.verify_tree_sampling),
     ],
-    ids=["children_without_replacement", "residual_not_updated", "final_from_target"],
+    ids=[
+        "children_without_replacement",
+        "residual_not_updated",
+        "final_from_target",
+        "copied_child_verified_as_a_draw",
+    ],
 )
 def test_broken_tree_rules_are_detected(rule_tables, how, verify_fn):
     """Children drawn without replacement but verified as independent draws from q (the rule
-    is exact only for the proposals it is told), and two plausible slips in the rule."""
+    is exact only for the proposals it is told), two plausible slips in the rule, and a copied
+    token among sampled children verified as if drawn from q: why `generate` refuses a lookup
+    branch beside a sampled static tree (`tree.check_sampling`)."""
     distance = rule_l1_distance(*rule_tables, how, verify_fn)
     print(f"L1 = {distance:.4f} (threshold {RULE_EPSILON:.4f})")
     assert distance >= RULE_EPSILON, (
@@ -409,17 +422,3 @@ def test_broken_tree_rule_is_detected_end_to_end(pair):
                            tree_verify_fn=verify_tree_residual_not_updated)  # fmt: skip
     print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
     assert distance >= EPSILON, f"broken rule not detected: L1 {distance:.4f} < {EPSILON:.4f}"
-
-
-def test_lookup_branch_beside_sampled_children_is_detected(pair, monkeypatch):
-    """Why `generate` refuses a lookup branch beside a sampled static tree: the rule takes a
-    node's children as draws from the drafter's q, and the copied token is not one (its
-    acceptance min(1, r(c) / q(c)) favours it). With the refusal switched off, the bias shows."""
-    monkeypatch.setattr(tree_lib, "check_sampling", lambda tree, sampling: None)
-    target, draft = pair
-    sampling = Sampling.create(temperature=1.0)
-    distance = l1_distance(
-        target, draft, sampling, seed=3, tree=LookupTreeSpec(TreeSpec((2, 1)), 2)
-    )
-    print(f"L1 = {distance:.4f} (threshold {EPSILON:.4f})")
-    assert distance >= EPSILON, f"biased branch not detected: L1 {distance:.4f} < {EPSILON:.4f}"
