@@ -161,15 +161,25 @@ def random_draft(target):
     return target[0], random_model(TINY_LLAMA.replace(num_layers=3), seed=7)[1]
 
 
+# A prompt-lookup branch grafted onto a drafter's tree (`tree.LookupTreeSpec`). These random
+# targets fall into loops (one token repeated, or a short cycle), which prompt lookup copies.
+LOOKUP_TREES = [
+    tree_lib.LookupTreeSpec(DYNAMIC_SPECS[0], lookup=5),  # the branch is deeper than the tree
+    tree_lib.LookupTreeSpec(TreeSpec((2, 2, 1)), lookup=2),  # and shallower
+    tree_lib.LookupTreeSpec(DynamicTreeSpec(2, 2, 3), lookup=4, max_ngram=1),
+]
+
+
 @pytest.mark.parametrize("drafter", ["draft", "random_draft"])
-@pytest.mark.parametrize("spec", DYNAMIC_SPECS, ids=str)
-def test_dynamic_tree_greedy_equals_autoregressive(target, request, drafter, spec):
+@pytest.mark.parametrize("spec", DYNAMIC_SPECS + LOOKUP_TREES, ids=str)
+def test_dynamic_and_lookup_trees_greedy_equal_autoregressive(target, request, drafter, spec):
     reference = specjax.generate(target, None, PROMPTS, max_new_tokens=30)
     out = specjax.generate(
         target, request.getfixturevalue(drafter), PROMPTS, max_new_tokens=30, tree=spec
     )
     assert out.token_lists() == reference.token_lists()
-    assert out.tau >= 1.0
+    # tau counts a call's accepted tokens + 1: at most max(depth, lookup) + 1.
+    assert 1.0 <= out.tau <= spec.depth + 1
     if drafter == "draft":
         assert out.tau > 1.5
 
@@ -462,27 +472,6 @@ def test_expansion_over_draft_columns_equals_expansion_over_the_vocabulary(tree)
                 root_BxV[:, ids], node_logits_fn(True), tree, Sampling.create(1.0), rng,
                 column_ids=ids,
             )  # fmt: skip
-
-
-# A prompt-lookup branch grafted onto a drafter's tree (`tree.LookupTreeSpec`). These random
-# targets fall into loops (one token repeated, or a short cycle), which prompt lookup copies.
-LOOKUP_TREES = [
-    tree_lib.LookupTreeSpec(DYNAMIC_SPECS[0], lookup=5),  # the branch is deeper than the tree
-    tree_lib.LookupTreeSpec(TreeSpec((2, 2, 1)), lookup=2),  # and shallower
-    tree_lib.LookupTreeSpec(DynamicTreeSpec(2, 2, 3), lookup=4, max_ngram=1),
-]
-
-
-@pytest.mark.parametrize("drafter", ["draft", "random_draft"])
-@pytest.mark.parametrize("tree", LOOKUP_TREES, ids=str)
-def test_lookup_branch_greedy_equals_autoregressive(target, request, drafter, tree):
-    reference = specjax.generate(target, None, PROMPTS, max_new_tokens=30)
-    out = specjax.generate(
-        target, request.getfixturevalue(drafter), PROMPTS, max_new_tokens=30, tree=tree
-    )
-    assert out.token_lists() == reference.token_lists()
-    # tau counts a call's accepted tokens + 1, up to max(depth, lookup) + 1.
-    assert 1.0 <= out.tau <= tree.depth + 1
 
 
 def test_lookup_branch_accepts_copied_tokens(target, random_draft):
