@@ -197,6 +197,10 @@ drafters() {  # drafters NAME [DRAFT_FILE]: the --drafter flags of one target's 
     "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,lookup=4,draft_vocab=32768,name=eagle-dynamic12-dv32k-lookup4"
   row eagle-dynamic12-dv32k-lookup8 \
     "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,lookup=8,draft_vocab=32768,name=eagle-dynamic12-dv32k-lookup8"
+  # 16 copied tokens: on SmolLM2 in float32 (CPU, nineteenth session) tau 3.61 -> 3.79 over 8,
+  # HumanEval 4.54 -> 5.08; its GPU cost not yet measured.
+  row eagle-dynamic12-dv32k-lookup16 \
+    "eagle:heads=$head-$n,tree=$TREE_DYNAMIC12,lookup=16,draft_vocab=32768,name=eagle-dynamic12-dv32k-lookup16"
   # The same with the head's LM head slice as weight-only int8 (`weights=int8_lm_head`): half
   # its 4 reads a call (~50 us at the Qwen shape), if XLA's GEMM reads int8 inside the loop
   # (eighteenth session, synthetic weights: no gain while XLA hoisted the conversion out of
