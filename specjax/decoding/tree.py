@@ -18,7 +18,9 @@ One iteration, either kind:
 
   1. the drafter expands the tree (`Drafter.propose_tree`, any drafter with `supports_trees`:
      draft model, early exit, EAGLE heads) and returns a `DraftTree`: tokens and each node's
-     path as traced arrays, plus the draft distributions its children were drawn from;
+     path as traced arrays, plus the draft distributions its children were drawn from; with
+     a `LookupTreeSpec` the loop then grafts a prompt-lookup branch onto it
+     (`add_lookup_branch`: tokens copied from the context, no drafter call);
   2. ONE target call verifies the newest token and the N nodes under the tree's ancestor mask,
      at tree positions (committed length + depth, not index);
   3. acceptance picks one root-to-node path and the token after it (`rejection.py`):
@@ -191,9 +193,7 @@ class LookupTreeSpec:
     min_ngram: int = 1
 
     def __post_init__(self):
-        if isinstance(self.tree, LookupTreeSpec) or not isinstance(
-            self.tree, TreeSpec | DynamicTreeSpec
-        ):
+        if not isinstance(self.tree, TreeSpec | DynamicTreeSpec):
             raise ValueError(f"a lookup branch extends a static or dynamic tree, got {self.tree!r}")
         for name in ("lookup", "max_ngram", "min_ngram"):
             value = getattr(self, name)
