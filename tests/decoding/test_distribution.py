@@ -227,7 +227,7 @@ def _children(rng, q_BxV, count, how):
     if how == "iid_with_copy":
         # A lookup branch's token beside sampled children: here q's least likely token,
         # chosen without looking at the target, but not a draw from q.
-        children = np.stack([_sample_rows(rng, q_BxV) for _ in range(count)], axis=1)
+        children = _children(rng, q_BxV, count, "iid")
         children[:, -1] = np.argmin(q_BxV, axis=-1)
         return children
     if how == "repeated":
