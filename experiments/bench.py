@@ -127,6 +127,7 @@ def main(argv):
         return report(Path(FLAGS.report))
     from specjax import checkpoints, tokenizers
     from specjax.bench import drafters as drafters_bench
+    from specjax.decoding import sequence
     from specjax.models import layers
     from specjax.models.config import KNOWN_SHAPES
 
@@ -138,6 +139,7 @@ def main(argv):
         "date": speedup.now(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "kernels": layers.kernel_policies(FLAGS.dtype),
+        "prefill_chunk": sequence.prefill_chunk_in_effect(),
         "dtype": FLAGS.dtype,
     }
     bandwidth = bench_steps.measure_copy_bandwidth(4e9)

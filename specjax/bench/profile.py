@@ -353,15 +353,15 @@ def run(
         result["draft_shape"] = draft_shape
 
     # Prefill is subtracted from the loops' wall time: always measure it.
-    prefill_ms, _, _ = step_lib.time_step(
-        target, params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
+    prefill_ms = step_lib.time_prefill(
+        target, params, batch=B, width=P, slots=slots, repeats=s.repeats
     )
     draft_prefill_ms = None
     if "spec" in s.what and draft_shape == EAGLE:
         draft_prefill_ms = 0.0  # the head catches up inside the loop's first iteration
     elif "spec" in s.what:
-        draft_prefill_ms, _, _ = step_lib.time_step(
-            draft, draft_params, batch=B, context=0, T=P, slots=slots, repeats=s.repeats
+        draft_prefill_ms = step_lib.time_prefill(
+            draft, draft_params, batch=B, width=P, slots=slots, repeats=s.repeats
         )
 
     if "step" in s.what:

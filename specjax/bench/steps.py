@@ -178,6 +178,24 @@ def _make_step(model, tag: str):
     return jax.jit(profile_step, donate_argnums=(3,))
 
 
+def time_prefill(model, params, *, batch: int, width: int, slots: int, repeats: int) -> float:
+    """Median ms of `sequence.prefill` (the loops' own prefill, chunked as they run it) of
+    `batch` prompts of `width` tokens each into an empty cache of `slots` slots."""
+    from specjax.decoding import sequence  # late: decoding imports this package's neighbours
+
+    prompt_BxP = jnp.ones((batch, width), jnp.int32)
+    lengths_B = jnp.full((batch,), width, jnp.int32)
+    dtype = jax.tree.leaves(params)[0].dtype
+
+    @jax.jit
+    def prefill(params):
+        cache = model.init_cache(batch, slots, dtype)
+        return sequence.prefill(model, params, prompt_BxP, lengths_B, cache)
+
+    _, timing = timed(prefill, params, repeats=repeats)
+    return 1e3 * timing.median_s
+
+
 def time_step(
     model, params, *, batch: int, context: int, T: int, slots: int, repeats: int, tag: str = ""
 ):

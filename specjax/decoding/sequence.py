@@ -8,6 +8,7 @@ N max_new_tokens, V vocab, K draft length.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,24 @@ from specjax.decoding.state import (
 )
 from specjax.models.transformer import Model, Params
 
+# Prompts padded wider than this are prefilled in chunks of it, as many as the longest row
+# needs (a `lax.while_loop`): a program compiled for a wide bucket (benchmarks pad every
+# prompt to 512) then spends on a short prompt what its own length costs, not the bucket's.
+# SPECJAX_PREFILL_CHUNK sets it (read at import; 0: always one pass over the padded prompt).
+_PREFILL_CHUNK_TEXT = os.environ.get("SPECJAX_PREFILL_CHUNK", "128")
+PREFILL_CHUNK = int(_PREFILL_CHUNK_TEXT) if _PREFILL_CHUNK_TEXT.isdigit() else None
+
+
+def prefill_chunk_in_effect() -> int | None:
+    """The default chunk of `prefill` (None: one pass), or a ValueError naming a bad
+    SPECJAX_PREFILL_CHUNK."""
+    if PREFILL_CHUNK is None:
+        raise ValueError(
+            "SPECJAX_PREFILL_CHUNK must be a whole number of tokens (0: prefill in one pass), "
+            f"got {_PREFILL_CHUNK_TEXT!r}"
+        )
+    return PREFILL_CHUNK or None
+
 
 def prefill(
     model: Model,
@@ -32,24 +51,81 @@ def prefill(
     cache: kv_cache.KVCache,
     *,
     return_hidden: bool = False,
+    chunk: int | None | str = "default",
 ):
-    """Runs the padded prompts through the model.
+    """Runs the padded prompts through the model (`cache` empty: every row's length 0).
 
-    Every row writes all P slots; rolling the lengths back to the true prompt lengths discards
-    the padding (its slots are overwritten later). Returns the logits [B, V] at each row's last
-    prompt token and the cache; with `return_hidden`, also the hidden states [B, P, D] of every
-    prompt position (for drafters that read the target's features).
+    Every row writes the slots of all the chunks it is run for; rolling the lengths back to
+    the true prompt lengths discards the padding (its slots are overwritten later). When P is
+    a multiple of `chunk` and wider than it, the prompt runs in chunks of `chunk` tokens, only
+    as many as the longest row needs (ceil(max length / chunk)); otherwise (or with chunk None)
+    in one pass. chunk "default" is `prefill_chunk_in_effect()`. Causal attention makes the
+    two agree up to rounding: a chunk's queries see the earlier chunks' entries in the cache,
+    and later padding is never seen by a real token.
+
+    Returns the logits [B, V] at each row's last prompt token (the LM head projects those B
+    rows only) and the cache; with `return_hidden`, also the hidden states [B, P, D] of every
+    prompt position (for drafters that read the target's features; zeros past the chunks run).
     """
     B, P = prompt_BxP.shape
-    positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
-    logits_BxPxV, hidden_BxPxD, cache = model.forward(params, prompt_BxP, positions_BxP, cache)
+    if chunk == "default":
+        chunk = prefill_chunk_in_effect()
+    if chunk is None or P <= chunk or P % chunk:
+        positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
+        _, hidden_BxPxD, cache = model.forward(
+            params, prompt_BxP, positions_BxP, cache, logits=False
+        )
+    else:
+        hidden_BxPxD, cache = _prefill_chunks(
+            model, params, prompt_BxP, prompt_lengths_B, cache, chunk
+        )
     cache = kv_cache.rollback(cache, prompt_lengths_B)
-    last_logits_BxV = jnp.take_along_axis(
-        logits_BxPxV, (prompt_lengths_B - 1)[:, None, None], axis=1
-    )[:, 0]
+    last_hidden_Bx1xD = jnp.take_along_axis(
+        hidden_BxPxD, (prompt_lengths_B - 1)[:, None, None], axis=1
+    )
+    last_logits_BxV = model.logits(params, last_hidden_Bx1xD)[:, 0]
     if return_hidden:
         return last_logits_BxV, cache, hidden_BxPxD
     return last_logits_BxV, cache
+
+
+def _prefill_chunks(
+    model: Model,
+    params: Params,
+    prompt_BxP: jax.Array,
+    prompt_lengths_B: jax.Array,
+    cache: kv_cache.KVCache,
+    chunk: int,
+) -> tuple[jax.Array, kv_cache.KVCache]:
+    """The prompt's chunks [i * chunk, (i + 1) * chunk) for i < ceil(max length / chunk), in a
+    while loop: (hidden states [B, P, D], zeros past the chunks run; the cache, every row's
+    length the chunks' end)."""
+    B, P = prompt_BxP.shape
+    positions_C = jnp.arange(chunk, dtype=jnp.int32)
+
+    def run_chunk(start, cache):
+        tokens_BxC = jax.lax.dynamic_slice_in_dim(prompt_BxP, start, chunk, axis=1)
+        positions_BxC = jnp.broadcast_to(start + positions_C, (B, chunk))
+        _, hidden_BxCxD, cache = model.forward(
+            params, tokens_BxC, positions_BxC, cache, logits=False
+        )
+        return hidden_BxCxD, cache
+
+    # The hidden output's width and dtype (feature layers widen it), without running it.
+    hidden_shape = jax.eval_shape(run_chunk, 0, cache)[0]
+    hidden_BxPxD = jnp.zeros((B, P, hidden_shape.shape[-1]), hidden_shape.dtype)
+    chunks_needed = (jnp.max(prompt_lengths_B) + chunk - 1) // chunk
+
+    def body(carry):
+        i, hidden_BxPxD, cache = carry
+        hidden_BxCxD, cache = run_chunk(i * chunk, cache)
+        hidden_BxPxD = jax.lax.dynamic_update_slice_in_dim(hidden_BxPxD, hidden_BxCxD, i * chunk, 1)
+        return i + 1, hidden_BxPxD, cache
+
+    _, hidden_BxPxD, cache = jax.lax.while_loop(
+        lambda carry: carry[0] < chunks_needed, body, (jnp.int32(0), hidden_BxPxD, cache)
+    )
+    return hidden_BxPxD, cache
 
 
 def initial_state(

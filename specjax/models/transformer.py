@@ -147,7 +147,8 @@ def forward(
     cache: kv_cache.KVCache,
     extra_mask_BxTxT: jax.Array | None = None,
     feature_layers: tuple[int, ...] = (),
-) -> tuple[jax.Array, jax.Array, kv_cache.KVCache]:
+    logits: bool = True,
+) -> tuple[jax.Array | None, jax.Array, kv_cache.KVCache]:
     """One forward pass over T new tokens per row (see `Model.forward`)."""
     cfg = config
     if len(params.layers) != cfg.num_layers or len(cache.k) != cfg.num_layers:
@@ -190,6 +191,17 @@ def forward(
             features.append(layers.rms_norm(x_BxTxD, ones_D, cfg.norm_eps))
 
     hidden_BxTxD = layers.rms_norm(x_BxTxD, params.final_norm, cfg.norm_eps)
+    logits_BxTxV = lm_head(cfg, params, hidden_BxTxD) if logits else None
+    T = tokens_BxT.shape[1]
+    new_cache = kv_cache.KVCache(k=tuple(new_k), v=tuple(new_v), lengths=lengths_B + T)
+    if features:  # [B, T, (n + 1) D]: the listed layers in order, then the last hidden state
+        hidden_BxTxD = jnp.concatenate([*features, hidden_BxTxD], axis=-1)
+    return logits_BxTxV, hidden_BxTxD, new_cache
+
+
+def lm_head(config: ModelConfig, params: DecodeParams, hidden_BxTxD: jax.Array) -> jax.Array:
+    """float32 logits [B, T, V] of final-norm hidden states [B, T, D] (the LM head, tied or
+    not, and Gemma's soft cap)."""
     if params.lm_head is None:  # tied: contract with the embedding's D axis, no transpose copy
         logits_BxTxV = jnp.einsum(
             "btd,vd->btv",
@@ -204,14 +216,10 @@ def forward(
             params.lm_head.astype(hidden_BxTxD.dtype),
             preferred_element_type=jnp.float32,
         )
-    if cfg.final_logit_softcap:
-        cap = cfg.final_logit_softcap
+    if config.final_logit_softcap:
+        cap = config.final_logit_softcap
         logits_BxTxV = jnp.tanh(logits_BxTxV / cap) * cap
-    T = tokens_BxT.shape[1]
-    new_cache = kv_cache.KVCache(k=tuple(new_k), v=tuple(new_v), lengths=lengths_B + T)
-    if features:  # [B, T, (n + 1) D]: the listed layers in order, then the last hidden state
-        hidden_BxTxD = jnp.concatenate([*features, hidden_BxTxD], axis=-1)
-    return logits_BxTxV, hidden_BxTxD, new_cache
+    return logits_BxTxV
 
 
 def hidden_width(config: ModelConfig, feature_layers: Sequence[int] = ()) -> int:
@@ -317,7 +325,9 @@ class Model:
         positions_BxT: jax.Array,
         cache: kv_cache.KVCache,
         extra_mask_BxTxT: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array, kv_cache.KVCache]:
+        *,
+        logits: bool = True,
+    ) -> tuple[jax.Array | None, jax.Array, kv_cache.KVCache]:
         """One forward pass over T new tokens per row.
 
         Args:
@@ -329,6 +339,8 @@ class Model:
             [lengths[b], lengths[b] + T), which the caller guarantees fit.
           extra_mask_BxTxT: optional boolean mask among the new tokens (tree attention);
             default causal.
+          logits: False skips the LM head (logits None): a caller that needs a few rows'
+            logits projects them with `logits` (prefill: each row's last prompt token).
 
         Returns:
           (logits [B,T,V] float32, hidden [B,T,D] after the final norm, cache with
@@ -339,8 +351,14 @@ class Model:
         params = to_decode_params(self.config, params, self.shards)
         return forward(
             self.config, params, tokens_BxT, positions_BxT, cache, extra_mask_BxTxT,
-            self.feature_layers,
+            self.feature_layers, logits,
         )  # fmt: skip
+
+    def logits(self, params: Params, hidden_BxTxD: jax.Array) -> jax.Array:
+        """float32 logits [B, T, V] of `forward`'s hidden output (with feature layers, its last
+        D columns are the final hidden state)."""
+        params = to_decode_params(self.config, params, self.shards)
+        return lm_head(self.config, params, hidden_BxTxD[..., -self.config.d_model :])
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> kv_cache.KVCache:
         kv_heads, _ = layers.cached_kv_heads(self.config, self.shards)

@@ -84,13 +84,23 @@ class ShardedModel(Model):
         positions_BxT: jax.Array,
         cache: kv_cache.KVCache,
         extra_mask_BxTxT: jax.Array | None = None,
-    ) -> tuple[jax.Array, jax.Array, kv_cache.KVCache]:
+        *,
+        logits: bool = True,
+    ) -> tuple[jax.Array | None, jax.Array, kv_cache.KVCache]:
         logits_BxTxV, hidden_BxTxD, cache = super().forward(
-            params, tokens_BxT, positions_BxT, self._pin_cache(cache), extra_mask_BxTxT
-        )
-        logits_BxTxV = jax.lax.with_sharding_constraint(logits_BxTxV, self.layout.logits_sharding())
+            params, tokens_BxT, positions_BxT, self._pin_cache(cache), extra_mask_BxTxT,
+            logits=logits,
+        )  # fmt: skip
+        if logits:
+            logits_BxTxV = self._pin_logits(logits_BxTxV)
         hidden_BxTxD = jax.lax.with_sharding_constraint(hidden_BxTxD, self.layout.hidden_sharding())
         return logits_BxTxV, hidden_BxTxD, self._pin_cache(cache)
+
+    def logits(self, params: Params, hidden_BxTxD: jax.Array) -> jax.Array:
+        return self._pin_logits(super().logits(params, hidden_BxTxD))
+
+    def _pin_logits(self, logits_BxTxV: jax.Array) -> jax.Array:
+        return jax.lax.with_sharding_constraint(logits_BxTxV, self.layout.logits_sharding())
 
 
 def unwrap(model: Model) -> Model:

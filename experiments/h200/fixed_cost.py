@@ -1,0 +1,147 @@
+"""What a `specjax.generate` call costs besides its decode steps, at a real shape (synthetic
+weights): the prefill of prompts of several lengths padded to one bucket, and the host's part.
+
+    python experiments/h200/fixed_cost.py --shape=qwen2.5-1.5b --out=fixed_cost_qwen.json
+
+Benchmarks pad every prompt to one bucket (512) so that all share one compiled program, and
+time whole calls: a call's fixed cost is paid once per prompt by AR and speculative runs
+alike, so it pulls their ratio towards 1 (a speculative call of ~37 iterations feels it
+~3.5x more than AR's 128 steps do).
+
+1. Prefill alone, in a jitted device loop of --iterations prefills (µs per prefill, median of
+   --repeats): `one_pass_all_logits` (the prefill as it was: one pass over the bucket, the LM
+   head over all P positions, then each row's last taken), `one_pass` (one pass, the LM head
+   over each row's last token only) and `chunked` (the default now: chunks of
+   `sequence.PREFILL_CHUNK`, as many as the prompt needs), per prompt length.
+2. `specjax.generate` with max_new_tokens=1 (prefill, the first token, the loop's first
+   check), whole-call wall ms (median of --repeats, host work included), autoregressive and
+   the 12-node dynamic tree with an EAGLE head over a 32k draft vocabulary, per length; one
+   traced call each at the longest length: device busy ms against wall ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import specjax
+from specjax.bench import steps as step_lib
+from specjax.bench.parallel import SHAPES
+from specjax.bench.trace import traced_events
+from specjax.decoding import sequence
+from specjax.drafters import heads
+from specjax.eval.timing import timed
+from specjax.models.transformer import params_dtype
+
+
+def one_pass_all_logits(model, params, prompt_BxP, lengths_B, cache):
+    """The prefill before chunking: logits [B, P, V] at every position, then each row's last."""
+    B, P = prompt_BxP.shape
+    positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
+    logits_BxPxV, _, cache = model.forward(params, prompt_BxP, positions_BxP, cache)
+    last_BxV = jnp.take_along_axis(logits_BxPxV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+    return last_BxV, cache
+
+
+VARIANTS = {
+    "one_pass_all_logits": one_pass_all_logits,
+    "one_pass": lambda *a: sequence.prefill(*a, chunk=None),
+    "chunked": lambda *a: sequence.prefill(*a),
+}
+
+
+def prefill_us(model, params, variant, bucket, length, slots, iterations, repeats) -> float:
+    prefill = VARIANTS[variant]
+    prompt = jnp.ones((1, bucket), jnp.int32)
+    lengths = jnp.full((1,), length, jnp.int32)
+
+    @jax.jit
+    def loop(params):
+        def body(_, total):
+            cache = model.init_cache(1, slots, params_dtype(params))
+            logits, _ = prefill(model, params, prompt, lengths, cache)
+            return total + logits[0, 0]  # a data dependence: no prefill is dropped
+
+        return jax.lax.fori_loop(0, iterations, body, jnp.float32(0))
+
+    return step_lib.us_per_iteration(loop, params, iterations, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="qwen2.5-1.5b")
+    parser.add_argument("--lengths", default="64,128,256,512")
+    parser.add_argument("--bucket", type=int, default=512)
+    parser.add_argument("--new_tokens", type=int, default=128, help="sizes the cache")
+    parser.add_argument("--tree", default="dynamic:depth=4,top_k=4,nodes=12")
+    parser.add_argument("--draft_vocab", type=int, default=32768)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    lengths = [int(n) for n in args.lengths.split(",")]
+    config = SHAPES[args.shape]
+    target, params = step_lib.synthetic_model(config, jnp.bfloat16)
+    params = target.decode_params(params)
+    slots = args.bucket + args.new_tokens + 16
+    result: dict = dict(
+        shape=args.shape, bucket=args.bucket, chunk=sequence.PREFILL_CHUNK, lengths=lengths,
+        device=str(jax.devices()[0].device_kind), jax=jax.__version__, prefill_us={},
+        generate_ms={}, traced={},
+    )  # fmt: skip
+
+    for variant in VARIANTS:
+        result["prefill_us"][variant] = {
+            n: prefill_us(
+                target, params, variant, args.bucket, n, slots, args.iterations, args.repeats
+            )
+            for n in lengths
+        }
+        print(
+            variant, {n: round(us) for n, us in result["prefill_us"][variant].items()}, flush=True
+        )
+
+    draft, draft_params = heads.init_eagle(target, params, param_dtype=jnp.bfloat16)
+    if args.draft_vocab:
+        draft_params = heads.with_draft_vocab(draft_params, range(args.draft_vocab))
+    loops = {
+        "autoregressive": dict(drafter=None),
+        "tree": dict(drafter=(draft, draft_params), tree=args.tree),
+    }
+    rng = np.random.default_rng(0)
+    for name, kwargs in loops.items():
+
+        def call(n, kwargs=kwargs):
+            prompt = [rng.integers(1, config.vocab_size, n).tolist()]
+            drafter = kwargs.get("drafter")
+            extra = {k: v for k, v in kwargs.items() if k != "drafter"}
+            return lambda: np.asarray(
+                specjax.generate(
+                    (target, params), drafter, prompt, max_new_tokens=1,
+                    prompt_bucket=args.bucket, cache_size=slots, **extra,
+                ).tokens
+            )  # fmt: skip
+
+        result["generate_ms"][name] = {}
+        for n in lengths:
+            _, timing = timed(call(n), repeats=args.repeats)
+            result["generate_ms"][name][n] = 1e3 * timing.median_s
+        print(name, {n: round(ms, 2) for n, ms in result["generate_ms"][name].items()}, flush=True)
+        summary, _ = traced_events(
+            call(lengths[-1]), Path(tempfile.mkdtemp()), tokens=1, num_layers=config.num_layers
+        )
+        result["traced"][name] = {
+            k: summary.get(k) for k in ("wall_ms", "busy_ms", "kernels", "memcpy_ms", "top_kernels")
+        }
+        print(name, "traced", {k: summary.get(k) for k in ("wall_ms", "busy_ms", "kernels")})
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
