@@ -139,7 +139,7 @@ def main(argv):
         "date": speedup.now(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "kernels": layers.kernel_policies(FLAGS.dtype),
-        "prefill_chunk": sequence.prefill_chunk_in_effect(),
+        "prefill_width": sequence.prefill_width_in_effect(),
         "dtype": FLAGS.dtype,
     }
     bandwidth = bench_steps.measure_copy_bandwidth(4e9)

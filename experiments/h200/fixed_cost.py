@@ -9,10 +9,12 @@ alike, so it pulls their ratio towards 1 (a speculative call of ~37 iterations f
 ~3.5x more than AR's 128 steps do).
 
 1. Prefill alone, in a jitted device loop of --iterations prefills (µs per prefill, median of
-   --repeats): `one_pass_all_logits` (the prefill as it was: one pass over the bucket, the LM
-   head over all P positions, then each row's last taken), `one_pass` (one pass, the LM head
-   over each row's last token only) and `chunked` (the default now: chunks of
-   `sequence.PREFILL_CHUNK`, as many as the prompt needs), per prompt length.
+   --repeats): `one_pass_all_logits` (the prefill before the twentieth session: one pass over
+   the bucket, the LM head over all P positions, then each row's last taken), `one_pass` (one
+   pass over the bucket, the LM head over each row's last token only) and `narrowest_width`
+   (the default now: one pass over the narrowest of P, P/2, P/4 (multiples of
+   `sequence.PREFILL_WIDTH`) that holds the prompt), per prompt length. (At 1948f9a the third
+   variant was `chunked`, 128-token chunks in a while loop, as many as the prompt needs.)
 2. `specjax.generate` with max_new_tokens=1 (prefill, the first token, the loop's first
    check), whole-call wall ms (median of --repeats, host work included), autoregressive and
    the 12-node dynamic tree with an EAGLE head over a 32k draft vocabulary, per length; one
@@ -41,7 +43,8 @@ from specjax.models.transformer import params_dtype
 
 
 def one_pass_all_logits(model, params, prompt_BxP, lengths_B, cache):
-    """The prefill before chunking: logits [B, P, V] at every position, then each row's last."""
+    """The prefill before the twentieth session: logits [B, P, V] at every position, then
+    each row's last."""
     B, P = prompt_BxP.shape
     positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
     logits_BxPxV, _, cache = model.forward(params, prompt_BxP, positions_BxP, cache)
@@ -51,18 +54,20 @@ def one_pass_all_logits(model, params, prompt_BxP, lengths_B, cache):
 
 VARIANTS = {
     "one_pass_all_logits": one_pass_all_logits,
-    "one_pass": lambda *a: sequence.prefill(*a, chunk=None),
-    "chunked": lambda *a: sequence.prefill(*a),
+    "one_pass": lambda *a: sequence.prefill(*a, min_width=None),
+    "narrowest_width": lambda *a: sequence.prefill(*a),
 }
 
 
-def prefill_us(model, params, variant, bucket, length, slots, iterations, repeats) -> float:
+def prefill_us(model, params, variant, bucket, lengths, slots, iterations, repeats) -> dict:
+    """µs per prefill of one prompt of each length in `lengths` (one compile per variant)."""
     prefill = VARIANTS[variant]
     prompt = jnp.ones((1, bucket), jnp.int32)
-    lengths = jnp.full((1,), length, jnp.int32)
 
     @jax.jit
-    def loop(params):
+    def loop(params_and_lengths):
+        params, lengths = params_and_lengths
+
         def body(_, total):
             cache = model.init_cache(1, slots, params_dtype(params))
             logits, _ = prefill(model, params, prompt, lengths, cache)
@@ -70,7 +75,12 @@ def prefill_us(model, params, variant, bucket, length, slots, iterations, repeat
 
         return jax.lax.fori_loop(0, iterations, body, jnp.float32(0))
 
-    return step_lib.us_per_iteration(loop, params, iterations, repeats)
+    return {
+        n: step_lib.us_per_iteration(
+            loop, (params, jnp.full((1,), n, jnp.int32)), iterations, repeats
+        )
+        for n in lengths
+    }
 
 
 def main() -> None:
@@ -83,6 +93,11 @@ def main() -> None:
     parser.add_argument("--draft_vocab", type=int, default=32768)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--generate_only",
+        action="store_true",
+        help="only part 2 (runs against older specjax trees too: a before/after in one lease)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]
@@ -91,18 +106,16 @@ def main() -> None:
     params = target.decode_params(params)
     slots = args.bucket + args.new_tokens + 16
     result: dict = dict(
-        shape=args.shape, bucket=args.bucket, chunk=sequence.PREFILL_CHUNK, lengths=lengths,
+        shape=args.shape, bucket=args.bucket, lengths=lengths, specjax=specjax.__file__,
+        min_width=getattr(sequence, "PREFILL_WIDTH", None),
         device=str(jax.devices()[0].device_kind), jax=jax.__version__, prefill_us={},
         generate_ms={}, traced={},
     )  # fmt: skip
 
-    for variant in VARIANTS:
-        result["prefill_us"][variant] = {
-            n: prefill_us(
-                target, params, variant, args.bucket, n, slots, args.iterations, args.repeats
-            )
-            for n in lengths
-        }
+    for variant in [] if args.generate_only else VARIANTS:
+        result["prefill_us"][variant] = prefill_us(
+            target, params, variant, args.bucket, lengths, slots, args.iterations, args.repeats
+        )
         print(
             variant, {n: round(us) for n, us in result["prefill_us"][variant].items()}, flush=True
         )

@@ -24,23 +24,34 @@ from specjax.decoding.state import (
 )
 from specjax.models.transformer import Model, Params
 
-# Prompts padded wider than this are prefilled in chunks of it, as many as the longest row
-# needs (a `lax.while_loop`): a program compiled for a wide bucket (benchmarks pad every
-# prompt to 512) then spends on a short prompt what its own length costs, not the bucket's.
-# SPECJAX_PREFILL_CHUNK sets it (read at import; 0: always one pass over the padded prompt).
-_PREFILL_CHUNK_TEXT = os.environ.get("SPECJAX_PREFILL_CHUNK", "128")
-PREFILL_CHUNK = int(_PREFILL_CHUNK_TEXT) if _PREFILL_CHUNK_TEXT.isdigit() else None
+# A prompt padded to P runs in one pass over the narrowest of P, P/2, P/4, ... (each a multiple
+# of this) that holds its longest row: a program compiled for a wide bucket (benchmarks pad
+# every prompt to 512) then spends on a short prompt about what its own length costs, not the
+# bucket's. (Chunks of 128 in a loop, tried first, cost 2.3x one pass at 512 tokens on an
+# H200: a 128-token pass is launch-bound.) SPECJAX_PREFILL_WIDTH sets it (read at import;
+# 0: always the padded width).
+_PREFILL_WIDTH_TEXT = os.environ.get("SPECJAX_PREFILL_WIDTH", "128")
+PREFILL_WIDTH = int(_PREFILL_WIDTH_TEXT) if _PREFILL_WIDTH_TEXT.isdigit() else None
 
 
-def prefill_chunk_in_effect() -> int | None:
-    """The default chunk of `prefill` (None: one pass), or a ValueError naming a bad
-    SPECJAX_PREFILL_CHUNK."""
-    if PREFILL_CHUNK is None:
+def prefill_width_in_effect() -> int | None:
+    """The default `min_width` of `prefill` (None: the padded width), or a ValueError naming a
+    bad SPECJAX_PREFILL_WIDTH."""
+    if PREFILL_WIDTH is None:
         raise ValueError(
-            "SPECJAX_PREFILL_CHUNK must be a whole number of tokens (0: prefill in one pass), "
-            f"got {_PREFILL_CHUNK_TEXT!r}"
+            "SPECJAX_PREFILL_WIDTH must be a whole number of tokens (0: prefill over the padded "
+            f"width), got {_PREFILL_WIDTH_TEXT!r}"
         )
-    return PREFILL_CHUNK or None
+    return PREFILL_WIDTH or None
+
+
+def prefill_widths(padded: int, min_width: int | None) -> list[int]:
+    """The widths a prompt padded to `padded` may be prefilled over, narrowest first: `padded`
+    halved while the half is a multiple of `min_width` (512, 128 -> [128, 256, 512])."""
+    widths = [padded]
+    while min_width and widths[0] % 2 == 0 and (widths[0] // 2) % min_width == 0:
+        widths.insert(0, widths[0] // 2)
+    return widths
 
 
 def prefill(
@@ -51,35 +62,44 @@ def prefill(
     cache: kv_cache.KVCache,
     *,
     return_hidden: bool = False,
-    chunk: int | None | str = "default",
+    min_width: int | None | str = "default",
 ):
     """Runs the padded prompts through the model (`cache` empty: every row's length 0).
 
-    Every row writes the slots of all the chunks it is run for; rolling the lengths back to
-    the true prompt lengths discards the padding (its slots are overwritten later). When P is
-    a multiple of `chunk` and wider than it, the prompt runs in chunks of `chunk` tokens, only
-    as many as the longest row needs (ceil(max length / chunk)); otherwise (or with chunk None)
-    in one pass. chunk "default" is `prefill_chunk_in_effect()`. Causal attention makes the
-    two agree up to rounding: a chunk's queries see the earlier chunks' entries in the cache,
-    and later padding is never seen by a real token.
+    One pass over the first W tokens of every row, W the narrowest of `prefill_widths(P,
+    min_width)` that holds the longest row (a `lax.switch` over the widths; min_width
+    "default" is `prefill_width_in_effect()`, None always W = P). Every row writes slots
+    [0, W); rolling the lengths back to the true prompt lengths discards the padding (its
+    slots are overwritten later). Causal attention makes every W give the same values up to
+    rounding: padding after a real token is never seen by it.
 
     Returns the logits [B, V] at each row's last prompt token (the LM head projects those B
     rows only) and the cache; with `return_hidden`, also the hidden states [B, P, D] of every
-    prompt position (for drafters that read the target's features; zeros past the chunks run).
+    prompt position (for drafters that read the target's features; zeros past W).
     """
     B, P = prompt_BxP.shape
-    if chunk == "default":
-        chunk = prefill_chunk_in_effect()
-    if chunk is None or P <= chunk or P % chunk:
-        positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
-        _, hidden_BxPxD, cache = model.forward(
-            params, prompt_BxP, positions_BxP, cache, logits=False
-        )
+    if min_width == "default":
+        min_width = prefill_width_in_effect()
+    widths = prefill_widths(P, min_width)
+
+    def one_pass(width: int):
+        def run(cache):
+            positions_BxW = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (B, width))
+            _, hidden_BxWxD, cache = model.forward(
+                params, prompt_BxP[:, :width], positions_BxW, cache, logits=False
+            )
+            if width < P:  # the branches of the switch return one shape
+                hidden_BxWxD = jnp.pad(hidden_BxWxD, ((0, 0), (0, P - width), (0, 0)))
+            return hidden_BxWxD, kv_cache.rollback(cache, prompt_lengths_B)
+
+        return run
+
+    if len(widths) == 1:
+        hidden_BxPxD, cache = one_pass(P)(cache)
     else:
-        hidden_BxPxD, cache = _prefill_chunks(
-            model, params, prompt_BxP, prompt_lengths_B, cache, chunk
-        )
-    cache = kv_cache.rollback(cache, prompt_lengths_B)
+        # The first width that holds the longest row.
+        branch = jnp.searchsorted(jnp.asarray(widths), jnp.max(prompt_lengths_B))
+        hidden_BxPxD, cache = jax.lax.switch(branch, [one_pass(w) for w in widths], cache)
     last_hidden_Bx1xD = jnp.take_along_axis(
         hidden_BxPxD, (prompt_lengths_B - 1)[:, None, None], axis=1
     )
@@ -87,45 +107,6 @@ def prefill(
     if return_hidden:
         return last_logits_BxV, cache, hidden_BxPxD
     return last_logits_BxV, cache
-
-
-def _prefill_chunks(
-    model: Model,
-    params: Params,
-    prompt_BxP: jax.Array,
-    prompt_lengths_B: jax.Array,
-    cache: kv_cache.KVCache,
-    chunk: int,
-) -> tuple[jax.Array, kv_cache.KVCache]:
-    """The prompt's chunks [i * chunk, (i + 1) * chunk) for i < ceil(max length / chunk), in a
-    while loop: (hidden states [B, P, D], zeros past the chunks run; the cache, every row's
-    length the chunks' end)."""
-    B, P = prompt_BxP.shape
-    positions_C = jnp.arange(chunk, dtype=jnp.int32)
-
-    def run_chunk(start, cache):
-        tokens_BxC = jax.lax.dynamic_slice_in_dim(prompt_BxP, start, chunk, axis=1)
-        positions_BxC = jnp.broadcast_to(start + positions_C, (B, chunk))
-        _, hidden_BxCxD, cache = model.forward(
-            params, tokens_BxC, positions_BxC, cache, logits=False
-        )
-        return hidden_BxCxD, cache
-
-    # The hidden output's width and dtype (feature layers widen it), without running it.
-    hidden_shape = jax.eval_shape(run_chunk, 0, cache)[0]
-    hidden_BxPxD = jnp.zeros((B, P, hidden_shape.shape[-1]), hidden_shape.dtype)
-    chunks_needed = (jnp.max(prompt_lengths_B) + chunk - 1) // chunk
-
-    def body(carry):
-        i, hidden_BxPxD, cache = carry
-        hidden_BxCxD, cache = run_chunk(i * chunk, cache)
-        hidden_BxPxD = jax.lax.dynamic_update_slice_in_dim(hidden_BxPxD, hidden_BxCxD, i * chunk, 1)
-        return i + 1, hidden_BxPxD, cache
-
-    _, hidden_BxPxD, cache = jax.lax.while_loop(
-        lambda carry: carry[0] < chunks_needed, body, (jnp.int32(0), hidden_BxPxD, cache)
-    )
-    return hidden_BxPxD, cache
 
 
 def initial_state(
