@@ -208,14 +208,15 @@ def as_rng(seed: Any) -> jax.Array:
         raise ValueError(
             f"seed {seed} does not fit a signed 64-bit integer: use a seed in [-2**63, 2**63)"
         )
-    return _key(int(seed))
+    return _key(int(seed), jax.config.jax_default_prng_impl)
 
 
 @functools.lru_cache(maxsize=256)
-def _key(seed: int) -> jax.Array:
-    """`jax.random.key(seed)`, remembered: making a key is a device computation dispatched
-    from Python, and benchmarks call `generate` with the same seeds again and again (keys are
-    immutable, so sharing one is safe)."""
+def _key(seed: int, impl: str) -> jax.Array:
+    """`jax.random.key(seed)` under the PRNG implementation `impl`, remembered: making a key
+    is a device computation dispatched from Python, and benchmarks call `generate` with the
+    same seeds again and again (keys are immutable, so sharing one is safe)."""
+    del impl  # part of the cache key only: the key is made with the implementation in effect
     return jax.random.key(seed)
 
 

@@ -179,7 +179,7 @@ def _make_step(model, tag: str):
 
 
 def time_prefill(model, params, *, batch: int, width: int, slots: int, repeats: int) -> float:
-    """Median ms of `sequence.prefill` (the loops' own prefill, chunked as they run it) of
+    """Median ms of `sequence.prefill` (the loops' own prefill, over the width they pick) of
     `batch` prompts of `width` tokens each into an empty cache of `slots` slots."""
     from specjax.decoding import sequence  # late: decoding imports this package's neighbours
 

@@ -260,3 +260,14 @@ def test_adaptive_gamma_greedy_exact(target, close_draft, gamma):
     stats = jax.tree.map(np.asarray, out.stats)
     assert np.all(stats.drafted <= gamma * stats.verify_calls)
     assert np.all(stats.accepted <= stats.drafted)
+
+
+@pytest.mark.parametrize("seed", [0, 7, -1, 2**40 + 5, 2**63 - 1, -(2**63)])
+def test_integer_seeds_give_jax_random_keys(seed):
+    """An integer seed's key (remembered between calls) is `jax.random.key(seed)`'s, the
+    negative and 64-bit ones included, under each PRNG implementation."""
+    for impl in ("threefry2x32", "rbg"):
+        with jax.default_prng_impl(impl):
+            expected = jax.random.key_data(jax.random.key(seed))
+            np.testing.assert_array_equal(jax.random.key_data(api.as_rng(seed)), expected)
+            np.testing.assert_array_equal(jax.random.key_data(api.as_rng(seed)), expected)
