@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from specjax.decoding import rejection
+from specjax.decoding import rejection, sequence
 from specjax.decoding import tree as tree_decoding
 from specjax.decoding.drafter import Drafter, decode_layout, target_for
 from specjax.decoding.loops import (  # noqa: F401  (TRACE_COUNTS: re-exported for tests)
@@ -432,6 +432,8 @@ def generate(
                 else {}
             ),
         )
+    # Narrower prefills for prompts much shorter than their bucket (`sequence.prefill_widths`).
+    prefill_widths = sequence.prefill_widths(prompt.shape[1], int(prompt_bucket))
     if tree is not None:
         return tree_jit(
             target_model,
@@ -448,6 +450,7 @@ def generate(
             cache_size=int(cache_size),
             pad_id=int(pad_id),
             verify_fn=tree_verify_fn,
+            prefill_widths=prefill_widths,
         )
     if not speculative_run:
         return autoregressive_jit(
@@ -461,6 +464,7 @@ def generate(
             max_new_tokens=int(max_new_tokens),
             cache_size=int(cache_size),
             pad_id=int(pad_id),
+            prefill_widths=prefill_widths,
         )
     return speculative_jit(
         target_model,
@@ -478,4 +482,5 @@ def generate(
         pad_id=int(pad_id),
         verify_fn=verify_fn,
         adaptive_gamma=bool(adaptive_gamma),
+        prefill_widths=prefill_widths,
     )

@@ -54,8 +54,16 @@ def one_pass_all_logits(model, params, prompt_BxP, lengths_B, cache):
 
 VARIANTS = {
     "one_pass_all_logits": one_pass_all_logits,
-    "one_pass": lambda *a: sequence.prefill(*a, min_width=None),
-    "narrowest_width": lambda *a: sequence.prefill(*a),
+    "one_pass": lambda *a: sequence.prefill(*a),
+    # The widths `specjax.generate` compiles for a prompt bucket as wide as the padded prompt.
+    "narrowest_width": lambda model, params, prompt, lengths, cache: sequence.prefill(
+        model,
+        params,
+        prompt,
+        lengths,
+        cache,
+        widths=sequence.prefill_widths(prompt.shape[1], prompt.shape[1]),
+    ),  # fmt: skip
 }
 
 

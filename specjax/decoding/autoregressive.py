@@ -66,11 +66,15 @@ def generate(
     max_new_tokens: int,
     cache_size: int,
     pad_id: int = 0,
+    prefill_widths: tuple[int, ...] | None = None,
 ) -> GenerateOutput:
-    """Pure autoregressive generation (jit it with the keyword arguments static)."""
+    """Pure autoregressive generation (jit it with the keyword arguments static;
+    `prefill_widths`: see `sequence.prefill`)."""
     B = prompt_BxP.shape[0]
     cache = target.init_cache(B, cache_size, dtype=params_dtype(params))
-    last_logits_BxV, cache = sequence.prefill(target, params, prompt_BxP, prompt_lengths_B, cache)
+    last_logits_BxV, cache = sequence.prefill(
+        target, params, prompt_BxP, prompt_lengths_B, cache, widths=prefill_widths
+    )
     rng, first_rng = jax.random.split(rng)
     first_token_B = sampling_lib.sample(first_rng, last_logits_BxV, sampling)
     state = sequence.initial_state(prompt_BxP, prompt_lengths_B, cache, rng, gamma=0)

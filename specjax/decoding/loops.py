@@ -19,8 +19,9 @@ TRACE_COUNTS = {"autoregressive": 0, "speculative": 0, "tree": 0}
 
 
 def _autoregressive(
-    target, params, prompt, lengths, sampling, eos_ids, rng, *, max_new_tokens, cache_size, pad_id
-):
+    target, params, prompt, lengths, sampling, eos_ids, rng, *, max_new_tokens, cache_size, pad_id,
+    prefill_widths=None,
+):  # fmt: skip
     TRACE_COUNTS["autoregressive"] += 1
     return autoregressive.generate(
         target,
@@ -33,6 +34,7 @@ def _autoregressive(
         max_new_tokens=max_new_tokens,
         cache_size=cache_size,
         pad_id=pad_id,
+        prefill_widths=prefill_widths,
     )
 
 
@@ -53,6 +55,7 @@ def _speculative(
     pad_id,
     verify_fn,
     adaptive_gamma=False,
+    prefill_widths=None,
 ):
     TRACE_COUNTS["speculative"] += 1
     return speculative.generate(
@@ -71,12 +74,14 @@ def _speculative(
         pad_id=pad_id,
         verify_fn=verify_fn,
         adaptive_gamma=adaptive_gamma,
+        prefill_widths=prefill_widths,
     )
 
 
 # The plain bodies above are also compiled by `specjax.parallel.sharded` with mesh shardings.
 autoregressive_jit = jax.jit(
-    _autoregressive, static_argnames=("target", "max_new_tokens", "cache_size", "pad_id")
+    _autoregressive,
+    static_argnames=("target", "max_new_tokens", "cache_size", "pad_id", "prefill_widths"),
 )
 speculative_jit = jax.jit(
     _speculative,
@@ -89,6 +94,7 @@ speculative_jit = jax.jit(
         "pad_id",
         "verify_fn",
         "adaptive_gamma",
+        "prefill_widths",
     ),
 )
 
@@ -112,5 +118,6 @@ tree_jit = jax.jit(
         "cache_size",
         "pad_id",
         "verify_fn",
+        "prefill_widths",
     ),
 )

@@ -25,18 +25,18 @@ from specjax.decoding.state import (
 from specjax.models.transformer import Model, Params
 
 # A prompt padded to P runs in one pass over the narrowest of P, P/2, P/4, ... (each a multiple
-# of this) that holds its longest row: a program compiled for a wide bucket (benchmarks pad
-# every prompt to 512) then spends on a short prompt about what its own length costs, not the
-# bucket's. (Chunks of 128 in a loop, tried first, cost 2.3x one pass at 512 tokens on an
-# H200: a 128-token pass is launch-bound.) SPECJAX_PREFILL_WIDTH sets it (read at import;
-# 0: always the padded width).
+# of this; `prefill_widths`) that holds its longest row: a program compiled for a wide bucket
+# (benchmarks pad every prompt to 512) then spends on a short prompt about what its own length
+# costs, not the bucket's. (Chunks of 128 in a loop, tried first, cost 2.3x one pass at 512
+# tokens on an H200: a 128-token pass is launch-bound.) SPECJAX_PREFILL_WIDTH sets it (read
+# at import; 0: always the padded width).
 _PREFILL_WIDTH_TEXT = os.environ.get("SPECJAX_PREFILL_WIDTH", "128")
 PREFILL_WIDTH = int(_PREFILL_WIDTH_TEXT) if _PREFILL_WIDTH_TEXT.isdigit() else None
 
 
 def prefill_width_in_effect() -> int | None:
-    """The default `min_width` of `prefill` (None: the padded width), or a ValueError naming a
-    bad SPECJAX_PREFILL_WIDTH."""
+    """The default `min_width` of `prefill_widths` (None: the padded width only), or a
+    ValueError naming a bad SPECJAX_PREFILL_WIDTH."""
     if PREFILL_WIDTH is None:
         raise ValueError(
             "SPECJAX_PREFILL_WIDTH must be a whole number of tokens (0: prefill over the padded "
@@ -45,13 +45,25 @@ def prefill_width_in_effect() -> int | None:
     return PREFILL_WIDTH or None
 
 
-def prefill_widths(padded: int, min_width: int | None) -> list[int]:
-    """The widths a prompt padded to `padded` may be prefilled over, narrowest first: `padded`
-    halved while the half is a multiple of `min_width` (512, 128 -> [128, 256, 512])."""
+def prefill_widths(
+    padded: int, bucket: int = 1, min_width: int | None | str = "default"
+) -> tuple[int, ...]:
+    """The widths a prompt padded to `padded` (a multiple of `bucket`) may be prefilled over,
+    narrowest first: `padded` halved while the half is a multiple of `min_width` ("default":
+    `prefill_width_in_effect()`) and could still hold the longest prompt, which has more than
+    padded - bucket tokens (512, bucket 512, 128 -> (128, 256, 512); bucket 16 -> (512,)).
+    Widths no prompt can use would only add compile time."""
+    if min_width == "default":
+        min_width = prefill_width_in_effect()
     widths = [padded]
-    while min_width and widths[0] % 2 == 0 and (widths[0] // 2) % min_width == 0:
+    while (
+        min_width
+        and widths[0] % 2 == 0
+        and (widths[0] // 2) % min_width == 0
+        and widths[0] // 2 > padded - bucket
+    ):
         widths.insert(0, widths[0] // 2)
-    return widths
+    return tuple(widths)
 
 
 def prefill(
@@ -62,13 +74,13 @@ def prefill(
     cache: kv_cache.KVCache,
     *,
     return_hidden: bool = False,
-    min_width: int | None | str = "default",
+    widths: tuple[int, ...] | None = None,
 ):
     """Runs the padded prompts through the model (`cache` empty: every row's length 0).
 
-    One pass over the first W tokens of every row, W the narrowest of `prefill_widths(P,
-    min_width)` that holds the longest row (a `lax.switch` over the widths; min_width
-    "default" is `prefill_width_in_effect()`, None always W = P). Every row writes slots
+    One pass over the first W tokens of every row, W the narrowest of `widths` (increasing,
+    the last P; `prefill_widths`; None: (P,)) that holds the longest row (a `lax.switch` over
+    them when there are several: each is compiled). Every row writes slots
     [0, W); rolling the lengths back to the true prompt lengths discards the padding (its
     slots are overwritten later). Causal attention makes every W give the same values up to
     rounding: padding after a real token is never seen by it.
@@ -78,9 +90,9 @@ def prefill(
     prompt position (for drafters that read the target's features; zeros past W).
     """
     B, P = prompt_BxP.shape
-    if min_width == "default":
-        min_width = prefill_width_in_effect()
-    widths = prefill_widths(P, min_width)
+    widths = tuple(widths or (P,))
+    if widths[-1] != P or list(widths) != sorted(set(widths)):
+        raise ValueError(f"prefill widths {widths} must increase to the padded width {P}")
 
     def one_pass(width: int):
         def run(cache):

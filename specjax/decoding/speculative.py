@@ -149,18 +149,21 @@ def start(
     cache_size: int,
     drafter_max_len: int,
     slots_needed: int,
+    prefill_widths: tuple[int, ...] | None = None,
 ) -> DecodeState:
     """The loop's first state (linear and tree loops): target prefill, the first token (from
     the prefill's logits), the drafter's initial state for caches of `drafter_max_len` slots,
     rows stopped that cannot take `slots_needed` writes. `gamma` sizes the statistics and the
-    sequence's spare slots (the tree's depth for trees)."""
+    sequence's spare slots (the tree's depth for trees); `prefill_widths`: see
+    `sequence.prefill`."""
     B = prompt_BxP.shape[0]
     cache = target.init_cache(B, cache_size, dtype=params_dtype(params))
     # Head drafters (EAGLE, Medusa) read the target's features: only they pay for the buffer.
     needs_hidden = drafter.needs_target_hidden
     last_logits_BxV, cache, *prompt_hidden = sequence.prefill(
-        target, params, prompt_BxP, prompt_lengths_B, cache, return_hidden=needs_hidden
-    )
+        target, params, prompt_BxP, prompt_lengths_B, cache, return_hidden=needs_hidden,
+        widths=prefill_widths,
+    )  # fmt: skip
     rng, first_rng = jax.random.split(rng)
     first_token_B = sampling_lib.sample(first_rng, last_logits_BxV, sampling)
     drafter_state = drafter.init(drafter_params, prompt_BxP, prompt_lengths_B, drafter_max_len)
@@ -196,8 +199,10 @@ def generate(
     pad_id: int = 0,
     verify_fn: VerifyFn = rejection.verify_sampling,
     adaptive_gamma: bool = False,
+    prefill_widths: tuple[int, ...] | None = None,
 ) -> GenerateOutput:
-    """Pure speculative generation (jit it with the keyword arguments static).
+    """Pure speculative generation (jit it with the keyword arguments static;
+    `prefill_widths`: see `sequence.prefill`).
 
     With `adaptive_gamma`, `gamma` is the largest draft length; each row starts at 1 and its
     length moves by the acceptance it sees (see `speculative_step`), with no recompilation.
@@ -205,7 +210,7 @@ def generate(
     state = start(
         target, params, drafter, drafter_params, prompt_BxP, prompt_lengths_B, sampling,
         eos_ids_E, rng, gamma=gamma, max_new_tokens=max_new_tokens, cache_size=cache_size,
-        drafter_max_len=cache_size, slots_needed=gamma + 1,
+        drafter_max_len=cache_size, slots_needed=gamma + 1, prefill_widths=prefill_widths,
     )  # fmt: skip
     if adaptive_gamma:
         # Start short: a full acceptance grows the length by 2 (1 -> 3 -> 5 ...).

@@ -511,10 +511,12 @@ def generate(
     cache_size: int,
     pad_id: int = 0,
     verify_fn: TreeVerifyFn = rejection.verify_tree_sampling,
+    prefill_widths: tuple[int, ...] | None = None,
 ) -> GenerateOutput:
     """Pure tree-speculative generation (jit it with the keyword arguments static).
 
-    `verify_fn` is the sampling acceptance rule (research hook; greedy uses the argmax rule).
+    `verify_fn` is the sampling acceptance rule (research hook; greedy uses the argmax rule);
+    `prefill_widths`: see `sequence.prefill`.
     """
     if not drafter.supports_trees:
         raise ValueError(f"{type(drafter).__name__} does not draft token trees")
@@ -523,7 +525,7 @@ def generate(
         target, params, drafter, drafter_params, prompt_BxP, prompt_lengths_B, sampling,
         eos_ids_E, rng, gamma=tree.depth, max_new_tokens=max_new_tokens,
         cache_size=cache_size, drafter_max_len=cache_size + tree.draft_scratch,
-        slots_needed=tree.num_nodes + 1,
+        slots_needed=tree.num_nodes + 1, prefill_widths=prefill_widths,
     )  # fmt: skip
 
     def body(s: DecodeState) -> DecodeState:

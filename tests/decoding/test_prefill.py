@@ -25,17 +25,33 @@ def _prompts(vocab: int, lengths) -> tuple[jax.Array, jax.Array]:
 @jax.jit(static_argnames=("model", "min_width"))
 def _prefill(model, params, prompt, lengths, min_width):
     cache = model.init_cache(prompt.shape[0], WIDTH + 4)
+    widths = sequence.prefill_widths(WIDTH, WIDTH, min_width)
     return sequence.prefill(
-        model, params, prompt, lengths, cache, return_hidden=True, min_width=min_width
+        model, params, prompt, lengths, cache, return_hidden=True, widths=widths
     )
 
 
 def test_prefill_widths():
-    assert sequence.prefill_widths(512, 128) == [128, 256, 512]
-    assert sequence.prefill_widths(384, 128) == [384]  # 192 is no multiple of 128
-    assert sequence.prefill_widths(512, None) == [512]
-    assert sequence.prefill_widths(96, 128) == [96]
+    """Halvings of the padded width that are multiples of the minimum and can hold the longest
+    prompt (more than padded - bucket tokens)."""
     assert sequence.PREFILL_WIDTH == 128
+    assert sequence.prefill_widths(512, 512) == (128, 256, 512)
+    assert sequence.prefill_widths(512, 512, 128) == (128, 256, 512)
+    assert sequence.prefill_widths(512, 300, 128) == (256, 512)  # the longest has > 212
+    assert sequence.prefill_widths(512, 16, 128) == (512,)  # the default bucket: one width
+    assert sequence.prefill_widths(384, 384, 128) == (384,)  # 192 is no multiple of 128
+    assert sequence.prefill_widths(512, 512, None) == (512,)
+    assert sequence.prefill_widths(96, 96, 128) == (96,)
+    assert sequence.prefill_widths(WIDTH, WIDTH, MIN_WIDTH) == (3, 6, 12, 24)
+
+
+def test_prefill_refuses_widths_that_do_not_end_at_the_padded_width():
+    model, params = random_model(FAMILIES["llama"])
+    prompt, lengths = _prompts(model.config.vocab_size, (3, 9, 12))
+    cache = model.init_cache(3, WIDTH + 4)
+    for widths in [(6, 12), (12, 6, 24), (6, 6, 24)]:
+        with pytest.raises(ValueError, match="must increase to the padded width 24"):
+            sequence.prefill(model, params, prompt, lengths, cache, widths=widths)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +115,8 @@ def test_prefill_with_feature_layers():
 
 
 def test_generate_in_a_wide_bucket_keeps_its_tokens():
-    """A prompt of 150 tokens in a 512-wide bucket is prefilled over 256 tokens; with a 1-wide
+    """A prompt of 150 tokens in a 512-wide bucket (widths 128, 256, 512) is prefilled over 256
+    tokens; with a 1-wide
     bucket (one pass over 150) the greedy tokens are the same, and a speculative run in the
     wide bucket equals autoregressive decoding."""
     model, params = random_model(FAMILIES["llama"].replace(max_position=1024))
@@ -110,3 +127,25 @@ def test_generate_in_a_wide_bucket_keeps_its_tokens():
     exact = specjax.generate((model, params), None, prompt, prompt_bucket=1, **run)
     spec = specjax.generate((model, params), draft, prompt, prompt_bucket=512, gamma=3, **run)
     assert wide.token_lists() == exact.token_lists() == spec.token_lists()
+
+
+def test_generate_compiles_the_widths_its_bucket_allows(monkeypatch):
+    """`specjax.generate` hands each loop the widths its prompt bucket allows: (128, 256, 512)
+    for a 150-token prompt in a 512 bucket, only the padded 160 in the default bucket of 16
+    (no narrower width could hold the prompt: compiling one would only cost time)."""
+    seen = []
+    prefill = sequence.prefill
+
+    def spy(*args, widths=None, **kwargs):
+        seen.append(widths)
+        return prefill(*args, widths=widths, **kwargs)
+
+    monkeypatch.setattr(sequence, "prefill", spy)
+    # A shape no other test compiles, so that every call below traces its loop.
+    model, params = random_model(FAMILIES["llama"].replace(max_position=1000, ffn_dim=48))
+    draft = random_model(FAMILIES["llama"].replace(num_layers=1, max_position=1000), seed=1)
+    prompt = [np.random.default_rng(3).integers(1, 64, 150).tolist()]
+    specjax.generate((model, params), None, prompt, prompt_bucket=512, max_new_tokens=2)
+    specjax.generate((model, params), draft, prompt, prompt_bucket=512, max_new_tokens=2)
+    specjax.generate((model, params), draft, prompt, max_new_tokens=2, tree=(2, 1))
+    assert seen == [(128, 256, 512), (128, 256, 512), (160,)]
