@@ -18,7 +18,8 @@ alike, so it pulls their ratio towards 1 (a speculative call of ~37 iterations f
 2. `specjax.generate` with max_new_tokens=1 (prefill, the first token, the loop's first
    check), whole-call wall ms (median of --repeats, host work included), autoregressive and
    the 12-node dynamic tree with an EAGLE head over a 32k draft vocabulary, per length; one
-   traced call each at the longest length: device busy ms against wall ms.
+   traced call each at the longest length: device busy ms against wall ms. `--host_profile`
+   adds a cProfile of each loop's calls (the host's part by function).
 """
 
 from __future__ import annotations
@@ -91,6 +92,24 @@ def prefill_us(model, params, variant, bucket, lengths, slots, iterations, repea
     }
 
 
+def host_profile(run, calls: int = 20, top: int = 30) -> list[str]:
+    """cProfile of `calls` calls of `run` (compiled already): the `top` functions by their own
+    time, as pstats prints them."""
+    import cProfile
+    import io
+    import pstats
+
+    run()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        run()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue().splitlines()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", default="qwen2.5-1.5b")
@@ -105,6 +124,12 @@ def main() -> None:
         "--generate_only",
         action="store_true",
         help="only part 2 (runs against older specjax trees too: a before/after in one lease)",
+    )
+    parser.add_argument(
+        "--host_profile",
+        action="store_true",
+        help="also cProfile 20 calls of each loop at the first length (the host's part, by "
+        "function: the JSON's host_profile)",
     )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -157,6 +182,8 @@ def main() -> None:
         summary, _ = traced_events(
             call(lengths[-1]), Path(tempfile.mkdtemp()), tokens=1, num_layers=config.num_layers
         )
+        if args.host_profile:
+            result.setdefault("host_profile", {})[name] = host_profile(call(lengths[0]))
         result["traced"][name] = {
             k: summary.get(k) for k in ("wall_ms", "busy_ms", "kernels", "memcpy_ms", "top_kernels")
         }

@@ -117,7 +117,10 @@ if [ "$SCALE" = dry ]; then  # toy sizes: the same commands end to end on a CPU
 else
   TRAIN_EAGLE=${TRAIN_EAGLE:-}; TRAIN_SHORT=${TRAIN_SHORT:-}  # overrides, e.g. train.num_steps=9000
   BUDGET_EAGLE=${BUDGET_EAGLE:-5}; BUDGET_SHORT=${BUDGET_SHORT:-2}
-  COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=1 --prompt_bucket=512"
+  # Three timed runs per set (their median): one run per set let a set's AR figure move 8-14%
+  # between two processes of the same lease (twentieth session); compile dominates a row's
+  # time anyway (~30 s against ~1.5 s per timed pass over a set).
+  COMPARE="--prompts_per_set=4 --max_new_tokens=128 --repeats=${REPEATS:-3} --prompt_bucket=512"
   TREE_STATIC="4,2,1,1"; TREE_DYNAMIC="dynamic:depth=6,top_k=6,nodes=32"; GAMMA=4
   TREE_DYNAMIC16="dynamic:depth=5,top_k=4,nodes=16"; TREE_DYNAMIC12="dynamic:depth=4,top_k=4,nodes=12"
   TREE_DYNAMIC20="dynamic:depth=5,top_k=4,nodes=20"

@@ -79,6 +79,7 @@ from specjax.models.transformer import (
     Params,
     check_feature_layers,
     converted_once,
+    hash_fields,
     hidden_width,
 )
 
@@ -240,6 +241,9 @@ class MedusaDrafter(Drafter):
     graphdef: Any
     target_config: ModelConfig
     num_heads: int
+
+    def __hash__(self) -> int:
+        return hash_fields(self)  # the graphdef's hash remembered: jit hashes us every call
 
     needs_target_hidden: ClassVar[bool] = True
     kind: ClassVar[str] = "medusa"
@@ -526,6 +530,9 @@ class EagleDrafter(Drafter):
     block_config: ModelConfig
     feature_layers: tuple[int, ...] = ()
     weights: str = "float"
+
+    def __hash__(self) -> int:
+        return hash_fields(self)  # the graphdef's hash remembered: jit hashes us every call
 
     needs_target_hidden: ClassVar[bool] = True
     supports_trees: ClassVar[bool] = True

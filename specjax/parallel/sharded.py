@@ -63,6 +63,8 @@ class ShardedModel(Model):
 
     layout: ModelLayout | None = None
 
+    __hash__ = Model.__hash__  # its fields, the graphdef's hash remembered (`hash_fields`)
+
     @staticmethod
     def wrap(model: Model, layout: ModelLayout) -> ShardedModel:
         return ShardedModel(graphdef=model.graphdef, config=model.config, layout=layout)
