@@ -465,7 +465,9 @@ def run(
 
         def call(loop=loop):
             return specjax.generate(
-                (target, params), loop["drafter"], prompt, max_new_tokens=N, prompt_bucket=P,
+                # The prompt is P tokens: a bucket of 1 pads nothing and compiles one prefill
+                # width (`sequence.prefill_widths`), as `time_prefill` runs it.
+                (target, params), loop["drafter"], prompt, max_new_tokens=N, prompt_bucket=1,
                 **loop["kwargs"],
             )  # fmt: skip
 

@@ -55,24 +55,27 @@ def test_prefill_refuses_widths_that_do_not_end_at_the_padded_width():
 
 
 @pytest.mark.parametrize(
-    ("family", "lengths"),
-    [(family, (3, 9, 12)) for family in sorted(FAMILIES)]
-    + [("llama", (2, 3, 1)), ("qwen2", (24, 5, 13))],
+    ("family", "lengths", "width"),
+    [(family, (3, 9, 12), 12) for family in sorted(FAMILIES)]
+    + [("llama", (2, 3, 1), 3), ("qwen2", (24, 5, 13), 24), ("llama", (7,), 12)],
 )
-def test_narrowest_width_equals_one_pass(family, lengths):
-    """Over the narrowest width that holds the longest row (12, 3 and 24 tokens of a 24-wide
+def test_narrowest_width_equals_one_pass(family, lengths, width):
+    """Over the narrowest width that holds the longest row (12, 3, 24 and 12 of a 24-wide
     padded prompt) against one pass over all 24 (float32): the last-token logits, the hidden
     states of every real token and the cache entries of every real slot agree to rounding; the
     lengths are the prompt lengths. Both equal the full forward's logits at the last prompt
-    token (an LM head over one row per prompt, not all P). Gemma3 (sliding windows) is among
-    the families."""
+    token (an LM head over one row per prompt, not all P). Slots from the width on are never
+    written (the cache's zeros) and the hidden states there are zeros, where one pass writes
+    all 24. Gemma3 (sliding windows) is among the families."""
     model, params = random_model(FAMILIES[family])
     prompt, lengths_B = _prompts(model.config.vocab_size, lengths)
     logits_n, cache_n, hidden_n = _prefill(model, params, prompt, lengths_B, MIN_WIDTH)
     logits_1, cache_1, hidden_1 = _prefill(model, params, prompt, lengths_B, None)
 
     positions = jnp.broadcast_to(jnp.arange(WIDTH), prompt.shape)
-    full_logits, _, _ = model.forward(params, prompt, positions, model.init_cache(3, WIDTH + 4))
+    full_logits, _, _ = model.forward(
+        params, prompt, positions, model.init_cache(len(lengths), WIDTH + 4)
+    )
     expected = np.stack([full_logits[b, n - 1] for b, n in enumerate(lengths)])
     np.testing.assert_allclose(logits_1, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logits_n, expected, rtol=1e-5, atol=1e-5)
@@ -85,19 +88,10 @@ def test_narrowest_width_equals_one_pass(family, lengths):
             np.testing.assert_allclose(k_n[b, :n], k_1[b, :n], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(v_n[b, :n], v_1[b, :n], rtol=1e-5, atol=1e-5)
 
-
-@pytest.mark.parametrize(("lengths", "width"), [((3, 9, 12), 12), ((2, 3, 1), 3), ((7,), 12)])
-def test_prefill_runs_over_the_narrowest_width_only(lengths, width):
-    """Slots from the chosen width on are never written (the cache's zeros), and the hidden
-    states from it on are zeros; one pass over the padded width writes all 24 slots."""
-    model, params = random_model(FAMILIES["llama"])
-    prompt, lengths_B = _prompts(model.config.vocab_size, lengths)
-    _, cache_n, hidden_n = _prefill(model, params, prompt, lengths_B, MIN_WIDTH)
-    _, cache_1, _ = _prefill(model, params, prompt, lengths_B, None)
-    assert np.all(np.any(np.asarray(cache_n.k[0])[:, width - 1] != 0, axis=(-1, -2)))
-    assert not np.any(np.asarray(cache_n.k[0])[:, width:])
-    assert not np.any(np.asarray(hidden_n)[:, width:])
-    assert np.all(np.any(np.asarray(cache_1.k[0])[:, WIDTH - 1] != 0, axis=(-1, -2)))
+    k_n, k_1 = np.asarray(cache_n.k[0]), np.asarray(cache_1.k[0])
+    assert np.all(np.any(k_n[:, width - 1] != 0, axis=(-1, -2)))
+    assert not np.any(k_n[:, width:]) and not np.any(np.asarray(hidden_n)[:, width:])
+    assert np.all(np.any(k_1[:, WIDTH - 1] != 0, axis=(-1, -2)))
 
 
 def test_prefill_with_feature_layers():
@@ -114,25 +108,12 @@ def test_prefill_with_feature_layers():
         np.testing.assert_allclose(hidden_n[b, :n], hidden_1[b, :n], rtol=1e-5, atol=1e-5)
 
 
-def test_generate_in_a_wide_bucket_keeps_its_tokens():
-    """A prompt of 150 tokens in a 512-wide bucket (widths 128, 256, 512) is prefilled over 256
-    tokens; with a 1-wide
-    bucket (one pass over 150) the greedy tokens are the same, and a speculative run in the
-    wide bucket equals autoregressive decoding."""
-    model, params = random_model(FAMILIES["llama"].replace(max_position=1024))
-    draft = random_model(FAMILIES["llama"].replace(num_layers=1, max_position=1024), seed=1)
-    prompt = [np.random.default_rng(3).integers(1, 64, 150).tolist()]
-    run = dict(max_new_tokens=12)
-    wide = specjax.generate((model, params), None, prompt, prompt_bucket=512, **run)
-    exact = specjax.generate((model, params), None, prompt, prompt_bucket=1, **run)
-    spec = specjax.generate((model, params), draft, prompt, prompt_bucket=512, gamma=3, **run)
-    assert wide.token_lists() == exact.token_lists() == spec.token_lists()
-
-
 def test_generate_compiles_the_widths_its_bucket_allows(monkeypatch):
     """`specjax.generate` hands each loop the widths its prompt bucket allows: (128, 256, 512)
-    for a 150-token prompt in a 512 bucket, only the padded 160 in the default bucket of 16
-    (no narrower width could hold the prompt: compiling one would only cost time)."""
+    for a 150-token prompt in a 512 bucket, only the padded width in the default bucket of 16
+    or with a bucket of 1 (no narrower width could hold the prompt: compiling one would only
+    cost time). The greedy tokens of the 512 bucket (prefilled over 256) equal those of one
+    pass over the exact 150, and a speculative run in the 512 bucket equals AR."""
     seen = []
     prefill = sequence.prefill
 
@@ -145,7 +126,10 @@ def test_generate_compiles_the_widths_its_bucket_allows(monkeypatch):
     model, params = random_model(FAMILIES["llama"].replace(max_position=1000, ffn_dim=48))
     draft = random_model(FAMILIES["llama"].replace(num_layers=1, max_position=1000), seed=1)
     prompt = [np.random.default_rng(3).integers(1, 64, 150).tolist()]
-    specjax.generate((model, params), None, prompt, prompt_bucket=512, max_new_tokens=2)
-    specjax.generate((model, params), draft, prompt, prompt_bucket=512, max_new_tokens=2)
+    run = dict(max_new_tokens=12)
+    wide = specjax.generate((model, params), None, prompt, prompt_bucket=512, **run)
+    exact = specjax.generate((model, params), None, prompt, prompt_bucket=1, **run)
+    spec = specjax.generate((model, params), draft, prompt, prompt_bucket=512, gamma=3, **run)
     specjax.generate((model, params), draft, prompt, max_new_tokens=2, tree=(2, 1))
-    assert seen == [(128, 256, 512), (128, 256, 512), (160,)]
+    assert seen == [(128, 256, 512), (150,), (128, 256, 512), (160,)]
+    assert wide.token_lists() == exact.token_lists() == spec.token_lists()
