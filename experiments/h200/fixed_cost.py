@@ -55,7 +55,7 @@ def one_pass_all_logits(model, params, prompt_BxP, lengths_B, cache):
 
 VARIANTS = {
     "one_pass_all_logits": one_pass_all_logits,
-    "one_pass": lambda *a: sequence.prefill(*a),
+    "one_pass": sequence.prefill,  # widths None: one pass over the padded width
     # The widths `specjax.generate` compiles for a prompt bucket as wide as the padded prompt.
     "narrowest_width": lambda model, params, prompt, lengths, cache: sequence.prefill(
         model,
@@ -64,7 +64,7 @@ VARIANTS = {
         lengths,
         cache,
         widths=sequence.prefill_widths(prompt.shape[1], prompt.shape[1]),
-    ),  # fmt: skip
+    ),
 }
 
 
