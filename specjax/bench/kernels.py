@@ -144,21 +144,19 @@ def main_loop(
     """The main decode loop of a program: (the computation that is one iteration, its kernel
     launches in schedule order with nested loops excluded, the loops nested in it, the
     kernels outside any loop or None when there is no loop). The main loop is the entry's
-    `while` whose body launches the most kernels; with no loop the entry is the iteration."""
+    last `while` in schedule order: a generation program may loop over its prefill first
+    (1948f9a's chunks, whose body launched more kernels than a SmolLM2 tree call's), and its
+    decode loop comes after. With no loop the entry is the iteration."""
     top_loops: list[str] = []
     entry_kernels = _launches(entry, blocks, top_loops)
     if not top_loops:
         return entry, entry_kernels, [], None
-    found = {}
-    for loop in top_loops:
-        inner: list[str] = []
-        found[loop] = (_launches(loop, blocks, inner), inner)
-    body = max(found, key=lambda name: len(found[name][0]))
-    return body, *found[body], entry_kernels
+    body, inner = top_loops[-1], []
+    return body, _launches(body, blocks, inner), inner, entry_kernels
 
 
 def loop_kernels(hlo_text: str, num_layers: int) -> dict[str, Any]:
-    """Kernels of the main decode loop of a program (its entry's largest `while` body).
+    """Kernels of the main decode loop of a program (its entry's last `while` body).
 
     Returns a dict: `entry_kernels` (outside any loop: prefill etc.), `loop_kernels` (one pass
     of the main loop's body, nested loops excluded), `nested_loops` (kernels of each loop

@@ -785,3 +785,26 @@ def test_call_breakdown_sums_a_call_by_part_and_kind():
         ("verify", "LM head", 1, 40.0),
         ("verify", "attention", 1, 15.0),
     ]
+
+
+def test_main_loop_is_the_last_loop_of_the_program():
+    """A loop before the decode loop (a prefill in chunks) whose body launches more kernels
+    than the decode loop's: the main loop is still the decode loop, the program's last."""
+
+    def program(x):
+        def wide(_, y):  # many kernels per iteration
+            for k in range(12):
+                y = jnp.sin(y) * (k + 2.0) + jnp.cumsum(y)
+            return y
+
+        x = jax.lax.fori_loop(0, jnp.int32(x[0] > 0) + 2, wide, x)
+        return jax.lax.while_loop(lambda y: y[0] < 100.0, lambda y: jnp.exp(y) + 1.0, x)
+
+    text = jax.jit(program).lower(jnp.ones((8,))).compile().as_text()
+    entry, blocks = kernels.parse(text)
+    loops: list[str] = []
+    kernels._launches(entry, blocks, loops)
+    sizes = [len(kernels._launches(loop, blocks, [])) for loop in loops]
+    assert len(loops) == 2 and sizes[0] > sizes[1]  # the first loop is the larger
+    body, launches, _, _ = kernels.main_loop(entry, blocks)
+    assert body == loops[1] and len(launches) == sizes[1]
