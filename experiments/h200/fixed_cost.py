@@ -18,8 +18,10 @@ alike, so it pulls their ratio towards 1 (a speculative call of ~37 iterations f
 2. `specjax.generate` with max_new_tokens=1 (prefill, the first token, the loop's first
    check), whole-call wall ms (median of --repeats, host work included), autoregressive and
    the 12-node dynamic tree with an EAGLE head over a 32k draft vocabulary, per length; one
-   traced call each at the longest length: device busy ms against wall ms. `--host_profile`
-   adds a cProfile of each loop's calls (the host's part by function).
+   traced call each at the longest length: device busy ms against wall ms (`--trace_dir`
+   keeps its trace). `--host_profile` adds a cProfile of each loop's calls (the host's part
+   by function) and `returns_ms`: how long a call takes to return before its result is read,
+   against until its result is ready.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -92,6 +95,24 @@ def prefill_us(model, params, variant, bucket, lengths, slots, iterations, repea
     }
 
 
+def returns_ms(dispatch, calls: int = 20) -> dict:
+    """How long `dispatch()` (a generate call whose result is not read) takes to return, and
+    then its result to be ready, in ms (medians of `calls`): the host's part before the
+    program runs, against the wait for the device."""
+    returned, ready = [], []
+    jax.block_until_ready(dispatch())
+    for _ in range(calls):
+        start = time.perf_counter()
+        out = dispatch()
+        returned.append(time.perf_counter() - start)
+        jax.block_until_ready(out)
+        ready.append(time.perf_counter() - start)
+    return {
+        "returns_ms": 1e3 * float(np.median(returned)),
+        "ready_ms": 1e3 * float(np.median(ready)),
+    }
+
+
 def host_profile(run, calls: int = 20, top: int = 30) -> list[str]:
     """cProfile of `calls` calls of `run` (compiled already): the `top` functions by their own
     time, as pstats prints them."""
@@ -131,6 +152,11 @@ def main() -> None:
         help="also cProfile 20 calls of each loop at the first length (the host's part, by "
         "function: the JSON's host_profile)",
     )
+    parser.add_argument(
+        "--trace_dir",
+        default="",
+        help="keep each loop's traced call under TRACE_DIR/<loop> (host threads' events too)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]
@@ -163,27 +189,32 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for name, kwargs in loops.items():
 
-        def call(n, kwargs=kwargs):
+        def dispatch(n, kwargs=kwargs):
             prompt = [rng.integers(1, config.vocab_size, n).tolist()]
             drafter = kwargs.get("drafter")
             extra = {k: v for k, v in kwargs.items() if k != "drafter"}
-            return lambda: np.asarray(
-                specjax.generate(
-                    (target, params), drafter, prompt, max_new_tokens=1,
-                    prompt_bucket=args.bucket, cache_size=slots, **extra,
-                ).tokens
+            return lambda: specjax.generate(
+                (target, params), drafter, prompt, max_new_tokens=1,
+                prompt_bucket=args.bucket, cache_size=slots, **extra,
             )  # fmt: skip
+
+        def call(n, dispatch=dispatch):
+            run = dispatch(n)
+            return lambda: np.asarray(run().tokens)
 
         result["generate_ms"][name] = {}
         for n in lengths:
             _, timing = timed(call(n), repeats=args.repeats)
             result["generate_ms"][name][n] = 1e3 * timing.median_s
         print(name, {n: round(ms, 2) for n, ms in result["generate_ms"][name].items()}, flush=True)
+        trace_dir = Path(args.trace_dir) / name if args.trace_dir else Path(tempfile.mkdtemp())
         summary, _ = traced_events(
-            call(lengths[-1]), Path(tempfile.mkdtemp()), tokens=1, num_layers=config.num_layers
+            call(lengths[-1]), trace_dir, tokens=1, num_layers=config.num_layers
         )
         if args.host_profile:
             result.setdefault("host_profile", {})[name] = host_profile(call(lengths[0]))
+            result.setdefault("returns_ms", {})[name] = returns_ms(dispatch(lengths[0]))
+            print(name, "returns", result["returns_ms"][name], flush=True)
         result["traced"][name] = {
             k: summary.get(k) for k in ("wall_ms", "busy_ms", "kernels", "memcpy_ms", "top_kernels")
         }
