@@ -408,6 +408,9 @@ def generate(
         target_params = target_model.decode_params(target_params)
         if speculative_run:  # draft models and EAGLE heads too (`decode_layout`)
             draft_params = decode_layout(draft, draft_params, target_params)
+    # Narrower prefills for prompts much shorter than their bucket (`sequence.prefill_widths`),
+    # sharded or not: a static argument of every loop (each width is compiled).
+    prefill_widths = sequence.prefill_widths(prompt.shape[1], int(prompt_bucket))
     if mesh is not None:
         from specjax.parallel import sharded  # late: only sharded runs need it
 
@@ -426,14 +429,13 @@ def generate(
             max_new_tokens=int(max_new_tokens),
             cache_size=int(cache_size),
             pad_id=int(pad_id),
+            prefill_widths=prefill_widths,
             **(
                 dict(gamma=gamma, verify_fn=verify_fn, adaptive_gamma=bool(adaptive_gamma))
                 if speculative_run
                 else {}
             ),
         )
-    # Narrower prefills for prompts much shorter than their bucket (`sequence.prefill_widths`).
-    prefill_widths = sequence.prefill_widths(prompt.shape[1], int(prompt_bucket))
     if tree is not None:
         return tree_jit(
             target_model,

@@ -340,7 +340,9 @@ def prepare_generate(
     """(compiled function, its arguments placed on the mesh) for one generation.
 
     `static` are the keyword arguments of `loops._autoregressive` / `loops._speculative`
-    (max_new_tokens, cache_size, pad_id, and for speculative runs gamma and verify_fn).
+    (max_new_tokens, cache_size, pad_id, optionally prefill_widths (`sequence.prefill`; left
+    out: one pass over the padded width), and for speculative runs gamma and verify_fn). They
+    key the compiled program: each distinct value compiles once.
     `vocab_parallel=False` leaves top-k/top-p on a split vocabulary to GSPMD (an all-gather of
     the logits every step): the baseline `experiments.bench_parallel --sections=vocab` times
     the vocab-parallel filter against. Same tokens either way.

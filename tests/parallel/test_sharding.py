@@ -18,7 +18,7 @@ from support import random_model
 
 import specjax
 from specjax import api
-from specjax.decoding import rejection
+from specjax.decoding import rejection, sequence
 from specjax.drafters.draft_model import DraftModelDrafter
 from specjax.models.config import ModelConfig
 from specjax.models.layers import cached_kv_heads
@@ -190,6 +190,35 @@ def test_adaptive_gamma_on_a_mesh_equals_single_device(target, draft, prompts):
     # Adaptive rows start at one draft token: fewer drafted than gamma per call.
     assert np.sum(single.stats.drafted) < GAMMA * np.sum(single.stats.verify_calls)
     assert np.sum(fixed.stats.drafted) == GAMMA * np.sum(fixed.stats.verify_calls)
+
+
+def test_prefill_widths_on_a_mesh(target, draft, prompts, reference, monkeypatch):
+    """A wide prompt bucket with `mesh=`: the sharded loops (autoregressive and speculative)
+    are handed the prefill widths the bucket allows, as the unsharded ones are (they once
+    always prefilled over the padded width), and prefill the 12-token prompts over 16 of the
+    32 padded columns. Their greedy tokens equal one device's, and the reference's (a
+    speculative run in the default bucket, one pass over 16)."""
+    monkeypatch.setattr(sequence, "PREFILL_WIDTH", 8)  # the default 128 is too wide here
+    widths = sequence.prefill_widths(32, 32)
+    assert widths == (8, 16, 32)
+    seen = []
+    prefill = sequence.prefill
+
+    def spy(*args, widths=None, **kwargs):
+        seen.append(widths)
+        return prefill(*args, widths=widths, **kwargs)
+
+    monkeypatch.setattr(sequence, "prefill", spy)
+    common = dict(max_new_tokens=MAX_NEW, prompt_bucket=32)
+    single = specjax.generate(target, None, prompts, **common)
+    mesh = make_mesh(4, 2)
+    ar = specjax.generate(target, None, prompts, mesh=mesh, **common)
+    spec = specjax.generate(target, draft, prompts, gamma=GAMMA, mesh=mesh, **common)
+    assert seen == [widths] * 3  # one trace each: one device, then the two sharded loops
+    assert ar.tokens.sharding.mesh.shape == {"data": 4, "model": 2}
+    assert ar.token_lists() == single.token_lists()
+    assert spec.token_lists() == single.token_lists() == reference.token_lists()
+    assert ar.stop_reason_names() == spec.stop_reason_names() == single.stop_reason_names()
 
 
 def test_kv_head_rule():
