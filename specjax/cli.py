@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="token tree (--drafter model, early-exit or eagle; greedy or sampled): static "
         "branching per level, e.g. 3,2,1, or an EAGLE-2 dynamic tree, e.g. "
         "dynamic:depth=4,top_k=4,nodes=16; either with ,lookup=L for a branch of L tokens "
-        "copied by prompt lookup",
+        "copied by prompt lookup (,lookup_ngram=N / ,lookup_ngram_min=M: the longest / "
+        "shortest n-gram it matches, default 3 / 1)",
     )
     gen.add_argument(
         "--adaptive-gamma",

@@ -184,7 +184,8 @@ class LookupTreeSpec:
     Fields:
       tree: the drafter's own tree (static or dynamic).
       lookup: L >= 1, the branch's length.
-      max_ngram, min_ngram: the n-gram lengths tried, longest first (as the n-gram drafter's).
+      max_ngram, min_ngram: the n-gram lengths tried, longest first (as the n-gram drafter's;
+        in the tree syntax ``lookup_ngram=N`` and ``lookup_ngram_min=M``, `parse_tree_spec`).
     """
 
     tree: TreeSpec | DynamicTreeSpec
@@ -227,20 +228,29 @@ def drafters_tree(tree: AnyTreeSpec) -> TreeSpec | DynamicTreeSpec:
     return tree.tree if isinstance(tree, LookupTreeSpec) else tree
 
 
+# The keys of a lookup branch in the tree syntax: its length and the n-gram lengths tried
+# (`LookupTreeSpec` fields; the n-gram drafter's knobs are ngram_n and ngram_min).
+LOOKUP_KEYS = {"lookup": "lookup", "lookup_ngram": "max_ngram", "lookup_ngram_min": "min_ngram"}
+
+
 def parse_tree_spec(text: str) -> AnyTreeSpec:
     """'3,2,1' -> TreeSpec((3, 2, 1)); 'dynamic:depth=4,top_k=4,nodes=16' -> DynamicTreeSpec;
-    either with ',lookup=L' (and optionally ',lookup_ngram=N') -> LookupTreeSpec."""
+    either with ',lookup=L' -> LookupTreeSpec, optionally with ',lookup_ngram=N' (the longest
+    n-gram matched, default 3) and ',lookup_ngram_min=M' (the shortest, default 1)."""
     text = text.strip()
     items = [item.strip() for item in text.split(",")]
     lookup = {}
-    for item in [i for i in items if i.startswith(("lookup=", "lookup_ngram="))]:
-        key, _, value = item.partition("=")
-        if not value.strip().isdigit():
-            raise ValueError(f"bad tree {text!r}: {key} must be a positive integer, got {value!r}")
+    for item in [i for i in items if i.partition("=")[0].strip() in LOOKUP_KEYS]:
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key in lookup:
+            raise ValueError(f"bad tree {text!r}: {key} is given twice")
+        if not value.isdecimal() or int(value) < 1:
+            raise ValueError(f"bad tree {text!r}: {key} must be an integer >= 1, got {value!r}")
         lookup[key] = int(value)
         items.remove(item)
-    if "lookup_ngram" in lookup and "lookup" not in lookup:
-        raise ValueError(f"bad tree {text!r}: lookup_ngram without lookup=L")
+    ngram_keys = [key for key in lookup if key != "lookup"]
+    if ngram_keys and "lookup" not in lookup:
+        raise ValueError(f"bad tree {text!r}: {', '.join(ngram_keys)} without lookup=L")
     if lookup and not items:
         raise ValueError(
             f"bad tree {text!r}: a lookup branch extends a drafter's tree, e.g. "
@@ -249,7 +259,15 @@ def parse_tree_spec(text: str) -> AnyTreeSpec:
     tree = _parse_drafters_tree(",".join(items))
     if not lookup:
         return tree
-    return LookupTreeSpec(tree, lookup["lookup"], max_ngram=lookup.get("lookup_ngram", 3))
+    fields = {LOOKUP_KEYS[key]: value for key, value in lookup.items()}
+    low = fields.get("min_ngram", LookupTreeSpec.min_ngram)
+    high = fields.get("max_ngram", LookupTreeSpec.max_ngram)
+    if low > high:
+        raise ValueError(
+            f"bad tree {text!r}: needs lookup_ngram_min <= lookup_ngram (the longest n-gram, "
+            f"default {LookupTreeSpec.max_ngram}), got {low} > {high}"
+        )
+    return LookupTreeSpec(tree, **fields)
 
 
 def _parse_drafters_tree(text: str) -> TreeSpec | DynamicTreeSpec:

@@ -29,10 +29,12 @@ and ``name`` (a label for tables)::
 
 Tree syntax (one, shared with ``specjax.generate(tree=...)``, the CLI's ``--tree`` and the
 configs' ``tree``): static branching per level ``4,2,1``, or EAGLE-2's dynamic tree
-``dynamic:depth=4,top_k=4,nodes=16``; either may end in ``,lookup=L`` (and
-``,lookup_ngram=N``): a prompt-lookup branch of L copied tokens grafted onto the drafter's
-tree (`tree.LookupTreeSpec`). Inside a spec a tree is written the same way: its value holds
-commas, so the items after ``tree=`` that are not keys of the spec continue it::
+``dynamic:depth=4,top_k=4,nodes=16``; either may end in ``,lookup=L``: a prompt-lookup
+branch of L copied tokens grafted onto the drafter's tree (`tree.LookupTreeSpec`), optionally
+with ``,lookup_ngram=N`` and ``,lookup_ngram_min=M``, the longest and shortest n-gram it
+matches (default 3 and 1, as the ngram drafter's ngram_n and ngram_min). Inside a spec a tree
+is written the same way: its value holds commas, so the items after ``tree=`` that are not
+keys of the spec continue it::
 
     eagle:heads=<dir>,tree=dynamic:depth=4,top_k=4,nodes=12,lookup=6,draft_vocab=32768
 The older benchmark forms ``tree=4-2-1`` and ``dyntree=4-4-16`` are refused with the new
@@ -182,7 +184,8 @@ def knob_defaults() -> dict[str, int | str]:
 
 def parse_tree(text: str) -> AnyTreeSpec:
     """The one tree syntax: ``4,2,1`` or ``dynamic:depth=4,top_k=4,nodes=16``, either
-    optionally with a prompt-lookup branch, ``...,lookup=6`` (`tree.LookupTreeSpec`)."""
+    optionally with a prompt-lookup branch, ``...,lookup=6`` (`tree.LookupTreeSpec`; its
+    n-gram lengths ``lookup_ngram=N``, ``lookup_ngram_min=M``)."""
     text = str(text).strip()
     if "-" in text and not text.startswith("dynamic:") and "," not in text:
         raise ValueError(f"bad tree {text!r}: write the branching with commas, e.g. 4,2,1")
@@ -190,9 +193,14 @@ def parse_tree(text: str) -> AnyTreeSpec:
 
 
 def tree_text(tree: AnyTreeSpec) -> str:
-    """The text `parse_tree` reads back as ``tree``."""
+    """The text `parse_tree` reads back as ``tree`` (a lookup branch's n-gram keys only
+    where they differ from their defaults)."""
     if isinstance(tree, LookupTreeSpec):
-        ngram = f",lookup_ngram={tree.max_ngram}" if tree.max_ngram != 3 else ""
+        ngram = ""
+        if tree.max_ngram != LookupTreeSpec.max_ngram:
+            ngram += f",lookup_ngram={tree.max_ngram}"
+        if tree.min_ngram != LookupTreeSpec.min_ngram:
+            ngram += f",lookup_ngram_min={tree.min_ngram}"
         return f"{tree_text(tree.tree)},lookup={tree.lookup}{ngram}"
     if isinstance(tree, DynamicTreeSpec):
         return f"dynamic:depth={tree.depth},top_k={tree.top_k},nodes={tree.num_nodes}"

@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.adaptive_gamma = False  # per-row draft length in 1..gamma, set by recent acceptance
     # Token tree (a drafter.kind that drafts trees: model, early-exit, eagle), "" = a linear
     # draft. Static branching per level "4,2,1", or EAGLE-2's "dynamic:depth=4,top_k=4,
-    # nodes=16"; either may end in ",lookup=6" (a prompt-lookup branch of 6 copied tokens).
+    # nodes=16"; either may end in ",lookup=6" (a prompt-lookup branch of 6 copied tokens;
+    # ",lookup_ngram=N,lookup_ngram_min=M": the longest / shortest n-gram matched, 3 / 1).
     # The tree's depth replaces gamma.
     c.tree = ""
     c.sampling = ml_collections.ConfigDict(

@@ -562,7 +562,7 @@ def test_lookup_branch_errors(target, draft):
     )
     with pytest.raises(ValueError, match="lookup must be an integer >= 1"):
         tree_lib.parse_tree_spec("2,2,lookup=0")
-    with pytest.raises(ValueError, match="lookup must be a positive integer"):
+    with pytest.raises(ValueError, match="lookup must be an integer >= 1, got 'x'"):
         tree_lib.parse_tree_spec("2,2,lookup=x")
     with pytest.raises(ValueError, match="a lookup branch extends a drafter's tree"):
         tree_lib.parse_tree_spec("lookup=4")

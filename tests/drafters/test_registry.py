@@ -12,7 +12,7 @@ import pytest
 
 from specjax import cli, experiment
 from specjax.bench import speedup
-from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
+from specjax.decoding.tree import DynamicTreeSpec, LookupTreeSpec, TreeSpec
 from specjax.drafters import registry
 from specjax.drafters.heads import init_heads, save_heads
 from specjax.drafters.ngram import NgramDrafter
@@ -53,6 +53,13 @@ _WEIGHT_CHOICES = "'float', 'int8', 'int8_layer', 'int8_lm_head'"  # quantize.DR
             DynamicTreeSpec(4, 4, 12),
         ),
         ("medusa:heads=m,draft_vocab=64", "medusa", {"heads": "m", "draft_vocab": 64}, None, None),
+        # A lookup branch's keys continue the tree (they are no keys of the spec).
+        (
+            "eagle:heads=h,tree=dynamic:depth=4,top_k=4,nodes=12,lookup=8,lookup_ngram=4,"
+            "lookup_ngram_min=2,draft_vocab=64",
+            "eagle", {"heads": "h", "draft_vocab": 64, "weights": "float"}, 8,
+            LookupTreeSpec(DynamicTreeSpec(4, 4, 12), 8, max_ngram=4, min_ngram=2),
+        ),
     ],
 )  # fmt: skip
 def test_good_specs_parse_and_read_back(text, kind, knobs, gamma, tree):
@@ -101,6 +108,82 @@ def test_bad_specs_name_the_problem(text, message):
     with pytest.raises(ValueError) as error:
         registry.parse_spec(text)
     assert str(error.value).startswith(f"drafter spec {text!r}: ")
+    assert message in str(error.value)
+
+
+_STATIC, _DYNAMIC = TreeSpec((2, 2)), DynamicTreeSpec(4, 4, 12)
+_NOT_COUNT = "lookup_ngram_min must be an integer >= 1, got "
+
+
+@pytest.mark.parametrize(
+    "text, tree",
+    [
+        ("4,2,1", TreeSpec((4, 2, 1))),
+        ("dynamic:depth=4,top_k=4,nodes=12", _DYNAMIC),
+        ("2,2,lookup=3", LookupTreeSpec(_STATIC, 3)),  # n-grams 3..1, the defaults
+        ("2,2,lookup=3,lookup_ngram=2", LookupTreeSpec(_STATIC, 3, max_ngram=2)),
+        ("2,2,lookup=3,lookup_ngram_min=2", LookupTreeSpec(_STATIC, 3, min_ngram=2)),
+        ("2,2,lookup=3,lookup_ngram_min=3", LookupTreeSpec(_STATIC, 3, min_ngram=3)),
+        (
+            "dynamic:depth=4,top_k=4,nodes=12,lookup=8,lookup_ngram=5,lookup_ngram_min=2",
+            LookupTreeSpec(_DYNAMIC, 8, max_ngram=5, min_ngram=2),
+        ),
+        ("2,2,lookup=3,lookup_ngram=1", LookupTreeSpec(_STATIC, 3, max_ngram=1, min_ngram=1)),
+    ],
+)
+def test_tree_text_reads_back(text, tree):
+    """Text -> tree -> text and tree -> text -> tree: every field of a lookup branch, its
+    shortest n-gram (min_ngram) too, survives (the keys at their defaults are left out)."""
+    assert registry.parse_tree(text) == tree
+    assert registry.tree_text(tree) == text
+    assert registry.parse_tree(registry.tree_text(tree)) == tree
+    # A drafter spec made in Python reads back from its text, its tree with it.
+    spec = registry.DrafterSpec.create("early-exit", tree=tree)
+    assert spec.text() == f"early-exit:tree={text}"
+    assert registry.parse_spec(spec.text()) == spec
+
+
+def test_tree_lookup_keys_in_any_order():
+    tree = LookupTreeSpec(_STATIC, 3, max_ngram=4, min_ngram=2)
+    assert registry.parse_tree("2,2,lookup_ngram_min=2,lookup_ngram=4,lookup=3") == tree
+    assert registry.parse_tree(" 2,2, lookup = 3 , lookup_ngram = 4,lookup_ngram_min=2") == tree
+
+
+@pytest.mark.parametrize(
+    "tree, message",
+    [
+        ("2,2,lookup=3,lookup_ngram_min=x", _NOT_COUNT + "'x'"),
+        ("2,2,lookup=3,lookup_ngram_min=1.5", _NOT_COUNT + "'1.5'"),
+        ("2,2,lookup=3,lookup_ngram_min=", _NOT_COUNT + "''"),
+        ("2,2,lookup=3,lookup_ngram_min=0", _NOT_COUNT + "'0'"),
+        ("2,2,lookup=3,lookup_ngram_min=-1", _NOT_COUNT + "'-1'"),
+        ("2,2,lookup=3,lookup_ngram=0", "lookup_ngram must be an integer >= 1, got '0'"),
+        ("2,2,lookup_ngram_min=2", "lookup_ngram_min without lookup=L"),
+        (
+            "2,2,lookup_ngram=4,lookup_ngram_min=2",
+            "lookup_ngram, lookup_ngram_min without lookup=L",
+        ),
+        (
+            "2,2,lookup=3,lookup_ngram_min=4",
+            "needs lookup_ngram_min <= lookup_ngram (the longest n-gram, default 3), got 4 > 3",
+        ),
+        (
+            "2,2,lookup=3,lookup_ngram=2,lookup_ngram_min=3",
+            "needs lookup_ngram_min <= lookup_ngram (the longest n-gram, default 3), got 3 > 2",
+        ),
+        ("2,2,lookup=3,lookup_ngram_min=2,lookup_ngram_min=2", "lookup_ngram_min is given twice"),
+        ("2,2,lookup=3,lookup_min=2", "expected branching like 3,2,1"),  # not a key
+    ],
+)  # fmt: skip
+def test_bad_tree_lookup_keys_name_the_problem(tree, message):
+    """Refused wherever a tree is read: `parse_tree` (specjax.generate's tree=, --tree, a
+    config's tree) and inside a drafter spec, the tree quoted and the problem named."""
+    with pytest.raises(ValueError) as error:
+        registry.parse_tree(tree)
+    assert str(error.value).startswith("bad tree ") and message in str(error.value)
+    with pytest.raises(ValueError) as error:
+        registry.parse_spec(f"early-exit:tree={tree},exit_layer=2")
+    assert str(error.value).startswith(f"drafter spec 'early-exit:tree={tree},exit_layer=2': ")
     assert message in str(error.value)
 
 
