@@ -5,7 +5,7 @@ call ends, so big files travel as parts over back-to-back calls (DEVELOPERS.md).
 
 To the GPU machine (weights; here, then one call per part there):
 
-    python experiments/h200/parts.py split --out=/tmp/parts --size=50000000 a.gguf b.gguf
+    python experiments/h200/parts.py split --out=/tmp/parts --size=30000000 a.gguf b.gguf
     # each call carries .xfer/ = the manifest + one part (cp /tmp/parts/partNNN .xfer/part):
     python3 experiments/h200/parts.py append --manifest=.xfer/manifest.json --index=N \\
         .xfer/part ~/sc/incoming
@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("split")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--size", type=int, default=60_000_000)
+    # A call carries at most 64 MiB: the part plus the tracked tree (16 MB in the
+    # twenty-first session) plus what else it carries.
+    p.add_argument("--size", type=int, default=30_000_000)
     p.add_argument("files", type=Path, nargs="+")
     p = sub.add_parser("append")
     p.add_argument("--manifest", type=Path, required=True)
