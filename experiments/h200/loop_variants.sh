@@ -16,7 +16,10 @@
 # LM head slice int8, `--draft_weights`: sections spec, spec_int8 and spec_int8_lm_head beside
 # one AR loop; not in the default list); lookup:L (the tree with a prompt-lookup branch of L
 # tokens, `tree=...,lookup=L`: on synthetic weights nothing is accepted, so the call's time
-# beside the default's is what the branch costs; not in the default list).
+# beside the default's is what the branch costs; not in the default list); move_arrays (the
+# cache-move kernel launched as one program per row and array,
+# SPECJAX_CACHE_MOVE_PROGRAMS=array, against the default's one program per row; not in the
+# default list).
 # SHAPE=smollm2-135m (default qwen2.5-1.5b) picks the target shape; TRACE=1 traces every
 # variant (kernels by name in its profile JSON; graphs_traced is traced either way).
 # Each writes OUT/profile_<variant>_*.json and OUT/<variant>.log; `python -m experiments.profile
@@ -38,7 +41,7 @@ flags_of() {  # the variant's XLA flags
     while_unrolled)
       echo "--xla_gpu_enable_command_buffer=+WHILE --xla_gpu_command_buffer_unroll_loops=true" ;;
     min_graph_1) echo "--xla_gpu_graph_min_graph_size=1" ;;
-    rows16 | rows64 | launch:* | draft_int8 | lookup:*) echo "" ;;
+    rows16 | rows64 | launch:* | draft_int8 | lookup:* | move_arrays) echo "" ;;
     *) echo "unknown variant $1" >&2; return 2 ;;
   esac
 }
@@ -65,9 +68,13 @@ for variant in $VARIANTS; do
   launch=$(launch_of "$variant")
   args=$(args_of "$variant")
   label=$(tr ':=,' '___' <<< "$variant")  # a file name
-  echo "[$(date +%H:%M:%S)] $variant: XLA_FLAGS=$flags SPECJAX_ROPE_ATTENTION=$launch $args"
+  moves=${SPECJAX_CACHE_MOVE_PROGRAMS:-row}
+  [ "$variant" = move_arrays ] && moves=array
+  echo "[$(date +%H:%M:%S)] $variant: XLA_FLAGS=$flags SPECJAX_ROPE_ATTENTION=$launch" \
+    "SPECJAX_CACHE_MOVE_PROGRAMS=$moves $args"
   # shellcheck disable=SC2086
-  XLA_FLAGS="$flags" SPECJAX_ROPE_ATTENTION="$launch" timeout 300 $PY -m experiments.profile \
+  XLA_FLAGS="$flags" SPECJAX_ROPE_ATTENTION="$launch" SPECJAX_CACHE_MOVE_PROGRAMS="$moves" \
+    timeout 300 $PY -m experiments.profile \
     $COMMON $args $trace --label="$label" --out="$OUT/$label" > "$OUT/$label.log" 2>&1 ||
     echo "$variant failed: $(tail -n 3 "$OUT/$label.log")"
   cp "$OUT/$label"/profile_*.json "$OUT/" 2>/dev/null

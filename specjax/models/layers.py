@@ -72,6 +72,8 @@ Tree compaction's cache move, `CACHE_MOVE`, read once at import from SPECJAX_CAC
 later NVIDIA GPU in a one-device process, else "xla"), "xla" (`cache.move_slots`), "pallas"
 (`pallas_cache_move.move_slots`, one kernel for every layer, on any one-device GPU),
 "interpret" (that kernel interpreted: tests). `decoding/commit.py` dispatches on it.
+SPECJAX_CACHE_MOVE_PROGRAMS ("row" or "array", `pallas_cache_move.PROGRAMS`) picks how that
+kernel's launch divides the work.
 
 SPECJAX_TOP_K (tree drafting's top-k over the draft vocabulary, `models/top_k.py`) is checked
 here with the others; both are recorded by `kernel_policies`.
@@ -374,6 +376,8 @@ def check_kernel_environment() -> None:
     The switches are read at import but checked here, where a decode layer is traced
     (`pads_single_rows`) and by the CLI before it loads a model: a bad value then ends a
     command with one line, not an import traceback."""
+    from specjax.models import pallas_cache_move  # late: it imports the kernels' modules
+
     choices = {
         "SPECJAX_ATTENTION": (ATTENTION, ("auto", "jnp", "pallas", "fused")),
         "SPECJAX_PROJECTION": (PROJECTION, ("xla", "pallas")),
@@ -381,6 +385,10 @@ def check_kernel_environment() -> None:
         "SPECJAX_SINGLE_ROW_DOTS": (SINGLE_ROW_DOTS, ("pad", "plain")),
         "SPECJAX_TOP_K": (top_k_lib.TOP_K, top_k_lib.METHODS),
         "SPECJAX_CACHE_MOVE": (CACHE_MOVE, CACHE_MOVE_METHODS),
+        "SPECJAX_CACHE_MOVE_PROGRAMS": (
+            pallas_cache_move.PROGRAMS,
+            pallas_cache_move.PROGRAM_CHOICES,
+        ),
     }
     problems = [
         f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}"
@@ -414,8 +422,17 @@ def kernel_policies(dtype: Any = jnp.bfloat16) -> dict[str, Any]:
         "top_k": top_k_lib.method_in_effect(),
         "top_k_setting": top_k_lib.TOP_K,
         "cache_move": cache_move_policy(),
+        "cache_move_programs": _cache_move_programs(),
         "rope_attention_launch": _rope_attention_launch(),
     }
+
+
+def _cache_move_programs() -> str:
+    """How the cache-move kernel's launch divides the work ("row" or "array"), for the
+    record."""
+    from specjax.models import pallas_cache_move
+
+    return pallas_cache_move.PROGRAMS
 
 
 def _rope_attention_launch() -> str:
