@@ -19,7 +19,9 @@
 # beside the default's is what the branch costs; not in the default list); move_arrays (the
 # cache-move kernel launched as one program per row and array,
 # SPECJAX_CACHE_MOVE_PROGRAMS=array, against the default's one program per row; not in the
-# default list).
+# default list); topk_pallas (tree drafting's top-k with stage 1 as one Pallas kernel,
+# SPECJAX_TOP_K=pallas, against the default two XLA sorts; not in the default list);
+# both_new (move_arrays and topk_pallas together).
 # SHAPE=smollm2-135m (default qwen2.5-1.5b) picks the target shape; TRACE=1 traces every
 # variant (kernels by name in its profile JSON; graphs_traced is traced either way).
 # Each writes OUT/profile_<variant>_*.json and OUT/<variant>.log; `python -m experiments.profile
@@ -41,7 +43,8 @@ flags_of() {  # the variant's XLA flags
     while_unrolled)
       echo "--xla_gpu_enable_command_buffer=+WHILE --xla_gpu_command_buffer_unroll_loops=true" ;;
     min_graph_1) echo "--xla_gpu_graph_min_graph_size=1" ;;
-    rows16 | rows64 | launch:* | draft_int8 | lookup:* | move_arrays) echo "" ;;
+    rows16 | rows64 | launch:* | draft_int8 | lookup:* | move_arrays | topk_pallas | both_new)
+      echo "" ;;
     *) echo "unknown variant $1" >&2; return 2 ;;
   esac
 }
@@ -69,12 +72,14 @@ for variant in $VARIANTS; do
   args=$(args_of "$variant")
   label=$(tr ':=,' '___' <<< "$variant")  # a file name
   moves=${SPECJAX_CACHE_MOVE_PROGRAMS:-row}
-  [ "$variant" = move_arrays ] && moves=array
+  top_k=${SPECJAX_TOP_K:-auto}
+  case $variant in move_arrays | both_new) moves=array ;; esac
+  case $variant in topk_pallas | both_new) top_k=pallas ;; esac
   echo "[$(date +%H:%M:%S)] $variant: XLA_FLAGS=$flags SPECJAX_ROPE_ATTENTION=$launch" \
-    "SPECJAX_CACHE_MOVE_PROGRAMS=$moves $args"
+    "SPECJAX_CACHE_MOVE_PROGRAMS=$moves SPECJAX_TOP_K=$top_k $args"
   # shellcheck disable=SC2086
   XLA_FLAGS="$flags" SPECJAX_ROPE_ATTENTION="$launch" SPECJAX_CACHE_MOVE_PROGRAMS="$moves" \
-    timeout 300 $PY -m experiments.profile \
+    SPECJAX_TOP_K="$top_k" timeout 300 $PY -m experiments.profile \
     $COMMON $args $trace --label="$label" --out="$OUT/$label" > "$OUT/$label.log" 2>&1 ||
     echo "$variant failed: $(tail -n 3 "$OUT/$label.log")"
   cp "$OUT/$label"/profile_*.json "$OUT/" 2>/dev/null

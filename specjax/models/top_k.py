@@ -20,7 +20,10 @@ Padding entries (when G does not divide V) hold the dtype's lowest value at indi
 every real entry of equal value, so they are never among the k <= V picked.
 
 `SPECJAX_TOP_K` (read at import) picks the method: `auto` (two stages on a GPU, `lax.top_k`
-elsewhere), `xla` (always `lax.top_k`) or `split` (always two stages, rows long enough).
+elsewhere), `xla` (always `lax.top_k`), `split` (always two stages, rows long enough),
+`pallas` (stage 1 as one Pallas kernel, `pallas_top_k.py`, on a GPU; `lax.top_k` elsewhere)
+or `interpret` (that kernel in Pallas's interpreter: tests). The kernel is not yet measured
+against `split` on a GPU, so `auto` does not pick it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 TOP_K = os.environ.get("SPECJAX_TOP_K", "auto")
-METHODS = ("auto", "xla", "split")
+METHODS = ("auto", "xla", "split", "pallas", "interpret")
 
 GROUPS = 128
 # Rows shorter than this stay one stage: their single program is short already.
@@ -39,12 +42,16 @@ MIN_SPLIT_LENGTH = 4096
 
 
 def method_in_effect(method: str | None = None) -> str:
-    """ "xla" or "split": `method` (default SPECJAX_TOP_K) with "auto" resolved by backend."""
+    """ "xla", "split", "pallas" or "interpret": `method` (default SPECJAX_TOP_K) with "auto"
+    resolved by backend, and "pallas" off a GPU resolved to "xla"."""
     method = method or TOP_K
     if method not in METHODS:
         raise ValueError(f"SPECJAX_TOP_K must be one of {', '.join(METHODS)}, got {method!r}")
+    on_gpu = jax.default_backend() == "gpu"
     if method == "auto":
-        return "split" if jax.default_backend() == "gpu" else "xla"
+        return "split" if on_gpu else "xla"
+    if method == "pallas" and not on_gpu:
+        return "xla"
     return method
 
 
@@ -56,9 +63,14 @@ def top_k(
     `groups` groups (default GROUPS)."""
     V = x_xV.shape[-1]
     groups = groups or GROUPS
-    if method_in_effect(method) == "xla" or V < max(MIN_SPLIT_LENGTH, groups * k):
+    method = method_in_effect(method)
+    if method == "xla" or V < max(MIN_SPLIT_LENGTH, groups * k):
         values, indices = jax.lax.top_k(x_xV, k)
         return values, indices.astype(jnp.int32)
+    if method in ("pallas", "interpret"):
+        from specjax.models import pallas_top_k  # late: Pallas only where it is asked for
+
+        return pallas_top_k.top_k(x_xV, k, interpret=method == "interpret")
     G = groups
     W = -(-V // G)  # ceil(V / G)
     if G * W != V:
