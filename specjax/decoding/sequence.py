@@ -109,8 +109,10 @@ def prefill(
     if len(widths) == 1:
         hidden_BxPxD, cache = one_pass(P)(cache)
     else:
-        # The first width that holds the longest row.
-        branch = jnp.searchsorted(jnp.asarray(widths), jnp.max(prompt_lengths_B))
+        # The first width that holds the longest row: the count of widths shorter than it.
+        # (Not jnp.searchsorted: its default method is a while loop, and a GPU runs each
+        # iteration's condition on the host, 2 round trips a call for 3 widths.)
+        branch = jnp.sum(jnp.asarray(widths) < jnp.max(prompt_lengths_B), dtype=jnp.int32)
         hidden_BxPxD, cache = jax.lax.switch(branch, [one_pass(w) for w in widths], cache)
     last_hidden_Bx1xD = jnp.take_along_axis(
         hidden_BxPxD, (prompt_lengths_B - 1)[:, None, None], axis=1

@@ -94,6 +94,16 @@ def test_narrowest_width_equals_one_pass(family, lengths, width):
     assert np.all(np.any(k_1[:, WIDTH - 1] != 0, axis=(-1, -2)))
 
 
+def test_the_width_is_chosen_without_a_loop():
+    """The switch's branch index is one comparison, not `jnp.searchsorted`'s default while
+    loop: a GPU evaluates a while loop's condition on the host, a round trip per iteration
+    before the prefill can start. The lowered program has a `case` and no `while`."""
+    model, params = random_model(FAMILIES["llama"])
+    prompt, lengths_B = _prompts(model.config.vocab_size, (3, 9, 12))
+    text = _prefill.lower(model, params, prompt, lengths_B, MIN_WIDTH).as_text()
+    assert "stablehlo.case" in text and "stablehlo.while" not in text
+
+
 def test_prefill_with_feature_layers():
     """An EAGLE-3 target (its hidden output a layer's features plus the last hidden state):
     the narrowest width and one pass agree, and the logits read the last D columns."""
