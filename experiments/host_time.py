@@ -14,8 +14,6 @@ each loop's cProfile by cumulative time.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import pstats
 import time
 
 import jax
@@ -25,6 +23,7 @@ import numpy as np
 import specjax
 from specjax.bench import steps as step_lib
 from specjax.drafters import heads
+from specjax.eval.timing import profile_calls
 from specjax.models.config import ModelConfig
 
 TINY_30_LAYERS = ModelConfig(
@@ -63,13 +62,8 @@ def main() -> None:
             seconds.append(time.perf_counter() - start)
         print(f"{name}: {1e3 * float(np.median(seconds)):.3f} ms host time per call")
         if args.profile:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for _ in range(args.calls):
-                jax.block_until_ready(out)
-                out = call()
-            profiler.disable()
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+            run = lambda call=call: jax.block_until_ready(call())  # noqa: E731
+            print("\n".join(profile_calls(run, args.calls, sort="cumulative", top=25)))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from specjax.bench.parallel import SHAPES
 from specjax.bench.trace import traced_events
 from specjax.decoding import sequence
 from specjax.drafters import heads
-from specjax.eval.timing import timed
+from specjax.eval.timing import profile_calls, timed
 from specjax.models.transformer import params_dtype
 
 
@@ -111,24 +111,6 @@ def returns_ms(dispatch, calls: int = 20) -> dict:
         "returns_ms": 1e3 * float(np.median(returned)),
         "ready_ms": 1e3 * float(np.median(ready)),
     }
-
-
-def host_profile(run, calls: int = 20, top: int = 30) -> list[str]:
-    """cProfile of `calls` calls of `run` (compiled already): the `top` functions by their own
-    time, as pstats prints them."""
-    import cProfile
-    import io
-    import pstats
-
-    run()
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(calls):
-        run()
-    profiler.disable()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
-    return text.getvalue().splitlines()
 
 
 def main() -> None:
@@ -212,7 +194,7 @@ def main() -> None:
             call(lengths[-1]), trace_dir, tokens=1, num_layers=config.num_layers
         )
         if args.host_profile:
-            result.setdefault("host_profile", {})[name] = host_profile(call(lengths[0]))
+            result.setdefault("host_profile", {})[name] = profile_calls(call(lengths[0]))
             result.setdefault("returns_ms", {})[name] = returns_ms(dispatch(lengths[0]))
             print(name, "returns", result["returns_ms"][name], flush=True)
         result["traced"][name] = {

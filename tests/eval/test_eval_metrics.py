@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from specjax.eval import metrics as M
-from specjax.eval.timing import Timer, Timing, timed
+from specjax.eval.timing import Timer, Timing, profile_calls, timed
 
 
 def one_row() -> M.RunStats:
@@ -209,6 +209,21 @@ def test_timer_blocks_on_jax_results():
     assert len(t.times_s) == 3 and all(s > 0 for s in t.times_s)
     with pytest.raises(ValueError):
         Timer().timing()
+
+
+def test_profile_calls_names_where_the_calls_spend_their_time():
+    """One unprofiled call, then `calls` profiled ones: the called function appears with that
+    many calls, and the lines are pstats' (sorted by the key asked for)."""
+    seen = []
+
+    def busy_helper():
+        seen.append(sum(i * i for i in range(20_000)))
+
+    lines = profile_calls(busy_helper, 7, sort="cumulative", top=10)
+    assert len(seen) == 8  # the warm-up call and the 7 profiled ones
+    helper = [line for line in lines if "busy_helper" in line]
+    assert helper and helper[0].split()[0] == "7"  # ncalls
+    assert any("Ordered by: cumulative time" in line for line in lines)
 
 
 def test_summary_json_csv_roundtrip(tmp_path):
