@@ -434,6 +434,10 @@ def _per_call(
 # A gap between kernels at least this long (µs) is listed by `phase_timeline`: longer than a
 # graph's launch of the next kernel (~1-2 µs on a Hopper GPU), about a host round trip.
 LARGE_GAP_US = 8.0
+# Verification events an iteration needs before drafting can start the next one: a target
+# pass launches several kernels a layer, a kernel shared with verification inside drafting
+# or the commit only one or two.
+MIN_VERIFY_EVENTS = 8
 
 
 def phase_timeline(
@@ -491,7 +495,7 @@ def phase_timeline(
     # rule below): one middle iteration is kept as "one_call".
     sequence: list[tuple[str, str, float, float]] = []
     call_starts: list[int] = []
-    verified = False  # a verification event since the last iteration's start
+    verified = 0  # verification events since the last iteration's start
     previous_part = None
     for event in ordered:
         gap = 0.0 if busy_until is None else max(0.0, event.start_us - busy_until)
@@ -515,11 +519,16 @@ def phase_timeline(
         # verification since the previous start. Kernels shared between parts hand the
         # current part back and forth inside an iteration (on an H200 trace: one event of
         # verification inside drafting, two of drafting inside the commit's tail); those
-        # start no iteration, except that the commit's blip starts it two events early.
-        if current == phases[0] and (not call_starts or (verified and previous_part == phases[-1])):
+        # start no iteration, except that the commit's blip starts it two events early. A
+        # verification is a whole target pass, at least a few kernels a layer: a few
+        # verification events (a shared kernel inside drafting, as a prompt-lookup branch's
+        # drafting has) are not one (MIN_VERIFY_EVENTS).
+        if current == phases[0] and (
+            not call_starts or (verified >= MIN_VERIFY_EVENTS and previous_part == phases[-1])
+        ):
             call_starts.append(len(sequence))
-            verified = False
-        verified = verified or current == phases[1]
+            verified = 0
+        verified += current == phases[1]
         previous_part = current
         sequence.append((current, event.name, gap, event.duration_us))
         idle_us[current] += gap

@@ -308,9 +308,11 @@ def test_phase_timeline_splits_idle_time_by_part():
 
 def test_phase_timeline_keeps_a_middle_call_in_order():
     """`one_call` is a middle iteration, each event with its part, gap and duration. An
-    iteration starts where drafting follows the commit with a verification since the last
-    start: a verification blip inside drafting starts nothing, and a drafting blip in the
-    commit's tail (a kernel both launch, as on an H200) starts it there, two events early."""
+    iteration starts where drafting follows the commit with a verification (at least
+    MIN_VERIFY_EVENTS events) since the last start: a verification blip and a commit blip
+    inside drafting start nothing (a prompt-lookup branch's drafting has both), and a
+    drafting blip in the commit's tail (a kernel both launch, as on an H200) starts it
+    there, two events early."""
     # Both launches of loop_add_fusion's kernel draft; the attention kernel verifies; the
     # reduction commits.
     phased = (
@@ -321,10 +323,12 @@ def test_phase_timeline_keeps_a_middle_call_in_order():
     )
     names = {"draft": "loop_add_fusion", "verify": "specjax_decode_attention",
              "commit": "input_reduce_fusion_7"}  # fmt: skip
+    passes = kernels.MIN_VERIFY_EVENTS - 1  # a target pass: these and one more event
     events, t = [], 0.0
     for call in range(3):
         parts = (
-            ("draft", 2.0), ("verify", 0.5), ("draft", 2.0), ("verify", 5.0 + call),
+            ("draft", 2.0), ("verify", 0.5), ("commit", 0.5), ("draft", 2.0),
+            *[("verify", 1.0)] * passes, ("verify", 5.0 + call),
             ("commit", 1.0), ("draft", 0.5), ("commit", 1.0),
         )  # fmt: skip
         for part, duration in parts:
@@ -338,14 +342,19 @@ def test_phase_timeline_keeps_a_middle_call_in_order():
         ["commit", "input_reduce_fusion_7", 1.0, 1.0],
         ["draft", "loop_add_fusion", 1.0, 2.0],
         ["verify", "specjax_decode_attention", 1.0, 0.5],
+        ["commit", "input_reduce_fusion_7", 1.0, 0.5],
         ["draft", "loop_add_fusion", 1.0, 2.0],
+        *[["verify", "specjax_decode_attention", 1.0, 1.0]] * passes,
         ["verify", "specjax_decode_attention", 1.0, 7.0],
         ["commit", "input_reduce_fusion_7", 1.0, 1.0],
     ]
+    events_kept = 8 + passes  # rows are numbered from 0: the 7 µs pass is the last but one
     result = {"label": "hand-made", "sections": {"spec": {"phase_timeline": found}}}
     table = profile.one_call_tables(result)
-    assert "(7 events, 14.0 µs of kernels, 7.0 µs idle before them)" in table
-    assert "| 5 | verify | `specjax_decode_attention` | 1.00 | 7.00 |" in table
+    kernel_us = 0.5 + 1.0 + 2.0 + 0.5 + 0.5 + 2.0 + passes + 7.0 + 1.0
+    assert f"({events_kept} events, {kernel_us:.1f} µs of kernels, " in table
+    assert f"{float(events_kept):.1f} µs idle before them)" in table
+    assert f"| {events_kept - 2} | verify | `specjax_decode_attention` | 1.00 | 7.00 |" in table
     assert profile.one_call_tables({"label": "x", "sections": {"ar": {}}}) == ""
 
 
