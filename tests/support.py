@@ -169,3 +169,20 @@ def tree_decoding_before_and_after(tree, patch):
     patch()
     jax.clear_caches()
     return before, specjax.generate(target, head, prompts, **kwargs)
+
+
+def spy_prefill_widths(monkeypatch) -> list:
+    """Wraps `sequence.prefill` so that each trace of it records the `widths` it was handed;
+    returns that (growing) list. Loops are traced once per compilation, so the list has one
+    entry per loop program compiled."""
+    from specjax.decoding import sequence
+
+    seen = []
+    prefill = sequence.prefill
+
+    def spy(*args, widths=None, **kwargs):
+        seen.append(widths)
+        return prefill(*args, widths=widths, **kwargs)
+
+    monkeypatch.setattr(sequence, "prefill", spy)
+    return seen

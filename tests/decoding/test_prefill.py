@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import FAMILIES, random_model
+from support import FAMILIES, random_model, spy_prefill_widths
 
 import specjax
 from specjax.decoding import sequence
@@ -124,14 +124,7 @@ def test_generate_compiles_the_widths_its_bucket_allows(monkeypatch):
     or with a bucket of 1 (no narrower width could hold the prompt: compiling one would only
     cost time). The greedy tokens of the 512 bucket (prefilled over 256) equal those of one
     pass over the exact 150, and a speculative run in the 512 bucket equals AR."""
-    seen = []
-    prefill = sequence.prefill
-
-    def spy(*args, widths=None, **kwargs):
-        seen.append(widths)
-        return prefill(*args, widths=widths, **kwargs)
-
-    monkeypatch.setattr(sequence, "prefill", spy)
+    seen = spy_prefill_widths(monkeypatch)
     # A shape no other test compiles, so that every call below traces its loop.
     model, params = random_model(FAMILIES["llama"].replace(max_position=1000, ffn_dim=48))
     draft = random_model(FAMILIES["llama"].replace(num_layers=1, max_position=1000), seed=1)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from support import random_model
+from support import random_model, spy_prefill_widths
 
 import specjax
 from specjax import api
@@ -201,14 +201,7 @@ def test_prefill_widths_on_a_mesh(target, draft, prompts, reference, monkeypatch
     monkeypatch.setattr(sequence, "PREFILL_WIDTH", 8)  # the default 128 is too wide here
     widths = sequence.prefill_widths(32, 32)
     assert widths == (8, 16, 32)
-    seen = []
-    prefill = sequence.prefill
-
-    def spy(*args, widths=None, **kwargs):
-        seen.append(widths)
-        return prefill(*args, widths=widths, **kwargs)
-
-    monkeypatch.setattr(sequence, "prefill", spy)
+    seen = spy_prefill_widths(monkeypatch)
     common = dict(max_new_tokens=MAX_NEW, prompt_bucket=32)
     single = specjax.generate(target, None, prompts, **common)
     mesh = make_mesh(4, 2)
