@@ -56,6 +56,12 @@ flags.DEFINE_bool(
 flags.DEFINE_bool("eos", True, "rows stop at the tokenizer's EOS (real suite)")
 flags.DEFINE_string("report", "", "print the tables and plots of a bench_real JSON, then exit")
 flags.DEFINE_string("title", "", "plot title of --report (default: the model file name)")
+flags.DEFINE_bool(
+    "untimed",
+    False,
+    "--report of an exactness run (repeats=0) written before results recorded it: its tables "
+    "and plots show no speed (its calls compiled)",
+)
 flags.DEFINE_integer("prompt_bucket", 512, "prompts are padded to a multiple of this")
 flags.DEFINE_string("tag", "", "suffix of the output file names")
 flags.DEFINE_list(
@@ -103,6 +109,8 @@ def report(path: Path) -> None:
 
     result = json.loads(path.read_text())
     rows = result["rows"]
+    if FLAGS.untimed or result.get("repeats") == 0:
+        rows = drafters.untimed(rows)
     sets = [s for s in dict.fromkeys(r.get("set", "all") for r in rows) if s != "all"]
     print(f"{result['model']} ({result['dtype']}), pooled over {', '.join(sets)}:")
     print(drafters.markdown(rows))
@@ -157,7 +165,8 @@ def main(argv):
         )
         prompt_ids = [ids for ids_of_set in prompt_sets.values() for ids in ids_of_set]
         eos_ids = tuple(tokenizer.eos_ids) if FLAGS.eos else ()
-        header.update(eos_ids=list(eos_ids), sets=FLAGS.sets, per_set=FLAGS.prompts_per_set)
+        header.update(eos_ids=list(eos_ids), sets=FLAGS.sets, per_set=FLAGS.prompts_per_set,
+                      repeats=FLAGS.repeats)  # fmt: skip
         target = (model, model.decode_params(params))  # the decode layout, converted once
         del params
         floor = bench_steps.floor_ms(

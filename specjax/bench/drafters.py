@@ -85,6 +85,16 @@ def _key(row: Mapping[str, Any]) -> tuple:
     return (row["name"], row["gamma"], row["temperature"], row["batch"])
 
 
+def untimed(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` of an exactness run (repeats=0, each call compiling) as such: no speed in them
+    (`timed` False; speedup, ms/token and tokens/s None). For results written before rows
+    recorded `timed` themselves."""
+    return [
+        {**r, "timed": False, "speedup": None, "ms_per_token": None, "tokens_per_s": None}
+        for r in rows
+    ]
+
+
 def pool_sets(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One "all" row per (configuration, temperature) of batch-1 per-set rows, with speedups
     against the pooled autoregressive row of the same temperature (see the module)."""
@@ -95,7 +105,10 @@ def pool_sets(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     pooled = {key: _pool(group) for key, group in groups.items()}
     for (_, _, temperature, batch), row in pooled.items():
         ar = pooled.get(("autoregressive", 0, temperature, batch))
-        row["speedup"] = ar["ms_per_token"] / row["ms_per_token"] if ar else float("nan")
+        if not row["timed"]:
+            row["speedup"] = None
+        else:
+            row["speedup"] = ar["ms_per_token"] / row["ms_per_token"] if ar else float("nan")
     return list(pooled.values())
 
 
@@ -116,7 +129,11 @@ def _pool(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "tokens_per_s": tokens / median_s,
         "compile_s": max(float(r["compile_s"]) for r in group),
         "verify_calls": calls,
+        # False for an exactness run (repeats=0): its calls include compilation.
+        "timed": all(r.get("timed", True) for r in group),
     }
+    if not row["timed"]:
+        row.update(ms_per_token=None, tokens_per_s=None)
     if first["name"] == "autoregressive":
         return {**row, "tau": 1.0, "acceptance_tau": 1.0, "alpha": [], "exact": first["exact"]}
     alpha = state.acceptance_per_position(accepted_per_position=accepted, verify_calls=calls)
@@ -139,11 +156,13 @@ COLUMNS = ("name", "temperature", "gamma", "prompts", "ms_per_token", "ms_per_ca
            "tau", "alpha", "exact")  # fmt: skip
 
 
-def ms_per_call(row: Mapping[str, Any]) -> float:
+def ms_per_call(row: Mapping[str, Any]) -> float | None:
     """Wall ms per verification call, drafting included (the autoregressive loop: per token):
     what a drafter's τ has to pay for, speedup = AR ms/token x τ / this (up to the last
-    call's cut tokens)."""
+    call's cut tokens). None for an untimed row (repeats=0)."""
     calls = int(row.get("verify_calls") or 0)
+    if row.get("timed") is False:  # an exactness run (repeats=0): nothing was timed
+        return None
     if row["name"] == "autoregressive" or not calls:
         return float(row["ms_per_token"])
     return 1e3 * float(row["median_s"]) / calls

@@ -373,8 +373,12 @@ def real_model_suite(
     set one request at a time); batch B > 1 decodes the first B prompts (cycled) together. At
     batches outside `full_grid_batches` only the first drafter runs (keeps compile time in
     check). Greedy outputs are compared with autoregressive decoding; a mismatch is recorded
-    (`exact` = False), never hidden.
+    (`exact` = False), never hidden. With `repeats` = 0 (an exactness run) nothing is timed:
+    the only call per prompt includes compilation, so rows carry `timed` False and no
+    speedup, ms/token or tokens/s (None), and the log says "untimed".
     """
+    timed = repeats > 0
+    untimed = {} if timed else dict(speedup=None, ms_per_token=None, tokens_per_s=None)
     rows = []
     for batch in batches:
         for temperature in temperatures:
@@ -387,10 +391,12 @@ def real_model_suite(
             n_prompts = len(prompt_ids) if batch == 1 else batch
             # "exact" compares greedy outputs; sampled rows have nothing to compare: None.
             exact_ar = True if temperature == 0 else None
-            rows.append({**ar.row(), "speedup": 1.0, "exact": exact_ar, "prompts": n_prompts})
+            rows.append({**ar.row(), "speedup": 1.0, "exact": exact_ar, "prompts": n_prompts,
+                         "timed": timed, **untimed})  # fmt: skip
             if on_row:
                 on_row(rows)
-            log(f"b={batch} T={temperature} AR {ar.ms_per_token:.3f} ms/token")
+            log(f"b={batch} T={temperature} AR " + (f"{ar.ms_per_token:.3f} ms/token" if timed
+                else "untimed (repeats=0)"))  # fmt: skip
             chosen = drafters if batch in full_grid_batches else drafters[:1]
             for spec_cfg in chosen:
                 spec = timed_set(
@@ -399,15 +405,17 @@ def real_model_suite(
                 exact = spec.token_lists == ar.token_lists if temperature == 0 else None
                 # Per-token speed: the two runs may stop at different lengths (EOS).
                 speedup = ar.ms_per_token / spec.ms_per_token
-                row = {**spec.row(), "speedup": speedup, "exact": exact, "prompts": n_prompts}
+                row = {**spec.row(), "speedup": speedup, "exact": exact, "prompts": n_prompts,
+                       "timed": timed, **untimed}  # fmt: skip
                 if temperature == 0:
                     row.update(agreement(spec.token_lists, ar.token_lists))
                 rows.append(row)
                 if on_row:
                     on_row(rows)
+                speed = (f"{spec.ms_per_token:.3f} ms/token speedup={speedup:.2f}" if timed
+                         else "untimed (repeats=0)")  # fmt: skip
                 log(f"b={batch} T={temperature} {spec_cfg.name} g={spec_cfg.gamma} "
-                    f"{spec.ms_per_token:.3f} ms/token tau={spec.tau:.2f} "
-                    f"speedup={speedup:.2f} exact={exact}")  # fmt: skip
+                    f"tau={spec.tau:.2f} {speed} exact={exact}")  # fmt: skip
     return rows
 
 

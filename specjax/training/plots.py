@@ -107,7 +107,8 @@ def plot_comparison(
     y = np.arange(len(rows))
     ax_tau.barh(y, taus, color=[f"C{i % 10}" for i in range(len(rows))])
     for i, r in enumerate(rows):
-        note = f"{taus[i]:.2f}" + (f"  ({r['speedup']:.2f}x)" if "speedup" in r else "")
+        speedup = r.get("speedup")  # None for an untimed run (repeats=0)
+        note = f"{taus[i]:.2f}" + (f"  ({speedup:.2f}x)" if speedup is not None else "")
         ax_tau.text(taus[i], i, " " + note, va="center", fontsize=8)
     ax_tau.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     ax_tau.set_yticks(y, names, fontsize=8)
@@ -115,7 +116,7 @@ def plot_comparison(
     gamma = max((int(r["gamma"]) for r in rows), default=1)
     ax_tau.set_xlim(0, 1.35 * (gamma + 1))
     ax_tau.set_xlabel(f"τ = tokens per target call (max γ + 1 = {gamma + 1})")
-    ax_tau.set_title("τ" + (" (speedup)" if rows and "speedup" in rows[0] else ""))
+    ax_tau.set_title("τ" + (" (speedup)" if rows and rows[0].get("speedup") is not None else ""))
     ax_tau.grid(True, axis="x", alpha=0.3)
     for i, r in enumerate(rows):
         alpha = np.array([np.nan if a is None else a for a in r["alpha"]], dtype=float)

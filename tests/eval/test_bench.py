@@ -107,6 +107,46 @@ def test_real_model_suite_rows_and_exactness(target):
     assert all(r["tau"] >= 1.0 and r["ms_per_token"] > 0 for r in rows)
 
 
+def test_exactness_runs_claim_no_speed(target, tmp_path):
+    """With repeats=0 (an exactness run: one call per prompt, compilation included) no row
+    carries a speed: the suite's rows, the pooled rows, the table and the log say untimed,
+    while tau and exactness stay."""
+    from specjax.bench import drafters as drafters_lib
+
+    drafter = speedup.parse_drafter_spec("ngram:gamma=2", target)
+    lines = []
+    rows = drafters_lib.suite_per_set(
+        target, {"a": PROMPTS[:2], "b": PROMPTS[2:]}, [drafter], temperatures=[0.0],
+        max_new_tokens=6, repeats=0, prompt_bucket=32, log=lines.append,
+    )  # fmt: skip
+    assert {r.get("set") for r in rows} == {"a", "b", "all"}
+    for row in rows:
+        assert row["timed"] is False
+        assert row["speedup"] is None and row["ms_per_token"] is None
+        assert drafters_lib.ms_per_call(row) is None
+        assert row["tau"] >= 1.0 and row["exact"] is True
+    table = drafters_lib.markdown(rows)
+    spec_line = next(line for line in table.splitlines() if "ngram" in line)
+    cells = [c.strip() for c in spec_line.strip("|").split("|")]
+    assert cells[4:7] == ["–", "–", "–"]  # ms_per_token, ms_per_call, speedup
+    assert lines and all("untimed" in line for line in lines)
+    assert not any("speedup=" in line for line in lines)
+    (figure,) = drafters_lib.plot(rows, tmp_path / "bench.png", "untimed")
+    assert figure.exists()
+
+
+def test_untimed_marks_old_exactness_rows():
+    """Rows of an exactness run written before rows recorded `timed` lose their speeds (the
+    report's --untimed) and keep the rest."""
+    from specjax.bench import drafters as drafters_lib
+
+    old = {"name": "x", "speedup": 0.86, "ms_per_token": 39.6, "tokens_per_s": 25.0, "tau": 3.0}
+    (row,) = drafters_lib.untimed([old])
+    assert row == {**old, "timed": False, "speedup": None, "ms_per_token": None,
+                   "tokens_per_s": None}  # fmt: skip
+    assert old["speedup"] == 0.86  # the input is not changed
+
+
 def test_synthetic_suite_rows():
     from specjax.bench.parallel import TINY, TINY_DRAFT
 
