@@ -16,7 +16,9 @@ def test_pooled_rows_equal_one_run_over_every_prompt():
         for name, lengths in (("a", (5, 9)), ("b", (3, 7, 12)))
     }
     drafter = speedup.parse_drafter_spec("early-exit:exit_layer=1,gamma=3", target)
-    common = dict(max_new_tokens=10, repeats=0, prompt_bucket=16)
+    # One timed run per prompt: the pooled speed arithmetic below needs timed rows (an
+    # untimed one, repeats=0, carries no speed).
+    common = dict(max_new_tokens=10, repeats=1, prompt_bucket=16)
     rows = drafters_bench.suite_per_set(
         target, sets, [drafter], temperatures=[0.0], log=lambda _: None, **common
     )
