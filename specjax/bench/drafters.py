@@ -89,10 +89,7 @@ def untimed(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """`rows` of an exactness run (repeats=0, each call compiling) as such: no speed in them
     (`timed` False; speedup, ms/token and tokens/s None). For results written before rows
     recorded `timed` themselves."""
-    return [
-        {**r, "timed": False, "speedup": None, "ms_per_token": None, "tokens_per_s": None}
-        for r in rows
-    ]
+    return [{**r, **speedup.UNTIMED} for r in rows]
 
 
 def pool_sets(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -105,9 +102,7 @@ def pool_sets(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     pooled = {key: _pool(group) for key, group in groups.items()}
     for (_, _, temperature, batch), row in pooled.items():
         ar = pooled.get(("autoregressive", 0, temperature, batch))
-        if not row["timed"]:
-            row["speedup"] = None
-        else:
+        if row["timed"]:  # an untimed row's speedup is None already (`_pool`)
             row["speedup"] = ar["ms_per_token"] / row["ms_per_token"] if ar else float("nan")
     return list(pooled.values())
 
@@ -133,7 +128,7 @@ def _pool(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "timed": all(r.get("timed", True) for r in group),
     }
     if not row["timed"]:
-        row.update(ms_per_token=None, tokens_per_s=None)
+        row.update(speedup.UNTIMED)
     if first["name"] == "autoregressive":
         return {**row, "tau": 1.0, "acceptance_tau": 1.0, "alpha": [], "exact": first["exact"]}
     alpha = state.acceptance_per_position(accepted_per_position=accepted, verify_calls=calls)

@@ -25,6 +25,7 @@ from specjax.models.transformer import (
     Params,
     abstract_decode_params,
     abstract_model,
+    params_dtype,
 )
 from specjax.parallel.mesh import ModelLayout, make_mesh
 
@@ -188,7 +189,7 @@ def time_prefill(model, params, *, batch: int, width: int, slots: int, repeats: 
 
     prompt_BxP = jnp.ones((batch, width), jnp.int32)
     lengths_B = jnp.full((batch,), width, jnp.int32)
-    cache = model.init_cache(batch, slots, jax.tree.leaves(params)[0].dtype)
+    cache = model.init_cache(batch, slots, params_dtype(params))  # as the loops make it
     prefill = jax.jit(
         lambda params, cache: sequence.prefill(model, params, prompt_BxP, lengths_B, cache)
     )
