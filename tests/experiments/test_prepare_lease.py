@@ -62,3 +62,39 @@ def test_the_default_part_is_the_largest_that_fits():
     prepare_lease.check_call_size(size, tree, 48 * 2**10)
     with pytest.raises(SystemExit):
         prepare_lease.check_call_size(size + 1_000_000, tree, 48 * 2**10)
+
+
+def test_a_head_travels_and_is_published_by_name(tmp_path):
+    """A head's folder packed into per-call parts comes out of the plan's lines, as written,
+    as ~/sc/drafters/NAME with every file byte for byte; the plan keeps another stream's
+    calls when the heads' are written."""
+    head = tmp_path / "drafter"
+    (head / "params").mkdir(parents=True)
+    (head / "heads.json").write_text('{"kind": "eagle"}')
+    weights = np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    (head / "params" / "weights.bin").write_bytes(weights)
+    root = tmp_path / "repo"
+    (root / "experiments").mkdir(parents=True)
+    (root / "experiments" / "h200").symlink_to(REPO / "experiments" / "h200")
+    xfer = root / ".xfer"
+    (tmp_path / "model.gguf").write_bytes(b"x" * 1500)
+    model_calls = prepare_lease.plan_lines(
+        "t", prepare_lease.split_model(tmp_path / "model.gguf", "t", 1000, xfer)
+    )
+    prepare_lease.write_plan(xfer / "plan.txt", {"t": model_calls})
+    manifest = prepare_lease.pack_head(head, "h", 4096, xfer)
+    head_calls = prepare_lease.head_plan_lines("h", manifest, "eagle-test")
+    assert prepare_lease.write_plan(xfer / "plan.txt", {"h": head_calls}) == 2 + len(head_calls)
+    assert (xfer / "plan.txt").read_text().splitlines() == model_calls + head_calls
+    home = tmp_path / "home"
+    home.mkdir()
+    for line in head_calls:
+        command = line.split("\t")[1]
+        env = {**os.environ, "HOME": str(home)}
+        subprocess.run(["bash", "-c", command], cwd=root, env=env, check=True)
+    published = home / "sc" / "drafters" / "eagle-test"
+    assert (published / "params" / "weights.bin").read_bytes() == weights
+    assert (published / "heads.json").read_text() == '{"kind": "eagle"}'
+    assert not (root / "~").exists()  # a ~ after --out= is not expanded by bash
+    with pytest.raises(SystemExit, match="no heads.json"):
+        prepare_lease.pack_head(tmp_path, "i", 4096, xfer)
