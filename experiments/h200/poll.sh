@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# A polling device call: waits up to SECONDS (or until ~/w/status says "done"), prints the
+# status and the start log's tail, and copies what the run wrote so far (~/w/out, logs,
+# status; traces and HLO dumps left out) into $OUT as one results.tgz, so a machine lost
+# mid-run loses only the stages in flight.
+#
+#   bash experiments/h200/poll.sh 280
+#
+# Keep SECONDS under the call's limit, and make the next call at once: the lent machine goes
+# back 30 s after a call ends. Never run anything on the project machine between two polls.
+set -u
+SECONDS_TO_WAIT=${1:?seconds}
+W=${W:-$HOME/w}
+end=$(($(date +%s) + SECONDS_TO_WAIT))
+while [ "$(date +%s)" -lt "$end" ]; do
+  grep -q "\] done" "$W/status" 2>/dev/null && break  # heads.sh's last line: "[time] done: ..."
+  sleep 5
+done
+tail -n 25 "$W/status" 2>/dev/null
+echo "--- start.log"
+tail -n 5 "$W/start.log" 2>/dev/null
+if [ -n "${OUT:-}" ] && [ -d "$W" ]; then
+  (cd "$W" && tar czf "$OUT/results.tgz" --exclude='*.npz' --exclude=hlo --exclude=traces \
+    --exclude=checkpoints out logs status start.log 2>/dev/null)
+  size=$(stat -c %s "$OUT/results.tgz")
+  echo "results.tgz: $size bytes"
+  # A returned file over 16 MiB is refused, and the call's other files with it.
+  [ "$size" -gt $((16 * 1024 * 1024)) ] && rm "$OUT/results.tgz" &&
+    echo "results.tgz was over 16 MiB and is left there: bring back parts of $W/out instead"
+fi
+exit 0
