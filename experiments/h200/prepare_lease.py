@@ -65,8 +65,9 @@ PROMPT_SETS = ("mt_bench", "humaneval", "gsm8k")
 
 
 class LeaseModel(NamedTuple):
-    """A GGUF that travels: its registry name, the letter of its parts and manifest, and the
-    stream it is appended to there."""
+    """A GGUF that travels: its registry name, and the letter that names its parts
+    (.xfer/<letter>NNN), its manifest (.xfer/man/m<letter>.json) and the stream they are
+    appended to there (~/sc/incoming_<letter>)."""
 
     name: str
     letter: str
