@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A polling device call: waits up to SECONDS (or until ~/w/status says "done"), prints the
-# status and the start log's tail, and copies what the run wrote so far (~/w/out, logs,
-# status; traces and HLO dumps left out) into $OUT as one results.tgz, so a machine lost
-# mid-run loses only the stages in flight.
+# A polling device call: waits up to SECONDS (or until ~/w/status has a line matching UNTIL,
+# default "] done", heads.sh's last stage line; UNTIL=packed waits for its heads' packing
+# too, before `parts.py emit` calls), prints the status and the start log's tail, and copies
+# what the run wrote so far (~/w/out, logs, status; traces and HLO dumps left out) into $OUT
+# as one results.tgz, so a machine lost mid-run loses only the stages in flight.
 #
 #   bash experiments/h200/poll.sh 280
 #
@@ -13,7 +14,7 @@ SECONDS_TO_WAIT=${1:?seconds}
 W=${W:-$HOME/w}
 end=$(($(date +%s) + SECONDS_TO_WAIT))
 while [ "$(date +%s)" -lt "$end" ]; do
-  grep -q "\] done" "$W/status" 2>/dev/null && break  # heads.sh's last line: "[time] done: ..."
+  grep -q "${UNTIL:-\] done}" "$W/status" 2>/dev/null && break
   sleep 5
 done
 tail -n 25 "$W/status" 2>/dev/null
