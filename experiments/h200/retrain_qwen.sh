@@ -22,8 +22,9 @@ HERE=$(dirname "${BASH_SOURCE[0]}")
 export DEADLINE=${DEADLINE:-$(($(date +%s) + 1560))}
 LOOP_VARIANTS=${LOOP_VARIANTS-default both_new no_split_k}
 if [ -n "$LOOP_VARIANTS" ]; then
+  mkdir -p "$W/logs"
   # shellcheck disable=SC2086
-  bash "$HERE/loop_variants.sh" "$W/out/lv" $LOOP_VARIANTS > "$W/loop_variants.log" 2>&1
+  bash "$HERE/loop_variants.sh" "$W/out/lv" $LOOP_VARIANTS > "$W/logs/loop_variants.log" 2>&1
 fi
 export TARGETS=qwen
 export QWEN_DATA_OVERRIDES=${QWEN_DATA_OVERRIDES:-data.source=sharegpt_turns,data.num_prompts=45056,data.path=runs/data/q45k.npz,data.features=online}

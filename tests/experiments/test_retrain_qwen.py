@@ -1,6 +1,6 @@
 """experiments/h200/retrain_qwen.sh with PY=echo (every stage prints its command): the one
-lease that retrains the Qwen head runs exactly its training, comparison and float32 stages,
-with the recipe's overrides, and skips the rest."""
+lease that retrains the Qwen head times the loop variants it is given, then runs exactly its
+training, comparison and float32 stages, with the recipe's overrides, and skips the rest."""
 
 from __future__ import annotations
 
@@ -19,11 +19,18 @@ def test_the_lease_runs_the_planned_stages(tmp_path):
     (tree / "experiments").mkdir(parents=True)
     (tree / "experiments" / "h200").symlink_to(REPO / "experiments" / "h200")
     work = tmp_path / "w"
-    env = {**os.environ, "PY": "echo", "SPECJAX_CACHE": str(cache), "LOOP_VARIANTS": ""}
+    env = {
+        **os.environ,
+        "PY": "echo",
+        "SPECJAX_CACHE": str(cache),
+        "LOOP_VARIANTS": "default no_split_k",
+    }
     subprocess.run(
         ["bash", "experiments/h200/retrain_qwen.sh", str(work)],
         cwd=tree, env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
+    for variant in ("default", "no_split_k"):  # first, one process per loop setting
+        assert f"--label={variant}" in (work / "out" / "lv" / f"{variant}.log").read_text()
     status = (work / "status").read_text()
     ran = [line.split("] ")[1].split()[0] for line in status.splitlines() if " ok " in line]
     assert ran == ["qwen-eagle", "qwen-compare", "qwen-exact-f32"]
