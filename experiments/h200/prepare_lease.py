@@ -93,15 +93,20 @@ def tracked_bytes(repo: Path = REPO) -> int:
     names = subprocess.run(
         ["git", "ls-files", "-z"], cwd=repo, check=True, capture_output=True
     ).stdout.split(b"\0")
-    return sum(
-        (repo / n.decode()).stat().st_size for n in names if n and (repo / n.decode()).is_file()
-    )
+    files = [repo / n.decode() for n in names if n]
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def part_room(tree_bytes: int, extra_bytes: int = 0) -> int:
+    """Bytes a part may have: what a call carries (CALL_LIMIT) less the tracked tree, the
+    other carried files (manifests) and CALL_MARGIN."""
+    return CALL_LIMIT - tree_bytes - extra_bytes - CALL_MARGIN
 
 
 def largest_part(tree_bytes: int, extra_bytes: int = 0) -> int:
     """The largest part size, in whole MB, whose call fits: fewer parts are fewer calls
     (~4-13 s of held device time each)."""
-    room = CALL_LIMIT - tree_bytes - extra_bytes - CALL_MARGIN
+    room = part_room(tree_bytes, extra_bytes)
     if room < 1_000_000:
         raise SystemExit(f"the tracked tree ({tree_bytes:,} B) leaves no room for a part")
     return room // 1_000_000 * 1_000_000
@@ -109,9 +114,8 @@ def largest_part(tree_bytes: int, extra_bytes: int = 0) -> int:
 
 def check_call_size(part_size: int, tree_bytes: int, extra_bytes: int = 0) -> None:
     """Refuse a part size whose call (tree + part + manifests) would be refused there."""
-    total = tree_bytes + part_size + extra_bytes + CALL_MARGIN
-    if total > CALL_LIMIT:
-        room = CALL_LIMIT - tree_bytes - extra_bytes - CALL_MARGIN
+    room = part_room(tree_bytes, extra_bytes)
+    if part_size > room:
         raise SystemExit(
             f"a part of {part_size:,} B plus the tracked tree ({tree_bytes:,} B), the manifests "
             f"({extra_bytes:,} B) and {CALL_MARGIN:,} B of margin is over the {CALL_LIMIT:,} B "
