@@ -383,7 +383,7 @@ def real_model_suite(
     speedup, ms/token or tokens/s (None), and the log says "untimed".
     """
     timed = repeats > 0
-    untimed = {"timed": True} if timed else UNTIMED
+    timing_fields = {"timed": True} if timed else UNTIMED  # last in each row: they override
     rows = []
     for batch in batches:
         for temperature in temperatures:
@@ -397,7 +397,7 @@ def real_model_suite(
             # "exact" compares greedy outputs; sampled rows have nothing to compare: None.
             exact_ar = True if temperature == 0 else None
             rows.append({**ar.row(), "speedup": 1.0, "exact": exact_ar, "prompts": n_prompts,
-                         **untimed})  # fmt: skip
+                         **timing_fields})  # fmt: skip
             if on_row:
                 on_row(rows)
             log(f"b={batch} T={temperature} AR " + (f"{ar.ms_per_token:.3f} ms/token" if timed
@@ -411,7 +411,7 @@ def real_model_suite(
                 # Per-token speed: the two runs may stop at different lengths (EOS).
                 speedup = ar.ms_per_token / spec.ms_per_token
                 row = {**spec.row(), "speedup": speedup, "exact": exact, "prompts": n_prompts,
-                       **untimed}  # fmt: skip
+                       **timing_fields}  # fmt: skip
                 if temperature == 0:
                     row.update(agreement(spec.token_lists, ar.token_lists))
                 rows.append(row)
