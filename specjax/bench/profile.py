@@ -166,6 +166,14 @@ class ProfileSettings:
             raise ValueError(f"verify_tokens must be >= 1, got {list(self.verify_tokens)}")
 
 
+def loop_ms_without_prefill(wall_ms: float, prefill_ms: float) -> float | None:
+    """A loop's own ms: the call's wall time less its prefill's, timed apart. None where that
+    difference is not positive: the two timings' noise exceeds the loop (a short loop on a
+    loaded CPU), and a zero or negative time would be a wrong figure, not a fast one."""
+    loop_ms = wall_ms - prefill_ms
+    return loop_ms if loop_ms > 0 else None
+
+
 def _median_s(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
     """(first call s, median of `repeats` further calls s, last output)."""
     from specjax.eval.timing import timed
@@ -473,7 +481,15 @@ def run(
 
         first_s, median_s, out = _median_s(call, s.repeats)
         generated = int(np.min(np.asarray(out.num_generated)))
-        ms_per_token = (1e3 * median_s - loop["prefill_ms"]) / generated
+        iterations = int(np.asarray(out.steps))
+        loop_ms = loop_ms_without_prefill(1e3 * median_s, loop["prefill_ms"])
+        if loop_ms is None:
+            log(
+                f"[{s.label}] {s.shape} {name}: the call's wall time ({1e3 * median_s:.3f} ms) is "
+                f"not above the prefill's ({loop['prefill_ms']:.3f} ms): timing noise exceeds "
+                "the loop, so it has no ms/token; raise --new_tokens or --repeats"
+            )
+        ms_per_token = None if loop_ms is None else loop_ms / generated
         section = {
             # What HF and older benchmarks report: wall time per token, prefill included.
             "ms_per_token_incl_prefill": 1e3 * median_s / generated,
@@ -483,13 +499,11 @@ def run(
             "prefill_ms": loop["prefill_ms"],
             "new_tokens": generated,
             "ms_per_token": ms_per_token,
-            "x_floor": ms_per_token / floor,
-            "iterations": int(np.asarray(out.steps)),
+            "x_floor": None if ms_per_token is None else ms_per_token / floor,
+            "iterations": iterations,
+            # One verification call with its drafting and commit (what a tree is judged by).
+            "ms_per_call": None if loop_ms is None else loop_ms / max(iterations, 1),
         }
-        # One verification call with its drafting and commit (what a tree is judged by).
-        section["ms_per_call"] = (1e3 * median_s - loop["prefill_ms"]) / max(
-            section["iterations"], 1
-        )
         speculative = name != "ar"
         if speculative:
             section.update(
@@ -514,10 +528,12 @@ def run(
                     _phase_fields(dump_dir, loop["module"], events, section["iterations"])
                 )
         result["sections"][name] = section
-        log(
-            f"[{s.label}] {s.shape} {name}: {ms_per_token:.3f} ms/token ({ms_per_token / floor:.2f}"
-            f"x floor {floor:.3f} ms), compile {section['compile_s']:.1f} s"
-        )
+        if ms_per_token is not None:
+            log(
+                f"[{s.label}] {s.shape} {name}: {ms_per_token:.3f} ms/token "
+                f"({ms_per_token / floor:.2f}x floor {floor:.3f} ms), "
+                f"compile {section['compile_s']:.1f} s"
+            )
         save()
     for weights, drafter in weight_settings.items() if "call" in s.what else ():
         from specjax.bench import call_cost
@@ -545,7 +561,8 @@ def run(
         ar = result["sections"]["ar"]
         for weights in weight_settings if "spec" in s.what else ():
             spec = result["sections"]["spec" + suffix(weights)]
-            spec["speedup_vs_ar"] = ar["ms_per_token"] / spec["ms_per_token"]
+            timed = ar["ms_per_token"] is not None and spec["ms_per_token"] is not None
+            spec["speedup_vs_ar"] = ar["ms_per_token"] / spec["ms_per_token"] if timed else None
     save()
     result["json"] = str(path)
     return result

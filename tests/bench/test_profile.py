@@ -418,18 +418,49 @@ def test_fused_ops_caps_long_lists():
     assert kernels.kernel_name("custom-call.3") == "custom_call_3"
 
 
+def test_a_loop_no_longer_than_its_prefill_has_no_time():
+    """wall - prefill is the loop's time only where it is positive: otherwise the two timings'
+    noise exceeds the loop, and a zero or negative ms/token must not be reported."""
+    assert profile.loop_ms_without_prefill(5.0, 2.0) == pytest.approx(3.0)
+    assert profile.loop_ms_without_prefill(2.0, 2.0) is None
+    assert profile.loop_ms_without_prefill(1.5, 2.0) is None
+
+
+def test_a_prefill_longer_than_the_call_gives_no_speed(tmp_path, monkeypatch):
+    """Where the separately timed prefill is not below a loop's wall time, that loop gets no
+    ms/token, no x_floor and no speedup (None, "–" in the table), and the log says why."""
+    from specjax.bench import steps as step_lib
+
+    monkeypatch.setattr(step_lib, "time_prefill", lambda *args, **kwargs: 1e6)
+    settings = profile.ProfileSettings(
+        shape="tiny", what=("ar", "spec"), dtype="float32", context=16, new_tokens=8, gamma=4,
+        repeats=1, label="cpu", accept_from=str(QWEN_PAIR_TRACE),
+    )  # fmt: skip
+    lines: list[str] = []
+    result = profile.run(settings, tmp_path, bandwidth=1e10, log=lines.append)
+    ar, spec = result["sections"]["ar"], result["sections"]["spec"]
+    for section in (ar, spec):
+        assert section["ms_per_token"] is None and section["ms_per_call"] is None
+        assert section["x_floor"] is None and section["wall_ms"] > 0
+    assert spec["speedup_vs_ar"] is None and spec["tau"] >= 1
+    assert sum("timing noise exceeds the loop" in line for line in lines) == 2
+    assert "| cpu | tiny | spec | – |" in profile.markdown([result])
+
+
 def test_profile_end_to_end_on_cpu(tmp_path):
     """Every section of a tiny shape runs, with the HLO kernel counts of the loops; on CPU the
     trace has no device events and says so instead of reporting zeros as measurements."""
+    # 32 new tokens: at 8, the spec loop (~3 iterations at the replayed tau 3.5) took less than
+    # the prefill's separately timed noise on a loaded 2-core machine (wall - prefill < 0).
     settings = profile.ProfileSettings(
-        shape="tiny", what=("step", "ar", "spec"), dtype="float32", context=16, new_tokens=8,
+        shape="tiny", what=("step", "ar", "spec"), dtype="float32", context=16, new_tokens=32,
         gamma=4, repeats=1, label="cpu", accept_from=str(QWEN_PAIR_TRACE),
     )  # fmt: skip
     result = profile.run(settings, tmp_path, bandwidth=1e10, log=lambda _: None)
     step, ar, spec = (result["sections"][k] for k in ("step", "ar", "spec"))
     assert step["target_T1_ms"] > 0 and step["c"] > 0
-    assert ar["new_tokens"] == 8 and ar["ms_per_token_incl_prefill"] > 0
-    assert ar["ms_per_token"] == pytest.approx((ar["wall_ms"] - ar["prefill_ms"]) / 8)
+    assert ar["new_tokens"] == 32 and ar["ms_per_token_incl_prefill"] > 0
+    assert ar["ms_per_token"] == pytest.approx((ar["wall_ms"] - ar["prefill_ms"]) / 32)
     assert spec["tau"] >= 1 and spec["speedup_vs_ar"] > 0
     assert "generations.jsonl" in spec["acceptance"] and len(spec["accept_length_probs"]) == 5
     assert "no device kernel events" in ar["trace"]["note"]
