@@ -21,10 +21,8 @@
 # SPECJAX_CACHE_MOVE_PROGRAMS=array, against the default's one program per row; not in the
 # default list); topk_pallas (tree drafting's top-k with stage 1 as one Pallas kernel,
 # SPECJAX_TOP_K=pallas, against the default two XLA sorts; not in the default list);
-# both_new (move_arrays and topk_pallas together); no_split_k (XLA's GEMM autotuner without
-# split-K: the head's and the target's skinny GEMMs then need no separate reduction kernel
-# after them, but may run slower; `--xla_gpu_enable_split_k_autotuning=false`; not in the
-# default list).
+# both_new (move_arrays and topk_pallas together). (No split-K variant: JAX 0.11's XLA has no
+# --xla_gpu_enable_split_k_autotuning; the twenty-third session's run of one failed at once.)
 # SHAPE=smollm2-135m (default qwen2.5-1.5b) picks the target shape; TRACE=1 traces every
 # variant (kernels by name in its profile JSON; graphs_traced is traced either way).
 # Each writes OUT/profile_<variant>_*.json and OUT/<variant>.log; `python -m experiments.profile
@@ -46,7 +44,6 @@ flags_of() {  # the variant's XLA flags
     while_unrolled)
       echo "--xla_gpu_enable_command_buffer=+WHILE --xla_gpu_command_buffer_unroll_loops=true" ;;
     min_graph_1) echo "--xla_gpu_graph_min_graph_size=1" ;;
-    no_split_k) echo "--xla_gpu_enable_split_k_autotuning=false" ;;
     rows16 | rows64 | launch:* | draft_int8 | lookup:* | move_arrays | topk_pallas | both_new)
       echo "" ;;
     *) echo "unknown variant $1" >&2; return 2 ;;

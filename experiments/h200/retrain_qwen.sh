@@ -8,7 +8,7 @@
 # then the part calls of .xfer/plan.txt and `poll.sh` calls. The stages:
 #   1. while the weights travel (no files needed): the decode loop's unmeasured switches at
 #      the Qwen shape on synthetic weights, `loop_variants.sh` (LOOP_VARIANTS, default
-#      "default both_new no_split_k"; empty skips them), into <work>/out/lv;
+#      "default both_new"; empty skips them), into <work>/out/lv;
 #   2. heads.sh with TARGETS=qwen: ~4 min of data (45k ShareGPT turns, the target's answers),
 #      EAGLE-3 inputs, unroll 2, the 32k draft vocabulary, STEPS steps (default 9,500, ~10
 #      min at 63 ms; BUDGET minutes at most, default 10); then prompt lookup, the gamma = 4
@@ -20,7 +20,7 @@ set -u
 W=${1:?work folder}
 HERE=$(dirname "${BASH_SOURCE[0]}")
 export DEADLINE=${DEADLINE:-$(($(date +%s) + 1560))}
-LOOP_VARIANTS=${LOOP_VARIANTS-default both_new no_split_k}
+LOOP_VARIANTS=${LOOP_VARIANTS-default both_new}
 if [ -n "$LOOP_VARIANTS" ]; then
   mkdir -p "$W/logs"
   # shellcheck disable=SC2086

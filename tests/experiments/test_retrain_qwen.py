@@ -23,13 +23,13 @@ def test_the_lease_runs_the_planned_stages(tmp_path):
         **os.environ,
         "PY": "echo",
         "SPECJAX_CACHE": str(cache),
-        "LOOP_VARIANTS": "default no_split_k",
+        "LOOP_VARIANTS": "default both_new",
     }
     subprocess.run(
         ["bash", "experiments/h200/retrain_qwen.sh", str(work)],
         cwd=tree, env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
-    for variant in ("default", "no_split_k"):  # first, one process per loop setting
+    for variant in ("default", "both_new"):  # first, one process per loop setting
         assert f"--label={variant}" in (work / "out" / "lv" / f"{variant}.log").read_text()
     status = (work / "status").read_text()
     ran = [line.split("] ")[1].split()[0] for line in status.splitlines() if " ok " in line]
