@@ -3,7 +3,7 @@
 # #13 goals' rows with it (the twenty-second session's plan: every trained head went with the
 # replaced project machine). In the lease's first call, after prepare_lease.py:
 #
-#   bash experiments/h200/start.sh bash experiments/h200/retrain_qwen.sh ~/w
+#   LEASE_LEFT=1800 bash experiments/h200/start.sh bash experiments/h200/retrain_qwen.sh ~/w
 #
 # then the part calls of .xfer/plan.txt and `poll.sh` calls. The stages:
 #   1. while the weights travel (no files needed): the decode loop's unmeasured switches at
@@ -15,11 +15,15 @@
 #      chain, the 12-node tree and the tree + lookup 8, timed (three runs a set), and the chain
 #      and tree in float32 against AR; the head packed in <work>/pack_qwen_eagle.
 # The device tool takes commands of at most 2,000 characters: these settings live here.
-# Every variable below can be overridden from the environment; DEADLINE defaults to 26 min.
+# Every variable below can be overridden from the environment. DEADLINE (epoch seconds) is
+# when heads.sh must be done: LEASE_LEFT (the `status` tool's budget_left_s just before the
+# first call; default 1800) less ~100 s the machine's start takes from it and RESERVE (default
+# 150 s: the last poll and the emit calls). The twenty-third session's first call came after a
+# failed start had cost 91 s: its deadline, from a full 1,800, left no time for the emit calls.
 set -u
 W=${1:?work folder}
 HERE=$(dirname "${BASH_SOURCE[0]}")
-export DEADLINE=${DEADLINE:-$(($(date +%s) + 1560))}
+export DEADLINE=${DEADLINE:-$(($(date +%s) + ${LEASE_LEFT:-1800} - 100 - ${RESERVE:-150}))}
 LOOP_VARIANTS=${LOOP_VARIANTS-default both_new}
 if [ -n "$LOOP_VARIANTS" ]; then
   mkdir -p "$W/logs"

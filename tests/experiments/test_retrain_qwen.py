@@ -5,6 +5,7 @@ training, comparison and float32 stages, with the recipe's overrides, and skips 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def test_the_lease_runs_the_planned_stages(tmp_path):
         "PY": "echo",
         "SPECJAX_CACHE": str(cache),
         "LOOP_VARIANTS": "default both_new",
+        "LEASE_LEFT": "1000",  # the deadline: 1000 - 100 (the start) - 150 (RESERVE) s away
     }
     subprocess.run(
         ["bash", "experiments/h200/retrain_qwen.sh", str(work)],
@@ -32,6 +34,8 @@ def test_the_lease_runs_the_planned_stages(tmp_path):
     for variant in ("default", "both_new"):  # first, one process per loop setting
         assert f"--label={variant}" in (work / "out" / "lv" / f"{variant}.log").read_text()
     status = (work / "status").read_text()
+    to_deadline = int(re.search(r"start: (\d+) s to the deadline", status).group(1))
+    assert 740 <= to_deadline <= 750
     ran = [line.split("] ")[1].split()[0] for line in status.splitlines() if " ok " in line]
     assert ran == ["qwen-eagle", "qwen-compare", "qwen-exact-f32"]
     assert "failed" not in status
