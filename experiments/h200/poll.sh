@@ -2,7 +2,8 @@
 # A polling device call: waits up to SECONDS (or until ~/w/status has a line matching UNTIL,
 # default "] done", heads.sh's last stage line; UNTIL=packed waits for its heads' packing
 # too, before `parts.py emit` calls), prints the status and the start log's tail, and copies
-# what the run wrote so far (~/w/out, logs, status; traces and HLO dumps left out) into $OUT
+# what the run wrote so far (~/w/out, logs, status, the training runs' metrics.jsonl and
+# config.json; traces, HLO dumps and checkpoints left out) into $OUT
 # as one results.tgz, so a machine lost mid-run loses only the stages in flight.
 #
 #   bash experiments/h200/poll.sh 280
@@ -21,8 +22,10 @@ tail -n 25 "$W/status" 2>/dev/null
 echo "--- start.log"
 tail -n 5 "$W/start.log" 2>/dev/null
 if [ -n "${OUT:-}" ] && [ -d "$W" ]; then
+  # With each training run's metrics and config (runs/NAME/): its loss curve, the head lost.
   (cd "$W" && tar czf "$OUT/results.tgz" --exclude='*.npz' --exclude=hlo --exclude=traces \
-    --exclude=checkpoints out logs status start.log 2>/dev/null)
+    --exclude=checkpoints out logs status start.log runs/*/metrics.jsonl runs/*/config.json \
+    2>/dev/null)
   size=$(stat -c %s "$OUT/results.tgz")
   echo "results.tgz: $size bytes"
   # A returned file over 16 MiB is refused, and the call's other files with it.

@@ -25,7 +25,10 @@ def test_start_then_poll(tmp_path):
     seen_file = "~/w/out/seen.txt"
     run = (
         f'cat marker.txt > {seen_file}; echo "$SPECJAX_CACHE $PROMPT_DIR $PWD" >> {seen_file};'
-        f' echo "$PYTHONPATH" >> {seen_file}; echo "[00:00:00] done: ok" >> ~/w/status'
+        f' echo "$PYTHONPATH" >> {seen_file}; mkdir -p ~/w/runs/head/checkpoints/5;'
+        ' echo "{\\"step\\": 5}" > ~/w/runs/head/metrics.jsonl;'
+        " touch ~/w/runs/head/checkpoints/5/w;"
+        ' echo "[00:00:00] done: ok" >> ~/w/status'
     )
     started = subprocess.run(
         ["bash", str(SCRIPTS / "start.sh"), "bash", "-c", run],
@@ -39,6 +42,9 @@ def test_start_then_poll(tmp_path):
     assert "done: ok" in polled.stdout
     with tarfile.open(out / "results.tgz") as tar:
         seen = tar.extractfile("out/seen.txt").read().decode().splitlines()
+        # A training run's metrics come back (its loss curve), its checkpoints do not.
+        assert tar.extractfile("runs/head/metrics.jsonl").read() == b'{"step": 5}\n'
+        assert not [n for n in tar.getnames() if "checkpoints" in n]
     assert seen == [
         "the tree",
         f"{home}/sc {home}/repo/.carry/prompts {home}/repo",
