@@ -30,41 +30,43 @@ def family_config(request) -> ModelConfig:
     return FAMILIES[request.param]
 
 
-# Seconds per test file (the sum of its tests' durations, `pytest --durations=0` with three
-# xdist workers on the 2-core machine, 2026-11-30), files of 10 s or more. `make test` runs
-# whole files per worker (`--dist loadfile`) in collection order: the heaviest go first, so
-# that no long file starts last while the other worker has nothing left (largest first is
-# the classic rule for two machines). Files not listed keep their order after these.
+# Seconds per test file (the sum of its tests' durations, `pytest --durations=0` with the
+# Makefile's two xdist workers on the 2-core machine, 2026-12-02), files of 10 s or more.
+# `make test` runs whole files per worker (`--dist loadfile`) in collection order: the
+# heaviest go first, so that no long file starts last while the other worker has nothing left
+# (largest first is the classic rule for two machines). Files not listed keep their order
+# after these.
 FILE_SECONDS = {
-    "tests/decoding/test_tree.py": 224,
-    "tests/decoding/test_distribution.py": 114,  # 283 before prompt_bucket=1 (alone, 1 worker)
-    "tests/decoding/test_distribution_multistep.py": 58,  # 141 before prompt_bucket=1
-    "tests/decoding/test_speculative.py": 121,
-    "tests/models/test_transformer.py": 113,
-    "tests/decoding/test_heads.py": 98,
-    "tests/training/test_training.py": 84,
-    "tests/parallel/test_sharding.py": 67,
-    "tests/parallel/test_bench_parallel.py": 54,
-    "tests/eval/test_bench.py": 53,
-    "tests/checkpoints/test_checkpoint_parity.py": 53,
-    "tests/test_tokenizers.py": 42,
-    "tests/parallel/test_vocab.py": 37,
-    "tests/eval/test_runner_drafters.py": 35,
-    "tests/decoding/test_drafters.py": 32,
-    "tests/test_cli.py": 29,
-    "tests/experiments/test_sweep.py": 26,
-    "tests/bench/test_profile.py": 21,
-    "tests/experiments/test_provenance.py": 20,
-    "tests/test_bad_inputs.py": 19,
-    "tests/drafters/test_heads_store.py": 19,
-    "tests/checkpoints/test_checkpoint_gguf.py": 18,
-    "tests/experiments/test_notebook_train.py": 17,
-    "tests/test_quiet.py": 15,
-    "tests/models/test_pallas_projection.py": 15,
-    "tests/test_interrupted_writes.py": 13,
-    "tests/parallel/test_distributed.py": 12,
-    "tests/checkpoints/test_checkpoint_orbax.py": 11,
-    "tests/checkpoints/test_checkpoint_hf.py": 11,
+    "tests/decoding/test_distribution.py": 146,
+    "tests/decoding/test_tree.py": 130,
+    "tests/bench/test_profile.py": 114,
+    "tests/training/test_training.py": 107,
+    "tests/decoding/test_heads.py": 78,
+    "tests/decoding/test_distribution_multistep.py": 68,
+    "tests/decoding/test_speculative.py": 65,
+    "tests/parallel/test_sharding.py": 40,
+    "tests/checkpoints/test_checkpoint_parity.py": 37,
+    "tests/test_tokenizers.py": 36,
+    "tests/models/test_transformer.py": 36,
+    "tests/eval/test_bench.py": 34,
+    "tests/test_cli.py": 33,
+    "tests/test_bad_inputs.py": 32,
+    "tests/parallel/test_bench_parallel.py": 28,
+    "tests/decoding/test_prefill.py": 26,
+    "tests/experiments/test_sweep.py": 24,
+    "tests/models/test_top_k.py": 23,
+    "tests/experiments/test_teacher_forced.py": 23,
+    "tests/models/test_pallas_rope_attention.py": 22,
+    "tests/decoding/test_drafters.py": 22,
+    "tests/experiments/test_notebook_train.py": 20,
+    "tests/parallel/test_vocab.py": 17,
+    "tests/models/test_pallas_cache_move.py": 17,
+    "tests/eval/test_runner_drafters.py": 17,
+    "tests/models/test_pallas_attention.py": 15,
+    "tests/experiments/test_train_flops.py": 15,
+    "tests/experiments/test_provenance.py": 14,
+    "tests/drafters/test_heads_store.py": 13,
+    "tests/test_quiet.py": 12,
 }
 
 
