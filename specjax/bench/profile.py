@@ -483,12 +483,6 @@ def run(
         generated = int(np.min(np.asarray(out.num_generated)))
         iterations = int(np.asarray(out.steps))
         loop_ms = loop_ms_without_prefill(1e3 * median_s, loop["prefill_ms"])
-        if loop_ms is None:
-            log(
-                f"[{s.label}] {s.shape} {name}: the call's wall time ({1e3 * median_s:.3f} ms) is "
-                f"not above the prefill's ({loop['prefill_ms']:.3f} ms): timing noise exceeds "
-                "the loop, so it has no ms/token; raise --new_tokens or --repeats"
-            )
         ms_per_token = None if loop_ms is None else loop_ms / generated
         section = {
             # What HF and older benchmarks report: wall time per token, prefill included.
@@ -528,7 +522,13 @@ def run(
                     _phase_fields(dump_dir, loop["module"], events, section["iterations"])
                 )
         result["sections"][name] = section
-        if ms_per_token is not None:
+        if ms_per_token is None:
+            log(
+                f"[{s.label}] {s.shape} {name}: the call's wall time ({1e3 * median_s:.3f} ms) is "
+                f"not above the prefill's ({loop['prefill_ms']:.3f} ms): timing noise exceeds "
+                "the loop, so it has no ms/token; raise --new_tokens or --repeats"
+            )
+        else:
             log(
                 f"[{s.label}] {s.shape} {name}: {ms_per_token:.3f} ms/token "
                 f"({ms_per_token / floor:.2f}x floor {floor:.3f} ms), "
