@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # A polling device call: waits up to SECONDS (or until ~/w/status has a line matching UNTIL,
 # default "] done", heads.sh's last stage line; UNTIL=packed waits for its heads' packing
-# too, before `parts.py emit` calls), prints the status and the start log's tail, and copies
-# what the run wrote so far (~/w/out, logs, status, the training runs' metrics.jsonl and
-# config.json; traces, HLO dumps and checkpoints left out) into $OUT
-# as one results.tgz, so a machine lost mid-run loses only the stages in flight.
+# too, before `parts.py emit` calls; or until the started command has ended), prints the
+# status and the start log's tail, and copies what the run wrote so far (~/w/out, logs,
+# status, the training runs' metrics.jsonl and config.json; traces, HLO dumps and checkpoints
+# left out) into $OUT as one results.tgz, so a machine lost mid-run loses only the stages in flight.
 #
 #   bash experiments/h200/poll.sh 280
 #
@@ -14,10 +14,21 @@ set -u
 SECONDS_TO_WAIT=${1:?seconds}
 W=${W:-$HOME/w}
 end=$(($(date +%s) + SECONDS_TO_WAIT))
+# UNTIL is an extended regular expression (grep -E): 'exact-f32 (ok|failed)' means either
+# (a basic one, before the twenty-fourth session: that pattern never matched). The wait also
+# ends when the started command is gone (start.sh's ~/w/start.pid): a run cut by its
+# deadline, or a failing stage, never writes what UNTIL waits for (the twenty-fourth
+# session's polls waited ~55 s past the stage they watched for). POLL_EVERY: seconds between
+# looks (default 5).
+why="waited $SECONDS_TO_WAIT s"
 while [ "$(date +%s)" -lt "$end" ]; do
-  grep -q "${UNTIL:-\] done}" "$W/status" 2>/dev/null && break
-  sleep 5
+  if grep -Eq "${UNTIL:-\] done}" "$W/status" 2>/dev/null; then why="matched"; break; fi
+  if [ -s "$W/start.pid" ] && ! kill -0 "$(cat "$W/start.pid")" 2>/dev/null; then
+    why="the started command has ended"; break
+  fi
+  sleep "${POLL_EVERY:-5}"
 done
+echo "poll: $why"
 tail -n 25 "$W/status" 2>/dev/null
 echo "--- start.log"
 tail -n 5 "$W/start.log" 2>/dev/null

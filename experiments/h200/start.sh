@@ -20,4 +20,7 @@ cd "$HOME/repo"
 export PYTHONPATH=$HOME/site${PYTHONPATH:+:$PYTHONPATH} SPECJAX_CACHE=$HOME/sc
 export PROMPT_DIR=$HOME/repo/.carry/prompts PY=${PY:-python3}
 setsid nohup "$@" > "$HOME/w/start.log" 2>&1 < /dev/null &
+# Its pid, for poll.sh: a poll stops waiting once the command is gone. (Not a process
+# group leader here, setsid runs it in place: $! is the command itself.)
+echo $! > "$HOME/w/start.pid"
 echo "started in $HOME/repo (pid $!): $*"

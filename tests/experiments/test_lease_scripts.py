@@ -5,6 +5,7 @@ them (a scratch home, a small working tree): the command starts in the backgroun
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -13,15 +14,56 @@ REPO = Path(__file__).parents[2]
 SCRIPTS = REPO / "experiments" / "h200"
 
 
-def test_start_then_poll(tmp_path):
-    tree = tmp_path / "tree"  # the working-tree copy a device call runs in
+def _lease_dirs(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A working-tree copy (what a device call runs in) and the call's environment: a scratch
+    home and $OUT."""
+    tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "marker.txt").write_text("the tree\n")
     home, out = tmp_path / "home", tmp_path / "out"
     home.mkdir()
     out.mkdir()
-    env = {**os.environ, "HOME": str(home), "OUT": str(out)}
+    env = {**os.environ, "HOME": str(home), "OUT": str(out), "POLL_EVERY": "1"}
     env.pop("PYTHONPATH", None)
+    return tree, env
+
+
+def _start_and_poll(tree: Path, env: dict[str, str], run: str, *poll_args: str) -> str:
+    subprocess.run(
+        ["bash", str(SCRIPTS / "start.sh"), "bash", "-c", run],
+        cwd=tree, env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return subprocess.run(
+        ["bash", str(SCRIPTS / "poll.sh"), *poll_args],
+        cwd=tree, env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+
+def test_poll_ends_when_the_started_command_has(tmp_path):
+    """A run that fails never writes the line UNTIL waits for: the poll stops waiting once the
+    started command is gone, not after its whole wait (a lease's seconds)."""
+    tree, env = _lease_dirs(tmp_path)
+    run = 'echo "[00:00:00] train failed" >> ~/w/status'
+    polled = _start_and_poll(tree, {**env, "UNTIL": "train ok"}, run, "500")
+    assert "poll: the started command has ended" in polled
+    assert "train failed" in polled
+
+
+def test_poll_until_is_an_extended_regex(tmp_path):
+    """UNTIL='stage (ok|failed)' matches either line (grep -E); the command still runs."""
+    tree, env = _lease_dirs(tmp_path)
+    home = Path(env["HOME"])
+    run = 'echo "[00:00:00] stage failed 3 s" >> ~/w/status; sleep 600'
+    try:
+        polled = _start_and_poll(tree, {**env, "UNTIL": "stage (ok|failed)"}, run, "500")
+        assert "poll: matched" in polled
+    finally:
+        os.killpg(int((home / "w" / "start.pid").read_text()), signal.SIGKILL)
+
+
+def test_start_then_poll(tmp_path):
+    tree, env = _lease_dirs(tmp_path)
+    home, out = Path(env["HOME"]), Path(env["OUT"])
     seen_file = "~/w/out/seen.txt"
     run = (
         f'cat marker.txt > {seen_file}; echo "$SPECJAX_CACHE $PROMPT_DIR $PWD" >> {seen_file};'
@@ -40,6 +82,7 @@ def test_start_then_poll(tmp_path):
         cwd=tree, env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
     assert "done: ok" in polled.stdout
+    assert "poll: matched" in polled.stdout
     with tarfile.open(out / "results.tgz") as tar:
         seen = tar.extractfile("out/seen.txt").read().decode().splitlines()
         # A training run's metrics come back (its loss curve), its checkpoints do not.
