@@ -450,8 +450,11 @@ def test_a_prefill_longer_than_the_call_gives_no_speed(tmp_path, monkeypatch):
 def test_profile_end_to_end_on_cpu(tmp_path):
     """Every section of a tiny shape runs, with the HLO kernel counts of the loops; on CPU the
     trace has no device events and says so instead of reporting zeros as measurements."""
-    # 32 new tokens: at 8, the spec loop (~3 iterations at the replayed tau 3.5) took less than
-    # the prefill's separately timed noise on a loaded 2-core machine (wall - prefill < 0).
+    # A tiny loop's wall time less its separately timed prefill is noise on a busy 2-core
+    # machine: it came out negative at 8 new tokens (twenty-third session) and again at 32 for
+    # the AR loop (twenty-fourth, a fresh-clone `make test`). The loop then has no ms/token
+    # (test_a_prefill_longer_than_the_call_gives_no_speed forces that case); here
+    # either outcome must be self-consistent.
     settings = profile.ProfileSettings(
         shape="tiny", what=("step", "ar", "spec"), dtype="float32", context=16, new_tokens=32,
         gamma=4, repeats=1, label="cpu", accept_from=str(QWEN_PAIR_TRACE),
@@ -460,8 +463,17 @@ def test_profile_end_to_end_on_cpu(tmp_path):
     step, ar, spec = (result["sections"][k] for k in ("step", "ar", "spec"))
     assert step["target_T1_ms"] > 0 and step["c"] > 0
     assert ar["new_tokens"] == 32 and ar["ms_per_token_incl_prefill"] > 0
-    assert ar["ms_per_token"] == pytest.approx((ar["wall_ms"] - ar["prefill_ms"]) / 32)
-    assert spec["tau"] >= 1 and spec["speedup_vs_ar"] > 0
+    for section in (ar, spec):
+        if section["wall_ms"] > section["prefill_ms"]:
+            loop_ms = section["wall_ms"] - section["prefill_ms"]
+            assert section["ms_per_token"] == pytest.approx(loop_ms / section["new_tokens"])
+        else:
+            assert section["ms_per_token"] is None and section["x_floor"] is None
+    assert spec["tau"] >= 1
+    if ar["ms_per_token"] is None or spec["ms_per_token"] is None:
+        assert spec["speedup_vs_ar"] is None
+    else:
+        assert spec["speedup_vs_ar"] == pytest.approx(ar["ms_per_token"] / spec["ms_per_token"])
     assert "generations.jsonl" in spec["acceptance"] and len(spec["accept_length_probs"]) == 5
     assert "no device kernel events" in ar["trace"]["note"]
     assert "layer_kernels" not in ar  # no HLO dump asked for (experiments/profile.py asks)
