@@ -54,8 +54,9 @@ fused() {
   if [ -f "$TUNING" ]; then SPECJAX_PROJECTION_TUNING=$TUNING SPECJAX_PROJECTION=pallas "$@"
   else SPECJAX_PROJECTION=pallas "$@"; fi
 }
-ms_per_token() {  # ms_per_token LABEL SHAPE SECTION: from a profile JSON, or 1e9
-  $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['sections'][sys.argv[2]]['ms_per_token'])" \
+ms_per_token() {  # ms_per_token LABEL SHAPE SECTION: from a profile JSON, or 1e9 (also where
+  # the profile has none: its loop was not above the timing noise)
+  $PY -c "import json,sys; v=json.load(open(sys.argv[1]))['sections'][sys.argv[2]]['ms_per_token']; print(1e9 if v is None else v)" \
     "$W/out/profile/profile_$1_$2.json" "$3" 2>/dev/null || echo 1e9
 }
 export -f profile fused
