@@ -12,7 +12,9 @@ every prompt (not means of the sets' ratios):
     ms/token = Σ median_s / Σ tokens          (batch 1: a set's median_s is the sum of its
                                                prompts' medians)
     τ        = Σ (tokens − prompts) / Σ calls (every row's first token is the prefill's)
-    α_i      = Σ accepted_i / Σ reached_i,  reached_1 = calls, reached_i = accepted_{i-1}
+    α_i      = Σ accepted_i / Σ reached_i,  reached_i = accepted_i + rejected_i (the loop's
+               counts; rows stored without rejections: reached_1 = calls, reached_i =
+               accepted_{i-1}, `state.reached_per_position`)
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ def _pool(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     median_s = sum(float(r["median_s"]) for r in group)
     calls = sum(int(r.get("verify_calls", 0)) for r in group)
     accepted = np.sum([r.get("accepted_per_position") or [0] for r in group], axis=0)
+    # Rejections per position: absent from rows stored before the loop counted them (alpha
+    # then takes position i + 1 as reached whenever i was accepted, `state.reached_per_position`).
+    has_rejected = all(r.get("rejected_per_position") for r in group)
+    rejected = np.sum([r["rejected_per_position"] for r in group], axis=0) if has_rejected else None
     row = {
         **{k: first[k] for k in ("name", "batch", "gamma", "temperature")},
         "set": "all",
@@ -131,7 +137,9 @@ def _pool(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         row.update(speedup.UNTIMED)
     if first["name"] == "autoregressive":
         return {**row, "tau": 1.0, "acceptance_tau": 1.0, "alpha": [], "exact": first["exact"]}
-    alpha = state.acceptance_per_position(accepted_per_position=accepted, verify_calls=calls)
+    alpha = state.acceptance_per_position(
+        accepted_per_position=accepted, verify_calls=calls, rejected_per_position=rejected
+    )
     row.update(
         # Σ (num_generated - 1) over rows is tokens - prompts: `state.tau`'s numerator.
         tau=(tokens - prompts) / max(calls, 1),
@@ -139,6 +147,8 @@ def _pool(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         alpha=alpha.round(4).tolist(),
         accepted_per_position=accepted.astype(int).tolist(),
     )
+    if rejected is not None:
+        row["rejected_per_position"] = rejected.astype(int).tolist()
     exact = [r.get("exact") for r in group]
     row["exact"] = None if None in exact else all(exact)
     if "rows_identical" in first:

@@ -85,9 +85,10 @@ class DecodeResult:
     acceptance_tau: float  # accepted drafts + 1 per call, before EOS/budget cuts
     alpha: list[float]
     # The counts behind tau and alpha (so that results pool exactly): verification calls,
-    # and accepted drafts per draft position, summed over rows.
+    # and accepted and rejected drafts per draft position (`DecodeStats`), summed over rows.
     verify_calls: int = 0
     accepted_per_position: list[int] = dataclasses.field(default_factory=list)
+    rejected_per_position: list[int] = dataclasses.field(default_factory=list)
     token_lists: list[list[int]] = dataclasses.field(repr=False, default_factory=list)
     from_draft: list[list[bool]] = dataclasses.field(repr=False, default_factory=list)
     # With a trace_dir: the device-time summary of one traced call (`trace.summarize`, plus
@@ -177,6 +178,11 @@ def trace_call(run: Callable[[], Any], trace_dir: str, target: Model, out) -> di
     return summary
 
 
+def _summed_over_rows(counts_BxK: Any, drafter: Any) -> list[int]:
+    """Per-position counts of the rows, summed; [] for autoregressive decoding."""
+    return np.sum(np.asarray(counts_BxK), axis=0).astype(int).tolist() if drafter else []
+
+
 def _result(name, drafter, gamma, temperature, compile_s, median_s, out, batch) -> DecodeResult:
     alpha = out.acceptance_per_position.tolist() if drafter is not None else []
     return DecodeResult(
@@ -191,11 +197,8 @@ def _result(name, drafter, gamma, temperature, compile_s, median_s, out, batch) 
         acceptance_tau=out.acceptance_tau if drafter is not None else 1.0,
         alpha=alpha,
         verify_calls=int(np.sum(np.asarray(out.stats.verify_calls))),
-        accepted_per_position=(
-            np.sum(np.asarray(out.stats.accepted_per_position), axis=0).astype(int).tolist()
-            if drafter is not None
-            else []
-        ),
+        accepted_per_position=_summed_over_rows(out.stats.accepted_per_position, drafter),
+        rejected_per_position=_summed_over_rows(out.stats.rejected_per_position, drafter),
         token_lists=out.token_lists(),
         from_draft=[
             np.asarray(out.from_draft)[b, : len(row)].tolist()

@@ -42,6 +42,9 @@ class Verified:
       num_accepted: int32[B], n in 0..K, how many path tokens the target accepted.
       next_token: int32[B], the target's token after them (correction or bonus).
       num_drafted: int32[B], draft tokens the call verified (for the statistics).
+      drafted_past_accepted: bool[B], whether a draft token stood at path position
+        num_accepted (0-based) below the accepted path, so that the call stopped on a
+        rejection there (`DecodeStats.rejected_per_position`), not at the draft's end.
       target_cache: the target cache after the verification call, before rollback: verify
         index m sits in slot seq_len - 1 + m.
       hidden: [B, M, D] the verification call's hidden states (verify index 0 = t), or None
@@ -55,6 +58,7 @@ class Verified:
     num_accepted: jax.Array
     next_token: jax.Array
     num_drafted: jax.Array
+    drafted_past_accepted: jax.Array
     target_cache: kv_cache.KVCache
     hidden: jax.Array | None = None
     path_index: jax.Array | None = None
@@ -118,13 +122,21 @@ def commit(
         )(target_hidden, hidden_BxMxD, newest_position_B)
 
     active_i32_B = (~state.done).astype(jnp.int32)
-    accepted_at_BxK = (jnp.arange(K)[None, :] < num_accepted_B[:, None]).astype(jnp.int32)
+    position_1K = jnp.arange(K)[None, :]
+    accepted_at_BxK = (position_1K < num_accepted_B[:, None]).astype(jnp.int32)
+    # The one rejection a call can make is at position n (0-based), and only where a draft
+    # token stood there (n = K, all accepted, matches no position).
+    rejected_at_BxK = (
+        (position_1K == num_accepted_B[:, None]) & verified.drafted_past_accepted[:, None]
+    ).astype(jnp.int32)
     stats = DecodeStats(
         verify_calls=state.stats.verify_calls + active_i32_B,
         drafted=state.stats.drafted + verified.num_drafted * active_i32_B,
         accepted=state.stats.accepted + num_accepted_B * active_i32_B,
         accepted_per_position=state.stats.accepted_per_position
         + accepted_at_BxK * active_i32_B[:, None],
+        rejected_per_position=state.stats.rejected_per_position
+        + rejected_at_BxK * active_i32_B[:, None],
     )
     old_seq_lengths_B = state.seq_lengths
     state = dataclasses.replace(

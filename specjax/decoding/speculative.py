@@ -122,6 +122,7 @@ def speculative_step(
         num_accepted=num_accepted_B,
         next_token=next_token_B,
         num_drafted=draft_lengths_B,
+        drafted_past_accepted=num_accepted_B < draft_lengths_B,
         target_cache=target_cache,
         hidden=hidden_BxK1xD,
     )

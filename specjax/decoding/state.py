@@ -51,25 +51,41 @@ def acceptance_tau(*, accepted: Any, verify_calls: Any) -> float:
     return (float(np.sum(accepted)) + calls) / calls if calls > 0 else float("nan")
 
 
-def reached_per_position(*, accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
-    """How often each draft position was examined [K], pooled over every leading axis:
-    position 1 once per verification call, position i + 1 as often as position i was
-    accepted."""
+def reached_per_position(
+    *, accepted_per_position: Any, verify_calls: Any, rejected_per_position: Any = None
+) -> np.ndarray:
+    """How often a draft token stood at each position with every earlier one accepted [K],
+    pooled over every leading axis. With `rejected_per_position` (the loop's count of
+    rejections at each position): accepted + rejected. Without it (results stored before
+    that count existed): position 1 once per verification call, position i + 1 as often as
+    position i was accepted, which is the same for a fixed-length chain but counts a tree's
+    leaf, an adaptive draft's end or a lookup branch past the tree's depth as a position
+    reached and rejected."""
     accepted = np.asarray(accepted_per_position)
     accepted_K = accepted.reshape(-1, accepted.shape[-1]).sum(axis=0)
+    if rejected_per_position is not None:
+        rejected = np.asarray(rejected_per_position)
+        return accepted_K + rejected.reshape(-1, rejected.shape[-1]).sum(axis=0)
     return np.concatenate([[np.sum(verify_calls)], accepted_K[:-1]])
 
 
 def acceptance_per_position(
-    *, accepted_per_position: Any, verify_calls: Any, unreached: float = 0.0
+    *,
+    accepted_per_position: Any,
+    verify_calls: Any,
+    rejected_per_position: Any = None,
+    unreached: float = 0.0,
 ) -> np.ndarray:
-    """alpha_i = P(draft position i accepted | reached) [K], pooled over every leading axis
-    (rows, runs); `unreached` where a position was never reached (0 for the loop's output,
-    NaN in the evaluation tables, which must not show an unobserved alpha as 0)."""
+    """alpha_i = P(draft position i accepted | a draft token stood there, every earlier one
+    accepted) [K], pooled over every leading axis (rows, runs); `unreached` where a position
+    was never reached (0 for the loop's output, NaN in the evaluation tables, which must not
+    show an unobserved alpha as 0). `rejected_per_position`: see `reached_per_position`."""
     accepted = np.asarray(accepted_per_position)
     accepted_K = accepted.reshape(-1, accepted.shape[-1]).sum(axis=0)
     reached_K = reached_per_position(
-        accepted_per_position=accepted, verify_calls=verify_calls
+        accepted_per_position=accepted,
+        verify_calls=verify_calls,
+        rejected_per_position=rejected_per_position,
     ).astype(np.float64)
     return np.where(reached_K > 0, accepted_K / np.maximum(reached_K, 1), unreached)
 
@@ -105,12 +121,18 @@ class DecodeStats:
       drafted: int32[B], draft tokens proposed to the target.
       accepted: int32[B], draft tokens the target accepted.
       accepted_per_position: int32[B, K], times draft position i was accepted.
+      rejected_per_position: int32[B, K], times a draft token stood at position i with every
+        earlier one accepted and the target rejected it: a call's stop where the accepted
+        path went on in the draft (a chain short of its last token, a tree node with
+        children). A stop at a tree's leaf, past an adaptive draft's end or at the full
+        depth counts nowhere: nothing was drafted there to reject.
     """
 
     verify_calls: jax.Array
     drafted: jax.Array
     accepted: jax.Array
     accepted_per_position: jax.Array
+    rejected_per_position: jax.Array
 
     @staticmethod
     def zeros(batch_size: int, gamma: int) -> DecodeStats:
@@ -120,6 +142,7 @@ class DecodeStats:
             drafted=zeros_B,
             accepted=zeros_B,
             accepted_per_position=jnp.zeros((batch_size, gamma), jnp.int32),
+            rejected_per_position=jnp.zeros((batch_size, gamma), jnp.int32),
         )
 
 
@@ -220,8 +243,10 @@ class GenerateOutput:
 
     @property
     def acceptance_per_position(self) -> np.ndarray:
-        """alpha_i = P(draft position i accepted | reached), pooled over rows."""
+        """alpha_i = P(draft position i accepted | a draft token stood there, every earlier
+        one accepted), pooled over rows."""
         return acceptance_per_position(
             accepted_per_position=self.stats.accepted_per_position,
             verify_calls=self.stats.verify_calls,
+            rejected_per_position=self.stats.rejected_per_position,
         )

@@ -501,6 +501,11 @@ def tree_step(
         num_accepted=num_accepted_B,
         next_token=next_token_B,
         num_drafted=jnp.full_like(num_accepted_B, tree.depth),
+        # A child of the accepted node (of the root: -1) holding a token: the target
+        # rejected it. A leaf, or a lookup branch's empty tail (token -1), rejects nothing.
+        drafted_past_accepted=jnp.any(
+            (drafted.parents == accepted_node_B[:, None]) & (drafted.tokens >= 0), axis=1
+        ),
         target_cache=target_cache,
         hidden=hidden_BxN1xD,
         path_index=path_nodes_BxD,

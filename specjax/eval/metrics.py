@@ -6,6 +6,8 @@ The compiled loop accumulates, per batch row (arrays, so they live in the loop c
 * ``accepted[B]``      draft tokens accepted (the bonus/corrected token is not counted);
 * ``drafted[B]``       draft tokens proposed;
 * ``accepted_per_position[B, gamma]``  how often draft position i was accepted;
+* ``rejected_per_position[B, gamma]``  how often a draft token at position i, every earlier
+  one accepted, was rejected (at most once per call);
 * ``num_generated[B]`` tokens emitted;
 * optionally ``accept_lengths[B, S]``  accepted length of each verification step, -1 where
   the row took no step (a fixed-size buffer the loop fills).
@@ -13,8 +15,8 @@ The compiled loop accumulates, per batch row (arrays, so they live in the loop c
 Everything here is a pure numpy function of those arrays (jax arrays are accepted and
 converted), so the same code scores a CPU test, a GPU sweep and a logged run read back from
 disk. Because acceptance is a prefix, ``accepted_per_position[:, i]`` counts the calls whose
-accepted length is at least i+1; the per-position alpha and the accepted-length histogram
-both follow from it without per-step data.
+accepted length is at least i+1; the accepted-length histogram follows from it without
+per-step data, and the per-position alpha from it and ``rejected_per_position``.
 
 Definitions (as in the speculative-decoding literature and ``shared/DESIGN.md``):
 
@@ -23,8 +25,12 @@ Definitions (as in the speculative-decoding literature and ``shared/DESIGN.md``)
   not counted, so this is what a speedup sees;
 * acceptance_tau = (accepted + calls) / calls: the acceptance process's tau (accepted
   drafts plus the bonus/correction, before any cut), what alpha predicts; >= tau;
-* alpha_i = P(position i accepted | position i reached); position 0 is reached on every call,
-  position i > 0 only when position i-1 was accepted;
+* alpha_i = P(position i accepted | position i reached): reached when a draft token stood at
+  position i and every earlier one was accepted, i.e. accepted or rejected there
+  (``accepted_per_position + rejected_per_position``). For a fixed-length chain position 0
+  is reached on every call and position i > 0 whenever i-1 was accepted; a tree's leaf or an
+  adaptive draft's end reaches no further (statistics without ``rejected_per_position``,
+  recorded before the loop counted rejections, are read the chain's way);
 * speedup = autoregressive seconds / speculative seconds, steady state (compile excluded),
   same prompts, same process.
 """
@@ -90,6 +96,9 @@ class RunStats:
     accepted_per_position: np.ndarray
     num_generated: np.ndarray
     accept_lengths: np.ndarray | None = None
+    # [B, gamma] rejections per position (`DecodeStats.rejected_per_position`); None for
+    # statistics recorded before the loop counted them.
+    rejected_per_position: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.verify_calls = _np(self.verify_calls)
@@ -99,6 +108,8 @@ class RunStats:
         self.num_generated = _np(self.num_generated)
         if self.accept_lengths is not None:
             self.accept_lengths = _np(self.accept_lengths)
+        if self.rejected_per_position is not None:
+            self.rejected_per_position = _np(self.rejected_per_position)
         self.validate()
 
     @classmethod
@@ -110,21 +121,23 @@ class RunStats:
     @classmethod
     def from_output(cls, output: Any) -> RunStats:
         """From a generation result that has ``.stats`` (the loop's per-row counters:
-        verify_calls, drafted, accepted, accepted_per_position, optionally accept_lengths)
-        and ``.num_generated``, such as the GenerateOutput of ``specjax.decoding``. Device arrays
-        are copied to the host."""
+        verify_calls, drafted, accepted, accepted_per_position, rejected_per_position,
+        optionally accept_lengths) and ``.num_generated``, such as the GenerateOutput of
+        ``specjax.decoding``. Device arrays are copied to the host."""
         st = output.stats
+
+        def optional(name: str) -> np.ndarray | None:
+            value = getattr(st, name, None)
+            return None if value is None else np.asarray(value)
+
         return cls(
             verify_calls=np.asarray(st.verify_calls),
             accepted=np.asarray(st.accepted),
             drafted=np.asarray(st.drafted),
             accepted_per_position=np.asarray(st.accepted_per_position),
             num_generated=np.asarray(output.num_generated),
-            accept_lengths=(
-                None
-                if getattr(st, "accept_lengths", None) is None
-                else np.asarray(st.accept_lengths)
-            ),
+            accept_lengths=optional("accept_lengths"),
+            rejected_per_position=optional("rejected_per_position"),
         )
 
     @property
@@ -158,6 +171,16 @@ class RunStats:
             raise ValueError("accepted_per_position must be non-increasing along positions")
         if np.any(self.accepted > self.drafted):
             raise ValueError("accepted exceeds drafted")
+        rej = self.rejected_per_position
+        if rej is not None:
+            if rej.shape != app.shape:
+                raise ValueError(f"rejected_per_position must be {app.shape}, got {rej.shape}")
+            if np.any(rej < 0):
+                raise ValueError("rejected_per_position has negative entries")
+            # A call stops once: at most one rejection per call, and only where every earlier
+            # position was accepted.
+            if np.any(rej.sum(axis=1) > self.verify_calls) or np.any(app + rej > prev):
+                raise ValueError("rejected_per_position exceeds the calls that reached it")
         if self.accept_lengths is not None:
             al = self.accept_lengths
             if al.ndim != 2 or al.shape[0] != b[0]:
@@ -180,6 +203,9 @@ class RunStats:
             accepted_per_position=self.accepted_per_position[idx],
             num_generated=self.num_generated[idx],
             accept_lengths=None if self.accept_lengths is None else self.accept_lengths[idx],
+            rejected_per_position=(
+                None if self.rejected_per_position is None else self.rejected_per_position[idx]
+            ),
         )
 
     @staticmethod
@@ -208,6 +234,11 @@ class RunStats:
             accepted_per_position=cat("accepted_per_position"),
             num_generated=cat("num_generated"),
             accept_lengths=al,
+            rejected_per_position=(
+                cat("rejected_per_position")
+                if all(p.rejected_per_position is not None for p in parts)
+                else None
+            ),
         )
 
     def by_category(self, row_categories: Sequence[str]) -> dict[str, RunStats]:
@@ -236,27 +267,37 @@ def tau_per_row(*, num_generated: Any, verify_calls: Any) -> np.ndarray:
     return np.array(per_row, np.float64).reshape(generated.shape)
 
 
-def reached_per_position(accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
-    """How often each draft position was examined, pooled over rows: [gamma]."""
+def reached_per_position(
+    accepted_per_position: Any, verify_calls: Any, rejected_per_position: Any = None
+) -> np.ndarray:
+    """How often a draft token stood at each position with every earlier one accepted,
+    pooled over rows: [gamma] (`decode_state.reached_per_position`)."""
     return decode_state.reached_per_position(
-        accepted_per_position=_np(accepted_per_position), verify_calls=verify_calls
+        accepted_per_position=_np(accepted_per_position),
+        verify_calls=verify_calls,
+        rejected_per_position=rejected_per_position,
     ).astype(np.int64)
 
 
-def alpha_per_position(accepted_per_position: Any, verify_calls: Any) -> np.ndarray:
+def alpha_per_position(
+    accepted_per_position: Any, verify_calls: Any, rejected_per_position: Any = None
+) -> np.ndarray:
     """alpha_i = accepted_at[i] / reached[i], pooled over rows; nan where never reached
     (`decode_state.acceptance_per_position`, the one definition)."""
     return decode_state.acceptance_per_position(
         accepted_per_position=_np(accepted_per_position),
         verify_calls=verify_calls,
+        rejected_per_position=rejected_per_position,
         unreached=np.nan,
     )
 
 
-def alpha_overall(accepted_per_position: Any, verify_calls: Any) -> float:
+def alpha_overall(
+    accepted_per_position: Any, verify_calls: Any, rejected_per_position: Any = None
+) -> float:
     """One alpha for the run: total accepted / total reached (= the truncated-geometric MLE
     when every call drafted gamma tokens; see :mod:`specjax.eval.cost_model`)."""
-    return cost_model.alpha_pooled(accepted_per_position, verify_calls)
+    return cost_model.alpha_pooled(accepted_per_position, verify_calls, rejected_per_position)
 
 
 def acceptance_rate(accepted: Any, drafted: Any) -> float:
@@ -497,11 +538,13 @@ def summarize(
         tokens_generated=int(stats.num_generated.sum()),
         tau=tau(num_generated=stats.num_generated, verify_calls=stats.verify_calls),
         acceptance_tau=acceptance_tau(accepted=stats.accepted, verify_calls=stats.verify_calls),
-        alpha=alpha_overall(stats.accepted_per_position, stats.verify_calls),
+        alpha=alpha_overall(
+            stats.accepted_per_position, stats.verify_calls, stats.rejected_per_position
+        ),
         alpha_mle=cost_model.alpha_mle(histogram=hist, gamma=gamma),
         acceptance_rate=acceptance_rate(stats.accepted, stats.drafted),
         alpha_per_position=alpha_per_position(
-            stats.accepted_per_position, stats.verify_calls
+            stats.accepted_per_position, stats.verify_calls, stats.rejected_per_position
         ).tolist(),
         accept_hist=hist.tolist(),
         extra=extra,

@@ -35,6 +35,7 @@ def test_pooled_rows_equal_one_run_over_every_prompt():
     np.testing.assert_allclose(spec["tau"], one.tau, rtol=1e-12)
     np.testing.assert_allclose(spec["acceptance_tau"], one.acceptance_tau, rtol=1e-12)
     np.testing.assert_allclose(spec["alpha"], one.alpha, atol=1e-4)  # rounded to 4 places
+    assert spec["rejected_per_position"] == one.rejected_per_position
     assert 0 < spec["alpha"][0] < 1  # a drafter that is sometimes right: the test means something
     assert spec["exact"] is (one.token_lists == ar.token_lists) is True
     assert spec["rows_identical"] == len(every)
@@ -50,6 +51,37 @@ def test_pooled_rows_equal_one_run_over_every_prompt():
     np.testing.assert_allclose(drafters_bench.ms_per_call(spec), per_call, rtol=1e-9)
     ar_row = pooled["autoregressive"]
     assert drafters_bench.ms_per_call(ar_row) == ar_row["ms_per_token"]
+
+
+def _set_row(name: str, set_name: str, **counts) -> dict:
+    return dict(name=name, batch=1, gamma=2, temperature=0.0, set=set_name, prompts=1,
+                tokens=10, median_s=0.01, compile_s=1.0, exact=True, **counts)  # fmt: skip
+
+
+def test_pooled_alpha_reads_the_rejection_counts():
+    """Two sets of a 2-deep tree: set a's 4 calls accepted 2, 2, 1 (then a leaf) and 0
+    drafts; set b's 2 calls 1 (then a rejection) and 2. Of the 5 calls that accepted
+    position 1, one stopped at a leaf: position 2 was reached 4 times, alpha 3/4 (3/5 if
+    every call had drafted 2 deep). Rows stored without the rejection counts pool as before."""
+    rows = [
+        _set_row("autoregressive", "a", verify_calls=9),
+        _set_row("autoregressive", "b", verify_calls=9),
+        _set_row(
+            "tree", "a", verify_calls=4, accepted_per_position=[3, 2], rejected_per_position=[1, 0]
+        ),  # fmt: skip
+        _set_row(
+            "tree", "b", verify_calls=2, accepted_per_position=[2, 1], rejected_per_position=[0, 1]
+        ),  # fmt: skip
+    ]
+    pooled = {r["name"]: r for r in drafters_bench.pool_sets(rows) if r["set"] == "all"}
+    tree = pooled["tree"]
+    assert tree["accepted_per_position"] == [5, 3] and tree["rejected_per_position"] == [1, 1]
+    assert tree["alpha"] == [round(5 / 6, 4), 0.75]  # reached: 5 + 1, 3 + 1
+    old = [{k: v for k, v in r.items() if k != "rejected_per_position"} for r in rows]
+    tree_old = next(r for r in drafters_bench.pool_sets(old) if r["name"] == "tree" and
+                    r["set"] == "all")  # fmt: skip
+    assert "rejected_per_position" not in tree_old
+    assert tree_old["alpha"] == [round(5 / 6, 4), 0.6]  # reached: 6 calls, then 5
 
 
 def test_acceptance_replayed_from_a_bench_row(tmp_path):

@@ -10,6 +10,7 @@ from support import TINY_LLAMA, eagle_echo, random_model
 
 import specjax
 from specjax import Sampling
+from specjax.decoding import state as state_lib
 from specjax.decoding import tree as tree_lib
 from specjax.decoding.state import DraftContext
 from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
@@ -17,6 +18,7 @@ from specjax.drafters import heads, tree_expansion
 from specjax.drafters.draft_model import DraftModelDrafter
 from specjax.drafters.early_exit import early_exit_drafter
 from specjax.drafters.ngram import NgramDrafter
+from specjax.eval import metrics as eval_metrics
 
 PROMPTS = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [1, 2, 3], [9] * 18, [40]]
 
@@ -51,6 +53,13 @@ def test_tree_greedy_equals_autoregressive(target, draft, branching):
     out = specjax.generate(target, draft, PROMPTS, max_new_tokens=30, tree=branching)
     assert out.token_lists() == reference.token_lists()
     assert out.tau > 1.0
+    # In a static tree every node above the last level has children: a call ends on one
+    # rejection unless its path reached the full depth.
+    stats = jax.tree.map(np.asarray, out.stats)
+    np.testing.assert_array_equal(
+        stats.rejected_per_position.sum(axis=1) + stats.accepted_per_position[:, -1],
+        stats.verify_calls,
+    )
 
 
 def test_chain_tree_is_linear_drafting(target, draft):
@@ -180,6 +189,19 @@ def test_dynamic_and_lookup_trees_greedy_equal_autoregressive(target, request, d
     assert out.token_lists() == reference.token_lists()
     # tau counts a call's accepted tokens + 1: at most max(depth, lookup) + 1.
     assert 1.0 <= out.tau <= spec.depth + 1
+    # A call rejects at most once, and only where a node stood below its accepted path: a
+    # subset of the calls that accepted every earlier position.
+    stats = jax.tree.map(np.asarray, out.stats)
+    assert np.all(
+        stats.rejected_per_position.sum(axis=1) + stats.accepted_per_position[:, -1]
+        <= stats.verify_calls
+    )
+    counts = dict(accepted_per_position=stats.accepted_per_position,
+                  verify_calls=stats.verify_calls)  # fmt: skip
+    reached = state_lib.reached_per_position(
+        **counts, rejected_per_position=stats.rejected_per_position
+    )
+    assert np.all(reached <= state_lib.reached_per_position(**counts))
     if drafter == "draft":
         assert out.tau > 1.5
 
@@ -193,6 +215,15 @@ def test_dynamic_tree_batch_one(target, draft):
     assert int(out.stats.verify_calls[0]) < 20
 
 
+def _sharp(target):
+    """The target with its final norm scaled x30: near-one-hot distributions."""
+    model, params = target
+    sharp_params = jax.tree_util.tree_map_with_path(
+        lambda path, x: 30.0 * x if "final_norm" in jax.tree_util.keystr(path) else x, params
+    )
+    return model, sharp_params
+
+
 def test_dynamic_tree_self_draft_accepts_depth(target):
     """Draft == target: the greedy path is drafted and accepted whole, tau == depth + 1.
 
@@ -200,11 +231,7 @@ def test_dynamic_tree_self_draft_accepts_depth(target):
     greedy path can fall out of a frontier (K other candidates score higher). A sharp model
     (final-norm scale x30) has near-one-hot distributions and keeps it at every level.
     """
-    model, params = target
-    sharp_params = jax.tree_util.tree_map_with_path(
-        lambda path, x: 30.0 * x if "final_norm" in jax.tree_util.keystr(path) else x, params
-    )
-    sharp = (model, sharp_params)
+    sharp = _sharp(target)
     reference = specjax.generate(sharp, None, PROMPTS, max_new_tokens=30)
     for spec in DYNAMIC_SPECS:
         out = specjax.generate(sharp, sharp, PROMPTS, max_new_tokens=30, tree=spec)
@@ -213,6 +240,28 @@ def test_dynamic_tree_self_draft_accepts_depth(target):
             np.asarray(out.stats.accepted), spec.depth * np.asarray(out.stats.verify_calls)
         )
         assert out.acceptance_tau == pytest.approx(spec.depth + 1)
+
+
+def test_alpha_counts_no_rejection_at_a_leaf(target):
+    """Draft == target (sharp, as above) with fewer nodes than levels: 2 nodes of a depth-3
+    tree hold the greedy path's first two tokens, and every call accepts both and stops at
+    that leaf. Nothing stood at position 3 to reject: alpha is 1 where a token was drafted,
+    and position 3 is never reached (reading it as reached after position 2 would give 0)."""
+    sharp = _sharp(target)
+    spec = DynamicTreeSpec(depth=3, top_k=2, num_nodes=2)
+    reference = specjax.generate(sharp, None, PROMPTS, max_new_tokens=30)
+    out = specjax.generate(sharp, sharp, PROMPTS, max_new_tokens=30, tree=spec)
+    assert out.token_lists() == reference.token_lists()
+    stats = jax.tree.map(np.asarray, out.stats)
+    calls = stats.verify_calls
+    np.testing.assert_array_equal(
+        stats.accepted_per_position, np.stack([calls, calls, 0 * calls], 1)
+    )
+    np.testing.assert_array_equal(stats.rejected_per_position, 0)
+    counts = dict(accepted_per_position=stats.accepted_per_position, verify_calls=calls,
+                  rejected_per_position=stats.rejected_per_position)  # fmt: skip
+    np.testing.assert_array_equal(state_lib.reached_per_position(**counts), [calls.sum()] * 2 + [0])
+    np.testing.assert_array_equal(eval_metrics.alpha_per_position(**counts), [1.0, 1.0, np.nan])
 
 
 def test_dynamic_tree_eos_and_cache_full(target, draft):

@@ -118,6 +118,10 @@ def test_rows_without_calls_and_empty_runs():
         (dict(drafted=[5]), "exceeds drafted"),
         (dict(accept_lengths=[[4, 2, -1]]), "one entry >= 0 per verify call"),
         (dict(num_generated=[1, 2]), "shape"),
+        (dict(rejected_per_position=[[1, 0, 0]]), "rejected_per_position must be"),
+        # Position 1 was eligible twice (position 0 accepted twice) and accepted twice.
+        (dict(rejected_per_position=[[1, 1, 0, 0]]), "exceeds the calls that reached it"),
+        (dict(rejected_per_position=[[-1, 0, 0, 0]]), "negative"),
     ],
 )
 def test_validation_catches_broken_counters(change, message):
@@ -130,6 +134,33 @@ def test_validation_catches_broken_counters(change, message):
     )
     with pytest.raises(ValueError, match=message):
         M.RunStats(**{**base, **change})
+
+
+def test_alpha_with_the_loops_rejection_counts():
+    """one_row()'s calls accepted 4, 2 and 0 of a gamma-4 draft. With the loop's rejection
+    counts, a call that stopped at the end of what was drafted rejected nothing: here the
+    second call drafted 2 tokens only (an adaptive draft, a tree's leaf), so position 2 was
+    reached once (the first call), not twice, and its alpha is 1, not 1/2."""
+    s = one_row()
+    s.rejected_per_position = np.array([[1, 0, 0, 0]])  # the third call, at position 0
+    s.validate()
+    np.testing.assert_array_equal(
+        M.reached_per_position(s.accepted_per_position, [3], s.rejected_per_position),
+        [3, 2, 1, 1],
+    )
+    np.testing.assert_allclose(
+        M.alpha_per_position(s.accepted_per_position, [3], s.rejected_per_position),
+        [2 / 3, 1.0, 1.0, 1.0],
+    )
+    assert M.alpha_overall(s.accepted_per_position, [3], s.rejected_per_position) == pytest.approx(
+        6 / 7
+    )
+    summary = M.summarize(s, spec_timing=1.0, ar_timing=2.0, meta={})
+    assert summary.alpha_per_position == pytest.approx([2 / 3, 1.0, 1.0, 1.0])
+    # Rows keep their counts through take and concat; a part without them drops them.
+    both = M.RunStats.concat([s, s.take([0])])
+    assert both.rejected_per_position.tolist() == [[1, 0, 0, 0]] * 2
+    assert M.RunStats.concat([s, one_row()]).rejected_per_position is None
 
 
 def test_take_concat_by_category():
