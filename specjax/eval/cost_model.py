@@ -151,24 +151,16 @@ def alpha_mle_stderr(alpha: float, gamma: int, n_calls: int) -> float:
     return math.sqrt(alpha * (1 - alpha) ** 2 / (n_calls * (1 - alpha**gamma)))
 
 
-def alpha_pooled(
-    accepted_per_position: ArrayLike,
-    verify_calls: ArrayLike,
-    rejected_per_position: ArrayLike | None = None,
-) -> float:
+def alpha_pooled(accepted_per_position: ArrayLike, verify_calls: ArrayLike) -> float:
     """Pooled per-position estimate: sum of accepted / sum of reached over all positions.
 
-    With `rejected_per_position` (the loop's counts), reached = accepted + rejected. Without
-    it, position 0 is taken as reached on every call and position i > 0 whenever position
-    i-1 was accepted, which holds when every call drafted the full gamma. Equals
-    :func:`alpha_mle` then.
+    Position 0 is reached on every call; position i > 0 only when position i-1 was
+    accepted. Equals :func:`alpha_mle` when every call drafted the full gamma.
     """
     acc = np.asarray(accepted_per_position, dtype=np.float64)
     acc = acc.reshape(-1, acc.shape[-1])
-    if rejected_per_position is not None:
-        reached = acc.sum() + float(np.sum(rejected_per_position))
-    else:
-        reached = float(np.sum(verify_calls)) + acc[:, :-1].sum()
+    calls = float(np.sum(verify_calls))
+    reached = calls + acc[:, :-1].sum()
     return float(acc.sum() / reached) if reached > 0 else float("nan")
 
 

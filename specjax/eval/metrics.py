@@ -295,9 +295,12 @@ def alpha_per_position(
 def alpha_overall(
     accepted_per_position: Any, verify_calls: Any, rejected_per_position: Any = None
 ) -> float:
-    """One alpha for the run: total accepted / total reached (= the truncated-geometric MLE
-    when every call drafted gamma tokens; see :mod:`specjax.eval.cost_model`)."""
-    return cost_model.alpha_pooled(accepted_per_position, verify_calls, rejected_per_position)
+    """One alpha for the run: total accepted / total reached (`reached_per_position`; nan
+    when nothing was reached). Without rejection counts, `cost_model.alpha_pooled`: the
+    truncated-geometric MLE when every call drafted gamma tokens."""
+    reached = reached_per_position(accepted_per_position, verify_calls, rejected_per_position)
+    total = reached.sum()
+    return float(_np(accepted_per_position).sum() / total) if total > 0 else float("nan")
 
 
 def acceptance_rate(accepted: Any, drafted: Any) -> float:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from specjax.eval import cost_model
 from specjax.eval import metrics as M
 from specjax.eval.timing import Timer, Timing, profile_calls, timed
 
@@ -51,6 +52,9 @@ def test_single_row_by_hand():
         M.alpha_per_position(s.accepted_per_position, s.verify_calls), [2 / 3, 1.0, 0.5, 1.0]
     )
     assert M.alpha_overall(s.accepted_per_position, s.verify_calls) == pytest.approx(6 / 8)
+    assert M.alpha_overall(s.accepted_per_position, s.verify_calls) == pytest.approx(
+        cost_model.alpha_pooled(s.accepted_per_position, s.verify_calls)
+    )
     assert M.acceptance_rate(s.accepted, s.drafted) == 0.5  # 6 / 12: not alpha
     np.testing.assert_array_equal(M.accept_length_histogram(s.accept_lengths, 4), [1, 0, 1, 0, 1])
     np.testing.assert_array_equal(
