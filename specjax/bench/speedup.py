@@ -180,7 +180,9 @@ def trace_call(run: Callable[[], Any], trace_dir: str, target: Model, out) -> di
 
 def _summed_over_rows(counts_BxK: Any, drafter: Any) -> list[int]:
     """Per-position counts of the rows, summed; [] for autoregressive decoding."""
-    return np.sum(np.asarray(counts_BxK), axis=0).astype(int).tolist() if drafter else []
+    if drafter is None:
+        return []
+    return np.sum(np.asarray(counts_BxK), axis=0).astype(int).tolist()
 
 
 def _result(name, drafter, gamma, temperature, compile_s, median_s, out, batch) -> DecodeResult:
