@@ -186,3 +186,31 @@ def spy_prefill_widths(monkeypatch) -> list:
 
     monkeypatch.setattr(sequence, "prefill", spy)
     return seen
+
+
+def reached_both_ways(stats):
+    """(reached per position from the loop's rejection counts, reached as if every call had
+    drafted its full depth: position i + 1 whenever i was accepted), pooled over rows, of a
+    generation's `stats` (`DecodeStats`)."""
+    import numpy as np
+
+    from specjax.decoding import state
+
+    counts = dict(
+        accepted_per_position=np.asarray(stats.accepted_per_position),
+        verify_calls=np.asarray(stats.verify_calls),
+    )
+    rejected = np.asarray(stats.rejected_per_position)
+    return (
+        state.reached_per_position(**counts, rejected_per_position=rejected),
+        state.reached_per_position(**counts),
+    )
+
+
+def calls_rejected_or_full(stats):
+    """Per row: calls that ended on a rejection plus calls that accepted every position; the
+    verify calls exactly where every call drafted its full depth, at most that otherwise."""
+    import numpy as np
+
+    rejected = np.asarray(stats.rejected_per_position).sum(axis=1)
+    return rejected + np.asarray(stats.accepted_per_position)[:, -1]

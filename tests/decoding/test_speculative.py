@@ -4,12 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import TINY_GEMMA3, TINY_LLAMA, TINY_QWEN2, random_model
+from support import (
+    TINY_GEMMA3,
+    TINY_LLAMA,
+    TINY_QWEN2,
+    calls_rejected_or_full,
+    random_model,
+    reached_both_ways,
+)
 
 import specjax
 from specjax import Sampling, api
 from specjax.decoding import speculative
-from specjax.decoding import state as state_lib
 
 PROMPTS_UNEVEN = [
     [5, 17, 3, 42, 8],
@@ -56,10 +62,7 @@ def test_greedy_speculative_equals_autoregressive(target, request, gamma, batch,
     assert np.all(stats.drafted == gamma * stats.verify_calls)
     assert np.all(stats.accepted + stats.verify_calls >= out.num_generated - 1)
     # A fixed-length chain's call ends on one rejection unless it accepted all gamma drafts.
-    np.testing.assert_array_equal(
-        stats.rejected_per_position.sum(axis=1) + stats.accepted_per_position[:, -1],
-        stats.verify_calls,
-    )
+    np.testing.assert_array_equal(calls_rejected_or_full(stats), stats.verify_calls)
     # Provenance: accepted drafts are marked; only the last iteration may be cut short.
     drafted_tokens = np.asarray(out.from_draft).sum(axis=1)
     assert np.all(drafted_tokens <= stats.accepted)
@@ -269,12 +272,7 @@ def test_adaptive_gamma_greedy_exact(target, close_draft, gamma):
     # A call that accepted a draft shorter than gamma whole rejected nothing: no draft token
     # stood at the next position. Counting it as reached there (as if every call drafted
     # gamma tokens) would put a false rejection into that position's alpha.
-    counts = dict(accepted_per_position=stats.accepted_per_position,
-                  verify_calls=stats.verify_calls)  # fmt: skip
-    reached = state_lib.reached_per_position(
-        **counts, rejected_per_position=stats.rejected_per_position
-    )
-    reached_if_gamma_drafted = state_lib.reached_per_position(**counts)
+    reached, reached_if_gamma_drafted = reached_both_ways(stats)
     assert np.all(reached <= reached_if_gamma_drafted)
     if gamma > 1:  # adaptive lengths run 1..gamma
         assert np.any(reached < reached_if_gamma_drafted)

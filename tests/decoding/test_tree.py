@@ -6,11 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import TINY_LLAMA, eagle_echo, random_model
+from support import (
+    TINY_LLAMA,
+    calls_rejected_or_full,
+    eagle_echo,
+    random_model,
+    reached_both_ways,
+)
 
 import specjax
 from specjax import Sampling
-from specjax.decoding import state as state_lib
 from specjax.decoding import tree as tree_lib
 from specjax.decoding.state import DraftContext
 from specjax.decoding.tree import DynamicTreeSpec, TreeSpec
@@ -55,11 +60,7 @@ def test_tree_greedy_equals_autoregressive(target, draft, branching):
     assert out.tau > 1.0
     # In a static tree every node above the last level has children: a call ends on one
     # rejection unless its path reached the full depth.
-    stats = jax.tree.map(np.asarray, out.stats)
-    np.testing.assert_array_equal(
-        stats.rejected_per_position.sum(axis=1) + stats.accepted_per_position[:, -1],
-        stats.verify_calls,
-    )
+    np.testing.assert_array_equal(calls_rejected_or_full(out.stats), out.stats.verify_calls)
 
 
 def test_chain_tree_is_linear_drafting(target, draft):
@@ -191,17 +192,9 @@ def test_dynamic_and_lookup_trees_greedy_equal_autoregressive(target, request, d
     assert 1.0 <= out.tau <= spec.depth + 1
     # A call rejects at most once, and only where a node stood below its accepted path: a
     # subset of the calls that accepted every earlier position.
-    stats = jax.tree.map(np.asarray, out.stats)
-    assert np.all(
-        stats.rejected_per_position.sum(axis=1) + stats.accepted_per_position[:, -1]
-        <= stats.verify_calls
-    )
-    counts = dict(accepted_per_position=stats.accepted_per_position,
-                  verify_calls=stats.verify_calls)  # fmt: skip
-    reached = state_lib.reached_per_position(
-        **counts, rejected_per_position=stats.rejected_per_position
-    )
-    assert np.all(reached <= state_lib.reached_per_position(**counts))
+    assert np.all(calls_rejected_or_full(out.stats) <= np.asarray(out.stats.verify_calls))
+    reached, reached_if_full_depth = reached_both_ways(out.stats)
+    assert np.all(reached <= reached_if_full_depth)
     if drafter == "draft":
         assert out.tau > 1.5
 
@@ -258,10 +251,15 @@ def test_alpha_counts_no_rejection_at_a_leaf(target):
         stats.accepted_per_position, np.stack([calls, calls, 0 * calls], 1)
     )
     np.testing.assert_array_equal(stats.rejected_per_position, 0)
-    counts = dict(accepted_per_position=stats.accepted_per_position, verify_calls=calls,
-                  rejected_per_position=stats.rejected_per_position)  # fmt: skip
-    np.testing.assert_array_equal(state_lib.reached_per_position(**counts), [calls.sum()] * 2 + [0])
-    np.testing.assert_array_equal(eval_metrics.alpha_per_position(**counts), [1.0, 1.0, np.nan])
+    reached, reached_if_full_depth = reached_both_ways(stats)
+    np.testing.assert_array_equal(reached, [calls.sum()] * 2 + [0])
+    np.testing.assert_array_equal(reached_if_full_depth, [calls.sum()] * 3)
+    np.testing.assert_array_equal(
+        eval_metrics.alpha_per_position(
+            stats.accepted_per_position, calls, stats.rejected_per_position
+        ),
+        [1.0, 1.0, np.nan],
+    )
 
 
 def test_dynamic_tree_eos_and_cache_full(target, draft):

@@ -28,15 +28,18 @@ def _lease_dirs(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return tree, env
 
 
-def _start_and_poll(tree: Path, env: dict[str, str], run: str, *poll_args: str) -> str:
-    subprocess.run(
-        ["bash", str(SCRIPTS / "start.sh"), "bash", "-c", run],
-        cwd=tree, env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
+def _script(tree: Path, env: dict[str, str], name: str, *args: str) -> str:
+    """The output of experiments/h200/NAME run as a device call would run it."""
     return subprocess.run(
-        ["bash", str(SCRIPTS / "poll.sh"), *poll_args],
+        ["bash", str(SCRIPTS / name), *args],
         cwd=tree, env=env, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
+
+
+def _start_and_poll(tree: Path, env: dict[str, str], run: str, *poll_args: str) -> tuple[str, str]:
+    """(start.sh's output, then poll.sh's) for `run` started as a lease's first call."""
+    started = _script(tree, env, "start.sh", "bash", "-c", run)
+    return started, _script(tree, env, "poll.sh", *poll_args)
 
 
 def test_poll_ends_when_the_started_command_has(tmp_path):
@@ -44,7 +47,7 @@ def test_poll_ends_when_the_started_command_has(tmp_path):
     started command is gone, not after its whole wait (a lease's seconds)."""
     tree, env = _lease_dirs(tmp_path)
     run = 'echo "[00:00:00] train failed" >> ~/w/status'
-    polled = _start_and_poll(tree, {**env, "UNTIL": "train ok"}, run, "500")
+    _, polled = _start_and_poll(tree, {**env, "UNTIL": "train ok"}, run, "500")
     assert "poll: the started command has ended" in polled
     assert "train failed" in polled
 
@@ -55,7 +58,7 @@ def test_poll_until_is_an_extended_regex(tmp_path):
     home = Path(env["HOME"])
     run = 'echo "[00:00:00] stage failed 3 s" >> ~/w/status; sleep 600'
     try:
-        polled = _start_and_poll(tree, {**env, "UNTIL": "stage (ok|failed)"}, run, "500")
+        _, polled = _start_and_poll(tree, {**env, "UNTIL": "stage (ok|failed)"}, run, "500")
         assert "poll: matched" in polled
     finally:
         os.killpg(int((home / "w" / "start.pid").read_text()), signal.SIGKILL)
@@ -72,17 +75,10 @@ def test_start_then_poll(tmp_path):
         " touch ~/w/runs/head/checkpoints/5/w;"
         ' echo "[00:00:00] done: ok" >> ~/w/status'
     )
-    started = subprocess.run(
-        ["bash", str(SCRIPTS / "start.sh"), "bash", "-c", run],
-        cwd=tree, env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    assert "started in" in started.stdout
-    polled = subprocess.run(
-        ["bash", str(SCRIPTS / "poll.sh"), "20"],
-        cwd=tree, env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    assert "done: ok" in polled.stdout
-    assert "poll: matched" in polled.stdout
+    started, polled = _start_and_poll(tree, env, run, "20")
+    assert "started in" in started
+    assert "done: ok" in polled
+    assert "poll: matched" in polled
     with tarfile.open(out / "results.tgz") as tar:
         seen = tar.extractfile("out/seen.txt").read().decode().splitlines()
         # A training run's metrics come back (its loss curve), its checkpoints do not.
